@@ -1,0 +1,175 @@
+//! The queues Weir routes work to (one per manager) and the step kinds each accepts.
+//!
+//! This is the one place that says which kinds exist. Until the managers' own issues land,
+//! every queue runs only the generic kinds below, which exist to prove the engine:
+//!
+//! | kind    | config                                              | does |
+//! |---------|-----------------------------------------------------|------|
+//! | `noop`  | none                                                | succeeds at once, output `{}` |
+//! | `sleep` | `{"duration": "2s"}`                                | waits, heartbeating, then succeeds |
+//! | `fail`  | `{"message": "...", "error_kind": "...", "retryable": true, "attempts": N}` | fails; with `attempts` it fails only the first N attempts |
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A work queue; each is served by one manager service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Queue {
+    /// API manager: HTTP pulls.
+    Api,
+    /// File manager: discovery and transfer.
+    File,
+    /// Batch manager: conversion, quality, sinks.
+    Batch,
+    /// Stream manager: stream consumers.
+    Stream,
+}
+
+impl Queue {
+    /// Every queue, in a stable order.
+    pub const ALL: [Queue; 4] = [Queue::Api, Queue::File, Queue::Batch, Queue::Stream];
+
+    /// The name used in specs, the wire and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Api => "api",
+            Queue::File => "file",
+            Queue::Batch => "batch",
+            Queue::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Queue {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Queue::ALL
+            .into_iter()
+            .find(|q| q.as_str() == s)
+            .ok_or_else(|| format!("unknown queue {s:?} (known: api, file, batch, stream)"))
+    }
+}
+
+/// Step kinds every queue runs (engine plumbing, not ingestion).
+pub const GENERIC_KINDS: [&str; 3] = ["noop", "sleep", "fail"];
+
+/// The kinds a queue accepts.
+pub fn kinds_for(_queue: Queue) -> &'static [&'static str] {
+    &GENERIC_KINDS
+}
+
+/// Longest `sleep` a step may ask for.
+pub const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks that `kind` runs on `queue` and that `config` suits it; the error names the problem.
+pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<(), String> {
+    if !kinds_for(queue).contains(&kind) {
+        return Err(format!(
+            "unknown kind {kind:?} for queue {queue} (known: {})",
+            kinds_for(queue).join(", ")
+        ));
+    }
+    match kind {
+        "sleep" => {
+            sleep_duration(config)?;
+        }
+        "fail" => {
+            fail_config(config)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The duration of a `sleep` step.
+pub fn sleep_duration(config: Option<&Value>) -> Result<Duration, String> {
+    let d = match config.and_then(|c| c.get("duration")) {
+        None => return Err("sleep needs config.duration, e.g. \"2s\"".into()),
+        Some(Value::String(s)) => crate::duration::parse(s)?,
+        Some(Value::Number(n)) => crate::duration::parse(&n.to_string())?,
+        Some(other) => return Err(format!("sleep config.duration must be text like \"2s\", got {other}")),
+    };
+    if d > MAX_SLEEP {
+        return Err(format!("sleep config.duration {} exceeds 24h", crate::duration::format(d)));
+    }
+    Ok(d)
+}
+
+/// What a `fail` step reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailConfig {
+    /// Error message reported.
+    pub message: String,
+    /// Error kind reported (default "injected").
+    pub error_kind: String,
+    /// Whether the failure may be retried (default true).
+    pub retryable: bool,
+    /// Fail only the first N attempts, then succeed (default: always fail).
+    pub attempts: Option<u32>,
+}
+
+/// Reads a `fail` step's config.
+pub fn fail_config(config: Option<&Value>) -> Result<FailConfig, String> {
+    let get = |k: &str| config.and_then(|c| c.get(k));
+    let text = |k: &str, default: &str| -> Result<String, String> {
+        match get(k) {
+            None => Ok(default.to_string()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(format!("fail config.{k} must be text, got {v}")),
+        }
+    };
+    let retryable = match get("retryable") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(format!("fail config.retryable must be true or false, got {v}")),
+    };
+    let attempts = match get("attempts") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("fail config.attempts must be a whole number, got {v}"))?,
+        ),
+    };
+    Ok(FailConfig {
+        message: text("message", "injected failure")?,
+        error_kind: text("error_kind", "injected")?,
+        retryable,
+        attempts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn queues_round_trip_and_unknown_is_named() {
+        for q in Queue::ALL {
+            assert_eq!(q.as_str().parse::<Queue>(), Ok(q));
+        }
+        assert!("ftp".parse::<Queue>().unwrap_err().contains("\"ftp\""));
+    }
+
+    #[test]
+    fn kinds_are_checked_with_their_config() {
+        assert!(check_kind("noop", Queue::Api, None).is_ok());
+        assert!(check_kind("teleport", Queue::Api, None).unwrap_err().contains("teleport"));
+        assert!(check_kind("sleep", Queue::File, None).unwrap_err().contains("duration"));
+        assert!(check_kind("sleep", Queue::File, Some(&json!({"duration": "2s"}))).is_ok());
+        assert!(check_kind("sleep", Queue::File, Some(&json!({"duration": "48h"}))).is_err());
+        assert!(check_kind("fail", Queue::Batch, Some(&json!({"retryable": "no"}))).is_err());
+        let f = fail_config(Some(&json!({"attempts": 2, "error_kind": "boom"}))).expect("valid");
+        assert_eq!((f.attempts, f.error_kind.as_str(), f.retryable), (Some(2), "boom", true));
+    }
+}

@@ -1,0 +1,24 @@
+//! Weir's domain, free of I/O: what a job is, when it is valid, and how its tasks move.
+//!
+//! - [`spec`]: the job spec a client submits (YAML/JSON/protobuf all map onto it).
+//! - [`validate`]: turns a spec into a [`validate::ValidJob`] or an error naming the problem.
+//! - [`catalog`]: the queues (one per manager) and step kinds Weir knows.
+//! - [`template`]: the five built-in workflow templates, expanded into DAGs.
+//! - [`retry`]: backoff with deterministic jitter.
+//! - [`model`]: job, task and event records, as stored.
+//! - [`engine`]: the state machine the master drives; it takes `now` as an argument and
+//!   returns the records it changed, so every rule is tested without a clock or a database.
+//!
+//! No tokio, no database, no network here: those live in `weir-store` and `weir-master`.
+
+pub mod catalog;
+pub mod duration;
+pub mod engine;
+pub mod model;
+pub mod retry;
+pub mod spec;
+pub mod template;
+pub mod validate;
+
+/// Milliseconds since the Unix epoch: the one time unit of the engine and the stores.
+pub type Millis = i64;

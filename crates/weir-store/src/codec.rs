@@ -1,0 +1,167 @@
+//! Reading stored rows back into records, the same way for both backends: every query
+//! selects ids and JSON as text and integers as 64-bit, so one decoder serves both.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::Row;
+use uuid::Uuid;
+use weir_core::model::{event_type, EventRecord, JobRecord, JobState, TaskCounts, TaskRecord, TaskState};
+use weir_core::spec::JobSpec;
+
+use crate::StoreError;
+
+/// Column reads both backends support, with errors that name the column.
+pub(crate) trait Cols {
+    fn text(&self, c: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, c: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, c: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, c: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, c: &str) -> Result<bool, StoreError>;
+}
+
+macro_rules! impl_cols {
+    ($row:ty) => {
+        impl Cols for $row {
+            fn text(&self, c: &str) -> Result<String, StoreError> {
+                Ok(self.try_get::<String, _>(c)?)
+            }
+            fn opt_text(&self, c: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get::<Option<String>, _>(c)?)
+            }
+            fn int(&self, c: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get::<i64, _>(c)?)
+            }
+            fn opt_int(&self, c: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.try_get::<Option<i64>, _>(c)?)
+            }
+            fn flag(&self, c: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get::<bool, _>(c)?)
+            }
+        }
+    };
+}
+impl_cols!(sqlx::postgres::PgRow);
+impl_cols!(sqlx::sqlite::SqliteRow);
+
+fn parse<T: FromStr<Err = String>>(what: &str, s: &str) -> Result<T, StoreError> {
+    s.parse().map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn uuid(what: &str, s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("{what} {s:?}: {e}")))
+}
+
+fn count(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Columns of a job, as every job query selects them.
+pub(crate) const JOB_COLUMNS: &str = "id, spec, state, error, ending, created_ms, updated_ms, finished_ms, \
+     deadline_ms, last_seq, tasks_total, tasks_succeeded, tasks_failed, tasks_running";
+
+/// Columns of a task, as every task query selects them.
+pub(crate) const TASK_COLUMNS: &str = "id, job_id, step_id, kind, queue, depends_on, compensates, state, attempt, \
+     fence, worker, lease_expires_ms, ready_ms, retry_at_ms, started_ms, finished_ms, error_kind, error_message, \
+     output, cancel_requested";
+
+/// Columns of an event, as every event query selects them.
+pub(crate) const EVENT_COLUMNS: &str =
+    "job_id, seq, type, time_ms, task_id, step_id, job_state, task_state, message";
+
+pub(crate) fn job(r: &impl Cols) -> Result<JobRecord, StoreError> {
+    let spec: JobSpec = serde_json::from_str(&r.text("spec")?)
+        .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+    Ok(JobRecord {
+        id: uuid("job id", &r.text("id")?)?,
+        spec: Arc::new(spec),
+        state: parse("job state", &r.text("state")?)?,
+        error: r.opt_text("error")?,
+        ending: r.opt_text("ending")?.map(|s| parse::<JobState>("job ending", &s)).transpose()?,
+        created_ms: r.int("created_ms")?,
+        updated_ms: r.int("updated_ms")?,
+        finished_ms: r.opt_int("finished_ms")?,
+        deadline_ms: r.opt_int("deadline_ms")?,
+        last_seq: u64::try_from(r.int("last_seq")?).unwrap_or_default(),
+        counts: TaskCounts {
+            total: count(r.int("tasks_total")?),
+            succeeded: count(r.int("tasks_succeeded")?),
+            failed: count(r.int("tasks_failed")?),
+            running: count(r.int("tasks_running")?),
+        },
+    })
+}
+
+pub(crate) fn task(r: &impl Cols) -> Result<TaskRecord, StoreError> {
+    let depends_on: Vec<String> = serde_json::from_str(&r.text("depends_on")?)
+        .map_err(|e| StoreError::Corrupt(format!("task depends_on: {e}")))?;
+    Ok(TaskRecord {
+        id: uuid("task id", &r.text("id")?)?,
+        job_id: uuid("job id", &r.text("job_id")?)?,
+        step_id: r.text("step_id")?,
+        kind: r.text("kind")?,
+        queue: r.text("queue")?,
+        depends_on,
+        compensates: r.opt_text("compensates")?,
+        state: parse::<TaskState>("task state", &r.text("state")?)?,
+        attempt: count(r.int("attempt")?),
+        fence: u64::try_from(r.int("fence")?).unwrap_or_default(),
+        worker: r.opt_text("worker")?,
+        lease_expires_ms: r.opt_int("lease_expires_ms")?,
+        ready_ms: r.opt_int("ready_ms")?,
+        retry_at_ms: r.opt_int("retry_at_ms")?,
+        started_ms: r.opt_int("started_ms")?,
+        finished_ms: r.opt_int("finished_ms")?,
+        error_kind: r.opt_text("error_kind")?,
+        error_message: r.opt_text("error_message")?,
+        output: r.opt_text("output")?,
+        cancel_requested: r.flag("cancel_requested")?,
+    })
+}
+
+pub(crate) fn event(r: &impl Cols) -> Result<EventRecord, StoreError> {
+    let kind = r.text("type")?;
+    Ok(EventRecord {
+        job_id: uuid("job id", &r.text("job_id")?)?,
+        seq: u64::try_from(r.int("seq")?).unwrap_or_default(),
+        kind: event_type::intern(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown event type {kind:?}")))?,
+        time_ms: r.int("time_ms")?,
+        task_id: r.opt_text("task_id")?.map(|s| uuid("task id", &s)).transpose()?,
+        step_id: r.opt_text("step_id")?,
+        job_state: parse("event job state", &r.text("job_state")?)?,
+        task_state: r.opt_text("task_state")?.map(|s| parse::<TaskState>("event task state", &s)).transpose()?,
+        message: r.opt_text("message")?,
+    })
+}
+
+/// The spec as stored (JSON text).
+pub(crate) fn spec_json(j: &JobRecord) -> String {
+    serde_json::to_string(&*j.spec).unwrap_or_else(|_| "{}".into())
+}
+
+/// The labels as stored (a JSON object), for filtering.
+pub(crate) fn labels_json(j: &JobRecord) -> String {
+    serde_json::to_string(&j.spec.labels).unwrap_or_else(|_| "{}".into())
+}
+
+/// Dependencies as stored (a JSON array).
+pub(crate) fn deps_json(t: &TaskRecord) -> String {
+    serde_json::to_string(&t.depends_on).unwrap_or_else(|_| "[]".into())
+}
+
+/// A JSON object of the label filter, for containment queries.
+pub(crate) fn label_filter_json(labels: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
+}
+
+/// Turns `limit + 1` fetched jobs into a page and the cursor of the next one.
+pub(crate) fn page(mut jobs: Vec<JobRecord>, limit: u32) -> Result<crate::JobPage, StoreError> {
+    let limit = limit as usize;
+    let next = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| crate::Cursor { created_ms: j.created_ms, id: j.id })
+    } else {
+        None
+    };
+    Ok(crate::JobPage { jobs, next })
+}

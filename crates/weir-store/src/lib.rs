@@ -1,0 +1,127 @@
+//! Weir's persistence: one [`Store`] trait with two implementations —
+//! [`postgres::PgStore`] for production and [`sqlite::SqliteStore`], the embedded store of
+//! the one-command mode — and one conformance suite (`tests/conformance.rs`) run on both.
+//!
+//! The master is the only writer: its engine hands over each batch of changed records and
+//! the store writes them in one transaction ([`Store::commit`]), one statement per table.
+//! Reads serve the API (lists, tasks, event history) and recovery ([`Store::load_unfinished`]).
+//! Migrations live in `migrations/<backend>/` at the top of the repo; [`migrate`] applies them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+use weir_core::engine::Changes;
+use weir_core::model::{EventRecord, JobRecord, JobState, TaskRecord};
+use weir_core::Millis;
+
+mod codec;
+pub mod migrate;
+pub mod postgres;
+pub mod sqlite;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Another master took over; this one must stop writing.
+    #[error("leadership lost: this master holds epoch {mine}, the store is at epoch {current}")]
+    Fenced { mine: i64, current: i64 },
+    /// A stored value could not be read back.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration { version: i64, name: &'static str, source: sqlx::Error },
+    #[error("bad store URL {0:?}: use postgres://… or sqlite://path")]
+    BadUrl(String),
+}
+
+/// Filters of a job listing; `None`/empty means any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub namespace: Option<String>,
+    pub state: Option<JobState>,
+    pub name: Option<String>,
+    /// Every pair must be among the job's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Position in the newest-first job listing: the last job of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_ms: Millis,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Opaque page token for clients.
+    pub fn to_token(self) -> String {
+        format!("{}.{}", self.created_ms, self.id.simple())
+    }
+
+    /// Reads a page token; the error names the problem.
+    pub fn from_token(token: &str) -> Result<Cursor, String> {
+        let bad = || format!("bad page token {token:?}");
+        let (ms, id) = token.split_once('.').ok_or_else(bad)?;
+        Ok(Cursor { created_ms: ms.parse().map_err(|_| bad())?, id: Uuid::parse_str(id).map_err(|_| bad())? })
+    }
+}
+
+/// One page of jobs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// The master's durable state. See the crate docs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "postgres" or "sqlite", for logs.
+    fn backend(&self) -> &'static str;
+
+    /// Becomes the only writer: waits until no other master holds leadership, then bumps
+    /// and returns the epoch that every later [`Store::commit`] is fenced with.
+    async fn acquire_leadership(&self, holder: &str, now: Millis) -> Result<i64, StoreError>;
+
+    /// Writes one batch of engine changes atomically, if `epoch` is still current.
+    async fn commit(&self, epoch: i64, changes: &Changes) -> Result<(), StoreError>;
+
+    /// Every job not yet finished, with its tasks (recovery at start).
+    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError>;
+
+    /// One job with its tasks, in any state.
+    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError>;
+
+    /// One job.
+    async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+
+    /// The job with this namespace/name/run id, if any.
+    async fn find_job(&self, namespace: &str, name: &str, run_id: &str) -> Result<Option<Uuid>, StoreError>;
+
+    /// Jobs newest first, `limit` at most, after `after`.
+    async fn list_jobs(&self, filter: &JobFilter, limit: u32, after: Option<Cursor>) -> Result<JobPage, StoreError>;
+
+    /// A job's tasks, in no particular order.
+    async fn job_tasks(&self, id: Uuid) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// A job's events with `seq >= from_seq`, oldest first, `limit` at most.
+    async fn events(&self, job_id: Uuid, from_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+/// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and
+/// applies pending migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+    } else {
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+pub mod testing;

@@ -1,0 +1,34 @@
+//! A small migrator shared by both backends: numbered SQL files from `migrations/`,
+//! compiled into the binary, applied once each in order, each in its own transaction.
+
+/// One migration: its number, name and SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// PostgreSQL migrations, oldest first.
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/postgres/0001_init.sql"),
+}];
+
+/// SQLite migrations, oldest first.
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+}];
+
+/// Table that records applied migrations.
+pub const TABLE: &str = "weir_schema_migrations";
+
+/// Splits a migration into statements: comment lines dropped first, then split on ';'
+/// (our statements have no semicolons inside literals).
+pub fn statements(sql: &str) -> Vec<String> {
+    let code: Vec<&str> = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect();
+    code.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}

@@ -1,0 +1,398 @@
+//! The production store on PostgreSQL. Each commit is one transaction of at most six
+//! statements whatever its size (arrays bound once and expanded with `UNNEST`).
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, QueryBuilder};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+use weir_core::engine::Changes;
+use weir_core::model::{EventRecord, JobRecord, TaskRecord};
+use weir_core::Millis;
+
+use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS};
+use crate::migrate::{self, Migration};
+use crate::{Cursor, JobFilter, JobPage, Store, StoreError};
+
+/// Advisory lock class that elects the master ("weir" in ASCII); the schema is the key.
+const LEADER_LOCK: i32 = 0x7765_6972;
+/// Advisory lock class that serializes migrations.
+const MIGRATE_LOCK: i32 = 0x7765_6973;
+
+/// PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    /// The session that holds the leader lock, kept open for as long as we lead.
+    leader: Mutex<Option<PgConnection>>,
+}
+
+impl PgStore {
+    /// Connects (a small pool: the master batches its writes) and applies migrations.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        Self::connect_with(options, 8).await
+    }
+
+    /// Connects with explicit options (tests use this to pick a schema).
+    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        let store = PgStore { pool, options, leader: Mutex::new(None) };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let lock = "SELECT pg_advisory_lock($1, hashtext(current_schema()))";
+        sqlx::query(lock).bind(MIGRATE_LOCK).execute(&mut *conn).await?;
+        let result = self.apply(&mut conn).await;
+        let unlock = "SELECT pg_advisory_unlock($1, hashtext(current_schema()))";
+        sqlx::query(unlock).bind(MIGRATE_LOCK).execute(&mut *conn).await?;
+        result
+    }
+
+    async fn apply(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+            migrate::TABLE
+        ))
+        .execute(&mut *conn)
+        .await?;
+        let done: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM {}", migrate::TABLE)).fetch_all(&mut *conn).await?;
+        for m in migrate::POSTGRES.iter().filter(|m| !done.contains(&m.version)) {
+            apply_one(conn, m).await.map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+        }
+        Ok(())
+    }
+}
+
+async fn apply_one(conn: &mut PgConnection, m: &Migration) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    for stmt in migrate::statements(m.sql) {
+        sqlx::query(&stmt).execute(&mut *tx).await?;
+    }
+    sqlx::query(&format!("INSERT INTO {} (version, name, applied_ms) VALUES ($1, $2, $3)", migrate::TABLE))
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn acquire_leadership(&self, holder: &str, now: Millis) -> Result<i64, StoreError> {
+        let mut guard = self.leader.lock().await;
+        let mut conn = match guard.take() {
+            // Already leader: the lock is re-entrant for this session; just bump the epoch.
+            Some(conn) => conn,
+            None => {
+                let mut conn = PgConnection::connect_with(&self.options).await?;
+                // One election per schema, so several deployments can share a database.
+                // Blocks until the previous leader's session ends.
+                sqlx::query("SELECT pg_advisory_lock($1, hashtext(current_schema()))")
+                    .bind(LEADER_LOCK)
+                    .execute(&mut conn)
+                    .await?;
+                conn
+            }
+        };
+        let epoch: i64 = sqlx::query_scalar(
+            "UPDATE weir_leader SET epoch = epoch + 1, holder = $1, acquired_ms = $2 WHERE id = 1 RETURNING epoch",
+        )
+        .bind(holder)
+        .bind(now)
+        .fetch_one(&mut conn)
+        .await?;
+        *guard = Some(conn);
+        Ok(epoch)
+    }
+
+    async fn commit(&self, epoch: i64, c: &Changes) -> Result<(), StoreError> {
+        if c.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE")
+            .fetch_one(&mut *tx)
+            .await?;
+        if current != epoch {
+            return Err(StoreError::Fenced { mine: epoch, current });
+        }
+        if !c.new_jobs.is_empty() {
+            let j = &c.new_jobs;
+            sqlx::query(
+                "INSERT INTO weir_jobs (id, namespace, name, run_id, priority, labels, spec, state, error, ending, \
+                 created_ms, updated_ms, finished_ms, deadline_ms, last_seq, tasks_total, tasks_succeeded, \
+                 tasks_failed, tasks_running) \
+                 SELECT id, ns, name, run, prio, labels::jsonb, spec::jsonb, state, error, ending, c, u, f, d, seq, \
+                 tt, ts, tf, tr FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], \
+                 $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[]) \
+                 AS t(id, ns, name, run, prio, labels, spec, state, error, ending, c, u, f, d, seq, tt, ts, tf, tr)",
+            )
+            .bind(j.iter().map(|j| j.id).collect::<Vec<Uuid>>())
+            .bind(j.iter().map(|j| j.spec.namespace.clone()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.spec.name.clone()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.spec.run_id.clone()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.spec.priority)).collect::<Vec<_>>())
+            .bind(j.iter().map(codec::labels_json).collect::<Vec<_>>())
+            .bind(j.iter().map(codec::spec_json).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.state.as_str()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.error.clone()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.ending.map(|e| e.as_str())).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.created_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.updated_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.finished_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.deadline_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i(j.last_seq)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.total)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.succeeded)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.failed)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.running)).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !c.jobs.is_empty() {
+            let j = &c.jobs;
+            sqlx::query(
+                "UPDATE weir_jobs AS j SET state = u.state, error = u.error, ending = u.ending, \
+                 updated_ms = u.u, finished_ms = u.f, deadline_ms = u.d, last_seq = u.seq, tasks_total = u.tt, \
+                 tasks_succeeded = u.ts, tasks_failed = u.tf, tasks_running = u.tr \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], \
+                 $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[]) \
+                 AS u(id, state, error, ending, u, f, d, seq, tt, ts, tf, tr) WHERE j.id = u.id",
+            )
+            .bind(j.iter().map(|j| j.id).collect::<Vec<Uuid>>())
+            .bind(j.iter().map(|j| j.state.as_str()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.error.clone()).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.ending.map(|e| e.as_str())).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.updated_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.finished_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.deadline_ms).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i(j.last_seq)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.total)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.succeeded)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.failed)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| i64::from(j.counts.running)).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !c.deleted_tasks.is_empty() {
+            sqlx::query("DELETE FROM weir_tasks WHERE id = ANY($1)").bind(&c.deleted_tasks).execute(&mut *tx).await?;
+        }
+        if !c.tasks.is_empty() {
+            let t = &c.tasks;
+            sqlx::query(
+                "INSERT INTO weir_tasks (id, job_id, step_id, kind, queue, depends_on, compensates, state, attempt, \
+                 fence, worker, lease_expires_ms, ready_ms, retry_at_ms, started_ms, finished_ms, error_kind, \
+                 error_message, output, cancel_requested) \
+                 SELECT id, job_id, step_id, kind, queue, deps::jsonb, comp, state, attempt, fence, worker, lease, \
+                 ready, retry, started, finished, ek, em, output, cancel \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::text[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[], $14::int8[], \
+                 $15::int8[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::bool[]) \
+                 AS t(id, job_id, step_id, kind, queue, deps, comp, state, attempt, fence, worker, lease, ready, \
+                 retry, started, finished, ek, em, output, cancel) \
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt, \
+                 fence = EXCLUDED.fence, worker = EXCLUDED.worker, lease_expires_ms = EXCLUDED.lease_expires_ms, \
+                 ready_ms = EXCLUDED.ready_ms, retry_at_ms = EXCLUDED.retry_at_ms, \
+                 started_ms = EXCLUDED.started_ms, finished_ms = EXCLUDED.finished_ms, \
+                 error_kind = EXCLUDED.error_kind, error_message = EXCLUDED.error_message, \
+                 output = EXCLUDED.output, cancel_requested = EXCLUDED.cancel_requested",
+            )
+            .bind(t.iter().map(|t| t.id).collect::<Vec<Uuid>>())
+            .bind(t.iter().map(|t| t.job_id).collect::<Vec<Uuid>>())
+            .bind(t.iter().map(|t| t.step_id.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.kind.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.queue.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(codec::deps_json).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.compensates.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.state.as_str()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| i(t.fence)).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.worker.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.lease_expires_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.ready_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.retry_at_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.started_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.finished_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.error_kind.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.error_message.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.output.clone()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.cancel_requested).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !c.events.is_empty() {
+            let e = &c.events;
+            sqlx::query(
+                "INSERT INTO weir_events (job_id, seq, type, time_ms, task_id, step_id, job_state, task_state, message) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::uuid[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[])",
+            )
+            .bind(e.iter().map(|e| e.job_id).collect::<Vec<Uuid>>())
+            .bind(e.iter().map(|e| i(e.seq)).collect::<Vec<_>>())
+            .bind(e.iter().map(|e| e.kind).collect::<Vec<_>>())
+            .bind(e.iter().map(|e| e.time_ms).collect::<Vec<_>>())
+            .bind(e.iter().map(|e| e.task_id).collect::<Vec<Option<Uuid>>>())
+            .bind(e.iter().map(|e| e.step_id.clone()).collect::<Vec<_>>())
+            .bind(e.iter().map(|e| e.job_state.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|e| e.task_state.map(|s| s.as_str())).collect::<Vec<_>>())
+            .bind(e.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        let unfinished = "('pending', 'running', 'paused', 'compensating')";
+        let jobs = sqlx::query(&format!("SELECT {} FROM weir_jobs WHERE state IN {unfinished}", pg_job_cols()))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::job)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Finished jobs whose tasks still hold leases stay in memory too.
+        let tasks = sqlx::query(&format!(
+            "SELECT {} FROM weir_tasks t WHERE t.job_id IN (SELECT id FROM weir_jobs WHERE state IN {unfinished})",
+            pg_task_cols()
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::task)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok((jobs, tasks))
+    }
+
+    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError> {
+        let Some(job) = self.get_job(id).await? else { return Ok(None) };
+        Ok(Some((job, self.job_tasks(id).await?)))
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {} FROM weir_jobs WHERE id = $1", pg_job_cols()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(codec::job)
+            .transpose()
+    }
+
+    async fn find_job(&self, namespace: &str, name: &str, run_id: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM weir_jobs WHERE namespace = $1 AND name = $2 AND run_id = $3")
+            .bind(namespace)
+            .bind(name)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_jobs(&self, f: &JobFilter, limit: u32, after: Option<Cursor>) -> Result<JobPage, StoreError> {
+        let mut q = QueryBuilder::new(format!("SELECT {} FROM weir_jobs WHERE TRUE", pg_job_cols()));
+        if let Some(ns) = &f.namespace {
+            q.push(" AND namespace = ").push_bind(ns.clone());
+        }
+        if let Some(s) = f.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(n) = &f.name {
+            q.push(" AND name = ").push_bind(n.clone());
+        }
+        if !f.labels.is_empty() {
+            q.push(" AND labels @> ").push_bind(codec::label_filter_json(&f.labels)).push("::jsonb");
+        }
+        if let Some(c) = after {
+            q.push(" AND (created_ms, id) < (").push_bind(c.created_ms).push(", ").push_bind(c.id).push(")");
+        }
+        q.push(" ORDER BY created_ms DESC, id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        codec::page(rows.iter().map(codec::job).collect::<Result<Vec<_>, _>>()?, limit)
+    }
+
+    async fn job_tasks(&self, id: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {} FROM weir_tasks t WHERE job_id = $1", pg_task_cols()))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::task)
+            .collect()
+    }
+
+    async fn events(&self, job_id: Uuid, from_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {} FROM weir_events WHERE job_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+            pg_event_cols()
+        ))
+        .bind(job_id)
+        .bind(i(from_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::event)
+        .collect()
+    }
+}
+
+/// PostgreSQL casts that make its rows read like SQLite's (ids and JSON as text).
+fn pg_cast(cols: &str) -> String {
+    cols.split(',')
+        .map(|c| match c.trim() {
+            c @ ("id" | "job_id" | "task_id" | "spec" | "depends_on") => format!("{c}::text AS {c}"),
+            c => c.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+static JOB_COLS: LazyLock<String> = LazyLock::new(|| pg_cast(JOB_COLUMNS));
+static TASK_COLS: LazyLock<String> = LazyLock::new(|| pg_cast(TASK_COLUMNS));
+static EVENT_COLS: LazyLock<String> = LazyLock::new(|| pg_cast(EVENT_COLUMNS));
+
+fn pg_job_cols() -> &'static str {
+    &JOB_COLS
+}
+fn pg_task_cols() -> &'static str {
+    &TASK_COLS
+}
+fn pg_event_cols() -> &'static str {
+    &EVENT_COLS
+}

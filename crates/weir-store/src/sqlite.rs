@@ -1,0 +1,313 @@
+//! The embedded store of the one-command mode: one SQLite file on local disk, no server.
+//! The file is opened in exclusive locking mode, so one master process owns it; a second
+//! process gets "database is locked" instead of a split brain.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, QueryBuilder, SqliteConnection};
+use uuid::Uuid;
+use weir_core::engine::Changes;
+use weir_core::model::{EventRecord, JobRecord, TaskRecord};
+use weir_core::Millis;
+
+use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS};
+use crate::migrate;
+use crate::{Cursor, JobFilter, JobPage, Store, StoreError};
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn id(u: Uuid) -> String {
+    u.to_string()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode survives a process crash (kill -9); FULL adds power-loss safety.
+            .synchronous(SqliteSynchronous::Normal)
+            .locking_mode(SqliteLockingMode::Exclusive)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        // One connection: SQLite has one writer anyway, and exclusive mode needs a single owner.
+        let pool = SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None).connect_with(options).await?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
+            migrate::TABLE
+        ))
+        .execute(&mut *conn)
+        .await?;
+        let done: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM {}", migrate::TABLE)).fetch_all(&mut *conn).await?;
+        for m in migrate::SQLITE.iter().filter(|m| !done.contains(&m.version)) {
+            apply_one(&mut conn, m).await.map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+        }
+        Ok(())
+    }
+}
+
+async fn apply_one(conn: &mut SqliteConnection, m: &migrate::Migration) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    for stmt in migrate::statements(m.sql) {
+        sqlx::query(&stmt).execute(&mut *tx).await?;
+    }
+    sqlx::query(&format!("INSERT INTO {} (version, name, applied_ms) VALUES (?, ?, ?)", migrate::TABLE))
+        .bind(m.version)
+        .bind(m.name)
+        .bind(0i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn acquire_leadership(&self, holder: &str, now: Millis) -> Result<i64, StoreError> {
+        // The exclusive file lock already makes this process the only writer.
+        Ok(sqlx::query_scalar(
+            "UPDATE weir_leader SET epoch = epoch + 1, holder = ?, acquired_ms = ? WHERE id = 1 RETURNING epoch",
+        )
+        .bind(holder)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn commit(&self, epoch: i64, c: &Changes) -> Result<(), StoreError> {
+        if c.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1").fetch_one(&mut *tx).await?;
+        if current != epoch {
+            return Err(StoreError::Fenced { mine: epoch, current });
+        }
+        for j in &c.new_jobs {
+            sqlx::query(
+                "INSERT INTO weir_jobs (id, namespace, name, run_id, priority, labels, spec, state, error, ending, \
+                 created_ms, updated_ms, finished_ms, deadline_ms, last_seq, tasks_total, tasks_succeeded, \
+                 tasks_failed, tasks_running) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id(j.id))
+            .bind(&j.spec.namespace)
+            .bind(&j.spec.name)
+            .bind(&j.spec.run_id)
+            .bind(i64::from(j.spec.priority))
+            .bind(codec::labels_json(j))
+            .bind(codec::spec_json(j))
+            .bind(j.state.as_str())
+            .bind(&j.error)
+            .bind(j.ending.map(|e| e.as_str()))
+            .bind(j.created_ms)
+            .bind(j.updated_ms)
+            .bind(j.finished_ms)
+            .bind(j.deadline_ms)
+            .bind(i(j.last_seq))
+            .bind(i64::from(j.counts.total))
+            .bind(i64::from(j.counts.succeeded))
+            .bind(i64::from(j.counts.failed))
+            .bind(i64::from(j.counts.running))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for j in &c.jobs {
+            sqlx::query(
+                "UPDATE weir_jobs SET state = ?, error = ?, ending = ?, updated_ms = ?, finished_ms = ?, \
+                 deadline_ms = ?, last_seq = ?, tasks_total = ?, tasks_succeeded = ?, tasks_failed = ?, \
+                 tasks_running = ? WHERE id = ?",
+            )
+            .bind(j.state.as_str())
+            .bind(&j.error)
+            .bind(j.ending.map(|e| e.as_str()))
+            .bind(j.updated_ms)
+            .bind(j.finished_ms)
+            .bind(j.deadline_ms)
+            .bind(i(j.last_seq))
+            .bind(i64::from(j.counts.total))
+            .bind(i64::from(j.counts.succeeded))
+            .bind(i64::from(j.counts.failed))
+            .bind(i64::from(j.counts.running))
+            .bind(id(j.id))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in &c.deleted_tasks {
+            sqlx::query("DELETE FROM weir_tasks WHERE id = ?").bind(id(*d)).execute(&mut *tx).await?;
+        }
+        for t in &c.tasks {
+            sqlx::query(
+                "INSERT INTO weir_tasks (id, job_id, step_id, kind, queue, depends_on, compensates, state, attempt, \
+                 fence, worker, lease_expires_ms, ready_ms, retry_at_ms, started_ms, finished_ms, error_kind, \
+                 error_message, output, cancel_requested) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt, \
+                 fence = excluded.fence, worker = excluded.worker, lease_expires_ms = excluded.lease_expires_ms, \
+                 ready_ms = excluded.ready_ms, retry_at_ms = excluded.retry_at_ms, \
+                 started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
+                 error_kind = excluded.error_kind, error_message = excluded.error_message, \
+                 output = excluded.output, cancel_requested = excluded.cancel_requested",
+            )
+            .bind(id(t.id))
+            .bind(id(t.job_id))
+            .bind(&t.step_id)
+            .bind(&t.kind)
+            .bind(&t.queue)
+            .bind(codec::deps_json(t))
+            .bind(&t.compensates)
+            .bind(t.state.as_str())
+            .bind(i64::from(t.attempt))
+            .bind(i(t.fence))
+            .bind(&t.worker)
+            .bind(t.lease_expires_ms)
+            .bind(t.ready_ms)
+            .bind(t.retry_at_ms)
+            .bind(t.started_ms)
+            .bind(t.finished_ms)
+            .bind(&t.error_kind)
+            .bind(&t.error_message)
+            .bind(&t.output)
+            .bind(t.cancel_requested)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in &c.events {
+            sqlx::query(
+                "INSERT INTO weir_events (job_id, seq, type, time_ms, task_id, step_id, job_state, task_state, message) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id(e.job_id))
+            .bind(i(e.seq))
+            .bind(e.kind)
+            .bind(e.time_ms)
+            .bind(e.task_id.map(id))
+            .bind(&e.step_id)
+            .bind(e.job_state.as_str())
+            .bind(e.task_state.map(|s| s.as_str()))
+            .bind(&e.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        let unfinished = "('pending', 'running', 'paused', 'compensating')";
+        let jobs = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE state IN {unfinished}"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::job)
+            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM weir_tasks WHERE job_id IN (SELECT id FROM weir_jobs WHERE state IN {unfinished})"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::task)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok((jobs, tasks))
+    }
+
+    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError> {
+        let Some(job) = self.get_job(id).await? else { return Ok(None) };
+        Ok(Some((job, self.job_tasks(id).await?)))
+    }
+
+    async fn get_job(&self, job_id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE id = ?"))
+            .bind(id(job_id))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(codec::job)
+            .transpose()
+    }
+
+    async fn find_job(&self, namespace: &str, name: &str, run_id: &str) -> Result<Option<Uuid>, StoreError> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT id FROM weir_jobs WHERE namespace = ? AND name = ? AND run_id = ?")
+                .bind(namespace)
+                .bind(name)
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        found.map(|s| Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("job id {s:?}: {e}")))).transpose()
+    }
+
+    async fn list_jobs(&self, f: &JobFilter, limit: u32, after: Option<Cursor>) -> Result<JobPage, StoreError> {
+        let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE 1 = 1"));
+        if let Some(ns) = &f.namespace {
+            q.push(" AND namespace = ").push_bind(ns.clone());
+        }
+        if let Some(s) = f.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(n) = &f.name {
+            q.push(" AND name = ").push_bind(n.clone());
+        }
+        for (k, v) in &f.labels {
+            // Label keys are validated to [A-Za-z0-9_.-]; quoting keeps '.' literal in the path.
+            q.push(" AND json_extract(labels, ").push_bind(format!("$.\"{k}\"")).push(") = ").push_bind(v.clone());
+        }
+        if let Some(c) = after {
+            q.push(" AND (created_ms, id) < (").push_bind(c.created_ms).push(", ").push_bind(id(c.id)).push(")");
+        }
+        q.push(" ORDER BY created_ms DESC, id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        codec::page(rows.iter().map(codec::job).collect::<Result<Vec<_>, _>>()?, limit)
+    }
+
+    async fn job_tasks(&self, job_id: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM weir_tasks WHERE job_id = ?"))
+            .bind(id(job_id))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::task)
+            .collect()
+    }
+
+    async fn events(&self, job_id: Uuid, from_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM weir_events WHERE job_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(id(job_id))
+        .bind(i(from_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::event)
+        .collect()
+    }
+}

@@ -1,0 +1,264 @@
+//! One conformance suite, run against PostgreSQL (a fresh schema per test) and the
+//! embedded SQLite store (a fresh file per test). The engine produces the changes, so the
+//! stores are exercised with exactly what the master writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use uuid::Uuid;
+use weir_core::engine::{Engine, EngineConfig, Failure};
+use weir_core::model::{event_type as ev, JobRecord, JobState, TaskRecord, TaskState};
+use weir_core::spec::{CompensationSpec, JobSpec, RetryPolicy, StepSpec};
+use weir_core::validate::validate;
+use weir_store::testing::TestSchema;
+use weir_store::{Cursor, JobFilter, Store, StoreError};
+
+/// A store under test and what must be cleaned up after it.
+struct Subject {
+    store: Arc<dyn Store>,
+    schema: Option<TestSchema>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Subject {
+    async fn postgres() -> Subject {
+        let schema = TestSchema::create().await.expect("PostgreSQL reachable for tests");
+        let store = weir_store::open(&schema.url).await.expect("open postgres store");
+        Subject { store, schema: Some(schema), _dir: None }
+    }
+    async fn sqlite() -> Subject {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("weir.db").display());
+        let store = weir_store::open(&url).await.expect("open sqlite store");
+        Subject { store, schema: None, _dir: Some(dir) }
+    }
+    async fn finish(self) {
+        drop(self.store);
+        if let Some(s) = self.schema {
+            s.drop().await.expect("drop schema");
+        }
+    }
+}
+
+/// The engine and the store, committing after every step like the master does.
+struct Rig {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    epoch: i64,
+}
+
+impl Rig {
+    async fn new(store: Arc<dyn Store>) -> Rig {
+        let epoch = store.acquire_leadership("test", 0).await.expect("leadership");
+        let mut n = 0u128;
+        let ids = Box::new(move || {
+            n += 1;
+            Uuid::from_u128((7u128 << 100) + n)
+        });
+        Rig { engine: Engine::new(EngineConfig::default(), ids), store, epoch }
+    }
+    async fn commit(&mut self, now: i64) {
+        let c = self.engine.take_changes(now);
+        self.store.commit(self.epoch, &c).await.expect("commit");
+    }
+    async fn submit(&mut self, spec: JobSpec, now: i64) -> Uuid {
+        let (id, _) = self.engine.submit(validate(spec).expect("valid"), now);
+        self.commit(now).await;
+        id
+    }
+    async fn run_one(&mut self, queue: &str, now: i64) -> Uuid {
+        let l = self.engine.acquire(queue, "w", 1, now).remove(0);
+        self.engine.complete(l.task_id, l.fence, Some("{\"rows\":1}".into()), now).expect("complete");
+        self.commit(now).await;
+        l.task_id
+    }
+}
+
+fn step(id: &str, deps: &[&str]) -> StepSpec {
+    StepSpec {
+        id: id.into(),
+        kind: "noop".into(),
+        queue: "api".into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn spec(ns: &str, name: &str, labels: &[(&str, &str)], steps: Vec<StepSpec>) -> JobSpec {
+    JobSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        steps,
+        ..Default::default()
+    }
+}
+
+fn by_id(tasks: Vec<TaskRecord>) -> HashMap<Uuid, TaskRecord> {
+    tasks.into_iter().map(|t| (t.id, t)).collect()
+}
+
+async fn round_trip(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let a = rig.submit(spec("ns", "a", &[("team", "x")], vec![step("one", &[]), step("two", &["one"])]), 10).await;
+    let b = rig.submit(spec("ns", "b", &[], vec![step("solo", &[])]), 11).await;
+    rig.run_one("api", 12).await;
+    let leased = rig.engine.acquire("api", "w", 1, 13);
+    rig.commit(13).await;
+    let (jobs, tasks) = s.load_unfinished().await.expect("load");
+    assert_eq!(jobs.len(), 2);
+    let tasks = by_id(tasks);
+    for id in [a, b] {
+        let stored = jobs.iter().find(|j| j.id == id).expect("job stored");
+        assert_eq!(stored, rig.engine.job(id).expect("in memory"), "job {id} reads back as written");
+        for t in rig.engine.job_tasks(id).expect("tasks") {
+            assert_eq!(&tasks[&t.id], t, "task reads back as written");
+        }
+    }
+    assert_eq!(tasks[&leased[0].task_id].state, TaskState::Running);
+    let events = s.events(a, 1, 1000).await.expect("events");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(events[0].kind, ev::JOB_CREATED);
+    assert_eq!(s.events(a, 3, 2).await.expect("events").iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    // Finished jobs are not loaded at start but remain readable.
+    let l = &leased[0];
+    rig.engine.complete(l.task_id, l.fence, None, 14).expect("complete");
+    rig.commit(14).await;
+    let (jobs, _) = s.load_unfinished().await.expect("load");
+    let done_id = if jobs.iter().any(|j| j.id == a) { b } else { a };
+    assert!(!jobs.iter().any(|j| j.id == done_id));
+    let (job, tasks) = s.load_job(done_id).await.expect("load job").expect("exists");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert!(tasks.iter().all(|t| t.state == TaskState::Succeeded));
+    assert_eq!(s.get_job(Uuid::nil()).await.expect("get"), None);
+}
+
+async fn keys_and_listing(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ns = if i % 2 == 0 { "even" } else { "odd" };
+        let mut sp = spec(ns, &format!("job{i}"), &[("i", &i.to_string()), ("team", "data.eng")], vec![step("a", &[])]);
+        sp.run_id = format!("run-{i}");
+        ids.push(rig.submit(sp, 100 + i).await);
+    }
+    assert_eq!(s.find_job("odd", "job1", "run-1").await.expect("find"), Some(ids[1]));
+    assert_eq!(s.find_job("odd", "job1", "run-9").await.expect("find"), None);
+    // Pages of two, newest first, covering everything once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list_jobs(&JobFilter::default(), 2, after).await.expect("list");
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(c) => after = Some(Cursor::from_token(&c.to_token()).expect("token")),
+            None => break,
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+    let f = JobFilter { namespace: Some("even".into()), ..Default::default() };
+    assert_eq!(s.list_jobs(&f, 50, None).await.expect("list").jobs.len(), 3);
+    let f = JobFilter { labels: BTreeMap::from([("i".into(), "3".into())]), ..Default::default() };
+    let jobs: Vec<Uuid> = s.list_jobs(&f, 50, None).await.expect("list").jobs.iter().map(|j| j.id).collect();
+    assert_eq!(jobs, vec![ids[3]]);
+    let f = JobFilter {
+        labels: BTreeMap::from([("team".into(), "data.eng".into()), ("i".into(), "0".into())]),
+        ..Default::default()
+    };
+    assert_eq!(s.list_jobs(&f, 50, None).await.expect("list").jobs.len(), 1);
+    let f = JobFilter { name: Some("job2".into()), state: Some(JobState::Pending), ..Default::default() };
+    assert_eq!(s.list_jobs(&f, 50, None).await.expect("list").jobs.len(), 1);
+    let f = JobFilter { state: Some(JobState::Succeeded), ..Default::default() };
+    assert!(s.list_jobs(&f, 50, None).await.expect("list").jobs.is_empty());
+}
+
+async fn retry_deletes_old_compensation(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let mut a = step("a", &[]);
+    a.compensation = Some(CompensationSpec { kind: "noop".into(), ..Default::default() });
+    let mut b = step("b", &["a"]);
+    b.retry = Some(RetryPolicy { max_attempts: 1, ..Default::default() });
+    let id = rig.submit(spec("ns", "comp", &[], vec![a, b]), 1).await;
+    rig.run_one("api", 2).await;
+    let l = rig.engine.acquire("api", "w", 1, 3).remove(0);
+    let f = Failure { kind: "io".into(), message: "down".into(), retryable: true };
+    rig.engine.fail(l.task_id, l.fence, f, 3).expect("fail");
+    rig.commit(3).await;
+    rig.run_one("api", 4).await; // the compensation of a
+    let (job, tasks) = s.load_job(id).await.expect("load").expect("exists");
+    assert_eq!(job.state, JobState::Compensated);
+    assert_eq!(tasks.len(), 3);
+    rig.engine.load(vec![job], tasks, 5);
+    rig.engine.retry(id, 5).expect("retry");
+    rig.commit(5).await;
+    let tasks = s.job_tasks(id).await.expect("tasks");
+    assert_eq!(tasks.len(), 2, "the old round's compensation task is gone");
+    assert!(tasks.iter().all(|t| t.compensates.is_none()));
+}
+
+async fn stale_epoch_is_fenced(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let old = rig.epoch;
+    let new = s.acquire_leadership("successor", 1).await.expect("leadership");
+    assert!(new > old);
+    rig.engine.submit(validate(spec("ns", "late", &[], vec![step("a", &[])])).expect("valid"), 2);
+    let c = rig.engine.take_changes(2);
+    match s.commit(old, &c).await {
+        Err(StoreError::Fenced { mine, current }) => assert_eq!((mine, current), (old, new)),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(s.load_unfinished().await.expect("load").0.is_empty(), "nothing of the fenced commit landed");
+    s.commit(new, &c).await.expect("current epoch commits");
+    assert_eq!(s.load_unfinished().await.expect("load").0.len(), 1);
+}
+
+async fn large_batches(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let steps: Vec<StepSpec> = (0..2000).map(|i| step(&format!("s{i}"), &[])).collect();
+    let id = rig.submit(spec("ns", "wide", &[], steps), 1).await;
+    let leases = rig.engine.acquire("api", "w", 5000, 2);
+    for l in &leases {
+        rig.engine.complete(l.task_id, l.fence, None, 3).expect("complete");
+    }
+    rig.commit(3).await;
+    let job: JobRecord = s.get_job(id).await.expect("get").expect("exists");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.counts.succeeded, 2000);
+    assert_eq!(s.events(id, 1, 100_000).await.expect("events").len() as u64, job.last_seq);
+}
+
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod postgres {
+            $(#[tokio::test] async fn $name() { let s = super::Subject::postgres().await; super::$name(s.store.clone()).await; s.finish().await; })+
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { let s = super::Subject::sqlite().await; super::$name(s.store.clone()).await; s.finish().await; })+
+        }
+    };
+}
+
+conformance!(round_trip, keys_and_listing, retry_deletes_old_compensation, stale_epoch_is_fenced, large_batches);
+
+/// PostgreSQL only: a second master blocks until the first one's session ends.
+#[tokio::test]
+async fn postgres_second_master_waits_for_the_first() {
+    let schema = TestSchema::create().await.expect("schema");
+    let first = weir_store::open(&schema.url).await.expect("open");
+    let e1 = first.acquire_leadership("first", 0).await.expect("lead");
+    let second = weir_store::open(&schema.url).await.expect("open");
+    let waiting = tokio::spawn(async move { second.acquire_leadership("second", 1).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the second master must wait");
+    drop(first);
+    let e2 = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("takes over once the first is gone")
+        .expect("join")
+        .expect("lead");
+    assert_eq!(e2, e1 + 1);
+    schema.drop().await.expect("drop");
+}
