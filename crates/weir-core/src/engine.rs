@@ -194,6 +194,11 @@ impl Engine {
 
     // ----- reading -------------------------------------------------------------------
 
+    /// The settings the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
     /// Number of unfinished jobs held in memory.
     pub fn jobs_in_memory(&self) -> usize {
         self.jobs.len()

@@ -1,0 +1,188 @@
+//! The client verbs: each is one or two gRPC calls and a rendering.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tonic::transport::Channel;
+use weir_core::spec::JobSpec;
+use weir_proto::convert;
+use weir_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+
+use crate::render;
+
+/// Filters of `weir jobs`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    namespace: Option<String>,
+    /// pending, running, paused, succeeded, failed, cancelled, compensating, compensated.
+    #[arg(long)]
+    state: Option<String>,
+    /// Exact job name.
+    #[arg(long)]
+    name: Option<String>,
+    /// key=value; repeat for several (all must match).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Jobs per page.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Continue from a previous page's token.
+    #[arg(long)]
+    page_token: Option<String>,
+}
+
+/// A connection to the master.
+pub struct Client {
+    jobs: JobServiceClient<Channel>,
+    workers: WorkerServiceClient<Channel>,
+    json: bool,
+}
+
+/// Turns a gRPC error into a message a person can act on.
+fn explain(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!("master unavailable ({}). Is `weir dev` or weir-master running? ", s.message()),
+        code => anyhow::anyhow!("{:?}: {}", code, s.message()),
+    }
+}
+
+/// Reads a job spec from YAML or JSON; errors carry the file name and position.
+pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading the spec from standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not a valid job spec", path.display()))
+}
+
+impl Client {
+    pub fn connect(url: &str, json: bool) -> anyhow::Result<Client> {
+        let ch = weir_runtime::grpc::channel(url)?;
+        Ok(Client { jobs: JobServiceClient::new(ch.clone()), workers: WorkerServiceClient::new(ch), json })
+    }
+
+    pub async fn submit(&mut self, file: &Path) -> anyhow::Result<String> {
+        let spec = read_spec(file)?;
+        let r = self.jobs.submit_job(v1::SubmitJobRequest { spec: Some(convert::spec_to_wire(&spec)) }).await.map_err(explain)?;
+        let r = r.into_inner();
+        let job = r.job.context("master returned no job")?;
+        if self.json {
+            render::json_job(&job);
+        } else if r.created {
+            println!("submitted job {} ({} tasks)", job.id, job.tasks_total);
+        } else {
+            println!("job {} already exists for this run_id; not submitted again", job.id);
+        }
+        Ok(job.id)
+    }
+
+    async fn fetch(&mut self, id: &str) -> anyhow::Result<(v1::Job, Vec<v1::Task>)> {
+        let job = self.jobs.get_job(v1::GetJobRequest { job_id: id.into() }).await.map_err(explain)?.into_inner().job;
+        let tasks = self.jobs.get_job_tasks(v1::GetJobTasksRequest { job_id: id.into() }).await.map_err(explain)?;
+        Ok((job.context("master returned no job")?, tasks.into_inner().tasks))
+    }
+
+    pub async fn get(&mut self, id: &str) -> anyhow::Result<()> {
+        let (job, tasks) = self.fetch(id).await?;
+        if self.json {
+            render::json_job_tasks(&job, &tasks);
+        } else {
+            render::job_detail(&job, &tasks);
+        }
+        Ok(())
+    }
+
+    pub async fn list(&mut self, a: ListArgs) -> anyhow::Result<()> {
+        let state = match a.state {
+            None => 0,
+            Some(s) => {
+                let st: weir_core::model::JobState = s.parse().map_err(anyhow::Error::msg)?;
+                convert::job_state(st) as i32
+            }
+        };
+        let mut labels = std::collections::HashMap::new();
+        for l in a.labels {
+            let Some((k, v)) = l.split_once('=') else { bail!("--label {l:?} must look like key=value") };
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let req = v1::ListJobsRequest {
+            namespace: a.namespace.unwrap_or_default(),
+            state,
+            name: a.name.unwrap_or_default(),
+            labels,
+            page_size: a.limit,
+            page_token: a.page_token.unwrap_or_default(),
+        };
+        let r = self.jobs.list_jobs(req).await.map_err(explain)?.into_inner();
+        if self.json {
+            render::json_list(&r);
+        } else {
+            render::job_table(&r.jobs);
+            if !r.next_page_token.is_empty() {
+                println!("more: weir jobs --page-token {}", r.next_page_token);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn pause(&mut self, id: &str) -> anyhow::Result<()> {
+        let r = self.jobs.pause_job(v1::PauseJobRequest { job_id: id.into() }).await.map_err(explain)?;
+        self.say(r.into_inner().job)
+    }
+
+    pub async fn resume(&mut self, id: &str) -> anyhow::Result<()> {
+        let r = self.jobs.resume_job(v1::ResumeJobRequest { job_id: id.into() }).await.map_err(explain)?;
+        self.say(r.into_inner().job)
+    }
+
+    pub async fn cancel(&mut self, id: &str, reason: String) -> anyhow::Result<()> {
+        let r = self.jobs.cancel_job(v1::CancelJobRequest { job_id: id.into(), reason }).await.map_err(explain)?;
+        self.say(r.into_inner().job)
+    }
+
+    pub async fn retry(&mut self, id: &str) -> anyhow::Result<()> {
+        let r = self.jobs.retry_job(v1::RetryJobRequest { job_id: id.into() }).await.map_err(explain)?;
+        self.say(r.into_inner().job)
+    }
+
+    fn say(&self, job: Option<v1::Job>) -> anyhow::Result<()> {
+        let job = job.context("master returned no job")?;
+        if self.json {
+            render::json_job(&job);
+        } else {
+            println!("job {} is {}", job.id, render::job_state(job.state));
+        }
+        Ok(())
+    }
+
+    pub async fn workers(&mut self) -> anyhow::Result<()> {
+        let r = self.workers.list_workers(v1::ListWorkersRequest {}).await.map_err(explain)?.into_inner();
+        render::worker_table(&r.workers);
+        Ok(())
+    }
+
+    /// Follows a job until it finishes: a progress bar on a terminal, one line per event otherwise.
+    pub async fn watch(&mut self, id: &str) -> anyhow::Result<ExitCode> {
+        let (job, _) = self.fetch(id).await?;
+        let mut stream =
+            self.jobs.watch_job(v1::WatchJobRequest { job_id: id.into(), from_seq: 1 }).await.map_err(explain)?.into_inner();
+        let mut view = render::Progress::new(&job, self.json);
+        let mut last = job.state;
+        while let Some(msg) = stream.message().await.map_err(explain)? {
+            if let Some(e) = msg.event {
+                view.event(&e);
+                if e.task_id.is_empty() {
+                    last = e.job_state;
+                }
+            }
+        }
+        let (job, _) = self.fetch(id).await?;
+        view.finish(&job);
+        let done = job.state == v1::JobState::Succeeded as i32 || last == v1::JobState::Succeeded as i32;
+        Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    }
+}

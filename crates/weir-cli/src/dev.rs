@@ -1,0 +1,60 @@
+//! `weir dev`: the whole platform in one process — the master with the embedded store on
+//! local disk and the four managers — listening on loopback. Stop it with Ctrl-C; start it
+//! again and every job is still there.
+
+use std::time::Duration;
+
+use clap::Args;
+use weir_master::MasterConfig;
+use weir_worker::manager::{self, ManagerArgs, ManagerSpec};
+
+/// Settings of `weir dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the master listens.
+    #[arg(long, env = "WEIR_MASTER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Where state lives (the embedded store by default).
+    #[arg(long, env = "WEIR_STORE_URL", default_value = "sqlite://.weir/weir.db")]
+    store_url: String,
+    /// Tasks each manager runs at once.
+    #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 16)]
+    concurrency: u32,
+    #[command(flatten)]
+    telemetry: weir_runtime::telemetry::TelemetryArgs,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    weir_runtime::telemetry::init(&args.telemetry)?;
+    let cancel = weir_runtime::shutdown::on_signal();
+    let listener = weir_runtime::grpc::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    let master_url = format!("http://{addr}");
+    let config = MasterConfig::new(&args.listen, &args.store_url);
+    let master = tokio::spawn(weir_master::serve(config, listener, cancel.clone()));
+    let specs: [fn() -> ManagerSpec; 4] =
+        [weir_api_manager::spec, weir_file_manager::spec, weir_batch_manager::spec, weir_stream_manager::spec];
+    let mut managers = Vec::new();
+    for spec in specs {
+        let spec = spec();
+        let args = ManagerArgs {
+            master_url: master_url.clone(),
+            listen: String::new(),
+            concurrency: args.concurrency,
+            poll_wait: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(5),
+            worker_id: Some(format!("{}-dev", spec.name)),
+        };
+        managers.push(tokio::spawn(manager::run(spec, args, cancel.clone())));
+    }
+    println!("Weir is running (embedded).");
+    println!("  master:  {master_url}   (grpcurl -plaintext {addr} list)");
+    println!("  store:   {}", args.store_url);
+    println!("  try:     weir submit tests/fixtures/jobs/hello.yaml --watch");
+    println!("Ctrl-C stops it; jobs survive restarts.");
+    for m in managers {
+        m.await??;
+    }
+    master.await??;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `weir`: the command line for Weir.
+//!
+//! Client verbs talk to the master over gRPC (`--master`, `WEIR_MASTER_URL`); `weir dev`
+//! runs the master and the four managers in this process with an embedded store.
+
+mod client;
+mod dev;
+mod render;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: durable, rate-controlled data ingestion.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// The master's gRPC address.
+    #[arg(long, global = true, env = "WEIR_MASTER_URL", default_value = "http://127.0.0.1:50051")]
+    master: String,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform in this process: master, four managers, embedded store.
+    Dev(dev::DevArgs),
+    /// Submit a job from a YAML or JSON file.
+    Submit {
+        /// The job spec file ("-" for standard input).
+        file: PathBuf,
+        /// Then watch it until it finishes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Follow a job live until it finishes (exit code 0 only if it succeeded).
+    Watch { job_id: String },
+    /// List jobs, newest first.
+    Jobs(client::ListArgs),
+    /// Show one job and its tasks.
+    Get { job_id: String },
+    /// Stop leasing a job's tasks (running ones finish).
+    Pause { job_id: String },
+    /// Continue a paused job.
+    Resume { job_id: String },
+    /// Cancel a job; succeeded steps with a compensation are undone.
+    Cancel {
+        job_id: String,
+        /// Why, recorded on the job.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Run a failed, cancelled or compensated job again from the steps that had not succeeded.
+    Retry {
+        job_id: String,
+        /// Then watch it until it finishes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List the workers the master knows.
+    Workers,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    let json = cli.json;
+    let c = || client::Client::connect(&cli.master, json);
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await.map(|_| ok),
+        Command::Submit { file, watch } => {
+            let id = c()?.submit(&file).await?;
+            if watch {
+                c()?.watch(&id).await
+            } else {
+                Ok(ok)
+            }
+        }
+        Command::Watch { job_id } => c()?.watch(&job_id).await,
+        Command::Jobs(args) => c()?.list(args).await.map(|_| ok),
+        Command::Get { job_id } => c()?.get(&job_id).await.map(|_| ok),
+        Command::Pause { job_id } => c()?.pause(&job_id).await.map(|_| ok),
+        Command::Resume { job_id } => c()?.resume(&job_id).await.map(|_| ok),
+        Command::Cancel { job_id, reason } => c()?.cancel(&job_id, reason).await.map(|_| ok),
+        Command::Retry { job_id, watch } => {
+            c()?.retry(&job_id).await?;
+            if watch {
+                c()?.watch(&job_id).await
+            } else {
+                Ok(ok)
+            }
+        }
+        Command::Workers => c()?.workers().await.map(|_| ok),
+    }
+}

@@ -1,0 +1,186 @@
+//! How the CLI shows things: tables and a live progress view for people, JSON for scripts.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use weir_proto::convert;
+use weir_proto::v1;
+
+/// "running", "succeeded", … for a wire job state.
+pub fn job_state(v: i32) -> String {
+    convert::job_state_from_wire(v).map(|s| s.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+fn task_state(v: i32) -> String {
+    v1::TaskState::try_from(v)
+        .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn time(ts: &Option<prost_types::Timestamp>) -> String {
+    match ts {
+        Some(t) => {
+            let ms = convert::millis(t);
+            let secs = ms.div_euclid(1000);
+            let (d, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            // Civil date from days since the epoch (Howard Hinnant's algorithm).
+            let z = d + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let day = doy - (153 * mp + 2) / 5 + 1;
+            let month = if mp < 10 { mp + 3 } else { mp - 9 };
+            let year = yoe + era * 400 + i64::from(month <= 2);
+            format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+        }
+        None => "-".into(),
+    }
+}
+
+/// A table of jobs.
+pub fn job_table(jobs: &[v1::Job]) {
+    println!("{:<36}  {:<12}  {:<24}  {:<12}  {:>9}  CREATED", "JOB", "STATE", "NAME", "NAMESPACE", "TASKS");
+    for j in jobs {
+        let spec = j.spec.clone().unwrap_or_default();
+        println!(
+            "{:<36}  {:<12}  {:<24}  {:<12}  {:>9}  {}",
+            j.id,
+            job_state(j.state),
+            spec.name,
+            spec.namespace,
+            format!("{}/{}", j.tasks_succeeded, j.tasks_total),
+            time(&j.created_at)
+        );
+    }
+}
+
+/// One job and its tasks.
+pub fn job_detail(j: &v1::Job, tasks: &[v1::Task]) {
+    let spec = j.spec.clone().unwrap_or_default();
+    println!("job        {}", j.id);
+    println!("name       {}/{} (run {})", spec.namespace, spec.name, spec.run_id);
+    println!("state      {}", job_state(j.state));
+    if !j.error.is_empty() {
+        println!("error      {}", j.error);
+    }
+    println!("tasks      {} succeeded, {} failed, {} running, {} in all", j.tasks_succeeded, j.tasks_failed, j.tasks_running, j.tasks_total);
+    println!("created    {}", time(&j.created_at));
+    println!("finished   {}", time(&j.finished_at));
+    println!();
+    println!("{:<28}  {:<8}  {:<6}  {:<12}  {:>7}  {:>5}  {:<24}  ERROR", "STEP", "KIND", "QUEUE", "STATE", "ATTEMPT", "FENCE", "WORKER");
+    for t in tasks {
+        println!(
+            "{:<28}  {:<8}  {:<6}  {:<12}  {:>7}  {:>5}  {:<24}  {}",
+            t.step_id,
+            t.kind,
+            t.queue,
+            task_state(t.state),
+            t.attempt,
+            t.fence_token,
+            t.worker_id,
+            t.error_message
+        );
+    }
+}
+
+/// A table of workers.
+pub fn worker_table(ws: &[v1::Worker]) {
+    println!("{:<32}  {:<7}  {:>8}  {:>7}  LAST SEEN", "WORKER", "QUEUE", "CAPACITY", "RUNNING");
+    for w in ws {
+        println!("{:<32}  {:<7}  {:>8}  {:>7}  {}", w.worker_id, w.queue, w.capacity, w.running, time(&w.last_seen_at));
+    }
+}
+
+fn job_value(j: &v1::Job) -> Value {
+    let spec = j.spec.clone().unwrap_or_default();
+    json!({
+        "id": j.id, "namespace": spec.namespace, "name": spec.name, "run_id": spec.run_id,
+        "state": job_state(j.state), "error": j.error, "priority": spec.priority, "labels": spec.labels,
+        "tasks_total": j.tasks_total, "tasks_succeeded": j.tasks_succeeded, "tasks_failed": j.tasks_failed,
+        "tasks_running": j.tasks_running, "last_event_seq": j.last_event_seq,
+    })
+}
+
+fn task_value(t: &v1::Task) -> Value {
+    json!({
+        "id": t.id, "step_id": t.step_id, "kind": t.kind, "queue": t.queue, "state": task_state(t.state),
+        "attempt": t.attempt, "fence_token": t.fence_token, "worker_id": t.worker_id,
+        "error_kind": t.error_kind, "error_message": t.error_message, "compensates": t.compensates,
+        "output": serde_json::from_str::<Value>(&t.output_json).unwrap_or(Value::Null),
+    })
+}
+
+/// A job as JSON.
+pub fn json_job(j: &v1::Job) {
+    println!("{}", job_value(j));
+}
+
+/// A job with its tasks as JSON.
+pub fn json_job_tasks(j: &v1::Job, tasks: &[v1::Task]) {
+    let mut v = job_value(j);
+    v["tasks"] = Value::Array(tasks.iter().map(task_value).collect());
+    println!("{v}");
+}
+
+/// A page of jobs as JSON.
+pub fn json_list(r: &v1::ListJobsResponse) {
+    let jobs: Vec<Value> = r.jobs.iter().map(job_value).collect();
+    println!("{}", json!({"jobs": jobs, "next_page_token": r.next_page_token}));
+}
+
+/// The live view of `weir watch`.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    json: bool,
+}
+
+impl Progress {
+    pub fn new(job: &v1::Job, json: bool) -> Progress {
+        let name = job.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(u64::from(job.tasks_total));
+            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(name);
+            bar
+        });
+        Progress { bar, json }
+    }
+
+    pub fn event(&mut self, e: &v1::JobEvent) {
+        let what = e.r#type.trim_start_matches("dev.weir.");
+        let line = if e.step_id.is_empty() {
+            format!("{what} {}", e.message)
+        } else {
+            format!("{what} {} {}", e.step_id, e.message)
+        };
+        if self.json {
+            println!("{}", json!({"seq": e.seq, "type": e.r#type, "step_id": e.step_id, "job_state": job_state(e.job_state), "message": e.message}));
+        } else if let Some(bar) = &self.bar {
+            if e.r#type == "dev.weir.task.succeeded" {
+                bar.inc(1);
+                if bar.position() > bar.length().unwrap_or(0) {
+                    bar.set_length(bar.position());
+                }
+            }
+            bar.set_message(line.trim_end().to_string());
+        } else {
+            println!("#{:<4} {}", e.seq, line.trim_end());
+        }
+    }
+
+    pub fn finish(self, job: &v1::Job) {
+        if let Some(bar) = self.bar {
+            bar.finish_with_message(job_state(job.state));
+        }
+        if !self.json {
+            let err = if job.error.is_empty() { String::new() } else { format!(": {}", job.error) };
+            println!("job {} {}{err}", job.id, job_state(job.state));
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `JobService`: what clients call to submit, inspect and steer jobs.
+//!
+//! Reads go to the store (every reply of a write comes after its commit, so the store is
+//! never behind what a client was told); writes go through the scheduler.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use weir_core::model::{EventRecord, JobRecord};
+use weir_core::validate::validate;
+use weir_proto::convert;
+use weir_proto::v1::{self, job_service_server::JobService};
+use weir_store::{Cursor, JobFilter};
+
+use crate::status::{self, invalid, parse_id};
+use crate::Shared;
+
+/// Default and largest page of ListJobs.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+/// Events read from the store per query while a watcher catches up.
+const HISTORY_PAGE: u32 = 1000;
+
+/// The JobService implementation.
+pub struct Jobs(pub(crate) Arc<Shared>);
+
+impl Jobs {
+    async fn job(&self, id: Uuid) -> Result<JobRecord, Status> {
+        self.0.store.get_job(id).await.map_err(status::store)?.ok_or_else(|| Status::not_found(format!("job {id} not found")))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchJobResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Jobs {
+    #[tracing::instrument(name = "submit_job", skip_all)]
+    async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        self.0.check_ready()?;
+        let wire = req.into_inner().spec.ok_or_else(|| invalid("spec is required"))?;
+        let spec = convert::spec_from_wire(&wire).map_err(invalid)?;
+        let valid = validate(spec).map_err(status::spec)?;
+        let s = &valid.spec;
+        if !s.run_id.is_empty() {
+            if let Some(id) = self.0.store.find_job(&s.namespace, &s.name, &s.run_id).await.map_err(status::store)? {
+                let job = self.job(id).await?;
+                return Ok(Response::new(v1::SubmitJobResponse { job: Some(convert::job(&job)), created: false }));
+            }
+        }
+        let (id, created) = self.0.scheduler.submit(valid).await.map_err(status::sched)?;
+        tracing::info!(job_id = %id, created, "job submitted");
+        let job = self.job(id).await?;
+        Ok(Response::new(v1::SubmitJobResponse { job: Some(convert::job(&job)), created }))
+    }
+
+    async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::GetJobResponse>, Status> {
+        let id = parse_id("job_id", &req.into_inner().job_id)?;
+        let job = self.job(id).await?;
+        Ok(Response::new(v1::GetJobResponse { job: Some(convert::job(&job)) }))
+    }
+
+    async fn list_jobs(&self, req: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        let limit = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => return Err(invalid(format!("page_size {n} is over the limit of {MAX_PAGE}"))),
+            n => n,
+        };
+        let state = match r.state {
+            0 => None,
+            n => Some(convert::job_state_from_wire(n).ok_or_else(|| invalid(format!("unknown job state {n}")))?),
+        };
+        let after = if r.page_token.is_empty() { None } else { Some(Cursor::from_token(&r.page_token).map_err(invalid)?) };
+        let filter = JobFilter {
+            namespace: (!r.namespace.is_empty()).then_some(r.namespace),
+            state,
+            name: (!r.name.is_empty()).then_some(r.name),
+            labels: r.labels.into_iter().collect(),
+        };
+        let page = self.0.store.list_jobs(&filter, limit, after).await.map_err(status::store)?;
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: page.jobs.iter().map(convert::job).collect(),
+            next_page_token: page.next.map(Cursor::to_token).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_job_tasks(&self, req: Request<v1::GetJobTasksRequest>) -> Result<Response<v1::GetJobTasksResponse>, Status> {
+        let id = parse_id("job_id", &req.into_inner().job_id)?;
+        let job = self.job(id).await?;
+        let mut tasks = self.0.store.job_tasks(id).await.map_err(status::store)?;
+        // Steps in dependency order, compensation tasks after them.
+        let order = |step: &str| job.spec.steps.iter().position(|s| s.id == step).unwrap_or(usize::MAX);
+        tasks.sort_by_key(|t| (t.compensates.is_some(), order(t.compensates.as_deref().unwrap_or(&t.step_id))));
+        Ok(Response::new(v1::GetJobTasksResponse { tasks: tasks.iter().map(convert::task).collect() }))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(&self, req: Request<v1::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
+        let id = parse_id("job_id", &r.job_id)?;
+        // Subscribe before reading history, so nothing falls between the two.
+        let live = self.0.scheduler.subscribe();
+        self.job(id).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            if let Err(e) = watch(shared, id, r.from_seq.max(1), live, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pause_job(&self, req: Request<v1::PauseJobRequest>) -> Result<Response<v1::PauseJobResponse>, Status> {
+        self.0.check_ready()?;
+        let id = parse_id("job_id", &req.into_inner().job_id)?;
+        self.0.scheduler.pause(id).await.map_err(|e| self.not_found_if_stored(e, id))?;
+        Ok(Response::new(v1::PauseJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
+    }
+
+    async fn resume_job(&self, req: Request<v1::ResumeJobRequest>) -> Result<Response<v1::ResumeJobResponse>, Status> {
+        self.0.check_ready()?;
+        let id = parse_id("job_id", &req.into_inner().job_id)?;
+        self.0.scheduler.resume(id).await.map_err(|e| self.not_found_if_stored(e, id))?;
+        Ok(Response::new(v1::ResumeJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
+    }
+
+    async fn cancel_job(&self, req: Request<v1::CancelJobRequest>) -> Result<Response<v1::CancelJobResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        let id = parse_id("job_id", &r.job_id)?;
+        self.0.scheduler.cancel(id, r.reason).await.map_err(|e| self.not_found_if_stored(e, id))?;
+        tracing::info!(job_id = %id, "job cancelled");
+        Ok(Response::new(v1::CancelJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
+    }
+
+    async fn retry_job(&self, req: Request<v1::RetryJobRequest>) -> Result<Response<v1::RetryJobResponse>, Status> {
+        self.0.check_ready()?;
+        let id = parse_id("job_id", &req.into_inner().job_id)?;
+        let stored = self.0.store.load_job(id).await.map_err(status::store)?;
+        if stored.is_none() {
+            return Err(Status::not_found(format!("job {id} not found")));
+        }
+        self.0.scheduler.retry(id, stored).await.map_err(status::sched)?;
+        tracing::info!(job_id = %id, "job retried");
+        Ok(Response::new(v1::RetryJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
+    }
+}
+
+impl Jobs {
+    /// A finished job is no longer in the engine: say what state it is in rather than "not found".
+    fn not_found_if_stored(&self, e: crate::scheduler::SchedError, id: Uuid) -> Status {
+        match e {
+            crate::scheduler::SchedError::Engine(weir_core::engine::EngineError::JobNotFound(_)) => {
+                Status::failed_precondition(format!("job {id} is finished or unknown; only unfinished jobs can be steered"))
+            }
+            other => status::sched(other),
+        }
+    }
+}
+
+fn ends_stream(e: &EventRecord) -> bool {
+    e.task_id.is_none() && e.job_state.is_terminal()
+}
+
+/// Streams a job's history from `from`, then live events, until the job finishes.
+async fn watch(
+    shared: Arc<Shared>,
+    id: Uuid,
+    from: u64,
+    mut live: broadcast::Receiver<crate::scheduler::EventBatch>,
+    tx: &mpsc::Sender<Result<v1::WatchJobResponse, Status>>,
+) -> Result<(), Status> {
+    let mut next = from;
+    // Catch up from the store; also used after falling behind the live feed.
+    let catch_up = |next: u64| {
+        let shared = shared.clone();
+        async move { shared.store.events(id, next, HISTORY_PAGE).await.map_err(status::store) }
+    };
+    loop {
+        let page = catch_up(next).await?;
+        let done = page.len() < HISTORY_PAGE as usize;
+        for e in page {
+            next = e.seq + 1;
+            let end = ends_stream(&e);
+            if tx.send(Ok(v1::WatchJobResponse { event: Some(convert::event(&e)) })).await.is_err() {
+                return Ok(());
+            }
+            if end && done {
+                return Ok(());
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    loop {
+        let batch = tokio::select! {
+            b = live.recv() => b,
+            _ = tx.closed() => return Ok(()),
+        };
+        match batch {
+            Ok(batch) => {
+                for e in batch.iter().filter(|e| e.job_id == id) {
+                    if e.seq < next {
+                        continue;
+                    }
+                    if e.seq > next {
+                        // A gap means we missed something: read it from the store.
+                        for old in catch_up(next).await?.into_iter().filter(|o| o.seq < e.seq) {
+                            if tx.send(Ok(v1::WatchJobResponse { event: Some(convert::event(&old)) })).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    next = e.seq + 1;
+                    if tx.send(Ok(v1::WatchJobResponse { event: Some(convert::event(e)) })).await.is_err() {
+                        return Ok(());
+                    }
+                    if ends_stream(e) {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                for e in catch_up(next).await? {
+                    next = e.seq + 1;
+                    let end = ends_stream(&e);
+                    if tx.send(Ok(v1::WatchJobResponse { event: Some(convert::event(&e)) })).await.is_err() || end {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                return Err(Status::unavailable("the master is stopping"));
+            }
+        }
+    }
+}

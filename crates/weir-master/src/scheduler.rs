@@ -1,0 +1,313 @@
+//! The scheduler task: the single owner of the engine.
+//!
+//! Handlers send [`Command`]s through a [`Handle`]. The task takes every command waiting
+//! (up to `max_batch`), applies them to the engine in order, fires due timers, serves
+//! long-polling workers, then commits all resulting changes in one transaction and only
+//! then replies. Many commands therefore share one commit, which is how the master turns
+//! a database that commits a few thousand transactions per second into many more task
+//! state changes per second. If a commit fails, everyone in the batch is told UNAVAILABLE
+//! and the engine is rebuilt from the store; if leadership was lost, the master stops.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use weir_core::engine::{Engine, EngineError, Failure, Lease, LeaseStatus};
+use weir_core::model::{EventRecord, JobRecord, TaskRecord};
+use weir_core::validate::ValidJob;
+use weir_store::{Store, StoreError};
+
+use crate::now_ms;
+
+/// Why a command got no result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SchedError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The change could not be made durable (or the master is stopping): try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
+
+/// What handlers ask of the engine.
+pub(crate) enum Command {
+    Submit(Box<ValidJob>, Reply<(Uuid, bool)>),
+    Pause(Uuid, Reply<()>),
+    Resume(Uuid, Reply<()>),
+    Cancel(Uuid, String, Reply<()>),
+    /// Retry; carries the stored job in case it already left memory.
+    Retry(Uuid, Option<Box<(JobRecord, Vec<TaskRecord>)>>, Reply<()>),
+    Acquire { queue: String, worker: String, max: u32, wait: Duration, reply: Reply<Vec<Lease>> },
+    Heartbeat { worker: String, leases: Vec<(Uuid, u64)>, reply: Reply<Vec<(Uuid, LeaseStatus)>> },
+    Complete { task: Uuid, fence: u64, output: Option<String>, reply: Reply<()> },
+    Fail { task: Uuid, fence: u64, failure: Failure, reply: Reply<bool> },
+    Release { worker: String, leases: Vec<(Uuid, u64)>, reply: Reply<u32> },
+    ReleaseWorker { worker: String, reply: Reply<u32> },
+}
+
+/// Committed events, for WatchJob streams.
+pub type EventBatch = Arc<Vec<EventRecord>>;
+
+/// The handlers' side of the scheduler.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<EventBatch>,
+}
+
+/// The scheduler's side of the channel.
+pub struct Inbox(mpsc::Receiver<Command>);
+
+impl Handle {
+    /// A handle and the inbox [`run`] reads from.
+    pub fn new(max_batch: usize) -> (Handle, Inbox) {
+        let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
+        let (events, _) = broadcast::channel(4096);
+        (Handle { tx, events }, Inbox(rx))
+    }
+
+    /// The live event feed (committed events only).
+    pub fn events(&self) -> broadcast::Sender<EventBatch> {
+        self.events.clone()
+    }
+
+    /// Subscribes to committed events.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventBatch> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| SchedError::Unavailable("the master is stopping".into()))?;
+        rx.await.map_err(|_| SchedError::Unavailable("the master is stopping".into()))?
+    }
+
+    pub(crate) async fn submit(&self, job: ValidJob) -> Result<(Uuid, bool), SchedError> {
+        self.ask(|r| Command::Submit(Box::new(job), r)).await
+    }
+    pub(crate) async fn pause(&self, id: Uuid) -> Result<(), SchedError> {
+        self.ask(|r| Command::Pause(id, r)).await
+    }
+    pub(crate) async fn resume(&self, id: Uuid) -> Result<(), SchedError> {
+        self.ask(|r| Command::Resume(id, r)).await
+    }
+    pub(crate) async fn cancel(&self, id: Uuid, reason: String) -> Result<(), SchedError> {
+        self.ask(|r| Command::Cancel(id, reason, r)).await
+    }
+    pub(crate) async fn retry(&self, id: Uuid, stored: Option<(JobRecord, Vec<TaskRecord>)>) -> Result<(), SchedError> {
+        self.ask(|r| Command::Retry(id, stored.map(Box::new), r)).await
+    }
+    pub(crate) async fn acquire(&self, queue: String, worker: String, max: u32, wait: Duration) -> Result<Vec<Lease>, SchedError> {
+        self.ask(|reply| Command::Acquire { queue, worker, max, wait, reply }).await
+    }
+    pub(crate) async fn heartbeat(&self, worker: String, leases: Vec<(Uuid, u64)>) -> Result<Vec<(Uuid, LeaseStatus)>, SchedError> {
+        self.ask(|reply| Command::Heartbeat { worker, leases, reply }).await
+    }
+    pub(crate) async fn complete(&self, task: Uuid, fence: u64, output: Option<String>) -> Result<(), SchedError> {
+        self.ask(|reply| Command::Complete { task, fence, output, reply }).await
+    }
+    pub(crate) async fn fail(&self, task: Uuid, fence: u64, failure: Failure) -> Result<bool, SchedError> {
+        self.ask(|reply| Command::Fail { task, fence, failure, reply }).await
+    }
+    pub(crate) async fn release(&self, worker: String, leases: Vec<(Uuid, u64)>) -> Result<u32, SchedError> {
+        self.ask(|reply| Command::Release { worker, leases, reply }).await
+    }
+    pub(crate) async fn release_worker(&self, worker: String) -> Result<u32, SchedError> {
+        self.ask(|reply| Command::ReleaseWorker { worker, reply }).await
+    }
+}
+
+/// A reply held until the batch commits: called with `None` on success or the reason.
+type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, value: Result<T, SchedError>) -> Pending {
+    Box::new(move |failed| {
+        let _ = reply.send(match failed {
+            None => value,
+            Some(why) => Err(SchedError::Unavailable(why.to_string())),
+        });
+    })
+}
+
+/// A worker parked in a long poll.
+struct Waiter {
+    worker: String,
+    max: u32,
+    deadline: i64,
+    reply: Reply<Vec<Lease>>,
+}
+
+struct Scheduler {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    epoch: i64,
+    waiters: HashMap<String, VecDeque<Waiter>>,
+    events: broadcast::Sender<EventBatch>,
+}
+
+/// Runs the scheduler until `cancel` fires. Returns an error only when the store refused
+/// this master (leadership lost), which must stop the process.
+pub async fn run(
+    engine: Engine,
+    store: Arc<dyn Store>,
+    epoch: i64,
+    inbox: Inbox,
+    events: broadcast::Sender<EventBatch>,
+    cancel: CancellationToken,
+    max_batch: usize,
+) -> Result<(), StoreError> {
+    let mut s = Scheduler { engine, store, epoch, waiters: HashMap::new(), events };
+    let mut rx = inbox.0;
+    let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
+    loop {
+        let wake = s.next_wake();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break },
+            _ = tokio::time::sleep(wake) => {}
+        }
+        let now = now_ms();
+        let mut replies: Vec<Pending> = Vec::with_capacity(batch.len());
+        for cmd in batch.drain(..) {
+            s.apply(cmd, now, &mut replies);
+        }
+        s.engine.tick(now);
+        s.serve_waiters(now, &mut replies);
+        let changes = s.engine.take_changes(now);
+        if changes.is_empty() {
+            replies.into_iter().for_each(|r| r(None));
+            continue;
+        }
+        match s.store.commit(s.epoch, &changes).await {
+            Ok(()) => {
+                replies.into_iter().for_each(|r| r(None));
+                if !changes.events.is_empty() {
+                    let _ = s.events.send(Arc::new(changes.events));
+                }
+            }
+            Err(e) => {
+                let why = format!("could not commit: {e}; nothing was changed, try again");
+                tracing::error!(error = %e, "commit failed");
+                replies.into_iter().for_each(|r| r(Some(&why)));
+                if let StoreError::Fenced { .. } = e {
+                    cancel.cancel();
+                    return Err(e);
+                }
+                s.reload().await;
+            }
+        }
+    }
+    // Parked workers get an empty answer rather than a dropped call.
+    for (_, q) in s.waiters.drain() {
+        for w in q {
+            let _ = w.reply.send(Ok(Vec::new()));
+        }
+    }
+    Ok(())
+}
+
+impl Scheduler {
+    fn next_wake(&self) -> Duration {
+        let now = now_ms();
+        let waiter = self.waiters.values().flat_map(|q| q.iter().map(|w| w.deadline)).min();
+        let at = [self.engine.next_deadline(), waiter].into_iter().flatten().min();
+        match at {
+            Some(at) => Duration::from_millis(u64::try_from((at - now).max(0)).unwrap_or(0)),
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, now: i64, replies: &mut Vec<Pending>) {
+        let e = &mut self.engine;
+        match cmd {
+            Command::Submit(job, r) => replies.push(pending(r, Ok(e.submit(*job, now)))),
+            Command::Pause(id, r) => replies.push(pending(r, e.pause(id, now).map_err(Into::into))),
+            Command::Resume(id, r) => replies.push(pending(r, e.resume(id, now).map_err(Into::into))),
+            Command::Cancel(id, why, r) => replies.push(pending(r, e.cancel(id, &why, now).map_err(Into::into))),
+            Command::Retry(id, stored, r) => {
+                if e.job(id).is_none() {
+                    if let Some(stored) = stored {
+                        let (job, tasks) = *stored;
+                        e.load(vec![job], tasks, now);
+                    }
+                }
+                replies.push(pending(r, e.retry(id, now).map_err(Into::into)));
+            }
+            Command::Acquire { queue, worker, max, wait, reply } => {
+                let leases = e.acquire(&queue, &worker, max, now);
+                if leases.is_empty() && !wait.is_zero() {
+                    let deadline = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                    self.waiters.entry(queue).or_default().push_back(Waiter { worker, max, deadline, reply });
+                } else {
+                    replies.push(pending(reply, Ok(leases)));
+                }
+            }
+            Command::Heartbeat { worker, leases, reply } => {
+                replies.push(pending(reply, Ok(e.heartbeat(&worker, &leases, now))));
+            }
+            Command::Complete { task, fence, output, reply } => {
+                replies.push(pending(reply, e.complete(task, fence, output, now).map_err(Into::into)));
+            }
+            Command::Fail { task, fence, failure, reply } => {
+                replies.push(pending(reply, e.fail(task, fence, failure, now).map_err(Into::into)));
+            }
+            Command::Release { worker, leases, reply } => {
+                replies.push(pending(reply, Ok(e.release(&worker, &leases, now))));
+            }
+            Command::ReleaseWorker { worker, reply } => {
+                replies.push(pending(reply, Ok(e.release_worker(&worker, now))));
+            }
+        }
+    }
+
+    /// Hands newly ready tasks to parked workers, oldest waiter first; answers expired waits.
+    fn serve_waiters(&mut self, now: i64, replies: &mut Vec<Pending>) {
+        for (queue, q) in self.waiters.iter_mut() {
+            while self.engine.has_ready(queue) {
+                let Some(w) = q.pop_front() else { break };
+                if w.reply.is_closed() {
+                    continue;
+                }
+                let leases = self.engine.acquire(queue, &w.worker, w.max, now);
+                replies.push(pending(w.reply, Ok(leases)));
+            }
+            while let Some(pos) = q.iter().position(|w| w.deadline <= now || w.reply.is_closed()) {
+                if let Some(w) = q.remove(pos) {
+                    replies.push(pending(w.reply, Ok(Vec::new())));
+                }
+            }
+        }
+        self.waiters.retain(|_, q| !q.is_empty());
+    }
+
+    /// After a failed commit memory may be ahead of the store: rebuild it from the store.
+    async fn reload(&mut self) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.load_unfinished().await {
+                Ok((jobs, tasks)) => {
+                    let mut engine = Engine::new(self.engine_config(), Box::new(Uuid::now_v7));
+                    engine.load(jobs, tasks, now_ms());
+                    self.engine = engine;
+                    tracing::warn!("engine rebuilt from the store after a failed commit");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload state; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn engine_config(&self) -> weir_core::engine::EngineConfig {
+        self.engine.config().clone()
+    }
+}

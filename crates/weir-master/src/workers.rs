@@ -1,0 +1,199 @@
+//! `WorkerService`: the lease protocol managers speak, and the registry of live workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use weir_core::catalog::Queue;
+use weir_core::engine::Failure;
+use weir_core::validate::MAX_CONFIG_BYTES;
+use weir_proto::convert;
+use weir_proto::v1::{self, worker_service_server::WorkerService};
+
+use crate::status::{self, invalid, parse_id};
+use crate::{now_ms, Shared};
+
+/// Longest long poll a worker may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Most tasks one acquire call may take.
+const MAX_ACQUIRE: u32 = 1000;
+
+/// What the master knows of a worker (in memory: workers re-register after a restart).
+#[derive(Debug, Clone)]
+struct WorkerInfo {
+    queue: String,
+    capacity: u32,
+    running: u32,
+    version: String,
+    registered_ms: i64,
+    last_seen_ms: i64,
+}
+
+/// Live workers by id.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<String, WorkerInfo>>);
+
+impl Registry {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, WorkerInfo>) -> T) -> T {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    fn seen(&self, worker: &str, running: Option<u32>) {
+        self.with(|m| {
+            if let Some(w) = m.get_mut(worker) {
+                w.last_seen_ms = now_ms();
+                if let Some(r) = running {
+                    w.running = r;
+                }
+            }
+        });
+    }
+}
+
+/// The WorkerService implementation.
+pub struct Workers(pub(crate) Arc<Shared>);
+
+fn worker_id(s: &str) -> Result<String, Status> {
+    if s.is_empty() || s.len() > 128 {
+        return Err(invalid("worker_id must be 1-128 characters"));
+    }
+    Ok(s.to_string())
+}
+
+fn queue(s: &str) -> Result<String, Status> {
+    s.parse::<Queue>().map(|q| q.as_str().to_string()).map_err(invalid)
+}
+
+fn lease_refs(items: &[v1::TaskHeartbeat]) -> Result<Vec<(Uuid, u64)>, Status> {
+    items.iter().map(|t| Ok((parse_id("task_id", &t.task_id)?, t.fence_token))).collect()
+}
+
+fn output(text: &str) -> Result<Option<String>, Status> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(invalid(format!("output_json is {} bytes, over the limit of {MAX_CONFIG_BYTES}", text.len())));
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if v.is_object() => Ok(Some(text.to_string())),
+        Ok(_) => Err(invalid("output_json must be a JSON object")),
+        Err(e) => Err(invalid(format!("output_json is not valid JSON: {e}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Workers {
+    async fn register_worker(&self, req: Request<v1::RegisterWorkerRequest>) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let q = queue(&r.queue)?;
+        let now = now_ms();
+        tracing::info!(worker = %id, queue = %q, capacity = r.capacity, "worker registered");
+        self.0.registry.with(|m| {
+            m.insert(id, WorkerInfo { queue: q, capacity: r.capacity, running: 0, version: r.version, registered_ms: now, last_seen_ms: now })
+        });
+        Ok(Response::new(v1::RegisterWorkerResponse { heartbeat_interval: Some(convert::duration(self.0.config.heartbeat_interval)) }))
+    }
+
+    #[tracing::instrument(name = "acquire_tasks", skip_all)]
+    async fn acquire_tasks(&self, req: Request<v1::AcquireTasksRequest>) -> Result<Response<v1::AcquireTasksResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let q = queue(&r.queue)?;
+        let max = match r.max_tasks {
+            0 => 1,
+            n if n > MAX_ACQUIRE => return Err(invalid(format!("max_tasks {n} is over the limit of {MAX_ACQUIRE}"))),
+            n => n,
+        };
+        let wait = match &r.wait {
+            None => Duration::ZERO,
+            Some(d) => convert::from_duration("wait", d).map_err(invalid)?,
+        };
+        if wait > MAX_WAIT {
+            return Err(invalid(format!("wait is over the limit of {}s", MAX_WAIT.as_secs())));
+        }
+        self.0.registry.seen(&worker, None);
+        let leases = self.0.scheduler.acquire(q, worker, max, wait).await.map_err(status::sched)?;
+        Ok(Response::new(v1::AcquireTasksResponse { leases: leases.iter().map(convert::lease).collect() }))
+    }
+
+    async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let leases = lease_refs(&r.tasks)?;
+        self.0.registry.seen(&worker, Some(leases.len() as u32));
+        let statuses = self.0.scheduler.heartbeat(worker, leases).await.map_err(status::sched)?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            tasks: statuses.into_iter().map(|(t, s)| convert::lease_status(t, s)).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "complete_task", skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn complete_task(&self, req: Request<v1::CompleteTaskRequest>) -> Result<Response<v1::CompleteTaskResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        let task = parse_id("task_id", &r.task_id)?;
+        let out = output(&r.output_json)?;
+        self.0.scheduler.complete(task, r.fence_token, out).await.map_err(status::sched)?;
+        Ok(Response::new(v1::CompleteTaskResponse {}))
+    }
+
+    #[tracing::instrument(name = "fail_task", skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn fail_task(&self, req: Request<v1::FailTaskRequest>) -> Result<Response<v1::FailTaskResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        let task = parse_id("task_id", &r.task_id)?;
+        if r.error_kind.is_empty() {
+            return Err(invalid("error_kind is required (e.g. \"io\", \"bad_input\")"));
+        }
+        let failure = Failure { kind: r.error_kind, message: r.message, retryable: r.retryable };
+        let will_retry = self.0.scheduler.fail(task, r.fence_token, failure).await.map_err(status::sched)?;
+        Ok(Response::new(v1::FailTaskResponse { will_retry }))
+    }
+
+    async fn release_tasks(&self, req: Request<v1::ReleaseTasksRequest>) -> Result<Response<v1::ReleaseTasksResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let released = self.0.scheduler.release(worker, lease_refs(&r.tasks)?).await.map_err(status::sched)?;
+        Ok(Response::new(v1::ReleaseTasksResponse { released }))
+    }
+
+    async fn deregister_worker(&self, req: Request<v1::DeregisterWorkerRequest>) -> Result<Response<v1::DeregisterWorkerResponse>, Status> {
+        self.0.check_ready()?;
+        let worker = worker_id(&req.into_inner().worker_id)?;
+        let released = self.0.scheduler.release_worker(worker.clone()).await.map_err(status::sched)?;
+        self.0.registry.with(|m| m.remove(&worker));
+        tracing::info!(worker = %worker, released, "worker deregistered");
+        Ok(Response::new(v1::DeregisterWorkerResponse { released }))
+    }
+
+    async fn list_workers(&self, _req: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        // Workers silent for three heartbeat intervals are gone.
+        let horizon = now_ms() - 3 * i64::try_from(self.0.config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX / 4);
+        let workers = self.0.registry.with(|m| {
+            m.retain(|_, w| w.last_seen_ms >= horizon);
+            let mut v: Vec<v1::Worker> = m
+                .iter()
+                .map(|(id, w)| v1::Worker {
+                    worker_id: id.clone(),
+                    queue: w.queue.clone(),
+                    capacity: w.capacity,
+                    running: w.running,
+                    registered_at: Some(convert::timestamp(w.registered_ms)),
+                    last_seen_at: Some(convert::timestamp(w.last_seen_ms)),
+                    version: w.version.clone(),
+                })
+                .collect();
+            v.sort_by(|a, b| (&a.queue, &a.worker_id).cmp(&(&b.queue, &b.worker_id)));
+            v
+        });
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+}

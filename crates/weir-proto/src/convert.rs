@@ -1,0 +1,328 @@
+//! Conversions between the wire types (`v1`) and the domain (`weir_core`), in one place for
+//! the master and every client. Wire → domain conversions fail with a message naming the
+//! field, which the master returns as `INVALID_ARGUMENT`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use weir_core::engine::{Lease, LeaseStatus};
+use weir_core::model::{EventRecord, JobRecord, JobState, TaskRecord, TaskState};
+use weir_core::spec::{self, RetryPolicy};
+use weir_core::Millis;
+
+use crate::v1;
+
+/// A wire timestamp from epoch milliseconds.
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// Epoch milliseconds from a wire timestamp.
+pub fn millis(ts: &prost_types::Timestamp) -> Millis {
+    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+}
+
+/// A wire duration.
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A domain duration from the wire; negative or malformed durations are refused by name.
+pub fn from_duration(what: &str, d: &prost_types::Duration) -> Result<Duration, String> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(format!("{what}: bad duration ({}s {}ns)", d.seconds, d.nanos));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn opt_duration(what: &str, d: &Option<prost_types::Duration>) -> Result<Option<Duration>, String> {
+    d.as_ref().map(|d| from_duration(what, d)).transpose()
+}
+
+fn json(what: &str, text: &str) -> Result<Option<Value>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text).map(Some).map_err(|e| format!("{what} is not valid JSON: {e}"))
+}
+
+fn json_text(v: &Option<Value>) -> String {
+    v.as_ref().map(Value::to_string).unwrap_or_default()
+}
+
+fn retry_from(what: &str, r: &v1::RetryPolicy) -> Result<RetryPolicy, String> {
+    let d = RetryPolicy::DEFAULT;
+    Ok(RetryPolicy {
+        max_attempts: if r.max_attempts == 0 { d.max_attempts } else { r.max_attempts },
+        initial_interval: opt_duration(&format!("{what}.initial_interval"), &r.initial_interval)?.or(d.initial_interval),
+        backoff_coefficient: if r.backoff_coefficient == 0.0 { d.backoff_coefficient } else { r.backoff_coefficient },
+        max_interval: opt_duration(&format!("{what}.max_interval"), &r.max_interval)?.or(d.max_interval),
+        jitter: if r.no_jitter { 0.0 } else if r.jitter == 0.0 { d.jitter } else { r.jitter },
+        non_retryable_error_kinds: r.non_retryable_error_kinds.clone(),
+    })
+}
+
+fn retry_to(r: &RetryPolicy) -> v1::RetryPolicy {
+    v1::RetryPolicy {
+        max_attempts: r.max_attempts,
+        initial_interval: r.initial_interval.map(duration),
+        backoff_coefficient: r.backoff_coefficient,
+        max_interval: r.max_interval.map(duration),
+        jitter: r.jitter,
+        non_retryable_error_kinds: r.non_retryable_error_kinds.clone(),
+        no_jitter: r.jitter == 0.0,
+    }
+}
+
+/// Wire spec → domain spec.
+pub fn spec_from_wire(s: &v1::JobSpec) -> Result<spec::JobSpec, String> {
+    let mut steps = Vec::with_capacity(s.steps.len());
+    for st in &s.steps {
+        let what = format!("step {:?}", st.id);
+        let timeouts = match &st.timeouts {
+            None => None,
+            Some(t) => Some(spec::StepTimeouts {
+                schedule_to_start: opt_duration(&format!("{what} timeouts.schedule_to_start"), &t.schedule_to_start)?,
+                start_to_close: opt_duration(&format!("{what} timeouts.start_to_close"), &t.start_to_close)?,
+                heartbeat: opt_duration(&format!("{what} timeouts.heartbeat"), &t.heartbeat)?,
+            }),
+        };
+        let compensation = match &st.compensation {
+            None => None,
+            Some(c) => Some(spec::CompensationSpec {
+                kind: c.kind.clone(),
+                queue: (!c.queue.is_empty()).then(|| c.queue.clone()),
+                config: json(&format!("{what} compensation config_json"), &c.config_json)?,
+                retry: c.retry.as_ref().map(|r| retry_from(&format!("{what} compensation retry"), r)).transpose()?,
+            }),
+        };
+        steps.push(spec::StepSpec {
+            id: st.id.clone(),
+            kind: st.kind.clone(),
+            queue: st.queue.clone(),
+            depends_on: st.depends_on.clone(),
+            config: json(&format!("{what} config_json"), &st.config_json)?,
+            retry: st.retry.as_ref().map(|r| retry_from(&format!("{what} retry"), r)).transpose()?,
+            timeouts,
+            compensation,
+        });
+    }
+    Ok(spec::JobSpec {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        run_id: s.run_id.clone(),
+        priority: s.priority,
+        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        timeout: opt_duration("job timeout", &s.timeout)?,
+        steps,
+        template: (!s.template.is_empty()).then(|| s.template.clone()),
+        params: json("params_json", &s.params_json)?,
+    })
+}
+
+/// Domain spec → wire spec.
+pub fn spec_to_wire(s: &spec::JobSpec) -> v1::JobSpec {
+    v1::JobSpec {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        run_id: s.run_id.clone(),
+        priority: s.priority,
+        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        timeout: s.timeout.map(duration),
+        steps: s
+            .steps
+            .iter()
+            .map(|st| v1::StepSpec {
+                id: st.id.clone(),
+                kind: st.kind.clone(),
+                queue: st.queue.clone(),
+                depends_on: st.depends_on.clone(),
+                config_json: json_text(&st.config),
+                retry: st.retry.as_ref().map(retry_to),
+                timeouts: st.timeouts.as_ref().map(|t| v1::StepTimeouts {
+                    schedule_to_start: t.schedule_to_start.map(duration),
+                    start_to_close: t.start_to_close.map(duration),
+                    heartbeat: t.heartbeat.map(duration),
+                }),
+                compensation: st.compensation.as_ref().map(|c| v1::CompensationSpec {
+                    kind: c.kind.clone(),
+                    queue: c.queue.clone().unwrap_or_default(),
+                    config_json: json_text(&c.config),
+                    retry: c.retry.as_ref().map(retry_to),
+                }),
+            })
+            .collect(),
+        template: s.template.clone().unwrap_or_default(),
+        params_json: json_text(&s.params),
+    }
+}
+
+/// Domain job state → wire enum.
+pub fn job_state(s: JobState) -> v1::JobState {
+    match s {
+        JobState::Pending => v1::JobState::Pending,
+        JobState::Running => v1::JobState::Running,
+        JobState::Paused => v1::JobState::Paused,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Cancelled => v1::JobState::Cancelled,
+        JobState::Compensating => v1::JobState::Compensating,
+        JobState::Compensated => v1::JobState::Compensated,
+    }
+}
+
+/// Wire enum → domain job state (`None` for UNSPECIFIED or unknown numbers).
+pub fn job_state_from_wire(v: i32) -> Option<JobState> {
+    JobState::ALL.iter().copied().find(|s| job_state(*s) as i32 == v)
+}
+
+/// Domain task state → wire enum.
+pub fn task_state(s: TaskState) -> v1::TaskState {
+    match s {
+        TaskState::Pending => v1::TaskState::Pending,
+        TaskState::Ready => v1::TaskState::Ready,
+        TaskState::Running => v1::TaskState::Running,
+        TaskState::Backoff => v1::TaskState::Backoff,
+        TaskState::Succeeded => v1::TaskState::Succeeded,
+        TaskState::Failed => v1::TaskState::Failed,
+        TaskState::Cancelled => v1::TaskState::Cancelled,
+        TaskState::Compensated => v1::TaskState::Compensated,
+    }
+}
+
+/// A job for the wire.
+pub fn job(j: &JobRecord) -> v1::Job {
+    v1::Job {
+        id: j.id.to_string(),
+        spec: Some(spec_to_wire(&j.spec)),
+        state: job_state(j.state) as i32,
+        error: j.error.clone().unwrap_or_default(),
+        created_at: Some(timestamp(j.created_ms)),
+        updated_at: Some(timestamp(j.updated_ms)),
+        finished_at: j.finished_ms.map(timestamp),
+        tasks_total: j.counts.total,
+        tasks_succeeded: j.counts.succeeded,
+        tasks_failed: j.counts.failed,
+        tasks_running: j.counts.running,
+        last_event_seq: j.last_seq,
+    }
+}
+
+/// A task for the wire.
+pub fn task(t: &TaskRecord) -> v1::Task {
+    v1::Task {
+        id: t.id.to_string(),
+        job_id: t.job_id.to_string(),
+        step_id: t.step_id.clone(),
+        kind: t.kind.clone(),
+        queue: t.queue.clone(),
+        state: task_state(t.state) as i32,
+        attempt: t.attempt,
+        fence_token: t.fence,
+        worker_id: t.worker.clone().unwrap_or_default(),
+        error_kind: t.error_kind.clone().unwrap_or_default(),
+        error_message: t.error_message.clone().unwrap_or_default(),
+        output_json: t.output.clone().unwrap_or_default(),
+        started_at: t.started_ms.map(timestamp),
+        finished_at: t.finished_ms.map(timestamp),
+        compensation: t.compensates.is_some(),
+        compensates: t.compensates.clone().unwrap_or_default(),
+        depends_on: t.depends_on.clone(),
+        lease_expires_at: t.lease_expires_ms.map(timestamp),
+    }
+}
+
+/// An event for the wire.
+pub fn event(e: &EventRecord) -> v1::JobEvent {
+    v1::JobEvent {
+        job_id: e.job_id.to_string(),
+        seq: e.seq,
+        r#type: e.kind.to_string(),
+        time: Some(timestamp(e.time_ms)),
+        task_id: e.task_id.map(|t| t.to_string()).unwrap_or_default(),
+        step_id: e.step_id.clone().unwrap_or_default(),
+        job_state: job_state(e.job_state) as i32,
+        task_state: e.task_state.map(|s| task_state(s) as i32).unwrap_or_default(),
+        message: e.message.clone().unwrap_or_default(),
+        data_json: String::new(),
+    }
+}
+
+/// A lease for the wire.
+pub fn lease(l: &Lease) -> v1::TaskLease {
+    v1::TaskLease {
+        task_id: l.task_id.to_string(),
+        job_id: l.job_id.to_string(),
+        step_id: l.step_id.clone(),
+        kind: l.kind.clone(),
+        config_json: json_text(&l.config),
+        fence_token: l.fence,
+        attempt: l.attempt,
+        lease_expires_at: Some(timestamp(l.lease_expires_ms)),
+        heartbeat_timeout: Some(duration(l.heartbeat_timeout)),
+        compensation: l.compensation,
+        inputs_json: l.inputs.iter().cloned().collect(),
+        priority: l.priority,
+        namespace: l.namespace.clone(),
+        job_name: l.job_name.clone(),
+    }
+}
+
+/// A lease status for the wire.
+pub fn lease_status(task_id: uuid::Uuid, s: LeaseStatus) -> v1::TaskLeaseStatus {
+    let (status, expires) = match s {
+        LeaseStatus::Active(at) => (v1::LeaseStatus::Active, Some(timestamp(at))),
+        LeaseStatus::Cancelled => (v1::LeaseStatus::Cancelled, None),
+        LeaseStatus::Lost => (v1::LeaseStatus::Lost, None),
+    };
+    v1::TaskLeaseStatus { task_id: task_id.to_string(), status: status as i32, lease_expires_at: expires }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::validate::validate;
+
+    #[test]
+    fn specs_round_trip_through_the_wire() {
+        let yaml_like = serde_json::json!({
+            "name": "rt", "namespace": "ns", "priority": 5, "labels": {"a": "b"}, "timeout": "1h",
+            "steps": [
+                {"id": "a", "kind": "sleep", "queue": "file", "config": {"duration": "1s"},
+                 "retry": {"max_attempts": 4, "initial_interval": "2s", "jitter": 0.0},
+                 "timeouts": {"heartbeat": "5s"},
+                 "compensation": {"kind": "noop", "queue": "batch"}},
+                {"id": "b", "kind": "noop", "queue": "api", "depends_on": ["a"]}
+            ]
+        });
+        let spec: spec::JobSpec = serde_json::from_value(yaml_like).expect("spec");
+        let back = spec_from_wire(&spec_to_wire(&spec)).expect("from wire");
+        assert_eq!(back, spec);
+        assert!(validate(back).is_ok());
+    }
+
+    #[test]
+    fn wire_defaults_and_errors() {
+        let mut w = v1::JobSpec { name: "x".into(), ..Default::default() };
+        w.steps.push(v1::StepSpec {
+            id: "a".into(),
+            kind: "noop".into(),
+            queue: "api".into(),
+            retry: Some(v1::RetryPolicy::default()),
+            ..Default::default()
+        });
+        let s = spec_from_wire(&w).expect("defaults");
+        assert_eq!(s.steps[0].retry, Some(RetryPolicy::DEFAULT));
+        w.steps[0].config_json = "{not json".into();
+        assert!(spec_from_wire(&w).unwrap_err().contains("step \"a\" config_json is not valid JSON"));
+        w.steps[0].config_json = String::new();
+        w.timeout = Some(prost_types::Duration { seconds: -1, nanos: 0 });
+        assert!(spec_from_wire(&w).unwrap_err().contains("job timeout: bad duration"));
+        assert_eq!(millis(&timestamp(1_700_000_000_123)), 1_700_000_000_123);
+        assert_eq!(job_state_from_wire(v1::JobState::Paused as i32), Some(JobState::Paused));
+        assert_eq!(job_state_from_wire(0), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! What every Weir binary needs, written once: logging ([`telemetry`]), stopping on
+//! SIGTERM/SIGINT ([`shutdown`]) and a gRPC server with health and reflection ([`grpc`]).
+
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Errors of the runtime helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("bad endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("logging setup failed: {0}")]
+    Telemetry(String),
+}

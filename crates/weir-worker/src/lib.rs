@@ -1,0 +1,82 @@
+//! The manager side of the lease protocol, shared by the four managers.
+//!
+//! A manager is a [`Worker`] with a queue and a set of [`StepHandler`]s. The worker
+//! registers with the master, long-polls for leases with at most `concurrency` tasks in
+//! flight, heartbeats all of them in one call, stops a task when the master says it was
+//! cancelled or its lease was lost, reports results with the lease's fence token, and on
+//! shutdown stops taking work, lets running tasks finish for a grace period, and hands the
+//! rest back. [`generic`] holds the engine-proving kinds (`noop`, `sleep`, `fail`);
+//! [`manager`] is the `main` every manager binary shares.
+
+pub mod generic;
+pub mod manager;
+mod worker;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use worker::{Worker, WorkerConfig};
+
+/// What a step handler gets: the lease, and a token cancelled when it must stop.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub task_id: Uuid,
+    pub job_id: Uuid,
+    pub step_id: String,
+    pub kind: String,
+    pub config: Option<Value>,
+    pub attempt: u32,
+    pub fence: u64,
+    pub compensation: bool,
+    /// Outputs of the steps it depends on (step id → JSON text).
+    pub inputs: Vec<(String, String)>,
+    pub namespace: String,
+    pub job_name: String,
+    pub heartbeat_timeout: Duration,
+    /// Cancelled when the job is cancelled, the lease is lost, or the worker shuts down.
+    pub cancel: CancellationToken,
+}
+
+/// Why a step failed: `kind` is matched against the retry policy's non-retryable kinds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct StepError {
+    pub kind: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl StepError {
+    /// A failure worth another attempt.
+    pub fn retryable(kind: &str, message: impl Into<String>) -> Self {
+        StepError { kind: kind.into(), message: message.into(), retryable: true }
+    }
+    /// A failure no retry can fix (bad input, bad config).
+    pub fn permanent(kind: &str, message: impl Into<String>) -> Self {
+        StepError { kind: kind.into(), message: message.into(), retryable: false }
+    }
+}
+
+/// Runs step kinds. One implementation per family of kinds, one file each.
+#[async_trait]
+pub trait StepHandler: Send + Sync + 'static {
+    /// The kinds this handler runs.
+    fn kinds(&self) -> &'static [&'static str];
+    /// Runs one attempt; returns the step's output (a JSON object).
+    async fn run(&self, task: &TaskContext) -> Result<Value, StepError>;
+}
+
+/// Errors of the worker machinery (not of steps).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Runtime(#[from] weir_runtime::RuntimeError),
+    #[error("master call failed: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("bad setting: {0}")]
+    Config(String),
+}

@@ -1,0 +1,98 @@
+//! The `main` every manager binary shares: settings, a small gRPC server for health and
+//! reflection (Kubernetes probes, `grpcurl`), and the worker loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use weir_core::catalog::Queue;
+
+use crate::{StepHandler, Worker, WorkerConfig, WorkerError};
+
+/// Settings every manager takes.
+#[derive(Debug, Clone, Args)]
+pub struct ManagerArgs {
+    /// The master's gRPC address.
+    #[arg(long, env = "WEIR_MASTER_URL", default_value = "http://127.0.0.1:50051")]
+    pub master_url: String,
+    /// Address of this manager's own gRPC server (health, reflection); empty = none.
+    #[arg(long = "listen", env = "WEIR_MANAGER_LISTEN", default_value = "")]
+    pub listen: String,
+    /// Most tasks in flight at once.
+    #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u32,
+    /// Longest long poll for work.
+    #[arg(long, env = "WEIR_POLL_WAIT", default_value = "20s", value_parser = weir_core::duration::parse)]
+    pub poll_wait: Duration,
+    /// On SIGTERM, how long running tasks may finish before their leases are handed back.
+    #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "10s", value_parser = weir_core::duration::parse)]
+    pub drain_timeout: Duration,
+    /// Worker id; defaults to "<manager>-<pid>".
+    #[arg(long, env = "WEIR_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+/// What makes one manager different from another.
+pub struct ManagerSpec {
+    /// e.g. "file-manager".
+    pub name: &'static str,
+    /// The binary's name, e.g. "weir-file-manager".
+    pub binary: &'static str,
+    pub queue: Queue,
+    pub handlers: Vec<Arc<dyn StepHandler>>,
+}
+
+/// Runs a manager until `cancel` fires.
+pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken) -> Result<(), WorkerError> {
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| format!("{}-{}", spec.name, std::process::id()));
+    let server = if args.listen.is_empty() {
+        None
+    } else {
+        let listener = weir_runtime::grpc::bind(&args.listen).await?;
+        let (reporter, routes) = weir_runtime::grpc::base_routes()?;
+        reporter.set_service_status("", ServingStatus::Serving).await;
+        Some(tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), cancel.clone())))
+    };
+    let cfg = WorkerConfig {
+        master_url: args.master_url,
+        queue: spec.queue,
+        worker_id,
+        concurrency: args.concurrency,
+        poll_wait: args.poll_wait,
+        drain_timeout: args.drain_timeout,
+    };
+    Worker::new(cfg, spec.handlers)?.run(cancel).await?;
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    Ok(())
+}
+
+/// The whole `main` of a manager binary: parse flags, log, run until SIGTERM.
+pub fn main(spec: fn() -> ManagerSpec) -> anyhow::Result<()> {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    /// A Weir manager.
+    #[derive(Debug, Parser)]
+    #[command(version)]
+    struct Cli {
+        #[command(flatten)]
+        manager: ManagerArgs,
+        #[command(flatten)]
+        telemetry: weir_runtime::telemetry::TelemetryArgs,
+    }
+
+    let spec = spec();
+    let about = format!("The Weir {} (queue \"{}\").", spec.name, spec.queue);
+    let matches = Cli::command().name(spec.binary).about(about).get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        weir_runtime::telemetry::init(&cli.telemetry)?;
+        let cancel = weir_runtime::shutdown::on_signal();
+        run(spec, cli.manager, cancel).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,345 @@
+//! The lease loop: register, acquire (long poll), run, heartbeat, report, hand back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tonic::Code;
+use uuid::Uuid;
+use weir_core::catalog::Queue;
+use weir_proto::convert;
+use weir_proto::v1::{self, worker_service_client::WorkerServiceClient};
+
+use crate::{StepHandler, TaskContext, WorkerError};
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// e.g. `http://127.0.0.1:50051`.
+    pub master_url: String,
+    pub queue: Queue,
+    /// Unique per process.
+    pub worker_id: String,
+    /// Most tasks in flight.
+    pub concurrency: u32,
+    /// Longest long poll.
+    pub poll_wait: Duration,
+    /// On shutdown, how long running tasks may finish before they are handed back.
+    pub drain_timeout: Duration,
+}
+
+/// Why a running task's token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The master cancelled the job: hand the lease back so it settles as cancelled.
+    Cancelled,
+    /// The lease is gone: report nothing.
+    Lost,
+    /// This worker is shutting down: hand the lease back for another worker.
+    Shutdown,
+}
+
+struct InFlight {
+    fence: u64,
+    heartbeat_timeout: Duration,
+    token: CancellationToken,
+    stop: Option<Stop>,
+}
+
+type Table = Arc<Mutex<HashMap<Uuid, InFlight>>>;
+
+fn lock(t: &Table) -> std::sync::MutexGuard<'_, HashMap<Uuid, InFlight>> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A worker: see the crate docs.
+pub struct Worker {
+    cfg: WorkerConfig,
+    client: WorkerServiceClient<Channel>,
+    handlers: HashMap<&'static str, Arc<dyn StepHandler>>,
+    table: Table,
+}
+
+impl Worker {
+    /// A worker for `cfg` running `handlers`.
+    pub fn new(cfg: WorkerConfig, handlers: Vec<Arc<dyn StepHandler>>) -> Result<Worker, WorkerError> {
+        if cfg.concurrency == 0 {
+            return Err(WorkerError::Config("concurrency must be at least 1".into()));
+        }
+        let channel = weir_runtime::grpc::channel(&cfg.master_url)?;
+        let mut by_kind = HashMap::new();
+        for h in handlers {
+            for k in h.kinds() {
+                by_kind.insert(*k, h.clone());
+            }
+        }
+        Ok(Worker { cfg, client: WorkerServiceClient::new(channel), handlers: by_kind, table: Arc::default() })
+    }
+
+    /// Runs until `cancel` fires, then drains and deregisters.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        let interval = match self.register(&cancel).await? {
+            Some(i) => i,
+            None => return Ok(()),
+        };
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
+        let hb_stop = CancellationToken::new();
+        let hb = tokio::spawn(heartbeats(self.client.clone(), self.cfg.worker_id.clone(), self.table.clone(), interval, hb_stop.clone()));
+        tracing::info!(worker = %self.cfg.worker_id, queue = %self.cfg.queue, "taking work");
+        self.acquire_loop(&cancel, &permits, &tracker).await;
+
+        // Shutdown: no new work; running tasks get the grace period, then are handed back.
+        tracker.close();
+        if tokio::time::timeout(self.cfg.drain_timeout, tracker.wait()).await.is_err() {
+            let left: Vec<CancellationToken> = lock(&self.table)
+                .values_mut()
+                .map(|f| {
+                    f.stop.get_or_insert(Stop::Shutdown);
+                    f.token.clone()
+                })
+                .collect();
+            tracing::info!(tasks = left.len(), "grace period over; handing leases back");
+            left.iter().for_each(CancellationToken::cancel);
+            tracker.wait().await;
+        }
+        hb_stop.cancel();
+        let _ = hb.await;
+        let mut client = self.client.clone();
+        let _ = client.deregister_worker(v1::DeregisterWorkerRequest { worker_id: self.cfg.worker_id.clone() }).await;
+        tracing::info!(worker = %self.cfg.worker_id, "stopped");
+        Ok(())
+    }
+
+    /// Registers, retrying while the master is unreachable. `None` if cancelled first.
+    async fn register(&self, cancel: &CancellationToken) -> Result<Option<Duration>, WorkerError> {
+        let mut client = self.client.clone();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let req = v1::RegisterWorkerRequest {
+                worker_id: self.cfg.worker_id.clone(),
+                queue: self.cfg.queue.as_str().to_string(),
+                capacity: self.cfg.concurrency,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                kinds: self.handlers.keys().map(|k| k.to_string()).collect(),
+            };
+            match client.register_worker(req).await {
+                Ok(r) => {
+                    let i = r.into_inner().heartbeat_interval.map(|d| convert::from_duration("heartbeat_interval", &d));
+                    return Ok(Some(i.and_then(Result::ok).unwrap_or(Duration::from_secs(5))));
+                }
+                Err(s) if s.code() == Code::InvalidArgument => return Err(s.into()),
+                Err(s) => {
+                    tracing::warn!(error = %s.message(), "master not reachable yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return Ok(None),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn acquire_loop(&self, cancel: &CancellationToken, permits: &Arc<Semaphore>, tracker: &TaskTracker) {
+        let mut client = self.client.clone();
+        let mut delay = Duration::from_millis(100);
+        while !cancel.is_cancelled() {
+            let first = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = cancel.cancelled() => return,
+            };
+            let mut held = vec![first];
+            while let Ok(p) = permits.clone().try_acquire_owned() {
+                held.push(p);
+            }
+            let req = v1::AcquireTasksRequest {
+                worker_id: self.cfg.worker_id.clone(),
+                queue: self.cfg.queue.as_str().to_string(),
+                max_tasks: held.len() as u32,
+                wait: Some(convert::duration(self.cfg.poll_wait)),
+            };
+            let leases = tokio::select! {
+                r = client.acquire_tasks(req) => r,
+                _ = cancel.cancelled() => return,
+            };
+            let leases = match leases {
+                Ok(r) => {
+                    delay = Duration::from_millis(100);
+                    r.into_inner().leases
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), error = %s.message(), "acquire failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            for lease in leases {
+                let Some(permit) = held.pop() else { break };
+                let Some(ctx) = self.context(&lease) else {
+                    tracing::error!(task_id = %lease.task_id, "master sent a malformed lease");
+                    continue;
+                };
+                let handler = self.handlers.get(ctx.kind.as_str()).cloned();
+                let (client, table, worker) = (self.client.clone(), self.table.clone(), self.cfg.worker_id.clone());
+                tracker.spawn(async move {
+                    execute(client, table, worker, handler, ctx).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    fn context(&self, l: &v1::TaskLease) -> Option<TaskContext> {
+        let task_id = Uuid::parse_str(&l.task_id).ok()?;
+        let heartbeat_timeout = l
+            .heartbeat_timeout
+            .as_ref()
+            .and_then(|d| convert::from_duration("heartbeat_timeout", d).ok())
+            .unwrap_or(weir_core::spec::DEFAULT_HEARTBEAT);
+        let token = CancellationToken::new();
+        lock(&self.table).insert(task_id, InFlight { fence: l.fence_token, heartbeat_timeout, token: token.clone(), stop: None });
+        Some(TaskContext {
+            task_id,
+            job_id: Uuid::parse_str(&l.job_id).ok()?,
+            step_id: l.step_id.clone(),
+            kind: l.kind.clone(),
+            config: if l.config_json.is_empty() { None } else { serde_json::from_str(&l.config_json).ok() },
+            attempt: l.attempt,
+            fence: l.fence_token,
+            compensation: l.compensation,
+            inputs: l.inputs_json.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            namespace: l.namespace.clone(),
+            job_name: l.job_name.clone(),
+            heartbeat_timeout,
+            cancel: token,
+        })
+    }
+}
+
+/// Runs one task and reports its outcome with the lease's fence token.
+#[tracing::instrument(name = "run_task", skip_all, fields(task_id = %ctx.task_id, job_id = %ctx.job_id, step = %ctx.step_id, kind = %ctx.kind, attempt = ctx.attempt))]
+async fn execute(
+    client: WorkerServiceClient<Channel>,
+    table: Table,
+    worker: String,
+    handler: Option<Arc<dyn crate::StepHandler>>,
+    ctx: TaskContext,
+) {
+    let result = match &handler {
+        Some(h) => h.run(&ctx).await,
+        None => Err(crate::StepError::permanent("unknown_kind", format!("no handler for kind {:?} on this worker", ctx.kind))),
+    };
+    let stop = lock(&table).remove(&ctx.task_id).and_then(|f| f.stop);
+    let (task_id, fence_token) = (ctx.task_id.to_string(), ctx.fence);
+    match stop {
+        Some(Stop::Lost) => tracing::warn!("lease lost; result dropped"),
+        Some(Stop::Cancelled) | Some(Stop::Shutdown) => {
+            let req = v1::ReleaseTasksRequest { worker_id: worker, tasks: vec![v1::TaskHeartbeat { task_id, fence_token }] };
+            report(|| {
+                let (mut c, r) = (client.clone(), req.clone());
+                async move { c.release_tasks(r).await }
+            })
+            .await;
+        }
+        None => match result {
+            Ok(output) => {
+                let req = v1::CompleteTaskRequest { worker_id: worker, task_id, fence_token, output_json: output.to_string() };
+                report(|| {
+                let (mut c, r) = (client.clone(), req.clone());
+                async move { c.complete_task(r).await }
+            })
+            .await;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "step failed");
+                let req = v1::FailTaskRequest {
+                    worker_id: worker,
+                    task_id,
+                    fence_token,
+                    error_kind: e.kind,
+                    message: e.message,
+                    retryable: e.retryable,
+                    details_json: String::new(),
+                };
+                report(|| {
+                let (mut c, r) = (client.clone(), req.clone());
+                async move { c.fail_task(r).await }
+            })
+            .await;
+            }
+        },
+    }
+}
+
+/// Sends a report, retrying while the master is unavailable (reports are idempotent).
+async fn report<T, F, Fut>(mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..30 {
+        match call().await {
+            Ok(_) => return,
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), error = %s.message(), "report refused");
+                return;
+            }
+        }
+    }
+    tracing::error!("master unavailable; report abandoned (the lease will expire and the task retry)");
+}
+
+/// Heartbeats every in-flight task in one call, often enough for the shortest timeout.
+async fn heartbeats(mut client: WorkerServiceClient<Channel>, worker: String, table: Table, interval: Duration, stop: CancellationToken) {
+    loop {
+        let (tasks, wait) = {
+            let t = lock(&table);
+            let shortest = t.values().map(|f| f.heartbeat_timeout / 3).min().unwrap_or(interval);
+            let tasks: Vec<v1::TaskHeartbeat> = t
+                .iter()
+                .filter(|(_, f)| f.stop.is_none())
+                .map(|(id, f)| v1::TaskHeartbeat { task_id: id.to_string(), fence_token: f.fence })
+                .collect();
+            (tasks, interval.min(shortest).max(Duration::from_millis(50)))
+        };
+        if !tasks.is_empty() {
+            match client.heartbeat(v1::HeartbeatRequest { worker_id: worker.clone(), tasks }).await {
+                Ok(r) => {
+                    let mut t = lock(&table);
+                    for s in r.into_inner().tasks {
+                        let Ok(id) = Uuid::parse_str(&s.task_id) else { continue };
+                        let stop = match v1::LeaseStatus::try_from(s.status) {
+                            Ok(v1::LeaseStatus::Cancelled) => Stop::Cancelled,
+                            Ok(v1::LeaseStatus::Lost) => Stop::Lost,
+                            _ => continue,
+                        };
+                        if let Some(f) = t.get_mut(&id) {
+                            tracing::info!(task_id = %id, ?stop, "stopping task");
+                            f.stop = Some(stop);
+                            f.token.cancel();
+                        }
+                    }
+                }
+                Err(s) => tracing::warn!(error = %s.message(), "heartbeat failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
