@@ -7,11 +7,13 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use weir_core::catalog::Queue;
-use weir_core::engine::Failure;
+use weir_core::engine::{EngineError, Failure};
+use weir_core::model::TaskState;
 use weir_core::validate::MAX_CONFIG_BYTES;
 use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_server::WorkerService};
 
+use crate::scheduler::SchedError;
 use crate::status::{self, invalid, parse_id};
 use crate::{now_ms, Shared};
 
@@ -85,6 +87,20 @@ fn output(text: &str) -> Result<Option<String>, Status> {
     }
 }
 
+impl Workers {
+    /// A report for a task no longer in memory (its job finished): accepted when it repeats
+    /// what is stored under the same fence (a retried call), refused otherwise.
+    async fn settled(&self, task: Uuid, fence: u64, done: &[TaskState]) -> Result<(), Status> {
+        let stored = self.0.store.get_task(task).await.map_err(status::store)?;
+        match stored {
+            Some(t) if t.fence == fence && done.contains(&t.state) => Ok(()),
+            Some(t) if t.fence != fence => Err(status::engine(EngineError::StaleFence { task, given: fence, current: t.fence })),
+            Some(t) => Err(Status::failed_precondition(format!("task {task} is {}; the report does not apply", t.state))),
+            None => Err(Status::not_found(format!("task {task} not found"))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl WorkerService for Workers {
     async fn register_worker(&self, req: Request<v1::RegisterWorkerRequest>) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
@@ -140,7 +156,13 @@ impl WorkerService for Workers {
         let r = req.into_inner();
         let task = parse_id("task_id", &r.task_id)?;
         let out = output(&r.output_json)?;
-        self.0.scheduler.complete(task, r.fence_token, out).await.map_err(status::sched)?;
+        match self.0.scheduler.complete(task, r.fence_token, out).await {
+            Ok(()) => {}
+            Err(SchedError::Engine(EngineError::TaskNotFound(_))) => {
+                self.settled(task, r.fence_token, &[TaskState::Succeeded, TaskState::Compensated]).await?;
+            }
+            Err(e) => return Err(status::sched(e)),
+        }
         Ok(Response::new(v1::CompleteTaskResponse {}))
     }
 
@@ -153,7 +175,14 @@ impl WorkerService for Workers {
             return Err(invalid("error_kind is required (e.g. \"io\", \"bad_input\")"));
         }
         let failure = Failure { kind: r.error_kind, message: r.message, retryable: r.retryable };
-        let will_retry = self.0.scheduler.fail(task, r.fence_token, failure).await.map_err(status::sched)?;
+        let will_retry = match self.0.scheduler.fail(task, r.fence_token, failure).await {
+            Ok(w) => w,
+            Err(SchedError::Engine(EngineError::TaskNotFound(_))) => {
+                self.settled(task, r.fence_token, &[TaskState::Failed, TaskState::Cancelled]).await?;
+                false
+            }
+            Err(e) => return Err(status::sched(e)),
+        };
         Ok(Response::new(v1::FailTaskResponse { will_retry }))
     }
 

@@ -14,9 +14,24 @@ use tonic_health::server::HealthReporter;
 
 use crate::RuntimeError;
 
-/// Binds a TCP listener, naming the address on failure.
+/// Binds a TCP listener (with SO_REUSEADDR, so a restarted process gets its port back at
+/// once), naming the address on failure.
 pub async fn bind(addr: &str) -> Result<TcpListener, RuntimeError> {
-    TcpListener::bind(addr).await.map_err(|source| RuntimeError::Bind { addr: addr.to_string(), source })
+    let err = |source| RuntimeError::Bind { addr: addr.to_string(), source };
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await.map_err(err)? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let attempt = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(1024)
+        });
+        match attempt {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))))
 }
 
 /// The health reporter and the routes every service serves besides its own: health and

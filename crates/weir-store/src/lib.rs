@@ -105,6 +105,9 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs newest first, `limit` at most, after `after`.
     async fn list_jobs(&self, filter: &JobFilter, limit: u32, after: Option<Cursor>) -> Result<JobPage, StoreError>;
 
+    /// One task, in any state.
+    async fn get_task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError>;
+
     /// A job's tasks, in no particular order.
     async fn job_tasks(&self, id: Uuid) -> Result<Vec<TaskRecord>, StoreError>;
 

@@ -346,6 +346,16 @@ impl Store for PgStore {
         codec::page(rows.iter().map(codec::job).collect::<Result<Vec<_>, _>>()?, limit)
     }
 
+    async fn get_task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {} FROM weir_tasks WHERE id = $1", pg_task_cols()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(codec::task)
+            .transpose()
+    }
+
     async fn job_tasks(&self, id: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
         sqlx::query(&format!("SELECT {} FROM weir_tasks t WHERE job_id = $1", pg_task_cols()))
             .bind(id)

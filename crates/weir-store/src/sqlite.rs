@@ -287,6 +287,16 @@ impl Store for SqliteStore {
         codec::page(rows.iter().map(codec::job).collect::<Result<Vec<_>, _>>()?, limit)
     }
 
+    async fn get_task(&self, task_id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM weir_tasks WHERE id = ?"))
+            .bind(id(task_id))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(codec::task)
+            .transpose()
+    }
+
     async fn job_tasks(&self, job_id: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
         sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM weir_tasks WHERE job_id = ?"))
             .bind(id(job_id))

@@ -132,6 +132,9 @@ async fn round_trip(s: Arc<dyn Store>) {
     assert_eq!(job.state, JobState::Succeeded);
     assert!(tasks.iter().all(|t| t.state == TaskState::Succeeded));
     assert_eq!(s.get_job(Uuid::nil()).await.expect("get"), None);
+    let t = &tasks[0];
+    assert_eq!(s.get_task(t.id).await.expect("get task").as_ref(), Some(t));
+    assert_eq!(s.get_task(Uuid::nil()).await.expect("get task"), None);
 }
 
 async fn keys_and_listing(s: Arc<dyn Store>) {

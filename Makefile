@@ -1,0 +1,39 @@
+# Weir — what a developer types. CI runs `make test`.
+#
+# One target directory, reused between runs (CI keeps it on the machine), so only the
+# first build pays for the dependencies.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
+CARGO ?= cargo
+
+.PHONY: run test lint bench fmt build
+
+## Run the whole platform on this machine: master + four managers + embedded store.
+run:
+	$(CARGO) run --release -p weir -- dev
+
+## Build everything and run every test against real PostgreSQL and the embedded store.
+test:
+	./scripts/ensure-postgres.sh
+	$(CARGO) build --workspace --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Formatting and lints, as required for every change.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## The engine benchmark against PostgreSQL with real manager processes (prints name=value unit lines).
+bench:
+	./scripts/ensure-postgres.sh
+	$(CARGO) build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/weir-bench
+
+build:
+	$(CARGO) build --workspace --bins

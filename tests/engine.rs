@@ -1,0 +1,350 @@
+//! The engine through the master's gRPC API, on PostgreSQL and on the embedded store.
+//! The test itself plays the worker where it needs exact control over leases.
+
+use std::time::{Duration, Instant};
+
+use weir_proto::v1::{self, LeaseStatus};
+use weir_tests::*;
+
+async fn idempotent_submit(m: &InProcMaster) {
+    let mut jobs = m.jobs();
+    let mut spec = job("idem", vec![step("a", "noop", "api", &[])]);
+    spec.run_id = "2026-11-22".into();
+    let first = jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec.clone()) }).await.expect("submit").into_inner();
+    let again = jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await.expect("submit").into_inner();
+    assert!(first.created);
+    assert!(!again.created);
+    assert_eq!(first.job.expect("job").id, again.job.expect("job").id);
+    let list = jobs.list_jobs(v1::ListJobsRequest { name: "idem".into(), ..Default::default() }).await.expect("list");
+    assert_eq!(list.into_inner().jobs.len(), 1);
+}
+
+async fn dag_order_and_parallel_branches(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let spec = job(
+        "diamond",
+        vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &["a"]), step("c", "noop", "api", &["a"]), step("d", "noop", "api", &["b", "c"])],
+    );
+    let id = submit(&mut jobs, spec).await;
+    let mut watch = jobs.watch_job(v1::WatchJobRequest { job_id: id.clone(), from_seq: 0 }).await.expect("watch").into_inner();
+    let l = acquire(&mut w, "api", 10, 0).await;
+    assert_eq!(steps(&l), vec!["a"]);
+    assert!(acquire(&mut w, "api", 10, 0).await.is_empty(), "b and c wait for a");
+    complete(&mut w, &l[0]).await.expect("complete a");
+    let bc = acquire(&mut w, "api", 10, 0).await;
+    assert_eq!(steps(&bc), vec!["b", "c"], "independent branches are leased together");
+    complete(&mut w, &bc[0]).await.expect("complete");
+    assert!(acquire(&mut w, "api", 10, 0).await.is_empty(), "d waits for both branches");
+    complete(&mut w, &bc[1]).await.expect("complete");
+    let d = acquire(&mut w, "api", 10, 0).await;
+    assert_eq!(steps(&d), vec!["d"]);
+    assert_eq!(d[0].inputs_json.len(), 2, "d sees both branches' outputs");
+    complete(&mut w, &d[0]).await.expect("complete d");
+    let job = wait_finished(&mut jobs, &id, Duration::from_secs(10)).await;
+    assert_eq!(job.state, v1::JobState::Succeeded as i32);
+    // The watch saw the whole history in order and ended after the job did.
+    let mut seen = Vec::new();
+    while let Some(msg) = watch.message().await.expect("stream") {
+        seen.push(msg.event.expect("event"));
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(seen.last().map(|e| e.r#type.as_str()), Some("dev.weir.job.succeeded"));
+    let done: Vec<&str> =
+        seen.iter().filter(|e| e.r#type == "dev.weir.task.succeeded").map(|e| e.step_id.as_str()).collect();
+    assert_eq!(done.first(), Some(&"a"));
+    assert_eq!(done.last(), Some(&"d"));
+}
+
+async fn priority_then_oldest(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let low1 = submit(&mut jobs, job("low1", vec![step("a", "noop", "file", &[])])).await;
+    let mut hi = job("high", vec![step("a", "noop", "file", &[])]);
+    hi.priority = 10;
+    let high = submit(&mut jobs, hi).await;
+    let low2 = submit(&mut jobs, job("low2", vec![step("a", "noop", "file", &[])])).await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let l = acquire(&mut w, "file", 1, 0).await;
+        order.push(l[0].job_id.clone());
+        complete(&mut w, &l[0]).await.expect("complete");
+    }
+    assert_eq!(order, vec![high, low1, low2]);
+}
+
+async fn retries_back_off(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let mut s = step("flaky", "noop", "batch", &[]);
+    s.retry = Some(v1::RetryPolicy { max_attempts: 3, initial_interval: dur(400), no_jitter: true, non_retryable_error_kinds: vec!["bad_input".into()], ..Default::default() });
+    let id = submit(&mut jobs, job("retry", vec![s])).await;
+    let first = acquire(&mut w, "batch", 1, 0).await.remove(0);
+    assert_eq!((first.attempt, first.fence_token), (1, 1));
+    let failed_at = Instant::now();
+    assert!(fail(&mut w, &first, "io", true).await, "a retry is scheduled");
+    assert!(acquire(&mut w, "batch", 1, 0).await.is_empty(), "not before the backoff");
+    let second = acquire(&mut w, "batch", 1, 5000).await.remove(0);
+    assert!(failed_at.elapsed() >= Duration::from_millis(350), "the backoff was honoured");
+    assert_eq!((second.attempt, second.fence_token), (2, 2));
+    assert!(!fail(&mut w, &second, "bad_input", true).await, "non-retryable kinds are not retried");
+    let job = wait_finished(&mut jobs, &id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, v1::JobState::Failed as i32);
+    assert!(job.error.contains("bad_input"), "{}", job.error);
+    // RetryJob runs it again from the failed step.
+    let r = jobs.retry_job(v1::RetryJobRequest { job_id: id.clone() }).await.expect("retry").into_inner();
+    assert_eq!(r.job.expect("job").state, v1::JobState::Running as i32);
+    let third = acquire(&mut w, "batch", 1, 2000).await.remove(0);
+    assert_eq!((third.attempt, third.fence_token), (1, 3));
+    complete(&mut w, &third).await.expect("complete");
+    assert_eq!(wait_finished(&mut jobs, &id, Duration::from_secs(5)).await.state, v1::JobState::Succeeded as i32);
+}
+
+async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let mut s = step("slow", "noop", "stream", &[]);
+    s.timeouts = Some(v1::StepTimeouts { heartbeat: dur(600), ..Default::default() });
+    s.retry = Some(v1::RetryPolicy { initial_interval: dur(100), no_jitter: true, ..Default::default() });
+    let id = submit(&mut jobs, job("lease", vec![s])).await;
+    let first = acquire(&mut w, "stream", 1, 0).await.remove(0);
+    // Heartbeats keep it alive past its timeout...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let hb = v1::HeartbeatRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }] };
+        let r = w.heartbeat(hb).await.expect("heartbeat").into_inner();
+        assert_eq!(r.tasks[0].status, LeaseStatus::Active as i32);
+    }
+    // ...silence loses it, and the task is leased again with a new fence.
+    let second = acquire(&mut w, "stream", 1, 5000).await.remove(0);
+    assert_eq!(second.task_id, first.task_id);
+    assert_eq!(second.fence_token, 2);
+    let stale = complete(&mut w, &first).await.expect_err("stale fence refused");
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+    assert!(stale.message().contains("stale fence"), "{}", stale.message());
+    let hb = v1::HeartbeatRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }] };
+    assert_eq!(w.heartbeat(hb).await.expect("hb").into_inner().tasks[0].status, LeaseStatus::Lost as i32);
+    let t = tasks(&mut jobs, &id).await.remove(0);
+    assert_eq!((t.state, t.fence_token), (v1::TaskState::Running as i32, 2), "the stale report changed nothing");
+    complete(&mut w, &second).await.expect("current fence accepted");
+    complete(&mut w, &second).await.expect("a repeated report is harmless");
+    let job = wait_finished(&mut jobs, &id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, v1::JobState::Succeeded as i32);
+    let t = tasks(&mut jobs, &id).await.remove(0);
+    assert_eq!(t.attempt, 2);
+}
+
+async fn pause_and_resume(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let id = submit(&mut jobs, job("pause", vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &[])])).await;
+    let a = acquire(&mut w, "api", 1, 0).await.remove(0);
+    let r = jobs.pause_job(v1::PauseJobRequest { job_id: id.clone() }).await.expect("pause").into_inner();
+    assert_eq!(r.job.expect("job").state, v1::JobState::Paused as i32);
+    assert!(acquire(&mut w, "api", 10, 300).await.is_empty(), "nothing is leased while paused");
+    complete(&mut w, &a).await.expect("running tasks finish while paused");
+    jobs.resume_job(v1::ResumeJobRequest { job_id: id.clone() }).await.expect("resume");
+    let b = acquire(&mut w, "api", 10, 1000).await;
+    assert_eq!(steps(&b), vec!["b"]);
+    complete(&mut w, &b[0]).await.expect("complete");
+    assert_eq!(wait_finished(&mut jobs, &id, Duration::from_secs(5)).await.state, v1::JobState::Succeeded as i32);
+    let err = jobs.pause_job(v1::PauseJobRequest { job_id: id }).await.expect_err("finished jobs do not pause");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+async fn cancel_reaches_running_tasks(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let id = submit(&mut jobs, job("cancel", vec![step("a", "noop", "file", &[]), step("b", "noop", "file", &["a"])])).await;
+    let a = acquire(&mut w, "file", 1, 0).await.remove(0);
+    let r = jobs.cancel_job(v1::CancelJobRequest { job_id: id.clone(), reason: "wrong input".into() }).await.expect("cancel");
+    assert_eq!(r.into_inner().job.expect("job").state, v1::JobState::Cancelled as i32);
+    let hb = v1::HeartbeatRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }] };
+    let status = w.heartbeat(hb).await.expect("hb").into_inner().tasks[0].status;
+    assert_eq!(status, LeaseStatus::Cancelled as i32, "the running task is told through its heartbeat");
+    let rel = v1::ReleaseTasksRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }] };
+    assert_eq!(w.release_tasks(rel).await.expect("release").into_inner().released, 1);
+    assert!(acquire(&mut w, "file", 10, 200).await.is_empty(), "nothing new starts");
+    let t = tasks(&mut jobs, &id).await;
+    assert!(t.iter().all(|t| t.state == v1::TaskState::Cancelled as i32), "{t:?}");
+    let job = jobs.get_job(v1::GetJobRequest { job_id: id }).await.expect("get").into_inner().job.expect("job");
+    assert_eq!(job.error, "wrong input");
+}
+
+async fn compensation_in_reverse_order(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let comp = |id: &str, deps: &[&str]| {
+        let mut s = step(id, "noop", "api", deps);
+        s.compensation = Some(v1::CompensationSpec { kind: "noop".into(), queue: "batch".into(), ..Default::default() });
+        s
+    };
+    let mut c = step("c", "noop", "api", &["b"]);
+    c.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+    let id = submit(&mut jobs, job("saga", vec![comp("a", &[]), comp("b", &["a"]), c])).await;
+    for _ in 0..2 {
+        let l = acquire(&mut w, "api", 1, 1000).await.remove(0);
+        complete(&mut w, &l).await.expect("complete");
+    }
+    let c = acquire(&mut w, "api", 1, 1000).await.remove(0);
+    assert!(!fail(&mut w, &c, "io", true).await);
+    let first = acquire(&mut w, "batch", 10, 1000).await;
+    assert_eq!(steps(&first), vec!["compensate:b"], "b is undone before a");
+    assert!(first[0].compensation);
+    complete(&mut w, &first[0]).await.expect("complete");
+    let second = acquire(&mut w, "batch", 10, 1000).await;
+    assert_eq!(steps(&second), vec!["compensate:a"]);
+    complete(&mut w, &second[0]).await.expect("complete");
+    let job = wait_finished(&mut jobs, &id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, v1::JobState::Compensated as i32);
+    assert!(job.error.contains("step \"c\" failed"), "{}", job.error);
+    let t = tasks(&mut jobs, &id).await;
+    let states: Vec<(String, i32)> = t.iter().map(|t| (t.step_id.clone(), t.state)).collect();
+    assert!(states.contains(&("a".into(), v1::TaskState::Compensated as i32)), "{states:?}");
+    assert!(states.contains(&("b".into(), v1::TaskState::Compensated as i32)), "{states:?}");
+}
+
+async fn invalid_specs_are_refused_whole(m: &InProcMaster) {
+    let mut jobs = m.jobs();
+    let mut cases: Vec<(v1::JobSpec, &str)> = vec![
+        (job("empty", vec![]), "no steps"),
+        (job("cycle", vec![step("a", "noop", "api", &["b"]), step("b", "noop", "api", &["a"])]), "cycle"),
+        (job("unknown-dep", vec![step("a", "noop", "api", &["zz"])]), "unknown step \"zz\""),
+        (job("dup", vec![step("a", "noop", "api", &[]), step("a", "noop", "api", &[])]), "duplicate step id"),
+        (job("queue", vec![step("a", "noop", "ftp", &[])]), "unknown queue"),
+        (job("kind", vec![step("a", "teleport", "api", &[])]), "unknown kind"),
+    ];
+    let mut big = step("a", "noop", "api", &[]);
+    big.config_json = format!("{{\"blob\":\"{}\"}}", "x".repeat(70 * 1024));
+    cases.push((job("big", vec![big]), "over the limit"));
+    let mut bad_json = step("a", "noop", "api", &[]);
+    bad_json.config_json = "{oops".into();
+    cases.push((job("json", vec![bad_json]), "not valid JSON"));
+    let mut neg = job("neg", vec![step("a", "noop", "api", &[])]);
+    neg.timeout = Some(prost_types::Duration { seconds: -5, nanos: 0 });
+    cases.push((neg, "bad duration"));
+    let mut zero = step("a", "noop", "api", &[]);
+    zero.timeouts = Some(v1::StepTimeouts { start_to_close: dur(0), ..Default::default() });
+    cases.push((job("zero", vec![zero]), "greater than zero"));
+    let mut tpl = job("tpl", vec![]);
+    tpl.template = "nope".into();
+    cases.push((tpl, "unknown template"));
+    for (spec, needle) in cases {
+        let name = spec.name.clone();
+        let err = jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await.expect_err(&name);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}");
+        assert!(err.message().contains(needle), "{name}: {:?} should mention {needle:?}", err.message());
+    }
+    let err = jobs.submit_job(v1::SubmitJobRequest { spec: None }).await.expect_err("no spec");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let all = jobs.list_jobs(v1::ListJobsRequest::default()).await.expect("list").into_inner();
+    assert!(all.jobs.is_empty(), "nothing half-created");
+    let bad_id = jobs.get_job(v1::GetJobRequest { job_id: "nope".into() }).await.expect_err("bad id");
+    assert_eq!(bad_id.code(), tonic::Code::InvalidArgument);
+    let missing = jobs.get_job(v1::GetJobRequest { job_id: uuid::Uuid::nil().to_string() }).await.expect_err("missing");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+async fn templates_run_on_their_queues(m: &InProcMaster) {
+    let managers = InProcManagers::start(&m.url);
+    let mut jobs = m.jobs();
+    for t in weir_core::template::TEMPLATES {
+        let mut spec = job(&format!("tpl-{t}"), vec![]);
+        spec.template = t.into();
+        let id = submit(&mut jobs, spec).await;
+        let job = wait_finished(&mut jobs, &id, Duration::from_secs(30)).await;
+        assert_eq!(job.state, v1::JobState::Succeeded as i32, "{t}: {}", job.error);
+        for task in tasks(&mut jobs, &id).await {
+            assert!(task.worker_id.starts_with(&format!("{}-manager", task.queue)), "{t}: {} ran on {}", task.step_id, task.worker_id);
+        }
+    }
+    managers.stop().await;
+}
+
+async fn list_filters_and_pages(m: &InProcMaster) {
+    let mut jobs = m.jobs();
+    for i in 0..5 {
+        let mut spec = job(&format!("list{i}"), vec![step("a", "noop", "api", &[])]);
+        spec.labels.insert("parity".into(), if i % 2 == 0 { "even" } else { "odd" }.into());
+        submit(&mut jobs, spec).await;
+    }
+    let mut token = String::new();
+    let mut names = Vec::new();
+    loop {
+        let r = jobs.list_jobs(v1::ListJobsRequest { page_size: 2, page_token: token, ..Default::default() }).await.expect("list").into_inner();
+        names.extend(r.jobs.iter().map(|j| j.spec.clone().unwrap_or_default().name));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(names, vec!["list4", "list3", "list2", "list1", "list0"]);
+    let even = jobs
+        .list_jobs(v1::ListJobsRequest { labels: [("parity".to_string(), "even".to_string())].into(), ..Default::default() })
+        .await
+        .expect("list");
+    assert_eq!(even.into_inner().jobs.len(), 3);
+    let bad = jobs.list_jobs(v1::ListJobsRequest { page_token: "garbage".into(), ..Default::default() }).await;
+    assert_eq!(bad.expect_err("bad token").code(), tonic::Code::InvalidArgument);
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = super::StoreFixture::new(super::Backend::Postgres).await;
+                let m = super::InProcMaster::start(&store.url).await;
+                super::$name(&m).await;
+                m.stop().await;
+                store.cleanup().await;
+            })+
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = super::StoreFixture::new(super::Backend::Sqlite).await;
+                let m = super::InProcMaster::start(&store.url).await;
+                super::$name(&m).await;
+                m.stop().await;
+                store.cleanup().await;
+            })+
+        }
+    };
+}
+
+on_both_stores!(
+    idempotent_submit,
+    dag_order_and_parallel_branches,
+    priority_then_oldest,
+    retries_back_off,
+    lease_expiry_and_stale_fence,
+    pause_and_resume,
+    cancel_reaches_running_tasks,
+    compensation_in_reverse_order,
+    invalid_specs_are_refused_whole,
+    templates_run_on_their_queues,
+    list_filters_and_pages,
+);
+
+/// Stopping the master and starting another on the same store keeps jobs and running leases.
+async fn restart(backend: Backend) {
+    let store = StoreFixture::new(backend).await;
+    let m = InProcMaster::start(&store.url).await;
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let id = submit(&mut jobs, job("restart", vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &["a"])])).await;
+    let a = acquire(&mut w, "api", 1, 0).await.remove(0);
+    m.stop().await;
+    let m = InProcMaster::start(&store.url).await;
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    complete(&mut w, &a).await.expect("the lease survived the restart");
+    let b = acquire(&mut w, "api", 1, 2000).await.remove(0);
+    complete(&mut w, &b).await.expect("complete");
+    assert_eq!(wait_finished(&mut jobs, &id, Duration::from_secs(5)).await.state, v1::JobState::Succeeded as i32);
+    m.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_postgres() {
+    restart(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_sqlite() {
+    restart(Backend::Sqlite).await;
+}

@@ -1,0 +1,287 @@
+//! Test support: stores on both backends, a master in this process or as a real process,
+//! real binaries on free loopback ports, and small builders for job specs.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use weir_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+use weir_store::testing::TestSchema;
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh store for one test.
+pub struct StoreFixture {
+    pub url: String,
+    schema: Option<TestSchema>,
+    _dir: tempfile::TempDir,
+}
+
+impl StoreFixture {
+    pub async fn new(backend: Backend) -> StoreFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Postgres => {
+                let schema = TestSchema::create().await.expect("PostgreSQL on 127.0.0.1:5432 (make test starts it)");
+                StoreFixture { url: schema.url.clone(), schema: Some(schema), _dir: dir }
+            }
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("weir.db").display());
+                StoreFixture { url, schema: None, _dir: dir }
+            }
+        }
+    }
+
+    /// Opens the store directly, to check what was persisted.
+    pub async fn open(&self) -> std::sync::Arc<dyn weir_store::Store> {
+        weir_store::open(&self.url).await.expect("open store")
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(s) = self.schema {
+            s.drop().await.expect("drop schema");
+        }
+    }
+}
+
+/// A master running inside the test process.
+pub struct InProcMaster {
+    pub url: String,
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), weir_master::MasterError>>,
+}
+
+impl InProcMaster {
+    pub async fn start(store_url: &str) -> InProcMaster {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut config = weir_master::MasterConfig::new(&addr.to_string(), store_url);
+        config.heartbeat_interval = Duration::from_millis(200);
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(weir_master::serve(config, listener, cancel.clone()));
+        let m = InProcMaster { url: format!("http://{addr}"), cancel, handle };
+        m.wait_ready().await;
+        m
+    }
+
+    /// Ready once a worker call is served (the master leads and has loaded its state).
+    async fn wait_ready(&self) {
+        let mut w = self.workers();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w.heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![] }).await.is_err() {
+            assert!(Instant::now() < deadline, "master did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(channel(&self.url))
+    }
+
+    pub fn workers(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(channel(&self.url))
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.handle.await.expect("join").expect("master stopped cleanly");
+    }
+}
+
+/// A client channel that connects on first use.
+pub fn channel(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string()).expect("endpoint").connect_lazy()
+}
+
+/// Path of a workspace binary (built by `make test` before the tests run).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built; run `cargo build --workspace --bins` (make test does)", path.display());
+    path
+}
+
+/// A free loopback port (bound and released; fine on loopback for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A real process, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).kill_on_drop(true).stdin(Stdio::null());
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { name: name.to_string(), child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill").args([sig, &self.pid().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {sig} {} failed", self.name);
+    }
+
+    /// kill -9 and reap.
+    pub async fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        tokio::time::timeout(within, self.child.wait()).await.expect("exits after SIGTERM").expect("wait")
+    }
+}
+
+/// A step for specs built in tests.
+pub fn step(id: &str, kind: &str, queue: &str, deps: &[&str]) -> v1::StepSpec {
+    v1::StepSpec {
+        id: id.into(),
+        kind: kind.into(),
+        queue: queue.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A job spec.
+pub fn job(name: &str, steps: Vec<v1::StepSpec>) -> v1::JobSpec {
+    v1::JobSpec { namespace: "test".into(), name: name.into(), steps, ..Default::default() }
+}
+
+/// A wire duration.
+pub fn dur(ms: u64) -> Option<prost_types::Duration> {
+    Some(weir_proto::convert::duration(Duration::from_millis(ms)))
+}
+
+/// Submits a job and returns its id.
+pub async fn submit(jobs: &mut JobServiceClient<Channel>, spec: v1::JobSpec) -> String {
+    let r = jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await.expect("submit").into_inner();
+    r.job.expect("job").id
+}
+
+/// Polls until the job is finished (or the timeout passes) and returns it.
+pub async fn wait_finished(jobs: &mut JobServiceClient<Channel>, id: &str, timeout: Duration) -> v1::Job {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = jobs.get_job(v1::GetJobRequest { job_id: id.into() }).await {
+            let job = r.into_inner().job.expect("job");
+            let state = weir_proto::convert::job_state_from_wire(job.state);
+            if state.is_some_and(|s| s.is_terminal()) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {state:?} after {timeout:?}");
+        } else {
+            assert!(Instant::now() < deadline, "master unreachable for {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A job's tasks.
+pub async fn tasks(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<v1::Task> {
+    jobs.get_job_tasks(v1::GetJobTasksRequest { job_id: id.into() }).await.expect("tasks").into_inner().tasks
+}
+
+/// Acquire as a test-driven worker.
+pub async fn acquire(w: &mut WorkerServiceClient<Channel>, queue: &str, max: u32, wait_ms: u64) -> Vec<v1::TaskLease> {
+    let req = v1::AcquireTasksRequest { worker_id: "tester".into(), queue: queue.into(), max_tasks: max, wait: dur(wait_ms) };
+    w.acquire_tasks(req).await.expect("acquire").into_inner().leases
+}
+
+/// Complete as a test-driven worker.
+pub async fn complete(w: &mut WorkerServiceClient<Channel>, l: &v1::TaskLease) -> Result<(), tonic::Status> {
+    let req = v1::CompleteTaskRequest {
+        worker_id: "tester".into(),
+        task_id: l.task_id.clone(),
+        fence_token: l.fence_token,
+        output_json: format!("{{\"step\":\"{}\"}}", l.step_id),
+    };
+    w.complete_task(req).await.map(|_| ())
+}
+
+/// Fail as a test-driven worker.
+pub async fn fail(w: &mut WorkerServiceClient<Channel>, l: &v1::TaskLease, kind: &str, retryable: bool) -> bool {
+    let req = v1::FailTaskRequest {
+        worker_id: "tester".into(),
+        task_id: l.task_id.clone(),
+        fence_token: l.fence_token,
+        error_kind: kind.into(),
+        message: "test failure".into(),
+        retryable,
+        details_json: String::new(),
+    };
+    w.fail_task(req).await.expect("fail").into_inner().will_retry
+}
+
+/// The step ids of leases, sorted.
+pub fn steps(leases: &[v1::TaskLease]) -> Vec<String> {
+    let mut v: Vec<String> = leases.iter().map(|l| l.step_id.clone()).collect();
+    v.sort();
+    v
+}
+
+/// Runs in-process workers for every queue (the managers' real code) until dropped.
+pub struct InProcManagers {
+    cancel: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcManagers {
+    pub fn start(master_url: &str) -> InProcManagers {
+        let cancel = CancellationToken::new();
+        let specs: [fn() -> weir_worker::manager::ManagerSpec; 4] =
+            [weir_api_manager::spec, weir_file_manager::spec, weir_batch_manager::spec, weir_stream_manager::spec];
+        let handles = specs
+            .into_iter()
+            .map(|spec| {
+                let spec = spec();
+                let args = weir_worker::manager::ManagerArgs {
+                    master_url: master_url.to_string(),
+                    listen: String::new(),
+                    concurrency: 8,
+                    poll_wait: Duration::from_secs(5),
+                    drain_timeout: Duration::from_secs(1),
+                    worker_id: Some(format!("{}-inproc", spec.name)),
+                };
+                let c = cancel.clone();
+                tokio::spawn(async move {
+                    weir_worker::manager::run(spec, args, c).await.expect("manager runs");
+                })
+            })
+            .collect();
+        InProcManagers { cancel, handles }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for h in self.handles {
+            h.await.expect("manager task");
+        }
+    }
+}
