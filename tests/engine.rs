@@ -23,10 +23,16 @@ async fn dag_order_and_parallel_branches(m: &InProcMaster) {
     let (mut jobs, mut w) = (m.jobs(), m.workers());
     let spec = job(
         "diamond",
-        vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &["a"]), step("c", "noop", "api", &["a"]), step("d", "noop", "api", &["b", "c"])],
+        vec![
+            step("a", "noop", "api", &[]),
+            step("b", "noop", "api", &["a"]),
+            step("c", "noop", "api", &["a"]),
+            step("d", "noop", "api", &["b", "c"]),
+        ],
     );
     let id = submit(&mut jobs, spec).await;
-    let mut watch = jobs.watch_job(v1::WatchJobRequest { job_id: id.clone(), from_seq: 0 }).await.expect("watch").into_inner();
+    let mut watch =
+        jobs.watch_job(v1::WatchJobRequest { job_id: id.clone(), from_seq: 0 }).await.expect("watch").into_inner();
     let l = acquire(&mut w, "api", 10, 0).await;
     assert_eq!(steps(&l), vec!["a"]);
     assert!(acquire(&mut w, "api", 10, 0).await.is_empty(), "b and c wait for a");
@@ -75,7 +81,13 @@ async fn priority_then_oldest(m: &InProcMaster) {
 async fn retries_back_off(m: &InProcMaster) {
     let (mut jobs, mut w) = (m.jobs(), m.workers());
     let mut s = step("flaky", "noop", "batch", &[]);
-    s.retry = Some(v1::RetryPolicy { max_attempts: 3, initial_interval: dur(400), no_jitter: true, non_retryable_error_kinds: vec!["bad_input".into()], ..Default::default() });
+    s.retry = Some(v1::RetryPolicy {
+        max_attempts: 3,
+        initial_interval: dur(400),
+        no_jitter: true,
+        non_retryable_error_kinds: vec!["bad_input".into()],
+        ..Default::default()
+    });
     let id = submit(&mut jobs, job("retry", vec![s])).await;
     let first = acquire(&mut w, "batch", 1, 0).await.remove(0);
     assert_eq!((first.attempt, first.fence_token), (1, 1));
@@ -108,7 +120,10 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     // Heartbeats keep it alive past its timeout...
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let hb = v1::HeartbeatRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }] };
+        let hb = v1::HeartbeatRequest {
+            worker_id: "tester".into(),
+            tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
+        };
         let r = w.heartbeat(hb).await.expect("heartbeat").into_inner();
         assert_eq!(r.tasks[0].status, LeaseStatus::Active as i32);
     }
@@ -119,7 +134,10 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     let stale = complete(&mut w, &first).await.expect_err("stale fence refused");
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
     assert!(stale.message().contains("stale fence"), "{}", stale.message());
-    let hb = v1::HeartbeatRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }] };
+    let hb = v1::HeartbeatRequest {
+        worker_id: "tester".into(),
+        tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
+    };
     assert_eq!(w.heartbeat(hb).await.expect("hb").into_inner().tasks[0].status, LeaseStatus::Lost as i32);
     let t = tasks(&mut jobs, &id).await.remove(0);
     assert_eq!((t.state, t.fence_token), (v1::TaskState::Running as i32, 2), "the stale report changed nothing");
@@ -150,14 +168,24 @@ async fn pause_and_resume(m: &InProcMaster) {
 
 async fn cancel_reaches_running_tasks(m: &InProcMaster) {
     let (mut jobs, mut w) = (m.jobs(), m.workers());
-    let id = submit(&mut jobs, job("cancel", vec![step("a", "noop", "file", &[]), step("b", "noop", "file", &["a"])])).await;
+    let id =
+        submit(&mut jobs, job("cancel", vec![step("a", "noop", "file", &[]), step("b", "noop", "file", &["a"])])).await;
     let a = acquire(&mut w, "file", 1, 0).await.remove(0);
-    let r = jobs.cancel_job(v1::CancelJobRequest { job_id: id.clone(), reason: "wrong input".into() }).await.expect("cancel");
+    let r = jobs
+        .cancel_job(v1::CancelJobRequest { job_id: id.clone(), reason: "wrong input".into() })
+        .await
+        .expect("cancel");
     assert_eq!(r.into_inner().job.expect("job").state, v1::JobState::Cancelled as i32);
-    let hb = v1::HeartbeatRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }] };
+    let hb = v1::HeartbeatRequest {
+        worker_id: "tester".into(),
+        tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }],
+    };
     let status = w.heartbeat(hb).await.expect("hb").into_inner().tasks[0].status;
     assert_eq!(status, LeaseStatus::Cancelled as i32, "the running task is told through its heartbeat");
-    let rel = v1::ReleaseTasksRequest { worker_id: "tester".into(), tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }] };
+    let rel = v1::ReleaseTasksRequest {
+        worker_id: "tester".into(),
+        tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }],
+    };
     assert_eq!(w.release_tasks(rel).await.expect("release").into_inner().released, 1);
     assert!(acquire(&mut w, "file", 10, 200).await.is_empty(), "nothing new starts");
     let t = tasks(&mut jobs, &id).await;
@@ -170,7 +198,8 @@ async fn compensation_in_reverse_order(m: &InProcMaster) {
     let (mut jobs, mut w) = (m.jobs(), m.workers());
     let comp = |id: &str, deps: &[&str]| {
         let mut s = step(id, "noop", "api", deps);
-        s.compensation = Some(v1::CompensationSpec { kind: "noop".into(), queue: "batch".into(), ..Default::default() });
+        s.compensation =
+            Some(v1::CompensationSpec { kind: "noop".into(), queue: "batch".into(), ..Default::default() });
         s
     };
     let mut c = step("c", "noop", "api", &["b"]);
@@ -249,7 +278,12 @@ async fn templates_run_on_their_queues(m: &InProcMaster) {
         let job = wait_finished(&mut jobs, &id, Duration::from_secs(30)).await;
         assert_eq!(job.state, v1::JobState::Succeeded as i32, "{t}: {}", job.error);
         for task in tasks(&mut jobs, &id).await {
-            assert!(task.worker_id.starts_with(&format!("{}-manager", task.queue)), "{t}: {} ran on {}", task.step_id, task.worker_id);
+            assert!(
+                task.worker_id.starts_with(&format!("{}-manager", task.queue)),
+                "{t}: {} ran on {}",
+                task.step_id,
+                task.worker_id
+            );
         }
     }
     managers.stop().await;
@@ -265,7 +299,11 @@ async fn list_filters_and_pages(m: &InProcMaster) {
     let mut token = String::new();
     let mut names = Vec::new();
     loop {
-        let r = jobs.list_jobs(v1::ListJobsRequest { page_size: 2, page_token: token, ..Default::default() }).await.expect("list").into_inner();
+        let r = jobs
+            .list_jobs(v1::ListJobsRequest { page_size: 2, page_token: token, ..Default::default() })
+            .await
+            .expect("list")
+            .into_inner();
         names.extend(r.jobs.iter().map(|j| j.spec.clone().unwrap_or_default().name));
         if r.next_page_token.is_empty() {
             break;
@@ -274,7 +312,10 @@ async fn list_filters_and_pages(m: &InProcMaster) {
     }
     assert_eq!(names, vec!["list4", "list3", "list2", "list1", "list0"]);
     let even = jobs
-        .list_jobs(v1::ListJobsRequest { labels: [("parity".to_string(), "even".to_string())].into(), ..Default::default() })
+        .list_jobs(v1::ListJobsRequest {
+            labels: [("parity".to_string(), "even".to_string())].into(),
+            ..Default::default()
+        })
         .await
         .expect("list");
     assert_eq!(even.into_inner().jobs.len(), 3);
@@ -326,7 +367,8 @@ async fn restart(backend: Backend) {
     let store = StoreFixture::new(backend).await;
     let m = InProcMaster::start(&store.url).await;
     let (mut jobs, mut w) = (m.jobs(), m.workers());
-    let id = submit(&mut jobs, job("restart", vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &["a"])])).await;
+    let id =
+        submit(&mut jobs, job("restart", vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &["a"])])).await;
     let a = acquire(&mut w, "api", 1, 0).await.remove(0);
     m.stop().await;
     let m = InProcMaster::start(&store.url).await;

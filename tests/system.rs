@@ -1,1 +1,150 @@
-//! placeholder
+//! The five real binaries against PostgreSQL: a job of every template, the `weir` CLI,
+//! health over the standard protocol, and a manager drained with SIGTERM.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use weir_proto::v1;
+use weir_tests::*;
+
+struct Platform {
+    url: String,
+    master: Proc,
+    managers: Vec<(String, Proc, u16)>,
+}
+
+fn spawn_manager(name: &str, url: &str, port: u16) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("WEIR_MASTER_URL", url),
+        ("WEIR_MANAGER_LISTEN", listen.as_str()),
+        ("WEIR_POLL_WAIT", "2s"),
+        ("WEIR_DRAIN_TIMEOUT", "500ms"),
+    ];
+    Proc::spawn(&format!("weir-{name}-manager"), &[], &env)
+}
+
+async fn start(store_url: &str) -> Platform {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let master = Proc::spawn(
+        "weir-master",
+        &["--listen", &format!("127.0.0.1:{port}"), "--heartbeat-interval", "200ms"],
+        &[("WEIR_STORE_URL", store_url)],
+    );
+    let managers = ["api", "file", "batch", "stream"]
+        .into_iter()
+        .map(|q| {
+            let p = free_port();
+            (q.to_string(), spawn_manager(q, &url, p), p)
+        })
+        .collect();
+    Platform { url, master, managers }
+}
+
+async fn serving(url: &str, service: &str) -> bool {
+    let mut h = HealthClient::new(channel(url));
+    matches!(
+        h.check(HealthCheckRequest { service: service.into() }).await,
+        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+async fn wait_serving(url: &str, service: &str) {
+    for _ in 0..400 {
+        if serving(url, service).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never reported {service:?} SERVING");
+}
+
+fn weir(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin("weir")).args(args).env("WEIR_MASTER_URL", url).output().expect("run weir")
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/fixtures/jobs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_binaries_run_every_template() {
+    let store = StoreFixture::new(Backend::Postgres).await;
+    let p = start(&store.url).await;
+    wait_serving(&p.url, "weir.v1.JobService").await;
+    for (_, _, port) in &p.managers {
+        wait_serving(&format!("http://127.0.0.1:{port}"), "").await;
+    }
+    let mut jobs = v1::job_service_client::JobServiceClient::new(channel(&p.url));
+    let pids: Vec<(String, u32)> = p.managers.iter().map(|(q, proc, _)| (q.clone(), proc.pid())).collect();
+
+    for t in weir_core::template::TEMPLATES {
+        let out = weir(&p.url, &["--json", "submit", &fixture(&format!("template-{t}.yaml"))]);
+        assert!(out.status.success(), "weir submit {t}: {}", String::from_utf8_lossy(&out.stderr));
+        let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let id = submitted["id"].as_str().expect("id").to_string();
+        let watch = weir(&p.url, &["watch", &id]);
+        assert!(watch.status.success(), "weir watch {t}: {}", String::from_utf8_lossy(&watch.stdout));
+        assert!(String::from_utf8_lossy(&watch.stdout).contains("succeeded"));
+        for task in tasks(&mut jobs, &id).await {
+            let pid = pids.iter().find(|(q, _)| *q == task.queue).map(|(_, pid)| *pid).expect("queue has a manager");
+            assert_eq!(
+                task.worker_id,
+                format!("{}-manager-{pid}", task.queue),
+                "{t}: step {} ran on its queue's manager",
+                task.step_id
+            );
+        }
+        let got = weir(&p.url, &["--json", "get", &id]);
+        let got: serde_json::Value = serde_json::from_slice(&got.stdout).expect("json");
+        assert_eq!(got["state"], "succeeded");
+        assert_eq!(got["tasks"].as_array().map(Vec::len), Some(got["tasks_total"].as_u64().unwrap_or(0) as usize));
+    }
+    let list = weir(&p.url, &["jobs", "--namespace", "demo"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 1 + weir_core::template::TEMPLATES.len());
+    let bad = weir(&p.url, &["submit", &fixture("../../engine.rs")]);
+    assert!(!bad.status.success(), "a file that is not a spec is refused");
+    let workers = weir(&p.url, &["workers"]);
+    assert!(String::from_utf8_lossy(&workers.stdout).contains("stream-manager-"));
+    drop(p);
+    store.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leases_back() {
+    let store = StoreFixture::new(Backend::Postgres).await;
+    let mut p = start(&store.url).await;
+    wait_serving(&p.url, "weir.v1.JobService").await;
+    let mut jobs = v1::job_service_client::JobServiceClient::new(channel(&p.url));
+    let mut long = step("long", "sleep", "stream", &[]);
+    long.config_json = r#"{"duration":"3s"}"#.into();
+    let id = submit(&mut jobs, job("drain", vec![long])).await;
+    let mut running = None;
+    for _ in 0..200 {
+        let t = tasks(&mut jobs, &id).await.remove(0);
+        if t.state == v1::TaskState::Running as i32 {
+            running = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = running.expect("the stream manager took the task");
+    let idx = p.managers.iter().position(|(q, _, _)| q == "stream").expect("stream manager");
+    let (_, stream, _) = p.managers.remove(idx);
+    let status = stream.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "the manager stops cleanly on SIGTERM: {status:?}");
+    let t = tasks(&mut jobs, &id).await.remove(0);
+    assert_eq!(t.state, v1::TaskState::Ready as i32, "the lease was handed back, not left to expire");
+    assert_eq!(t.attempt, 0, "a handed-back lease does not count as an attempt");
+    let replacement = spawn_manager("stream", &p.url, free_port());
+    let job = wait_finished(&mut jobs, &id, Duration::from_secs(30)).await;
+    assert_eq!(job.state, v1::JobState::Succeeded as i32);
+    let t = tasks(&mut jobs, &id).await.remove(0);
+    assert_eq!(t.fence_token, first.fence_token + 1);
+    assert_eq!(t.worker_id, format!("stream-manager-{}", replacement.pid()));
+    drop(replacement);
+    drop(p.master);
+    store.cleanup().await;
+}

@@ -210,7 +210,8 @@ pub async fn tasks(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<v1::Ta
 
 /// Acquire as a test-driven worker.
 pub async fn acquire(w: &mut WorkerServiceClient<Channel>, queue: &str, max: u32, wait_ms: u64) -> Vec<v1::TaskLease> {
-    let req = v1::AcquireTasksRequest { worker_id: "tester".into(), queue: queue.into(), max_tasks: max, wait: dur(wait_ms) };
+    let req =
+        v1::AcquireTasksRequest { worker_id: "tester".into(), queue: queue.into(), max_tasks: max, wait: dur(wait_ms) };
     w.acquire_tasks(req).await.expect("acquire").into_inner().leases
 }
 

@@ -12,5 +12,10 @@ use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
 pub fn spec() -> ManagerSpec {
-    ManagerSpec { name: "api-manager", binary: "weir-api-manager", queue: Queue::Api, handlers: vec![Arc::new(Generic)] }
+    ManagerSpec {
+        name: "api-manager",
+        binary: "weir-api-manager",
+        queue: Queue::Api,
+        handlers: vec![Arc::new(Generic)],
+    }
 }

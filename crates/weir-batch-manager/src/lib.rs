@@ -12,5 +12,10 @@ use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
 pub fn spec() -> ManagerSpec {
-    ManagerSpec { name: "batch-manager", binary: "weir-batch-manager", queue: Queue::Batch, handlers: vec![Arc::new(Generic)] }
+    ManagerSpec {
+        name: "batch-manager",
+        binary: "weir-batch-manager",
+        queue: Queue::Batch,
+        handlers: vec![Arc::new(Generic)],
+    }
 }

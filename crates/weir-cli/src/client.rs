@@ -44,7 +44,9 @@ pub struct Client {
 /// Turns a gRPC error into a message a person can act on.
 fn explain(s: tonic::Status) -> anyhow::Error {
     match s.code() {
-        tonic::Code::Unavailable => anyhow::anyhow!("master unavailable ({}). Is `weir dev` or weir-master running? ", s.message()),
+        tonic::Code::Unavailable => {
+            anyhow::anyhow!("master unavailable ({}). Is `weir dev` or weir-master running? ", s.message())
+        }
         code => anyhow::anyhow!("{:?}: {}", code, s.message()),
     }
 }
@@ -67,7 +69,11 @@ impl Client {
 
     pub async fn submit(&mut self, file: &Path) -> anyhow::Result<String> {
         let spec = read_spec(file)?;
-        let r = self.jobs.submit_job(v1::SubmitJobRequest { spec: Some(convert::spec_to_wire(&spec)) }).await.map_err(explain)?;
+        let r = self
+            .jobs
+            .submit_job(v1::SubmitJobRequest { spec: Some(convert::spec_to_wire(&spec)) })
+            .await
+            .map_err(explain)?;
         let r = r.into_inner();
         let job = r.job.context("master returned no job")?;
         if self.json {
@@ -168,8 +174,12 @@ impl Client {
     /// Follows a job until it finishes: a progress bar on a terminal, one line per event otherwise.
     pub async fn watch(&mut self, id: &str) -> anyhow::Result<ExitCode> {
         let (job, _) = self.fetch(id).await?;
-        let mut stream =
-            self.jobs.watch_job(v1::WatchJobRequest { job_id: id.into(), from_seq: 1 }).await.map_err(explain)?.into_inner();
+        let mut stream = self
+            .jobs
+            .watch_job(v1::WatchJobRequest { job_id: id.into(), from_seq: 1 })
+            .await
+            .map_err(explain)?
+            .into_inner();
         let mut view = render::Progress::new(&job, self.json);
         let mut last = job.state;
         while let Some(msg) = stream.message().await.map_err(explain)? {

@@ -66,11 +66,17 @@ pub fn job_detail(j: &v1::Job, tasks: &[v1::Task]) {
     if !j.error.is_empty() {
         println!("error      {}", j.error);
     }
-    println!("tasks      {} succeeded, {} failed, {} running, {} in all", j.tasks_succeeded, j.tasks_failed, j.tasks_running, j.tasks_total);
+    println!(
+        "tasks      {} succeeded, {} failed, {} running, {} in all",
+        j.tasks_succeeded, j.tasks_failed, j.tasks_running, j.tasks_total
+    );
     println!("created    {}", time(&j.created_at));
     println!("finished   {}", time(&j.finished_at));
     println!();
-    println!("{:<28}  {:<8}  {:<6}  {:<12}  {:>7}  {:>5}  {:<24}  ERROR", "STEP", "KIND", "QUEUE", "STATE", "ATTEMPT", "FENCE", "WORKER");
+    println!(
+        "{:<28}  {:<8}  {:<6}  {:<12}  {:>7}  {:>5}  {:<24}  ERROR",
+        "STEP", "KIND", "QUEUE", "STATE", "ATTEMPT", "FENCE", "WORKER"
+    );
     for t in tasks {
         println!(
             "{:<28}  {:<8}  {:<6}  {:<12}  {:>7}  {:>5}  {:<24}  {}",
@@ -160,7 +166,10 @@ impl Progress {
             format!("{what} {} {}", e.step_id, e.message)
         };
         if self.json {
-            println!("{}", json!({"seq": e.seq, "type": e.r#type, "step_id": e.step_id, "job_state": job_state(e.job_state), "message": e.message}));
+            println!(
+                "{}",
+                json!({"seq": e.seq, "type": e.r#type, "step_id": e.step_id, "job_state": job_state(e.job_state), "message": e.message})
+            );
         } else if let Some(bar) = &self.bar {
             if e.r#type == "dev.weir.task.succeeded" {
                 bar.inc(1);

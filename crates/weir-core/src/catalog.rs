@@ -73,10 +73,7 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
 /// Checks that `kind` runs on `queue` and that `config` suits it; the error names the problem.
 pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<(), String> {
     if !kinds_for(queue).contains(&kind) {
-        return Err(format!(
-            "unknown kind {kind:?} for queue {queue} (known: {})",
-            kinds_for(queue).join(", ")
-        ));
+        return Err(format!("unknown kind {kind:?} for queue {queue} (known: {})", kinds_for(queue).join(", ")));
     }
     match kind {
         "sleep" => {

@@ -103,7 +103,11 @@ pub struct Changes {
 impl Changes {
     /// Nothing to commit.
     pub fn is_empty(&self) -> bool {
-        self.new_jobs.is_empty() && self.jobs.is_empty() && self.tasks.is_empty() && self.deleted_tasks.is_empty() && self.events.is_empty()
+        self.new_jobs.is_empty()
+            && self.jobs.is_empty()
+            && self.tasks.is_empty()
+            && self.deleted_tasks.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -464,9 +468,7 @@ impl Engine {
             .map(|&(tid, fence)| {
                 let status = match self.tasks.get(&tid) {
                     Some(t)
-                        if t.state == TaskState::Running
-                            && t.fence == fence
-                            && t.worker.as_deref() == Some(worker) =>
+                        if t.state == TaskState::Running && t.fence == fence && t.worker.as_deref() == Some(worker) =>
                     {
                         if t.cancel_requested {
                             LeaseStatus::Cancelled
@@ -683,7 +685,11 @@ impl Engine {
     pub fn retry(&mut self, id: Uuid, now: Millis) -> Result<(), EngineError> {
         match self.job_state(id)? {
             JobState::Failed | JobState::Cancelled | JobState::Compensated => {}
-            s => return Err(EngineError::WrongState(format!("job {id} is {s}; only failed, cancelled or compensated jobs are retried"))),
+            s => {
+                return Err(EngineError::WrongState(format!(
+                    "job {id} is {s}; only failed, cancelled or compensated jobs are retried"
+                )))
+            }
         }
         let ids = self.job_task_ids(id);
         if ids.iter().any(|t| self.tasks.get(t).is_some_and(|t| t.state == TaskState::Running)) {
@@ -801,10 +807,8 @@ impl Engine {
     /// hold no lease from memory.
     pub fn take_changes(&mut self, now: Millis) -> Changes {
         let mut touched: HashSet<Uuid> = std::mem::take(&mut self.dirty_jobs);
-        let tasks: Vec<TaskRecord> = std::mem::take(&mut self.dirty_tasks)
-            .into_iter()
-            .filter_map(|t| self.tasks.get(&t).cloned())
-            .collect();
+        let tasks: Vec<TaskRecord> =
+            std::mem::take(&mut self.dirty_tasks).into_iter().filter_map(|t| self.tasks.get(&t).cloned()).collect();
         touched.extend(tasks.iter().map(|t| t.job_id));
         let new_ids = std::mem::take(&mut self.new_jobs);
         let mut jobs = Vec::with_capacity(touched.len());
@@ -864,10 +868,7 @@ impl Engine {
     // ----- the rules -----------------------------------------------------------------
 
     fn job_task_ids(&self, id: Uuid) -> Vec<Uuid> {
-        self.jobs
-            .get(&id)
-            .map(|e| e.forward.iter().chain(&e.compensation).copied().collect())
-            .unwrap_or_default()
+        self.jobs.get(&id).map(|e| e.forward.iter().chain(&e.compensation).copied().collect()).unwrap_or_default()
     }
 
     fn step_of(&self, t: &TaskRecord) -> Option<&StepSpec> {
@@ -930,10 +931,7 @@ impl Engine {
 
     fn deps_done(&self, e: &JobEntry, t: &TaskRecord) -> bool {
         t.depends_on.iter().all(|d| {
-            e.by_step
-                .get(d)
-                .and_then(|id| self.tasks.get(id))
-                .is_some_and(|d| d.state == TaskState::Succeeded)
+            e.by_step.get(d).and_then(|id| self.tasks.get(id)).is_some_and(|d| d.state == TaskState::Succeeded)
         })
     }
 
@@ -1017,7 +1015,8 @@ impl Engine {
 
     fn reconcile_compensation(&mut self, id: Uuid, now: Millis) {
         let Some(e) = self.jobs.get(&id) else { return };
-        let forward_running = e.forward.iter().any(|t| self.tasks.get(t).is_some_and(|t| t.state == TaskState::Running));
+        let forward_running =
+            e.forward.iter().any(|t| self.tasks.get(t).is_some_and(|t| t.state == TaskState::Running));
         if forward_running {
             return;
         }
@@ -1122,7 +1121,8 @@ impl Engine {
             // Every owed step downstream of this one must be undone first.
             let mut deps = Vec::new();
             let mut seen = HashSet::new();
-            let mut stack: Vec<&str> = e.children.get(step_id).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_default();
+            let mut stack: Vec<&str> =
+                e.children.get(step_id).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_default();
             while let Some(s) = stack.pop() {
                 if !seen.insert(s) {
                     continue;

@@ -86,10 +86,7 @@ text_enum!(
 impl TaskState {
     /// No further change happens without a retry.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::Compensated
-        )
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::Compensated)
     }
 }
 

@@ -48,7 +48,9 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
                 None => Queue::Api,
                 Some(Some("api")) => Queue::Api,
                 Some(Some("file")) => Queue::File,
-                Some(other) => return Err(format!("standard: params.source must be \"api\" or \"file\", got {other:?}")),
+                Some(other) => {
+                    return Err(format!("standard: params.source must be \"api\" or \"file\", got {other:?}"))
+                }
             };
             chain(&[
                 ("validate_source", src),
@@ -96,11 +98,7 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
             ("recovery_strategy".into(), Queue::Api, vec!["failure_analysis".into()]),
             ("alternative_api".into(), Queue::Api, vec!["recovery_strategy".into()]),
             ("alternative_files".into(), Queue::File, vec!["recovery_strategy".into()]),
-            (
-                "reconstruction".into(),
-                Queue::Batch,
-                vec!["alternative_api".into(), "alternative_files".into()],
-            ),
+            ("reconstruction".into(), Queue::Batch, vec!["alternative_api".into(), "alternative_files".into()]),
             ("validation".into(), Queue::Batch, vec!["reconstruction".into()]),
         ],
         other => return Err(format!("unknown template {other:?} (known: {})", TEMPLATES.join(", "))),
@@ -174,8 +172,9 @@ mod tests {
         assert!(expand("standard", Some(&json!({"source": "ftp"}))).unwrap_err().contains("source"));
         assert!(expand("standard", Some(&json!([1]))).unwrap_err().contains("object"));
         assert!(expand("standard", Some(&json!({"config": {"bogus": {}}}))).unwrap_err().contains("bogus"));
-        let s = expand("standard", Some(&json!({"kind": {"store": "fail"}, "config": {"store": {"retryable": false}}})))
-            .expect("overrides");
+        let s =
+            expand("standard", Some(&json!({"kind": {"store": "fail"}, "config": {"store": {"retryable": false}}})))
+                .expect("overrides");
         assert_eq!(s[5].kind, "fail");
         assert_eq!(s[5].config, Some(json!({"retryable": false})));
     }

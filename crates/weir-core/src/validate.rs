@@ -60,20 +60,16 @@ fn check_step_id(id: &str) -> Result<(), SpecError> {
     if ok {
         Ok(())
     } else {
-        err(format!(
-            "step id {id:?} must be 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
-        ))
+        err(format!("step id {id:?} must be 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"))
     }
 }
 
 fn check_duration(what: &str, d: Option<Duration>, max: Duration) -> Result<(), SpecError> {
     match d {
         Some(d) if d.is_zero() => err(format!("{what} must be greater than zero")),
-        Some(d) if d > max => err(format!(
-            "{what} {} exceeds the limit of {}",
-            crate::duration::format(d),
-            crate::duration::format(max)
-        )),
+        Some(d) if d > max => {
+            err(format!("{what} {} exceeds the limit of {}", crate::duration::format(d), crate::duration::format(max)))
+        }
         _ => Ok(()),
     }
 }

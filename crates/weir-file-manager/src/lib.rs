@@ -12,5 +12,10 @@ use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
 pub fn spec() -> ManagerSpec {
-    ManagerSpec { name: "file-manager", binary: "weir-file-manager", queue: Queue::File, handlers: vec![Arc::new(Generic)] }
+    ManagerSpec {
+        name: "file-manager",
+        binary: "weir-file-manager",
+        queue: Queue::File,
+        handlers: vec![Arc::new(Generic)],
+    }
 }

@@ -31,7 +31,12 @@ pub struct Jobs(pub(crate) Arc<Shared>);
 
 impl Jobs {
     async fn job(&self, id: Uuid) -> Result<JobRecord, Status> {
-        self.0.store.get_job(id).await.map_err(status::store)?.ok_or_else(|| Status::not_found(format!("job {id} not found")))
+        self.0
+            .store
+            .get_job(id)
+            .await
+            .map_err(status::store)?
+            .ok_or_else(|| Status::not_found(format!("job {id} not found")))
     }
 }
 
@@ -75,7 +80,8 @@ impl JobService for Jobs {
             0 => None,
             n => Some(convert::job_state_from_wire(n).ok_or_else(|| invalid(format!("unknown job state {n}")))?),
         };
-        let after = if r.page_token.is_empty() { None } else { Some(Cursor::from_token(&r.page_token).map_err(invalid)?) };
+        let after =
+            if r.page_token.is_empty() { None } else { Some(Cursor::from_token(&r.page_token).map_err(invalid)?) };
         let filter = JobFilter {
             namespace: (!r.namespace.is_empty()).then_some(r.namespace),
             state,
@@ -89,7 +95,10 @@ impl JobService for Jobs {
         }))
     }
 
-    async fn get_job_tasks(&self, req: Request<v1::GetJobTasksRequest>) -> Result<Response<v1::GetJobTasksResponse>, Status> {
+    async fn get_job_tasks(
+        &self,
+        req: Request<v1::GetJobTasksRequest>,
+    ) -> Result<Response<v1::GetJobTasksResponse>, Status> {
         let id = parse_id("job_id", &req.into_inner().job_id)?;
         let job = self.job(id).await?;
         let mut tasks = self.0.store.job_tasks(id).await.map_err(status::store)?;
@@ -158,7 +167,9 @@ impl Jobs {
     fn not_found_if_stored(&self, e: crate::scheduler::SchedError, id: Uuid) -> Status {
         match e {
             crate::scheduler::SchedError::Engine(weir_core::engine::EngineError::JobNotFound(_)) => {
-                Status::failed_precondition(format!("job {id} is finished or unknown; only unfinished jobs can be steered"))
+                Status::failed_precondition(format!(
+                    "job {id} is finished or unknown; only unfinished jobs can be steered"
+                ))
             }
             other => status::sched(other),
         }

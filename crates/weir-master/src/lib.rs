@@ -103,7 +103,8 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, cancel: Cancella
     reporter.set_serving::<JobServiceServer<jobs::Jobs>>().await;
     reporter.set_serving::<WorkerServiceServer<workers::Workers>>().await;
 
-    let result = scheduler::run(engine, store, epoch, inbox, shared.scheduler.events(), cancel.clone(), config.max_batch).await;
+    let result =
+        scheduler::run(engine, store, epoch, inbox, shared.scheduler.events(), cancel.clone(), config.max_batch).await;
     shared.ready.store(false, Ordering::Release);
     server_cancel.cancel();
     server.await??;

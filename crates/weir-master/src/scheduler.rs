@@ -42,12 +42,39 @@ pub(crate) enum Command {
     Cancel(Uuid, String, Reply<()>),
     /// Retry; carries the stored job in case it already left memory.
     Retry(Uuid, Option<Box<(JobRecord, Vec<TaskRecord>)>>, Reply<()>),
-    Acquire { queue: String, worker: String, max: u32, wait: Duration, reply: Reply<Vec<Lease>> },
-    Heartbeat { worker: String, leases: Vec<(Uuid, u64)>, reply: Reply<Vec<(Uuid, LeaseStatus)>> },
-    Complete { task: Uuid, fence: u64, output: Option<String>, reply: Reply<()> },
-    Fail { task: Uuid, fence: u64, failure: Failure, reply: Reply<bool> },
-    Release { worker: String, leases: Vec<(Uuid, u64)>, reply: Reply<u32> },
-    ReleaseWorker { worker: String, reply: Reply<u32> },
+    Acquire {
+        queue: String,
+        worker: String,
+        max: u32,
+        wait: Duration,
+        reply: Reply<Vec<Lease>>,
+    },
+    Heartbeat {
+        worker: String,
+        leases: Vec<(Uuid, u64)>,
+        reply: Reply<Vec<(Uuid, LeaseStatus)>>,
+    },
+    Complete {
+        task: Uuid,
+        fence: u64,
+        output: Option<String>,
+        reply: Reply<()>,
+    },
+    Fail {
+        task: Uuid,
+        fence: u64,
+        failure: Failure,
+        reply: Reply<bool>,
+    },
+    Release {
+        worker: String,
+        leases: Vec<(Uuid, u64)>,
+        reply: Reply<u32>,
+    },
+    ReleaseWorker {
+        worker: String,
+        reply: Reply<u32>,
+    },
 }
 
 /// Committed events, for WatchJob streams.
@@ -102,10 +129,20 @@ impl Handle {
     pub(crate) async fn retry(&self, id: Uuid, stored: Option<(JobRecord, Vec<TaskRecord>)>) -> Result<(), SchedError> {
         self.ask(|r| Command::Retry(id, stored.map(Box::new), r)).await
     }
-    pub(crate) async fn acquire(&self, queue: String, worker: String, max: u32, wait: Duration) -> Result<Vec<Lease>, SchedError> {
+    pub(crate) async fn acquire(
+        &self,
+        queue: String,
+        worker: String,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, SchedError> {
         self.ask(|reply| Command::Acquire { queue, worker, max, wait, reply }).await
     }
-    pub(crate) async fn heartbeat(&self, worker: String, leases: Vec<(Uuid, u64)>) -> Result<Vec<(Uuid, LeaseStatus)>, SchedError> {
+    pub(crate) async fn heartbeat(
+        &self,
+        worker: String,
+        leases: Vec<(Uuid, u64)>,
+    ) -> Result<Vec<(Uuid, LeaseStatus)>, SchedError> {
         self.ask(|reply| Command::Heartbeat { worker, leases, reply }).await
     }
     pub(crate) async fn complete(&self, task: Uuid, fence: u64, output: Option<String>) -> Result<(), SchedError> {

@@ -31,7 +31,9 @@ pub fn engine(e: EngineError) -> Status {
 pub fn store(e: StoreError) -> Status {
     match e {
         StoreError::Database(_) | StoreError::Fenced { .. } => Status::unavailable(e.to_string()),
-        StoreError::Corrupt(_) | StoreError::Migration { .. } | StoreError::BadUrl(_) => Status::internal(e.to_string()),
+        StoreError::Corrupt(_) | StoreError::Migration { .. } | StoreError::BadUrl(_) => {
+            Status::internal(e.to_string())
+        }
     }
 }
 

@@ -43,12 +43,28 @@ impl Registry {
         f(&mut guard)
     }
 
-    fn seen(&self, worker: &str, running: Option<u32>) {
-        self.with(|m| {
-            if let Some(w) = m.get_mut(worker) {
-                w.last_seen_ms = now_ms();
+    /// Notes a sign of life. A worker unknown to this master (it restarted since the worker
+    /// registered) is added back when the call names its queue.
+    fn seen(&self, worker: &str, queue: Option<&str>, running: Option<u32>) {
+        let now = now_ms();
+        self.with(|m| match m.get_mut(worker) {
+            Some(w) => {
+                w.last_seen_ms = now;
                 if let Some(r) = running {
                     w.running = r;
+                }
+            }
+            None => {
+                if let Some(q) = queue {
+                    let info = WorkerInfo {
+                        queue: q.to_string(),
+                        capacity: 0,
+                        running: running.unwrap_or(0),
+                        version: String::new(),
+                        registered_ms: now,
+                        last_seen_ms: now,
+                    };
+                    m.insert(worker.to_string(), info);
                 }
             }
         });
@@ -94,8 +110,12 @@ impl Workers {
         let stored = self.0.store.get_task(task).await.map_err(status::store)?;
         match stored {
             Some(t) if t.fence == fence && done.contains(&t.state) => Ok(()),
-            Some(t) if t.fence != fence => Err(status::engine(EngineError::StaleFence { task, given: fence, current: t.fence })),
-            Some(t) => Err(Status::failed_precondition(format!("task {task} is {}; the report does not apply", t.state))),
+            Some(t) if t.fence != fence => {
+                Err(status::engine(EngineError::StaleFence { task, given: fence, current: t.fence }))
+            }
+            Some(t) => {
+                Err(Status::failed_precondition(format!("task {task} is {}; the report does not apply", t.state)))
+            }
             None => Err(Status::not_found(format!("task {task} not found"))),
         }
     }
@@ -103,20 +123,38 @@ impl Workers {
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
-    async fn register_worker(&self, req: Request<v1::RegisterWorkerRequest>) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+    async fn register_worker(
+        &self,
+        req: Request<v1::RegisterWorkerRequest>,
+    ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
         let r = req.into_inner();
         let id = worker_id(&r.worker_id)?;
         let q = queue(&r.queue)?;
         let now = now_ms();
         tracing::info!(worker = %id, queue = %q, capacity = r.capacity, "worker registered");
         self.0.registry.with(|m| {
-            m.insert(id, WorkerInfo { queue: q, capacity: r.capacity, running: 0, version: r.version, registered_ms: now, last_seen_ms: now })
+            m.insert(
+                id,
+                WorkerInfo {
+                    queue: q,
+                    capacity: r.capacity,
+                    running: 0,
+                    version: r.version,
+                    registered_ms: now,
+                    last_seen_ms: now,
+                },
+            )
         });
-        Ok(Response::new(v1::RegisterWorkerResponse { heartbeat_interval: Some(convert::duration(self.0.config.heartbeat_interval)) }))
+        Ok(Response::new(v1::RegisterWorkerResponse {
+            heartbeat_interval: Some(convert::duration(self.0.config.heartbeat_interval)),
+        }))
     }
 
     #[tracing::instrument(name = "acquire_tasks", skip_all)]
-    async fn acquire_tasks(&self, req: Request<v1::AcquireTasksRequest>) -> Result<Response<v1::AcquireTasksResponse>, Status> {
+    async fn acquire_tasks(
+        &self,
+        req: Request<v1::AcquireTasksRequest>,
+    ) -> Result<Response<v1::AcquireTasksResponse>, Status> {
         self.0.check_ready()?;
         let r = req.into_inner();
         let worker = worker_id(&r.worker_id)?;
@@ -133,7 +171,7 @@ impl WorkerService for Workers {
         if wait > MAX_WAIT {
             return Err(invalid(format!("wait is over the limit of {}s", MAX_WAIT.as_secs())));
         }
-        self.0.registry.seen(&worker, None);
+        self.0.registry.seen(&worker, Some(&q), None);
         let leases = self.0.scheduler.acquire(q, worker, max, wait).await.map_err(status::sched)?;
         Ok(Response::new(v1::AcquireTasksResponse { leases: leases.iter().map(convert::lease).collect() }))
     }
@@ -143,7 +181,7 @@ impl WorkerService for Workers {
         let r = req.into_inner();
         let worker = worker_id(&r.worker_id)?;
         let leases = lease_refs(&r.tasks)?;
-        self.0.registry.seen(&worker, Some(leases.len() as u32));
+        self.0.registry.seen(&worker, None, Some(leases.len() as u32));
         let statuses = self.0.scheduler.heartbeat(worker, leases).await.map_err(status::sched)?;
         Ok(Response::new(v1::HeartbeatResponse {
             tasks: statuses.into_iter().map(|(t, s)| convert::lease_status(t, s)).collect(),
@@ -151,7 +189,10 @@ impl WorkerService for Workers {
     }
 
     #[tracing::instrument(name = "complete_task", skip_all, fields(task_id = %req.get_ref().task_id))]
-    async fn complete_task(&self, req: Request<v1::CompleteTaskRequest>) -> Result<Response<v1::CompleteTaskResponse>, Status> {
+    async fn complete_task(
+        &self,
+        req: Request<v1::CompleteTaskRequest>,
+    ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
         self.0.check_ready()?;
         let r = req.into_inner();
         let task = parse_id("task_id", &r.task_id)?;
@@ -186,7 +227,10 @@ impl WorkerService for Workers {
         Ok(Response::new(v1::FailTaskResponse { will_retry }))
     }
 
-    async fn release_tasks(&self, req: Request<v1::ReleaseTasksRequest>) -> Result<Response<v1::ReleaseTasksResponse>, Status> {
+    async fn release_tasks(
+        &self,
+        req: Request<v1::ReleaseTasksRequest>,
+    ) -> Result<Response<v1::ReleaseTasksResponse>, Status> {
         self.0.check_ready()?;
         let r = req.into_inner();
         let worker = worker_id(&r.worker_id)?;
@@ -194,7 +238,10 @@ impl WorkerService for Workers {
         Ok(Response::new(v1::ReleaseTasksResponse { released }))
     }
 
-    async fn deregister_worker(&self, req: Request<v1::DeregisterWorkerRequest>) -> Result<Response<v1::DeregisterWorkerResponse>, Status> {
+    async fn deregister_worker(
+        &self,
+        req: Request<v1::DeregisterWorkerRequest>,
+    ) -> Result<Response<v1::DeregisterWorkerResponse>, Status> {
         self.0.check_ready()?;
         let worker = worker_id(&req.into_inner().worker_id)?;
         let released = self.0.scheduler.release_worker(worker.clone()).await.map_err(status::sched)?;
@@ -203,9 +250,13 @@ impl WorkerService for Workers {
         Ok(Response::new(v1::DeregisterWorkerResponse { released }))
     }
 
-    async fn list_workers(&self, _req: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        _req: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         // Workers silent for three heartbeat intervals are gone.
-        let horizon = now_ms() - 3 * i64::try_from(self.0.config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX / 4);
+        let horizon =
+            now_ms() - 3 * i64::try_from(self.0.config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX / 4);
         let workers = self.0.registry.with(|m| {
             m.retain(|_, w| w.last_seen_ms >= horizon);
             let mut v: Vec<v1::Worker> = m

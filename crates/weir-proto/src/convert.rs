@@ -24,10 +24,7 @@ pub fn millis(ts: &prost_types::Timestamp) -> Millis {
 
 /// A wire duration.
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
+    prost_types::Duration { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
 }
 
 /// A domain duration from the wire; negative or malformed durations are refused by name.
@@ -57,10 +54,17 @@ fn retry_from(what: &str, r: &v1::RetryPolicy) -> Result<RetryPolicy, String> {
     let d = RetryPolicy::DEFAULT;
     Ok(RetryPolicy {
         max_attempts: if r.max_attempts == 0 { d.max_attempts } else { r.max_attempts },
-        initial_interval: opt_duration(&format!("{what}.initial_interval"), &r.initial_interval)?.or(d.initial_interval),
+        initial_interval: opt_duration(&format!("{what}.initial_interval"), &r.initial_interval)?
+            .or(d.initial_interval),
         backoff_coefficient: if r.backoff_coefficient == 0.0 { d.backoff_coefficient } else { r.backoff_coefficient },
         max_interval: opt_duration(&format!("{what}.max_interval"), &r.max_interval)?.or(d.max_interval),
-        jitter: if r.no_jitter { 0.0 } else if r.jitter == 0.0 { d.jitter } else { r.jitter },
+        jitter: if r.no_jitter {
+            0.0
+        } else if r.jitter == 0.0 {
+            d.jitter
+        } else {
+            r.jitter
+        },
         non_retryable_error_kinds: r.non_retryable_error_kinds.clone(),
     })
 }

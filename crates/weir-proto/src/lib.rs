@@ -3,8 +3,6 @@
 //! Only generated code and the descriptor set for server reflection live here; conversions
 //! to domain types live with the services that need them.
 
-
-
 /// `weir.v1`: jobs, tasks and the master's two services.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

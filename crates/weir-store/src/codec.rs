@@ -66,12 +66,11 @@ pub(crate) const TASK_COLUMNS: &str = "id, job_id, step_id, kind, queue, depends
      output, cancel_requested";
 
 /// Columns of an event, as every event query selects them.
-pub(crate) const EVENT_COLUMNS: &str =
-    "job_id, seq, type, time_ms, task_id, step_id, job_state, task_state, message";
+pub(crate) const EVENT_COLUMNS: &str = "job_id, seq, type, time_ms, task_id, step_id, job_state, task_state, message";
 
 pub(crate) fn job(r: &impl Cols) -> Result<JobRecord, StoreError> {
-    let spec: JobSpec = serde_json::from_str(&r.text("spec")?)
-        .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+    let spec: JobSpec =
+        serde_json::from_str(&r.text("spec")?).map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
     Ok(JobRecord {
         id: uuid("job id", &r.text("id")?)?,
         spec: Arc::new(spec),

@@ -75,7 +75,11 @@ impl PgStore {
         let done: Vec<i64> =
             sqlx::query_scalar(&format!("SELECT version FROM {}", migrate::TABLE)).fetch_all(&mut *conn).await?;
         for m in migrate::POSTGRES.iter().filter(|m| !done.contains(&m.version)) {
-            apply_one(conn, m).await.map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+            apply_one(conn, m).await.map_err(|source| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            })?;
             tracing::info!(version = m.version, name = m.name, "applied migration");
         }
         Ok(())
@@ -145,9 +149,8 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE")
-            .fetch_one(&mut *tx)
-            .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE").fetch_one(&mut *tx).await?;
         if current != epoch {
             return Err(StoreError::Fenced { mine: epoch, current });
         }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use uuid::Uuid;
 use weir_core::engine::Changes;
@@ -46,7 +48,13 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         // One connection: SQLite has one writer anyway, and exclusive mode needs a single owner.
-        let pool = SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
         let store = SqliteStore { pool };
         store.migrate().await?;
         Ok(store)
@@ -63,7 +71,11 @@ impl SqliteStore {
         let done: Vec<i64> =
             sqlx::query_scalar(&format!("SELECT version FROM {}", migrate::TABLE)).fetch_all(&mut *conn).await?;
         for m in migrate::SQLITE.iter().filter(|m| !done.contains(&m.version)) {
-            apply_one(&mut conn, m).await.map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+            apply_one(&mut conn, m).await.map_err(|source| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            })?;
             tracing::info!(version = m.version, name = m.name, "applied migration");
         }
         Ok(())

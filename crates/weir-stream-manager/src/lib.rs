@@ -12,5 +12,10 @@ use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
 pub fn spec() -> ManagerSpec {
-    ManagerSpec { name: "stream-manager", binary: "weir-stream-manager", queue: Queue::Stream, handlers: vec![Arc::new(Generic)] }
+    ManagerSpec {
+        name: "stream-manager",
+        binary: "weir-stream-manager",
+        queue: Queue::Stream,
+        handlers: vec![Arc::new(Generic)],
+    }
 }

@@ -20,14 +20,16 @@ impl StepHandler for Generic {
         match task.kind.as_str() {
             "noop" => Ok(json!({})),
             "sleep" => {
-                let d = catalog::sleep_duration(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
+                let d =
+                    catalog::sleep_duration(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
                 tokio::select! {
                     _ = tokio::time::sleep(d) => Ok(json!({"slept_ms": d.as_millis() as u64})),
                     _ = task.cancel.cancelled() => Err(StepError::retryable("cancelled", "stopped while sleeping")),
                 }
             }
             "fail" => {
-                let f = catalog::fail_config(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
+                let f =
+                    catalog::fail_config(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
                 match f.attempts {
                     Some(n) if task.attempt > n => Ok(json!({"failed_attempts": n})),
                     _ => Err(StepError { kind: f.error_kind, message: f.message, retryable: f.retryable }),

@@ -89,7 +89,13 @@ impl Worker {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
         let hb_stop = CancellationToken::new();
-        let hb = tokio::spawn(heartbeats(self.client.clone(), self.cfg.worker_id.clone(), self.table.clone(), interval, hb_stop.clone()));
+        let hb = tokio::spawn(heartbeats(
+            self.client.clone(),
+            self.cfg.worker_id.clone(),
+            self.table.clone(),
+            interval,
+            hb_stop.clone(),
+        ));
         tracing::info!(worker = %self.cfg.worker_id, queue = %self.cfg.queue, "taking work");
         self.acquire_loop(&cancel, &permits, &tracker).await;
 
@@ -206,7 +212,8 @@ impl Worker {
             .and_then(|d| convert::from_duration("heartbeat_timeout", d).ok())
             .unwrap_or(weir_core::spec::DEFAULT_HEARTBEAT);
         let token = CancellationToken::new();
-        lock(&self.table).insert(task_id, InFlight { fence: l.fence_token, heartbeat_timeout, token: token.clone(), stop: None });
+        lock(&self.table)
+            .insert(task_id, InFlight { fence: l.fence_token, heartbeat_timeout, token: token.clone(), stop: None });
         Some(TaskContext {
             task_id,
             job_id: Uuid::parse_str(&l.job_id).ok()?,
@@ -236,14 +243,18 @@ async fn execute(
 ) {
     let result = match &handler {
         Some(h) => h.run(&ctx).await,
-        None => Err(crate::StepError::permanent("unknown_kind", format!("no handler for kind {:?} on this worker", ctx.kind))),
+        None => Err(crate::StepError::permanent(
+            "unknown_kind",
+            format!("no handler for kind {:?} on this worker", ctx.kind),
+        )),
     };
     let stop = lock(&table).remove(&ctx.task_id).and_then(|f| f.stop);
     let (task_id, fence_token) = (ctx.task_id.to_string(), ctx.fence);
     match stop {
         Some(Stop::Lost) => tracing::warn!("lease lost; result dropped"),
         Some(Stop::Cancelled) | Some(Stop::Shutdown) => {
-            let req = v1::ReleaseTasksRequest { worker_id: worker, tasks: vec![v1::TaskHeartbeat { task_id, fence_token }] };
+            let req =
+                v1::ReleaseTasksRequest { worker_id: worker, tasks: vec![v1::TaskHeartbeat { task_id, fence_token }] };
             report(|| {
                 let (mut c, r) = (client.clone(), req.clone());
                 async move { c.release_tasks(r).await }
@@ -252,12 +263,17 @@ async fn execute(
         }
         None => match result {
             Ok(output) => {
-                let req = v1::CompleteTaskRequest { worker_id: worker, task_id, fence_token, output_json: output.to_string() };
+                let req = v1::CompleteTaskRequest {
+                    worker_id: worker,
+                    task_id,
+                    fence_token,
+                    output_json: output.to_string(),
+                };
                 report(|| {
-                let (mut c, r) = (client.clone(), req.clone());
-                async move { c.complete_task(r).await }
-            })
-            .await;
+                    let (mut c, r) = (client.clone(), req.clone());
+                    async move { c.complete_task(r).await }
+                })
+                .await;
             }
             Err(e) => {
                 tracing::info!(error = %e, "step failed");
@@ -271,10 +287,10 @@ async fn execute(
                     details_json: String::new(),
                 };
                 report(|| {
-                let (mut c, r) = (client.clone(), req.clone());
-                async move { c.fail_task(r).await }
-            })
-            .await;
+                    let (mut c, r) = (client.clone(), req.clone());
+                    async move { c.fail_task(r).await }
+                })
+                .await;
             }
         },
     }
@@ -304,7 +320,13 @@ where
 }
 
 /// Heartbeats every in-flight task in one call, often enough for the shortest timeout.
-async fn heartbeats(mut client: WorkerServiceClient<Channel>, worker: String, table: Table, interval: Duration, stop: CancellationToken) {
+async fn heartbeats(
+    mut client: WorkerServiceClient<Channel>,
+    worker: String,
+    table: Table,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     loop {
         let (tasks, wait) = {
             let t = lock(&table);
@@ -316,7 +338,8 @@ async fn heartbeats(mut client: WorkerServiceClient<Channel>, worker: String, ta
                 .collect();
             (tasks, interval.min(shortest).max(Duration::from_millis(50)))
         };
-        if !tasks.is_empty() {
+        // Sent even with nothing in flight: it is also the worker's liveness signal.
+        {
             match client.heartbeat(v1::HeartbeatRequest { worker_id: worker.clone(), tasks }).await {
                 Ok(r) => {
                     let mut t = lock(&table);

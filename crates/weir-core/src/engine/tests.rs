@@ -63,7 +63,9 @@ impl Harness {
         v
     }
     fn complete(&mut self, l: &Lease, now: Millis) {
-        self.engine.complete(l.task_id, l.fence, Some(format!("{{\"step\":\"{}\"}}", l.step_id)), now).expect("complete");
+        self.engine
+            .complete(l.task_id, l.fence, Some(format!("{{\"step\":\"{}\"}}", l.step_id)), now)
+            .expect("complete");
         self.commit(now);
     }
     fn state(&self, job: Uuid) -> JobState {
@@ -125,7 +127,18 @@ fn failure(kind: &str, retryable: bool) -> Failure {
 #[test]
 fn dag_runs_in_order_with_parallel_branches() {
     let mut h = Harness::new();
-    let id = h.submit(job("d", vec![step("a", "api", &[]), step("b", "api", &["a"]), step("c", "api", &["a"]), step("d", "batch", &["b", "c"])]), 0);
+    let id = h.submit(
+        job(
+            "d",
+            vec![
+                step("a", "api", &[]),
+                step("b", "api", &["a"]),
+                step("c", "api", &["a"]),
+                step("d", "batch", &["b", "c"]),
+            ],
+        ),
+        0,
+    );
     assert_eq!(h.state(id), JobState::Pending);
     let l = h.acquire("api", 10, 1);
     assert_eq!(Harness::steps(&l), vec!["a"]);
