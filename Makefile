@@ -14,6 +14,7 @@ run:
 ## Build everything and run every test against real PostgreSQL and the embedded store.
 test:
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-python-peer.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

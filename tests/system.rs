@@ -148,3 +148,48 @@ async fn sigterm_hands_leases_back() {
     drop(p.master);
     store.cleanup().await;
 }
+
+/// The proto files work with another language's stock generator: a Python client generated
+/// by grpcio-tools submits, watches and works a job against the master unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_generated_from_proto() {
+    let venv = std::env::var("WEIR_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weir/venv")
+    });
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} missing: run scripts/ensure-python-peer.sh (make test does)", python.display());
+    let out = tempfile::tempdir().expect("tempdir");
+    let proto = format!("{}/../proto", env!("CARGO_MANIFEST_DIR"));
+    let gen = Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I", &proto])
+        .arg(format!("--python_out={}", out.path().display()))
+        .arg(format!("--grpc_python_out={}", out.path().display()))
+        .args([format!("{proto}/weir/v1/job.proto"), format!("{proto}/weir/v1/master.proto")])
+        .output()
+        .expect("run grpc_tools.protoc");
+    assert!(gen.status.success(), "protoc (python): {}", String::from_utf8_lossy(&gen.stderr));
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let m = InProcMaster::start(&store.url).await;
+    let script = format!("{}/python/client.py", env!("CARGO_MANIFEST_DIR"));
+    let addr = m.url.trim_start_matches("http://").to_string();
+    let dir = out.path().to_path_buf();
+    let run = tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(dir).arg(addr).output())
+        .await
+        .expect("join")
+        .expect("run python client");
+    assert!(run.status.success(), "python client: {}", String::from_utf8_lossy(&run.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json from python");
+    assert_eq!(seen["created"], true);
+    assert_eq!(seen["created_again"], false);
+    assert_eq!(seen["same_id"], true);
+    assert!(seen["invalid"].as_str().unwrap_or_default().starts_with("INVALID_ARGUMENT"), "{seen}");
+    assert_eq!(seen["done"], serde_json::json!(["a", "b"]));
+    assert_eq!(seen["state"], "JOB_STATE_SUCCEEDED");
+    assert_eq!(seen["last_event"], "dev.weir.job.succeeded");
+    assert_eq!(seen["listed"], serde_json::json!([seen["job_id"].clone()]));
+    let mut jobs = m.jobs();
+    let t = tasks(&mut jobs, seen["job_id"].as_str().unwrap_or_default()).await;
+    assert_eq!(t[1].output_json, r#"{"by":"python"}"#);
+    m.stop().await;
+    store.cleanup().await;
+}

@@ -113,7 +113,12 @@ async fn main() -> anyhow::Result<()> {
         let (t1, leased) = poll.await?;
         let lease = leased?.into_inner().leases.pop().context("no lease within 10s")?;
         samples.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
-        let done = v1::CompleteTaskRequest { worker_id: "bench".into(), task_id: lease.task_id, fence_token: lease.fence_token, output_json: String::new() };
+        let done = v1::CompleteTaskRequest {
+            worker_id: "bench".into(),
+            task_id: lease.task_id,
+            fence_token: lease.fence_token,
+            output_json: String::new(),
+        };
         workers.complete_task(done).await?;
     }
     samples.sort_by(|a, b| a.total_cmp(b));
@@ -155,9 +160,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM weir_jobs WHERE state = 'succeeded' AND name LIKE 'bench-%'")
-            .fetch_one(&pool)
-            .await?;
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM weir_jobs WHERE state = 'succeeded' AND name LIKE 'bench-%'")
+                .fetch_one(&pool)
+                .await?;
         if done as usize >= n_jobs {
             break;
         }

@@ -194,22 +194,24 @@ async fn watch(
         let shared = shared.clone();
         async move { shared.store.events(id, next, HISTORY_PAGE).await.map_err(status::store) }
     };
+    let mut finished = false;
     loop {
         let page = catch_up(next).await?;
-        let done = page.len() < HISTORY_PAGE as usize;
+        let more = page.len() == HISTORY_PAGE as usize;
         for e in page {
             next = e.seq + 1;
-            let end = ends_stream(&e);
+            // A terminal event ends the stream only if it is the newest (a retry may follow it).
+            finished = ends_stream(&e);
             if tx.send(Ok(v1::WatchJobResponse { event: Some(convert::event(&e)) })).await.is_err() {
                 return Ok(());
             }
-            if end && done {
-                return Ok(());
-            }
         }
-        if done {
+        if !more {
             break;
         }
+    }
+    if finished {
+        return Ok(());
     }
     loop {
         let batch = tokio::select! {
