@@ -113,12 +113,12 @@ async fn retries_back_off(m: &InProcMaster) {
 async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     let (mut jobs, mut w) = (m.jobs(), m.workers());
     let mut s = step("slow", "noop", "stream", &[]);
-    s.timeouts = Some(v1::StepTimeouts { heartbeat: dur(600), ..Default::default() });
+    s.timeouts = Some(v1::StepTimeouts { heartbeat: dur(1500), ..Default::default() });
     s.retry = Some(v1::RetryPolicy { initial_interval: dur(100), no_jitter: true, ..Default::default() });
     let id = submit(&mut jobs, job("lease", vec![s])).await;
     let first = acquire(&mut w, "stream", 1, 0).await.remove(0);
     // Heartbeats keep it alive past its timeout...
-    for _ in 0..4 {
+    for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let hb = v1::HeartbeatRequest {
             worker_id: "tester".into(),

@@ -113,6 +113,13 @@ impl Changes {
 
 type JobKey = (String, String, String);
 
+/// See [`Engine::survey`].
+struct Survey {
+    failed: Option<Uuid>,
+    all_done: bool,
+    promote: Vec<Uuid>,
+}
+
 struct JobEntry {
     rec: JobRecord,
     /// Task id per step id (forward and compensation tasks).
@@ -935,38 +942,64 @@ impl Engine {
         })
     }
 
+    /// Where a set of tasks stands: the first one in a failed state, whether all succeeded,
+    /// and which pending ones have their dependencies met.
+    fn survey(&self, e: &JobEntry, ids: &[Uuid], failed_states: &[TaskState]) -> Survey {
+        let mut s = Survey { failed: None, all_done: true, promote: Vec::new() };
+        for tid in ids {
+            let Some(t) = self.tasks.get(tid) else { continue };
+            match t.state {
+                TaskState::Succeeded => {}
+                st if failed_states.contains(&st) => {
+                    s.failed.get_or_insert(*tid);
+                }
+                TaskState::Pending => {
+                    s.all_done = false;
+                    if self.deps_done(e, t) {
+                        s.promote.push(*tid);
+                    }
+                }
+                _ => s.all_done = false,
+            }
+        }
+        s
+    }
+
+    /// Cancels the tasks that have not started and asks the running ones to stop (they
+    /// are told on their next heartbeat).
+    fn stop_tasks(&mut self, job: Uuid, ids: &[Uuid], now: Millis) {
+        for tid in ids {
+            let Some(t) = self.tasks.get_mut(tid) else { continue };
+            match t.state {
+                TaskState::Pending | TaskState::Ready | TaskState::Backoff => {
+                    t.state = TaskState::Cancelled;
+                    t.finished_ms = Some(now);
+                    self.dirty_tasks.insert(*tid);
+                    self.dequeue(*tid);
+                    self.emit(job, ev::TASK_CANCELLED, Some(*tid), None, now);
+                }
+                TaskState::Running => {
+                    t.cancel_requested = true;
+                    self.dirty_tasks.insert(*tid);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Moves a job forward after any of its tasks changed.
     fn reconcile(&mut self, id: Uuid, now: Millis) {
         let Some(e) = self.jobs.get(&id) else { return };
         match e.rec.state {
             JobState::Pending | JobState::Running | JobState::Paused => {
-                let mut failed = None;
-                let mut all_done = true;
-                let mut promote = Vec::new();
-                for tid in &e.forward {
-                    let Some(t) = self.tasks.get(tid) else { continue };
-                    match t.state {
-                        TaskState::Failed => {
-                            failed.get_or_insert_with(|| {
-                                format!("step {:?} failed: {}", t.step_id, t.error_message.clone().unwrap_or_default())
-                            });
-                        }
-                        TaskState::Succeeded => {}
-                        TaskState::Pending => {
-                            all_done = false;
-                            if self.deps_done(e, t) {
-                                promote.push(*tid);
-                            }
-                        }
-                        _ => all_done = false,
-                    }
-                }
-                if let Some(why) = failed {
+                let s = self.survey(e, &e.forward, &[TaskState::Failed]);
+                if let Some(f) = s.failed.and_then(|f| self.tasks.get(&f)) {
+                    let why = format!("step {:?} failed: {}", f.step_id, f.error_message.clone().unwrap_or_default());
                     self.begin_ending(id, JobState::Failed, why, now);
-                } else if all_done {
+                } else if s.all_done {
                     self.finish(id, JobState::Succeeded, ev::JOB_SUCCEEDED, None, now);
                 } else {
-                    for tid in promote {
+                    for tid in s.promote {
                         self.make_ready(tid, now);
                     }
                 }
@@ -978,28 +1011,13 @@ impl Engine {
 
     fn begin_ending(&mut self, id: Uuid, outcome: JobState, reason: String, now: Millis) {
         let Some(e) = self.jobs.get(&id) else { return };
-        let mut owed = false;
         let forward = e.forward.clone();
-        for tid in &forward {
-            let has_comp = self.tasks.get(tid).and_then(|t| self.step_of(t)).is_some_and(|s| s.compensation.is_some());
-            let Some(t) = self.tasks.get_mut(tid) else { continue };
-            match t.state {
-                TaskState::Pending | TaskState::Ready | TaskState::Backoff => {
-                    t.state = TaskState::Cancelled;
-                    t.finished_ms = Some(now);
-                    self.dirty_tasks.insert(*tid);
-                    self.dequeue(*tid);
-                    self.emit(id, ev::TASK_CANCELLED, Some(*tid), None, now);
-                }
-                TaskState::Running => {
-                    t.cancel_requested = true;
-                    self.dirty_tasks.insert(*tid);
-                    owed |= has_comp;
-                }
-                TaskState::Succeeded => owed |= has_comp,
-                _ => {}
-            }
-        }
+        // Compensation is owed for succeeded steps, and for running ones that may yet succeed.
+        let owed = forward.iter().filter_map(|t| self.tasks.get(t)).any(|t| {
+            matches!(t.state, TaskState::Succeeded | TaskState::Running)
+                && self.step_of(t).is_some_and(|s| s.compensation.is_some())
+        });
+        self.stop_tasks(id, &forward, now);
         if owed {
             if let Some(e) = self.jobs.get_mut(&id) {
                 e.rec.ending = Some(outcome);
@@ -1022,67 +1040,28 @@ impl Engine {
         }
         let outcome = e.rec.ending.unwrap_or(JobState::Failed);
         let original = e.rec.error.clone().unwrap_or_default();
-        if e.compensation.is_empty() {
-            let planned = self.plan_compensation(id);
-            if planned == 0 {
-                let kind = if outcome == JobState::Cancelled { ev::JOB_CANCELLED } else { ev::JOB_FAILED };
-                self.finish(id, outcome, kind, Some(original), now);
-                return;
-            }
+        if e.compensation.is_empty() && self.plan_compensation(id) == 0 {
+            let kind = if outcome == JobState::Cancelled { ev::JOB_CANCELLED } else { ev::JOB_FAILED };
+            self.finish(id, outcome, kind, Some(original), now);
+            return;
         }
         let Some(e) = self.jobs.get(&id) else { return };
-        let mut failed = None;
-        let mut all_done = true;
-        let mut promote = Vec::new();
-        for tid in &e.compensation {
-            let Some(t) = self.tasks.get(tid) else { continue };
-            match t.state {
-                TaskState::Succeeded => {}
-                TaskState::Failed | TaskState::Cancelled => {
-                    failed.get_or_insert_with(|| {
-                        format!(
-                            "compensation of step {:?} failed: {}; the job had {}: {original}",
-                            t.compensates.clone().unwrap_or_default(),
-                            t.error_message.clone().unwrap_or_default(),
-                            outcome
-                        )
-                    });
-                }
-                TaskState::Pending => {
-                    all_done = false;
-                    if self.deps_done(e, t) {
-                        promote.push(*tid);
-                    }
-                }
-                _ => all_done = false,
-            }
-        }
-        if let Some(why) = failed {
-            let comp = e.compensation.clone();
-            for tid in comp {
-                let Some(t) = self.tasks.get_mut(&tid) else { continue };
-                match t.state {
-                    TaskState::Pending | TaskState::Ready | TaskState::Backoff => {
-                        t.state = TaskState::Cancelled;
-                        t.finished_ms = Some(now);
-                        self.dirty_tasks.insert(tid);
-                        self.dequeue(tid);
-                        self.emit(id, ev::TASK_CANCELLED, Some(tid), None, now);
-                    }
-                    TaskState::Running => {
-                        t.cancel_requested = true;
-                        self.dirty_tasks.insert(tid);
-                    }
-                    _ => {}
-                }
-            }
+        let comp = e.compensation.clone();
+        let s = self.survey(e, &comp, &[TaskState::Failed, TaskState::Cancelled]);
+        if let Some(f) = s.failed.and_then(|f| self.tasks.get(&f)) {
+            let why = format!(
+                "compensation of step {:?} failed: {}; the job had {}: {original}",
+                f.compensates.clone().unwrap_or_default(),
+                f.error_message.clone().unwrap_or_default(),
+                outcome
+            );
+            self.stop_tasks(id, &comp, now);
             self.finish(id, JobState::Failed, ev::JOB_FAILED, Some(why), now);
-        } else if all_done {
-            let undone: Vec<Uuid> = e
-                .compensation
+        } else if s.all_done {
+            let undone: Vec<Uuid> = comp
                 .iter()
                 .filter_map(|c| self.tasks.get(c)?.compensates.as_ref())
-                .filter_map(|s| e.by_step.get(s).copied())
+                .filter_map(|step| e.by_step.get(step).copied())
                 .collect();
             for tid in undone {
                 if let Some(t) = self.tasks.get_mut(&tid) {
@@ -1093,7 +1072,7 @@ impl Engine {
             }
             self.finish(id, JobState::Compensated, ev::JOB_COMPENSATED, Some(original), now);
         } else {
-            for tid in promote {
+            for tid in s.promote {
                 self.make_ready(tid, now);
             }
         }

@@ -94,7 +94,10 @@ pub trait Store: Send + Sync + 'static {
     async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError>;
 
     /// One job with its tasks, in any state.
-    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError>;
+    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError> {
+        let Some(job) = self.get_job(id).await? else { return Ok(None) };
+        Ok(Some((job, self.job_tasks(id).await?)))
+    }
 
     /// One job.
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;

@@ -303,11 +303,6 @@ impl Store for PgStore {
         Ok((jobs, tasks))
     }
 
-    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError> {
-        let Some(job) = self.get_job(id).await? else { return Ok(None) };
-        Ok(Some((job, self.job_tasks(id).await?)))
-    }
-
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         sqlx::query(&format!("SELECT {} FROM weir_jobs WHERE id = $1", pg_job_cols()))
             .bind(id)

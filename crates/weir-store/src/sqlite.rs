@@ -250,11 +250,6 @@ impl Store for SqliteStore {
         Ok((jobs, tasks))
     }
 
-    async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError> {
-        let Some(job) = self.get_job(id).await? else { return Ok(None) };
-        Ok(Some((job, self.job_tasks(id).await?)))
-    }
-
     async fn get_job(&self, job_id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE id = ?"))
             .bind(id(job_id))
