@@ -268,6 +268,65 @@ async fn invalid_specs_are_refused_whole(m: &InProcMaster) {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
+async fn refusals_name_the_problem(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let e = jobs.pause_job(v1::PauseJobRequest { job_id: unknown.clone() }).await.expect_err("unknown");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e =
+        jobs.cancel_job(v1::CancelJobRequest { job_id: unknown, reason: String::new() }).await.expect_err("unknown");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    let done = submit(&mut jobs, job("done", vec![step("a", "noop", "api", &[])])).await;
+    let l = acquire(&mut w, "api", 1, 1000).await.remove(0);
+    complete(&mut w, &l).await.expect("complete");
+    wait_finished(&mut jobs, &done, Duration::from_secs(5)).await;
+    let e = jobs.resume_job(v1::ResumeJobRequest { job_id: done.clone() }).await.expect_err("finished");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("is succeeded"), "{}", e.message());
+    let e = jobs.retry_job(v1::RetryJobRequest { job_id: done }).await.expect_err("succeeded jobs are not retried");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    let bad_key = v1::ListJobsRequest { labels: [("no spaces".into(), "x".into())].into(), ..Default::default() };
+    let e = jobs.list_jobs(bad_key).await.expect_err("bad label key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("label key"), "{}", e.message());
+
+    // PostgreSQL cannot store NUL: it is refused at the door, not in a commit that would
+    // take other clients' changes down with it.
+    let mut nul = job("nul", vec![step("a", "noop", "api", &[])]);
+    nul.labels.insert("team".into(), "a\u{0}b".into());
+    let e = jobs.submit_job(v1::SubmitJobRequest { spec: Some(nul) }).await.expect_err("NUL label");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("NUL"), "{}", e.message());
+
+    // A failure report is kept even when its message has a NUL or runs long.
+    let mut once = step("a", "noop", "api", &[]);
+    once.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+    let id = submit(&mut jobs, job("nul-message", vec![once])).await;
+    let l = acquire(&mut w, "api", 1, 1000).await.remove(0);
+    let req = v1::FailTaskRequest {
+        worker_id: "tester".into(),
+        task_id: l.task_id.clone(),
+        fence_token: l.fence_token,
+        error_kind: "io".into(),
+        message: format!("bad\u{0}byte {}", "x".repeat(100_000)),
+        retryable: true,
+        details_json: String::new(),
+    };
+    assert!(!w.fail_task(req).await.expect("stored").into_inner().will_retry);
+    let job = wait_finished(&mut jobs, &id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, v1::JobState::Failed as i32);
+    let t = tasks(&mut jobs, &id).await.remove(0);
+    assert!(
+        t.error_message.starts_with("io: bad\u{fffd}byte") && t.error_message.len() < 10_000,
+        "{}",
+        t.error_message.len()
+    );
+    let req = v1::FailTaskRequest { error_kind: "not a kind".into(), ..Default::default() };
+    assert_eq!(w.fail_task(req).await.expect_err("bad kind").code(), tonic::Code::InvalidArgument);
+}
+
 async fn templates_run_on_their_queues(m: &InProcMaster) {
     let managers = InProcManagers::start(&m.url);
     let mut jobs = m.jobs();
@@ -360,6 +419,7 @@ on_both_stores!(
     invalid_specs_are_refused_whole,
     templates_run_on_their_queues,
     list_filters_and_pages,
+    refusals_name_the_problem,
 );
 
 /// Stopping the master and starting another on the same store keeps jobs and running leases.

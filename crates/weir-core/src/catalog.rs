@@ -137,12 +137,9 @@ pub fn fail_config(config: Option<&Value>) -> Result<FailConfig, String> {
                 .ok_or_else(|| format!("fail config.attempts must be a whole number, got {v}"))?,
         ),
     };
-    Ok(FailConfig {
-        message: text("message", "injected failure")?,
-        error_kind: text("error_kind", "injected")?,
-        retryable,
-        attempts,
-    })
+    let error_kind = text("error_kind", "injected")?;
+    crate::validate::check_name("fail config.error_kind", &error_kind, 64).map_err(|e| e.0)?;
+    Ok(FailConfig { message: text("message", "injected failure")?, error_kind, retryable, attempts })
 }
 
 #[cfg(test)]
@@ -166,6 +163,7 @@ mod tests {
         assert!(check_kind("sleep", Queue::File, Some(&json!({"duration": "2s"}))).is_ok());
         assert!(check_kind("sleep", Queue::File, Some(&json!({"duration": "48h"}))).is_err());
         assert!(check_kind("fail", Queue::Batch, Some(&json!({"retryable": "no"}))).is_err());
+        assert!(check_kind("fail", Queue::Batch, Some(&json!({"error_kind": "no spaces"}))).is_err());
         let f = fail_config(Some(&json!({"attempts": 2, "error_kind": "boom"}))).expect("valid");
         assert_eq!((f.attempts, f.error_kind.as_str(), f.retryable), (Some(2), "boom", true));
     }

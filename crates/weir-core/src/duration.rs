@@ -14,7 +14,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if !secs.is_finite() || secs < 0.0 {
             return Err(format!("bad duration {text:?}: must be a non-negative number of seconds"));
         }
-        return Ok(Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {text:?}: too long"));
     }
     humantime::parse_duration(t).map_err(|e| format!("bad duration {text:?}: {e}"))
 }
@@ -61,6 +61,7 @@ mod tests {
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("1m 30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse("1e20").is_err_and(|e| e.contains("too long")), "a huge number is an error, not a panic");
         assert!(parse("soon").unwrap_err().contains("soon"));
         assert!(parse("-1").is_err());
         assert_eq!(parse(&format(Duration::from_millis(1500))), Ok(Duration::from_millis(1500)));

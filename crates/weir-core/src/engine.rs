@@ -73,7 +73,8 @@ pub struct Lease {
 pub enum LeaseStatus {
     /// Keep going; the lease now runs until the given time.
     Active(Millis),
-    /// Stop: the job is ending. Release the task or report it failed.
+    /// Stop: the job is ending. Report the result if the work is done anyway, else hand
+    /// the task back; the lease is renewed meanwhile.
     Cancelled,
     /// Stop: the lease expired or moved on; reports will be refused.
     Lost,
@@ -316,7 +317,10 @@ impl Engine {
         for tid in task_ids {
             let Some(t) = self.tasks.get(&tid).cloned() else { continue };
             match t.state {
-                TaskState::Ready if !paused => self.enqueue(tid),
+                TaskState::Ready if !paused => {
+                    self.enqueue(tid);
+                    self.arm_schedule_to_start(tid);
+                }
                 TaskState::Running => {
                     *self.running.entry(t.queue.clone()).or_default() += 1;
                     let hb = ms(self.timeouts_of(&t).heartbeat());
@@ -477,15 +481,18 @@ impl Engine {
                     Some(t)
                         if t.state == TaskState::Running && t.fence == fence && t.worker.as_deref() == Some(worker) =>
                     {
-                        if t.cancel_requested {
+                        // A task asked to stop is still renewed: its worker is winding it
+                        // down and will report or hand it back (start-to-close still caps it).
+                        let to = self.timeouts_of(t);
+                        let cap = t.started_ms.unwrap_or(now) + ms(to.start_to_close());
+                        let expires = (now + ms(to.heartbeat())).min(cap);
+                        let cancelled = t.cancel_requested;
+                        if let Some(t) = self.tasks.get_mut(&tid) {
+                            t.lease_expires_ms = Some(expires);
+                        }
+                        if cancelled {
                             LeaseStatus::Cancelled
                         } else {
-                            let to = self.timeouts_of(t);
-                            let cap = t.started_ms.unwrap_or(now) + ms(to.start_to_close());
-                            let expires = (now + ms(to.heartbeat())).min(cap);
-                            if let Some(t) = self.tasks.get_mut(&tid) {
-                                t.lease_expires_ms = Some(expires);
-                            }
                             LeaseStatus::Active(expires)
                         }
                     }
@@ -533,8 +540,12 @@ impl Engine {
         t.output = Some(output.unwrap_or_else(|| "{}".to_string()));
         t.error_kind = None;
         t.error_message = None;
-        let job_id = t.job_id;
+        let (job_id, undoes) = (t.job_id, t.compensates.clone());
         self.emit(job_id, ev::TASK_SUCCEEDED, Some(tid), None, now);
+        if let Some(step) = undoes {
+            // Marked at once, so a retry after a later compensation fails runs this step again.
+            self.mark_compensated(job_id, &step, now);
+        }
         self.reconcile(job_id, now);
         Ok(())
     }
@@ -667,9 +678,13 @@ impl Engine {
         }
         self.set_job_state(id, JobState::Running, ev::JOB_RESUMED, None, now);
         for tid in self.job_task_ids(id) {
-            if self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Ready) {
+            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            if t.state == TaskState::Ready {
+                // Time spent paused does not count against schedule-to-start.
+                t.ready_ms = Some(now);
+                self.dirty_tasks.insert(tid);
                 self.enqueue(tid);
-                self.arm_schedule_to_start(tid, now);
+                self.arm_schedule_to_start(tid);
             }
         }
         Ok(())
@@ -744,6 +759,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Retries a job that may have left memory: `stored` (its records from the store) is
+    /// loaded if the job is not in memory, and dropped again if the retry is refused.
+    pub fn retry_stored(
+        &mut self,
+        id: Uuid,
+        stored: Option<(JobRecord, Vec<TaskRecord>)>,
+        now: Millis,
+    ) -> Result<(), EngineError> {
+        let loaded = match stored {
+            Some((job, tasks)) if !self.jobs.contains_key(&id) => {
+                self.insert_job(job, tasks, now);
+                true
+            }
+            _ => false,
+        };
+        let r = self.retry(id, now);
+        if r.is_err() && loaded {
+            self.evict_if_done(id, now);
+        }
+        r
+    }
+
     // ----- time ----------------------------------------------------------------------
 
     /// Fires every timer due at `now`: backoffs end, leases expire, waits and jobs time out.
@@ -755,7 +792,9 @@ impl Engine {
             self.timers.pop_first();
             match timer {
                 Timer::Retry(tid) => {
-                    if self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Backoff) {
+                    // A timer from an earlier backoff of the same task may still be queued.
+                    let due = |t: &TaskRecord| t.state == TaskState::Backoff && t.retry_at_ms.is_none_or(|r| r <= now);
+                    if self.tasks.get(&tid).is_some_and(due) {
                         self.make_ready(tid, now);
                     }
                 }
@@ -913,10 +952,11 @@ impl Engine {
         }
     }
 
-    fn arm_schedule_to_start(&mut self, tid: Uuid, now: Millis) {
+    /// Arms the schedule-to-start timer of a ready task, counted from its `ready_ms`.
+    fn arm_schedule_to_start(&mut self, tid: Uuid) {
         let Some(t) = self.tasks.get(&tid) else { return };
-        if let Some(limit) = self.timeouts_of(t).schedule_to_start {
-            self.timers.insert((now + ms(limit), Timer::ScheduleToStart(tid)));
+        if let (Some(limit), Some(since)) = (self.timeouts_of(t).schedule_to_start, t.ready_ms) {
+            self.timers.insert((since + ms(limit), Timer::ScheduleToStart(tid)));
         }
     }
 
@@ -932,7 +972,7 @@ impl Engine {
         if !paused {
             self.enqueue(tid);
         }
-        self.arm_schedule_to_start(tid, now);
+        self.arm_schedule_to_start(tid);
         self.emit(job_id, ev::TASK_READY, Some(tid), None, now);
     }
 
@@ -1058,23 +1098,22 @@ impl Engine {
             self.stop_tasks(id, &comp, now);
             self.finish(id, JobState::Failed, ev::JOB_FAILED, Some(why), now);
         } else if s.all_done {
-            let undone: Vec<Uuid> = comp
-                .iter()
-                .filter_map(|c| self.tasks.get(c)?.compensates.as_ref())
-                .filter_map(|step| e.by_step.get(step).copied())
-                .collect();
-            for tid in undone {
-                if let Some(t) = self.tasks.get_mut(&tid) {
-                    t.state = TaskState::Compensated;
-                    self.dirty_tasks.insert(tid);
-                    self.emit(id, ev::TASK_COMPENSATED, Some(tid), None, now);
-                }
-            }
             self.finish(id, JobState::Compensated, ev::JOB_COMPENSATED, Some(original), now);
         } else {
             for tid in s.promote {
                 self.make_ready(tid, now);
             }
+        }
+    }
+
+    /// Marks a forward step as undone by its compensation.
+    fn mark_compensated(&mut self, job: Uuid, step: &str, now: Millis) {
+        let Some(&tid) = self.jobs.get(&job).and_then(|e| e.by_step.get(step)) else { return };
+        let Some(t) = self.tasks.get_mut(&tid) else { return };
+        if t.state == TaskState::Succeeded {
+            t.state = TaskState::Compensated;
+            self.dirty_tasks.insert(tid);
+            self.emit(job, ev::TASK_COMPENSATED, Some(tid), None, now);
         }
     }
 
@@ -1097,7 +1136,8 @@ impl Engine {
         for (step_id, i) in &owed {
             let step = &e.rec.spec.steps[*i];
             let Some(c) = &step.compensation else { continue };
-            // Every owed step downstream of this one must be undone first.
+            // Every owed step downstream of this one must be undone first. Waiting on the
+            // nearest ones is enough: each of those waits on the owed steps below it.
             let mut deps = Vec::new();
             let mut seen = HashSet::new();
             let mut stack: Vec<&str> =
@@ -1108,8 +1148,7 @@ impl Engine {
                 }
                 if owed_set.contains(s) {
                     deps.push(format!("{COMPENSATION_PREFIX}{s}"));
-                }
-                if let Some(ch) = e.children.get(s) {
+                } else if let Some(ch) = e.children.get(s) {
                     stack.extend(ch.iter().map(String::as_str));
                 }
             }

@@ -39,7 +39,8 @@ fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError(msg.into()))
 }
 
-fn check_name(what: &str, s: &str, max: usize) -> Result<(), SpecError> {
+/// Names, keys and ids: short, plain ASCII, safe in URLs, file names and JSON paths.
+pub fn check_name(what: &str, s: &str, max: usize) -> Result<(), SpecError> {
     if s.is_empty() {
         return err(format!("{what} is empty"));
     }
@@ -74,8 +75,30 @@ fn check_duration(what: &str, d: Option<Duration>, max: Duration) -> Result<(), 
     }
 }
 
+/// PostgreSQL cannot store a NUL character in text or JSON, so it is refused up front
+/// rather than failing a whole commit later.
+fn check_no_nul(what: &str, v: &Value) -> Result<(), SpecError> {
+    let bad = match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => return a.iter().try_for_each(|x| check_no_nul(what, x)),
+        Value::Object(o) => {
+            if o.keys().any(|k| k.contains('\0')) {
+                true
+            } else {
+                return o.values().try_for_each(|x| check_no_nul(what, x));
+            }
+        }
+        _ => false,
+    };
+    if bad {
+        return err(format!("{what} contains a NUL character"));
+    }
+    Ok(())
+}
+
 fn check_config(what: &str, config: Option<&Value>) -> Result<(), SpecError> {
     if let Some(c) = config {
+        check_no_nul(what, c)?;
         if !c.is_object() {
             return err(format!("{what} must be a JSON object, got {c}"));
         }
@@ -160,6 +183,12 @@ pub fn validate(mut spec: JobSpec) -> Result<ValidJob, SpecError> {
         if v.len() > 256 {
             return err(format!("label {k:?} value is longer than 256 characters"));
         }
+        if v.contains('\0') {
+            return err(format!("label {k:?} value contains a NUL character"));
+        }
+    }
+    if let Some(p) = &spec.params {
+        check_no_nul("params", p)?;
     }
     check_duration("job timeout", spec.timeout, MAX_JOB_TIMEOUT)?;
     match (&spec.template, spec.steps.is_empty()) {
@@ -325,6 +354,12 @@ mod tests {
         let mut s = step("a", &[]);
         s.compensation = Some(crate::spec::CompensationSpec { kind: "nope".into(), ..Default::default() });
         rejects(job(vec![s]), "compensation: unknown kind");
+        let mut s = step("a", &[]);
+        s.config = Some(json!({"deep": [{"x": "a\u{0}b"}]}));
+        rejects(job(vec![s]), "config contains a NUL character");
+        let mut j = job(vec![step("a", &[])]);
+        j.labels.insert("team".into(), "a\u{0}".into());
+        rejects(j, "label \"team\" value contains a NUL");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use weir_core::model::{EventRecord, JobRecord};
-use weir_core::validate::validate;
+use weir_core::validate::{check_name, validate};
 use weir_proto::convert;
 use weir_proto::v1::{self, job_service_server::JobService};
 use weir_store::{Cursor, JobFilter};
@@ -82,6 +82,17 @@ impl JobService for Jobs {
         };
         let after =
             if r.page_token.is_empty() { None } else { Some(Cursor::from_token(&r.page_token).map_err(invalid)?) };
+        for (k, v) in &r.labels {
+            check_name("label key", k, 63).map_err(status::spec)?;
+            if v.contains('\0') {
+                return Err(invalid(format!("label {k:?} value contains a NUL character")));
+            }
+        }
+        for (what, v) in [("namespace", &r.namespace), ("name", &r.name)] {
+            if v.contains('\0') {
+                return Err(invalid(format!("{what} filter contains a NUL character")));
+            }
+        }
         let filter = JobFilter {
             namespace: (!r.namespace.is_empty()).then_some(r.namespace),
             state,
@@ -129,14 +140,18 @@ impl JobService for Jobs {
     async fn pause_job(&self, req: Request<v1::PauseJobRequest>) -> Result<Response<v1::PauseJobResponse>, Status> {
         self.0.check_ready()?;
         let id = parse_id("job_id", &req.into_inner().job_id)?;
-        self.0.scheduler.pause(id).await.map_err(|e| self.not_found_if_stored(e, id))?;
+        if let Err(e) = self.0.scheduler.pause(id).await {
+            return Err(self.refusal(e, id).await);
+        }
         Ok(Response::new(v1::PauseJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
     }
 
     async fn resume_job(&self, req: Request<v1::ResumeJobRequest>) -> Result<Response<v1::ResumeJobResponse>, Status> {
         self.0.check_ready()?;
         let id = parse_id("job_id", &req.into_inner().job_id)?;
-        self.0.scheduler.resume(id).await.map_err(|e| self.not_found_if_stored(e, id))?;
+        if let Err(e) = self.0.scheduler.resume(id).await {
+            return Err(self.refusal(e, id).await);
+        }
         Ok(Response::new(v1::ResumeJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
     }
 
@@ -144,7 +159,9 @@ impl JobService for Jobs {
         self.0.check_ready()?;
         let r = req.into_inner();
         let id = parse_id("job_id", &r.job_id)?;
-        self.0.scheduler.cancel(id, r.reason).await.map_err(|e| self.not_found_if_stored(e, id))?;
+        if let Err(e) = self.0.scheduler.cancel(id, r.reason).await {
+            return Err(self.refusal(e, id).await);
+        }
         tracing::info!(job_id = %id, "job cancelled");
         Ok(Response::new(v1::CancelJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
     }
@@ -163,13 +180,19 @@ impl JobService for Jobs {
 }
 
 impl Jobs {
-    /// A finished job is no longer in the engine: say what state it is in rather than "not found".
-    fn not_found_if_stored(&self, e: crate::scheduler::SchedError, id: Uuid) -> Status {
+    /// A finished job is no longer in the engine: say what state it is in, or that it does
+    /// not exist at all.
+    async fn refusal(&self, e: crate::scheduler::SchedError, id: Uuid) -> Status {
         match e {
             crate::scheduler::SchedError::Engine(weir_core::engine::EngineError::JobNotFound(_)) => {
-                Status::failed_precondition(format!(
-                    "job {id} is finished or unknown; only unfinished jobs can be steered"
-                ))
+                match self.0.store.get_job(id).await {
+                    Ok(Some(job)) => Status::failed_precondition(format!(
+                        "job {id} is {}; only unfinished jobs can be paused, resumed or cancelled",
+                        job.state
+                    )),
+                    Ok(None) => Status::not_found(format!("job {id} not found")),
+                    Err(e) => status::store(e),
+                }
             }
             other => status::sched(other),
         }

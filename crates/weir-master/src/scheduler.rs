@@ -268,13 +268,7 @@ impl Scheduler {
             Command::Resume(id, r) => replies.push(pending(r, e.resume(id, now).map_err(Into::into))),
             Command::Cancel(id, why, r) => replies.push(pending(r, e.cancel(id, &why, now).map_err(Into::into))),
             Command::Retry(id, stored, r) => {
-                if e.job(id).is_none() {
-                    if let Some(stored) = stored {
-                        let (job, tasks) = *stored;
-                        e.load(vec![job], tasks, now);
-                    }
-                }
-                replies.push(pending(r, e.retry(id, now).map_err(Into::into)));
+                replies.push(pending(r, e.retry_stored(id, stored.map(|b| *b), now).map_err(Into::into)));
             }
             Command::Acquire { queue, worker, max, wait, reply } => {
                 let leases = e.acquire(&queue, &worker, max, now);

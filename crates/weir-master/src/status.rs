@@ -29,11 +29,10 @@ pub fn engine(e: EngineError) -> Status {
 
 /// Store failures.
 pub fn store(e: StoreError) -> Status {
-    match e {
-        StoreError::Database(_) | StoreError::Fenced { .. } => Status::unavailable(e.to_string()),
-        StoreError::Corrupt(_) | StoreError::Migration { .. } | StoreError::BadUrl(_) => {
-            Status::internal(e.to_string())
-        }
+    if e.is_transient() {
+        Status::unavailable(e.to_string())
+    } else {
+        Status::internal(e.to_string())
     }
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use weir_core::catalog::Queue;
 use weir_core::engine::{EngineError, Failure};
 use weir_core::model::TaskState;
-use weir_core::validate::MAX_CONFIG_BYTES;
+use weir_core::validate::{check_name, MAX_CONFIG_BYTES};
 use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_server::WorkerService};
 
@@ -74,11 +74,29 @@ impl Registry {
 /// The WorkerService implementation.
 pub struct Workers(pub(crate) Arc<Shared>);
 
+/// Longest error message kept from a failure report; the rest is cut.
+const MAX_ERROR_MESSAGE: usize = 8 * 1024;
+
 fn worker_id(s: &str) -> Result<String, Status> {
-    if s.is_empty() || s.len() > 128 {
-        return Err(invalid("worker_id must be 1-128 characters"));
+    if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+        return Err(invalid("worker_id must be 1-128 characters with no control characters"));
     }
     Ok(s.to_string())
+}
+
+/// A failure's message as stored: NUL (which PostgreSQL cannot hold) replaced, length capped
+/// on a character boundary. The report is kept rather than refused, so the failure counts.
+fn error_message(text: String) -> String {
+    let mut m = if text.contains('\0') { text.replace('\0', "\u{fffd}") } else { text };
+    if m.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    m
 }
 
 fn queue(s: &str) -> Result<String, Status> {
@@ -130,6 +148,9 @@ impl WorkerService for Workers {
         let r = req.into_inner();
         let id = worker_id(&r.worker_id)?;
         let q = queue(&r.queue)?;
+        if r.version.len() > 128 {
+            return Err(invalid("version is longer than 128 characters"));
+        }
         let now = now_ms();
         tracing::info!(worker = %id, queue = %q, capacity = r.capacity, "worker registered");
         self.0.registry.with(|m| {
@@ -182,10 +203,11 @@ impl WorkerService for Workers {
         let worker = worker_id(&r.worker_id)?;
         let leases = lease_refs(&r.tasks)?;
         self.0.registry.seen(&worker, None, Some(leases.len() as u32));
-        let statuses = self.0.scheduler.heartbeat(worker, leases).await.map_err(status::sched)?;
-        Ok(Response::new(v1::HeartbeatResponse {
-            tasks: statuses.into_iter().map(|(t, s)| convert::lease_status(t, s)).collect(),
-        }))
+        let statuses = self.0.scheduler.heartbeat(worker, leases.clone()).await.map_err(status::sched)?;
+        // The engine answers each lease in the order asked.
+        let tasks =
+            leases.iter().zip(statuses).map(|(&(t, fence), (_, s))| convert::lease_status(t, fence, s)).collect();
+        Ok(Response::new(v1::HeartbeatResponse { tasks }))
     }
 
     #[tracing::instrument(name = "complete_task", skip_all, fields(task_id = %req.get_ref().task_id))]
@@ -215,7 +237,8 @@ impl WorkerService for Workers {
         if r.error_kind.is_empty() {
             return Err(invalid("error_kind is required (e.g. \"io\", \"bad_input\")"));
         }
-        let failure = Failure { kind: r.error_kind, message: r.message, retryable: r.retryable };
+        check_name("error_kind", &r.error_kind, 64).map_err(status::spec)?;
+        let failure = Failure { kind: r.error_kind, message: error_message(r.message), retryable: r.retryable };
         let will_retry = match self.0.scheduler.fail(task, r.fence_token, failure).await {
             Ok(w) => w,
             Err(SchedError::Engine(EngineError::TaskNotFound(_))) => {
@@ -275,5 +298,20 @@ impl WorkerService for Workers {
             v
         });
         Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_storable() {
+        assert_eq!(error_message("a\0b".into()), "a\u{fffd}b");
+        let long = "é".repeat(MAX_ERROR_MESSAGE);
+        let m = error_message(long);
+        assert!(m.len() <= MAX_ERROR_MESSAGE + "…".len() && m.ends_with('…'));
+        assert!(worker_id("w\0").is_err());
+        assert!(worker_id("api-manager-7f3a").is_ok());
     }
 }

@@ -276,13 +276,18 @@ pub fn lease(l: &Lease) -> v1::TaskLease {
 }
 
 /// A lease status for the wire.
-pub fn lease_status(task_id: uuid::Uuid, s: LeaseStatus) -> v1::TaskLeaseStatus {
+pub fn lease_status(task_id: uuid::Uuid, fence: u64, s: LeaseStatus) -> v1::TaskLeaseStatus {
     let (status, expires) = match s {
         LeaseStatus::Active(at) => (v1::LeaseStatus::Active, Some(timestamp(at))),
         LeaseStatus::Cancelled => (v1::LeaseStatus::Cancelled, None),
         LeaseStatus::Lost => (v1::LeaseStatus::Lost, None),
     };
-    v1::TaskLeaseStatus { task_id: task_id.to_string(), status: status as i32, lease_expires_at: expires }
+    v1::TaskLeaseStatus {
+        task_id: task_id.to_string(),
+        status: status as i32,
+        lease_expires_at: expires,
+        fence_token: fence,
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
+/// The jobs recovery loads, in SQL both backends speak: unfinished ones, and finished ones
+/// whose tasks still hold a lease.
+pub(crate) const LIVE_JOB_IDS: &str = "SELECT id FROM weir_jobs WHERE state IN ('pending', 'running', 'paused', \
+     'compensating') UNION SELECT job_id FROM weir_tasks WHERE state = 'running'";
+
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +41,20 @@ pub enum StoreError {
     Migration { version: i64, name: &'static str, source: sqlx::Error },
     #[error("bad store URL {0:?}: use postgres://… or sqlite://path")]
     BadUrl(String),
+}
+
+impl StoreError {
+    /// Whether trying again may succeed: not for a value the database refuses (SQLSTATE
+    /// classes 22 "data exception" and 23 "integrity constraint violation").
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                !db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+            }
+            StoreError::Database(_) | StoreError::Fenced { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Filters of a job listing; `None`/empty means any.
@@ -90,7 +109,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one batch of engine changes atomically, if `epoch` is still current.
     async fn commit(&self, epoch: i64, changes: &Changes) -> Result<(), StoreError>;
 
-    /// Every job not yet finished, with its tasks (recovery at start).
+    /// Every job not yet finished, and every finished job with a task still leased, with
+    /// their tasks (recovery at start: a late report of such a task must find it).
     async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError>;
 
     /// One job with its tasks, in any state.

@@ -10,12 +10,24 @@ pub struct Migration {
 }
 
 /// PostgreSQL migrations, oldest first.
-pub const POSTGRES: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("../../../migrations/postgres/0001_init.sql") }];
+pub const POSTGRES: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../../../migrations/postgres/0001_init.sql") },
+    Migration {
+        version: 2,
+        name: "running_tasks",
+        sql: include_str!("../../../migrations/postgres/0002_running_tasks.sql"),
+    },
+];
 
 /// SQLite migrations, oldest first.
-pub const SQLITE: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("../../../migrations/sqlite/0001_init.sql") }];
+pub const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../../../migrations/sqlite/0001_init.sql") },
+    Migration {
+        version: 2,
+        name: "running_tasks",
+        sql: include_str!("../../../migrations/sqlite/0002_running_tasks.sql"),
+    },
+];
 
 /// Table that records applied migrations.
 pub const TABLE: &str = "weir_schema_migrations";

@@ -283,17 +283,17 @@ impl Store for PgStore {
     }
 
     async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
-        let unfinished = "('pending', 'running', 'paused', 'compensating')";
-        let jobs = sqlx::query(&format!("SELECT {} FROM weir_jobs WHERE state IN {unfinished}", pg_job_cols()))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(codec::job)
-            .collect::<Result<Vec<_>, _>>()?;
-        // Finished jobs whose tasks still hold leases stay in memory too.
+        let jobs =
+            sqlx::query(&format!("SELECT {} FROM weir_jobs WHERE id IN ({})", pg_job_cols(), crate::LIVE_JOB_IDS))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(codec::job)
+                .collect::<Result<Vec<_>, _>>()?;
         let tasks = sqlx::query(&format!(
-            "SELECT {} FROM weir_tasks t WHERE t.job_id IN (SELECT id FROM weir_jobs WHERE state IN {unfinished})",
-            pg_task_cols()
+            "SELECT {} FROM weir_tasks t WHERE t.job_id IN ({})",
+            pg_task_cols(),
+            crate::LIVE_JOB_IDS
         ))
         .fetch_all(&self.pool)
         .await?

@@ -232,21 +232,19 @@ impl Store for SqliteStore {
     }
 
     async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
-        let unfinished = "('pending', 'running', 'paused', 'compensating')";
-        let jobs = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE state IN {unfinished}"))
+        let live = crate::LIVE_JOB_IDS;
+        let jobs = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE id IN ({live})"))
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(codec::job)
             .collect::<Result<Vec<_>, _>>()?;
-        let tasks = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM weir_tasks WHERE job_id IN (SELECT id FROM weir_jobs WHERE state IN {unfinished})"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(codec::task)
-        .collect::<Result<Vec<_>, _>>()?;
+        let tasks = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM weir_tasks WHERE job_id IN ({live})"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::task)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((jobs, tasks))
     }
 

@@ -137,6 +137,22 @@ async fn round_trip(s: Arc<dyn Store>) {
     assert_eq!(s.get_task(Uuid::nil()).await.expect("get task"), None);
 }
 
+async fn finished_jobs_with_leased_tasks_are_loaded(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let id = rig.submit(spec("ns", "split", &[], vec![step("a", &[]), step("b", &[])]), 1).await;
+    let l = rig.engine.acquire("api", "w", 2, 2);
+    let failure = Failure { kind: "bad_input".into(), message: "no".into(), retryable: false };
+    rig.engine.fail(l[0].task_id, l[0].fence, failure, 3).expect("fail");
+    rig.commit(3).await;
+    let (jobs, tasks) = s.load_unfinished().await.expect("load");
+    assert_eq!(jobs.iter().map(|j| (j.id, j.state)).collect::<Vec<_>>(), vec![(id, JobState::Failed)]);
+    let running = tasks.iter().find(|t| t.id == l[1].task_id).expect("the leased task is loaded");
+    assert_eq!(running.state, TaskState::Running, "a late report of it must still find it after a restart");
+    rig.engine.complete(l[1].task_id, l[1].fence, None, 4).expect("late report");
+    rig.commit(4).await;
+    assert!(s.load_unfinished().await.expect("load").0.is_empty(), "nothing leased any more");
+}
+
 async fn keys_and_listing(s: Arc<dyn Store>) {
     let mut rig = Rig::new(s.clone()).await;
     let mut ids = Vec::new();
@@ -244,7 +260,14 @@ macro_rules! conformance {
     };
 }
 
-conformance!(round_trip, keys_and_listing, retry_deletes_old_compensation, stale_epoch_is_fenced, large_batches);
+conformance!(
+    round_trip,
+    finished_jobs_with_leased_tasks_are_loaded,
+    keys_and_listing,
+    retry_deletes_old_compensation,
+    stale_epoch_is_fenced,
+    large_batches
+);
 
 /// PostgreSQL only: a second master blocks until the first one's session ends.
 #[tokio::test]

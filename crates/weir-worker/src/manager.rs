@@ -29,7 +29,8 @@ pub struct ManagerArgs {
     /// On SIGTERM, how long running tasks may finish before their leases are handed back.
     #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "10s", value_parser = weir_core::duration::parse)]
     pub drain_timeout: Duration,
-    /// Worker id; defaults to "<manager>-<pid>".
+    /// Worker id; defaults to "<manager>-<host>-<pid>-<random>", unique even where every
+    /// container's process is pid 1.
     #[arg(long, env = "WEIR_WORKER_ID")]
     pub worker_id: Option<String>,
 }
@@ -46,7 +47,7 @@ pub struct ManagerSpec {
 
 /// Runs a manager until `cancel` fires.
 pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken) -> Result<(), WorkerError> {
-    let worker_id = args.worker_id.clone().unwrap_or_else(|| format!("{}-{}", spec.name, std::process::id()));
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| default_worker_id(spec.name));
     let server = if args.listen.is_empty() {
         None
     } else {
@@ -95,4 +96,26 @@ pub fn main(spec: fn() -> ManagerSpec) -> anyhow::Result<()> {
         run(spec, cli.manager, cancel).await?;
         Ok(())
     })
+}
+
+/// "<manager>-<host>-<pid>-<4 random hex>": the host (the pod name on Kubernetes) tells
+/// operators where it runs, the random part keeps a restarted pid-1 container distinct.
+fn default_worker_id(manager: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let random = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    format!("{manager}-{host}-{}-{random}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_worker_ids_differ_between_starts() {
+        let (a, b) = (super::default_worker_id("file-manager"), super::default_worker_id("file-manager"));
+        assert!(a.starts_with("file-manager-") && a != b, "{a} / {b}");
+    }
 }

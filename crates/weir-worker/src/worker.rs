@@ -1,9 +1,11 @@
 //! The lease loop: register, acquire (long poll), run, heartbeat, report, hand back.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,24 +37,27 @@ pub struct WorkerConfig {
 /// Why a running task's token was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
-    /// The master cancelled the job: hand the lease back so it settles as cancelled.
+    /// The master cancelled the job: a finished step is still reported (so it can be
+    /// compensated); an unfinished one is handed back and settles as cancelled.
     Cancelled,
     /// The lease is gone: report nothing.
     Lost,
-    /// This worker is shutting down: hand the lease back for another worker.
+    /// This worker is shutting down: a finished step is reported, an unfinished one handed
+    /// back for another worker.
     Shutdown,
 }
 
 struct InFlight {
-    fence: u64,
     heartbeat_timeout: Duration,
     token: CancellationToken,
     stop: Option<Stop>,
 }
 
-type Table = Arc<Mutex<HashMap<Uuid, InFlight>>>;
+/// In-flight tasks by (task id, fence): a late run of an old lease and the new lease of the
+/// same task are two entries.
+type Table = Arc<Mutex<HashMap<(Uuid, u64), InFlight>>>;
 
-fn lock(t: &Table) -> std::sync::MutexGuard<'_, HashMap<Uuid, InFlight>> {
+fn lock(t: &Table) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u64), InFlight>> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -213,7 +218,7 @@ impl Worker {
             .unwrap_or(weir_core::spec::DEFAULT_HEARTBEAT);
         let token = CancellationToken::new();
         lock(&self.table)
-            .insert(task_id, InFlight { fence: l.fence_token, heartbeat_timeout, token: token.clone(), stop: None });
+            .insert((task_id, l.fence_token), InFlight { heartbeat_timeout, token: token.clone(), stop: None });
         Some(TaskContext {
             task_id,
             job_id: Uuid::parse_str(&l.job_id).ok()?,
@@ -242,17 +247,29 @@ async fn execute(
     ctx: TaskContext,
 ) {
     let result = match &handler {
-        Some(h) => h.run(&ctx).await,
+        // A panicking handler fails its attempt instead of leaving a lease heartbeating forever.
+        Some(h) => match AssertUnwindSafe(h.run(&ctx)).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                tracing::error!(panic = %what, "step handler panicked");
+                Err(crate::StepError::retryable("handler_panic", format!("the step handler panicked: {what}")))
+            }
+        },
         None => Err(crate::StepError::permanent(
             "unknown_kind",
             format!("no handler for kind {:?} on this worker", ctx.kind),
         )),
     };
-    let stop = lock(&table).remove(&ctx.task_id).and_then(|f| f.stop);
+    let stop = lock(&table).remove(&(ctx.task_id, ctx.fence)).and_then(|f| f.stop);
     let (task_id, fence_token) = (ctx.task_id.to_string(), ctx.fence);
-    match stop {
-        Some(Stop::Lost) => tracing::warn!("lease lost; result dropped"),
-        Some(Stop::Cancelled) | Some(Stop::Shutdown) => {
+    match (stop, result) {
+        (Some(Stop::Lost), _) => tracing::warn!("lease lost; result dropped"),
+        (Some(Stop::Cancelled) | Some(Stop::Shutdown), Err(_)) => {
             let req =
                 v1::ReleaseTasksRequest { worker_id: worker, tasks: vec![v1::TaskHeartbeat { task_id, fence_token }] };
             report(|| {
@@ -261,38 +278,32 @@ async fn execute(
             })
             .await;
         }
-        None => match result {
-            Ok(output) => {
-                let req = v1::CompleteTaskRequest {
-                    worker_id: worker,
-                    task_id,
-                    fence_token,
-                    output_json: output.to_string(),
-                };
-                report(|| {
-                    let (mut c, r) = (client.clone(), req.clone());
-                    async move { c.complete_task(r).await }
-                })
-                .await;
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "step failed");
-                let req = v1::FailTaskRequest {
-                    worker_id: worker,
-                    task_id,
-                    fence_token,
-                    error_kind: e.kind,
-                    message: e.message,
-                    retryable: e.retryable,
-                    details_json: String::new(),
-                };
-                report(|| {
-                    let (mut c, r) = (client.clone(), req.clone());
-                    async move { c.fail_task(r).await }
-                })
-                .await;
-            }
-        },
+        (_, Ok(output)) => {
+            let req =
+                v1::CompleteTaskRequest { worker_id: worker, task_id, fence_token, output_json: output.to_string() };
+            report(|| {
+                let (mut c, r) = (client.clone(), req.clone());
+                async move { c.complete_task(r).await }
+            })
+            .await;
+        }
+        (None, Err(e)) => {
+            tracing::info!(error = %e, "step failed");
+            let req = v1::FailTaskRequest {
+                worker_id: worker,
+                task_id,
+                fence_token,
+                error_kind: e.kind,
+                message: e.message,
+                retryable: e.retryable,
+                details_json: String::new(),
+            };
+            report(|| {
+                let (mut c, r) = (client.clone(), req.clone());
+                async move { c.fail_task(r).await }
+            })
+            .await;
+        }
     }
 }
 
@@ -333,8 +344,9 @@ async fn heartbeats(
             let shortest = t.values().map(|f| f.heartbeat_timeout / 3).min().unwrap_or(interval);
             let tasks: Vec<v1::TaskHeartbeat> = t
                 .iter()
-                .filter(|(_, f)| f.stop.is_none())
-                .map(|(id, f)| v1::TaskHeartbeat { task_id: id.to_string(), fence_token: f.fence })
+                // A task told to stop is still renewed until it reports; a lost one is not.
+                .filter(|(_, f)| f.stop != Some(Stop::Lost))
+                .map(|((id, fence), _)| v1::TaskHeartbeat { task_id: id.to_string(), fence_token: *fence })
                 .collect();
             (tasks, interval.min(shortest).max(Duration::from_millis(50)))
         };
@@ -350,10 +362,12 @@ async fn heartbeats(
                             Ok(v1::LeaseStatus::Lost) => Stop::Lost,
                             _ => continue,
                         };
-                        if let Some(f) = t.get_mut(&id) {
-                            tracing::info!(task_id = %id, ?stop, "stopping task");
-                            f.stop = Some(stop);
-                            f.token.cancel();
+                        if let Some(f) = t.get_mut(&(id, s.fence_token)) {
+                            if f.stop != Some(stop) {
+                                tracing::info!(task_id = %id, ?stop, "stopping task");
+                                f.stop = Some(stop);
+                                f.token.cancel();
+                            }
                         }
                     }
                 }

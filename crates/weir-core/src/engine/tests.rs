@@ -77,6 +77,10 @@ impl Harness {
     fn event_kinds(&self, job: Uuid) -> Vec<&'static str> {
         self.events.iter().filter(|e| e.job_id == job).map(|e| e.kind).collect()
     }
+    /// A job's records as the store holds them.
+    fn stored(&self, job: Uuid) -> (JobRecord, Vec<TaskRecord>) {
+        (self.jobs[&job].clone(), self.tasks.values().filter(|t| t.job_id == job).cloned().collect())
+    }
     fn reload(&mut self, now: Millis) {
         let mut e = Engine::new(EngineConfig::default(), counter_ids_from(1_000_000));
         let live: Vec<JobRecord> = self.jobs.values().filter(|j| !j.state.is_terminal()).cloned().collect();
@@ -470,4 +474,110 @@ fn lease_carries_config_and_job_context() {
     let l = h.acquire("api", 1, 0).remove(0);
     assert_eq!(l.config, Some(json!({"duration": "1s"})));
     assert_eq!((l.namespace.as_str(), l.job_name.as_str(), l.priority, l.kind.as_str()), ("team-a", "ctx", 3, "sleep"));
+}
+
+#[test]
+fn retry_after_a_failed_compensation_reruns_the_steps_already_undone() {
+    let mut h = Harness::new();
+    let mut a = compensated("a", &[]);
+    if let Some(c) = a.compensation.as_mut() {
+        c.retry = Some(fast_retry(1));
+    }
+    let mut boom = step("c", "api", &["b"]);
+    boom.retry = Some(fast_retry(1));
+    let id = h.submit(job("pc", vec![a, compensated("b", &["a"]), boom]), 0);
+    for t in 1..=2 {
+        let l = h.acquire("api", 1, t).remove(0);
+        h.complete(&l, t);
+    }
+    let c = h.acquire("api", 1, 3).remove(0);
+    h.engine.fail(c.task_id, c.fence, failure("io", true), 4).expect("fail");
+    h.commit(4);
+    let undo_b = h.acquire("batch", 1, 5).remove(0);
+    h.complete(&undo_b, 6);
+    assert_eq!(h.task_state(id, "b"), TaskState::Compensated, "marked as soon as its compensation succeeded");
+    let undo_a = h.acquire("batch", 1, 7).remove(0);
+    h.engine.fail(undo_a.task_id, undo_a.fence, failure("io", true), 8).expect("fail");
+    h.commit(8);
+    assert_eq!(h.state(id), JobState::Failed);
+    assert_eq!(h.task_state(id, "a"), TaskState::Succeeded, "a was never undone");
+    h.engine.retry_stored(id, Some(h.stored(id)), 9).expect("retry");
+    h.commit(9);
+    let l = h.acquire("api", 10, 10);
+    assert_eq!(Harness::steps(&l), vec!["b"], "b was undone, so it runs again; a still stands");
+}
+
+#[test]
+fn compensation_waits_only_on_the_nearest_owed_steps() {
+    let mut h = Harness::new();
+    let chain = vec![
+        compensated("a", &[]),
+        compensated("b", &["a"]),
+        step("c", "api", &["b"]),
+        compensated("d", &["c"]),
+        step("e", "api", &["d"]),
+    ];
+    let id = h.submit(job("chain", chain), 0);
+    for t in 1..=4 {
+        let l = h.acquire("api", 1, t).remove(0);
+        h.complete(&l, t);
+    }
+    let e = h.acquire("api", 1, 5).remove(0);
+    h.engine.fail(e.task_id, e.fence, failure("bad_input", false), 6).expect("fail");
+    h.commit(6);
+    let deps = |step: &str| {
+        let t = h.tasks.values().find(|t| t.job_id == id && t.step_id == step).expect("compensation task");
+        t.depends_on.clone()
+    };
+    assert_eq!(deps("compensate:a"), vec!["compensate:b"], "not also compensate:d");
+    assert_eq!(deps("compensate:b"), vec!["compensate:d"], "through the step without compensation");
+    assert!(deps("compensate:d").is_empty());
+    let order: Vec<String> = (7..10)
+        .map(|t| {
+            let l = h.acquire("batch", 10, t);
+            assert_eq!(l.len(), 1, "one at a time along the chain");
+            h.complete(&l[0], t);
+            l[0].step_id.clone()
+        })
+        .collect();
+    assert_eq!(order, vec!["compensate:d", "compensate:b", "compensate:a"]);
+    assert_eq!(h.state(id), JobState::Compensated);
+}
+
+#[test]
+fn a_refused_retry_of_a_stored_job_leaves_nothing_in_memory() {
+    let mut h = Harness::new();
+    let id = h.submit(job("done", vec![step("a", "api", &[])]), 0);
+    let l = h.acquire("api", 1, 1).remove(0);
+    h.complete(&l, 2);
+    assert_eq!((h.state(id), h.engine.jobs_in_memory()), (JobState::Succeeded, 0));
+    let err = h.engine.retry_stored(id, Some(h.stored(id)), 3).expect_err("succeeded jobs stay");
+    assert!(matches!(err, EngineError::WrongState(_)), "{err:?}");
+    assert_eq!((h.engine.jobs_in_memory(), h.engine.tasks_in_memory()), (0, 0));
+}
+
+#[test]
+fn schedule_to_start_survives_a_restart_and_ignores_time_paused() {
+    let s2s = |id: &str| {
+        let mut s = step(id, "file", &[]);
+        s.timeouts = Some(StepTimeouts { schedule_to_start: Some(Duration::from_secs(2)), ..Default::default() });
+        s
+    };
+    let mut h = Harness::new();
+    let reloaded = h.submit(job("restart", vec![s2s("a")]), 10_000);
+    h.reload(11_000);
+    h.engine.tick(12_000);
+    h.commit(12_000);
+    assert_eq!(h.state(reloaded), JobState::Failed, "the timer is armed again after a restart");
+
+    let paused = h.submit(job("paused", vec![s2s("a")]), 20_000);
+    h.engine.pause(paused, 20_500).expect("pause");
+    h.engine.resume(paused, 25_000).expect("resume");
+    h.commit(25_000);
+    h.engine.tick(25_000);
+    h.commit(25_000);
+    assert_eq!(h.state(paused), JobState::Running, "five seconds paused do not count");
+    h.engine.tick(27_000);
+    h.commit(27_000);
+    assert_eq!(h.state(paused), JobState::Failed);
 }
