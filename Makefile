@@ -9,12 +9,15 @@ CARGO ?= cargo
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
+	./scripts/ensure-build-deps.sh
 	$(CARGO) run --release -p weir -- dev
 
 ## Build everything and run every test against real PostgreSQL and the embedded store.
 test:
+	./scripts/ensure-build-deps.sh --with-test-tools
 	./scripts/ensure-postgres.sh
 	./scripts/ensure-python-peer.sh
+	./scripts/ensure-tansu.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -32,7 +35,9 @@ fmt:
 
 ## The engine benchmark against PostgreSQL with real manager processes (prints name=value unit lines).
 bench:
+	./scripts/ensure-build-deps.sh
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-tansu.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/weir-bench
 

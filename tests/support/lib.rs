@@ -61,12 +61,22 @@ pub struct InProcMaster {
 
 impl InProcMaster {
     pub async fn start(store_url: &str) -> InProcMaster {
+        Self::start_with_bus(store_url, None, weir_master::config::EventsConfig::default()).await
+    }
+
+    /// A master publishing to `bus`, with these event settings (trigger rules, batch size).
+    pub async fn start_with_bus(
+        store_url: &str,
+        bus: Option<std::sync::Arc<dyn weir_bus::Bus>>,
+        events: weir_master::config::EventsConfig,
+    ) -> InProcMaster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = weir_master::MasterConfig::new(&addr.to_string(), store_url);
         config.heartbeat_interval = Duration::from_millis(200);
+        config.events = events;
         let cancel = CancellationToken::new();
-        let handle = tokio::spawn(weir_master::serve(config, listener, cancel.clone()));
+        let handle = tokio::spawn(weir_master::serve_with_bus(config, listener, bus, cancel.clone()));
         let m = InProcMaster { url: format!("http://{addr}"), cancel, handle };
         m.wait_ready().await;
         m
@@ -93,6 +103,76 @@ impl InProcMaster {
     pub async fn stop(self) {
         self.cancel.cancel();
         self.handle.await.expect("join").expect("master stopped cleanly");
+    }
+}
+
+/// A real Kafka-protocol broker (tansu, in-memory storage) on a loopback port, started by
+/// the test and killed when dropped. `scripts/ensure-tansu.sh` (run by `make test`)
+/// installs it; `WEIR_TANSU_BIN` points elsewhere.
+pub struct Tansu {
+    pub brokers: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    fn binary() -> PathBuf {
+        if let Some(p) = std::env::var_os("WEIR_TANSU_BIN") {
+            return PathBuf::from(p);
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let p = home.join(".cache/weir/tools/bin/tansu");
+        assert!(p.exists(), "{} missing: run scripts/ensure-tansu.sh (make test does)", p.display());
+        p
+    }
+
+    pub async fn start() -> Tansu {
+        let port = free_port();
+        let mut t = Tansu { brokers: format!("127.0.0.1:{port}"), port, child: None };
+        t.launch().await;
+        t
+    }
+
+    async fn launch(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(Self::binary());
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .kill_on_drop(true)
+            .stdin(Stdio::null());
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        self.child = Some(cmd.spawn().expect("start tansu"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&self.brokers).await.is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening on {}", self.brokers);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the broker (kill -9): everything it held in memory is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.launch().await;
+    }
+
+    /// A bus client for this broker.
+    pub fn bus(&self) -> std::sync::Arc<dyn weir_bus::Bus> {
+        let mut cfg = weir_bus::KafkaConfig::plaintext(&self.brokers);
+        cfg.client_id = "weir-test".into();
+        // WEIR_TEST_KAFKA_DEBUG=cgrp,protocol shows librdkafka's view when a test is puzzling.
+        if let Ok(d) = std::env::var("WEIR_TEST_KAFKA_DEBUG") {
+            cfg.properties.push(("debug".into(), d));
+        }
+        std::sync::Arc::new(weir_bus::KafkaBus::new(cfg).expect("kafka client"))
     }
 }
 

@@ -2,9 +2,12 @@
 //! local disk and the four managers — listening on loopback. Stop it with Ctrl-C; start it
 //! again and every job is still there.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use weir_bus::{Bus, MemoryBus};
+use weir_master::config::EventsConfig;
 use weir_master::MasterConfig;
 use weir_worker::manager::{self, ManagerArgs, ManagerSpec};
 
@@ -20,6 +23,9 @@ pub struct DevArgs {
     /// Tasks each manager runs at once.
     #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 16)]
     concurrency: u32,
+    /// Events go to the in-process bus unless Kafka brokers are given here.
+    #[command(flatten)]
+    events: EventsConfig,
     #[command(flatten)]
     telemetry: weir_runtime::telemetry::TelemetryArgs,
 }
@@ -30,8 +36,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let listener = weir_runtime::grpc::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     let master_url = format!("http://{addr}");
-    let config = MasterConfig::new(&args.listen, &args.store_url);
-    let master = tokio::spawn(weir_master::serve(config, listener, cancel.clone()));
+    let mut config = MasterConfig::new(&args.listen, &args.store_url);
+    config.events = args.events.clone();
+    let bus_name = match &args.events.kafka_brokers {
+        Some(b) => format!("Kafka at {b}"),
+        None => "in-process".to_string(),
+    };
+    let master = if args.events.kafka_brokers.is_some() {
+        tokio::spawn(weir_master::serve(config, listener, cancel.clone()))
+    } else {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+        tokio::spawn(weir_master::serve_with_bus(config, listener, Some(bus), cancel.clone()))
+    };
     let specs: [fn() -> ManagerSpec; 4] =
         [weir_api_manager::spec, weir_file_manager::spec, weir_batch_manager::spec, weir_stream_manager::spec];
     let mut managers = Vec::new();
@@ -50,6 +66,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Weir is running (embedded).");
     println!("  master:  {master_url}   (grpcurl -plaintext {addr} list)");
     println!("  store:   {}", args.store_url);
+    println!("  events:  {bus_name}");
     println!("  try:     weir submit tests/fixtures/jobs/hello.yaml --watch");
     println!("Ctrl-C stops it; jobs survive restarts.");
     for m in managers {

@@ -366,6 +366,7 @@ impl Engine {
             last_seq: 0,
             ending: None,
             counts: TaskCounts::default(),
+            trace_parent: job.trace_parent,
         };
         let mut tasks = Vec::with_capacity(rec.spec.steps.len());
         for s in &rec.spec.steps {

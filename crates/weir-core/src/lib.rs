@@ -6,6 +6,9 @@
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.
 //! - [`model`]: job, task and event records, as stored.
+//! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
+//! - [`trace`]: W3C trace context carried from a submission into every event.
+//! - [`trigger`]: rules that turn an incoming event into a job.
 //! - [`engine`]: the state machine the master drives; it takes `now` as an argument and
 //!   returns the records it changed, so every rule is tested without a clock or a database.
 //!
@@ -14,10 +17,13 @@
 pub mod catalog;
 pub mod duration;
 pub mod engine;
+pub mod events;
 pub mod model;
 pub mod retry;
 pub mod spec;
 pub mod template;
+pub mod trace;
+pub mod trigger;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch: the one time unit of the engine and the stores.

@@ -111,6 +111,8 @@ pub struct JobRecord {
     pub ending: Option<JobState>,
     /// Task counts, refreshed whenever the record is handed out for commit.
     pub counts: TaskCounts,
+    /// W3C `traceparent` of the call that submitted it (set once, never updated).
+    pub trace_parent: Option<String>,
 }
 
 /// Per-job task counts shown to people.
@@ -167,6 +169,18 @@ pub struct EventRecord {
     pub job_state: JobState,
     pub task_state: Option<TaskState>,
     pub message: Option<String>,
+}
+
+/// A committed history entry as the outbox relay reads it, with what the bus message
+/// needs from its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Position in commit order (the relay's cursor).
+    pub id: i64,
+    pub event: EventRecord,
+    pub namespace: String,
+    pub job_name: String,
+    pub trace_parent: Option<String>,
 }
 
 /// The event types, in one place (the catalogue in the README is copied from here).

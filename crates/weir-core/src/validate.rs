@@ -33,6 +33,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct ValidJob {
     /// The normalized spec: template expanded, namespace filled, steps topologically sorted.
     pub spec: JobSpec,
+    /// W3C `traceparent` of the submission, if the caller sent or the master made one.
+    pub trace_parent: Option<String>,
 }
 
 fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
@@ -231,7 +233,7 @@ pub fn validate(mut spec: JobSpec) -> Result<ValidJob, SpecError> {
     let order = topological_order(&spec.steps, &index)?;
     let mut slots: Vec<Option<StepSpec>> = std::mem::take(&mut spec.steps).into_iter().map(Some).collect();
     spec.steps = order.into_iter().filter_map(|i| slots[i].take()).collect();
-    Ok(ValidJob { spec })
+    Ok(ValidJob { spec, trace_parent: None })
 }
 
 /// Kahn's algorithm, keeping the written order among independent steps; names a cycle if any.

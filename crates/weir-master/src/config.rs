@@ -1,9 +1,12 @@
 //! The master's settings: each is a flag and a `WEIR_*` environment variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use weir_bus::KafkaConfig;
 use weir_core::catalog::Queue;
+use weir_core::trigger::TriggerRules;
 
 /// Settings of the ingestion master.
 #[derive(Debug, Clone, Args)]
@@ -26,6 +29,107 @@ pub struct MasterConfig {
     /// This master's name in the leader table and logs.
     #[arg(long = "master-id", env = "WEIR_MASTER_ID", default_value_t = default_id())]
     pub id: String,
+    #[command(flatten)]
+    pub events: EventsConfig,
+}
+
+/// Where lifecycle events go and which events start jobs.
+#[derive(Debug, Clone, Args)]
+pub struct EventsConfig {
+    /// Kafka brokers ("host:port,…"). Unset: events stay in the store's history only.
+    #[arg(long = "kafka-brokers", env = "WEIR_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "WEIR_KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    pub kafka_security_protocol: String,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "WEIR_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(long, env = "WEIR_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// The SASL password, from the environment only (e.g. a Kubernetes secret).
+    #[arg(long, env = "WEIR_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    /// A file holding the SASL password (a mounted secret); read at start.
+    #[arg(long, env = "WEIR_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// Further librdkafka properties, "key=value,key=value" (e.g. "debug=cgrp").
+    #[arg(long, env = "WEIR_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+    /// CA bundle for TLS to the brokers.
+    #[arg(long, env = "WEIR_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
+    /// Partitions of topics the master creates.
+    #[arg(long, env = "WEIR_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Replication factor of topics the master creates (3 in production).
+    #[arg(long, env = "WEIR_KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: i32,
+    /// Most events the relay publishes at once.
+    #[arg(long, env = "WEIR_RELAY_BATCH", default_value_t = 1000)]
+    pub relay_batch: u32,
+    /// Trigger rules (YAML, see `weir_core::trigger`). Unset: no event starts a job.
+    #[arg(long, env = "WEIR_TRIGGERS_FILE")]
+    pub triggers_file: Option<PathBuf>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            kafka_brokers: None,
+            kafka_security_protocol: "plaintext".into(),
+            kafka_sasl_mechanism: None,
+            kafka_sasl_username: None,
+            kafka_sasl_password: None,
+            kafka_sasl_password_file: None,
+            kafka_ssl_ca_location: None,
+            kafka_properties: Vec::new(),
+            kafka_partitions: 6,
+            kafka_replication: 1,
+            relay_batch: 1000,
+            triggers_file: None,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The Kafka settings, if brokers are given; the password file is read here.
+    pub fn kafka(&self, client_id: &str) -> Result<Option<KafkaConfig>, String> {
+        let Some(brokers) = self.kafka_brokers.as_deref().filter(|b| !b.trim().is_empty()) else { return Ok(None) };
+        if self.kafka_partitions < 1 || self.kafka_replication < 1 {
+            return Err("WEIR_KAFKA_PARTITIONS and WEIR_KAFKA_REPLICATION must be at least 1".into());
+        }
+        let password = match (&self.kafka_sasl_password, &self.kafka_sasl_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read the Kafka password file {}: {e}", f.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Some(KafkaConfig {
+            security_protocol: self.kafka_security_protocol.clone(),
+            sasl_mechanism: self.kafka_sasl_mechanism.clone(),
+            sasl_username: self.kafka_sasl_username.clone(),
+            sasl_password: password,
+            ssl_ca_location: self.kafka_ssl_ca_location.clone(),
+            client_id: client_id.to_string(),
+            properties: self.kafka_properties.clone(),
+            ..KafkaConfig::plaintext(brokers)
+        }))
+    }
+
+    /// The trigger rules (none without a file), checked.
+    pub fn rules(&self) -> Result<TriggerRules, String> {
+        let Some(path) = &self.triggers_file else { return Ok(TriggerRules::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the trigger rules {}: {e}", path.display()))?;
+        let value: serde_json::Value =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("trigger rules {}: {e}", path.display()))?;
+        TriggerRules::from_value(value).map_err(|e| format!("{}: {e}", path.display()))
+    }
 }
 
 impl MasterConfig {
@@ -38,6 +142,7 @@ impl MasterConfig {
             max_batch: 4096,
             heartbeat_interval: Duration::from_secs(5),
             id: default_id(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -55,6 +160,12 @@ pub fn parse_limit(s: &str) -> Result<(String, u32), String> {
         return Err(format!("queue limit {s:?} must be at least 1"));
     }
     Ok((queue.as_str().to_string(), n))
+}
+
+/// Parses "key=value".
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("Kafka property {s:?} must look like key=value"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
 /// Parses "5s", "250ms".

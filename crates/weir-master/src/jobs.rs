@@ -11,8 +11,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
+use weir_core::events::header;
 use weir_core::model::{EventRecord, JobRecord};
-use weir_core::validate::{check_name, validate};
+use weir_core::trace::TraceParent;
+use weir_core::validate::{check_name, validate, ValidJob};
 use weir_proto::convert;
 use weir_proto::v1::{self, job_service_server::JobService};
 use weir_store::{Cursor, JobFilter};
@@ -31,12 +33,7 @@ pub struct Jobs(pub(crate) Arc<Shared>);
 
 impl Jobs {
     async fn job(&self, id: Uuid) -> Result<JobRecord, Status> {
-        self.0
-            .store
-            .get_job(id)
-            .await
-            .map_err(status::store)?
-            .ok_or_else(|| Status::not_found(format!("job {id} not found")))
+        stored_job(&self.0, id).await
     }
 }
 
@@ -44,22 +41,15 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchJobResponse, Status
 
 #[tonic::async_trait]
 impl JobService for Jobs {
-    #[tracing::instrument(name = "submit_job", skip_all)]
+    #[tracing::instrument(name = "submit_job", skip_all, fields(trace_id))]
     async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
         self.0.check_ready()?;
+        let parent = req.metadata().get(header::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         let wire = req.into_inner().spec.ok_or_else(|| invalid("spec is required"))?;
         let spec = convert::spec_from_wire(&wire).map_err(invalid)?;
-        let valid = validate(spec).map_err(status::spec)?;
-        let s = &valid.spec;
-        if !s.run_id.is_empty() {
-            if let Some(id) = self.0.store.find_job(&s.namespace, &s.name, &s.run_id).await.map_err(status::store)? {
-                let job = self.job(id).await?;
-                return Ok(Response::new(v1::SubmitJobResponse { job: Some(convert::job(&job)), created: false }));
-            }
-        }
-        let (id, created) = self.0.scheduler.submit(valid).await.map_err(status::sched)?;
-        tracing::info!(job_id = %id, created, "job submitted");
-        let job = self.job(id).await?;
+        let mut valid = validate(spec).map_err(status::spec)?;
+        valid.trace_parent = Some(trace_for(parent.as_deref()));
+        let (job, created) = submit(&self.0, valid).await?;
         Ok(Response::new(v1::SubmitJobResponse { job: Some(convert::job(&job)), created }))
     }
 
@@ -177,6 +167,41 @@ impl JobService for Jobs {
         tracing::info!(job_id = %id, "job retried");
         Ok(Response::new(v1::RetryJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
     }
+}
+
+/// The trace a submission joins: the caller's (a `traceparent` it sent) or a new one, with
+/// a fresh span for this submission. The trace id goes on the current span for the logs.
+pub(crate) fn trace_for(parent: Option<&str>) -> String {
+    let span = (Uuid::new_v4().as_u128() & u128::from(u64::MAX)) as u64;
+    let t = match parent.and_then(|p| p.parse::<TraceParent>().ok()) {
+        Some(p) => p.child(span),
+        None => TraceParent::new(Uuid::new_v4().as_u128(), span),
+    };
+    tracing::Span::current().record("trace_id", t.trace_id_hex());
+    t.to_string()
+}
+
+/// Submits a validated job, or finds the one with the same namespace/name/run id (in the
+/// store, or in memory if it was submitted a moment ago). Used by SubmitJob and triggers.
+pub(crate) async fn submit(shared: &Shared, valid: ValidJob) -> Result<(JobRecord, bool), Status> {
+    let s = &valid.spec;
+    if !s.run_id.is_empty() {
+        if let Some(id) = shared.store.find_job(&s.namespace, &s.name, &s.run_id).await.map_err(status::store)? {
+            return Ok((stored_job(shared, id).await?, false));
+        }
+    }
+    let (id, created) = shared.scheduler.submit(valid).await.map_err(status::sched)?;
+    tracing::info!(job_id = %id, created, "job submitted");
+    Ok((stored_job(shared, id).await?, created))
+}
+
+async fn stored_job(shared: &Shared, id: Uuid) -> Result<JobRecord, Status> {
+    shared
+        .store
+        .get_job(id)
+        .await
+        .map_err(status::store)?
+        .ok_or_else(|| Status::not_found(format!("job {id} not found")))
 }
 
 impl Jobs {

@@ -6,14 +6,18 @@
 //!   transaction (group commit), and only then answers — so every reply is durable.
 //! - [`jobs`]: `JobService` for clients; [`workers`]: `WorkerService` for managers.
 //! - [`status`]: the one place errors become gRPC statuses.
+//! - [`relay`]: publishes committed events (the outbox) to the bus, in commit order.
+//! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
 //!
 //! [`serve`] wires them together: open the store, become leader, load unfinished jobs,
 //! serve until the cancellation token fires.
 
 pub mod config;
 pub mod jobs;
+pub mod relay;
 pub mod scheduler;
 pub mod status;
+pub mod triggers;
 pub mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weir_bus::{Bus, KafkaBus};
 use weir_core::engine::{Engine, EngineConfig};
 use weir_proto::v1::job_service_server::JobServiceServer;
 use weir_proto::v1::worker_service_server::WorkerServiceServer;
@@ -37,6 +42,8 @@ pub enum MasterError {
     Runtime(#[from] weir_runtime::RuntimeError),
     #[error("the gRPC server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("bad setting: {0}")]
+    Config(String),
 }
 
 /// What the gRPC handlers share.
@@ -66,8 +73,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// Runs the master on `listener` until `cancel` fires (or leadership is lost).
+/// Runs the master on `listener` until `cancel` fires (or leadership is lost), publishing
+/// to Kafka if the config names brokers.
 pub async fn serve(config: MasterConfig, listener: TcpListener, cancel: CancellationToken) -> Result<(), MasterError> {
+    let bus: Option<Arc<dyn Bus>> = match config.events.kafka(&config.id).map_err(MasterError::Config)? {
+        Some(k) => Some(Arc::new(KafkaBus::new(k).map_err(|e| MasterError::Config(e.to_string()))?)),
+        None => None,
+    };
+    serve_with_bus(config, listener, bus, cancel).await
+}
+
+/// [`serve`] with the bus given (the one-command mode passes its in-process bus).
+pub async fn serve_with_bus(
+    config: MasterConfig,
+    listener: TcpListener,
+    bus: Option<Arc<dyn Bus>>,
+    cancel: CancellationToken,
+) -> Result<(), MasterError> {
+    let rules = Arc::new(config.events.rules().map_err(MasterError::Config)?);
+    if bus.is_none() && !rules.is_empty() {
+        return Err(MasterError::Config("trigger rules are set but no event bus is (set WEIR_KAFKA_BROKERS)".into()));
+    }
     let store = weir_store::open(&config.store_url).await?;
     tracing::info!(backend = store.backend(), "store open");
     let (scheduler, inbox) = scheduler::Handle::new(config.max_batch);
@@ -103,9 +129,34 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, cancel: Cancella
     reporter.set_serving::<JobServiceServer<jobs::Jobs>>().await;
     reporter.set_serving::<WorkerServiceServer<workers::Workers>>().await;
 
+    // The relay and the trigger consumer run only while this master leads.
+    let side_cancel = cancel.child_token();
+    let mut side = Vec::new();
+    if let Some(bus) = &bus {
+        let settings = relay::RelaySettings {
+            batch: config.events.relay_batch.max(1),
+            topics: relay::topic_specs(config.events.kafka_partitions, config.events.kafka_replication),
+        };
+        let wake = shared.scheduler.subscribe();
+        let (store, relay_bus, c, stop) = (store.clone(), bus.clone(), side_cancel.clone(), cancel.clone());
+        side.push(tokio::spawn(async move {
+            if let Err(e) = relay::run(store, relay_bus, epoch, settings, wake, c).await {
+                tracing::error!(error = %e, "event relay stopped: leadership lost");
+                stop.cancel();
+            }
+        }));
+        if !rules.is_empty() {
+            side.push(tokio::spawn(triggers::run(shared.clone(), bus.clone(), rules.clone(), side_cancel.clone())));
+        }
+    }
+
     let result =
         scheduler::run(engine, store, epoch, inbox, shared.scheduler.events(), cancel.clone(), config.max_batch).await;
     shared.ready.store(false, Ordering::Release);
+    side_cancel.cancel();
+    for s in side {
+        s.await?;
+    }
     server_cancel.cancel();
     server.await??;
     result.map_err(MasterError::from)

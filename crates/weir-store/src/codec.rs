@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 use uuid::Uuid;
-use weir_core::model::{event_type, EventRecord, JobRecord, JobState, TaskCounts, TaskRecord, TaskState};
+use weir_core::model::{event_type, EventRecord, JobRecord, JobState, OutboxEvent, TaskCounts, TaskRecord, TaskState};
 use weir_core::spec::JobSpec;
 
 use crate::StoreError;
@@ -58,7 +58,7 @@ fn count(v: i64) -> u32 {
 
 /// Columns of a job, as every job query selects them.
 pub(crate) const JOB_COLUMNS: &str = "id, spec, state, error, ending, created_ms, updated_ms, finished_ms, \
-     deadline_ms, last_seq, tasks_total, tasks_succeeded, tasks_failed, tasks_running";
+     deadline_ms, last_seq, tasks_total, tasks_succeeded, tasks_failed, tasks_running, trace_parent";
 
 /// Columns of a task, as every task query selects them.
 pub(crate) const TASK_COLUMNS: &str = "id, job_id, step_id, kind, queue, depends_on, compensates, state, attempt, \
@@ -88,6 +88,7 @@ pub(crate) fn job(r: &impl Cols) -> Result<JobRecord, StoreError> {
             failed: count(r.int("tasks_failed")?),
             running: count(r.int("tasks_running")?),
         },
+        trace_parent: r.opt_text("trace_parent")?,
     })
 }
 
@@ -130,6 +131,17 @@ pub(crate) fn event(r: &impl Cols) -> Result<EventRecord, StoreError> {
         job_state: parse("event job state", &r.text("job_state")?)?,
         task_state: r.opt_text("task_state")?.map(|s| parse::<TaskState>("event task state", &s)).transpose()?,
         message: r.opt_text("message")?,
+    })
+}
+
+/// An event with what the relay needs of its job (see each store's `outbox_after`).
+pub(crate) fn outbox_event(r: &impl Cols) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        id: r.int("outbox_id")?,
+        event: event(r)?,
+        namespace: r.text("namespace")?,
+        job_name: r.text("job_name")?,
+        trace_parent: r.opt_text("trace_parent")?,
     })
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, JobState, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, JobState, OutboxEvent, TaskRecord};
 use weir_core::Millis;
 
 mod codec;
@@ -136,6 +136,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job's events with `seq >= from_seq`, oldest first, `limit` at most.
     async fn events(&self, job_id: Uuid, from_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Committed events after outbox position `after`, in commit order, `limit` at most,
+    /// with their job's namespace, name and trace (the relay's read).
+    async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// The newest outbox position (0 when nothing was ever written).
+    async fn outbox_tail(&self) -> Result<i64, StoreError>;
+
+    /// Where relay `name` stopped, if it ever ran.
+    async fn relay_position(&self, name: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Records that relay `name` published everything up to `last_id`. Refused with
+    /// [`StoreError::Fenced`] unless `epoch` is current, so a deposed master cannot move it.
+    async fn set_relay_position(&self, epoch: i64, name: &str, last_id: i64) -> Result<(), StoreError>;
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

@@ -17,6 +17,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "running_tasks",
         sql: include_str!("../../../migrations/postgres/0002_running_tasks.sql"),
     },
+    Migration {
+        version: 3,
+        name: "outbox_relay",
+        sql: include_str!("../../../migrations/postgres/0003_outbox_relay.sql"),
+    },
 ];
 
 /// SQLite migrations, oldest first.
@@ -26,6 +31,11 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "running_tasks",
         sql: include_str!("../../../migrations/sqlite/0002_running_tasks.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "outbox_relay",
+        sql: include_str!("../../../migrations/sqlite/0003_outbox_relay.sql"),
     },
 ];
 

@@ -11,7 +11,7 @@ use sqlx::{Connection, PgConnection, QueryBuilder};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, OutboxEvent, TaskRecord};
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS};
@@ -159,12 +159,12 @@ impl Store for PgStore {
             sqlx::query(
                 "INSERT INTO weir_jobs (id, namespace, name, run_id, priority, labels, spec, state, error, ending, \
                  created_ms, updated_ms, finished_ms, deadline_ms, last_seq, tasks_total, tasks_succeeded, \
-                 tasks_failed, tasks_running) \
+                 tasks_failed, tasks_running, trace_parent) \
                  SELECT id, ns, name, run, prio, labels::jsonb, spec::jsonb, state, error, ending, c, u, f, d, seq, \
-                 tt, ts, tf, tr FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], \
-                 $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[]) \
-                 AS t(id, ns, name, run, prio, labels, spec, state, error, ending, c, u, f, d, seq, tt, ts, tf, tr)",
+                 tt, ts, tf, tr, tp FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], \
+                 $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::text[]) \
+                 AS t(id, ns, name, run, prio, labels, spec, state, error, ending, c, u, f, d, seq, tt, ts, tf, tr, tp)",
             )
             .bind(j.iter().map(|j| j.id).collect::<Vec<Uuid>>())
             .bind(j.iter().map(|j| j.spec.namespace.clone()).collect::<Vec<_>>())
@@ -185,6 +185,7 @@ impl Store for PgStore {
             .bind(j.iter().map(|j| i64::from(j.counts.succeeded)).collect::<Vec<_>>())
             .bind(j.iter().map(|j| i64::from(j.counts.failed)).collect::<Vec<_>>())
             .bind(j.iter().map(|j| i64::from(j.counts.running)).collect::<Vec<_>>())
+            .bind(j.iter().map(|j| j.trace_parent.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         }
@@ -377,6 +378,51 @@ impl Store for PgStore {
         .iter()
         .map(codec::event)
         .collect()
+    }
+
+    async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query(
+            "SELECT e.id AS outbox_id, e.job_id::text AS job_id, e.seq, e.type, e.time_ms, e.task_id::text AS task_id, \
+             e.step_id, e.job_state, e.task_state, e.message, j.namespace, j.name AS job_name, j.trace_parent \
+             FROM weir_events e JOIN weir_jobs j ON j.id = e.job_id WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::outbox_event)
+        .collect()
+    }
+
+    async fn outbox_tail(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::int8 FROM weir_events").fetch_one(&self.pool).await?)
+    }
+
+    async fn relay_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT last_id FROM weir_relay WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_relay_position(&self, epoch: i64, name: &str, last_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE").fetch_one(&mut *tx).await?;
+        if current != epoch {
+            return Err(StoreError::Fenced { mine: epoch, current });
+        }
+        sqlx::query(
+            "INSERT INTO weir_relay (name, last_id) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET last_id = EXCLUDED.last_id",
+        )
+        .bind(name)
+        .bind(last_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

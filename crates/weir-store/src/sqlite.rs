@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, OutboxEvent, TaskRecord};
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS};
@@ -126,7 +126,8 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO weir_jobs (id, namespace, name, run_id, priority, labels, spec, state, error, ending, \
                  created_ms, updated_ms, finished_ms, deadline_ms, last_seq, tasks_total, tasks_succeeded, \
-                 tasks_failed, tasks_running) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 tasks_failed, tasks_running, trace_parent) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(id(j.id))
             .bind(&j.spec.namespace)
@@ -147,6 +148,7 @@ impl Store for SqliteStore {
             .bind(i64::from(j.counts.succeeded))
             .bind(i64::from(j.counts.failed))
             .bind(i64::from(j.counts.running))
+            .bind(&j.trace_parent)
             .execute(&mut *tx)
             .await?;
         }
@@ -324,5 +326,46 @@ impl Store for SqliteStore {
         .iter()
         .map(codec::event)
         .collect()
+    }
+
+    async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query(
+            "SELECT e.id AS outbox_id, e.job_id, e.seq, e.type, e.time_ms, e.task_id, e.step_id, e.job_state, \
+             e.task_state, e.message, j.namespace, j.name AS job_name, j.trace_parent \
+             FROM weir_events e JOIN weir_jobs j ON j.id = e.job_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::outbox_event)
+        .collect()
+    }
+
+    async fn outbox_tail(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM weir_events").fetch_one(&self.pool).await?)
+    }
+
+    async fn relay_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT last_id FROM weir_relay WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_relay_position(&self, epoch: i64, name: &str, last_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1").fetch_one(&mut *tx).await?;
+        if current != epoch {
+            return Err(StoreError::Fenced { mine: epoch, current });
+        }
+        sqlx::query("INSERT INTO weir_relay (name, last_id) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id")
+            .bind(name)
+            .bind(last_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

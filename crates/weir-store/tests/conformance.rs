@@ -153,6 +153,41 @@ async fn finished_jobs_with_leased_tasks_are_loaded(s: Arc<dyn Store>) {
     assert!(s.load_unfinished().await.expect("load").0.is_empty(), "nothing leased any more");
 }
 
+async fn outbox_reads_in_commit_order(s: Arc<dyn Store>) {
+    assert_eq!(s.outbox_tail().await.expect("tail"), 0);
+    let mut rig = Rig::new(s.clone()).await;
+    let mut traced = validate(spec("ns", "traced", &[], vec![step("a", &[])])).expect("valid");
+    traced.trace_parent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    let a = rig.engine.submit(traced, 1).0;
+    rig.commit(1).await;
+    let b = rig.submit(spec("ns", "plain", &[], vec![step("b", &[])]), 2).await;
+    rig.run_one("api", 3).await;
+    let all = s.outbox_after(0, 1000).await.expect("outbox");
+    let ids: Vec<i64> = all.iter().map(|o| o.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "commit order: {ids:?}");
+    assert_eq!(s.outbox_tail().await.expect("tail"), *ids.last().expect("some"));
+    let first = &all[0];
+    assert_eq!((first.event.job_id, first.event.kind, first.job_name.as_str()), (a, ev::JOB_CREATED, "traced"));
+    assert_eq!(first.namespace, "ns");
+    assert!(first.trace_parent.as_deref().is_some_and(|t| t.starts_with("00-0af76519")));
+    assert!(all.iter().filter(|o| o.event.job_id == b).all(|o| o.trace_parent.is_none() && o.job_name == "plain"));
+    for job in [a, b] {
+        let history = s.events(job, 1, 1000).await.expect("events");
+        let outbox: Vec<_> = all.iter().filter(|o| o.event.job_id == job).map(|o| o.event.clone()).collect();
+        assert_eq!(outbox, history, "the outbox is the history, in order");
+    }
+    let page = s.outbox_after(ids[1], 2).await.expect("page");
+    assert_eq!(page.iter().map(|o| o.id).collect::<Vec<_>>(), ids[2..4].to_vec());
+
+    assert_eq!(s.relay_position("kafka").await.expect("position"), None);
+    s.set_relay_position(rig.epoch, "kafka", ids[3]).await.expect("set");
+    s.set_relay_position(rig.epoch, "kafka", ids[4]).await.expect("move");
+    assert_eq!(s.relay_position("kafka").await.expect("position"), Some(ids[4]));
+    let newer = s.acquire_leadership("other", 5).await.expect("take over");
+    assert!(matches!(s.set_relay_position(rig.epoch, "kafka", ids[5]).await, Err(StoreError::Fenced { .. })));
+    s.set_relay_position(newer, "kafka", ids[5]).await.expect("the new leader moves it");
+}
+
 async fn keys_and_listing(s: Arc<dyn Store>) {
     let mut rig = Rig::new(s.clone()).await;
     let mut ids = Vec::new();
@@ -263,6 +298,7 @@ macro_rules! conformance {
 conformance!(
     round_trip,
     finished_jobs_with_leased_tasks_are_loaded,
+    outbox_reads_in_commit_order,
     keys_and_listing,
     retry_deletes_old_compensation,
     stale_epoch_is_fenced,

@@ -1,0 +1,232 @@
+//! The event catalogue: topics, their keys, and the CloudEvents 1.0 envelope (JSON
+//! structured mode) every event on the bus travels in. The README's catalogue is written
+//! from this file; change both together.
+//!
+//! | topic           | key       | what                                                  |
+//! |-----------------|-----------|-------------------------------------------------------|
+//! | `weir.jobs`     | job id    | job lifecycle (`dev.weir.job.*`)                      |
+//! | `weir.tasks`    | job id    | task lifecycle (`dev.weir.task.*`)                    |
+//! | `weir.workers`  | worker id | workers joining, draining, gone (`dev.weir.worker.*`) |
+//! | `weir.triggers` | any       | events that start jobs (consumed by the master)       |
+//! | `weir.dlq`      | as read   | triggers that could not be used, reason in headers    |
+//!
+//! Keying by job id puts every event of one job on one partition of its topic, in order.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::model::OutboxEvent;
+use crate::trace::{stable_span_id, TraceParent};
+use crate::Millis;
+
+/// Topic names, in one place.
+pub mod topic {
+    pub const JOBS: &str = "weir.jobs";
+    pub const TASKS: &str = "weir.tasks";
+    pub const WORKERS: &str = "weir.workers";
+    pub const TRIGGERS: &str = "weir.triggers";
+    pub const DLQ: &str = "weir.dlq";
+    /// Every topic Weir creates at start.
+    pub const ALL: [&str; 5] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ];
+}
+
+/// Header names, in one place.
+pub mod header {
+    /// W3C trace context of the job the event is about.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Why a message went to the dead-letter topic.
+    pub const DLQ_REASON: &str = "weir-dlq-reason";
+    /// Where it was read from: topic, partition, offset.
+    pub const DLQ_TOPIC: &str = "weir-dlq-topic";
+    pub const DLQ_PARTITION: &str = "weir-dlq-partition";
+    pub const DLQ_OFFSET: &str = "weir-dlq-offset";
+}
+
+/// The only CloudEvents version spoken.
+pub const SPEC_VERSION: &str = "1.0";
+/// `source` of the events the master publishes.
+pub const MASTER_SOURCE: &str = "weir://master";
+/// `content-type` header of structured-mode messages.
+pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=UTF-8";
+/// Largest trigger message the master reads.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// One CloudEvent, as carried in a message body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    /// Unique per source; the same event published twice has the same id.
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// Extension attributes (e.g. `traceparent` of the Distributed Tracing extension).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, Value>,
+}
+
+impl CloudEvent {
+    /// Reads a structured-mode message body, checking the attributes the spec requires.
+    pub fn decode(body: &[u8]) -> Result<CloudEvent, String> {
+        if body.len() > MAX_EVENT_BYTES {
+            return Err(format!("event is {} bytes, over the limit of {MAX_EVENT_BYTES}", body.len()));
+        }
+        let e: CloudEvent = serde_json::from_slice(body).map_err(|e| format!("not a CloudEvent in JSON: {e}"))?;
+        if e.specversion != SPEC_VERSION {
+            return Err(format!("specversion {:?} is not supported (only {SPEC_VERSION})", e.specversion));
+        }
+        for (name, v) in [("id", &e.id), ("source", &e.source), ("type", &e.ty)] {
+            if v.is_empty() {
+                return Err(format!("CloudEvent attribute {name} is empty"));
+            }
+        }
+        Ok(e)
+    }
+
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings and JSON values always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// An event ready for the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub topic: &'static str,
+    pub key: String,
+    pub event: CloudEvent,
+    /// For the `traceparent` header.
+    pub traceparent: Option<String>,
+}
+
+/// RFC 3339 time with milliseconds, UTC.
+pub fn rfc3339(ms: Millis) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The CloudEvent of one entry of a job's history. Its id (`<job id>:<seq>`) is stable,
+/// so a re-published event is recognisably the same one.
+pub fn job_event(o: &OutboxEvent) -> Outgoing {
+    let e = &o.event;
+    let id = format!("{}:{}", e.job_id, e.seq);
+    let mut data = Map::new();
+    data.insert("job_id".into(), json!(e.job_id));
+    data.insert("namespace".into(), json!(o.namespace));
+    data.insert("job_name".into(), json!(o.job_name));
+    data.insert("seq".into(), json!(e.seq));
+    data.insert("job_state".into(), json!(e.job_state.as_str()));
+    if let Some(t) = e.task_id {
+        data.insert("task_id".into(), json!(t));
+    }
+    if let Some(s) = &e.step_id {
+        data.insert("step_id".into(), json!(s));
+    }
+    if let Some(s) = e.task_state {
+        data.insert("task_state".into(), json!(s.as_str()));
+    }
+    if let Some(m) = &e.message {
+        data.insert("message".into(), json!(m));
+    }
+    // Each event is a span of the job's trace; its id is derived so re-publishing is stable.
+    let traceparent =
+        o.trace_parent.as_deref().and_then(|t| t.parse::<TraceParent>().ok()).map(|t| t.child(stable_span_id(&id)));
+    let mut extensions = BTreeMap::new();
+    if let Some(t) = &traceparent {
+        extensions.insert("traceparent".to_string(), json!(t.to_string()));
+    }
+    let topic = if e.task_id.is_some() { topic::TASKS } else { topic::JOBS };
+    Outgoing {
+        topic,
+        key: e.job_id.to_string(),
+        event: CloudEvent {
+            specversion: SPEC_VERSION.into(),
+            id,
+            source: MASTER_SOURCE.into(),
+            ty: e.kind.to_string(),
+            subject: Some(e.job_id.to_string()),
+            time: Some(rfc3339(e.time_ms)),
+            datacontenttype: Some("application/json".into()),
+            data: Some(Value::Object(data)),
+            extensions,
+        },
+        traceparent: traceparent.map(|t| t.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::model::{event_type as ev, EventRecord, JobState, TaskState};
+
+    fn outbox(task: bool) -> OutboxEvent {
+        OutboxEvent {
+            id: 42,
+            event: EventRecord {
+                job_id: Uuid::from_u128(7),
+                seq: 3,
+                kind: if task { ev::TASK_ASSIGNED } else { ev::JOB_STARTED },
+                time_ms: 1_795_400_000_123,
+                task_id: task.then(|| Uuid::from_u128(9)),
+                step_id: task.then(|| "collect".to_string()),
+                job_state: JobState::Running,
+                task_state: task.then_some(TaskState::Running),
+                message: task.then(|| "api-manager-1".to_string()),
+            },
+            namespace: "team-a".into(),
+            job_name: "nightly".into(),
+            trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        }
+    }
+
+    #[test]
+    fn job_and_task_events_follow_the_catalogue() {
+        let j = job_event(&outbox(false));
+        assert_eq!((j.topic, j.key.as_str()), (topic::JOBS, "00000000-0000-0000-0000-000000000007"));
+        let body: Value = serde_json::from_slice(&j.event.encode()).expect("json");
+        assert_eq!(body["specversion"], "1.0");
+        assert_eq!(body["type"], "dev.weir.job.started");
+        assert_eq!(body["id"], "00000000-0000-0000-0000-000000000007:3");
+        assert_eq!(body["subject"], "00000000-0000-0000-0000-000000000007");
+        assert_eq!(body["time"], "2026-11-23T02:13:20.123Z");
+        assert_eq!(body["data"]["job_state"], "running");
+        assert!(body["data"].get("task_id").is_none());
+        let tp = j.traceparent.expect("traceparent");
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "same trace: {tp}");
+        assert_eq!(body["traceparent"], tp.as_str());
+
+        let t = job_event(&outbox(true));
+        assert_eq!(t.topic, topic::TASKS);
+        assert_eq!(t.key, j.key, "every event of a job has the job's key");
+        let d = t.event.data.clone().expect("data");
+        assert_eq!((d["step_id"].as_str(), d["task_state"].as_str()), (Some("collect"), Some("running")));
+        assert_eq!(job_event(&outbox(true)), t, "the same event encodes the same way every time");
+        assert_eq!(CloudEvent::decode(&t.event.encode()), Ok(t.event));
+    }
+
+    #[test]
+    fn decode_names_what_is_wrong() {
+        let err = |b: &[u8]| CloudEvent::decode(b).expect_err("refused");
+        assert!(err(b"not json").contains("not a CloudEvent"));
+        assert!(err(br#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#).contains("specversion"));
+        assert!(err(br#"{"specversion":"1.0","id":"","source":"s","type":"t"}"#).contains("id is empty"));
+        assert!(err(br#"{"specversion":"1.0","source":"s","type":"t"}"#).contains("missing field `id`"));
+        let ok = CloudEvent::decode(br#"{"specversion":"1.0","id":"1","source":"s","type":"t","x":1}"#).expect("ok");
+        assert_eq!(ok.extensions.get("x"), Some(&json!(1)));
+    }
+}

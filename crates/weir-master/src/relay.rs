@@ -1,0 +1,162 @@
+//! The outbox relay: publishes committed events to the bus, in commit order.
+//!
+//! `weir_events` is the outbox: the scheduler writes each event in the transaction of the
+//! change it reports. The relay (running only on the leading master, so two replicas do
+//! not both publish) reads what was committed after its position, publishes the batch,
+//! waits for every acknowledgement, then stores the new position (fenced by the leader
+//! epoch). If the bus is down, it retries the same batch with backoff while the master
+//! keeps working and events pile up durably; they go out in order once it is back. A
+//! crash between publish and position update re-publishes a batch with the same event
+//! ids, which consumers de-duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use weir_bus::{Bus, Message, TopicSpec};
+use weir_core::events::{self, header, CONTENT_TYPE};
+use weir_core::model::OutboxEvent;
+use weir_store::{Store, StoreError};
+
+use crate::scheduler::EventBatch;
+
+/// The bus message of one committed event.
+pub fn message(o: &OutboxEvent) -> Message {
+    let out = events::job_event(o);
+    let mut m = Message::new(out.topic, &out.key, out.event.encode()).header(header::CONTENT_TYPE, CONTENT_TYPE);
+    if let Some(tp) = out.traceparent {
+        m = m.header(header::TRACEPARENT, tp);
+    }
+    m
+}
+
+/// The topics Weir creates at start, with the configured layout.
+pub fn topic_specs(partitions: i32, replication: i32) -> Vec<TopicSpec> {
+    events::topic::ALL.iter().map(|t| TopicSpec { name: t.to_string(), partitions, replication }).collect()
+}
+
+/// Settings of a relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Most events per publish.
+    pub batch: u32,
+    pub topics: Vec<TopicSpec>,
+}
+
+/// Runs until `cancel` fires. Returns an error only if leadership was lost.
+pub async fn run(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    epoch: i64,
+    settings: RelaySettings,
+    mut wake: broadcast::Receiver<EventBatch>,
+    cancel: CancellationToken,
+) -> Result<(), StoreError> {
+    // The in-process bus lives and dies with the process, so its position is not kept.
+    let durable = bus.kind() != "memory";
+    let name = bus.kind();
+    let Some(mut pos) = retry(&cancel, "read the relay position", || start_position(&*store, name, durable)).await
+    else {
+        return Ok(());
+    };
+    if durable {
+        store.set_relay_position(epoch, name, pos).await?;
+    }
+    if retry(&cancel, "create topics", || bus.ensure_topics(&settings.topics)).await.is_none() {
+        return Ok(());
+    }
+    tracing::info!(bus = name, position = pos, "event relay running");
+    loop {
+        let rows = tokio::select! {
+            r = store.outbox_after(pos, settings.batch) => r,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot read the outbox; retrying");
+                if pause(&cancel, Duration::from_millis(500)).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Some(last) = rows.last().map(|r| r.id) else {
+            // Nothing new: wait for the next commit (or a second, in case a wake was missed).
+            tokio::select! {
+                _ = wake.recv() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.cancelled() => return Ok(()),
+            }
+            continue;
+        };
+        let batch: Vec<Message> = rows.iter().map(message).collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let result = tokio::select! {
+                r = bus.publish(&batch) => r,
+                _ = cancel.cancelled() => return Ok(()),
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), "publish failed; events stay queued in the outbox");
+                    // A broker that came back empty (or a topic deleted by hand) needs the
+                    // topics again; creating existing ones is a no-op.
+                    if let Err(e) = bus.ensure_topics(&settings.topics).await {
+                        tracing::debug!(error = %e, "topics not ensured yet");
+                    }
+                    if pause(&cancel, delay).await {
+                        return Ok(());
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        pos = last;
+        if durable {
+            match store.set_relay_position(epoch, name, pos).await {
+                Ok(()) => {}
+                Err(e @ StoreError::Fenced { .. }) => return Err(e),
+                // Not fatal: after a restart this batch is published again, with the same ids.
+                Err(e) => tracing::warn!(error = %e, "cannot store the relay position"),
+            }
+        }
+    }
+}
+
+async fn start_position(store: &dyn Store, name: &str, durable: bool) -> Result<i64, StoreError> {
+    match store.relay_position(name).await? {
+        Some(p) if durable => Ok(p),
+        // First start on this bus (or an in-process one): from now on, not the whole history.
+        _ => store.outbox_tail().await,
+    }
+}
+
+/// Sleeps; true if cancelled meanwhile.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = cancel.cancelled() => true,
+    }
+}
+
+/// Runs `f` until it succeeds, backing off; `None` if cancelled first.
+async fn retry<T, E: std::fmt::Display, F, Fut>(cancel: &CancellationToken, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, "relay cannot {what} yet; retrying"),
+        }
+        if pause(cancel, delay).await {
+            return None;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
