@@ -121,6 +121,7 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let hb = v1::HeartbeatRequest {
+            draining: false,
             worker_id: "tester".into(),
             tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
         };
@@ -135,6 +136,7 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
     assert!(stale.message().contains("stale fence"), "{}", stale.message());
     let hb = v1::HeartbeatRequest {
+        draining: false,
         worker_id: "tester".into(),
         tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
     };
@@ -177,6 +179,7 @@ async fn cancel_reaches_running_tasks(m: &InProcMaster) {
         .expect("cancel");
     assert_eq!(r.into_inner().job.expect("job").state, v1::JobState::Cancelled as i32);
     let hb = v1::HeartbeatRequest {
+        draining: false,
         worker_id: "tester".into(),
         tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }],
     };

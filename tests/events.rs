@@ -347,6 +347,59 @@ async fn triggers_start_one_job_per_event(rig: Rig) {
     store.cleanup().await;
 }
 
+// ----- worker status ---------------------------------------------------------------------
+
+async fn worker_status_is_published(rig: Rig) {
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let m = InProcMaster::start_with_bus(&store.url, Some(rig.bus.clone()), EventsConfig::default()).await;
+    // A real worker joins, drains on shutdown and says goodbye.
+    let cfg = weir_worker::WorkerConfig {
+        master_url: m.url.clone(),
+        queue: weir_core::catalog::Queue::File,
+        worker_id: "status-worker".into(),
+        concurrency: 1,
+        poll_wait: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = weir_worker::Worker::new(cfg, vec![Arc::new(weir_worker::generic::Generic)]).expect("worker");
+    let running = tokio::spawn(worker.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    running.await.expect("join").expect("worker stops cleanly");
+    // Another registers and falls silent (no heartbeats, as if its process died).
+    let reg = v1::RegisterWorkerRequest {
+        worker_id: "silent-worker".into(),
+        queue: "api".into(),
+        capacity: 4,
+        version: "test".into(),
+        kinds: vec![],
+    };
+    m.workers().register_worker(reg).await.expect("register");
+
+    let got = read_until(&rig.bus, &[topic::WORKERS], Duration::from_secs(30), |g| g.len() >= 5).await;
+    let mut per_worker: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for d in &got {
+        let e = event_of(d);
+        let key = String::from_utf8_lossy(d.message.key.as_deref().unwrap_or_default()).to_string();
+        assert_eq!(e.subject.as_deref(), Some(key.as_str()), "keyed by worker id");
+        per_worker.entry(key).or_default().push((e.ty.clone(), e.data.clone().unwrap_or_default()));
+    }
+    let types = |w: &str| per_worker.get(w).map(|v| v.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        types("status-worker"),
+        Some(vec!["dev.weir.worker.joined", "dev.weir.worker.draining", "dev.weir.worker.gone"]),
+        "{per_worker:?}"
+    );
+    assert_eq!(types("silent-worker"), Some(vec!["dev.weir.worker.joined", "dev.weir.worker.gone"]), "{per_worker:?}");
+    let reason = |w: &str| per_worker[w].last().map(|(_, d)| d["reason"].as_str().unwrap_or_default().to_string());
+    assert_eq!(reason("status-worker").as_deref(), Some("deregistered"));
+    assert_eq!(reason("silent-worker").as_deref(), Some("silent"));
+    assert_eq!(per_worker["status-worker"][0].1["queue"], "file");
+    m.stop().await;
+    store.cleanup().await;
+}
+
 macro_rules! on_both_buses {
     ($($name:ident),+ $(,)?) => {
         mod memory {
@@ -360,7 +413,12 @@ macro_rules! on_both_buses {
     };
 }
 
-on_both_buses!(keyed_order_and_group_offsets, lifecycle_events_arrive_once_in_order, triggers_start_one_job_per_event);
+on_both_buses!(
+    keyed_order_and_group_offsets,
+    lifecycle_events_arrive_once_in_order,
+    triggers_start_one_job_per_event,
+    worker_status_is_published,
+);
 
 // ----- Kafka down ------------------------------------------------------------------------
 

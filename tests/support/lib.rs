@@ -86,7 +86,11 @@ impl InProcMaster {
     async fn wait_ready(&self) {
         let mut w = self.workers();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while w.heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![] }).await.is_err() {
+        while w
+            .heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![], draining: false })
+            .await
+            .is_err()
+        {
             assert!(Instant::now() < deadline, "master did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -8,16 +8,24 @@
 //! 2. memory: queues `--tasks` no-op tasks (no worker running) and reads the master's
 //!    peak resident memory;
 //! 3. throughput: starts the four real manager processes and times how fast they drain
-//!    those tasks through gRPC with durable state (tasks/s end to end).
+//!    those tasks through gRPC with durable state (tasks/s end to end);
+//! 4. the same again with events on: a real Kafka-protocol broker (tansu) and the master
+//!    publishing every event through the outbox relay — throughput, the change against (3),
+//!    and relay events/s until every event of the run is published;
+//! 5. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
+//!    for each event, the time from the master stamping it to this process reading it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
+use weir_bus::{Bus, KafkaBus, KafkaConfig};
+use weir_core::events::{topic, CloudEvent};
 use weir_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
 
 #[derive(Debug, Parser)]
@@ -35,6 +43,12 @@ struct Args {
     /// Tasks each manager runs at once.
     #[arg(long, default_value_t = 256)]
     concurrency: u32,
+    /// Events per second offered in the commit-to-publish latency run.
+    #[arg(long, default_value_t = 1000)]
+    event_rate: u32,
+    /// Length of that run.
+    #[arg(long, default_value_t = 15)]
+    latency_seconds: u64,
 }
 
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
@@ -81,18 +95,93 @@ fn noop(id: String, queue: &str) -> v1::StepSpec {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("http://127.0.0.1:{port}");
-    let master = spawn("weir-master", &["--listen", &format!("127.0.0.1:{port}")], &[("WEIR_STORE_URL", &schema.url)])?;
-    let master_pid = master.id().context("master pid")?;
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect_lazy();
-    let mut jobs = JobServiceClient::new(channel.clone());
-    let mut workers = WorkerServiceClient::new(channel.clone());
-    wait_ready(&mut workers).await?;
     println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
-    // 1. Idle latency, measured by this process acting as the worker.
+    // Events off: the engine alone.
+    let m = Master::start(None).await?;
+    idle_latency(&m, &args).await?;
+    let off = engine(&m, &args, "").await?;
+    m.stop().await?;
+
+    // Events on: the same run with every event going through the outbox and the relay into
+    // a real Kafka-protocol broker, then commit-to-publish latency at a steady rate.
+    let broker = Broker::start()?;
+    broker.wait().await?;
+    let m = Master::start(Some(&broker.brokers)).await?;
+    let on = engine(&m, &args, "events_on_").await?;
+    println!("throughput_change_with_events={:+.1} %", (on - off) / off * 100.0);
+    m.stop().await?;
+    drop(broker);
+
+    // A fresh broker and master, so the latency consumer starts on empty topics.
+    let broker = Broker::start()?;
+    broker.wait().await?;
+    let m = Master::start(Some(&broker.brokers)).await?;
+    relay_latency(&m, &broker, &args).await?;
+    m.stop().await?;
+    Ok(())
+}
+
+/// The master under test on a fresh schema.
+struct Master {
+    child: Child,
+    pid: u32,
+    url: String,
+    schema: weir_store::testing::TestSchema,
+    jobs: JobServiceClient<Channel>,
+    workers: WorkerServiceClient<Channel>,
+    pool: sqlx::PgPool,
+}
+
+impl Master {
+    async fn start(kafka: Option<&str>) -> anyhow::Result<Master> {
+        let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut env = vec![("WEIR_STORE_URL", schema.url.as_str())];
+        if let Some(k) = kafka {
+            env.push(("WEIR_KAFKA_BROKERS", k));
+        }
+        let child = spawn("weir-master", &["--listen", &format!("127.0.0.1:{port}")], &env)?;
+        let pid = child.id().context("master pid")?;
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect_lazy();
+        let mut workers = WorkerServiceClient::new(channel.clone());
+        wait_ready(&mut workers).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&schema.url).await?;
+        Ok(Master { child, pid, url, schema, jobs: JobServiceClient::new(channel), workers, pool })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        drop(self.child);
+        self.pool.close().await;
+        self.schema.drop().await?;
+        Ok(())
+    }
+
+    fn managers(&self, concurrency: u32) -> anyhow::Result<Vec<Child>> {
+        let conc = concurrency.to_string();
+        let env = [
+            ("WEIR_MASTER_URL", self.url.as_str()),
+            ("WEIR_WORKER_CONCURRENCY", conc.as_str()),
+            ("WEIR_POLL_WAIT", "1s"),
+        ];
+        QUEUES.iter().map(|q| spawn(&format!("weir-{q}-manager"), &[], &env)).collect()
+    }
+
+    async fn succeeded(&self, prefix: &str) -> anyhow::Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM weir_jobs WHERE state = 'succeeded' AND name LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as usize)
+    }
+}
+
+const QUEUES: [&str; 4] = ["api", "file", "batch", "stream"];
+
+/// Idle submit-to-first-lease latency, this process acting as the worker.
+async fn idle_latency(m: &Master, args: &Args) -> anyhow::Result<()> {
+    let (mut jobs, mut workers) = (m.jobs.clone(), m.workers.clone());
     let mut samples = Vec::with_capacity(args.latency_samples);
     for i in 0..args.latency_samples {
         let mut w = workers.clone();
@@ -124,16 +213,20 @@ async fn main() -> anyhow::Result<()> {
     samples.sort_by(|a, b| a.total_cmp(b));
     println!("submit_to_first_lease_p50={:.2} ms", percentile(&samples, 0.50));
     println!("submit_to_first_lease_p99={:.2} ms", percentile(&samples, 0.99));
+    Ok(())
+}
 
-    // 2. Queue the tasks with no worker running.
-    let queues = ["api", "file", "batch", "stream"];
+/// Queues `--tasks` no-op tasks with no worker running, then times four real manager
+/// processes draining them. Returns tasks/s. With events on, also times the relay until
+/// every event of the run is published.
+async fn engine(m: &Master, args: &Args, label: &str) -> anyhow::Result<f64> {
     let n_jobs = args.tasks.div_ceil(args.steps_per_job);
     let t0 = Instant::now();
     let mut pending = tokio::task::JoinSet::new();
     for j in 0..n_jobs {
-        let steps = (0..args.steps_per_job).map(|s| noop(format!("s{s}"), queues[s % 4])).collect();
+        let steps = (0..args.steps_per_job).map(|s| noop(format!("s{s}"), QUEUES[s % 4])).collect();
         let spec = v1::JobSpec { name: format!("bench-{j}"), steps, ..Default::default() };
-        let mut c = jobs.clone();
+        let mut c = m.jobs.clone();
         pending.spawn(async move { c.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await.map(|_| ()) });
         while pending.len() >= 16 {
             pending.join_next().await.context("join")???;
@@ -144,48 +237,174 @@ async fn main() -> anyhow::Result<()> {
     }
     let queued = n_jobs * args.steps_per_job;
     let secs = t0.elapsed().as_secs_f64();
-    println!("submit_jobs_per_sec={:.0} jobs/s", n_jobs as f64 / secs);
-    println!("submit_tasks_per_sec={:.0} tasks/s", queued as f64 / secs);
-    println!("queued_tasks={queued} tasks");
-    println!("master_peak_rss_with_queued_tasks={:.1} MB", peak_rss_mb(master_pid));
-
-    // 3. Real managers drain the queue.
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&schema.url).await?;
-    let conc = args.concurrency.to_string();
-    let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_WORKER_CONCURRENCY", conc.as_str()), ("WEIR_POLL_WAIT", "1s")];
-    let t0 = Instant::now();
-    let mut managers = Vec::new();
-    for q in queues {
-        managers.push(spawn(&format!("weir-{q}-manager"), &[], &env)?);
+    if label.is_empty() {
+        println!("submit_jobs_per_sec={:.0} jobs/s", n_jobs as f64 / secs);
+        println!("submit_tasks_per_sec={:.0} tasks/s", queued as f64 / secs);
+        println!("queued_tasks={queued} tasks");
+        println!("master_peak_rss_with_queued_tasks={:.1} MB", peak_rss_mb(m.pid));
     }
+
+    let t0 = Instant::now();
+    let managers = m.managers(args.concurrency)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM weir_jobs WHERE state = 'succeeded' AND name LIKE 'bench-%'")
-                .fetch_one(&pool)
-                .await?;
-        if done as usize >= n_jobs {
-            break;
-        }
+    while m.succeeded("bench-").await? < n_jobs {
         if Instant::now() > deadline {
-            bail!("drain did not finish in 30 minutes ({done}/{n_jobs} jobs)");
+            bail!("drain did not finish in 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!("throughput_noop_tasks_per_sec={:.0} tasks/s", queued as f64 / secs);
-    println!("drain_seconds={secs:.1} s");
-    println!("master_peak_rss={:.1} MB", peak_rss_mb(master_pid));
+    let rate = queued as f64 / secs;
+    println!("{label}throughput_noop_tasks_per_sec={rate:.0} tasks/s");
+    println!("{label}drain_seconds={secs:.1} s");
+    println!("{label}master_peak_rss={:.1} MB", peak_rss_mb(m.pid));
     drop(managers);
-    drop(master);
-    pool.close().await;
-    schema.drop().await?;
+    if !label.is_empty() {
+        // The relay started with the run; wait until it has published up to the newest event.
+        let tail: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::int8 FROM weir_events").fetch_one(&m.pool).await?;
+        let first: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MIN(id), 0)::int8 FROM weir_events").fetch_one(&m.pool).await?;
+        loop {
+            let pos: Option<i64> = sqlx::query_scalar("SELECT last_id FROM weir_relay WHERE name = 'kafka'")
+                .fetch_optional(&m.pool)
+                .await?;
+            if pos.unwrap_or(0) >= tail {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the relay did not catch up in 30 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let events = tail - first + 1;
+        println!("relay_events_published={events} events");
+        println!("relay_events_per_sec={:.0} events/s", events as f64 / secs);
+    }
+    Ok(rate)
+}
+
+/// Submits one-step jobs at a steady rate (about `--event-rate` events/s: each job makes six
+/// events) with real managers running, and measures, for every event of those jobs, the time
+/// from the master stamping it (just before its commit) to this process reading it from the
+/// broker.
+async fn relay_latency(m: &Master, broker: &Broker, args: &Args) -> anyhow::Result<()> {
+    // The consumer asks the broker not to hold a fetch back waiting for more data (the
+    // default 500 ms would be measured instead of the publish).
+    let mut cfg = KafkaConfig::plaintext(&broker.brokers);
+    cfg.properties.push(("fetch.wait.max.ms".into(), "5".into()));
+    let bus: Arc<dyn Bus> = Arc::new(KafkaBus::new(cfg)?);
+    // The master creates the topics when it starts leading.
+    let mut sub = loop {
+        match bus.subscribe("bench-latency", &[topic::JOBS, topic::TASKS]).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let start_ms = now_ms();
+    let managers = m.managers(16)?;
+    let jobs_per_sec = (args.event_rate as f64 / 6.0).max(1.0);
+    let total_jobs = (jobs_per_sec * args.latency_seconds as f64) as usize;
+    let mut c = m.jobs.clone();
+    let submitter = tokio::spawn(async move {
+        let every = Duration::from_secs_f64(1.0 / jobs_per_sec);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for i in 0..total_jobs {
+            tick.tick().await;
+            let spec = v1::JobSpec {
+                name: format!("rate-{i}"),
+                steps: vec![noop("a".into(), QUEUES[i % 4])],
+                ..Default::default()
+            };
+            c.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut lat = Vec::new();
+    let want = total_jobs * 6;
+    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(args.latency_seconds + 120);
+    while lat.len() < want && Instant::now() < deadline {
+        let Ok(d) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await else { continue };
+        // Before the relay created the topics the consumer reports them unknown: keep reading.
+        let Ok(d) = d else { continue };
+        let received = now_ms();
+        let Ok(e) = CloudEvent::decode(&d.message.payload) else { continue };
+        let Some(data) = e.data.as_ref() else { continue };
+        let name = data["job_name"].as_str().unwrap_or_default();
+        let stamped = e.time.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok()).map(system_ms);
+        if let (true, Some(at)) = (name.starts_with("rate-"), stamped) {
+            if at >= start_ms {
+                lat.push((received - at) as f64);
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    submitter.await??;
+    drop(managers);
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!("latency_run_events={} events", lat.len());
+    println!("latency_run_event_rate={:.0} events/s", lat.len() as f64 / secs);
+    println!("commit_to_publish_p50={:.1} ms", percentile(&lat, 0.50));
+    println!("commit_to_publish_p99={:.1} ms", percentile(&lat, 0.99));
     Ok(())
+}
+
+fn system_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    system_ms(std::time::SystemTime::now())
+}
+
+/// The Kafka-protocol broker (tansu, installed by `scripts/ensure-tansu.sh`).
+struct Broker {
+    brokers: String,
+    _child: Child,
+}
+
+impl Broker {
+    fn start() -> anyhow::Result<Broker> {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let bin = std::env::var("WEIR_TANSU_BIN").unwrap_or_else(|_| format!("{home}/.cache/weir/tools/bin/tansu"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .kill_on_drop(true)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {bin} (make bench installs it)"))?;
+        Ok(Broker { brokers: format!("127.0.0.1:{port}"), _child: child })
+    }
+
+    async fn wait(&self) -> anyhow::Result<()> {
+        for _ in 0..400 {
+            if tokio::net::TcpStream::connect(&self.brokers).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the broker did not start")
+    }
 }
 
 async fn wait_ready(w: &mut WorkerServiceClient<Channel>) -> anyhow::Result<()> {
     for _ in 0..600 {
-        if w.heartbeat(v1::HeartbeatRequest { worker_id: "bench".into(), tasks: vec![] }).await.is_ok() {
+        if w.heartbeat(v1::HeartbeatRequest { worker_id: "bench".into(), tasks: vec![], draining: false }).await.is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::model::{event_type as ev, EventRecord, JobRecord, JobState, TaskCounts, TaskRecord, TaskState};
+use crate::model::{
+    event_type as ev, EventRecord, JobRecord, JobState, OutboxMessage, TaskCounts, TaskRecord, TaskState,
+};
 use crate::retry::RetryDecision;
 use crate::spec::{JobSpec, RetryPolicy, StepSpec, StepTimeouts};
 use crate::validate::ValidJob;
@@ -99,6 +101,8 @@ pub struct Changes {
     /// Tasks removed (compensation tasks of an earlier round, on retry).
     pub deleted_tasks: Vec<Uuid>,
     pub events: Vec<EventRecord>,
+    /// Events outside any job (added by the master, never by the engine).
+    pub messages: Vec<OutboxMessage>,
 }
 
 impl Changes {
@@ -109,6 +113,7 @@ impl Changes {
             && self.tasks.is_empty()
             && self.deleted_tasks.is_empty()
             && self.events.is_empty()
+            && self.messages.is_empty()
     }
 }
 
@@ -877,6 +882,7 @@ impl Engine {
             tasks,
             deleted_tasks: std::mem::take(&mut self.deleted_tasks),
             events: std::mem::take(&mut self.events),
+            messages: Vec::new(),
         };
         for id in touched {
             self.evict_if_done(id, now);

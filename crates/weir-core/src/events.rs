@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::model::OutboxEvent;
+use crate::model::{OutboxEvent, OutboxMessage};
 use crate::trace::{stable_span_id, TraceParent};
 use crate::Millis;
 
@@ -116,6 +116,55 @@ pub struct Outgoing {
 pub fn rfc3339(ms: Millis) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Worker status types (topic `weir.workers`, keyed by worker id).
+pub mod worker_event {
+    /// Registered with the master.
+    pub const JOINED: &str = "dev.weir.worker.joined";
+    /// Stopped taking work; finishing or handing back what it holds.
+    pub const DRAINING: &str = "dev.weir.worker.draining";
+    /// Said goodbye, or fell silent (data.reason tells which).
+    pub const GONE: &str = "dev.weir.worker.gone";
+}
+
+/// A worker status change, for the outbox. `detail` fields are merged into `data`.
+pub fn worker_status(kind: &str, worker: &str, queue: &str, detail: Value, now: Millis) -> OutboxMessage {
+    let mut data = Map::new();
+    data.insert("worker_id".into(), json!(worker));
+    data.insert("queue".into(), json!(queue));
+    if let Value::Object(d) = detail {
+        data.extend(d);
+    }
+    OutboxMessage {
+        topic: topic::WORKERS.into(),
+        key: worker.into(),
+        kind: kind.into(),
+        subject: worker.into(),
+        time_ms: now,
+        data: Value::Object(data),
+    }
+}
+
+/// The CloudEvent of an outbox message; `id` (its outbox position) makes the event id
+/// stable when it is published again.
+pub fn message_event(id: i64, m: &OutboxMessage) -> Outgoing {
+    Outgoing {
+        topic: topic::ALL.iter().copied().find(|t| *t == m.topic).unwrap_or(topic::WORKERS),
+        key: m.key.clone(),
+        event: CloudEvent {
+            specversion: SPEC_VERSION.into(),
+            id: format!("m:{id}"),
+            source: MASTER_SOURCE.into(),
+            ty: m.kind.clone(),
+            subject: Some(m.subject.clone()),
+            time: Some(rfc3339(m.time_ms)),
+            datacontenttype: Some("application/json".into()),
+            data: Some(m.data.clone()),
+            extensions: BTreeMap::new(),
+        },
+        traceparent: None,
+    }
 }
 
 /// The CloudEvent of one entry of a job's history. Its id (`<job id>:<seq>`) is stable,
@@ -217,6 +266,16 @@ mod tests {
         assert_eq!((d["step_id"].as_str(), d["task_state"].as_str()), (Some("collect"), Some("running")));
         assert_eq!(job_event(&outbox(true)), t, "the same event encodes the same way every time");
         assert_eq!(CloudEvent::decode(&t.event.encode()), Ok(t.event));
+    }
+
+    #[test]
+    fn worker_status_is_keyed_by_worker() {
+        let m = worker_status(worker_event::GONE, "api-manager-h-1-ab12", "api", json!({"reason": "silent"}), 0);
+        let o = message_event(17, &m);
+        assert_eq!((o.topic, o.key.as_str(), o.event.id.as_str()), (topic::WORKERS, "api-manager-h-1-ab12", "m:17"));
+        let d = o.event.data.expect("data");
+        assert_eq!((d["queue"].as_str(), d["reason"].as_str()), (Some("api"), Some("silent")));
+        assert_eq!(o.event.ty, "dev.weir.worker.gone");
     }
 
     #[test]

@@ -171,6 +171,19 @@ pub struct EventRecord {
     pub message: Option<String>,
 }
 
+/// An event outside any job's history (worker status; the managers' domain events), for
+/// the bus. Written in the commit of what it reports, relayed like job events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub topic: String,
+    pub key: String,
+    /// CloudEvent type, e.g. `dev.weir.worker.joined`.
+    pub kind: String,
+    pub subject: String,
+    pub time_ms: Millis,
+    pub data: serde_json::Value,
+}
+
 /// A committed history entry as the outbox relay reads it, with what the bus message
 /// needs from its job.
 #[derive(Debug, Clone, PartialEq)]

@@ -149,6 +149,7 @@ pub async fn serve_with_bus(
             side.push(tokio::spawn(triggers::run(shared.clone(), bus.clone(), rules.clone(), side_cancel.clone())));
         }
     }
+    side.push(tokio::spawn(workers::sweep(shared.clone(), side_cancel.clone())));
 
     let result =
         scheduler::run(engine, store, epoch, inbox, shared.scheduler.events(), cancel.clone(), config.max_batch).await;

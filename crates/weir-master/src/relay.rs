@@ -1,7 +1,8 @@
 //! The outbox relay: publishes committed events to the bus, in commit order.
 //!
-//! `weir_events` is the outbox: the scheduler writes each event in the transaction of the
-//! change it reports. The relay (running only on the leading master, so two replicas do
+//! Two tables are the outbox: `weir_events` (job histories) and `weir_messages` (events
+//! outside any job, such as worker status), each with its own relay position. The
+//! scheduler writes each event in the transaction of the change it reports. The relay (running only on the leading master, so two replicas do
 //! not both publish) reads what was committed after its position, publishes the batch,
 //! waits for every acknowledgement, then stores the new position (fenced by the leader
 //! epoch). If the bus is down, it retries the same batch with backoff while the master
@@ -23,7 +24,10 @@ use crate::scheduler::EventBatch;
 
 /// The bus message of one committed event.
 pub fn message(o: &OutboxEvent) -> Message {
-    let out = events::job_event(o);
+    to_bus(events::job_event(o))
+}
+
+fn to_bus(out: events::Outgoing) -> Message {
     let mut m = Message::new(out.topic, &out.key, out.event.encode()).header(header::CONTENT_TYPE, CONTENT_TYPE);
     if let Some(tp) = out.traceparent {
         m = m.header(header::TRACEPARENT, tp);
@@ -44,6 +48,13 @@ pub struct RelaySettings {
     pub topics: Vec<TopicSpec>,
 }
 
+/// Where the relay stands in its two sources: job events and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    events: i64,
+    messages: i64,
+}
+
 /// Runs until `cancel` fires. Returns an error only if leadership was lost.
 pub async fn run(
     store: Arc<dyn Store>,
@@ -55,24 +66,25 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     // The in-process bus lives and dies with the process, so its position is not kept.
     let durable = bus.kind() != "memory";
-    let name = bus.kind();
-    let Some(mut pos) = retry(&cancel, "read the relay position", || start_position(&*store, name, durable)).await
+    let names = Names::of(bus.kind());
+    let Some(mut pos) = retry(&cancel, "read the relay position", || start_position(&*store, &names, durable)).await
     else {
         return Ok(());
     };
     if durable {
-        store.set_relay_position(epoch, name, pos).await?;
+        store.set_relay_position(epoch, &names.events, pos.events).await?;
+        store.set_relay_position(epoch, &names.messages, pos.messages).await?;
     }
     if retry(&cancel, "create topics", || bus.ensure_topics(&settings.topics)).await.is_none() {
         return Ok(());
     }
-    tracing::info!(bus = name, position = pos, "event relay running");
+    tracing::info!(bus = bus.kind(), events = pos.events, messages = pos.messages, "event relay running");
     loop {
-        let rows = tokio::select! {
-            r = store.outbox_after(pos, settings.batch) => r,
+        let read = tokio::select! {
+            r = read_batch(&*store, pos, settings.batch) => r,
             _ = cancel.cancelled() => return Ok(()),
         };
-        let rows = match rows {
+        let (batch, next) = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "relay cannot read the outbox; retrying");
@@ -82,7 +94,7 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(last) = rows.last().map(|r| r.id) else {
+        if batch.is_empty() {
             // Nothing new: wait for the next commit (or a second, in case a wake was missed).
             tokio::select! {
                 _ = wake.recv() => {}
@@ -90,8 +102,7 @@ pub async fn run(
                 _ = cancel.cancelled() => return Ok(()),
             }
             continue;
-        };
-        let batch: Vec<Message> = rows.iter().map(message).collect();
+        }
         let mut delay = Duration::from_millis(100);
         loop {
             let result = tokio::select! {
@@ -114,24 +125,67 @@ pub async fn run(
                 }
             }
         }
-        pos = last;
         if durable {
-            match store.set_relay_position(epoch, name, pos).await {
-                Ok(()) => {}
-                Err(e @ StoreError::Fenced { .. }) => return Err(e),
-                // Not fatal: after a restart this batch is published again, with the same ids.
-                Err(e) => tracing::warn!(error = %e, "cannot store the relay position"),
+            for (name, old, new) in
+                [(&names.events, pos.events, next.events), (&names.messages, pos.messages, next.messages)]
+            {
+                if new == old {
+                    continue;
+                }
+                match store.set_relay_position(epoch, name, new).await {
+                    Ok(()) => {}
+                    Err(e @ StoreError::Fenced { .. }) => return Err(e),
+                    // Not fatal: after a restart this batch is published again, with the same ids.
+                    Err(e) => tracing::warn!(error = %e, "cannot store the relay position"),
+                }
             }
         }
+        pos = next;
     }
 }
 
-async fn start_position(store: &dyn Store, name: &str, durable: bool) -> Result<i64, StoreError> {
-    match store.relay_position(name).await? {
-        Some(p) if durable => Ok(p),
-        // First start on this bus (or an in-process one): from now on, not the whole history.
-        _ => store.outbox_tail().await,
+/// The relay position names of one bus.
+struct Names {
+    events: String,
+    messages: String,
+}
+
+impl Names {
+    fn of(kind: &str) -> Names {
+        Names { events: kind.to_string(), messages: format!("{kind}:messages") }
     }
+}
+
+/// The next batch from both sources, and the position after it.
+async fn read_batch(store: &dyn Store, pos: Position, limit: u32) -> Result<(Vec<Message>, Position), StoreError> {
+    let events = store.outbox_after(pos.events, limit).await?;
+    let messages = store.messages_after(pos.messages, limit).await?;
+    let next = Position {
+        events: events.last().map_or(pos.events, |e| e.id),
+        messages: messages.last().map_or(pos.messages, |m| m.0),
+    };
+    let mut batch: Vec<Message> = events.iter().map(message).collect();
+    batch.extend(messages.iter().map(|(id, m)| to_bus(events::message_event(*id, m))));
+    Ok((batch, next))
+}
+
+async fn start_position(store: &dyn Store, names: &Names, durable: bool) -> Result<Position, StoreError> {
+    let (e, m) = if durable {
+        (store.relay_position(&names.events).await?, store.relay_position(&names.messages).await?)
+    } else {
+        (None, None)
+    };
+    // First start on this bus (or an in-process one): from now on, not the whole history.
+    Ok(Position {
+        events: match e {
+            Some(p) => p,
+            None => store.outbox_tail().await?,
+        },
+        messages: match m {
+            Some(p) => p,
+            None => store.messages_tail().await?,
+        },
+    })
 }
 
 /// Sleeps; true if cancelled meanwhile.

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use weir_core::engine::{Engine, EngineError, Failure, Lease, LeaseStatus};
-use weir_core::model::{EventRecord, JobRecord, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, OutboxMessage, TaskRecord};
 use weir_core::validate::ValidJob;
 use weir_store::{Store, StoreError};
 
@@ -75,6 +75,8 @@ pub(crate) enum Command {
         worker: String,
         reply: Reply<u32>,
     },
+    /// Events outside any job (worker status), written with the next commit.
+    Publish(Vec<OutboxMessage>, Reply<()>),
 }
 
 /// Committed events, for WatchJob streams.
@@ -157,6 +159,10 @@ impl Handle {
     pub(crate) async fn release_worker(&self, worker: String) -> Result<u32, SchedError> {
         self.ask(|reply| Command::ReleaseWorker { worker, reply }).await
     }
+    /// Makes `messages` durable in the outbox (the relay publishes them).
+    pub(crate) async fn publish(&self, messages: Vec<OutboxMessage>) -> Result<(), SchedError> {
+        self.ask(|reply| Command::Publish(messages, reply)).await
+    }
 }
 
 /// A reply held until the batch commits: called with `None` on success or the reason.
@@ -185,6 +191,8 @@ struct Scheduler {
     epoch: i64,
     waiters: HashMap<String, VecDeque<Waiter>>,
     events: broadcast::Sender<EventBatch>,
+    /// Messages to write with the next commit.
+    messages: Vec<OutboxMessage>,
 }
 
 /// Runs the scheduler until `cancel` fires. Returns an error only when the store refused
@@ -198,7 +206,7 @@ pub async fn run(
     cancel: CancellationToken,
     max_batch: usize,
 ) -> Result<(), StoreError> {
-    let mut s = Scheduler { engine, store, epoch, waiters: HashMap::new(), events };
+    let mut s = Scheduler { engine, store, epoch, waiters: HashMap::new(), events, messages: Vec::new() };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
     loop {
@@ -216,7 +224,8 @@ pub async fn run(
         }
         s.engine.tick(now);
         s.serve_waiters(now, &mut replies);
-        let changes = s.engine.take_changes(now);
+        let mut changes = s.engine.take_changes(now);
+        changes.messages.append(&mut s.messages);
         if changes.is_empty() {
             replies.into_iter().for_each(|r| r(None));
             continue;
@@ -224,7 +233,8 @@ pub async fn run(
         match s.store.commit(s.epoch, &changes).await {
             Ok(()) => {
                 replies.into_iter().for_each(|r| r(None));
-                if !changes.events.is_empty() {
+                if !changes.events.is_empty() || !changes.messages.is_empty() {
+                    // Also wakes the relay, which reads what was committed from the store.
                     let _ = s.events.send(Arc::new(changes.events));
                 }
             }
@@ -293,6 +303,10 @@ impl Scheduler {
             }
             Command::ReleaseWorker { worker, reply } => {
                 replies.push(pending(reply, Ok(e.release_worker(&worker, now))));
+            }
+            Command::Publish(mut messages, reply) => {
+                self.messages.append(&mut messages);
+                replies.push(pending(reply, Ok(())));
             }
         }
     }

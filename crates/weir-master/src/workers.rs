@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use weir_core::catalog::Queue;
 use weir_core::engine::{EngineError, Failure};
+use weir_core::events::{worker_event, worker_status};
 use weir_core::model::TaskState;
 use weir_core::validate::{check_name, MAX_CONFIG_BYTES};
 use weir_proto::convert;
@@ -31,6 +33,7 @@ struct WorkerInfo {
     version: String,
     registered_ms: i64,
     last_seen_ms: i64,
+    draining: bool,
 }
 
 /// Live workers by id.
@@ -63,11 +66,73 @@ impl Registry {
                         version: String::new(),
                         registered_ms: now,
                         last_seen_ms: now,
+                        draining: false,
                     };
                     m.insert(worker.to_string(), info);
                 }
             }
         });
+    }
+}
+
+impl Registry {
+    /// Marks a worker draining; true the first time.
+    fn start_draining(&self, worker: &str) -> Option<String> {
+        self.with(|m| match m.get_mut(worker) {
+            Some(w) if !w.draining => {
+                w.draining = true;
+                Some(w.queue.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// Removes the workers silent since `horizon`; returns them with their queues.
+    fn remove_silent(&self, horizon: i64) -> Vec<(String, String)> {
+        self.with(|m| {
+            let gone: Vec<(String, String)> = m
+                .iter()
+                .filter(|(_, w)| w.last_seen_ms < horizon)
+                .map(|(id, w)| (id.clone(), w.queue.clone()))
+                .collect();
+            for (id, _) in &gone {
+                m.remove(id);
+            }
+            gone
+        })
+    }
+}
+
+/// How long a worker may be silent before it counts as gone: three heartbeat intervals.
+fn silence_limit(interval: Duration) -> i64 {
+    3 * i64::try_from(interval.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// Publishes `dev.weir.worker.gone` for workers that stopped heartbeating, every heartbeat
+/// interval, until `cancel` fires (runs only while this master leads).
+pub(crate) async fn sweep(shared: Arc<Shared>, cancel: tokio_util::sync::CancellationToken) {
+    let interval = shared.config.heartbeat_interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let now = now_ms();
+        let gone = shared.registry.remove_silent(now - silence_limit(interval));
+        if gone.is_empty() {
+            continue;
+        }
+        let limit = humantime::format_duration(interval * 3).to_string();
+        let messages = gone
+            .iter()
+            .map(|(id, q)| {
+                tracing::warn!(worker = %id, queue = %q, "worker fell silent");
+                worker_status(worker_event::GONE, id, q, json!({"reason": "silent", "silent_for": limit}), now)
+            })
+            .collect();
+        if let Err(e) = shared.scheduler.publish(messages).await {
+            tracing::warn!(error = %e, "cannot record silent workers");
+        }
     }
 }
 
@@ -153,6 +218,14 @@ impl WorkerService for Workers {
         }
         let now = now_ms();
         tracing::info!(worker = %id, queue = %q, capacity = r.capacity, "worker registered");
+        let joined = worker_status(
+            worker_event::JOINED,
+            &id,
+            &q,
+            json!({"capacity": r.capacity, "version": r.version, "kinds": r.kinds}),
+            now,
+        );
+        self.0.scheduler.publish(vec![joined]).await.map_err(status::sched)?;
         self.0.registry.with(|m| {
             m.insert(
                 id,
@@ -163,6 +236,7 @@ impl WorkerService for Workers {
                     version: r.version,
                     registered_ms: now,
                     last_seen_ms: now,
+                    draining: false,
                 },
             )
         });
@@ -203,6 +277,14 @@ impl WorkerService for Workers {
         let worker = worker_id(&r.worker_id)?;
         let leases = lease_refs(&r.tasks)?;
         self.0.registry.seen(&worker, None, Some(leases.len() as u32));
+        if r.draining {
+            if let Some(q) = self.0.registry.start_draining(&worker) {
+                tracing::info!(worker = %worker, "worker draining");
+                let held = json!({"running": leases.len()});
+                let msg = worker_status(worker_event::DRAINING, &worker, &q, held, now_ms());
+                self.0.scheduler.publish(vec![msg]).await.map_err(status::sched)?;
+            }
+        }
         let statuses = self.0.scheduler.heartbeat(worker, leases.clone()).await.map_err(status::sched)?;
         // The engine answers each lease in the order asked.
         let tasks =
@@ -268,7 +350,11 @@ impl WorkerService for Workers {
         self.0.check_ready()?;
         let worker = worker_id(&req.into_inner().worker_id)?;
         let released = self.0.scheduler.release_worker(worker.clone()).await.map_err(status::sched)?;
-        self.0.registry.with(|m| m.remove(&worker));
+        if let Some(w) = self.0.registry.with(|m| m.remove(&worker)) {
+            let detail = json!({"reason": "deregistered", "released": released});
+            let gone = worker_status(worker_event::GONE, &worker, &w.queue, detail, now_ms());
+            self.0.scheduler.publish(vec![gone]).await.map_err(status::sched)?;
+        }
         tracing::info!(worker = %worker, released, "worker deregistered");
         Ok(Response::new(v1::DeregisterWorkerResponse { released }))
     }
@@ -277,13 +363,12 @@ impl WorkerService for Workers {
         &self,
         _req: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        // Workers silent for three heartbeat intervals are gone.
-        let horizon =
-            now_ms() - 3 * i64::try_from(self.0.config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX / 4);
+        // Workers silent for three heartbeat intervals are gone (the sweeper removes them).
+        let horizon = now_ms() - silence_limit(self.0.config.heartbeat_interval);
         let workers = self.0.registry.with(|m| {
-            m.retain(|_, w| w.last_seen_ms >= horizon);
             let mut v: Vec<v1::Worker> = m
                 .iter()
+                .filter(|(_, w)| w.last_seen_ms >= horizon)
                 .map(|(id, w)| v1::Worker {
                     worker_id: id.clone(),
                     queue: w.queue.clone(),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use sqlx::Row;
 use uuid::Uuid;
-use weir_core::model::{event_type, EventRecord, JobRecord, JobState, OutboxEvent, TaskCounts, TaskRecord, TaskState};
+use weir_core::model::{
+    event_type, EventRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskCounts, TaskRecord, TaskState,
+};
 use weir_core::spec::JobSpec;
 
 use crate::StoreError;
@@ -144,6 +146,25 @@ pub(crate) fn outbox_event(r: &impl Cols) -> Result<OutboxEvent, StoreError> {
         trace_parent: r.opt_text("trace_parent")?,
     })
 }
+
+/// A message as the relay reads it.
+pub(crate) fn message(r: &impl Cols) -> Result<(i64, OutboxMessage), StoreError> {
+    let data = serde_json::from_str(&r.text("data")?).map_err(|e| StoreError::Corrupt(format!("message data: {e}")))?;
+    Ok((
+        r.int("id")?,
+        OutboxMessage {
+            topic: r.text("topic")?,
+            key: r.text("key")?,
+            kind: r.text("type")?,
+            subject: r.text("subject")?,
+            time_ms: r.int("time_ms")?,
+            data,
+        },
+    ))
+}
+
+/// Columns of a message.
+pub(crate) const MESSAGE_COLUMNS: &str = "id, topic, key, type, subject, time_ms, data";
 
 /// The spec as stored (JSON text).
 pub(crate) fn spec_json(j: &JobRecord) -> String {

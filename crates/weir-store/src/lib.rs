@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, JobState, OutboxEvent, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord};
 use weir_core::Millis;
 
 mod codec;
@@ -143,6 +143,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest outbox position (0 when nothing was ever written).
     async fn outbox_tail(&self) -> Result<i64, StoreError>;
+
+    /// Committed messages (events outside any job) after position `after`, in commit order.
+    async fn messages_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, OutboxMessage)>, StoreError>;
+
+    /// The newest message position (0 when none was ever written).
+    async fn messages_tail(&self) -> Result<i64, StoreError>;
 
     /// Where relay `name` stopped, if it ever ran.
     async fn relay_position(&self, name: &str) -> Result<Option<i64>, StoreError>;

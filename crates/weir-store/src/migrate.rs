@@ -22,6 +22,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "outbox_relay",
         sql: include_str!("../../../migrations/postgres/0003_outbox_relay.sql"),
     },
+    Migration { version: 4, name: "messages", sql: include_str!("../../../migrations/postgres/0004_messages.sql") },
 ];
 
 /// SQLite migrations, oldest first.
@@ -37,6 +38,7 @@ pub const SQLITE: &[Migration] = &[
         name: "outbox_relay",
         sql: include_str!("../../../migrations/sqlite/0003_outbox_relay.sql"),
     },
+    Migration { version: 4, name: "messages", sql: include_str!("../../../migrations/sqlite/0004_messages.sql") },
 ];
 
 /// Table that records applied migrations.

@@ -11,10 +11,10 @@ use sqlx::{Connection, PgConnection, QueryBuilder};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, OutboxEvent, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
 use weir_core::Millis;
 
-use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS};
+use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
 use crate::migrate::{self, Migration};
 use crate::{Cursor, JobFilter, JobPage, Store, StoreError};
 
@@ -279,6 +279,21 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        if !c.messages.is_empty() {
+            let m = &c.messages;
+            sqlx::query(
+                "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])",
+            )
+            .bind(m.iter().map(|m| m.topic.clone()).collect::<Vec<_>>())
+            .bind(m.iter().map(|m| m.key.clone()).collect::<Vec<_>>())
+            .bind(m.iter().map(|m| m.kind.clone()).collect::<Vec<_>>())
+            .bind(m.iter().map(|m| m.subject.clone()).collect::<Vec<_>>())
+            .bind(m.iter().map(|m| m.time_ms).collect::<Vec<_>>())
+            .bind(m.iter().map(|m| m.data.to_string()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -393,6 +408,21 @@ impl Store for PgStore {
         .iter()
         .map(codec::outbox_event)
         .collect()
+    }
+
+    async fn messages_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
+        sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM weir_messages WHERE id > $1 ORDER BY id LIMIT $2"))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::message)
+            .collect()
+    }
+
+    async fn messages_tail(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::int8 FROM weir_messages").fetch_one(&self.pool).await?)
     }
 
     async fn outbox_tail(&self) -> Result<i64, StoreError> {

@@ -12,10 +12,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, OutboxEvent, TaskRecord};
+use weir_core::model::{EventRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
 use weir_core::Millis;
 
-use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS};
+use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
 use crate::migrate;
 use crate::{Cursor, JobFilter, JobPage, Store, StoreError};
 
@@ -229,6 +229,19 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        for m in &c.messages {
+            sqlx::query(
+                "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&m.topic)
+            .bind(&m.key)
+            .bind(&m.kind)
+            .bind(&m.subject)
+            .bind(m.time_ms)
+            .bind(m.data.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -341,6 +354,21 @@ impl Store for SqliteStore {
         .iter()
         .map(codec::outbox_event)
         .collect()
+    }
+
+    async fn messages_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
+        sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM weir_messages WHERE id > ? ORDER BY id LIMIT ?"))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(codec::message)
+            .collect()
+    }
+
+    async fn messages_tail(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM weir_messages").fetch_one(&self.pool).await?)
     }
 
     async fn outbox_tail(&self) -> Result<i64, StoreError> {

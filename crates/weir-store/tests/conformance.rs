@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use uuid::Uuid;
-use weir_core::engine::{Engine, EngineConfig, Failure};
+use weir_core::engine::{Changes, Engine, EngineConfig, Failure};
 use weir_core::model::{event_type as ev, JobRecord, JobState, TaskRecord, TaskState};
 use weir_core::spec::{CompensationSpec, JobSpec, RetryPolicy, StepSpec};
 use weir_core::validate::validate;
@@ -186,6 +186,17 @@ async fn outbox_reads_in_commit_order(s: Arc<dyn Store>) {
     let newer = s.acquire_leadership("other", 5).await.expect("take over");
     assert!(matches!(s.set_relay_position(rig.epoch, "kafka", ids[5]).await, Err(StoreError::Fenced { .. })));
     s.set_relay_position(newer, "kafka", ids[5]).await.expect("the new leader moves it");
+
+    // Messages outside any job ride the same commits.
+    assert_eq!(s.messages_tail().await.expect("tail"), 0);
+    let msg = |w: &str| weir_core::events::worker_status("dev.weir.worker.joined", w, "api", serde_json::json!({}), 9);
+    let changes = Changes { messages: vec![msg("w1"), msg("w2")], ..Default::default() };
+    s.commit(newer, &changes).await.expect("commit messages");
+    let stored = s.messages_after(0, 10).await.expect("messages");
+    assert_eq!(stored.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(), changes.messages);
+    assert!(stored[0].0 < stored[1].0);
+    assert_eq!(s.messages_tail().await.expect("tail"), stored[1].0);
+    assert_eq!(s.messages_after(stored[0].0, 10).await.expect("after").len(), 1);
 }
 
 async fn keys_and_listing(s: Arc<dyn Store>) {

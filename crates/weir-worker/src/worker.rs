@@ -106,6 +106,11 @@ impl Worker {
 
         // Shutdown: no new work; running tasks get the grace period, then are handed back.
         tracker.close();
+        let mut client = self.client.clone();
+        let draining = v1::HeartbeatRequest { worker_id: self.cfg.worker_id.clone(), tasks: vec![], draining: true };
+        if let Err(s) = client.heartbeat(draining).await {
+            tracing::warn!(error = %s.message(), "could not tell the master this worker is draining");
+        }
         if tokio::time::timeout(self.cfg.drain_timeout, tracker.wait()).await.is_err() {
             let left: Vec<CancellationToken> = lock(&self.table)
                 .values_mut()
@@ -120,7 +125,6 @@ impl Worker {
         }
         hb_stop.cancel();
         let _ = hb.await;
-        let mut client = self.client.clone();
         let _ = client.deregister_worker(v1::DeregisterWorkerRequest { worker_id: self.cfg.worker_id.clone() }).await;
         tracing::info!(worker = %self.cfg.worker_id, "stopped");
         Ok(())
@@ -352,7 +356,7 @@ async fn heartbeats(
         };
         // Sent even with nothing in flight: it is also the worker's liveness signal.
         {
-            match client.heartbeat(v1::HeartbeatRequest { worker_id: worker.clone(), tasks }).await {
+            match client.heartbeat(v1::HeartbeatRequest { worker_id: worker.clone(), tasks, draining: false }).await {
                 Ok(r) => {
                     let mut t = lock(&table);
                     for s in r.into_inner().tasks {
