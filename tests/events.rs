@@ -253,9 +253,20 @@ async fn lifecycle_events_arrive_once_in_order(rig: Rig) {
 }
 
 /// What an operator would type: `kcat -C -t weir.jobs`.
+///
+/// Debian 12's kcat links librdkafka 2.0.2, which misreads the ApiVersions v3 reply of tansu
+/// 0.6 (Apache Kafka is fine). So kcat runs here on the librdkafka 2.12 that rdkafka-sys
+/// built for Weir, which cargo puts on the test's library path.
 fn kcat_reads(brokers: &str, job: &str) {
+    let lib = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .find(|d| std::path::Path::new(d).join("librdkafka.so.1").exists())
+        .map(str::to_string)
+        .expect("the librdkafka.so.1 built by rdkafka-sys is on the test's library path");
     let out = std::process::Command::new("kcat")
         .args(["-C", "-b", brokers, "-t", topic::JOBS, "-o", "beginning", "-e", "-q"])
+        .env("LD_LIBRARY_PATH", lib)
         .output()
         .expect("kcat is installed (make test installs Debian's kcat)");
     assert!(out.status.success(), "kcat: {}", String::from_utf8_lossy(&out.stderr));

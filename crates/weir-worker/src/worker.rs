@@ -109,7 +109,8 @@ impl Worker {
         let mut client = self.client.clone();
         let draining = v1::HeartbeatRequest { worker_id: self.cfg.worker_id.clone(), tasks: vec![], draining: true };
         if let Err(s) = client.heartbeat(draining).await {
-            tracing::warn!(error = %s.message(), "could not tell the master this worker is draining");
+            // Normal when the master stops at the same time (`weir dev`): it is not an error.
+            tracing::info!(error = %s.message(), "could not tell the master this worker is draining");
         }
         if tokio::time::timeout(self.cfg.drain_timeout, tracker.wait()).await.is_err() {
             let left: Vec<CancellationToken> = lock(&self.table)
