@@ -5,7 +5,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test lint bench fmt build
+.PHONY: run test lint bench bench-data fmt build
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
@@ -33,13 +33,22 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## The engine benchmark against PostgreSQL with real manager processes (prints name=value unit lines).
+## The benchmarks (prints name=value unit lines): the engine against PostgreSQL with real
+## manager processes and a real broker, then the data path against pyarrow and DuckDB.
 bench:
 	./scripts/ensure-build-deps.sh
 	./scripts/ensure-postgres.sh
 	./scripts/ensure-tansu.sh
+	./scripts/ensure-bench-peer.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/weir-bench
+	$(CARGO_TARGET_DIR)/release/weir-bench data
+
+## Only the data-path benchmark.
+bench-data:
+	./scripts/ensure-bench-peer.sh
+	$(CARGO) build --release -p weir-bench
+	$(CARGO_TARGET_DIR)/release/weir-bench data
 
 build:
 	$(CARGO) build --workspace --bins

@@ -340,12 +340,12 @@ pub struct InProcManagers {
 impl InProcManagers {
     pub fn start(master_url: &str) -> InProcManagers {
         let cancel = CancellationToken::new();
-        let specs: [fn() -> weir_worker::manager::ManagerSpec; 4] =
+        let specs: [fn() -> Result<weir_worker::manager::ManagerSpec, String>; 4] =
             [weir_api_manager::spec, weir_file_manager::spec, weir_batch_manager::spec, weir_stream_manager::spec];
         let handles = specs
             .into_iter()
             .map(|spec| {
-                let spec = spec();
+                let spec = spec().expect("manager settings");
                 let args = weir_worker::manager::ManagerArgs {
                     master_url: master_url.to_string(),
                     listen: String::new(),

@@ -11,11 +11,11 @@ use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
-pub fn spec() -> ManagerSpec {
-    ManagerSpec {
+pub fn spec() -> Result<ManagerSpec, String> {
+    Ok(ManagerSpec {
         name: "api-manager",
         binary: "weir-api-manager",
         queue: Queue::Api,
         handlers: vec![Arc::new(Generic)],
-    }
+    })
 }

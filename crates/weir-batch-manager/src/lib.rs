@@ -1,21 +1,112 @@
-//! The batch manager: converts and checks staged data in bounded batches and writes it to sinks.
+//! The batch manager: converts and checks staged data in bounded batches and writes it to
+//! sinks.
 //!
-//! Today it serves the `batch` queue with the generic step kinds only (`noop`, `sleep`,
-//! `fail`), which prove the engine; its domain kinds arrive with its own issue, as new
-//! [`weir_worker::StepHandler`]s added to [`spec`].
+//! It serves the `batch` queue: the generic kinds, and the data kinds `convert`,
+//! `quality` and `store` ([`steps::DataSteps`]), whose work is `weir-data`'s pipeline.
+//! A step's input files are grouped into [`batches`] of bounded size; at most
+//! `WEIR_BATCH_SLOTS` batches run at once across all tasks, each under a timeout.
 
+pub mod batches;
+pub mod steps;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use weir_core::catalog::Queue;
 use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
 
-/// What this manager runs.
-pub fn spec() -> ManagerSpec {
+/// The batch manager's own settings, from the environment (flags of every manager are in
+/// `weir_worker::manager::ManagerArgs`).
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// `WEIR_DATA_DIR` (default `.weir/data`): staged files under `staging/`, the
+    /// quarantine under `quarantine/`.
+    pub data_dir: PathBuf,
+    /// `WEIR_BATCH_MAX_BYTES` (default 1 GiB): most input bytes in one batch.
+    pub max_batch_bytes: u64,
+    /// `WEIR_BATCH_SLOTS` (default 20): most batches running at once.
+    pub slots: usize,
+    /// `WEIR_BATCH_TIMEOUT` (default 5m): longest one batch may run.
+    pub batch_timeout: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            data_dir: PathBuf::from(".weir/data"),
+            max_batch_bytes: 1 << 30,
+            slots: 20,
+            batch_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl BatchSettings {
+    /// Reads the settings; the error names the setting and what is wrong with it.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the settings through `get` (the environment, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut s = BatchSettings::default();
+        if let Some(d) = get("WEIR_DATA_DIR").filter(|d| !d.is_empty()) {
+            s.data_dir = PathBuf::from(d);
+        }
+        let number = |k: &str, min: u64| -> Result<Option<u64>, String> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= min => Ok(Some(n)),
+                    _ => Err(format!("{k} must be a whole number of at least {min}, got {v:?}")),
+                },
+            }
+        };
+        if let Some(n) = number("WEIR_BATCH_MAX_BYTES", 1)? {
+            s.max_batch_bytes = n;
+        }
+        if let Some(n) = number("WEIR_BATCH_SLOTS", 1)? {
+            s.slots = n as usize;
+        }
+        if let Some(v) = get("WEIR_BATCH_TIMEOUT") {
+            s.batch_timeout = weir_core::duration::parse(&v).map_err(|e| format!("WEIR_BATCH_TIMEOUT: {e}"))?;
+        }
+        Ok(s)
+    }
+}
+
+/// What this manager runs, with settings from the environment.
+pub fn spec() -> Result<ManagerSpec, String> {
+    Ok(spec_with(BatchSettings::from_env()?))
+}
+
+/// What this manager runs, with the given settings.
+pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
     ManagerSpec {
         name: "batch-manager",
         binary: "weir-batch-manager",
         queue: Queue::Batch,
-        handlers: vec![Arc::new(Generic)],
+        handlers: vec![Arc::new(Generic), Arc::new(steps::DataSteps::new(settings))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_and_bad_ones_are_named() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let s = BatchSettings::from_lookup(env(&[("WEIR_BATCH_SLOTS", "4"), ("WEIR_BATCH_TIMEOUT", "30s")]))
+            .expect("valid");
+        assert_eq!((s.slots, s.batch_timeout, s.max_batch_bytes), (4, Duration::from_secs(30), 1 << 30));
+        let e = BatchSettings::from_lookup(env(&[("WEIR_BATCH_SLOTS", "0")])).expect_err("zero slots");
+        assert!(e.contains("WEIR_BATCH_SLOTS"), "{e}");
+        let e = BatchSettings::from_lookup(env(&[("WEIR_BATCH_TIMEOUT", "soon")])).expect_err("bad duration");
+        assert!(e.contains("WEIR_BATCH_TIMEOUT"), "{e}");
     }
 }

@@ -14,6 +14,10 @@
 //!    and relay events/s until every event of the run is published;
 //! 5. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
 //!    for each event, the time from the master stamping it to this process reading it.
+//!
+//! `weir-bench data` measures the data path instead (see [`data`]).
+
+mod data;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -31,6 +35,8 @@ use weir_proto::v1::{self, job_service_client::JobServiceClient, worker_service_
 #[derive(Debug, Parser)]
 #[command(name = "weir-bench", about = "Weir engine benchmark (prints name=value unit lines)")]
 struct Args {
+    #[command(subcommand)]
+    what: Option<What>,
     /// No-op tasks to queue and drain.
     #[arg(long, default_value_t = 100_000)]
     tasks: usize,
@@ -49,6 +55,15 @@ struct Args {
     /// Length of that run.
     #[arg(long, default_value_t = 15)]
     latency_seconds: u64,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// CSV → Parquet: Weir against pyarrow and DuckDB, and peak memory on a large file.
+    Data(data::DataArgs),
+    /// (internal) Converts one file with Weir's pipeline and prints its figures.
+    #[command(hide = true)]
+    ConvertOne { input: PathBuf, out: PathBuf },
 }
 
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
@@ -95,6 +110,14 @@ fn noop(id: String, queue: &str) -> v1::StepSpec {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match &args.what {
+        Some(What::Data(d)) => {
+            println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+            return data::run(d);
+        }
+        Some(What::ConvertOne { input, out }) => return data::convert_one(input, out),
+        None => {}
+    }
     println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
     // Events off: the engine alone.

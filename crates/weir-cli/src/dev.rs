@@ -48,11 +48,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
         tokio::spawn(weir_master::serve_with_bus(config, listener, Some(bus), cancel.clone()))
     };
-    let specs: [fn() -> ManagerSpec; 4] =
+    let specs: [fn() -> Result<ManagerSpec, String>; 4] =
         [weir_api_manager::spec, weir_file_manager::spec, weir_batch_manager::spec, weir_stream_manager::spec];
     let mut managers = Vec::new();
     for spec in specs {
-        let spec = spec();
+        let spec = spec().map_err(|e| anyhow::anyhow!("bad setting: {e}"))?;
         let args = ManagerArgs {
             master_url: master_url.clone(),
             listen: String::new(),

@@ -24,17 +24,7 @@ fn time(ts: &Option<prost_types::Timestamp>) -> String {
             let ms = convert::millis(t);
             let secs = ms.div_euclid(1000);
             let (d, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-            // Civil date from days since the epoch (Howard Hinnant's algorithm).
-            let z = d + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z - era * 146_097;
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let day = doy - (153 * mp + 2) / 5 + 1;
-            let month = if mp < 10 { mp + 3 } else { mp - 9 };
-            let year = yoe + era * 400 + i64::from(month <= 2);
-            format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+            format!("{} {:02}:{:02}:{:02}", weir_core::calendar::date(d), s / 3600, s % 3600 / 60, s % 60)
         }
         None => "-".into(),
     }

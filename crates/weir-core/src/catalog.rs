@@ -8,6 +8,9 @@
 //! | `noop`  | none                                                | succeeds at once, output `{}` |
 //! | `sleep` | `{"duration": "2s"}`                                | waits, heartbeating, then succeeds |
 //! | `fail`  | `{"message": "...", "error_kind": "...", "retryable": true, "attempts": N}` | fails; with `attempts` it fails only the first N attempts |
+//!
+//! The batch queue also runs the data kinds `convert`, `quality` and `store`, whose config
+//! is a [`crate::dataset::DataStep`] (format, schema, rules, sinks).
 
 use std::fmt;
 use std::str::FromStr;
@@ -62,9 +65,17 @@ impl FromStr for Queue {
 /// Step kinds every queue runs (engine plumbing, not ingestion).
 pub const GENERIC_KINDS: [&str; 3] = ["noop", "sleep", "fail"];
 
+/// The data kinds the batch queue runs (config: [`crate::dataset::DataStep`]).
+pub const BATCH_KINDS: [&str; 3] = ["convert", "quality", "store"];
+
+const BATCH_QUEUE_KINDS: [&str; 6] = ["noop", "sleep", "fail", "convert", "quality", "store"];
+
 /// The kinds a queue accepts.
-pub fn kinds_for(_queue: Queue) -> &'static [&'static str] {
-    &GENERIC_KINDS
+pub fn kinds_for(queue: Queue) -> &'static [&'static str] {
+    match queue {
+        Queue::Batch => &BATCH_QUEUE_KINDS,
+        _ => &GENERIC_KINDS,
+    }
 }
 
 /// Longest `sleep` a step may ask for.
@@ -81,6 +92,9 @@ pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<()
         }
         "fail" => {
             fail_config(config)?;
+        }
+        k if BATCH_KINDS.contains(&k) => {
+            crate::dataset::DataStep::parse(k, config)?;
         }
         _ => {}
     }
@@ -164,6 +178,10 @@ mod tests {
         assert!(check_kind("sleep", Queue::File, Some(&json!({"duration": "48h"}))).is_err());
         assert!(check_kind("fail", Queue::Batch, Some(&json!({"retryable": "no"}))).is_err());
         assert!(check_kind("fail", Queue::Batch, Some(&json!({"error_kind": "no spaces"}))).is_err());
+        assert!(check_kind("convert", Queue::Batch, None).is_ok());
+        assert!(check_kind("convert", Queue::File, None).unwrap_err().contains("queue file"));
+        assert!(check_kind("store", Queue::Batch, None).unwrap_err().contains("sink"));
+        assert!(BATCH_KINDS.iter().chain(&GENERIC_KINDS).all(|k| kinds_for(Queue::Batch).contains(k)));
         let f = fail_config(Some(&json!({"attempts": 2, "error_kind": "boom"}))).expect("valid");
         assert_eq!((f.attempts, f.error_kind.as_str(), f.retryable), (Some(2), "boom", true));
     }

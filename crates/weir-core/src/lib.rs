@@ -2,7 +2,9 @@
 //!
 //! - [`spec`]: the job spec a client submits (YAML/JSON/protobuf all map onto it).
 //! - [`validate`]: turns a spec into a [`validate::ValidJob`] or an error naming the problem.
+//! - [`calendar`]: dates from day counts (for the CLI and date partitions).
 //! - [`catalog`]: the queues (one per manager) and step kinds Weir knows.
+//! - [`dataset`]: a batch step's config: format, schema, quality rules, sinks.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.
 //! - [`model`]: job, task and event records, as stored.
@@ -14,7 +16,9 @@
 //!
 //! No tokio, no database, no network here: those live in `weir-store` and `weir-master`.
 
+pub mod calendar;
 pub mod catalog;
+pub mod dataset;
 pub mod duration;
 pub mod engine;
 pub mod events;

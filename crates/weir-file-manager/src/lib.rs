@@ -11,11 +11,11 @@ use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
-pub fn spec() -> ManagerSpec {
-    ManagerSpec {
+pub fn spec() -> Result<ManagerSpec, String> {
+    Ok(ManagerSpec {
         name: "file-manager",
         binary: "weir-file-manager",
         queue: Queue::File,
         handlers: vec![Arc::new(Generic)],
-    }
+    })
 }

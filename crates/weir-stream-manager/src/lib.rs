@@ -11,11 +11,11 @@ use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
 
 /// What this manager runs.
-pub fn spec() -> ManagerSpec {
-    ManagerSpec {
+pub fn spec() -> Result<ManagerSpec, String> {
+    Ok(ManagerSpec {
         name: "stream-manager",
         binary: "weir-stream-manager",
         queue: Queue::Stream,
         handlers: vec![Arc::new(Generic)],
-    }
+    })
 }

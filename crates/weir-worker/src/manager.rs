@@ -72,7 +72,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
 }
 
 /// The whole `main` of a manager binary: parse flags, log, run until SIGTERM.
-pub fn main(spec: fn() -> ManagerSpec) -> anyhow::Result<()> {
+pub fn main(spec: fn() -> Result<ManagerSpec, String>) -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches, Parser};
 
     /// A Weir manager.
@@ -85,7 +85,7 @@ pub fn main(spec: fn() -> ManagerSpec) -> anyhow::Result<()> {
         telemetry: weir_runtime::telemetry::TelemetryArgs,
     }
 
-    let spec = spec();
+    let spec = spec().map_err(|e| anyhow::anyhow!("bad setting: {e}"))?;
     let about = format!("The Weir {} (queue \"{}\").", spec.name, spec.queue);
     let matches = Cli::command().name(spec.binary).about(about).get_matches();
     let cli = Cli::from_arg_matches(&matches)?;

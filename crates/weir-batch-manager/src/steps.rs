@@ -1,0 +1,285 @@
+//! The data kinds `convert`, `quality` and `store`: one handler, three configurations of
+//! `weir-data`'s pipeline (see `weir_core::dataset`).
+//!
+//! Inputs come from `config.inputs`, or from the `files` the upstream steps reported
+//! (a data step's `output`, a file step's `path`), keeping each file's original identity
+//! so every step keys its writes by the same name. Files are grouped into bounded
+//! batches; each batch takes a slot, runs on a blocking thread, and is stopped when the
+//! task is cancelled, its lease is lost or the batch times out (nothing of an unfinished
+//! file is committed). The output reports every file: rows read = written + quarantined.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::{Mutex, Semaphore};
+use weir_core::catalog::BATCH_KINDS;
+use weir_core::dataset::{DataStep, SinkSpec};
+use weir_data::pipeline::{self, Input, Plan};
+use weir_data::sink::postgres::{self, PgTarget};
+use weir_data::sink::{input_key, WriteFence};
+use weir_data::{DataError, FileReport};
+use weir_worker::{StepError, StepHandler, TaskContext};
+
+use crate::{batches, BatchSettings};
+
+/// Runs the data kinds.
+pub struct DataSteps {
+    settings: BatchSettings,
+    slots: Arc<Semaphore>,
+    /// One pool per `url_env`, made on first use.
+    pools: Mutex<HashMap<String, PgPool>>,
+}
+
+impl DataSteps {
+    pub fn new(settings: BatchSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.slots));
+        DataSteps { settings, slots, pools: Mutex::new(HashMap::new()) }
+    }
+
+    async fn pool(&self, url_env: &str) -> Result<PgPool, StepError> {
+        let mut pools = self.pools.lock().await;
+        if let Some(p) = pools.get(url_env) {
+            return Ok(p.clone());
+        }
+        let url = std::env::var(url_env).map_err(|_| {
+            StepError::permanent(
+                "bad_config",
+                format!("postgres sink: environment variable {url_env} is not set on the batch manager"),
+            )
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            // The URL may carry a password: name the variable, never its value.
+            .map_err(|e| {
+                StepError::retryable(
+                    "sink_failed",
+                    format!("postgres sink ({url_env}): cannot connect: {}", redact(&e)),
+                )
+            })?;
+        pools.insert(url_env.to_string(), pool.clone());
+        Ok(pool)
+    }
+}
+
+fn redact(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(_) => "the URL is not a valid PostgreSQL URL".into(),
+        other => other.to_string(),
+    }
+}
+
+fn step_error(e: &DataError) -> StepError {
+    StepError { kind: e.kind().into(), message: e.to_string(), retryable: e.is_retryable() }
+}
+
+/// The files a step reads: its config's, or those its upstream steps reported.
+pub fn gather_inputs(step: &DataStep, upstream: &[(String, String)]) -> Result<Vec<Input>, StepError> {
+    if !step.inputs.is_empty() {
+        return Ok(step
+            .inputs
+            .iter()
+            .map(|i| {
+                let path = i.strip_prefix("file://").unwrap_or(i);
+                Input { path: PathBuf::from(path), identity: i.clone() }
+            })
+            .collect());
+    }
+    let mut out = Vec::new();
+    for (from, text) in upstream {
+        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let Some(files) = v.get("files").and_then(Value::as_array) else { continue };
+        for f in files {
+            let path = f.get("output").or_else(|| f.get("path")).and_then(Value::as_str);
+            let Some(path) = path else { continue };
+            let identity = f.get("input").or_else(|| f.get("source")).and_then(Value::as_str).unwrap_or(path);
+            if path.is_empty() {
+                return Err(StepError::permanent(
+                    "bad_input",
+                    format!("step {from} reported a file with an empty path"),
+                ));
+            }
+            out.push(Input { path: PathBuf::from(path), identity: identity.to_string() });
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl StepHandler for DataSteps {
+    fn kinds(&self) -> &'static [&'static str] {
+        &BATCH_KINDS
+    }
+
+    async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
+        let step =
+            DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
+        let step = Arc::new(step);
+        let inputs = gather_inputs(&step, &task.inputs)?;
+        if inputs.is_empty() {
+            return Err(StepError::permanent(
+                "no_input",
+                format!(
+                    "{} has no input files: list them in config.inputs, or depend on a step that reports files",
+                    task.kind
+                ),
+            ));
+        }
+        let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
+        let job_dir = |area: &str| self.settings.data_dir.join(area).join(task.job_id.to_string()).join(&task.step_id);
+        let staging = (task.kind != "store" || has_pg).then(|| job_dir("staging"));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (token, flag) = (task.cancel.clone(), cancel.clone());
+            tokio::spawn(async move {
+                token.cancelled().await;
+                flag.store(true, Ordering::Relaxed);
+            })
+        };
+        let plan = Plan {
+            step: step.clone(),
+            staging,
+            quarantine: job_dir("quarantine"),
+            fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
+            now_micros: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0),
+            cancel: cancel.clone(),
+        };
+        let sizes: Vec<u64> = inputs.iter().map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0)).collect();
+        let groups = batches::plan(&sizes, self.settings.max_batch_bytes);
+        let n_batches = groups.len();
+
+        let mut running = tokio::task::JoinSet::new();
+        for (b, group) in groups.into_iter().enumerate() {
+            let files: Vec<(usize, Input)> = group.into_iter().map(|i| (i, inputs[i].clone())).collect();
+            let (plan, slots, timeout) = (plan.clone(), self.slots.clone(), self.settings.batch_timeout);
+            running.spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return vec![];
+                };
+                let stop = plan.cancel.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    files.into_iter().map(|(i, input)| (i, pipeline::convert(&input, &plan), input)).collect::<Vec<_>>()
+                });
+                match tokio::time::timeout(timeout, work).await {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(join)) => vec![(
+                        usize::MAX,
+                        Err(DataError::Sink(format!("batch {b} crashed: {join}"))),
+                        Input { path: PathBuf::new(), identity: format!("batch {b}") },
+                    )],
+                    Err(_) => {
+                        stop.store(true, Ordering::Relaxed);
+                        vec![(
+                            usize::MAX,
+                            Err(DataError::Sink(format!(
+                            "batch {b} ran longer than WEIR_BATCH_TIMEOUT {}; its unfinished file was not committed",
+                            weir_core::duration::format(timeout)
+                        ))),
+                            Input { path: PathBuf::new(), identity: format!("batch {b}") },
+                        )]
+                    }
+                }
+            });
+        }
+        let mut results: Vec<(usize, Result<FileReport, DataError>, Input)> = Vec::new();
+        while let Some(done) = running.join_next().await {
+            if let Ok(done) = done {
+                results.extend(done);
+            }
+        }
+        watcher.abort();
+        results.sort_by_key(|(i, _, _)| *i);
+
+        let mut reports = Vec::new();
+        let mut failures: Vec<(String, DataError)> = Vec::new();
+        for (_, result, input) in results {
+            match result {
+                Ok(mut report) => {
+                    if let Err(e) = self.load_postgres(&step, &plan.fence, &input, &mut report).await {
+                        failures.push((input.identity.clone(), e));
+                    }
+                    reports.push(report);
+                }
+                Err(e) => failures.push((input.identity.clone(), e)),
+            }
+        }
+        if cancel.load(Ordering::Relaxed) && failures.iter().any(|(_, e)| matches!(e, DataError::Cancelled)) {
+            return Err(StepError::retryable("cancelled", "stopped: the task was cancelled or its lease lost"));
+        }
+        if let Some((_, first)) = failures.first() {
+            let mut err = step_error(first);
+            err.retryable = failures.iter().all(|(_, e)| e.is_retryable());
+            let listed: Vec<String> = failures.iter().take(5).map(|(f, e)| format!("{f}: {e}")).collect();
+            err.message = format!(
+                "{} of {} files failed ({} more not shown): {}",
+                failures.len(),
+                inputs.len(),
+                failures.len().saturating_sub(5),
+                listed.join("; ")
+            );
+            return Err(err);
+        }
+        let sum = |f: fn(&FileReport) -> u64| reports.iter().map(f).sum::<u64>();
+        Ok(json!({
+            "rows_read": sum(|r| r.rows_read),
+            "rows_written": sum(|r| r.rows_written),
+            "rows_quarantined": sum(|r| r.rows_quarantined),
+            "bytes_read": sum(|r| r.bytes_read),
+            "batches": n_batches,
+            "files": reports,
+        }))
+    }
+}
+
+impl DataSteps {
+    /// Loads one converted file into every PostgreSQL sink of the step.
+    async fn load_postgres(
+        &self,
+        step: &DataStep,
+        fence: &WriteFence,
+        input: &Input,
+        report: &mut FileReport,
+    ) -> Result<(), DataError> {
+        for s in &step.sinks {
+            let SinkSpec::Postgres { url_env, table, create, key } = s else { continue };
+            let Some(staged) = report.output.clone() else { continue };
+            let pool = self.pool(url_env).await.map_err(|e| DataError::Sink(e.message))?;
+            let mut conn = pool.acquire().await.map_err(|e| DataError::Sink(format!("postgres: {e}")))?;
+            let target = PgTarget { table: table.clone(), create: *create, key: key.clone() };
+            let rows =
+                postgres::load(&mut conn, &target, std::path::Path::new(&staged), &input_key(&input.identity), fence)
+                    .await?;
+            report.tables.insert(table.clone(), rows);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_come_from_config_or_upstream_reports() {
+        let step = DataStep { inputs: vec!["file:///in/a.csv".into()], ..Default::default() };
+        let got = gather_inputs(&step, &[]).expect("inputs");
+        assert_eq!((got[0].path.to_str(), got[0].identity.as_str()), (Some("/in/a.csv"), "file:///in/a.csv"));
+
+        let upstream = vec![
+            ("convert".to_string(), json!({"files": [{"input": "s3://b/a.csv", "output": "/st/a.parquet"}, {"input": "x", "output": null}]}).to_string()),
+            ("fetch".to_string(), json!({"files": [{"source": "sftp://h/b.csv", "path": "/st/b.csv"}]}).to_string()),
+            ("noop".to_string(), "{}".to_string()),
+        ];
+        let got = gather_inputs(&DataStep::default(), &upstream).expect("inputs");
+        let pairs: Vec<(&str, &str)> =
+            got.iter().map(|i| (i.path.to_str().unwrap_or(""), i.identity.as_str())).collect();
+        assert_eq!(pairs, vec![("/st/a.parquet", "s3://b/a.csv"), ("/st/b.csv", "sftp://h/b.csv")]);
+    }
+}

@@ -1,0 +1,194 @@
+//! `weir-bench data`: Weir's conversion path against pyarrow and DuckDB on the same
+//! generated files, one core each.
+//!
+//! 1. Generates a trades CSV (`--csv-mb`, default 500 MiB; cached under
+//!    `~/.cache/weir/bench`) and converts it to zstd (level 1) Parquet three ways, each in
+//!    a process of its own on one thread: Weir's pipeline (schema inferred, every row
+//!    typed and accounted for), pyarrow's streaming CSV reader and Parquet writer, and
+//!    DuckDB's `COPY ... TO parquet`. Prints MB/s per core (input MiB over the process's
+//!    user+system CPU seconds) and wall-clock MB/s.
+//! 2. Converts a larger file (`--big-mb`, default 2048) with Weir and prints its peak
+//!    resident memory: bounded memory, whatever the file size.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use weir_core::dataset::DataStep;
+use weir_data::pipeline::{convert, Input, Plan};
+use weir_data::sink::WriteFence;
+
+/// Settings of the data benchmark.
+#[derive(Debug, clap::Args)]
+pub struct DataArgs {
+    /// Size of the CSV converted side by side.
+    #[arg(long, default_value_t = 500)]
+    csv_mb: u64,
+    /// Size of the CSV whose conversion's peak memory is measured.
+    #[arg(long, default_value_t = 2048)]
+    big_mb: u64,
+    /// The Python with pyarrow and DuckDB (scripts/ensure-bench-peer.sh installs it).
+    #[arg(long, env = "WEIR_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+}
+
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    let home = std::env::var("HOME").context("HOME not set")?;
+    let d = PathBuf::from(home).join(".cache/weir/bench");
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Writes a deterministic trades CSV of at least `mb` MiB (kept for the next run).
+fn trades_csv(mb: u64) -> anyhow::Result<PathBuf> {
+    let path = cache_dir()?.join(format!("trades-{mb}mb.csv"));
+    let want = mb << 20;
+    if path.metadata().map(|m| m.len() >= want).unwrap_or(false) {
+        return Ok(path);
+    }
+    let tmp = path.with_extension("csv.tmp");
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    w.write_all(b"trade_id,ts,symbol,side,price,qty,venue,trader\n")?;
+    let venues = ["XNAS", "XNYS", "ARCX", "BATS", "IEXG", "EDGX", "XLON", "XETR"];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut written, mut i) = (0u64, 0u64);
+    let mut line = String::with_capacity(128);
+    while written < want {
+        let r = next();
+        let ms = (i * 7) % 86_400_000;
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            line,
+            "{i},2026-11-20T{:02}:{:02}:{:02}.{:03}Z,SYM{:03},{},{}.{:02},{},{},T{:05}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000,
+            r % 500,
+            if r & 1 == 0 { "B" } else { "S" },
+            10 + (r >> 8) % 990,
+            (r >> 20) % 100,
+            1 + (r >> 28) % 5000,
+            venues[((r >> 40) % 8) as usize],
+            (r >> 44) % 20_000
+        );
+        w.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+        i += 1;
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Process CPU seconds (user + system) from /proc/self/stat (100 ticks a second).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_comm = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the comm.
+    (tick(11) + tick(12)) / 100.0
+}
+
+fn self_peak_rss_mb() -> f64 {
+    super::peak_rss_mb(std::process::id())
+}
+
+/// The child: converts one file with Weir's pipeline and prints its own figures.
+pub fn convert_one(input: &Path, out: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(out);
+    let plan = Plan {
+        step: Arc::new(DataStep::parse("convert", None).map_err(anyhow::Error::msg)?),
+        staging: Some(out.join("staged")),
+        quarantine: out.join("quarantine"),
+        fence: WriteFence { task: "bench".into(), fence: 1 },
+        now_micros: 0,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let r = convert(&Input { path: input.to_path_buf(), identity: input.display().to_string() }, &plan)?;
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let out_mb = r.output.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len() as f64 / 1048576.0);
+    println!(
+        "seconds={wall:.3} cpu_seconds={cpu:.3} peak_rss_mb={:.1} rows={} quarantined={} parquet_mb={:.1}",
+        self_peak_rss_mb(),
+        r.rows_read,
+        r.rows_quarantined,
+        out_mb.unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+/// `key=value` pairs of a child's last line.
+fn figures(out: &std::process::Output, who: &str) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    if !out.status.success() {
+        bail!("{who} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().context("no figures printed")?;
+    Ok(line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect())
+}
+
+pub fn run(args: &DataArgs) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let work = cache_dir()?.join("out");
+    let csv = trades_csv(args.csv_mb)?;
+    let mb = csv.metadata()?.len() as f64 / 1048576.0;
+    println!("csv_input_mb={mb:.0} MB");
+
+    let weir =
+        figures(&Command::new(&me).arg("convert-one").arg(&csv).arg(work.join("weir")).output()?, "weir convert")?;
+    let per_core = |f: &std::collections::HashMap<String, f64>| mb / f["cpu_seconds"].max(0.001);
+    let wall = |f: &std::collections::HashMap<String, f64>| mb / f["seconds"].max(0.001);
+    println!("csv_rows={} rows", weir["rows"]);
+    println!("csv_to_parquet_weir_mb_per_s_per_core={:.1} MB/s", per_core(&weir));
+    println!("csv_to_parquet_weir_wall_mb_per_s={:.1} MB/s", wall(&weir));
+    println!("csv_to_parquet_weir_peak_rss={:.1} MB", weir["peak_rss_mb"]);
+
+    let home = std::env::var("HOME").unwrap_or_default();
+    let python =
+        args.python.clone().unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/weir/bench-venv/bin/python")));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/convert.py");
+    let mut others = Vec::new();
+    for tool in ["pyarrow", "duckdb"] {
+        let out = work.join(format!("{tool}.parquet"));
+        let _ = std::fs::remove_file(&out);
+        let f = figures(&Command::new(&python).arg(&script).arg(tool).arg(&csv).arg(&out).output()?, tool)?;
+        println!("csv_to_parquet_{tool}_mb_per_s_per_core={:.1} MB/s", per_core(&f));
+        println!("csv_to_parquet_{tool}_wall_mb_per_s={:.1} MB/s", wall(&f));
+        println!("csv_to_parquet_{tool}_peak_rss={:.1} MB", f["peak_rss_mb"]);
+        others.push((tool, per_core(&f)));
+    }
+    for (tool, v) in others {
+        println!("weir_vs_{tool}_per_core={:.2} x", per_core(&weir) / v);
+    }
+
+    let big = trades_csv(args.big_mb)?;
+    let big_mb = big.metadata()?.len() as f64 / 1048576.0;
+    let f = figures(
+        &Command::new(&me).arg("convert-one").arg(&big).arg(work.join("weir-big")).output()?,
+        "weir convert (big)",
+    )?;
+    println!("big_csv_input_mb={big_mb:.0} MB");
+    println!("big_csv_weir_peak_rss={:.1} MB", f["peak_rss_mb"]);
+    println!("big_csv_weir_mb_per_s_per_core={:.1} MB/s", big_mb / f["cpu_seconds"].max(0.001));
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! What a batch step's config says: the input format, the schema, the quality rules and
+//! the sinks. Pure data and its validation, so the master refuses a bad config at
+//! submission and the batch manager reads the same struct; the work itself lives in
+//! `weir-data`.
+//!
+//! The batch kinds (see [`crate::catalog`]):
+//! - `convert`: reads files of any supported format into typed rows; rows that do not fit
+//!   the schema are quarantined; applies `rules` if given; writes the rows to `sinks`
+//!   (default: a staged Parquet file for the next step).
+//! - `quality`: the same, for staged data, with `rules` required.
+//! - `store`: the same, with `sinks` required.
+//!
+//! Each takes its input files from `inputs`, or, when that is empty, from the `files`
+//! that the steps it depends on reported.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The longest list of columns, rules or sinks a config may carry.
+pub const MAX_ITEMS: usize = 1024;
+
+/// A batch step's config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataStep {
+    /// Input files (paths or `file://` URIs); empty = the upstream steps' `files`.
+    pub inputs: Vec<String>,
+    /// The input format; absent = detected from the content and the name.
+    pub format: Option<FormatSpec>,
+    /// The declared schema; absent = inferred from the first rows.
+    pub schema: Option<Vec<ColumnSpec>>,
+    /// Quality rules; rows that break one are quarantined with the rule and the reason.
+    pub rules: Option<Rules>,
+    /// Where rows go; empty = a staged Parquet file for the next step.
+    pub sinks: Vec<SinkSpec>,
+    /// Rows per Arrow batch while converting (default 8192): bounds memory.
+    pub batch_rows: Option<usize>,
+}
+
+/// How to read the input. Every field is optional: what is not given is detected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FormatSpec {
+    /// `csv`, `tsv`, `json` (one array), `ndjson`, `xml` or `parquet`.
+    #[serde(rename = "type")]
+    pub kind: Option<FormatKind>,
+    /// `none`, `gzip` or `zstd`.
+    pub compression: Option<Compression>,
+    /// CSV: the field delimiter (one ASCII character).
+    pub delimiter: Option<String>,
+    /// CSV: whether the first row names the columns.
+    pub header: Option<bool>,
+    /// CSV: the quote character (default `"`).
+    pub quote: Option<String>,
+    /// XML: the element that holds one record.
+    pub record: Option<String>,
+    /// Text values read as null (default: the empty string).
+    pub null_values: Option<Vec<String>>,
+}
+
+/// A file format Weir converts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatKind {
+    Csv,
+    Tsv,
+    Json,
+    Ndjson,
+    Xml,
+    Parquet,
+}
+
+impl FormatKind {
+    /// The name used in configs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FormatKind::Csv => "csv",
+            FormatKind::Tsv => "tsv",
+            FormatKind::Json => "json",
+            FormatKind::Ndjson => "ndjson",
+            FormatKind::Xml => "xml",
+            FormatKind::Parquet => "parquet",
+        }
+    }
+}
+
+/// A compression wrapped around the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// One declared column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+    /// Whether nulls are allowed (default true); a null in a non-nullable column is quarantined.
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The column types Weir converts to; each maps to one Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Int64,
+    Float64,
+    Boolean,
+    /// A calendar date (`2026-11-23`).
+    Date,
+    /// A point in time, stored in microseconds UTC (`2026-11-23T07:00:00Z`; no zone = UTC).
+    Timestamp,
+}
+
+impl ColumnType {
+    /// The name used in configs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Date => "date",
+            ColumnType::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// Per-job quality rules. Row rules quarantine the rows that break them; dataset rules
+/// (`min_rows`, `freshness`) and the thresholds fail the whole input instead.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// Columns the input must have; a missing one fails the input.
+    pub required_columns: Vec<String>,
+    /// Columns that must not be null.
+    pub not_null: Vec<String>,
+    /// Columns whose values together must be unique within the input (the first row wins).
+    pub unique: Vec<String>,
+    /// Inclusive numeric, date or timestamp ranges per column.
+    pub ranges: BTreeMap<String, Range>,
+    /// Regular expressions a text column must match (whole value).
+    pub patterns: BTreeMap<String, String>,
+    /// The only values a column may take.
+    pub allowed: BTreeMap<String, Vec<Value>>,
+    /// Fewer valid rows than this fails the input.
+    pub min_rows: Option<u64>,
+    /// The newest value of a timestamp column must be at most this old.
+    pub freshness: Option<Freshness>,
+    /// More quarantined rows than this fails the input.
+    pub max_quarantined_rows: Option<u64>,
+    /// A larger share of quarantined rows (0.0..=1.0) fails the input.
+    pub max_quarantined_ratio: Option<f64>,
+}
+
+/// An inclusive range; either end may be open. Numbers, or text for dates and timestamps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Range {
+    pub min: Option<Value>,
+    pub max: Option<Value>,
+}
+
+/// A freshness rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freshness {
+    pub column: String,
+    /// e.g. "24h".
+    pub max_age: String,
+}
+
+/// Where rows land.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// A Parquet dataset in a directory: one deterministic file set per input.
+    Parquet {
+        path: String,
+        /// Partition by this column's value, or by its date for a date/timestamp column.
+        #[serde(default)]
+        partition_by: Option<String>,
+        /// zstd level 1..=22 (default 3).
+        #[serde(default)]
+        zstd_level: Option<i32>,
+    },
+    /// A PostgreSQL table, loaded with COPY.
+    Postgres {
+        /// Name of an environment variable holding the connection URL (never the URL itself).
+        url_env: String,
+        /// `table` or `schema.table`.
+        table: String,
+        /// Create the table from the schema if it does not exist.
+        #[serde(default)]
+        create: bool,
+        /// Upsert on these columns; absent = rows are replaced per input file.
+        #[serde(default)]
+        key: Vec<String>,
+    },
+}
+
+impl DataStep {
+    /// Reads and checks a batch step's config for `kind`; the error names the problem.
+    pub fn parse(kind: &str, config: Option<&Value>) -> Result<DataStep, String> {
+        let step: DataStep = match config {
+            None => DataStep::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("{kind} config: {e}"))?,
+        };
+        step.check(kind)?;
+        Ok(step)
+    }
+
+    fn check(&self, kind: &str) -> Result<(), String> {
+        let bad = |what: String| Err(format!("{kind} config: {what}"));
+        for (what, n) in [("inputs", self.inputs.len()), ("sinks", self.sinks.len())] {
+            if n > MAX_ITEMS {
+                return bad(format!("{what} has {n} entries, at most {MAX_ITEMS}"));
+            }
+        }
+        for i in &self.inputs {
+            if i.is_empty() || i.contains('\0') {
+                return bad(format!("inputs entry {i:?} is not a path"));
+            }
+        }
+        if let Some(n) = self.batch_rows {
+            if !(1..=1_048_576).contains(&n) {
+                return bad(format!("batch_rows must be 1..=1048576, got {n}"));
+            }
+        }
+        if let Some(f) = &self.format {
+            for (what, c) in [("delimiter", &f.delimiter), ("quote", &f.quote)] {
+                if let Some(c) = c {
+                    if c.len() != 1 || !c.is_ascii() || c == "\n" || c == "\r" {
+                        return bad(format!("format.{what} must be one ASCII character, got {c:?}"));
+                    }
+                }
+            }
+            if let Some(r) = &f.record {
+                if r.is_empty() || r.contains(['<', '>', ' ', '/']) {
+                    return bad(format!("format.record must be an element name, got {r:?}"));
+                }
+            }
+        }
+        if let Some(cols) = &self.schema {
+            if cols.is_empty() || cols.len() > MAX_ITEMS {
+                return bad(format!("schema must list 1..={MAX_ITEMS} columns, got {}", cols.len()));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for c in cols {
+                if c.name.is_empty() || c.name.contains('\0') {
+                    return bad(format!("schema column name {:?} is empty or holds NUL", c.name));
+                }
+                if !seen.insert(c.name.as_str()) {
+                    return bad(format!("schema names column {:?} twice", c.name));
+                }
+            }
+        }
+        if let Some(r) = &self.rules {
+            r.check().map_err(|e| format!("{kind} config: rules.{e}"))?;
+        }
+        for s in &self.sinks {
+            match s {
+                SinkSpec::Parquet { path, zstd_level, .. } => {
+                    if path.is_empty() || path.contains('\0') {
+                        return bad(format!("parquet sink path {path:?} is not a path"));
+                    }
+                    if let Some(l) = zstd_level {
+                        if !(1..=22).contains(l) {
+                            return bad(format!("parquet sink zstd_level must be 1..=22, got {l}"));
+                        }
+                    }
+                }
+                SinkSpec::Postgres { url_env, table, key, .. } => {
+                    if url_env.is_empty() || !url_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return bad(format!(
+                            "postgres sink url_env must name an environment variable, got {url_env:?}"
+                        ));
+                    }
+                    let parts: Vec<&str> = table.split('.').collect();
+                    if parts.len() > 2 || parts.iter().any(|p| !is_identifier(p)) {
+                        return bad(format!("postgres sink table must be `table` or `schema.table` of letters, digits and _, got {table:?}"));
+                    }
+                    if let Some(k) = key.iter().find(|k| !is_identifier(k)) {
+                        return bad(format!("postgres sink key column {k:?} is not a plain column name"));
+                    }
+                }
+            }
+        }
+        match kind {
+            "quality" if self.rules.is_none() => bad("quality needs rules".into()),
+            "store" if self.sinks.is_empty() => bad("store needs at least one sink".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Rules {
+    fn check(&self) -> Result<(), String> {
+        if let Some(r) = self.max_quarantined_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("max_quarantined_ratio must be 0.0..=1.0, got {r}"));
+            }
+        }
+        if let Some(f) = &self.freshness {
+            crate::duration::parse(&f.max_age).map_err(|e| format!("freshness.max_age: {e}"))?;
+        }
+        for (col, r) in &self.ranges {
+            for v in [&r.min, &r.max].into_iter().flatten() {
+                if !(v.is_number() || v.is_string()) {
+                    return Err(format!("ranges.{col}: bounds must be numbers or text, got {v}"));
+                }
+            }
+            if r.min.is_none() && r.max.is_none() {
+                return Err(format!("ranges.{col}: give min, max or both"));
+            }
+        }
+        for (col, vals) in &self.allowed {
+            if vals.is_empty() {
+                return Err(format!("allowed.{col}: list at least one value"));
+            }
+            if let Some(v) = vals.iter().find(|v| v.is_array() || v.is_object()) {
+                return Err(format!("allowed.{col}: values must be scalars, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A plain SQL identifier: letters, digits and `_`, not starting with a digit, at most 63 bytes.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_full_config_reads() {
+        let c = json!({
+            "inputs": ["/data/trades.csv.gz"],
+            "format": {"type": "csv", "delimiter": ";", "header": true},
+            "schema": [{"name": "id", "type": "int64", "nullable": false}, {"name": "ts", "type": "timestamp"}],
+            "rules": {"not_null": ["id"], "unique": ["id"], "ranges": {"id": {"min": 1}},
+                      "patterns": {"sym": "[A-Z]+"}, "allowed": {"side": ["B", "S"]},
+                      "freshness": {"column": "ts", "max_age": "24h"}, "max_quarantined_ratio": 0.1},
+            "sinks": [{"type": "parquet", "path": "/out", "partition_by": "ts"},
+                      {"type": "postgres", "url_env": "PG_URL", "table": "public.trades", "key": ["id"]}]
+        });
+        let s = DataStep::parse("convert", Some(&c)).expect("valid");
+        assert_eq!(s.format.as_ref().and_then(|f| f.kind), Some(FormatKind::Csv));
+        assert_eq!(s.sinks.len(), 2);
+        assert!(!s.schema.as_ref().expect("schema")[0].nullable);
+    }
+
+    #[test]
+    fn bad_configs_are_named() {
+        let err = |kind: &str, c: Value| DataStep::parse(kind, Some(&c)).expect_err("should be refused");
+        assert!(err("convert", json!({"bogus": 1})).contains("bogus"));
+        assert!(err("convert", json!({"format": {"type": "xlsx"}})).contains("xlsx"));
+        assert!(err("convert", json!({"format": {"delimiter": "::"}})).contains("delimiter"));
+        assert!(err("convert", json!({"schema": [{"name": "a", "type": "int64"}, {"name": "a", "type": "date"}]}))
+            .contains("twice"));
+        assert!(err("convert", json!({"schema": [{"name": "a", "type": "money"}]})).contains("money"));
+        assert!(err("quality", json!({})).contains("needs rules"));
+        assert!(err("store", json!({})).contains("sink"));
+        assert!(err("convert", json!({"rules": {"max_quarantined_ratio": 2.0}})).contains("ratio"));
+        assert!(err("convert", json!({"rules": {"freshness": {"column": "t", "max_age": "soon"}}})).contains("max_age"));
+        assert!(err("convert", json!({"sinks": [{"type": "postgres", "url_env": "X", "table": "a;drop"}]}))
+            .contains("table"));
+        assert!(err(
+            "convert",
+            json!({"sinks": [{"type": "postgres", "url_env": "postgres://u:p@h/db", "table": "t"}]})
+        )
+        .contains("url_env"));
+        assert!(err("convert", json!({"sinks": [{"type": "s3"}]})).contains("s3"));
+        assert!(DataStep::parse("convert", None).is_ok());
+    }
+}

@@ -1,0 +1,147 @@
+//! Weir's data plane: turns a file of any supported format into typed, checked rows in a
+//! sink, with every row accounted for.
+//!
+//! The path one input takes ([`pipeline::convert`]):
+//!
+//! 1. [`detect`] names the compression and the format from the first bytes and the name.
+//! 2. A [`read::Source`] streams the file in bounded chunks: text formats (CSV/TSV, JSON,
+//!    NDJSON, XML) as text columns, Parquet as its own types. A row that cannot be read
+//!    (ragged CSV, broken JSON) is a [`Reject`], never an abort.
+//! 3. [`typing`] fixes the schema (declared, or inferred from the first chunk) and casts
+//!    each column with arrow's kernels; a value that does not fit rejects its row.
+//! 4. [`quality`] applies the step's rules; rows that break one are rejected with the rule.
+//! 5. Valid rows go to the sinks ([`sink`]): Parquet files committed atomically per input
+//!    and fenced, so a retried or stale task never duplicates data; rejected rows go to a
+//!    quarantine Parquet file with the rule and reason ([`quarantine`]).
+//!
+//! Memory is bounded by the chunk size, never by the file size. CPU work is synchronous
+//! (callers run it on a blocking thread); only the PostgreSQL sink is async.
+
+pub mod detect;
+pub mod pipeline;
+pub mod quality;
+pub mod quarantine;
+pub mod read;
+pub mod sink;
+pub mod typing;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors that stop an input. Row-level problems are [`Reject`]s, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The input could not be read.
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// The input is not in a format Weir can read, or not the declared one.
+    #[error("{0}")]
+    Format(String),
+    /// The step's config cannot be applied to this data (a rule names a missing column,
+    /// a pattern does not compile).
+    #[error("config: {0}")]
+    Config(String),
+    /// The declared schema does not fit the input.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// A dataset rule (required columns, minimum rows, freshness) or a threshold failed.
+    #[error("quality: {0}")]
+    Quality(String),
+    /// The sink refused the write because a newer lease already wrote this input.
+    #[error("stale write refused: {0}")]
+    StaleFence(String),
+    /// A sink failed.
+    #[error("sink: {0}")]
+    Sink(String),
+    /// The work was stopped (task cancelled, lease lost, batch timed out).
+    #[error("stopped before the input was finished; nothing was committed")]
+    Cancelled,
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+impl DataError {
+    /// Whether another attempt may succeed (I/O and sinks) or not (bad input, bad schema, rules).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DataError::Io { .. } | DataError::Sink(_) | DataError::Cancelled)
+    }
+
+    /// A short machine-readable kind, used as the step's error kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataError::Io { .. } => "io",
+            DataError::Format(_) => "bad_format",
+            DataError::Config(_) => "bad_config",
+            DataError::Schema(_) => "bad_schema",
+            DataError::Quality(_) => "quality_failed",
+            DataError::StaleFence(_) => "stale_fence",
+            DataError::Sink(_) => "sink_failed",
+            DataError::Cancelled => "cancelled",
+            DataError::Arrow(_) | DataError::Parquet(_) => "bad_data",
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        DataError::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// What is wrong with one row, if anything: (rule, reason).
+pub type Problem = Option<(&'static str, String)>;
+
+/// A row that did not make it, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// 1-based record number in the input (header not counted).
+    pub row: u64,
+    /// What it broke: `parse`, `type`, `not_null`, `unique`, `range`, `pattern`, `allowed`.
+    pub rule: String,
+    /// A sentence naming the column and the value.
+    pub reason: String,
+    /// The row as read, as JSON text (or the raw line where it could not be split).
+    pub record: String,
+}
+
+/// What happened to one input: `rows_read = rows_written + rows_quarantined`, always.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileReport {
+    /// The input as named in the step.
+    pub input: String,
+    /// Detected or declared format, e.g. "csv.gz".
+    pub format: String,
+    /// Bytes read from the input (compressed size).
+    pub bytes_read: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_quarantined: u64,
+    /// Quarantined rows by rule.
+    pub quarantined_by_rule: BTreeMap<String, u64>,
+    /// The schema written, as `name: type` pairs.
+    pub schema: Vec<(String, String)>,
+    /// Columns in the input that the declared schema did not name (dropped).
+    pub ignored_columns: Vec<String>,
+    /// The staged Parquet file holding the valid rows, for the next step.
+    pub output: Option<String>,
+    /// The quarantine Parquet file, when any row was rejected.
+    pub quarantine: Option<String>,
+    /// Files written by Parquet sinks.
+    pub sink_files: Vec<String>,
+    /// Rows loaded into each PostgreSQL table.
+    pub tables: BTreeMap<String, u64>,
+}
+
+impl FileReport {
+    /// Checks the accounting identity; a broken one is a bug and fails the input loudly.
+    pub fn check_accounting(&self) -> Result<(), DataError> {
+        if self.rows_read != self.rows_written + self.rows_quarantined {
+            return Err(DataError::Sink(format!(
+                "accounting broken for {}: read {} != written {} + quarantined {}",
+                self.input, self.rows_read, self.rows_written, self.rows_quarantined
+            )));
+        }
+        Ok(())
+    }
+}

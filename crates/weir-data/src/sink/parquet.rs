@@ -1,0 +1,297 @@
+//! A Parquet dataset in a local directory, written per input.
+//!
+//! Layout: `<root>/[<column>=<value>/]<input key>.parquet`, one file per input and
+//! partition (Hive-style partition folders that DuckDB, pyarrow and Spark read), plus
+//! Weir's bookkeeping under `<root>/_weir/` (which those readers skip): a manifest per
+//! input naming its files and the fence that wrote them, a lock, and temporary files.
+//!
+//! A write goes to `_weir/tmp/` first; [`DatasetWriter::commit`] then takes the dataset's
+//! lock, checks the manifest's fence, removes the files of the previous write of the same
+//! input, moves the new files into place and writes the manifest. A crash before the
+//! manifest is written leaves files a retry overwrites by name; no reader ever sees half
+//! a file, and no input's rows are ever in the dataset twice.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, TimestampMicrosecondType};
+use arrow_array::{Array, BooleanArray, RecordBatch};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use super::WriteFence;
+use crate::DataError;
+
+/// Most partitions one input may write: a guard against partitioning by a unique column.
+pub const MAX_PARTITIONS: usize = 1000;
+
+/// Rows per row group: bounds the writer's memory per open file.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The manifest of one input's committed write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    writer: WriteFence,
+    files: Vec<String>,
+    rows: u64,
+}
+
+/// Writes one input's rows into a dataset; nothing is visible until [`commit`](Self::commit).
+pub struct DatasetWriter {
+    root: PathBuf,
+    key: String,
+    fence: WriteFence,
+    schema: SchemaRef,
+    partition: Option<usize>,
+    props: WriterProperties,
+    tmp: PathBuf,
+    /// Partition folder ("" = none) → its open writer.
+    open: BTreeMap<String, ArrowWriter<File>>,
+    rows: u64,
+}
+
+impl DatasetWriter {
+    /// Starts a write of input `key` into the dataset at `root`.
+    pub fn create(
+        root: &Path,
+        key: &str,
+        fence: &WriteFence,
+        schema: &SchemaRef,
+        partition_by: Option<&str>,
+        zstd_level: i32,
+    ) -> Result<Self, DataError> {
+        let partition = match partition_by {
+            None => None,
+            Some(c) => Some(schema.index_of(c).map_err(|_| {
+                DataError::Config(format!("parquet sink partition_by names column {c:?}, which the data does not have"))
+            })?),
+        };
+        let tmp = root.join("_weir").join("tmp").join(format!("{key}.{}.{}", fence.task, fence.fence));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+        }
+        fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+        let level = ZstdLevel::try_new(zstd_level)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        Ok(DatasetWriter {
+            root: root.to_path_buf(),
+            key: key.to_string(),
+            fence: fence.clone(),
+            schema: schema.clone(),
+            partition,
+            props,
+            tmp,
+            open: BTreeMap::new(),
+            rows: 0,
+        })
+    }
+
+    /// Adds rows (split by partition).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows() as u64;
+        let Some(col) = self.partition else {
+            return self.write_to(String::new(), batch);
+        };
+        let name = self.schema.field(col).name().clone();
+        let values = partition_values(batch.column(col))?;
+        let mut distinct: Vec<&String> = values.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() == 1 {
+            return self.write_to(format!("{name}={}", distinct[0]), batch);
+        }
+        for v in distinct {
+            let mask = BooleanArray::from(values.iter().map(|x| x == v).collect::<Vec<_>>());
+            let part = arrow_select::filter::filter_record_batch(batch, &mask)?;
+            self.write_to(format!("{name}={v}"), &part)?;
+        }
+        Ok(())
+    }
+
+    fn write_to(&mut self, folder: String, batch: &RecordBatch) -> Result<(), DataError> {
+        if !self.open.contains_key(&folder) {
+            if self.open.len() >= MAX_PARTITIONS {
+                return Err(DataError::Config(format!(
+                    "more than {MAX_PARTITIONS} partitions in one input: partition by a column with fewer values"
+                )));
+            }
+            let path = self.tmp_file(&folder);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+            }
+            let file = File::create(&path).map_err(|e| DataError::io(&path, e))?;
+            let w = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
+            self.open.insert(folder.clone(), w);
+        }
+        if let Some(w) = self.open.get_mut(&folder) {
+            w.write(batch)?;
+        }
+        Ok(())
+    }
+
+    fn tmp_file(&self, folder: &str) -> PathBuf {
+        self.tmp.join(folder).join(format!("{}.parquet", self.key))
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Makes the write visible, replacing the previous write of the same input; refuses a
+    /// stale fence. Returns the committed files.
+    pub fn commit(mut self) -> Result<Vec<PathBuf>, DataError> {
+        let mut written = Vec::new();
+        for (folder, w) in std::mem::take(&mut self.open) {
+            let file = w.into_inner()?;
+            file.sync_all().map_err(|e| DataError::io(&self.tmp, e))?;
+            written.push(folder);
+        }
+        let meta = self.root.join("_weir");
+        let lock_path = meta.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| DataError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| DataError::io(&lock_path, e))?;
+        let result = self.commit_locked(&written);
+        let _ = lock.unlock();
+        let _ = fs::remove_dir_all(&self.tmp);
+        result
+    }
+
+    fn commit_locked(&self, folders: &[String]) -> Result<Vec<PathBuf>, DataError> {
+        let inputs = self.root.join("_weir").join("inputs");
+        fs::create_dir_all(&inputs).map_err(|e| DataError::io(&inputs, e))?;
+        let manifest_path = inputs.join(format!("{}.json", self.key));
+        let previous: Option<Manifest> = match fs::read(&manifest_path) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(DataError::io(&manifest_path, e)),
+        };
+        let files: Vec<String> =
+            folders.iter().map(|f| Path::new(f).join(format!("{}.parquet", self.key)).display().to_string()).collect();
+        if let Some(prev) = &previous {
+            self.fence.may_replace(&prev.writer).map_err(DataError::StaleFence)?;
+            for old in prev.files.iter().filter(|f| !files.contains(f)) {
+                let p = self.root.join(old);
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DataError::io(&p, e)),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(folders.len());
+        for (folder, rel) in folders.iter().zip(&files) {
+            let to = self.root.join(rel);
+            if let Some(dir) = to.parent() {
+                fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+            }
+            let from = self.tmp_file(folder);
+            fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
+            out.push(to);
+        }
+        let manifest = Manifest { writer: self.fence.clone(), files, rows: self.rows };
+        let tmp = inputs.join(format!(".{}.json.tmp", self.key));
+        let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
+        let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+        std::io::Write::write_all(&mut &f, &body).map_err(|e| DataError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+        fs::rename(&tmp, &manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
+        if let Ok(dir) = File::open(&inputs) {
+            let _ = dir.sync_all();
+        }
+        Ok(out)
+    }
+
+    /// Drops the write; nothing becomes visible.
+    pub fn abort(self) {
+        let tmp = self.tmp.clone();
+        drop(self.open);
+        let _ = fs::remove_dir_all(tmp);
+    }
+}
+
+/// Each row's partition folder value: the date for dates and timestamps, else the value
+/// as text with path-unsafe characters percent-encoded; null is `__null__`.
+fn partition_values(col: &dyn Array) -> Result<Vec<String>, DataError> {
+    let n = col.len();
+    let mut out = Vec::with_capacity(n);
+    match col.data_type() {
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let a = col.as_primitive::<TimestampMicrosecondType>();
+            for i in 0..n {
+                out.push(if a.is_null(i) {
+                    "__null__".into()
+                } else {
+                    day(a.value(i).div_euclid(86_400_000_000) as i32)
+                });
+            }
+        }
+        DataType::Date32 => {
+            let a = col.as_primitive::<Date32Type>();
+            for i in 0..n {
+                out.push(if a.is_null(i) { "__null__".into() } else { day(a.value(i)) });
+            }
+        }
+        _ => {
+            let f = ArrayFormatter::try_new(col, &FormatOptions::default())?;
+            for i in 0..n {
+                out.push(if col.is_null(i) { "__null__".into() } else { escape(&f.value(i).to_string()) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn day(days: i32) -> String {
+    weir_core::calendar::date(i64::from(days))
+}
+
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ') {
+            s.push(c);
+        } else {
+            let mut b = [0u8; 4];
+            for byte in c.encode_utf8(&mut b).bytes() {
+                s.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    match s.as_str() {
+        "" => "__empty__".into(),
+        "." | ".." => s.replace('.', "%2E"),
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_escapes() {
+        assert_eq!(day(20_415), "2025-11-23");
+        assert_eq!(escape("a/b"), "a%2Fb");
+        assert_eq!(escape(".."), "%2E%2E");
+        assert_eq!(escape(""), "__empty__");
+        assert_eq!(escape("Zürich"), "Zürich");
+    }
+}
