@@ -47,7 +47,7 @@ bench:
 ## Only the data-path benchmark.
 bench-data:
 	./scripts/ensure-bench-peer.sh
-	$(CARGO) build --release -p weir-bench
+	$(CARGO) build --release -p weir-bench -p weir-master -p weir-file-manager -p weir-batch-manager
 	$(CARGO_TARGET_DIR)/release/weir-bench data
 
 build:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What building and testing Weir needs from the system: a C toolchain and OpenSSL headers
-# for the bundled librdkafka, and kcat for the test that reads events the way operators do.
+# for the bundled librdkafka; for the tests, kcat (reads events the way operators do) and
+# OpenSSH (the SFTP tests run Debian's sshd on a loopback port; OpenDAL's SFTP uses ssh).
 # Installs from Debian's packages what is missing (needs root, as on the project machines).
 set -euo pipefail
 missing=()
@@ -10,6 +11,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if [ "${1:-}" = "--with-test-tools" ]; then
     command -v kcat >/dev/null || missing+=(kcat)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    command -v ssh >/dev/null || missing+=(openssh-client)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian's packages…"

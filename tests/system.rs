@@ -26,13 +26,7 @@ fn spawn_manager(name: &str, url: &str, port: u16) -> Proc {
 }
 
 async fn start(store_url: &str) -> Platform {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let master = Proc::spawn(
-        "weir-master",
-        &["--listen", &format!("127.0.0.1:{port}"), "--heartbeat-interval", "200ms"],
-        &[("WEIR_STORE_URL", store_url)],
-    );
+    let (url, master) = spawn_master(store_url);
     let managers = ["api", "file", "batch", "stream"]
         .into_iter()
         .map(|q| {

@@ -370,3 +370,135 @@ impl InProcManagers {
         }
     }
 }
+
+/// The test venv's Python (`scripts/ensure-python-peer.sh`, run by `make test`).
+pub fn python() -> PathBuf {
+    let venv = std::env::var("WEIR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weir/venv"));
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} missing: run scripts/ensure-python-peer.sh (make test does)", python.display());
+    python
+}
+
+/// Waits until something accepts connections on a loopback port.
+pub async fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real S3-compatible server (moto, from PyPI) on a loopback port, killed when dropped.
+pub struct Moto {
+    pub endpoint: String,
+    port: u16,
+    _child: Child,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]).kill_on_drop(true);
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().expect("start moto");
+        wait_port(port, "moto").await;
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), port, _child: child }
+    }
+
+    /// Creates a bucket (a plain S3 PUT; moto does not check signatures).
+    pub async fn create_bucket(&self, bucket: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect moto");
+        let req = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.expect("read");
+        assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+    }
+}
+
+/// A real SFTP server: Debian's OpenSSH `sshd` on a loopback port, with a host key and a
+/// client key made for the test; killed when dropped.
+pub struct Sshd {
+    pub port: u16,
+    pub key_file: PathBuf,
+    pub user: String,
+    _dir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl Sshd {
+    pub async fn start() -> Sshd {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        for (name, comment) in [("host_key", "host"), ("client_key", "client")] {
+            let st = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(d.join(name))
+                .status()
+                .expect("ssh-keygen");
+            assert!(st.success());
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        let port = free_port();
+        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n\
+             Subsystem sftp internal-sftp\nLogLevel ERROR\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).expect("config");
+        std::fs::create_dir_all("/run/sshd").ok();
+        let mut cmd = Command::new("/usr/sbin/sshd");
+        cmd.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config")).kill_on_drop(true);
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().expect("start sshd (scripts/ensure-build-deps.sh --with-test-tools installs it)");
+        wait_port(port, "sshd").await;
+        Sshd { port, key_file: d.join("client_key"), user, _dir: dir, _child: child }
+    }
+}
+
+/// A manager running in this process with the given spec until the token fires.
+pub fn run_manager(
+    spec: weir_worker::manager::ManagerSpec,
+    master_url: &str,
+    worker_id: &str,
+    listen: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let args = weir_worker::manager::ManagerArgs {
+        master_url: master_url.to_string(),
+        listen: listen.to_string(),
+        concurrency: 8,
+        poll_wait: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(1),
+        worker_id: Some(worker_id.to_string()),
+    };
+    let c = cancel.clone();
+    let h = tokio::spawn(async move {
+        weir_worker::manager::run(spec, args, c).await.expect("manager runs");
+    });
+    (cancel, h)
+}
+
+/// The real `weir-master` binary on a free loopback port; returns its URL and process.
+pub fn spawn_master(store_url: &str) -> (String, Proc) {
+    let port = free_port();
+    let master = Proc::spawn(
+        "weir-master",
+        &["--listen", &format!("127.0.0.1:{port}"), "--heartbeat-interval", "200ms"],
+        &[("WEIR_STORE_URL", store_url)],
+    );
+    (format!("http://127.0.0.1:{port}"), master)
+}

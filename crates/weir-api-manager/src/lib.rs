@@ -17,5 +17,6 @@ pub fn spec() -> Result<ManagerSpec, String> {
         binary: "weir-api-manager",
         queue: Queue::Api,
         handlers: vec![Arc::new(Generic)],
+        background: vec![],
     })
 }

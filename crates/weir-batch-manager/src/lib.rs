@@ -7,6 +7,7 @@
 //! `WEIR_BATCH_SLOTS` batches run at once across all tasks, each under a timeout.
 
 pub mod batches;
+pub mod reconcile;
 pub mod steps;
 
 use std::path::PathBuf;
@@ -88,7 +89,8 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         name: "batch-manager",
         binary: "weir-batch-manager",
         queue: Queue::Batch,
-        handlers: vec![Arc::new(Generic), Arc::new(steps::DataSteps::new(settings))],
+        handlers: vec![Arc::new(Generic), Arc::new(steps::DataSteps::new(settings)), Arc::new(reconcile::Reconcile)],
+        background: vec![],
     }
 }
 

@@ -80,8 +80,9 @@ fn step_error(e: &DataError) -> StepError {
     StepError { kind: e.kind().into(), message: e.to_string(), retryable: e.is_retryable() }
 }
 
-/// The files a step reads: its config's, or those its upstream steps reported.
-pub fn gather_inputs(step: &DataStep, upstream: &[(String, String)]) -> Result<Vec<Input>, StepError> {
+/// The files a step reads: its config's, or those its upstream steps reported (their
+/// outputs resolved, see `weir_worker::report`).
+pub fn gather_inputs(step: &DataStep, upstream: &[(String, Value)]) -> Result<Vec<Input>, StepError> {
     if !step.inputs.is_empty() {
         return Ok(step
             .inputs
@@ -93,8 +94,7 @@ pub fn gather_inputs(step: &DataStep, upstream: &[(String, String)]) -> Result<V
             .collect());
     }
     let mut out = Vec::new();
-    for (from, text) in upstream {
-        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    for (from, v) in upstream {
         let Some(files) = v.get("files").and_then(Value::as_array) else { continue };
         for f in files {
             let path = f.get("output").or_else(|| f.get("path")).and_then(Value::as_str);
@@ -122,7 +122,8 @@ impl StepHandler for DataSteps {
         let step =
             DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let step = Arc::new(step);
-        let inputs = gather_inputs(&step, &task.inputs)?;
+        let upstream = weir_worker::report::upstream(&task.inputs)?;
+        let inputs = gather_inputs(&step, &upstream)?;
         if inputs.is_empty() {
             return Err(StepError::permanent(
                 "no_input",
@@ -227,14 +228,16 @@ impl StepHandler for DataSteps {
             return Err(err);
         }
         let sum = |f: fn(&FileReport) -> u64| reports.iter().map(f).sum::<u64>();
-        Ok(json!({
+        let report = json!({
+            "kind": task.kind,
             "rows_read": sum(|r| r.rows_read),
             "rows_written": sum(|r| r.rows_written),
             "rows_quarantined": sum(|r| r.rows_quarantined),
             "bytes_read": sum(|r| r.bytes_read),
             "batches": n_batches,
             "files": reports,
-        }))
+        });
+        weir_worker::report::publish(report, &job_dir("staging"))
     }
 }
 
@@ -273,9 +276,12 @@ mod tests {
         assert_eq!((got[0].path.to_str(), got[0].identity.as_str()), (Some("/in/a.csv"), "file:///in/a.csv"));
 
         let upstream = vec![
-            ("convert".to_string(), json!({"files": [{"input": "s3://b/a.csv", "output": "/st/a.parquet"}, {"input": "x", "output": null}]}).to_string()),
-            ("fetch".to_string(), json!({"files": [{"source": "sftp://h/b.csv", "path": "/st/b.csv"}]}).to_string()),
-            ("noop".to_string(), "{}".to_string()),
+            (
+                "convert".to_string(),
+                json!({"files": [{"input": "s3://b/a.csv", "output": "/st/a.parquet"}, {"input": "x", "output": null}]}),
+            ),
+            ("fetch".to_string(), json!({"files": [{"source": "sftp://h/b.csv", "path": "/st/b.csv"}]})),
+            ("noop".to_string(), json!({})),
         ];
         let got = gather_inputs(&DataStep::default(), &upstream).expect("inputs");
         let pairs: Vec<(&str, &str)> =

@@ -9,6 +9,10 @@
 //!    user+system CPU seconds) and wall-clock MB/s.
 //! 2. Converts a larger file (`--big-mb`, default 2048) with Weir and prints its peak
 //!    resident memory: bounded memory, whatever the file size.
+//! 3. Bulk ingestion end to end: `--small-files` (default 10,000) small CSVs in a local
+//!    folder, one `bulk_file` job through the real master (PostgreSQL), file manager and
+//!    batch manager processes into a Parquet dataset; files per second from submission to
+//!    the job's success.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +35,9 @@ pub struct DataArgs {
     /// Size of the CSV whose conversion's peak memory is measured.
     #[arg(long, default_value_t = 2048)]
     big_mb: u64,
+    /// Small files ingested end to end by the bulk-file template.
+    #[arg(long, default_value_t = 10_000)]
+    small_files: usize,
     /// The Python with pyarrow and DuckDB (scripts/ensure-bench-peer.sh installs it).
     #[arg(long, env = "WEIR_BENCH_PYTHON")]
     python: Option<PathBuf>,
@@ -146,7 +153,7 @@ fn figures(out: &std::process::Output, who: &str) -> anyhow::Result<std::collect
         .collect())
 }
 
-pub fn run(args: &DataArgs) -> anyhow::Result<()> {
+pub async fn run(args: &DataArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let work = cache_dir()?.join("out");
     let csv = trades_csv(args.csv_mb)?;
@@ -190,5 +197,77 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
     println!("big_csv_weir_peak_rss={:.1} MB", f["peak_rss_mb"]);
     println!("big_csv_weir_mb_per_s_per_core={:.1} MB/s", big_mb / f["cpu_seconds"].max(0.001));
     let _ = std::fs::remove_dir_all(&work);
+    small_files(args.small_files).await
+}
+
+/// `n` small CSV files (kept for the next run).
+fn small_csvs(n: usize) -> anyhow::Result<PathBuf> {
+    let dir = cache_dir()?.join(format!("small-{n}"));
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    for i in 0..n {
+        let mut body = String::from("id,sensor,reading,at\n");
+        for r in 0..20 {
+            body.push_str(&format!("{},{},{}.{},2026-11-2{}T10:00:{:02}Z\n", i * 20 + r, i % 97, r, i % 10, i % 3, r));
+        }
+        std::fs::write(dir.join(format!("reading-{i:05}.csv")), body)?;
+    }
+    std::fs::write(&done, b"")?;
+    Ok(dir)
+}
+
+/// One bulk_file job over `n` small files through the real processes.
+async fn small_files(n: usize) -> anyhow::Result<()> {
+    use weir_proto::v1::{self, job_service_client::JobServiceClient};
+    let folder = small_csvs(n)?;
+    let work = tempfile_dir("bulk")?;
+    let master = super::Master::start(None).await?;
+    let data = work.join("data").display().to_string();
+    let env = [("WEIR_MASTER_URL", master.url.as_str()), ("WEIR_POLL_WAIT", "1s"), ("WEIR_DATA_DIR", data.as_str())];
+    let _managers = ["file", "batch"]
+        .iter()
+        .map(|q| super::spawn(&format!("weir-{q}-manager"), &[], &env))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let lake = work.join("lake");
+    let spec: weir_core::spec::JobSpec = serde_json::from_value(serde_json::json!({
+        "namespace": "bench", "name": "small-files", "template": "bulk_file",
+        "params": {"location": {"uri": format!("file://{}", folder.display())}, "patterns": ["*.csv"],
+                   "parallelism": 4, "sinks": [{"type": "parquet", "path": lake.display().to_string()}]}
+    }))?;
+    let channel = tonic::transport::Endpoint::from_shared(master.url.clone())?.connect_lazy();
+    let mut jobs = JobServiceClient::new(channel);
+    let t0 = Instant::now();
+    let job = jobs
+        .submit_job(v1::SubmitJobRequest { spec: Some(weir_proto::convert::spec_to_wire(&spec)) })
+        .await?
+        .into_inner()
+        .job
+        .context("no job")?;
+    let state = loop {
+        let j = jobs.get_job(v1::GetJobRequest { job_id: job.id.clone() }).await?.into_inner().job.context("job")?;
+        match weir_proto::convert::job_state_from_wire(j.state) {
+            Some(s) if s.is_terminal() => break s,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    if state.as_str() != "succeeded" {
+        bail!("the bulk job ended {}", state.as_str());
+    }
+    println!("small_files={n} files");
+    println!("small_files_seconds={secs:.1} s");
+    println!("small_files_per_sec={:.0} files/s", n as f64 / secs);
+    master.stop().await?;
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+fn tempfile_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let d = cache_dir()?.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }

@@ -75,7 +75,7 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
+pub(crate) fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
     let mut c = Command::new(bin(name)?);
     c.args(args).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::null()).env("RUST_LOG", "warn");
     for (k, v) in env {
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     match &args.what {
         Some(What::Data(d)) => {
             println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-            return data::run(d);
+            return data::run(d).await;
         }
         Some(What::ConvertOne { input, out }) => return data::convert_one(input, out),
         None => {}
@@ -146,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The master under test on a fresh schema.
-struct Master {
+pub(crate) struct Master {
     child: Child,
     pid: u32,
     url: String,
@@ -157,7 +157,7 @@ struct Master {
 }
 
 impl Master {
-    async fn start(kafka: Option<&str>) -> anyhow::Result<Master> {
+    pub(crate) async fn start(kafka: Option<&str>) -> anyhow::Result<Master> {
         let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("http://127.0.0.1:{port}");
@@ -174,7 +174,7 @@ impl Master {
         Ok(Master { child, pid, url, schema, jobs: JobServiceClient::new(channel), workers, pool })
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         drop(self.child);
         self.pool.close().await;
         self.schema.drop().await?;

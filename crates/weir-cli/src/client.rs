@@ -196,3 +196,51 @@ impl Client {
         Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(2) })
     }
 }
+
+/// A connection to the file manager's own service.
+pub struct FilesClient {
+    files: v1::file_service_client::FileServiceClient<Channel>,
+    json: bool,
+}
+
+fn explain_files(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!(
+            "file manager unavailable ({}). Is it running with WEIR_MANAGER_LISTEN (weir dev: 127.0.0.1:50052)?",
+            s.message()
+        ),
+        code => anyhow::anyhow!("{:?}: {}", code, s.message()),
+    }
+}
+
+impl FilesClient {
+    pub fn connect(url: &str, json: bool) -> anyhow::Result<FilesClient> {
+        let channel = weir_runtime::grpc::channel(url)?;
+        Ok(FilesClient { files: v1::file_service_client::FileServiceClient::new(channel), json })
+    }
+
+    pub async fn list(&mut self, watch: Option<String>, limit: u32) -> anyhow::Result<()> {
+        let req = v1::ListFilesRequest { watch: watch.unwrap_or_default(), limit };
+        let files = self.files.list_files(req).await.map_err(explain_files)?.into_inner().files;
+        if self.json {
+            for f in &files {
+                println!(
+                    "{}",
+                    serde_json::json!({"watch": f.watch, "path": f.path, "size": f.size, "generation": f.generation,
+                                       "state": f.state, "job_id": f.job_id, "etag": f.etag, "modified_ms": f.modified_ms})
+                );
+            }
+        } else {
+            render::inventory_table(&files);
+        }
+        Ok(())
+    }
+
+    pub async fn redrive(&mut self, watch: &str, path: &str) -> anyhow::Result<()> {
+        let req = v1::RedriveFileRequest { watch: watch.into(), path: path.into() };
+        let r = self.files.redrive_file(req).await.map_err(explain_files)?.into_inner();
+        let g = r.file.map(|f| f.generation).unwrap_or_default();
+        println!("re-driven: {watch} {path} (generation {g}); its new job starts at the watch's next round");
+        Ok(())
+    }
+}

@@ -23,6 +23,9 @@ pub struct DevArgs {
     /// Tasks each manager runs at once.
     #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 16)]
     concurrency: u32,
+    /// Where the file manager's own service listens (`weir files …`).
+    #[arg(long, env = "WEIR_FILES_LISTEN", default_value = "127.0.0.1:50052")]
+    files_listen: String,
     /// Events go to the in-process bus unless Kafka brokers are given here.
     #[command(flatten)]
     events: EventsConfig,
@@ -42,20 +45,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(b) => format!("Kafka at {b}"),
         None => "in-process".to_string(),
     };
-    let master = if args.events.kafka_brokers.is_some() {
-        tokio::spawn(weir_master::serve(config, listener, cancel.clone()))
-    } else {
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
-        tokio::spawn(weir_master::serve_with_bus(config, listener, Some(bus), cancel.clone()))
+    // One store for the master and the file manager's inventory: the embedded SQLite file
+    // has one owner process.
+    let store = weir_store::open(&args.store_url).await?;
+    let bus: Option<Arc<dyn Bus>> = match config.events.kafka(&config.id).map_err(anyhow::Error::msg)? {
+        Some(k) => Some(Arc::new(weir_bus::KafkaBus::new(k)?)),
+        None => Some(Arc::new(MemoryBus::default())),
     };
-    let specs: [fn() -> Result<ManagerSpec, String>; 4] =
-        [weir_api_manager::spec, weir_file_manager::spec, weir_batch_manager::spec, weir_stream_manager::spec];
+    let master = tokio::spawn(weir_master::serve_with_store(config, listener, bus, store.clone(), cancel.clone()));
+    let mut files = weir_file_manager::FileSettings::from_env().map_err(|e| anyhow::anyhow!("bad setting: {e}"))?;
+    files.store = weir_file_manager::Inventory::shared(store);
+    let specs: [(ManagerSpec, &str); 4] = [
+        (weir_api_manager::spec().map_err(anyhow::Error::msg)?, ""),
+        (weir_file_manager::spec_with(files), &args.files_listen),
+        (weir_batch_manager::spec().map_err(anyhow::Error::msg)?, ""),
+        (weir_stream_manager::spec().map_err(anyhow::Error::msg)?, ""),
+    ];
     let mut managers = Vec::new();
-    for spec in specs {
-        let spec = spec().map_err(|e| anyhow::anyhow!("bad setting: {e}"))?;
+    for (spec, listen) in specs {
         let args = ManagerArgs {
             master_url: master_url.clone(),
-            listen: String::new(),
+            listen: listen.to_string(),
             concurrency: args.concurrency,
             poll_wait: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(5),
@@ -67,6 +77,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  master:  {master_url}   (grpcurl -plaintext {addr} list)");
     println!("  store:   {}", args.store_url);
     println!("  events:  {bus_name}");
+    println!("  files:   http://{}   (weir files list)", args.files_listen);
     println!("  try:     weir submit tests/fixtures/jobs/hello.yaml --watch");
     println!("Ctrl-C stops it; jobs survive restarts.");
     for m in managers {

@@ -63,6 +63,28 @@ enum Command {
     },
     /// List the workers the master knows.
     Workers,
+    /// The file manager's watches: list what they have seen, re-drive a file.
+    Files {
+        /// The file manager's gRPC address.
+        #[arg(long, env = "WEIR_FILES_URL", default_value = "http://127.0.0.1:50052")]
+        files_url: String,
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FilesCommand {
+    /// Every file the watches have seen, with its version and the job it started.
+    List {
+        /// Only this watch.
+        #[arg(long)]
+        watch: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Ingest a file again (a new job), e.g. once what quarantined it is fixed.
+    Redrive { watch: String, path: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -112,5 +134,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Workers => c()?.workers().await.map(|_| ok),
+        Command::Files { files_url, command } => {
+            let mut files = client::FilesClient::connect(&files_url, json)?;
+            match command {
+                FilesCommand::List { watch, limit } => files.list(watch, limit).await.map(|_| ok),
+                FilesCommand::Redrive { watch, path } => files.redrive(&watch, &path).await.map(|_| ok),
+            }
+        }
     }
 }

@@ -80,6 +80,50 @@ pub fn job_detail(j: &v1::Job, tasks: &[v1::Task]) {
             t.error_message
         );
     }
+    file_accounting(tasks);
+}
+
+/// Per-file row accounting of the data steps: read = written + quarantined.
+fn file_accounting(tasks: &[v1::Task]) {
+    let mut header = false;
+    for t in tasks {
+        let Ok(mut out) = serde_json::from_str::<Value>(&t.output_json) else { continue };
+        // A large report is a file beside the staged data; read it if this machine can.
+        if let Some(path) = out.get("report").and_then(Value::as_str) {
+            match std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+                Some(full) => out = full,
+                None => {
+                    println!("{:<16}  per-file report in {path}", t.step_id);
+                    continue;
+                }
+            }
+        }
+        let Some(files) = out.get("files").and_then(Value::as_array) else { continue };
+        for f in files.iter().filter(|f| f.get("rows_read").is_some()) {
+            if !header {
+                println!();
+                println!("{:<16}  {:>12}  {:>12}  {:>12}  FILE", "STEP", "READ", "WRITTEN", "QUARANTINED");
+                header = true;
+            }
+            let n = |k: &str| f.get(k).and_then(Value::as_u64).unwrap_or(0);
+            println!(
+                "{:<16}  {:>12}  {:>12}  {:>12}  {}",
+                t.step_id,
+                n("rows_read"),
+                n("rows_written"),
+                n("rows_quarantined"),
+                f.get("input").and_then(Value::as_str).unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// The inventory of the file manager's watches.
+pub fn inventory_table(files: &[v1::InventoryFile]) {
+    println!("{:<16}  {:<10}  {:>4}  {:>12}  {:<36}  PATH", "WATCH", "STATE", "GEN", "SIZE", "JOB");
+    for f in files {
+        println!("{:<16}  {:<10}  {:>4}  {:>12}  {:<36}  {}", f.watch, f.state, f.generation, f.size, f.job_id, f.path);
+    }
 }
 
 /// A table of workers.

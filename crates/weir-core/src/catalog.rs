@@ -9,7 +9,8 @@
 //! | `sleep` | `{"duration": "2s"}`                                | waits, heartbeating, then succeeds |
 //! | `fail`  | `{"message": "...", "error_kind": "...", "retryable": true, "attempts": N}` | fails; with `attempts` it fails only the first N attempts |
 //!
-//! The batch queue also runs the data kinds `convert`, `quality` and `store`, whose config
+//! The file queue also runs `discover`, `fetch` and `archive` ([`crate::files`]); the
+//! batch queue also runs the data kinds `convert`, `quality` and `store`, whose config
 //! is a [`crate::dataset::DataStep`] (format, schema, rules, sinks).
 
 use std::fmt;
@@ -68,12 +69,18 @@ pub const GENERIC_KINDS: [&str; 3] = ["noop", "sleep", "fail"];
 /// The data kinds the batch queue runs (config: [`crate::dataset::DataStep`]).
 pub const BATCH_KINDS: [&str; 3] = ["convert", "quality", "store"];
 
-const BATCH_QUEUE_KINDS: [&str; 6] = ["noop", "sleep", "fail", "convert", "quality", "store"];
+const BATCH_QUEUE_KINDS: [&str; 7] = ["noop", "sleep", "fail", "convert", "quality", "store", "reconcile"];
+
+/// The file kinds the file queue runs (configs: [`crate::files`]).
+pub const FILE_KINDS: [&str; 3] = ["discover", "fetch", "archive"];
+
+const FILE_QUEUE_KINDS: [&str; 6] = ["noop", "sleep", "fail", "discover", "fetch", "archive"];
 
 /// The kinds a queue accepts.
 pub fn kinds_for(queue: Queue) -> &'static [&'static str] {
     match queue {
         Queue::Batch => &BATCH_QUEUE_KINDS,
+        Queue::File => &FILE_QUEUE_KINDS,
         _ => &GENERIC_KINDS,
     }
 }
@@ -95,6 +102,18 @@ pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<()
         }
         k if BATCH_KINDS.contains(&k) => {
             crate::dataset::DataStep::parse(k, config)?;
+        }
+        "reconcile" => {
+            crate::dataset::ReconcileStep::parse(config)?;
+        }
+        "discover" => {
+            crate::files::DiscoverStep::parse(config)?;
+        }
+        "fetch" => {
+            crate::files::FetchStep::parse(config)?;
+        }
+        "archive" => {
+            crate::files::ArchiveStep::parse(config)?;
         }
         _ => {}
     }

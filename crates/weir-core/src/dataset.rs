@@ -339,6 +339,101 @@ impl Rules {
     }
 }
 
+/// A `reconcile` step's config: the batch-level check of the bulk-file template.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileStep {
+    /// Fail the batch when more than this share (0.0..=1.0) of its rows were quarantined.
+    pub max_quarantined_ratio: Option<f64>,
+}
+
+impl ReconcileStep {
+    pub fn parse(config: Option<&Value>) -> Result<Self, String> {
+        let s: ReconcileStep = match config {
+            None => ReconcileStep::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("reconcile config: {e}"))?,
+        };
+        if s.max_quarantined_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err("reconcile config: max_quarantined_ratio must be 0.0..=1.0".into());
+        }
+        Ok(s)
+    }
+}
+
+/// What a batch amounted to, across its fetch, convert and store reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Reconciliation {
+    pub files_fetched: u64,
+    pub files_quarantined_at_fetch: u64,
+    pub files_converted: u64,
+    pub files_stored: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_quarantined: u64,
+}
+
+/// Checks that every file fetched was converted and every converted row stored, with
+/// `read = written + quarantined` per file; the error names the first file that breaks it.
+/// `reports` are the upstream steps' outputs (step id, JSON).
+pub fn reconcile(reports: &[(String, Value)], limits: &ReconcileStep) -> Result<Reconciliation, String> {
+    use std::collections::BTreeMap;
+    let mut r = Reconciliation::default();
+    let mut fetched: Vec<String> = Vec::new();
+    let mut converted: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+    let n = |f: &Value, k: &str| f.get(k).and_then(Value::as_u64).unwrap_or(0);
+    for (_, out) in reports {
+        let files = out.get("files").and_then(Value::as_array).cloned().unwrap_or_default();
+        let is_store = out.get("kind").and_then(Value::as_str) == Some("store");
+        r.files_quarantined_at_fetch += out.get("quarantined").and_then(Value::as_array).map_or(0, |q| q.len() as u64);
+        for f in &files {
+            if let (Some(src), true) = (f.get("source").and_then(Value::as_str), f.get("sha256").is_some()) {
+                fetched.push(src.to_string());
+            } else if let Some(input) = f.get("input").and_then(Value::as_str) {
+                let (read, written, quarantined) = (n(f, "rows_read"), n(f, "rows_written"), n(f, "rows_quarantined"));
+                if read != written + quarantined {
+                    return Err(format!("{input}: read {read} rows but wrote {written} and quarantined {quarantined}"));
+                }
+                // A store step re-reads staged rows: its writes must match what was converted.
+                if is_store {
+                    stored.insert(input.to_string(), written);
+                } else {
+                    converted.insert(input.to_string(), (read, written, quarantined));
+                }
+            }
+        }
+    }
+    r.files_fetched = fetched.len() as u64;
+    if let Some(missing) = fetched.iter().find(|s| !converted.contains_key(*s)) {
+        return Err(format!("{missing} was fetched but not converted"));
+    }
+    for (input, (read, written, quarantined)) in &converted {
+        r.rows_read += read;
+        r.rows_written += written;
+        r.rows_quarantined += quarantined;
+        match stored.get(input) {
+            Some(s) if s == written => {}
+            Some(s) => return Err(format!("{input}: converted {written} rows but stored {s}")),
+            None if *written > 0 => return Err(format!("{input}: converted {written} rows but stored none")),
+            None => {}
+        }
+    }
+    r.files_converted = converted.len() as u64;
+    r.files_stored = stored.len() as u64;
+    if let Some(max) = limits.max_quarantined_ratio {
+        let ratio = if r.rows_read == 0 { 0.0 } else { r.rows_quarantined as f64 / r.rows_read as f64 };
+        if ratio > max {
+            return Err(format!(
+                "{} of {} rows quarantined ({:.2}%), more than max_quarantined_ratio {max}",
+                r.rows_quarantined,
+                r.rows_read,
+                ratio * 100.0
+            ));
+        }
+    }
+    Ok(r)
+}
+
 /// A plain SQL identifier: letters, digits and `_`, not starting with a digit, at most 63 bytes.
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
@@ -368,6 +463,32 @@ mod tests {
         assert_eq!(s.format.as_ref().and_then(|f| f.kind), Some(FormatKind::Csv));
         assert_eq!(s.sinks.len(), 2);
         assert!(!s.schema.as_ref().expect("schema")[0].nullable);
+    }
+
+    #[test]
+    fn a_batch_reconciles_or_names_the_file_that_does_not() {
+        let fetch = json!({"files": [{"source": "s3://b/a.csv", "sha256": "x"}, {"source": "s3://b/b.csv", "sha256": "y"}],
+                           "quarantined": [{"source": "s3://b/c.csv"}]});
+        let convert = json!({"kind": "convert", "files": [
+            {"input": "s3://b/a.csv", "rows_read": 10, "rows_written": 8, "rows_quarantined": 2, "sink_files": []},
+            {"input": "s3://b/b.csv", "rows_read": 5, "rows_written": 5, "rows_quarantined": 0, "sink_files": []}]});
+        let store = json!({"kind": "store", "files": [
+            {"input": "s3://b/a.csv", "rows_read": 8, "rows_written": 8, "rows_quarantined": 0, "sink_files": ["/l/a"]},
+            {"input": "s3://b/b.csv", "rows_read": 5, "rows_written": 5, "rows_quarantined": 0, "sink_files": ["/l/b"]}]});
+        let reports =
+            vec![("p1".to_string(), fetch.clone()), ("c".to_string(), convert.clone()), ("s".to_string(), store)];
+        let r = reconcile(&reports, &ReconcileStep::default()).expect("reconciles");
+        assert_eq!(
+            (r.files_fetched, r.files_quarantined_at_fetch, r.rows_read, r.rows_written, r.rows_quarantined),
+            (2, 1, 15, 13, 2)
+        );
+        let e = reconcile(&reports, &ReconcileStep { max_quarantined_ratio: Some(0.1) }).expect_err("ratio");
+        assert!(e.contains("13.33%"), "{e}");
+        let short = json!({"kind": "store", "files": [{"input": "s3://b/a.csv", "rows_read": 8, "rows_written": 7, "rows_quarantined": 0, "sink_files": ["/l/a"]}]});
+        let e = reconcile(&[("c".into(), convert), ("s".into(), short)], &ReconcileStep::default()).expect_err("short");
+        assert!(e.contains("a.csv") && e.contains("read 8"), "{e}");
+        let e = reconcile(&[("p".into(), fetch)], &ReconcileStep::default()).expect_err("unconverted");
+        assert!(e.contains("a.csv was fetched but not converted"), "{e}");
     }
 
     #[test]

@@ -29,8 +29,10 @@ pub mod topic {
     pub const WORKERS: &str = "weir.workers";
     pub const TRIGGERS: &str = "weir.triggers";
     pub const DLQ: &str = "weir.dlq";
+    /// Files the file manager discovered (key: the watch).
+    pub const FILES: &str = "weir.files";
     /// Every topic Weir creates at start.
-    pub const ALL: [&str; 5] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ];
+    pub const ALL: [&str; 6] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES];
 }
 
 /// Header names, in one place.

@@ -5,6 +5,7 @@
 //! - [`calendar`]: dates from day counts (for the CLI and date partitions).
 //! - [`catalog`]: the queues (one per manager) and step kinds Weir knows.
 //! - [`dataset`]: a batch step's config: format, schema, quality rules, sinks.
+//! - [`files`]: locations, watches and the file kinds' configs; discovery events.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.
 //! - [`model`]: job, task and event records, as stored.
@@ -22,6 +23,7 @@ pub mod dataset;
 pub mod duration;
 pub mod engine;
 pub mod events;
+pub mod files;
 pub mod model;
 pub mod retry;
 pub mod spec;

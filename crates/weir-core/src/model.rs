@@ -268,3 +268,24 @@ mod tests {
         assert_eq!(event_type::intern("dev.weir.job.created"), Some(event_type::JOB_CREATED));
     }
 }
+
+/// A file version the inventory handed to this caller: new, changed, or re-driven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedFile {
+    pub file: crate::files::SeenFile,
+    /// Grows on every re-drive, so the same version can start a new job.
+    pub generation: u32,
+}
+
+/// A file as the inventory knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub watch: String,
+    pub file: crate::files::SeenFile,
+    pub generation: u32,
+    /// `discovered` (claimed, job not started yet) or `started`.
+    pub state: String,
+    pub job_id: Option<String>,
+    pub first_seen_ms: Millis,
+    pub changed_ms: Millis,
+}

@@ -1,14 +1,17 @@
 //! The five built-in workflow templates, each expanded into a DAG of steps routed to the
 //! manager queue that will do the work.
 //!
-//! Until the managers' own issues give these steps their real kinds, every template step
-//! runs [`PLACEHOLDER_KIND`] (`noop`): the DAG shape and queue routing are real, the work
-//! is not, and the README says so.
+//! Steps run [`PLACEHOLDER_KIND`] (`noop`) until their manager's issue gives them real
+//! work: the DAG shape and queue routing are real, the work is not, and the README says so.
+//! The file templates have theirs: given `params.location`, `bulk_file` and `standard`
+//! with `source: file` run the file and batch kinds (see [`file_kinds`]).
 //!
 //! Parameters (`params`, a JSON object), all optional:
 //! - `source`: `"api"` (default) or `"file"`: where the `standard` template collects from.
 //! - `parallelism`: 1..=64 (default 4): parallel processing branches of `bulk_file`.
-//! - `config`: `{ "<step id>": {...} }`: a step's config.
+//! - `location`, `patterns` (default `["**/*"]`), `watch`, `format`, `schema`, `rules`,
+//!   `sinks`, `max_quarantined_ratio`: the file templates' real work (sinks required).
+//! - `config`: `{ "<step id>": {...} }`: a step's config (merged over the template's).
 //! - `kind`: `{ "<step id>": "<kind>" }`: run another kind for a step (for tests and drills).
 
 use serde_json::Value;
@@ -82,9 +85,12 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
             for b in &branches {
                 s.push((b.clone(), Queue::File, vec!["discovery".to_string()]));
             }
-            s.push(("standardization".into(), Queue::Batch, branches));
+            s.push(("standardization".into(), Queue::Batch, branches.clone()));
             s.push(("consolidation".into(), Queue::Batch, vec!["standardization".into()]));
-            s.push(("batch_validation".into(), Queue::Batch, vec!["consolidation".into()]));
+            // Validation sees every stage's report: what was fetched, converted and stored.
+            let mut checked = branches;
+            checked.extend(["standardization".to_string(), "consolidation".to_string()]);
+            s.push(("batch_validation".into(), Queue::Batch, checked));
             s
         }
         "realtime_stream" => chain(&[
@@ -103,6 +109,7 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
         ],
         other => return Err(format!("unknown template {other:?} (known: {})", TEMPLATES.join(", "))),
     };
+    let real = file_kinds(name, params)?;
     let per_step = |key: &str| params.get(key).and_then(Value::as_object);
     for key in ["config", "kind"] {
         if let Some(map) = per_step(key) {
@@ -114,21 +121,79 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
     shape
         .into_iter()
         .map(|(id, queue, depends_on)| {
+            let (real_kind, real_config) = match real.as_ref().and_then(|r| r.iter().find(|(s, _, _)| *s == id)) {
+                Some((_, k, c)) => (Some(k.to_string()), c.clone()),
+                None => (None, None),
+            };
             let kind = match per_step("kind").and_then(|m| m.get(&id)) {
-                None => PLACEHOLDER_KIND.to_string(),
+                None => real_kind.unwrap_or_else(|| PLACEHOLDER_KIND.to_string()),
                 Some(Value::String(k)) => k.clone(),
                 Some(v) => return Err(format!("{name}: params.kind.{id} must be text, got {v}")),
             };
-            Ok(StepSpec {
-                config: per_step("config").and_then(|m| m.get(&id)).cloned(),
-                id,
-                kind,
-                queue: queue.as_str().to_string(),
-                depends_on,
-                ..StepSpec::default()
-            })
+            let config = match (real_config, per_step("config").and_then(|m| m.get(&id)).cloned()) {
+                (Some(Value::Object(mut base)), Some(Value::Object(over))) => {
+                    base.extend(over);
+                    Some(Value::Object(base))
+                }
+                (base, over) => over.or(base),
+            };
+            Ok(StepSpec { config, id, kind, queue: queue.as_str().to_string(), depends_on, ..StepSpec::default() })
         })
         .collect()
+}
+
+/// One template step's real work: (step id, kind, config).
+pub type RealStep = (String, &'static str, Option<Value>);
+
+/// The real kinds and configs of the file templates, when `params.location` is given.
+/// `None`: the template runs placeholders.
+pub fn file_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, String> {
+    let Some(location) = params.get("location") else { return Ok(None) };
+    let is_file_standard = name == "standard" && params.get("source").and_then(Value::as_str) == Some("file");
+    if name != "bulk_file" && !is_file_standard {
+        return Err(format!("{name}: params.location applies to bulk_file and to standard with source \"file\""));
+    }
+    let sinks = params
+        .get("sinks")
+        .cloned()
+        .ok_or_else(|| format!("{name}: params.sinks is required with params.location (where the rows land)"))?;
+    let patterns = params.get("patterns").cloned().unwrap_or_else(|| serde_json::json!(["**/*"]));
+    let mut discover = serde_json::json!({"location": location, "patterns": patterns});
+    if let Some(w) = params.get("watch") {
+        discover["watch"] = w.clone();
+    }
+    let mut convert = serde_json::Map::new();
+    for k in ["format", "schema", "rules"] {
+        if let Some(v) = params.get(k) {
+            convert.insert(k.into(), v.clone());
+        }
+    }
+    let store = serde_json::json!({"sinks": sinks});
+    let mut out: Vec<RealStep> = Vec::new();
+    if name == "bulk_file" {
+        let n = params.get("parallelism").and_then(Value::as_u64).unwrap_or(4);
+        out.push(("discovery".into(), "discover", Some(discover)));
+        for i in 1..=n {
+            out.push((format!("process_{i}"), "fetch", Some(serde_json::json!({"shard": {"index": i - 1, "of": n}}))));
+        }
+        out.push(("standardization".into(), "convert", Some(Value::Object(convert))));
+        out.push(("consolidation".into(), "store", Some(store)));
+        let mut rec = serde_json::json!({});
+        if let Some(r) = params.get("max_quarantined_ratio") {
+            rec["max_quarantined_ratio"] = r.clone();
+        }
+        out.push(("batch_validation".into(), "reconcile", Some(rec)));
+    } else {
+        let rules = params.get("rules").cloned().unwrap_or_else(|| serde_json::json!({}));
+        convert.remove("rules");
+        // validate_source stays a placeholder: the master checked every config at submission.
+        out.push(("connect".into(), "discover", Some(discover)));
+        out.push(("collect".into(), "fetch", Some(serde_json::json!({}))));
+        out.push(("convert".into(), "convert", Some(Value::Object(convert))));
+        out.push(("quality".into(), "quality", Some(serde_json::json!({"rules": rules}))));
+        out.push(("store".into(), "store", Some(store)));
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -158,11 +223,50 @@ mod tests {
             ]
         );
         assert_eq!(bulk[4].depends_on, vec!["process_1", "process_2", "process_3"]);
+        assert_eq!(bulk[6].depends_on, vec!["process_1", "process_2", "process_3", "standardization", "consolidation"]);
         let stream = expand("realtime_stream", None).expect("stream");
         assert!(stream.iter().all(|s| s.queue == "stream"));
         let std_file = expand("standard", Some(&json!({"source": "file"}))).expect("std");
         assert_eq!(std_file[2].queue, "file");
         assert_eq!(std_file[3].queue, "batch");
+    }
+
+    #[test]
+    fn file_templates_run_real_kinds_given_a_location() {
+        let p = json!({"location": {"uri": "s3://b/in"}, "patterns": ["*.csv"], "parallelism": 2,
+                       "sinks": [{"type": "parquet", "path": "/lake"}], "rules": {"not_null": ["id"]},
+                       "config": {"consolidation": {"batch_rows": 1000}}});
+        let steps = expand("bulk_file", Some(&p)).expect("bulk");
+        let kinds: Vec<(&str, &str)> = steps.iter().map(|s| (s.id.as_str(), s.kind.as_str())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("discovery", "discover"),
+                ("process_1", "fetch"),
+                ("process_2", "fetch"),
+                ("standardization", "convert"),
+                ("consolidation", "store"),
+                ("batch_validation", "reconcile")
+            ]
+        );
+        assert_eq!(steps[2].config.as_ref().expect("cfg")["shard"], json!({"index": 1, "of": 2}));
+        assert_eq!(steps[3].config.as_ref().expect("cfg")["rules"], json!({"not_null": ["id"]}));
+        let store = steps[4].config.as_ref().expect("cfg");
+        assert_eq!((store["batch_rows"].clone(), store["sinks"][0]["path"].clone()), (json!(1000), json!("/lake")));
+        let std_file = expand(
+            "standard",
+            Some(&json!({"source": "file", "location": {"uri": "file:///in"},
+                                                        "sinks": [{"type": "parquet", "path": "/lake"}]})),
+        )
+        .expect("standard");
+        assert_eq!(
+            std_file.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+            vec!["noop", "discover", "fetch", "convert", "quality", "store"]
+        );
+        assert!(expand("bulk_file", Some(&json!({"location": {"uri": "file:///in"}}))).unwrap_err().contains("sinks"));
+        assert!(expand("standard", Some(&json!({"location": {"uri": "file:///in"}, "sinks": []})))
+            .unwrap_err()
+            .contains("source"));
     }
 
     #[test]

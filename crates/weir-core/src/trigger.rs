@@ -1,9 +1,9 @@
 //! Event-driven jobs: rules that turn an incoming CloudEvent into a job spec.
 //!
 //! A rule matches on the event `type` and names a template (or steps) and the job's
-//! namespace and name. Template params may take values from the event: a string param
-//! written `$data.path.to.field` is replaced by that field of the event's data (any JSON
-//! value), and `$id`, `$source`, `$subject`, `$type`, `$time` by the attribute.
+//! namespace and name. Template params and step configs may take values from the event: a
+//! string written `$data.path.to.field` is replaced by that field of the event's data (any
+//! JSON value), and `$id`, `$source`, `$subject`, `$type`, `$time` by the attribute.
 //!
 //! The job's run id is derived from the event's (source, id) — unique per the CloudEvents
 //! spec — so the same event delivered twice names the same job and starts nothing new.
@@ -104,6 +104,13 @@ impl TriggerRules {
             Some(p) => Some(substitute(p, e).map_err(|m| format!("trigger rule {:?}: {m}", rule.name))?),
             None => None,
         };
+        let mut steps = rule.steps.clone();
+        for s in &mut steps {
+            if let Some(c) = &s.config {
+                s.config =
+                    Some(substitute(c, e).map_err(|m| format!("trigger rule {:?}: step {}: {m}", rule.name, s.id))?);
+            }
+        }
         let mut labels = rule.labels.clone();
         labels.insert(LABEL_RULE.into(), rule.name.clone());
         labels.insert(LABEL_EVENT_ID.into(), e.id.chars().take(256).collect());
@@ -115,7 +122,7 @@ impl TriggerRules {
             labels,
             template: rule.template.clone(),
             params,
-            steps: rule.steps.clone(),
+            steps,
             ..Default::default()
         })
     }

@@ -1,21 +1,110 @@
-//! The file manager: discovers files on disks, buckets and SFTP, transfers and verifies them.
+//! The file manager: discovers files on disks, buckets and SFTP, transfers and verifies
+//! them.
 //!
-//! Today it serves the `file` queue with the generic step kinds only (`noop`, `sleep`,
-//! `fail`), which prove the engine; its domain kinds arrive with its own issue, as new
-//! [`weir_worker::StepHandler`]s added to [`spec`].
+//! It serves the `file` queue — the generic kinds and `discover`, `fetch`, `archive`
+//! ([`steps`]) — and runs the configured watches in the background ([`watcher`]): each
+//! poll lists a watch's location, claims the new or changed files in the durable
+//! inventory (once across replicas), and starts one job per file version through the
+//! master, publishing a `dev.weir.file.discovered` event with it. Its own gRPC service
+//! ([`service`]) lists the inventory and re-drives a file. Staged files older than the
+//! retention are removed on a schedule ([`cleanup`]).
 
+pub mod cleanup;
+pub mod service;
+pub mod steps;
+pub mod watcher;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::OnceCell;
 use weir_core::catalog::Queue;
+use weir_core::files::Watches;
+use weir_store::{Store, StoreError};
 use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
 
-/// What this manager runs.
+/// The file manager's own settings (every manager's flags are in `ManagerArgs`).
+#[derive(Clone)]
+pub struct FileSettings {
+    /// `WEIR_DATA_DIR` (default `.weir/data`): downloads under `staging/`, quarantined
+    /// files under `quarantine/files/`.
+    pub data_dir: PathBuf,
+    /// `WEIR_WATCHES_FILE`: the watches (YAML); none = no watches run.
+    pub watches: Watches,
+    /// `WEIR_STAGING_RETENTION` (default 24h): staged files older than this are removed.
+    pub retention: Duration,
+    /// Where the inventory lives.
+    pub store: Inventory,
+}
+
+/// The inventory's store: opened on first use from `WEIR_FILES_STORE_URL` (default
+/// `sqlite://.weir/files.db`; PostgreSQL in production, shared by every replica), or
+/// handed over already open (`weir dev` shares the master's).
+#[derive(Clone)]
+pub struct Inventory {
+    url: String,
+    cell: Arc<OnceCell<Arc<dyn Store>>>,
+}
+
+impl Inventory {
+    pub fn url(url: &str) -> Inventory {
+        Inventory { url: url.to_string(), cell: Arc::new(OnceCell::new()) }
+    }
+
+    pub fn shared(store: Arc<dyn Store>) -> Inventory {
+        Inventory { url: String::new(), cell: Arc::new(OnceCell::new_with(Some(store))) }
+    }
+
+    /// The store, opened now if not yet.
+    pub async fn get(&self) -> Result<Arc<dyn Store>, StoreError> {
+        self.cell.get_or_try_init(|| weir_store::open(&self.url)).await.cloned()
+    }
+}
+
+impl FileSettings {
+    /// Reads the settings from the environment; the error names the setting.
+    pub fn from_env() -> Result<Self, String> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let watches = match get("WEIR_WATCHES_FILE") {
+            None => Watches::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("WEIR_WATCHES_FILE {path}: {e}"))?;
+                let v: serde_json::Value =
+                    serde_yaml_ng::from_str(&text).map_err(|e| format!("WEIR_WATCHES_FILE {path}: {e}"))?;
+                Watches::from_value(v).map_err(|e| format!("WEIR_WATCHES_FILE {path}: {e}"))?
+            }
+        };
+        let retention = match get("WEIR_STAGING_RETENTION") {
+            None => Duration::from_secs(24 * 3600),
+            Some(v) => weir_core::duration::parse(&v).map_err(|e| format!("WEIR_STAGING_RETENTION: {e}"))?,
+        };
+        Ok(FileSettings {
+            data_dir: PathBuf::from(get("WEIR_DATA_DIR").unwrap_or_else(|| ".weir/data".into())),
+            watches,
+            retention,
+            store: Inventory::url(&get("WEIR_FILES_STORE_URL").unwrap_or_else(|| "sqlite://.weir/files.db".into())),
+        })
+    }
+}
+
+/// What this manager runs, with settings from the environment.
 pub fn spec() -> Result<ManagerSpec, String> {
-    Ok(ManagerSpec {
+    Ok(spec_with(FileSettings::from_env()?))
+}
+
+/// What this manager runs, with the given settings.
+pub fn spec_with(settings: FileSettings) -> ManagerSpec {
+    ManagerSpec {
         name: "file-manager",
         binary: "weir-file-manager",
         queue: Queue::File,
-        handlers: vec![Arc::new(Generic)],
-    })
+        handlers: vec![Arc::new(Generic), Arc::new(steps::FileSteps::new(settings.clone()))],
+        background: vec![
+            Arc::new(watcher::Watcher::new(settings.clone())),
+            Arc::new(cleanup::Cleanup::new(settings.clone())),
+            Arc::new(service::Files::new(settings)),
+        ],
+    }
 }

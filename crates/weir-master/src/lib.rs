@@ -90,11 +90,23 @@ pub async fn serve_with_bus(
     bus: Option<Arc<dyn Bus>>,
     cancel: CancellationToken,
 ) -> Result<(), MasterError> {
+    let store = weir_store::open(&config.store_url).await?;
+    serve_with_store(config, listener, bus, store, cancel).await
+}
+
+/// [`serve_with_bus`] on a store already open: the one-command mode shares its embedded
+/// store with the file manager's inventory (one SQLite file has one owner process).
+pub async fn serve_with_store(
+    config: MasterConfig,
+    listener: TcpListener,
+    bus: Option<Arc<dyn Bus>>,
+    store: Arc<dyn weir_store::Store>,
+    cancel: CancellationToken,
+) -> Result<(), MasterError> {
     let rules = Arc::new(config.events.rules().map_err(MasterError::Config)?);
     if bus.is_none() && !rules.is_empty() {
         return Err(MasterError::Config("trigger rules are set but no event bus is (set WEIR_KAFKA_BROKERS)".into()));
     }
-    let store = weir_store::open(&config.store_url).await?;
     tracing::info!(backend = store.backend(), "store open");
     let (scheduler, inbox) = scheduler::Handle::new(config.max_batch);
     let shared = Arc::new(Shared {

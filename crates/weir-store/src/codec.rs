@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use sqlx::Row;
 use uuid::Uuid;
+use weir_core::files::SeenFile;
 use weir_core::model::{
-    event_type, EventRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskCounts, TaskRecord, TaskState,
+    event_type, ClaimedFile, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskCounts,
+    TaskRecord, TaskState,
 };
 use weir_core::spec::JobSpec;
 
@@ -196,4 +198,31 @@ pub(crate) fn page(mut jobs: Vec<JobRecord>, limit: u32) -> Result<crate::JobPag
         None
     };
     Ok(crate::JobPage { jobs, next })
+}
+
+/// A claimed file version (columns: path, size, modified_ms, etag, generation).
+pub(crate) fn claimed_file(r: &impl Cols) -> Result<ClaimedFile, StoreError> {
+    Ok(ClaimedFile { file: seen_file(r)?, generation: u32::try_from(r.int("generation")?).unwrap_or(0) })
+}
+
+fn seen_file(r: &impl Cols) -> Result<SeenFile, StoreError> {
+    Ok(SeenFile {
+        path: r.text("path")?,
+        size: u64::try_from(r.int("size")?).unwrap_or(0),
+        modified_ms: r.int("modified_ms")?,
+        etag: r.opt_text("etag")?,
+    })
+}
+
+/// A file of the inventory.
+pub(crate) fn file_record(r: &impl Cols) -> Result<FileRecord, StoreError> {
+    Ok(FileRecord {
+        watch: r.text("watch")?,
+        file: seen_file(r)?,
+        generation: u32::try_from(r.int("generation")?).unwrap_or(0),
+        state: r.text("state")?,
+        job_id: r.opt_text("job_id")?,
+        first_seen_ms: r.int("first_seen_ms")?,
+        changed_ms: r.int("changed_ms")?,
+    })
 }

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord};
+use weir_core::files::SeenFile;
+use weir_core::model::{
+    ClaimedFile, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord,
+};
 use weir_core::Millis;
 
 mod codec;
@@ -156,6 +159,37 @@ pub trait Store: Send + Sync + 'static {
     /// Records that relay `name` published everything up to `last_id`. Refused with
     /// [`StoreError::Fenced`] unless `epoch` is current, so a deposed master cannot move it.
     async fn set_relay_position(&self, epoch: i64, name: &str, last_id: i64) -> Result<(), StoreError>;
+
+    // The file manager's inventory (the master never touches it).
+
+    /// Records what a listing of `watch` saw and returns the file versions this caller
+    /// claimed: new paths and paths whose fingerprint changed. Concurrent callers never
+    /// claim the same version twice.
+    async fn claim_files(&self, watch: &str, files: &[SeenFile], now: Millis) -> Result<Vec<ClaimedFile>, StoreError>;
+
+    /// Claimed versions of `watch` whose job has not been started yet (oldest first).
+    async fn pending_files(&self, watch: &str, limit: u32) -> Result<Vec<ClaimedFile>, StoreError>;
+
+    /// Marks a claimed version's job as started and writes its discovery event, in one
+    /// transaction. `false` (and nothing written) if the version is no longer pending.
+    async fn mark_file_started(
+        &self,
+        watch: &str,
+        claimed: &ClaimedFile,
+        job_id: &str,
+        event: &OutboxMessage,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// The inventory, optionally of one watch, by path.
+    async fn list_files(&self, watch: Option<&str>, limit: u32) -> Result<Vec<FileRecord>, StoreError>;
+
+    /// Makes a known file pending again under a new generation, so it starts a new job.
+    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<ClaimedFile>, StoreError>;
+
+    /// Takes the next poll of `watch` if it is due (or never taken): only one replica lists
+    /// a watch per interval.
+    async fn claim_poll(&self, watch: &str, holder: &str, now: Millis, interval_ms: i64) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

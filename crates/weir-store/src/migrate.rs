@@ -23,6 +23,11 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0003_outbox_relay.sql"),
     },
     Migration { version: 4, name: "messages", sql: include_str!("../../../migrations/postgres/0004_messages.sql") },
+    Migration {
+        version: 5,
+        name: "file_inventory",
+        sql: include_str!("../../../migrations/postgres/0005_file_inventory.sql"),
+    },
 ];
 
 /// SQLite migrations, oldest first.
@@ -39,6 +44,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../../migrations/sqlite/0003_outbox_relay.sql"),
     },
     Migration { version: 4, name: "messages", sql: include_str!("../../../migrations/sqlite/0004_messages.sql") },
+    Migration {
+        version: 5,
+        name: "file_inventory",
+        sql: include_str!("../../../migrations/sqlite/0005_file_inventory.sql"),
+    },
 ];
 
 /// Table that records applied migrations.

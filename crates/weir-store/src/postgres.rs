@@ -11,7 +11,8 @@ use sqlx::{Connection, PgConnection, QueryBuilder};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
+use weir_core::files::SeenFile;
+use weir_core::model::{ClaimedFile, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
@@ -22,6 +23,9 @@ use crate::{Cursor, JobFilter, JobPage, Store, StoreError};
 const LEADER_LOCK: i32 = 0x7765_6972;
 /// Advisory lock class that serializes migrations.
 const MIGRATE_LOCK: i32 = 0x7765_6973;
+/// Advisory lock taken by every writer of `weir_messages` until its commit, so message
+/// ids commit in order and the relay, which reads `id > position`, skips none.
+const MESSAGES_LOCK: i64 = 0x7765_6974;
 
 /// PostgreSQL-backed [`Store`].
 pub struct PgStore {
@@ -281,6 +285,7 @@ impl Store for PgStore {
         }
         if !c.messages.is_empty() {
             let m = &c.messages;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])",
@@ -453,6 +458,133 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn claim_files(&self, watch: &str, files: &[SeenFile], now: Millis) -> Result<Vec<ClaimedFile>, StoreError> {
+        if files.is_empty() {
+            return Ok(vec![]);
+        }
+        // Only a row whose fingerprint differs is updated, and only updated or inserted
+        // rows are returned: of two replicas listing at once, one claims each version.
+        let rows = sqlx::query(
+            "INSERT INTO weir_files (watch, path, size, modified_ms, etag, fingerprint, generation, state, \
+                                     first_seen_ms, changed_ms) \
+             SELECT $1, p, s, m, e, f, 0, 'discovered', $7, $7 \
+             FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) AS t(p, s, m, e, f) \
+             ON CONFLICT (watch, path) DO UPDATE SET size = EXCLUDED.size, modified_ms = EXCLUDED.modified_ms, \
+                etag = EXCLUDED.etag, fingerprint = EXCLUDED.fingerprint, state = 'discovered', job_id = NULL, \
+                changed_ms = EXCLUDED.changed_ms \
+             WHERE weir_files.fingerprint <> EXCLUDED.fingerprint \
+             RETURNING path, size, modified_ms, etag, generation",
+        )
+        .bind(watch)
+        .bind(files.iter().map(|f| f.path.clone()).collect::<Vec<_>>())
+        .bind(files.iter().map(|f| i(f.size)).collect::<Vec<_>>())
+        .bind(files.iter().map(|f| f.modified_ms).collect::<Vec<_>>())
+        .bind(files.iter().map(|f| f.etag.clone()).collect::<Vec<_>>())
+        .bind(files.iter().map(SeenFile::fingerprint).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(codec::claimed_file).collect()
+    }
+
+    async fn pending_files(&self, watch: &str, limit: u32) -> Result<Vec<ClaimedFile>, StoreError> {
+        sqlx::query(
+            "SELECT path, size, modified_ms, etag, generation FROM weir_files \
+             WHERE watch = $1 AND state = 'discovered' ORDER BY changed_ms, path LIMIT $2",
+        )
+        .bind(watch)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::claimed_file)
+        .collect()
+    }
+
+    async fn mark_file_started(
+        &self,
+        watch: &str,
+        claimed: &ClaimedFile,
+        job_id: &str,
+        event: &OutboxMessage,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE weir_files SET state = 'started', job_id = $5, changed_ms = $6 \
+             WHERE watch = $1 AND path = $2 AND fingerprint = $3 AND generation = $4 AND state = 'discovered'",
+        )
+        .bind(watch)
+        .bind(&claimed.file.path)
+        .bind(claimed.file.fingerprint())
+        .bind(i64::from(claimed.generation))
+        .bind(job_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&event.topic)
+        .bind(&event.key)
+        .bind(&event.kind)
+        .bind(&event.subject)
+        .bind(event.time_ms)
+        .bind(event.data.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_files(&self, watch: Option<&str>, limit: u32) -> Result<Vec<FileRecord>, StoreError> {
+        sqlx::query(
+            "SELECT watch, path, size, modified_ms, etag, generation, state, job_id, first_seen_ms, changed_ms \
+             FROM weir_files WHERE ($1::text IS NULL OR watch = $1) ORDER BY watch, path LIMIT $2",
+        )
+        .bind(watch)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::file_record)
+        .collect()
+    }
+
+    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<ClaimedFile>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE weir_files SET generation = generation + 1, state = 'discovered', job_id = NULL, changed_ms = $3 \
+             WHERE watch = $1 AND path = $2 RETURNING path, size, modified_ms, etag, generation",
+        )
+        .bind(watch)
+        .bind(path)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(codec::claimed_file).transpose()
+    }
+
+    async fn claim_poll(&self, watch: &str, holder: &str, now: Millis, interval_ms: i64) -> Result<bool, StoreError> {
+        let taken = sqlx::query(
+            "INSERT INTO weir_watch_polls (watch, next_poll_ms, holder) VALUES ($1, $2, $3) \
+             ON CONFLICT (watch) DO UPDATE SET next_poll_ms = EXCLUDED.next_poll_ms, holder = EXCLUDED.holder \
+             WHERE weir_watch_polls.next_poll_ms <= $4",
+        )
+        .bind(watch)
+        .bind(now + interval_ms)
+        .bind(holder)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
     }
 }
 

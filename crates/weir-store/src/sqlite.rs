@@ -12,7 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use uuid::Uuid;
 use weir_core::engine::Changes;
-use weir_core::model::{EventRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
+use weir_core::files::SeenFile;
+use weir_core::model::{ClaimedFile, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
@@ -395,5 +396,133 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn claim_files(&self, watch: &str, files: &[SeenFile], now: Millis) -> Result<Vec<ClaimedFile>, StoreError> {
+        // One writer at a time (SQLite); the upsert changes only rows whose fingerprint
+        // differs and returns only what it inserted or changed.
+        let mut tx = self.pool.begin().await?;
+        let mut claimed = Vec::new();
+        for f in files {
+            let row = sqlx::query(
+                "INSERT INTO weir_files (watch, path, size, modified_ms, etag, fingerprint, generation, state, \
+                                         first_seen_ms, changed_ms) VALUES (?, ?, ?, ?, ?, ?, 0, 'discovered', ?, ?) \
+                 ON CONFLICT (watch, path) DO UPDATE SET size = excluded.size, modified_ms = excluded.modified_ms, \
+                    etag = excluded.etag, fingerprint = excluded.fingerprint, state = 'discovered', job_id = NULL, \
+                    changed_ms = excluded.changed_ms \
+                 WHERE weir_files.fingerprint <> excluded.fingerprint \
+                 RETURNING path, size, modified_ms, etag, generation",
+            )
+            .bind(watch)
+            .bind(&f.path)
+            .bind(i(f.size))
+            .bind(f.modified_ms)
+            .bind(&f.etag)
+            .bind(f.fingerprint())
+            .bind(now)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = row {
+                claimed.push(codec::claimed_file(&r)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn pending_files(&self, watch: &str, limit: u32) -> Result<Vec<ClaimedFile>, StoreError> {
+        sqlx::query(
+            "SELECT path, size, modified_ms, etag, generation FROM weir_files \
+             WHERE watch = ? AND state = 'discovered' ORDER BY changed_ms, path LIMIT ?",
+        )
+        .bind(watch)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::claimed_file)
+        .collect()
+    }
+
+    async fn mark_file_started(
+        &self,
+        watch: &str,
+        claimed: &ClaimedFile,
+        job_id: &str,
+        event: &OutboxMessage,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE weir_files SET state = 'started', job_id = ?, changed_ms = ? \
+             WHERE watch = ? AND path = ? AND fingerprint = ? AND generation = ? AND state = 'discovered'",
+        )
+        .bind(job_id)
+        .bind(now)
+        .bind(watch)
+        .bind(&claimed.file.path)
+        .bind(claimed.file.fingerprint())
+        .bind(i64::from(claimed.generation))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&event.topic)
+            .bind(&event.key)
+            .bind(&event.kind)
+            .bind(&event.subject)
+            .bind(event.time_ms)
+            .bind(event.data.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_files(&self, watch: Option<&str>, limit: u32) -> Result<Vec<FileRecord>, StoreError> {
+        sqlx::query(
+            "SELECT watch, path, size, modified_ms, etag, generation, state, job_id, first_seen_ms, changed_ms \
+             FROM weir_files WHERE (?1 IS NULL OR watch = ?1) ORDER BY watch, path LIMIT ?2",
+        )
+        .bind(watch)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(codec::file_record)
+        .collect()
+    }
+
+    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<ClaimedFile>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE weir_files SET generation = generation + 1, state = 'discovered', job_id = NULL, changed_ms = ? \
+             WHERE watch = ? AND path = ? RETURNING path, size, modified_ms, etag, generation",
+        )
+        .bind(now)
+        .bind(watch)
+        .bind(path)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(codec::claimed_file).transpose()
+    }
+
+    async fn claim_poll(&self, watch: &str, holder: &str, now: Millis, interval_ms: i64) -> Result<bool, StoreError> {
+        let taken = sqlx::query(
+            "INSERT INTO weir_watch_polls (watch, next_poll_ms, holder) VALUES (?, ?, ?) \
+             ON CONFLICT (watch) DO UPDATE SET next_poll_ms = excluded.next_poll_ms, holder = excluded.holder \
+             WHERE weir_watch_polls.next_poll_ms <= ?",
+        )
+        .bind(watch)
+        .bind(now + interval_ms)
+        .bind(holder)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
     }
 }

@@ -295,6 +295,64 @@ async fn large_batches(s: Arc<dyn Store>) {
     assert_eq!(s.events(id, 1, 100_000).await.expect("events").len() as u64, job.last_seq);
 }
 
+async fn file_inventory_claims_each_version_once(s: Arc<dyn Store>) {
+    use weir_core::files::SeenFile;
+    use weir_core::model::OutboxMessage;
+    let f = |p: &str, size: u64| SeenFile { path: p.into(), size, modified_ms: 7, etag: Some("e".into()) };
+    let claimed = s.claim_files("w", &[f("a.csv", 1), f("b.csv", 2)], 100).await.expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.file.path.as_str()).collect::<Vec<_>>(), vec!["a.csv", "b.csv"]);
+    // Seen again unchanged: nothing new. Changed: claimed again. Another watch: its own.
+    assert!(s.claim_files("w", &[f("a.csv", 1), f("b.csv", 2)], 101).await.expect("again").is_empty());
+    let changed = s.claim_files("w", &[f("a.csv", 1), f("b.csv", 3)], 102).await.expect("changed");
+    assert_eq!(changed.iter().map(|c| (c.file.path.as_str(), c.file.size)).collect::<Vec<_>>(), vec![("b.csv", 3)]);
+    assert_eq!(s.claim_files("other", &[f("a.csv", 1)], 103).await.expect("other").len(), 1);
+
+    // Two claimers at once over the same listing: each version goes to exactly one.
+    let listing: Vec<SeenFile> = (0..200).map(|i| f(&format!("batch/{i:03}.csv"), 10)).collect();
+    let (a, b) = tokio::join!(s.claim_files("w", &listing, 104), s.claim_files("w", &listing, 104));
+    assert_eq!(a.expect("a").len() + b.expect("b").len(), 200);
+
+    let pending = s.pending_files("w", 1000).await.expect("pending");
+    assert_eq!(pending.len(), 202);
+    let event = |p: &str| OutboxMessage {
+        topic: "weir.files".into(),
+        key: "w".into(),
+        kind: "dev.weir.file.discovered".into(),
+        subject: p.into(),
+        time_ms: 105,
+        data: serde_json::json!({"path": p}),
+    };
+    let tail = s.messages_tail().await.expect("tail");
+    let a = pending.iter().find(|c| c.file.path == "a.csv").expect("a pending");
+    assert!(s.mark_file_started("w", a, "job-1", &event("a.csv"), 105).await.expect("mark"));
+    assert!(!s.mark_file_started("w", a, "job-1", &event("a.csv"), 106).await.expect("twice"), "marked once");
+    let msgs = s.messages_after(tail, 10).await.expect("messages");
+    assert_eq!(msgs.len(), 1, "one discovery event per version");
+    assert_eq!(msgs[0].1.subject, "a.csv");
+
+    // A stale claim (the file changed since) cannot be marked.
+    let old_b = pending.iter().find(|c| c.file.path == "b.csv").expect("b");
+    assert_eq!(old_b.file.size, 3);
+    let mut stale = old_b.clone();
+    stale.file.size = 2;
+    assert!(!s.mark_file_started("w", &stale, "job-x", &event("b.csv"), 107).await.expect("stale"));
+
+    // A re-drive makes a started file pending again under a new generation.
+    let again = s.redrive_file("w", "a.csv", 108).await.expect("redrive").expect("known file");
+    assert_eq!((again.generation, again.file.size), (1, 1));
+    assert!(s.redrive_file("w", "nope.csv", 108).await.expect("unknown").is_none());
+    let listed = s.list_files(Some("w"), 10).await.expect("list");
+    let row = listed.iter().find(|r| r.file.path == "a.csv").expect("row");
+    assert_eq!((row.state.as_str(), row.generation, row.job_id.as_deref()), ("discovered", 1, None));
+    assert_eq!(row.first_seen_ms, 100);
+    assert_eq!(s.list_files(None, 1000).await.expect("all").len(), 203);
+
+    // One poller per interval.
+    assert!(s.claim_poll("w", "r1", 1_000, 500).await.expect("first"));
+    assert!(!s.claim_poll("w", "r2", 1_200, 500).await.expect("not due"));
+    assert!(s.claim_poll("w", "r2", 1_500, 500).await.expect("due"));
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -313,7 +371,8 @@ conformance!(
     keys_and_listing,
     retry_deletes_old_compensation,
     stale_epoch_is_fenced,
-    large_batches
+    large_batches,
+    file_inventory_claims_each_version_once
 );
 
 /// PostgreSQL only: a second master blocks until the first one's session ends.

@@ -17,5 +17,6 @@ pub fn spec() -> Result<ManagerSpec, String> {
         binary: "weir-stream-manager",
         queue: Queue::Stream,
         handlers: vec![Arc::new(Generic)],
+        background: vec![],
     })
 }

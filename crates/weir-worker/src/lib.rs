@@ -10,6 +10,7 @@
 
 pub mod generic;
 pub mod manager;
+pub mod report;
 mod worker;
 
 use std::time::Duration;

@@ -43,6 +43,27 @@ pub struct ManagerSpec {
     pub binary: &'static str,
     pub queue: Queue,
     pub handlers: Vec<Arc<dyn StepHandler>>,
+    /// Work besides leased tasks (the file manager's watches) and domain gRPC services.
+    pub background: Vec<Arc<dyn Background>>,
+}
+
+/// What a [`Background`] runs with.
+#[derive(Debug, Clone)]
+pub struct BackgroundContext {
+    pub master_url: String,
+    pub worker_id: String,
+    /// Fires on shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// Work a manager does besides running leased tasks, and the gRPC services it serves
+/// for its own domain on the manager's listen address.
+#[async_trait::async_trait]
+pub trait Background: Send + Sync + 'static {
+    /// Runs until `ctx.cancel` fires.
+    async fn run(&self, ctx: BackgroundContext);
+    /// Adds this work's gRPC services to the manager's server.
+    fn add_routes(&self, _routes: &mut tonic::service::RoutesBuilder) {}
 }
 
 /// Runs a manager until `cancel` fires.
@@ -52,7 +73,10 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
         None
     } else {
         let listener = weir_runtime::grpc::bind(&args.listen).await?;
-        let (reporter, routes) = weir_runtime::grpc::base_routes()?;
+        let (reporter, mut routes) = weir_runtime::grpc::base_routes()?;
+        for b in &spec.background {
+            b.add_routes(&mut routes);
+        }
         reporter.set_service_status("", ServingStatus::Serving).await;
         Some(tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), cancel.clone())))
     };
@@ -64,7 +88,23 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
         poll_wait: args.poll_wait,
         drain_timeout: args.drain_timeout,
     };
+    let ctx = BackgroundContext {
+        master_url: cfg.master_url.clone(),
+        worker_id: cfg.worker_id.clone(),
+        cancel: cancel.clone(),
+    };
+    let background: Vec<_> = spec
+        .background
+        .iter()
+        .map(|b| {
+            let (b, ctx) = (b.clone(), ctx.clone());
+            tokio::spawn(async move { b.run(ctx).await })
+        })
+        .collect();
     Worker::new(cfg, spec.handlers)?.run(cancel).await?;
+    for b in background {
+        let _ = b.await;
+    }
     if let Some(s) = server {
         let _ = s.await;
     }

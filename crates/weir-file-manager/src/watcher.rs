@@ -1,0 +1,168 @@
+//! The watches: event-driven collection.
+//!
+//! Every second the watcher looks at each watch. When the watch's poll is due it takes
+//! the poll in the inventory (so one replica lists per interval), lists the location,
+//! and claims the new or changed file versions (so each version is claimed once, across
+//! restarts and replicas). Then, on every round and on every replica, it starts the job
+//! of each claimed version not started yet: the job's run id comes from the version's
+//! discovery event, so a retry after a crash names the same job and the master starts it
+//! once; marking the version started writes its `dev.weir.file.discovered` event to the
+//! outbox in the same transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use weir_core::events::{rfc3339, topic};
+use weir_core::files::{discovery_event, WatchSpec, FILE_DISCOVERED};
+use weir_core::model::{ClaimedFile, OutboxMessage};
+use weir_core::trigger::TriggerRules;
+use weir_proto::v1::job_service_client::JobServiceClient;
+use weir_proto::v1::SubmitJobRequest;
+use weir_storage::{Location, Patterns};
+use weir_store::Store;
+use weir_worker::manager::{Background, BackgroundContext};
+
+use crate::FileSettings;
+
+/// How often the watcher looks for due polls and unstarted versions.
+const ROUND: Duration = Duration::from_secs(1);
+
+/// Runs the watches.
+pub struct Watcher {
+    settings: FileSettings,
+}
+
+struct Watch {
+    spec: WatchSpec,
+    rules: TriggerRules,
+    location: Location,
+    patterns: Patterns,
+}
+
+impl Watcher {
+    pub fn new(settings: FileSettings) -> Self {
+        Watcher { settings }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[async_trait]
+impl Background for Watcher {
+    async fn run(&self, ctx: BackgroundContext) {
+        if self.settings.watches.watches.is_empty() {
+            return;
+        }
+        let mut watches = Vec::new();
+        for spec in &self.settings.watches.watches {
+            let opened = (|| -> Result<Watch, String> {
+                Ok(Watch {
+                    rules: spec.rule()?,
+                    location: Location::open(&spec.location).map_err(|e| e.to_string())?,
+                    patterns: Patterns::new(&spec.patterns).map_err(|e| e.to_string())?,
+                    spec: spec.clone(),
+                })
+            })();
+            match opened {
+                Ok(w) => watches.push(w),
+                Err(e) => tracing::error!(watch = %spec.name, error = %e, "watch not started"),
+            }
+        }
+        let channel = match weir_runtime::grpc::channel(&ctx.master_url) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "watches not started: bad master URL");
+                return;
+            }
+        };
+        let mut master = JobServiceClient::new(channel);
+        tracing::info!(watches = watches.len(), "watching");
+        loop {
+            let store = match self.settings.store.get().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "inventory unavailable; retrying");
+                    None
+                }
+            };
+            if let Some(store) = store {
+                for w in &watches {
+                    if let Err(e) = round(w, &store, &mut master, &ctx.worker_id).await {
+                        tracing::warn!(watch = %w.spec.name, error = %e, "watch round failed; trying again next round");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                _ = tokio::time::sleep(ROUND) => {}
+            }
+        }
+    }
+}
+
+/// One round of one watch: poll if due, then start what is pending.
+async fn round(
+    w: &Watch,
+    store: &Arc<dyn Store>,
+    master: &mut JobServiceClient<tonic::transport::Channel>,
+    holder: &str,
+) -> Result<(), String> {
+    let name = &w.spec.name;
+    let interval = w.spec.interval().as_millis() as i64;
+    if store.claim_poll(name, holder, now_ms(), interval).await.map_err(|e| e.to_string())? {
+        let listed = w.location.list(&w.patterns).await.map_err(|e| e.to_string())?;
+        let claimed = store.claim_files(name, &listed, now_ms()).await.map_err(|e| e.to_string())?;
+        tracing::info!(watch = %name, listed = listed.len(), new_or_changed = claimed.len(), "polled");
+    }
+    loop {
+        let pending = store.pending_files(name, 100).await.map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for c in &pending {
+            start(w, store, master, c).await?;
+        }
+    }
+}
+
+/// Starts the job of one claimed version and records it with its discovery event.
+async fn start(
+    w: &Watch,
+    store: &Arc<dyn Store>,
+    master: &mut JobServiceClient<tonic::transport::Channel>,
+    c: &ClaimedFile,
+) -> Result<(), String> {
+    let now = now_ms();
+    let event = discovery_event(&w.spec.name, &w.spec.location, &c.file, c.generation, &rfc3339(now));
+    let spec = w.rules.job_for(&event)?;
+    let wire = weir_proto::convert::spec_to_wire(&spec);
+    let job = match master.submit_job(SubmitJobRequest { spec: Some(wire) }).await {
+        Ok(r) => r.into_inner().job.map(|j| j.id).unwrap_or_default(),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            // The watch's job spec is wrong for this file: say so loudly; the version
+            // stays pending and is tried again next round (fix the watch and restart).
+            return Err(format!("the master refused the job for {}: {}", c.file.path, s.message()));
+        }
+        Err(s) => return Err(format!("submitting the job for {}: {}", c.file.path, s.message())),
+    };
+    let mut data = event.data.clone().unwrap_or_default();
+    if let Some(o) = data.as_object_mut() {
+        o.insert("event_id".into(), event.id.clone().into());
+        o.insert("job_id".into(), job.clone().into());
+    }
+    let message = OutboxMessage {
+        topic: topic::FILES.into(),
+        key: w.spec.name.clone(),
+        kind: FILE_DISCOVERED.into(),
+        subject: event.subject.clone().unwrap_or_default(),
+        time_ms: now,
+        data,
+    };
+    if store.mark_file_started(&w.spec.name, c, &job, &message, now).await.map_err(|e| e.to_string())? {
+        tracing::info!(watch = %w.spec.name, path = %c.file.path, job_id = %job, "file discovered; job started");
+    }
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! Where files live. A [`Location`] is a [`LocationSpec`] opened through Apache OpenDAL —
+//! local disk, S3-compatible stores, SFTP, FTP, Azure Blob, GCS behind one interface —
+//! with credentials read by reference (environment or a mounted secret file) at open and
+//! never logged. It lists files matching glob [`Patterns`], downloads a file in chunks to
+//! local disk computing its SHA-256 (and MD5, to check an S3 ETag) on the way, and moves
+//! or copies files for archiving.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use md5::Md5;
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::{services, EntryMode, ErrorKind, Operator};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use weir_core::files::{redact_uri, CredentialsRef, LocationSpec, SeenFile};
+
+/// Errors of a location.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The spec cannot be opened (bad URI, missing credentials).
+    #[error("location {uri}: {message}")]
+    Config { uri: String, message: String },
+    /// The backend refused or failed; `retryable` says whether another try may pass.
+    #[error("{op} {uri}/{path}: {message}")]
+    Backend { op: &'static str, uri: String, path: String, message: String, retryable: bool },
+    /// The file is not there.
+    #[error("{uri}/{path}: no such file")]
+    NotFound { uri: String, path: String },
+    /// Local disk.
+    #[error("{path}: {source}")]
+    Local { path: String, source: std::io::Error },
+    /// A glob pattern does not compile.
+    #[error("pattern {pattern:?}: {message}")]
+    Pattern { pattern: String, message: String },
+}
+
+impl StorageError {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Backend { retryable, .. } => *retryable,
+            StorageError::Local { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Compiled glob patterns (`*.csv`, `**/*.json.gz`); `*` does not cross `/`.
+#[derive(Debug, Clone)]
+pub struct Patterns(globset::GlobSet);
+
+impl Patterns {
+    pub fn new(patterns: &[String]) -> Result<Patterns, StorageError> {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in patterns {
+            let g = globset::GlobBuilder::new(p.trim_start_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| StorageError::Pattern { pattern: p.clone(), message: e.kind().to_string() })?;
+            b.add(g);
+        }
+        b.build()
+            .map(Patterns)
+            .map_err(|e| StorageError::Pattern { pattern: patterns.join(", "), message: e.to_string() })
+    }
+
+    /// Whether `path` (relative to the location, `/`-separated) matches any pattern.
+    pub fn matches(&self, path: &str) -> bool {
+        self.0.is_match(path)
+    }
+}
+
+/// What a download wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    pub size: u64,
+    /// Lower-case hex.
+    pub sha256: String,
+    /// Lower-case hex.
+    pub md5: String,
+}
+
+/// An opened location.
+#[derive(Clone)]
+pub struct Location {
+    op: Operator,
+    /// The URI without any user part's secrets, for messages.
+    shown: String,
+    scheme: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Location").field("uri", &self.shown).finish()
+    }
+}
+
+/// Reads secrets: the environment (`<PREFIX>_<KEY>`) or a `key=value` file.
+fn secrets(spec: &LocationSpec, uri: &str) -> Result<HashMap<String, String>, StorageError> {
+    let bad = |m: String| StorageError::Config { uri: uri.to_string(), message: m };
+    let keys = [
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "password",
+        "account_name",
+        "account_key",
+        "credential",
+    ];
+    let mut out = HashMap::new();
+    match &spec.credentials {
+        None => {}
+        Some(CredentialsRef::Env(prefix)) => {
+            for k in keys {
+                if let Ok(v) = std::env::var(format!("{prefix}_{}", k.to_ascii_uppercase())) {
+                    out.insert(k.to_string(), v);
+                }
+            }
+            if out.is_empty() {
+                return Err(bad(format!("credentials.env {prefix:?}: no {prefix}_* variable is set")));
+            }
+        }
+        Some(CredentialsRef::File(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| bad(format!("credentials file {path}: {e}")))?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                let (k, v) = line
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("credentials file {path}: a line is not key=value")))?;
+                let k = k.trim().to_ascii_lowercase();
+                if !keys.contains(&k.as_str()) {
+                    return Err(bad(format!(
+                        "credentials file {path}: unknown key {k:?} (known: {})",
+                        keys.join(", ")
+                    )));
+                }
+                out.insert(k, v.trim().to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `host[:port]` and the path of an `sftp://`/`ftp://` URI, and its user.
+fn host_path(rest: &str) -> (Option<String>, String, String) {
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    match authority.rsplit_once('@') {
+        Some((user, host)) => (Some(user.to_string()), host.to_string(), path),
+        None => (None, authority.to_string(), path),
+    }
+}
+
+/// Bucket (or container) and the prefix below it.
+fn bucket_prefix(rest: &str) -> (String, String) {
+    match rest.split_once('/') {
+        Some((b, p)) => (b.to_string(), format!("/{}", p.trim_matches('/'))),
+        None => (rest.to_string(), "/".to_string()),
+    }
+}
+
+impl Location {
+    /// Opens `spec`, reading its credentials now.
+    pub fn open(spec: &LocationSpec) -> Result<Location, StorageError> {
+        let shown = redact_uri(&spec.uri);
+        spec.check().map_err(|m| StorageError::Config { uri: shown.clone(), message: m })?;
+        let (scheme, rest) = spec.uri.split_once("://").unwrap_or(("", ""));
+        let sec = secrets(spec, &shown)?;
+        let get = |k: &str| sec.get(k).map(String::as_str);
+        let config = |e: opendal::Error| StorageError::Config { uri: shown.clone(), message: e.to_string() };
+        install_http_transport();
+        let op = match scheme {
+            "file" => {
+                let root = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+                Operator::new(services::Fs::default().root(&root)).map_err(config)?
+            }
+            "s3" => {
+                let (bucket, prefix) = bucket_prefix(rest);
+                let mut b = services::S3::default()
+                    .bucket(&bucket)
+                    .root(&prefix)
+                    .region(spec.region.as_deref().unwrap_or("us-east-1"));
+                if let Some(e) = &spec.endpoint {
+                    b = b.endpoint(e);
+                }
+                if let (Some(id), Some(key)) = (get("access_key_id"), get("secret_access_key")) {
+                    b = b.access_key_id(id).secret_access_key(key).disable_config_load().disable_ec2_metadata();
+                    if let Some(t) = get("session_token") {
+                        b = b.session_token(t);
+                    }
+                }
+                Operator::new(b).map_err(config)?
+            }
+            "sftp" => {
+                let (user, host, path) = host_path(rest);
+                let mut b = services::Sftp::default()
+                    .endpoint(&format!("ssh://{host}"))
+                    .root(&path)
+                    .known_hosts_strategy(spec.known_hosts.as_deref().unwrap_or("strict"));
+                if let Some(u) = &user {
+                    b = b.user(u);
+                }
+                if let Some(k) = &spec.key_file {
+                    b = b.key(k);
+                }
+                Operator::new(b).map_err(config)?
+            }
+            "ftp" => {
+                let (user, host, path) = host_path(rest);
+                let mut b = services::Ftp::default().endpoint(&format!("ftp://{host}")).root(&path);
+                if let Some(u) = &user {
+                    b = b.user(u);
+                }
+                if let Some(p) = get("password") {
+                    b = b.password(p);
+                }
+                Operator::new(b).map_err(config)?
+            }
+            "azblob" => {
+                let (container, prefix) = bucket_prefix(rest);
+                let mut b = services::Azblob::default().container(&container).root(&prefix);
+                if let Some(e) = &spec.endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(n) = get("account_name") {
+                    b = b.account_name(n);
+                }
+                if let Some(k) = get("account_key") {
+                    b = b.account_key(k);
+                }
+                Operator::new(b).map_err(config)?
+            }
+            "gcs" => {
+                let (bucket, prefix) = bucket_prefix(rest);
+                let mut b = services::Gcs::default().bucket(&bucket).root(&prefix);
+                if let Some(e) = &spec.endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(c) = get("credential") {
+                    b = b.credential(c);
+                }
+                Operator::new(b).map_err(config)?
+            }
+            other => return Err(StorageError::Config { uri: shown, message: format!("unknown scheme {other:?}") }),
+        };
+        let op = op
+            .layer(RetryLayer::new().with_max_times(3).with_min_delay(Duration::from_millis(200)))
+            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)));
+        Ok(Location { op, shown, scheme: scheme.to_string() })
+    }
+
+    /// The location's URI, safe to show.
+    pub fn uri(&self) -> &str {
+        &self.shown
+    }
+
+    fn err(&self, op: &'static str, path: &str, e: opendal::Error) -> StorageError {
+        if e.kind() == ErrorKind::NotFound {
+            return StorageError::NotFound { uri: self.shown.clone(), path: path.to_string() };
+        }
+        let retryable = e.is_temporary()
+            || !matches!(e.kind(), ErrorKind::ConfigInvalid | ErrorKind::PermissionDenied | ErrorKind::Unsupported);
+        StorageError::Backend { op, uri: self.shown.clone(), path: path.to_string(), message: e.to_string(), retryable }
+    }
+
+    /// Files below the location matching `patterns`, by path.
+    pub async fn list(&self, patterns: &Patterns) -> Result<Vec<SeenFile>, StorageError> {
+        let mut lister = self.op.lister_with("/").recursive(true).await.map_err(|e| self.err("list", "", e))?;
+        let mut out = Vec::new();
+        while let Some(entry) = lister.next().await {
+            let entry = entry.map_err(|e| self.err("list", "", e))?;
+            let path = entry.path().trim_start_matches('/').to_string();
+            if entry.metadata().mode() == EntryMode::DIR || !patterns.matches(&path) {
+                continue;
+            }
+            let meta = entry.metadata();
+            // Listings of some backends (local disk, SFTP) carry no size or time: ask.
+            let meta = if meta.last_modified().is_none() {
+                self.op.stat(&path).await.map_err(|e| self.err("stat", &path, e))?
+            } else {
+                meta.clone()
+            };
+            out.push(seen(&path, &meta));
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// The file as the backend describes it now, with its Content-MD5 where offered.
+    pub async fn stat(&self, path: &str) -> Result<(SeenFile, Option<String>), StorageError> {
+        let meta = self.op.stat(path).await.map_err(|e| self.err("stat", path, e))?;
+        Ok((seen(path, &meta), meta.content_md5().map(str::to_string)))
+    }
+
+    /// Reads a small file whole (a `.sha256` sidecar); `None` if it does not exist.
+    pub async fn read_small(&self, path: &str, max: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.op.stat(path).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("stat", path, e)),
+            Ok(m) if m.content_length() > max => {
+                return Err(StorageError::Backend {
+                    op: "read",
+                    uri: self.shown.clone(),
+                    path: path.to_string(),
+                    message: format!("{} bytes, more than the {max} expected", m.content_length()),
+                    retryable: false,
+                })
+            }
+            Ok(_) => {}
+        }
+        let buf = self.op.read(path).await.map_err(|e| self.err("read", path, e))?;
+        Ok(Some(buf.to_vec()))
+    }
+
+    /// Downloads `path` to `dest` in chunks of `chunk` bytes, hashing as it goes. The
+    /// file is written to `dest` with a `.part` suffix and renamed when complete.
+    pub async fn download(&self, path: &str, dest: &Path, chunk: usize) -> Result<Downloaded, StorageError> {
+        let local = |p: &Path, e: std::io::Error| StorageError::Local { path: p.display().to_string(), source: e };
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| local(dir, e))?;
+        }
+        let part = dest.with_extension(format!(
+            "{}part",
+            dest.extension().map(|e| format!("{}.", e.to_string_lossy())).unwrap_or_default()
+        ));
+        let reader = self.op.reader_with(path).chunk(chunk).await.map_err(|e| self.err("read", path, e))?;
+        let mut stream = reader.into_bytes_stream(..).await.map_err(|e| self.err("read", path, e))?;
+        let mut file = tokio::fs::File::create(&part).await.map_err(|e| local(&part, e))?;
+        let (mut sha, mut md5, mut size) = (Sha256::new(), Md5::new(), 0u64);
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.map_err(|e| StorageError::Backend {
+                op: "read",
+                uri: self.shown.clone(),
+                path: path.to_string(),
+                message: e.to_string(),
+                retryable: true,
+            })?;
+            sha.update(&bytes);
+            md5.update(&bytes);
+            size += bytes.len() as u64;
+            file.write_all(&bytes).await.map_err(|e| local(&part, e))?;
+        }
+        file.sync_all().await.map_err(|e| local(&part, e))?;
+        drop(file);
+        tokio::fs::rename(&part, dest).await.map_err(|e| local(dest, e))?;
+        Ok(Downloaded { size, sha256: hex(&sha.finalize()), md5: hex(&md5.finalize()) })
+    }
+
+    /// Moves (or copies) `from` to `to` within the location.
+    pub async fn relocate(&self, from: &str, to: &str, keep_source: bool) -> Result<(), StorageError> {
+        let cap = self.op.info().capability();
+        if keep_source || !cap.rename {
+            if cap.copy {
+                self.op.copy(from, to).await.map_err(|e| self.err("copy", from, e))?;
+            } else {
+                let data = self.op.read(from).await.map_err(|e| self.err("read", from, e))?;
+                self.op.write(to, data).await.map_err(|e| self.err("write", to, e))?;
+            }
+            if !keep_source {
+                self.op.delete(from).await.map_err(|e| self.err("delete", from, e))?;
+            }
+            return Ok(());
+        }
+        self.op.rename(from, to).await.map_err(|e| self.err("rename", from, e))
+    }
+
+    /// Writes a small file (tests, sidecars).
+    pub async fn put(&self, path: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        self.op.write(path, data).await.map(|_| ()).map_err(|e| self.err("write", path, e))
+    }
+
+    /// The backend's scheme (`file`, `s3`, ...).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+}
+
+fn seen(path: &str, meta: &opendal::Metadata) -> SeenFile {
+    let modified_ms = meta
+        .last_modified()
+        .map(std::time::SystemTime::from)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    SeenFile {
+        path: path.trim_start_matches('/').to_string(),
+        size: meta.content_length(),
+        modified_ms,
+        etag: meta.etag().map(|e| e.trim_matches('"').to_string()),
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// OpenDAL's HTTP backends need a process-wide transport; Weir's is reqwest over OpenSSL.
+fn install_http_transport() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        opendal::HttpTransporter::install_default(opendal_http_transport_reqwest::ReqwestTransport::new(
+            reqwest::Client::new(),
+        ));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        let p = Patterns::new(&["*.csv".into(), "**/*.json.gz".into()]).expect("compile");
+        assert!(p.matches("a.csv"));
+        assert!(!p.matches("sub/a.csv"), "* stays in one folder");
+        assert!(p.matches("x/y/z.json.gz"));
+        assert!(p.matches("z.json.gz"));
+        assert!(!p.matches("a.csv.sha256"));
+        assert!(Patterns::new(&["[".into()]).is_err());
+    }
+
+    #[test]
+    fn uris_split_into_their_parts() {
+        assert_eq!(host_path("bob@h:2222/up/in"), (Some("bob".into()), "h:2222".into(), "/up/in".into()));
+        assert_eq!(host_path("h"), (None, "h".into(), "/".into()));
+        assert_eq!(bucket_prefix("b/p/q/"), ("b".into(), "/p/q".into()));
+        assert_eq!(bucket_prefix("b"), ("b".into(), "/".into()));
+    }
+
+    #[tokio::test]
+    async fn local_disk_lists_downloads_and_archives() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("in/sub")).expect("mkdir");
+        std::fs::write(dir.path().join("in/a.csv"), b"id\n1\n").expect("write");
+        std::fs::write(dir.path().join("in/sub/b.csv"), b"id\n2\n").expect("write");
+        std::fs::write(dir.path().join("in/notes.txt"), b"x").expect("write");
+        let spec = LocationSpec { uri: format!("file://{}/in", dir.path().display()), ..Default::default() };
+        let loc = Location::open(&spec).expect("open");
+        let files = loc.list(&Patterns::new(&["**/*.csv".into()]).expect("glob")).await.expect("list");
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, vec!["a.csv", "sub/b.csv"]);
+        assert!(files.iter().all(|f| f.size == 5 && f.modified_ms > 0));
+        let dest = dir.path().join("staging/a.csv");
+        let d = loc.download("a.csv", &dest, 2).await.expect("download");
+        assert_eq!(d.size, 5);
+        assert_eq!(d.sha256, hex(&Sha256::digest(b"id\n1\n")));
+        assert_eq!(std::fs::read(&dest).expect("staged"), b"id\n1\n");
+        loc.relocate("a.csv", "archive/a.csv", false).await.expect("move");
+        assert!(dir.path().join("in/archive/a.csv").exists() && !dir.path().join("in/a.csv").exists());
+        let e = loc.download("missing.csv", &dir.path().join("m"), 1024).await.expect_err("missing");
+        assert!(matches!(e, StorageError::NotFound { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_credentials_are_named_without_values() {
+        let spec = LocationSpec {
+            uri: "s3://bucket".into(),
+            credentials: Some(CredentialsRef::Env("WEIR_TEST_NOPE_UNSET".into())),
+            ..Default::default()
+        };
+        let e = Location::open(&spec).expect_err("no creds");
+        assert!(e.to_string().contains("WEIR_TEST_NOPE_UNSET_*"), "{e}");
+    }
+}

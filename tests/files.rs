@@ -1,0 +1,421 @@
+//! The file manager against real storage on loopback — local disk, an S3-compatible
+//! server (moto) and an SFTP server (OpenSSH's sshd) — with the real master and batch
+//! manager: watches start one job per file version across replicas and restarts,
+//! downloads are verified, a bad file is quarantined and re-driven once fixed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weir_batch_manager::BatchSettings;
+use weir_core::files::Watches;
+use weir_file_manager::{FileSettings, Inventory};
+use weir_proto::v1;
+use weir_tests::{
+    job, run_manager, step, submit, tasks, wait_finished, Backend, InProcMaster, Moto, Sshd, StoreFixture,
+};
+
+fn with_config(mut s: v1::StepSpec, config: Value) -> v1::StepSpec {
+    s.config_json = config.to_string();
+    s
+}
+
+fn file_settings(data: &Path, store_url: &str, watches: Value) -> FileSettings {
+    FileSettings {
+        data_dir: data.to_path_buf(),
+        watches: Watches::from_value(watches).expect("valid watches"),
+        retention: Duration::from_secs(3600),
+        store: Inventory::url(store_url),
+    }
+}
+
+/// The job each discovered file starts: fetch it, convert it, store it in `lake`.
+fn ingest(lake: &Path) -> Value {
+    json!({
+        "namespace": "files", "job_name": "ingest",
+        "steps": [
+            {"id": "fetch", "kind": "fetch", "queue": "file",
+             "config": {"location": "$data.location", "paths": ["$data.path"], "verify_attempts": 2}},
+            {"id": "convert", "kind": "convert", "queue": "batch", "depends_on": ["fetch"]},
+            {"id": "store", "kind": "store", "queue": "batch", "depends_on": ["convert"],
+             "config": {"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}}
+        ]
+    })
+}
+
+async fn jobs_in(master: &InProcMaster, namespace: &str) -> Vec<v1::Job> {
+    let mut c = master.jobs();
+    let r = c
+        .list_jobs(v1::ListJobsRequest { namespace: namespace.into(), page_size: 500, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner();
+    r.jobs
+}
+
+/// Waits until `n` jobs exist in `namespace` and all are finished; returns them.
+async fn wait_jobs(master: &InProcMaster, namespace: &str, n: usize, timeout: Duration) -> Vec<v1::Job> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let jobs = jobs_in(master, namespace).await;
+        let done =
+            jobs.iter().all(|j| weir_proto::convert::job_state_from_wire(j.state).is_some_and(|s| s.is_terminal()));
+        if jobs.len() >= n && done {
+            return jobs;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} jobs after {timeout:?} (all finished: {done})", jobs.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn state(j: &v1::Job) -> &'static str {
+    weir_proto::convert::job_state_from_wire(j.state).map(|s| s.as_str()).unwrap_or("?")
+}
+
+/// Every data file of a Parquet dataset (not Weir's bookkeeping).
+fn dataset_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("_weir") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_watch_starts_one_job_per_file_version_across_replicas_and_restarts() {
+    let store = StoreFixture::new(Backend::Postgres).await;
+    let master = InProcMaster::start(&store.url).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inbox = dir.path().join("in");
+    std::fs::create_dir_all(&inbox).expect("mkdir");
+    std::fs::write(inbox.join("a.csv"), "id,v\n1,10\n2,20\n").expect("a");
+    std::fs::write(inbox.join("b.csv"), "id,v\n3,30\n").expect("b");
+    std::fs::write(inbox.join("ignored.txt"), "not a match").expect("txt");
+    let lake = dir.path().join("lake");
+    let watches = json!({"watches": [{
+        "name": "inbox", "location": {"uri": format!("file://{}", inbox.display())},
+        "patterns": ["*.csv"], "poll_interval": "1s", "start": ingest(&lake)
+    }]});
+    let data = dir.path().join("data");
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-1",
+        "",
+    );
+    // Two file-manager replicas on one inventory.
+    let fm1 = run_manager(
+        weir_file_manager::spec_with(file_settings(&data, &store.url, watches.clone())),
+        &master.url,
+        "files-1",
+        "",
+    );
+    let fm2 = run_manager(
+        weir_file_manager::spec_with(file_settings(&data, &store.url, watches.clone())),
+        &master.url,
+        "files-2",
+        "",
+    );
+
+    let jobs = wait_jobs(&master, "files", 2, Duration::from_secs(60)).await;
+    assert_eq!(jobs.len(), 2, "one job per file, not per replica");
+    assert!(jobs.iter().all(|j| state(j) == "succeeded"), "{:?}", jobs.iter().map(state).collect::<Vec<_>>());
+    assert_eq!(dataset_files(&lake).len(), 2);
+
+    // A new file and a changed one start a job each; an unchanged one does not.
+    std::fs::write(inbox.join("c.csv"), "id,v\n4,40\n").expect("c");
+    std::fs::write(inbox.join("a.csv"), "id,v\n1,10\n2,20\n5,50\n").expect("a changed");
+    let jobs = wait_jobs(&master, "files", 4, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(jobs_in(&master, "files").await.len(), 4, "nothing new without a change");
+    assert!(jobs.iter().all(|j| state(j) == "succeeded"));
+
+    // A replica restarts: it claims nothing it has seen.
+    fm1.0.cancel();
+    fm1.1.await.expect("fm1 stops");
+    let fm1 = run_manager(
+        weir_file_manager::spec_with(file_settings(&data, &store.url, watches)),
+        &master.url,
+        "files-1b",
+        "",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(jobs_in(&master, "files").await.len(), 4, "a restart ingests nothing twice");
+
+    // The changed file replaced its rows in the dataset (keyed by its source), so the
+    // lake holds each file once: a (3 rows), b (1), c (1).
+    assert_eq!(dataset_files(&lake).len(), 3);
+
+    // Each version published one discovery event, in the outbox with its job.
+    let s = store.open().await;
+    let events: Vec<_> = s
+        .messages_after(0, 100)
+        .await
+        .expect("messages")
+        .into_iter()
+        .filter(|(_, m)| m.kind == "dev.weir.file.discovered")
+        .collect();
+    assert_eq!(events.len(), 4);
+    assert!(events.iter().all(|(_, m)| m.topic == "weir.files" && m.key == "inbox" && m.data["job_id"].is_string()));
+    let inventory = s.list_files(Some("inbox"), 100).await.expect("inventory");
+    assert_eq!(
+        inventory.iter().map(|f| (f.file.path.as_str(), f.state.as_str())).collect::<Vec<_>>(),
+        vec![("a.csv", "started"), ("b.csv", "started"), ("c.csv", "started")]
+    );
+
+    for (c, h) in [fm1, fm2, batch] {
+        c.cancel();
+        h.await.expect("stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test]
+async fn s3_downloads_are_verified_and_a_bad_file_is_quarantined_then_redriven() {
+    let moto = Moto::start().await;
+    moto.create_bucket("landing").await;
+    let prefix = format!("WEIR_TEST_S3_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(format!("{prefix}_ACCESS_KEY_ID"), "test");
+    std::env::set_var(format!("{prefix}_SECRET_ACCESS_KEY"), "test");
+    let location = json!({"uri": "s3://landing/incoming", "endpoint": moto.endpoint, "region": "us-east-1",
+                          "credentials": {"env": prefix}});
+    let bucket = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
+    let good = b"id,v\n1,10\n";
+    let sha = |b: &[u8]| weir_storage::hex(&<sha2::Sha256 as sha2::Digest>::digest(b));
+    bucket.put("good.csv", good.to_vec()).await.expect("put");
+    bucket.put("good.csv.sha256", format!("{}  good.csv\n", sha(good)).into_bytes()).await.expect("put");
+    bucket.put("plain.csv", b"id,v\n2,20\n".to_vec()).await.expect("put");
+    bucket.put("bad.csv", b"id,v\n3,30\n".to_vec()).await.expect("put");
+    bucket.put("bad.csv.sha256", format!("{}  bad.csv\n", sha(b"something else")).into_bytes()).await.expect("put");
+
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let inventory_url = format!("sqlite://{}", dir.path().join("files.db").display());
+    let watches = json!({"watches": [{"name": "landing", "location": location, "patterns": ["*.csv"],
+                                      "poll_interval": "1s", "start": ingest(&lake)}]});
+    let files_port = weir_tests::free_port();
+    let fm = run_manager(
+        weir_file_manager::spec_with(file_settings(&data, &inventory_url, watches)),
+        &master.url,
+        "files-s3",
+        &format!("127.0.0.1:{files_port}"),
+    );
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-s3",
+        "",
+    );
+
+    let jobs = wait_jobs(&master, "files", 3, Duration::from_secs(90)).await;
+    let mut jc = master.jobs();
+    let mut outcome = Vec::new();
+    for j in &jobs {
+        let ts = tasks(&mut jc, &j.id).await;
+        let fetch = ts.iter().find(|t| t.step_id == "fetch").expect("fetch");
+        let out: Value = serde_json::from_str(&fetch.output_json).unwrap_or(Value::Null);
+        outcome.push((state(j), out));
+    }
+    let by = |name: &str| {
+        outcome
+            .iter()
+            .find(|(_, o)| o.to_string().contains(name))
+            .unwrap_or_else(|| panic!("no job for {name}: {outcome:?}"))
+    };
+    let (s, out) = by("good.csv");
+    assert_eq!((*s, out["files"][0]["verified_by"].as_str()), ("succeeded", Some("sha256 sidecar")));
+    assert_eq!(out["files"][0]["sha256"], json!(sha(good)));
+    let (s, out) = by("plain.csv");
+    assert_eq!((*s, out["files"][0]["verified_by"].as_str()), ("succeeded", Some("md5")), "the S3 ETag is checked");
+    // The bad file: fetched twice, both mismatching, quarantined with its reason; its job
+    // fails at convert, which has no input.
+    let (s, out) = by("bad.csv");
+    assert_eq!(*s, "failed");
+    let q = out["quarantined"][0]["quarantined"].as_str().expect("quarantined path").to_string();
+    let reason: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{q}.reason.json")).expect("reason file")).expect("json");
+    assert_eq!(reason["reason"], "checksum_mismatch");
+    assert_eq!(reason["attempts"], 2);
+    assert!(reason["detail"].as_str().unwrap_or("").contains("sha256"), "{reason}");
+
+    // Fixed at the source, then re-driven through the file manager's service: a new job.
+    bucket.put("bad.csv.sha256", format!("{}  bad.csv\n", sha(b"id,v\n3,30\n")).into_bytes()).await.expect("fix");
+    let mut files =
+        v1::file_service_client::FileServiceClient::new(weir_tests::channel(&format!("http://127.0.0.1:{files_port}")));
+    let r = files
+        .redrive_file(v1::RedriveFileRequest { watch: "landing".into(), path: "bad.csv".into() })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!(r.file.map(|f| f.generation), Some(1));
+    let unknown = files.redrive_file(v1::RedriveFileRequest { watch: "landing".into(), path: "nope.csv".into() }).await;
+    assert_eq!(unknown.expect_err("unknown file").code(), tonic::Code::NotFound);
+    let jobs = wait_jobs(&master, "files", 4, Duration::from_secs(60)).await;
+    assert_eq!(jobs.iter().filter(|j| state(j) == "succeeded").count(), 3);
+    let listed = files.list_files(v1::ListFilesRequest { watch: "landing".into(), limit: 0 }).await.expect("list");
+    assert_eq!(listed.into_inner().files.len(), 3);
+    assert_eq!(dataset_files(&lake).len(), 3);
+
+    for (c, h) in [fm, batch] {
+        c.cancel();
+        h.await.expect("stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test]
+async fn sftp_files_are_discovered_fetched_and_archived() {
+    let sshd = Sshd::start().await;
+    let remote = tempfile::tempdir().expect("remote");
+    std::fs::create_dir_all(remote.path().join("upload")).expect("mkdir");
+    std::fs::write(remote.path().join("upload/x.csv"), "id,name\n1,ä\n2,b\n").expect("x");
+    std::fs::write(remote.path().join("upload/y.csv"), "id,name\n3,c\n").expect("y");
+    let location = json!({
+        "uri": format!("sftp://{}@127.0.0.1:{}{}/upload", sshd.user, sshd.port, remote.path().display()),
+        "key_file": sshd.key_file.display().to_string(), "known_hosts": "accept"
+    });
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let fm = run_manager(
+        weir_file_manager::spec_with(file_settings(
+            &data,
+            &format!("sqlite://{}", dir.path().join("f.db").display()),
+            json!({}),
+        )),
+        &master.url,
+        "files-sftp",
+        "",
+    );
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-sftp",
+        "",
+    );
+    let spec = job(
+        "sftp",
+        vec![
+            with_config(
+                step("discover", "discover", "file", &[]),
+                json!({"location": location, "patterns": ["*.csv"]}),
+            ),
+            step("fetch", "fetch", "file", &["discover"]),
+            step("convert", "convert", "batch", &["fetch"]),
+            with_config(
+                step("store", "store", "batch", &["convert"]),
+                json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
+            ),
+            with_config(step("archive", "archive", "file", &["store"]), json!({"location": location})),
+        ],
+    );
+    let mut jc = master.jobs();
+    let id = submit(&mut jc, spec).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let out = |s: &str| -> Value {
+        let t = ts.iter().find(|t| t.step_id == s).expect("task");
+        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
+    };
+    let errors: Vec<String> =
+        ts.iter().map(|t| format!("{}: {} {}", t.step_id, t.error_kind, t.error_message)).collect();
+    assert_eq!(state(&done), "succeeded", "{errors:?}");
+    assert_eq!(out("discover")["count"], 2);
+    assert_eq!(out("fetch")["count"], 2);
+    assert_eq!(out("store")["rows_written"], 3);
+    assert_eq!(dataset_files(&lake).len(), 2);
+    // Archived on the server: moved under archive/.
+    assert!(remote.path().join("upload/archive/x.csv").exists() && !remote.path().join("upload/x.csv").exists());
+    assert_eq!(out("archive")["archived"].as_array().map(Vec::len), Some(2));
+
+    for (c, h) in [fm, batch] {
+        c.cancel();
+        h.await.expect("stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_thousand_files_travel_between_steps_by_report_reference() {
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inbox = dir.path().join("in");
+    std::fs::create_dir_all(&inbox).expect("mkdir");
+    for i in 0..1000 {
+        std::fs::write(inbox.join(format!("part-{i:04}.csv")), format!("id,v\n{i},{}\n", i * 2)).expect("write");
+    }
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let fm = run_manager(
+        weir_file_manager::spec_with(file_settings(
+            &data,
+            &format!("sqlite://{}", dir.path().join("f.db").display()),
+            json!({}),
+        )),
+        &master.url,
+        "files-many",
+        "",
+    );
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-many",
+        "",
+    );
+    let location = json!({"uri": format!("file://{}", inbox.display())});
+    let spec = job(
+        "many",
+        vec![
+            with_config(
+                step("discover", "discover", "file", &[]),
+                json!({"location": location, "patterns": ["*.csv"]}),
+            ),
+            step("fetch", "fetch", "file", &["discover"]),
+            step("convert", "convert", "batch", &["fetch"]),
+            with_config(
+                step("store", "store", "batch", &["convert"]),
+                json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
+            ),
+        ],
+    );
+    let mut jc = master.jobs();
+    let id = submit(&mut jc, spec).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(180)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let errors: Vec<String> = ts.iter().map(|t| format!("{}: {}", t.step_id, t.error_message)).collect();
+    assert_eq!(state(&done), "succeeded", "{errors:?}");
+    for t in &ts {
+        let out: Value = serde_json::from_str(&t.output_json).expect("output");
+        assert!(t.output_json.len() < 4096, "{} output stays small: {} bytes", t.step_id, t.output_json.len());
+        assert!(out["report"].is_string(), "{}: a reference to its report", t.step_id);
+    }
+    let store_out: Value =
+        serde_json::from_str(&ts.iter().find(|t| t.step_id == "store").expect("store").output_json).expect("json");
+    assert_eq!((store_out["rows_read"].as_u64(), store_out["rows_written"].as_u64()), (Some(1000), Some(1000)));
+    assert_eq!(dataset_files(&lake).len(), 1000);
+
+    for (c, h) in [fm, batch] {
+        c.cancel();
+        h.await.expect("stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
+}
