@@ -18,6 +18,7 @@ test:
 	./scripts/ensure-postgres.sh
 	./scripts/ensure-python-peer.sh
 	./scripts/ensure-tansu.sh
+	./scripts/ensure-azurite.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

@@ -419,3 +419,140 @@ async fn a_thousand_files_travel_between_steps_by_report_reference() {
     master.stop().await;
     store.cleanup().await;
 }
+
+#[tokio::test]
+async fn ftp_files_are_discovered_and_fetched_with_a_password_by_reference() {
+    let served = tempfile::tempdir().expect("served");
+    std::fs::create_dir_all(served.path().join("drop")).expect("mkdir");
+    std::fs::write(served.path().join("drop/m.csv"), "id,v\n1,x\n2,y\n").expect("m");
+    let ftp = weir_tests::Ftp::start(served.path()).await;
+    let prefix = format!("WEIR_TEST_FTP_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(format!("{prefix}_PASSWORD"), "secret");
+    let location = json!({"uri": format!("ftp://weir@127.0.0.1:{}/drop", ftp.port), "credentials": {"env": prefix}});
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let fm = run_manager(
+        weir_file_manager::spec_with(file_settings(
+            &data,
+            &format!("sqlite://{}", dir.path().join("f.db").display()),
+            json!({}),
+        )),
+        &master.url,
+        "files-ftp",
+        "",
+    );
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-ftp",
+        "",
+    );
+    let spec = job(
+        "ftp",
+        vec![
+            with_config(
+                step("discover", "discover", "file", &[]),
+                json!({"location": location, "patterns": ["*.csv"]}),
+            ),
+            step("fetch", "fetch", "file", &["discover"]),
+            step("convert", "convert", "batch", &["fetch"]),
+        ],
+    );
+    let mut jc = master.jobs();
+    let id = submit(&mut jc, spec).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let errors: Vec<String> = ts.iter().map(|t| format!("{}: {}", t.step_id, t.error_message)).collect();
+    assert_eq!(state(&done), "succeeded", "{errors:?}");
+    let convert: Value =
+        serde_json::from_str(&ts.iter().find(|t| t.step_id == "convert").expect("convert").output_json).expect("json");
+    assert_eq!(convert["rows_written"], 2);
+    assert!(!ts.iter().any(|t| t.output_json.contains("secret")), "the password never appears in outputs");
+
+    for (c, h) in [fm, batch] {
+        c.cancel();
+        h.await.expect("stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test]
+async fn azure_blob_files_are_fetched_with_keys_from_a_secret_file() {
+    let azurite = weir_tests::Azurite::start().await;
+    azurite.create_container("landing").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let secret = dir.path().join("azure.secret");
+    std::fs::write(
+        &secret,
+        format!(
+            "# mounted secret\naccount_name={}\naccount_key={}\n",
+            weir_tests::AZURITE_ACCOUNT,
+            weir_tests::AZURITE_KEY
+        ),
+    )
+    .expect("secret");
+    let location = json!({"uri": "azblob://landing/in", "endpoint": azurite.endpoint,
+                          "credentials": {"file": secret.display().to_string()}});
+    let blob = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
+    blob.put("q.csv", b"id,v\n1,a\n2,b\n3,c\n".to_vec()).await.expect("put");
+    blob.put("skip.txt", b"not csv".to_vec()).await.expect("put");
+
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let data = dir.path().join("data");
+    let fm = run_manager(
+        weir_file_manager::spec_with(file_settings(
+            &data,
+            &format!("sqlite://{}", dir.path().join("f.db").display()),
+            json!({}),
+        )),
+        &master.url,
+        "files-az",
+        "",
+    );
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-az",
+        "",
+    );
+    let spec = job(
+        "azure",
+        vec![
+            with_config(
+                step("discover", "discover", "file", &[]),
+                json!({"location": location, "patterns": ["*.csv"]}),
+            ),
+            step("fetch", "fetch", "file", &["discover"]),
+            step("convert", "convert", "batch", &["fetch"]),
+            with_config(
+                step("archive", "archive", "file", &["convert"]),
+                json!({"location": location, "mode": "copy"}),
+            ),
+        ],
+    );
+    let mut jc = master.jobs();
+    let id = submit(&mut jc, spec).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let errors: Vec<String> = ts.iter().map(|t| format!("{}: {}", t.step_id, t.error_message)).collect();
+    assert_eq!(state(&done), "succeeded", "{errors:?}");
+    let out = |s: &str| -> Value {
+        serde_json::from_str(&ts.iter().find(|t| t.step_id == s).expect("task").output_json).expect("json")
+    };
+    assert_eq!(out("discover")["count"], 1, "only the CSV matches");
+    assert_eq!(out("convert")["rows_written"], 3);
+    assert!(out("fetch")["files"][0]["verified_by"].is_string());
+    // Copied under archive/, the original kept.
+    assert!(blob.stat("archive/q.csv").await.is_ok() && blob.stat("q.csv").await.is_ok());
+
+    for (c, h) in [fm, batch] {
+        c.cancel();
+        h.await.expect("stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
+}

@@ -502,3 +502,86 @@ pub fn spawn_master(store_url: &str) -> (String, Proc) {
     );
     (format!("http://127.0.0.1:{port}"), master)
 }
+
+/// A real FTP server (pyftpdlib, from PyPI) serving `dir` on a loopback port to
+/// `weir`/`secret`, killed when dropped.
+pub struct Ftp {
+    pub port: u16,
+    _child: Child,
+}
+
+impl Ftp {
+    pub async fn start(dir: &std::path::Path) -> Ftp {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.args([
+            "-m",
+            "pyftpdlib",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "weir",
+            "-P",
+            "secret",
+            "-w",
+            "-d",
+        ])
+        .arg(dir)
+        .kill_on_drop(true);
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().expect("start pyftpdlib");
+        wait_port(port, "ftp").await;
+        Ftp { port, _child: child }
+    }
+}
+
+/// Azurite's well-known development account (public, in Microsoft's documentation).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Its key.
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A real Azure Blob endpoint: Azurite (from npm, `scripts/ensure-azurite.sh`) on a
+/// loopback port, killed when dropped.
+pub struct Azurite {
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl Azurite {
+    pub async fn start() -> Azurite {
+        let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+        let dir_env = std::env::var("WEIR_AZURITE_DIR").map(PathBuf::from).unwrap_or(home.join(".cache/weir/azurite"));
+        let bin = dir_env.join("node_modules/.bin/azurite-blob");
+        assert!(bin.exists(), "{} missing: run scripts/ensure-azurite.sh (make test does)", bin.display());
+        let data = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
+            .args(["--loose", "--disableTelemetry", "--location"])
+            .arg(data.path())
+            .kill_on_drop(true);
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().expect("start azurite");
+        wait_port(port, "azurite").await;
+        Azurite { endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"), _dir: data, _child: child }
+    }
+
+    /// Creates a container with Azure's own Python client.
+    pub async fn create_container(&self, name: &str) {
+        let conn = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+            self.endpoint
+        );
+        let script = "import sys\nfrom azure.storage.blob import BlobServiceClient\nBlobServiceClient.from_connection_string(sys.argv[1]).create_container(sys.argv[2])\n";
+        let out = Command::new(python()).args(["-c", script, &conn, name]).output().await.expect("python");
+        assert!(out.status.success(), "create container: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -27,6 +27,9 @@ pub struct BatchSettings {
     pub data_dir: PathBuf,
     /// `WEIR_BATCH_MAX_BYTES` (default 1 GiB): most input bytes in one batch.
     pub max_batch_bytes: u64,
+    /// `WEIR_BATCH_MAX_FILES` (default 256): most files in one batch, so many small files
+    /// spread over the slots (and cores).
+    pub max_batch_files: usize,
     /// `WEIR_BATCH_SLOTS` (default 20): most batches running at once.
     pub slots: usize,
     /// `WEIR_BATCH_TIMEOUT` (default 5m): longest one batch may run.
@@ -38,6 +41,7 @@ impl Default for BatchSettings {
         BatchSettings {
             data_dir: PathBuf::from(".weir/data"),
             max_batch_bytes: 1 << 30,
+            max_batch_files: 256,
             slots: 20,
             batch_timeout: Duration::from_secs(300),
         }
@@ -67,6 +71,9 @@ impl BatchSettings {
         };
         if let Some(n) = number("WEIR_BATCH_MAX_BYTES", 1)? {
             s.max_batch_bytes = n;
+        }
+        if let Some(n) = number("WEIR_BATCH_MAX_FILES", 1)? {
+            s.max_batch_files = n as usize;
         }
         if let Some(n) = number("WEIR_BATCH_SLOTS", 1)? {
             s.slots = n as usize;

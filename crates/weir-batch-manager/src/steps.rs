@@ -153,7 +153,7 @@ impl StepHandler for DataSteps {
             cancel: cancel.clone(),
         };
         let sizes: Vec<u64> = inputs.iter().map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0)).collect();
-        let groups = batches::plan(&sizes, self.settings.max_batch_bytes);
+        let groups = batches::plan(&sizes, self.settings.max_batch_bytes, self.settings.max_batch_files);
         let n_batches = groups.len();
 
         let mut running = tokio::task::JoinSet::new();

@@ -6,7 +6,7 @@
 //!    a process of its own on one thread: Weir's pipeline (schema inferred, every row
 //!    typed and accounted for), pyarrow's streaming CSV reader and Parquet writer, and
 //!    DuckDB's `COPY ... TO parquet`. Prints MB/s per core (input MiB over the process's
-//!    user+system CPU seconds) and wall-clock MB/s.
+//!    user+system CPU seconds) and wall-clock MB/s, the best of `--rounds` interleaved runs.
 //! 2. Converts a larger file (`--big-mb`, default 2048) with Weir and prints its peak
 //!    resident memory: bounded memory, whatever the file size.
 //! 3. Bulk ingestion end to end: `--small-files` (default 10,000) small CSVs in a local
@@ -35,6 +35,9 @@ pub struct DataArgs {
     /// Size of the CSV whose conversion's peak memory is measured.
     #[arg(long, default_value_t = 2048)]
     big_mb: u64,
+    /// Runs of each conversion (interleaved); the best of each is reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// Small files ingested end to end by the bulk-file template.
     #[arg(long, default_value_t = 10_000)]
     small_files: usize,
@@ -160,31 +163,46 @@ pub async fn run(args: &DataArgs) -> anyhow::Result<()> {
     let mb = csv.metadata()?.len() as f64 / 1048576.0;
     println!("csv_input_mb={mb:.0} MB");
 
-    let weir =
-        figures(&Command::new(&me).arg("convert-one").arg(&csv).arg(work.join("weir")).output()?, "weir convert")?;
-    let per_core = |f: &std::collections::HashMap<String, f64>| mb / f["cpu_seconds"].max(0.001);
-    let wall = |f: &std::collections::HashMap<String, f64>| mb / f["seconds"].max(0.001);
-    println!("csv_rows={} rows", weir["rows"]);
-    println!("csv_to_parquet_weir_mb_per_s_per_core={:.1} MB/s", per_core(&weir));
-    println!("csv_to_parquet_weir_wall_mb_per_s={:.1} MB/s", wall(&weir));
-    println!("csv_to_parquet_weir_peak_rss={:.1} MB", weir["peak_rss_mb"]);
-
     let home = std::env::var("HOME").unwrap_or_default();
     let python =
         args.python.clone().unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/weir/bench-venv/bin/python")));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/convert.py");
-    let mut others = Vec::new();
-    for tool in ["pyarrow", "duckdb"] {
-        let out = work.join(format!("{tool}.parquet"));
-        let _ = std::fs::remove_file(&out);
-        let f = figures(&Command::new(&python).arg(&script).arg(tool).arg(&csv).arg(&out).output()?, tool)?;
-        println!("csv_to_parquet_{tool}_mb_per_s_per_core={:.1} MB/s", per_core(&f));
-        println!("csv_to_parquet_{tool}_wall_mb_per_s={:.1} MB/s", wall(&f));
-        println!("csv_to_parquet_{tool}_peak_rss={:.1} MB", f["peak_rss_mb"]);
-        others.push((tool, per_core(&f)));
+    type Figures = std::collections::HashMap<String, f64>;
+    let per_core = |f: &Figures| mb / f["cpu_seconds"].max(0.001);
+    let wall = |f: &Figures| mb / f["seconds"].max(0.001);
+    // Each tool twice, interleaved, keeping its best run: this shared 2-core machine's
+    // neighbours make single runs vary by 15-30%.
+    let mut best: Vec<(&str, Figures)> = Vec::new();
+    for _round in 0..args.rounds {
+        for tool in ["weir", "pyarrow", "duckdb"] {
+            let f = if tool == "weir" {
+                figures(
+                    &Command::new(&me).arg("convert-one").arg(&csv).arg(work.join("weir")).output()?,
+                    "weir convert",
+                )?
+            } else {
+                let out = work.join(format!("{tool}.parquet"));
+                let _ = std::fs::remove_file(&out);
+                figures(&Command::new(&python).arg(&script).arg(tool).arg(&csv).arg(&out).output()?, tool)?
+            };
+            match best.iter_mut().find(|(t, _)| *t == tool) {
+                Some((_, b)) if per_core(b) >= per_core(&f) => {}
+                Some((_, b)) => *b = f,
+                None => best.push((tool, f)),
+            }
+        }
     }
-    for (tool, v) in others {
-        println!("weir_vs_{tool}_per_core={:.2} x", per_core(&weir) / v);
+    for (tool, f) in &best {
+        if *tool == "weir" {
+            println!("csv_rows={} rows", f["rows"]);
+        }
+        println!("csv_to_parquet_{tool}_mb_per_s_per_core={:.1} MB/s", per_core(f));
+        println!("csv_to_parquet_{tool}_wall_mb_per_s={:.1} MB/s", wall(f));
+        println!("csv_to_parquet_{tool}_peak_rss={:.1} MB", f["peak_rss_mb"]);
+    }
+    let weir_best = best.iter().find(|(t, _)| *t == "weir").map(|(_, f)| per_core(f)).unwrap_or(0.0);
+    for (tool, f) in best.iter().filter(|(t, _)| *t != "weir") {
+        println!("weir_vs_{tool}_per_core={:.2} x", weir_best / per_core(f));
     }
 
     let big = trades_csv(args.big_mb)?;

@@ -73,6 +73,25 @@ impl Writers {
     }
 }
 
+/// Columns whose values in `sample` are mostly distinct (over a quarter of at least 1,000
+/// rows), which Parquet is better off writing without a dictionary.
+fn mostly_distinct(sample: &arrow_array::RecordBatch) -> Vec<String> {
+    use arrow_cast::display::{ArrayFormatter, FormatOptions};
+    let rows = sample.num_rows();
+    if rows < 1000 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for (f, col) in sample.schema().fields().iter().zip(sample.columns()) {
+        let Ok(fmt) = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default()) else { continue };
+        let distinct: std::collections::HashSet<String> = (0..rows).map(|i| fmt.value(i).to_string()).collect();
+        if distinct.len() * 4 > rows {
+            out.push(f.name().clone());
+        }
+    }
+    out
+}
+
 /// Converts one input as the plan says; the report accounts for every row.
 pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
     let step = plan.step.as_ref();
@@ -114,9 +133,14 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         Some(r) => Some(Quality::new(r, &schema, &input_columns, plan.now_micros)?),
         None => None,
     };
+    let plain = mostly_distinct(&target.apply(&first.batch)?.0);
     let mut writers = Writers {
         staged: match &plan.staging {
-            Some(dir) => Some(DatasetWriter::create(dir, &key, &plan.fence, &schema, None, STAGED_ZSTD_LEVEL)?),
+            Some(dir) => Some(
+                DatasetWriter::create(dir, &key, &plan.fence, &schema, None, STAGED_ZSTD_LEVEL)?
+                    .transient()
+                    .without_dictionary(&plain),
+            ),
             None => None,
         },
         sinks: Vec::new(),
@@ -132,7 +156,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
                 zstd_level.unwrap_or(SINK_ZSTD_LEVEL),
             );
             match w {
-                Ok(w) => writers.sinks.push(w),
+                Ok(w) => writers.sinks.push(w.without_dictionary(&plain)),
                 Err(e) => {
                     writers.abort();
                     return Err(e);

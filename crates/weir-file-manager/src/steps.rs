@@ -282,6 +282,11 @@ async fn fetch_one(
     chunk: usize,
     attempts: u32,
 ) -> Result<Value, StorageError> {
+    // A listing names paths below the location; one that climbs out would write outside
+    // staging, so it is refused whatever the server says.
+    if path.starts_with('/') || path.split('/').any(|s| s == ".." || s.is_empty()) {
+        return Err(StorageError::Config { uri: uri.to_string(), message: format!("refusing the path {path:?}") });
+    }
     let dest = staging.join(path);
     let mut last = String::new();
     for attempt in 1..=attempts {

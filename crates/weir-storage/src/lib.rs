@@ -317,7 +317,8 @@ impl Location {
     }
 
     /// Downloads `path` to `dest` in chunks of `chunk` bytes, hashing as it goes. The
-    /// file is written to `dest` with a `.part` suffix and renamed when complete.
+    /// file is written to `dest` with a `.part` suffix and renamed when complete. Staged
+    /// downloads are not fsynced: a re-run of the step fetches them again.
     pub async fn download(&self, path: &str, dest: &Path, chunk: usize) -> Result<Downloaded, StorageError> {
         let local = |p: &Path, e: std::io::Error| StorageError::Local { path: p.display().to_string(), source: e };
         if let Some(dir) = dest.parent() {
@@ -344,7 +345,7 @@ impl Location {
             size += bytes.len() as u64;
             file.write_all(&bytes).await.map_err(|e| local(&part, e))?;
         }
-        file.sync_all().await.map_err(|e| local(&part, e))?;
+        file.flush().await.map_err(|e| local(&part, e))?;
         drop(file);
         tokio::fs::rename(&part, dest).await.map_err(|e| local(dest, e))?;
         Ok(Downloaded { size, sha256: hex(&sha.finalize()), md5: hex(&md5.finalize()) })

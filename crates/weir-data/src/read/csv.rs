@@ -13,6 +13,8 @@ pub(crate) struct CsvSource {
     dialect: CsvDialect,
     batch_rows: usize,
     nulls: Vec<String>,
+    /// The common case (only the empty string reads as null), checked without compares.
+    empty_is_null_only: bool,
     columns: Option<TextColumns>,
     /// A first data row read while naming the columns of a headerless file.
     pending: Option<ByteRecord>,
@@ -32,11 +34,13 @@ impl CsvSource {
             .flexible(true)
             .buffer_capacity(1 << 20)
             .from_reader(stream);
+        let empty_is_null_only = nulls.len() == 1 && nulls[0].is_empty();
         CsvSource {
             reader,
             dialect,
             batch_rows,
             nulls,
+            empty_is_null_only,
             columns: None,
             pending: None,
             record: 0,
@@ -126,7 +130,11 @@ impl Source for CsvSource {
                 continue;
             }
             let nulls = &self.nulls;
-            cols.push(row, srec.iter().map(|f| if nulls.iter().any(|n| n == f) { None } else { Some(f) }));
+            if self.empty_is_null_only {
+                cols.push(row, srec.iter().map(|f| (!f.is_empty()).then_some(f)));
+            } else {
+                cols.push(row, srec.iter().map(|f| if nulls.iter().any(|n| n == f) { None } else { Some(f) }));
+            }
             rec = srec.into_byte_record();
         }
         let Some(cols) = self.columns.as_mut() else { return Ok(None) };

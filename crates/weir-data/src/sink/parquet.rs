@@ -54,6 +54,9 @@ pub struct DatasetWriter {
     /// Partition folder ("" = none) → its open writer.
     open: BTreeMap<String, ArrowWriter<File>>,
     rows: u64,
+    /// Whether commits reach the disk before they count (sinks); staged files, which a
+    /// re-run of their step reproduces, skip the fsyncs.
+    durable: bool,
 }
 
 impl DatasetWriter {
@@ -92,7 +95,29 @@ impl DatasetWriter {
             tmp,
             open: BTreeMap::new(),
             rows: 0,
+            durable: true,
         })
+    }
+
+    /// Skips the fsyncs: for staged data that a re-run of its step reproduces.
+    pub fn transient(mut self) -> Self {
+        self.durable = false;
+        self
+    }
+
+    /// Writes these columns without dictionary encoding: for columns whose values are
+    /// mostly distinct (ids, timestamps, prices) a dictionary only costs time — parquet
+    /// would fill it and then fall back to plain encoding in every row group.
+    pub fn without_dictionary(mut self, columns: &[String]) -> Self {
+        if columns.is_empty() {
+            return self;
+        }
+        let mut b = self.props.clone().into_builder();
+        for c in columns {
+            b = b.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(c.as_str()), false);
+        }
+        self.props = b.build();
+        self
     }
 
     /// Adds rows (split by partition).
@@ -156,7 +181,9 @@ impl DatasetWriter {
         let mut written = Vec::new();
         for (folder, w) in std::mem::take(&mut self.open) {
             let file = w.into_inner()?;
-            file.sync_all().map_err(|e| DataError::io(&self.tmp, e))?;
+            if self.durable {
+                file.sync_all().map_err(|e| DataError::io(&self.tmp, e))?;
+            }
             written.push(folder);
         }
         let meta = self.root.join("_weir");
@@ -211,10 +238,14 @@ impl DatasetWriter {
         let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
         let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         std::io::Write::write_all(&mut &f, &body).map_err(|e| DataError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+        if self.durable {
+            f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+        }
         fs::rename(&tmp, &manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
-        if let Ok(dir) = File::open(&inputs) {
-            let _ = dir.sync_all();
+        if self.durable {
+            if let Ok(dir) = File::open(&inputs) {
+                let _ = dir.sync_all();
+            }
         }
         Ok(out)
     }
