@@ -29,6 +29,74 @@ fn file_settings(data: &Path, store_url: &str, watches: Value) -> FileSettings {
     }
 }
 
+/// A master with one file manager (no watches) and one batch manager, on a fresh store,
+/// for tests that submit their own jobs.
+struct Rig {
+    store: StoreFixture,
+    master: InProcMaster,
+    managers: Vec<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)>,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(name: &str) -> Rig {
+        let store = StoreFixture::new(Backend::Sqlite).await;
+        let master = InProcMaster::start(&store.url).await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("data");
+        let inventory = format!("sqlite://{}", dir.path().join("files.db").display());
+        let managers = vec![
+            run_manager(
+                weir_file_manager::spec_with(file_settings(&data, &inventory, json!({}))),
+                &master.url,
+                &format!("files-{name}"),
+                "",
+            ),
+            run_manager(
+                weir_batch_manager::spec_with(BatchSettings { data_dir: data, ..BatchSettings::default() }),
+                &master.url,
+                &format!("batch-{name}"),
+                "",
+            ),
+        ];
+        Rig { store, master, managers, dir }
+    }
+
+    /// Runs a job to its end; returns its state and each step's output (or error).
+    async fn run(
+        &self,
+        name: &str,
+        steps: Vec<v1::StepSpec>,
+        timeout: Duration,
+    ) -> (&'static str, Vec<(String, Value)>) {
+        let mut jc = self.master.jobs();
+        let id = submit(&mut jc, job(name, steps)).await;
+        let done = wait_finished(&mut jc, &id, timeout).await;
+        let outs = tasks(&mut jc, &id)
+            .await
+            .into_iter()
+            .map(|t| {
+                let v = serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}));
+                (t.step_id, v)
+            })
+            .collect();
+        (state(&done), outs)
+    }
+
+    async fn stop(self) {
+        for (c, h) in self.managers {
+            c.cancel();
+            h.await.expect("stops");
+        }
+        self.master.stop().await;
+        self.store.cleanup().await;
+    }
+}
+
+fn output<'a>(outs: &'a [(String, Value)], step: &str) -> &'a Value {
+    &outs.iter().find(|(s, _)| s == step).expect("step").1
+}
+
 /// The job each discovered file starts: fetch it, convert it, store it in `lake`.
 fn ingest(lake: &Path) -> Value {
     json!({
@@ -288,136 +356,59 @@ async fn sftp_files_are_discovered_fetched_and_archived() {
         "uri": format!("sftp://{}@127.0.0.1:{}{}/upload", sshd.user, sshd.port, remote.path().display()),
         "key_file": sshd.key_file.display().to_string(), "known_hosts": "accept"
     });
-    let store = StoreFixture::new(Backend::Sqlite).await;
-    let master = InProcMaster::start(&store.url).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let lake = dir.path().join("lake");
-    let fm = run_manager(
-        weir_file_manager::spec_with(file_settings(
-            &data,
-            &format!("sqlite://{}", dir.path().join("f.db").display()),
-            json!({}),
-        )),
-        &master.url,
-        "files-sftp",
-        "",
-    );
-    let batch = run_manager(
-        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
-        &master.url,
-        "batch-sftp",
-        "",
-    );
-    let spec = job(
-        "sftp",
-        vec![
-            with_config(
-                step("discover", "discover", "file", &[]),
-                json!({"location": location, "patterns": ["*.csv"]}),
-            ),
-            step("fetch", "fetch", "file", &["discover"]),
-            step("convert", "convert", "batch", &["fetch"]),
-            with_config(
-                step("store", "store", "batch", &["convert"]),
-                json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
-            ),
-            with_config(step("archive", "archive", "file", &["store"]), json!({"location": location})),
-        ],
-    );
-    let mut jc = master.jobs();
-    let id = submit(&mut jc, spec).await;
-    let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
-    let ts = tasks(&mut jc, &id).await;
-    let out = |s: &str| -> Value {
-        let t = ts.iter().find(|t| t.step_id == s).expect("task");
-        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
-    };
-    let errors: Vec<String> =
-        ts.iter().map(|t| format!("{}: {} {}", t.step_id, t.error_kind, t.error_message)).collect();
-    assert_eq!(state(&done), "succeeded", "{errors:?}");
-    assert_eq!(out("discover")["count"], 2);
-    assert_eq!(out("fetch")["count"], 2);
-    assert_eq!(out("store")["rows_written"], 3);
+    let rig = Rig::start("sftp").await;
+    let lake = rig.dir.path().join("lake");
+    let steps = vec![
+        with_config(step("discover", "discover", "file", &[]), json!({"location": location, "patterns": ["*.csv"]})),
+        step("fetch", "fetch", "file", &["discover"]),
+        step("convert", "convert", "batch", &["fetch"]),
+        with_config(
+            step("store", "store", "batch", &["convert"]),
+            json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
+        ),
+        with_config(step("archive", "archive", "file", &["store"]), json!({"location": location})),
+    ];
+    let (state, outs) = rig.run("sftp", steps, Duration::from_secs(90)).await;
+    assert_eq!(state, "succeeded", "{outs:?}");
+    assert_eq!(output(&outs, "discover")["count"], 2);
+    assert_eq!(output(&outs, "fetch")["count"], 2);
+    assert_eq!(output(&outs, "store")["rows_written"], 3);
     assert_eq!(dataset_files(&lake).len(), 2);
     // Archived on the server: moved under archive/.
     assert!(remote.path().join("upload/archive/x.csv").exists() && !remote.path().join("upload/x.csv").exists());
-    assert_eq!(out("archive")["archived"].as_array().map(Vec::len), Some(2));
-
-    for (c, h) in [fm, batch] {
-        c.cancel();
-        h.await.expect("stops");
-    }
-    master.stop().await;
-    store.cleanup().await;
+    assert_eq!(output(&outs, "archive")["archived"].as_array().map(Vec::len), Some(2));
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn a_thousand_files_travel_between_steps_by_report_reference() {
-    let store = StoreFixture::new(Backend::Sqlite).await;
-    let master = InProcMaster::start(&store.url).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let inbox = dir.path().join("in");
+    let rig = Rig::start("many").await;
+    let inbox = rig.dir.path().join("in");
     std::fs::create_dir_all(&inbox).expect("mkdir");
     for i in 0..1000 {
         std::fs::write(inbox.join(format!("part-{i:04}.csv")), format!("id,v\n{i},{}\n", i * 2)).expect("write");
     }
-    let data = dir.path().join("data");
-    let lake = dir.path().join("lake");
-    let fm = run_manager(
-        weir_file_manager::spec_with(file_settings(
-            &data,
-            &format!("sqlite://{}", dir.path().join("f.db").display()),
-            json!({}),
-        )),
-        &master.url,
-        "files-many",
-        "",
-    );
-    let batch = run_manager(
-        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
-        &master.url,
-        "batch-many",
-        "",
-    );
+    let lake = rig.dir.path().join("lake");
     let location = json!({"uri": format!("file://{}", inbox.display())});
-    let spec = job(
-        "many",
-        vec![
-            with_config(
-                step("discover", "discover", "file", &[]),
-                json!({"location": location, "patterns": ["*.csv"]}),
-            ),
-            step("fetch", "fetch", "file", &["discover"]),
-            step("convert", "convert", "batch", &["fetch"]),
-            with_config(
-                step("store", "store", "batch", &["convert"]),
-                json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
-            ),
-        ],
-    );
-    let mut jc = master.jobs();
-    let id = submit(&mut jc, spec).await;
-    let done = wait_finished(&mut jc, &id, Duration::from_secs(180)).await;
-    let ts = tasks(&mut jc, &id).await;
-    let errors: Vec<String> = ts.iter().map(|t| format!("{}: {}", t.step_id, t.error_message)).collect();
-    assert_eq!(state(&done), "succeeded", "{errors:?}");
-    for t in &ts {
-        let out: Value = serde_json::from_str(&t.output_json).expect("output");
-        assert!(t.output_json.len() < 4096, "{} output stays small: {} bytes", t.step_id, t.output_json.len());
-        assert!(out["report"].is_string(), "{}: a reference to its report", t.step_id);
+    let steps = vec![
+        with_config(step("discover", "discover", "file", &[]), json!({"location": location, "patterns": ["*.csv"]})),
+        step("fetch", "fetch", "file", &["discover"]),
+        step("convert", "convert", "batch", &["fetch"]),
+        with_config(
+            step("store", "store", "batch", &["convert"]),
+            json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
+        ),
+    ];
+    let (state, outs) = rig.run("many", steps, Duration::from_secs(180)).await;
+    assert_eq!(state, "succeeded", "{outs:?}");
+    for (step, out) in &outs {
+        assert!(out.to_string().len() < 4096, "{step} output stays small");
+        assert!(out["report"].is_string(), "{step}: a reference to its report");
     }
-    let store_out: Value =
-        serde_json::from_str(&ts.iter().find(|t| t.step_id == "store").expect("store").output_json).expect("json");
-    assert_eq!((store_out["rows_read"].as_u64(), store_out["rows_written"].as_u64()), (Some(1000), Some(1000)));
+    let stored = output(&outs, "store");
+    assert_eq!((stored["rows_read"].as_u64(), stored["rows_written"].as_u64()), (Some(1000), Some(1000)));
     assert_eq!(dataset_files(&lake).len(), 1000);
-
-    for (c, h) in [fm, batch] {
-        c.cancel();
-        h.await.expect("stops");
-    }
-    master.stop().await;
-    store.cleanup().await;
+    rig.stop().await;
 }
 
 #[tokio::test]
@@ -429,62 +420,25 @@ async fn ftp_files_are_discovered_and_fetched_with_a_password_by_reference() {
     let prefix = format!("WEIR_TEST_FTP_{}", uuid::Uuid::new_v4().simple());
     std::env::set_var(format!("{prefix}_PASSWORD"), "secret");
     let location = json!({"uri": format!("ftp://weir@127.0.0.1:{}/drop", ftp.port), "credentials": {"env": prefix}});
-    let store = StoreFixture::new(Backend::Sqlite).await;
-    let master = InProcMaster::start(&store.url).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let fm = run_manager(
-        weir_file_manager::spec_with(file_settings(
-            &data,
-            &format!("sqlite://{}", dir.path().join("f.db").display()),
-            json!({}),
-        )),
-        &master.url,
-        "files-ftp",
-        "",
-    );
-    let batch = run_manager(
-        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
-        &master.url,
-        "batch-ftp",
-        "",
-    );
-    let spec = job(
-        "ftp",
-        vec![
-            with_config(
-                step("discover", "discover", "file", &[]),
-                json!({"location": location, "patterns": ["*.csv"]}),
-            ),
-            step("fetch", "fetch", "file", &["discover"]),
-            step("convert", "convert", "batch", &["fetch"]),
-        ],
-    );
-    let mut jc = master.jobs();
-    let id = submit(&mut jc, spec).await;
-    let done = wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
-    let ts = tasks(&mut jc, &id).await;
-    let errors: Vec<String> = ts.iter().map(|t| format!("{}: {}", t.step_id, t.error_message)).collect();
-    assert_eq!(state(&done), "succeeded", "{errors:?}");
-    let convert: Value =
-        serde_json::from_str(&ts.iter().find(|t| t.step_id == "convert").expect("convert").output_json).expect("json");
-    assert_eq!(convert["rows_written"], 2);
-    assert!(!ts.iter().any(|t| t.output_json.contains("secret")), "the password never appears in outputs");
-
-    for (c, h) in [fm, batch] {
-        c.cancel();
-        h.await.expect("stops");
-    }
-    master.stop().await;
-    store.cleanup().await;
+    let rig = Rig::start("ftp").await;
+    let steps = vec![
+        with_config(step("discover", "discover", "file", &[]), json!({"location": location, "patterns": ["*.csv"]})),
+        step("fetch", "fetch", "file", &["discover"]),
+        step("convert", "convert", "batch", &["fetch"]),
+    ];
+    let (state, outs) = rig.run("ftp", steps, Duration::from_secs(60)).await;
+    assert_eq!(state, "succeeded", "{outs:?}");
+    assert_eq!(output(&outs, "convert")["rows_written"], 2);
+    assert!(!outs.iter().any(|(_, o)| o.to_string().contains("secret")), "the password never appears in outputs");
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn azure_blob_files_are_fetched_with_keys_from_a_secret_file() {
     let azurite = weir_tests::Azurite::start().await;
     azurite.create_container("landing").await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let secret = dir.path().join("azure.secret");
+    let rig = Rig::start("azure").await;
+    let secret = rig.dir.path().join("azure.secret");
     std::fs::write(
         &secret,
         format!(
@@ -499,60 +453,18 @@ async fn azure_blob_files_are_fetched_with_keys_from_a_secret_file() {
     let blob = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
     blob.put("q.csv", b"id,v\n1,a\n2,b\n3,c\n".to_vec()).await.expect("put");
     blob.put("skip.txt", b"not csv".to_vec()).await.expect("put");
-
-    let store = StoreFixture::new(Backend::Sqlite).await;
-    let master = InProcMaster::start(&store.url).await;
-    let data = dir.path().join("data");
-    let fm = run_manager(
-        weir_file_manager::spec_with(file_settings(
-            &data,
-            &format!("sqlite://{}", dir.path().join("f.db").display()),
-            json!({}),
-        )),
-        &master.url,
-        "files-az",
-        "",
-    );
-    let batch = run_manager(
-        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
-        &master.url,
-        "batch-az",
-        "",
-    );
-    let spec = job(
-        "azure",
-        vec![
-            with_config(
-                step("discover", "discover", "file", &[]),
-                json!({"location": location, "patterns": ["*.csv"]}),
-            ),
-            step("fetch", "fetch", "file", &["discover"]),
-            step("convert", "convert", "batch", &["fetch"]),
-            with_config(
-                step("archive", "archive", "file", &["convert"]),
-                json!({"location": location, "mode": "copy"}),
-            ),
-        ],
-    );
-    let mut jc = master.jobs();
-    let id = submit(&mut jc, spec).await;
-    let done = wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
-    let ts = tasks(&mut jc, &id).await;
-    let errors: Vec<String> = ts.iter().map(|t| format!("{}: {}", t.step_id, t.error_message)).collect();
-    assert_eq!(state(&done), "succeeded", "{errors:?}");
-    let out = |s: &str| -> Value {
-        serde_json::from_str(&ts.iter().find(|t| t.step_id == s).expect("task").output_json).expect("json")
-    };
-    assert_eq!(out("discover")["count"], 1, "only the CSV matches");
-    assert_eq!(out("convert")["rows_written"], 3);
-    assert!(out("fetch")["files"][0]["verified_by"].is_string());
+    let steps = vec![
+        with_config(step("discover", "discover", "file", &[]), json!({"location": location, "patterns": ["*.csv"]})),
+        step("fetch", "fetch", "file", &["discover"]),
+        step("convert", "convert", "batch", &["fetch"]),
+        with_config(step("archive", "archive", "file", &["convert"]), json!({"location": location, "mode": "copy"})),
+    ];
+    let (state, outs) = rig.run("azure", steps, Duration::from_secs(60)).await;
+    assert_eq!(state, "succeeded", "{outs:?}");
+    assert_eq!(output(&outs, "discover")["count"], 1, "only the CSV matches");
+    assert_eq!(output(&outs, "convert")["rows_written"], 3);
+    assert!(output(&outs, "fetch")["files"][0]["verified_by"].is_string());
     // Copied under archive/, the original kept.
     assert!(blob.stat("archive/q.csv").await.is_ok() && blob.stat("q.csv").await.is_ok());
-
-    for (c, h) in [fm, batch] {
-        c.cancel();
-        h.await.expect("stops");
-    }
-    master.stop().await;
-    store.cleanup().await;
+    rig.stop().await;
 }
