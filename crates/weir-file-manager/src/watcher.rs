@@ -80,6 +80,9 @@ impl Background for Watcher {
         };
         let mut master = JobServiceClient::new(channel);
         tracing::info!(watches = watches.len(), "watching");
+        // Per watch: when it may run again, and how many rounds in a row failed.
+        let mut backoff: Vec<(std::time::Instant, u32)> =
+            watches.iter().map(|_| (std::time::Instant::now(), 0)).collect();
         loop {
             let store = match self.settings.store.get().await {
                 Ok(s) => Some(s),
@@ -89,9 +92,19 @@ impl Background for Watcher {
                 }
             };
             if let Some(store) = store {
-                for w in &watches {
-                    if let Err(e) = round(w, &store, &mut master, &ctx.worker_id).await {
-                        tracing::warn!(watch = %w.spec.name, error = %e, "watch round failed; trying again next round");
+                for (w, b) in watches.iter().zip(backoff.iter_mut()) {
+                    if b.0 > std::time::Instant::now() {
+                        continue;
+                    }
+                    match round(w, &store, &mut master, &ctx.worker_id).await {
+                        Ok(()) => *b = (std::time::Instant::now(), 0),
+                        Err(e) => {
+                            // A failing watch (its backend down, its job refused) waits
+                            // twice as long each time, up to its poll interval.
+                            let wait = retry_wait(b.1, w.spec.interval());
+                            *b = (std::time::Instant::now() + wait, b.1.saturating_add(1));
+                            tracing::warn!(watch = %w.spec.name, error = %e, retry_in = ?wait, "watch round failed");
+                        }
                     }
                 }
             }
@@ -101,6 +114,13 @@ impl Background for Watcher {
             }
         }
     }
+}
+
+/// How long a watch waits after `failures` failed rounds in a row: 1 s doubling, at most
+/// its poll interval (and at least one round).
+pub fn retry_wait(failures: u32, interval: Duration) -> Duration {
+    let doubled = ROUND.saturating_mul(1u32 << failures.min(16));
+    doubled.min(interval.max(ROUND))
 }
 
 /// One round of one watch: poll if due, then start what is pending.
@@ -165,4 +185,17 @@ async fn start(
         tracing::info!(watch = %w.spec.name, path = %c.file.path, job_id = %job, "file discovered; job started");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_watches_back_off_up_to_their_interval() {
+        let five_min = Duration::from_secs(300);
+        let waits: Vec<u64> = (0..12).map(|f| retry_wait(f, five_min).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(retry_wait(40, Duration::from_millis(10)), ROUND);
+    }
 }
