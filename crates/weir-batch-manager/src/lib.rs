@@ -39,7 +39,7 @@ pub struct BatchSettings {
 impl Default for BatchSettings {
     fn default() -> Self {
         BatchSettings {
-            data_dir: PathBuf::from(".weir/data"),
+            data_dir: PathBuf::from(weir_worker::DEFAULT_DATA_DIR),
             max_batch_bytes: 1 << 30,
             max_batch_files: 256,
             slots: 20,

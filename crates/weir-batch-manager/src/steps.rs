@@ -134,8 +134,8 @@ impl StepHandler for DataSteps {
             ));
         }
         let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
-        let job_dir = |area: &str| self.settings.data_dir.join(area).join(task.job_id.to_string()).join(&task.step_id);
-        let staging = (task.kind != "store" || has_pg).then(|| job_dir("staging"));
+        let job_dir = |area: &str| task.folder(&self.settings.data_dir, area);
+        let staging = (task.kind != "store" || has_pg).then(|| job_dir(weir_worker::STAGING));
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (token, flag) = (task.cancel.clone(), cancel.clone());
@@ -147,7 +147,7 @@ impl StepHandler for DataSteps {
         let plan = Plan {
             step: step.clone(),
             staging,
-            quarantine: job_dir("quarantine"),
+            quarantine: job_dir(weir_worker::QUARANTINE),
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             now_micros: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0),
             cancel: cancel.clone(),
@@ -237,7 +237,7 @@ impl StepHandler for DataSteps {
             "batches": n_batches,
             "files": reports,
         });
-        weir_worker::report::publish(report, &job_dir("staging"))
+        weir_worker::report::publish(report, &job_dir(weir_worker::STAGING))
     }
 }
 

@@ -73,20 +73,21 @@ impl Writers {
     }
 }
 
-/// Columns whose values in `sample` are mostly distinct (over a quarter of at least 1,000
-/// rows), which Parquet is better off writing without a dictionary.
-fn mostly_distinct(sample: &arrow_array::RecordBatch) -> Vec<String> {
+/// Target columns whose values in the first chunk, as read, are mostly distinct (over a
+/// quarter of at least 1,000 rows): Parquet is better off writing them without a dictionary.
+fn mostly_distinct(sample: &arrow_array::RecordBatch, target: &Target) -> Vec<String> {
     use arrow_cast::display::{ArrayFormatter, FormatOptions};
     let rows = sample.num_rows();
     if rows < 1000 {
         return vec![];
     }
     let mut out = Vec::new();
-    for (f, col) in sample.schema().fields().iter().zip(sample.columns()) {
+    for (name, source) in target.sources() {
+        let Some(col) = sample.columns().get(source) else { continue };
         let Ok(fmt) = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default()) else { continue };
         let distinct: std::collections::HashSet<String> = (0..rows).map(|i| fmt.value(i).to_string()).collect();
         if distinct.len() * 4 > rows {
-            out.push(f.name().clone());
+            out.push(name.to_string());
         }
     }
     out
@@ -133,7 +134,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         Some(r) => Some(Quality::new(r, &schema, &input_columns, plan.now_micros)?),
         None => None,
     };
-    let plain = mostly_distinct(&target.apply(&first.batch)?.0);
+    let plain = mostly_distinct(&first.batch, &target);
     let mut writers = Writers {
         staged: match &plan.staging {
             Some(dir) => Some(

@@ -201,6 +201,11 @@ impl Target {
         Ok(Target { schema: Arc::new(Schema::new(fields)), columns, ignored })
     }
 
+    /// Each target column's name and the index of the input column it is read from.
+    pub fn sources(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.schema.fields().iter().zip(&self.columns).map(|(f, c)| (f.name().as_str(), c.source))
+    }
+
     /// The schema written.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema

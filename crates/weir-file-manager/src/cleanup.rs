@@ -26,7 +26,7 @@ impl Cleanup {
 #[async_trait]
 impl Background for Cleanup {
     async fn run(&self, ctx: BackgroundContext) {
-        let staging = self.settings.data_dir.join("staging");
+        let staging = self.settings.data_dir.join(weir_worker::STAGING);
         let retention = self.settings.retention;
         loop {
             let dir = staging.clone();

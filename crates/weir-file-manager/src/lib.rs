@@ -81,7 +81,7 @@ impl FileSettings {
             Some(v) => weir_core::duration::parse(&v).map_err(|e| format!("WEIR_STAGING_RETENTION: {e}"))?,
         };
         Ok(FileSettings {
-            data_dir: PathBuf::from(get("WEIR_DATA_DIR").unwrap_or_else(|| ".weir/data".into())),
+            data_dir: PathBuf::from(get("WEIR_DATA_DIR").unwrap_or_else(|| weir_worker::DEFAULT_DATA_DIR.into())),
             watches,
             retention,
             store: Inventory::url(&get("WEIR_FILES_STORE_URL").unwrap_or_else(|| "sqlite://.weir/files.db".into())),

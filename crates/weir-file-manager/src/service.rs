@@ -70,13 +70,11 @@ impl FileService for Files {
         }
         let store = self.settings.store.get().await.map_err(unavailable)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        store
+        let file = store
             .redrive_file(&r.watch, &r.path, now)
             .await
             .map_err(unavailable)?
             .ok_or_else(|| Status::not_found(format!("watch {:?} has never seen {:?}", r.watch, r.path)))?;
-        let files = store.list_files(Some(&r.watch), 100_000).await.map_err(unavailable)?;
-        let file = files.iter().find(|f| f.file.path == r.path).map(wire);
-        Ok(Response::new(RedriveFileResponse { file }))
+        Ok(Response::new(RedriveFileResponse { file: Some(wire(&file)) }))
     }
 }

@@ -116,7 +116,7 @@ impl StepHandler for FileSteps {
 impl FileSteps {
     /// This step's folder in staging (downloads and large reports).
     fn step_dir(&self, task: &TaskContext) -> PathBuf {
-        self.settings.data_dir.join("staging").join(task.job_id.to_string()).join(&task.step_id)
+        task.folder(&self.settings.data_dir, weir_worker::STAGING)
     }
 
     async fn discover(&self, task: &TaskContext) -> Result<Value, StepError> {
@@ -159,8 +159,7 @@ impl FileSteps {
             paths.retain(|p| shard.holds(p));
         }
         let staging = self.step_dir(task);
-        let quarantine =
-            self.settings.data_dir.join("quarantine").join("files").join(task.job_id.to_string()).join(&task.step_id);
+        let quarantine = task.folder(&self.settings.data_dir.join(weir_worker::QUARANTINE), "files");
         let chunk = cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES) as usize;
         let attempts = cfg.verify_attempts.unwrap_or(DEFAULT_VERIFY_ATTEMPTS);
         let concurrency = cfg.concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY);
@@ -254,22 +253,11 @@ async fn expected_digest(loc: &Location, path: &str) -> Result<Option<(&'static 
     Ok(None)
 }
 
+/// A base64 Content-MD5 as lower-case hex, if it is an MD5 at all.
 fn base64_to_hex(b64: &str) -> Option<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in b64.trim_end_matches('=').bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    (out.len() == 16).then(|| weir_storage::hex(&out))
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    (raw.len() == 16).then(|| weir_storage::hex(&raw))
 }
 
 /// Downloads one file, verifying it; quarantines it when it keeps failing the check.

@@ -184,8 +184,9 @@ pub trait Store: Send + Sync + 'static {
     /// The inventory, optionally of one watch, by path.
     async fn list_files(&self, watch: Option<&str>, limit: u32) -> Result<Vec<FileRecord>, StoreError>;
 
-    /// Makes a known file pending again under a new generation, so it starts a new job.
-    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<ClaimedFile>, StoreError>;
+    /// Makes a known file pending again under a new generation, so it starts a new job;
+    /// returns it as it now stands.
+    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<FileRecord>, StoreError>;
 
     /// Takes the next poll of `watch` if it is due (or never taken): only one replica lists
     /// a watch per interval.

@@ -497,17 +497,17 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<ClaimedFile>, StoreError> {
+    async fn redrive_file(&self, watch: &str, path: &str, now: Millis) -> Result<Option<FileRecord>, StoreError> {
         let row = sqlx::query(
             "UPDATE weir_files SET generation = generation + 1, state = 'discovered', job_id = NULL, changed_ms = ? \
-             WHERE watch = ? AND path = ? RETURNING path, size, modified_ms, etag, generation",
+             WHERE watch = ? AND path = ? RETURNING watch, path, size, modified_ms, etag, generation, state, job_id, first_seen_ms, changed_ms",
         )
         .bind(now)
         .bind(watch)
         .bind(path)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(codec::claimed_file).transpose()
+        row.as_ref().map(codec::file_record).transpose()
     }
 
     async fn claim_poll(&self, watch: &str, holder: &str, now: Millis, interval_ms: i64) -> Result<bool, StoreError> {

@@ -42,6 +42,20 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
 }
 
+/// Where the managers keep data on local disk unless `WEIR_DATA_DIR` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = ".weir/data";
+/// The data dir's area for staged data and step reports (swept after a retention).
+pub const STAGING: &str = "staging";
+/// The data dir's area for quarantined rows and files (never swept).
+pub const QUARANTINE: &str = "quarantine";
+
+impl TaskContext {
+    /// This task's folder in an area of the data dir: `<root>/<area>/<job>/<step>`.
+    pub fn folder(&self, root: &std::path::Path, area: &str) -> std::path::PathBuf {
+        root.join(area).join(self.job_id.to_string()).join(&self.step_id)
+    }
+}
+
 /// Why a step failed: `kind` is matched against the retry policy's non-retryable kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]

@@ -19,7 +19,7 @@ use crate::{DataError, Reject};
 
 /// Turns objects into text columns; the columns are fixed by the first chunk.
 pub(crate) struct ObjectRows {
-    pub(crate) columns: Option<TextColumns>,
+    columns: Option<TextColumns>,
     pub(crate) late: BTreeSet<String>,
     capacity: usize,
 }
@@ -29,12 +29,21 @@ impl ObjectRows {
         ObjectRows { columns: None, late: BTreeSet::new(), capacity }
     }
 
-    /// Makes a chunk of `objects` (row number, object).
-    pub(crate) fn chunk(
+    /// The chunk of what a read produced, or `None` at the end (a reader that produced
+    /// nothing still gives one empty chunk first, so its columns are known).
+    pub(crate) fn emit(
         &mut self,
         objects: Vec<(u64, Map<String, Value>)>,
         rejects: Vec<Reject>,
-    ) -> Result<Chunk, DataError> {
+    ) -> Result<Option<Chunk>, DataError> {
+        if objects.is_empty() && rejects.is_empty() && self.columns.is_some() {
+            return Ok(None);
+        }
+        self.chunk(objects, rejects).map(Some)
+    }
+
+    /// Makes a chunk of `objects` (row number, object).
+    fn chunk(&mut self, objects: Vec<(u64, Map<String, Value>)>, rejects: Vec<Reject>) -> Result<Chunk, DataError> {
         let cols = self.columns.get_or_insert_with(|| {
             let mut names: Vec<String> = Vec::new();
             for (_, o) in &objects {
@@ -129,10 +138,7 @@ impl Source for NdjsonSource {
                 )),
             }
         }
-        if objects.is_empty() && rejects.is_empty() && self.rows.columns.is_some() {
-            return Ok(None);
-        }
-        self.rows.chunk(objects, rejects).map(Some)
+        self.rows.emit(objects, rejects)
     }
 
     fn late_columns(&self) -> Vec<String> {
@@ -235,10 +241,7 @@ impl Source for JsonArraySource {
                 }
             }
         }
-        if objects.is_empty() && rejects.is_empty() && self.rows.columns.is_some() {
-            return Ok(None);
-        }
-        self.rows.chunk(objects, rejects).map(Some)
+        self.rows.emit(objects, rejects)
     }
 
     fn late_columns(&self) -> Vec<String> {

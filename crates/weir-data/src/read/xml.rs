@@ -211,10 +211,7 @@ impl Source for XmlSource {
                 objects.push((self.count, obj));
             }
         }
-        if objects.is_empty() && self.rows.columns.is_some() {
-            return Ok(None);
-        }
-        self.rows.chunk(objects, vec![]).map(Some)
+        self.rows.emit(objects, vec![])
     }
 
     fn late_columns(&self) -> Vec<String> {
