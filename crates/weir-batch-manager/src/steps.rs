@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, Semaphore};
 use weir_core::catalog::BATCH_KINDS;
 use weir_core::dataset::{DataStep, SinkSpec};
 use weir_data::pipeline::{self, Input, Plan};
+use weir_data::sink::object;
 use weir_data::sink::postgres::{self, PgTarget};
 use weir_data::sink::{input_key, WriteFence};
 use weir_data::{DataError, FileReport};
@@ -148,6 +149,7 @@ impl StepHandler for DataSteps {
             step: step.clone(),
             staging,
             quarantine: job_dir(weir_worker::QUARANTINE),
+            outgoing: job_dir(weir_worker::STAGING).join("outgoing"),
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             now_micros: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0),
             cancel: cancel.clone(),
@@ -200,10 +202,16 @@ impl StepHandler for DataSteps {
 
         let mut reports = Vec::new();
         let mut failures: Vec<(String, DataError)> = Vec::new();
+        let mut stores = ObjectSinks::default();
         for (_, result, input) in results {
             match result {
                 Ok(mut report) => {
-                    if let Err(e) = self.load_postgres(&step, &plan.fence, &input, &mut report).await {
+                    let published = stores.publish(&step, &mut report).await;
+                    let loaded = match published {
+                        Ok(()) => self.load_postgres(&step, &plan.fence, &input, &mut report).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = loaded {
                         failures.push((input.identity.clone(), e));
                     }
                     reports.push(report);
@@ -238,6 +246,44 @@ impl StepHandler for DataSteps {
             "files": reports,
         });
         weir_worker::report::publish(report, &job_dir(weir_worker::STAGING))
+    }
+}
+
+/// The step's object-store Parquet sinks, opened on first use.
+#[derive(Default)]
+struct ObjectSinks {
+    open: HashMap<usize, object::Location>,
+}
+
+impl ObjectSinks {
+    /// Publishes one file's prepared writes to their object stores.
+    async fn publish(&mut self, step: &DataStep, report: &mut FileReport) -> Result<(), DataError> {
+        let mut first_error = None;
+        for (i, prepared) in std::mem::take(&mut report.unpublished) {
+            let Some(SinkSpec::Parquet { path, location: Some(spec), .. }) = step.sinks.get(i) else {
+                continue;
+            };
+            if first_error.is_some() {
+                let _ = std::fs::remove_dir_all(&prepared.scratch);
+                continue;
+            }
+            let loc = match self.open.get(&i) {
+                Some(l) => l.clone(),
+                None => match object::open(spec) {
+                    Ok(l) => self.open.entry(i).or_insert(l).clone(),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&prepared.scratch);
+                        first_error = Some(e);
+                        continue;
+                    }
+                },
+            };
+            match object::publish(&loc, path, prepared).await {
+                Ok(files) => report.sink_files.extend(files),
+                Err(e) => first_error = Some(e),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -113,10 +113,6 @@ fn cpu_seconds() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
-fn self_peak_rss_mb() -> f64 {
-    super::peak_rss_mb(std::process::id())
-}
-
 /// The child: converts one file with Weir's pipeline and prints its own figures.
 pub fn convert_one(input: &Path, out: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(out);
@@ -124,6 +120,7 @@ pub fn convert_one(input: &Path, out: &Path) -> anyhow::Result<()> {
         step: Arc::new(DataStep::parse("convert", None).map_err(anyhow::Error::msg)?),
         staging: Some(out.join("staged")),
         quarantine: out.join("quarantine"),
+        outgoing: out.join("outgoing"),
         fence: WriteFence { task: "bench".into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),
@@ -134,7 +131,7 @@ pub fn convert_one(input: &Path, out: &Path) -> anyhow::Result<()> {
     let out_mb = r.output.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len() as f64 / 1048576.0);
     println!(
         "seconds={wall:.3} cpu_seconds={cpu:.3} peak_rss_mb={:.1} rows={} quarantined={} parquet_mb={:.1}",
-        self_peak_rss_mb(),
+        super::peak_rss_mb(std::process::id()),
         r.rows_read,
         r.rows_quarantined,
         out_mb.unwrap_or(0.0)

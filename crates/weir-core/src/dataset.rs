@@ -183,13 +183,22 @@ pub struct Freshness {
     pub max_age: String,
 }
 
+/// The backends a Parquet sink may live on besides local disk: those with conditional
+/// writes, which its fenced commit needs.
+pub const OBJECT_STORES: [&str; 3] = ["s3", "azblob", "gcs"];
+
 /// Where rows land.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkSpec {
-    /// A Parquet dataset in a directory: one deterministic file set per input.
+    /// A Parquet dataset: one deterministic file set per input.
     Parquet {
+        /// A local directory; with `location`, the dataset's prefix inside it.
         path: String,
+        /// An object store (`s3://`, `azblob://`, `gcs://`) holding the dataset, with its
+        /// endpoint and credentials by reference; absent = `path` is on local disk.
+        #[serde(default)]
+        location: Option<crate::files::LocationSpec>,
         /// Partition by this column's value, or by its date for a date/timestamp column.
         #[serde(default)]
         partition_by: Option<String>,
@@ -273,9 +282,23 @@ impl DataStep {
         }
         for s in &self.sinks {
             match s {
-                SinkSpec::Parquet { path, zstd_level, .. } => {
+                SinkSpec::Parquet { path, zstd_level, location, .. } => {
                     if path.is_empty() || path.contains('\0') {
                         return bad(format!("parquet sink path {path:?} is not a path"));
+                    }
+                    if let Some(l) = location {
+                        l.check().map_err(|e| format!("{kind} config: parquet sink {e}"))?;
+                        if !OBJECT_STORES.contains(&l.scheme()?) {
+                            return bad(format!(
+                                "parquet sink location must be an object store ({}); for a local directory give only path",
+                                OBJECT_STORES.join(", ")
+                            ));
+                        }
+                        if path.split('/').any(|p| p == "..") {
+                            return bad(format!(
+                                "parquet sink path {path:?} may not climb out of its location with .."
+                            ));
+                        }
                     }
                     if let Some(l) = zstd_level {
                         if !(1..=22).contains(l) {
@@ -512,6 +535,11 @@ mod tests {
         )
         .contains("url_env"));
         assert!(err("convert", json!({"sinks": [{"type": "s3"}]})).contains("s3"));
+        let lake = |uri: &str, path: &str| json!({"sinks": [{"type": "parquet", "path": path, "location": {"uri": uri, "credentials": {"env": "LAKE"}}}]});
+        assert!(err("store", lake("sftp://h/x", "p")).contains("must be an object store (s3, azblob, gcs)"));
+        assert!(err("store", lake("s3://u:secret@b", "p")).contains("password"));
+        assert!(err("store", lake("s3://b", "a/../../x")).contains(".."));
+        assert!(DataStep::parse("store", Some(&lake("s3://b/lake", "trades"))).is_ok());
         assert!(DataStep::parse("convert", None).is_ok());
     }
 }

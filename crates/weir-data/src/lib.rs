@@ -131,6 +131,10 @@ pub struct FileReport {
     pub sink_files: Vec<String>,
     /// Rows loaded into each PostgreSQL table.
     pub tables: BTreeMap<String, u64>,
+    /// Writes bound for object-store Parquet sinks, by the sink's index in the step,
+    /// prepared locally for the caller to publish ([`sink::object::publish`], async).
+    #[serde(skip)]
+    pub unpublished: Vec<(usize, sink::parquet::Prepared)>,
 }
 
 impl FileReport {

@@ -4,7 +4,8 @@
 //! writes the valid rows to a staged Parquet file (when asked) and to every Parquet
 //! sink, and the rejected rows to the quarantine; all of them commit only when the input
 //! passed its dataset rules. The PostgreSQL sink loads the staged file afterwards
-//! ([`crate::sink::postgres`]).
+//! ([`crate::sink::postgres`]), and Parquet sinks on object stores are prepared locally
+//! and published afterwards ([`crate::sink::object`]): both are async, this is not.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,8 @@ pub struct Plan {
     pub staging: Option<PathBuf>,
     /// Directory of the quarantine dataset.
     pub quarantine: PathBuf,
+    /// Local directory where writes bound for object-store sinks are prepared.
+    pub outgoing: PathBuf,
     pub fence: WriteFence,
     /// The clock, for freshness rules (µs since the epoch).
     pub now_micros: i64,
@@ -55,22 +58,52 @@ pub struct Plan {
 /// The open writers of one input.
 struct Writers {
     staged: Option<DatasetWriter>,
-    sinks: Vec<DatasetWriter>,
+    /// Parquet sinks; `Some(index)` for one on an object store (prepared, not committed).
+    sinks: Vec<(Option<usize>, DatasetWriter)>,
 }
 
 impl Writers {
     fn write(&mut self, batch: &arrow_array::RecordBatch) -> Result<(), DataError> {
-        for w in self.staged.iter_mut().chain(self.sinks.iter_mut()) {
+        for w in self.staged.iter_mut().chain(self.sinks.iter_mut().map(|(_, w)| w)) {
             w.write(batch)?;
         }
         Ok(())
     }
 
     fn abort(self) {
-        for w in self.staged.into_iter().chain(self.sinks) {
+        for w in self.staged.into_iter().chain(self.sinks.into_iter().map(|(_, w)| w)) {
             w.abort();
         }
     }
+
+    /// Commits local sinks and prepares object-store ones, into the report.
+    fn finish_sinks(sinks: Vec<(Option<usize>, DatasetWriter)>, report: &mut FileReport) -> Result<(), DataError> {
+        for (remote, w) in sinks {
+            match remote {
+                None => report.sink_files.extend(w.commit()?.into_iter().map(|p| p.display().to_string())),
+                Some(i) => report.unpublished.push((i, w.prepare()?)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Parquet sinks of a step: where each is written locally, and its index when it
+/// lives on an object store (written under `outgoing`, published by the caller).
+fn parquet_sinks<'a>(
+    step: &'a DataStep,
+    outgoing: &'a Path,
+) -> impl Iterator<Item = (PathBuf, Option<usize>, Option<&'a str>, i32)> + 'a {
+    step.sinks.iter().enumerate().filter_map(move |(i, s)| match s {
+        SinkSpec::Parquet { path, partition_by, zstd_level, location } => {
+            let (root, remote) = match location {
+                None => (PathBuf::from(path), None),
+                Some(_) => (outgoing.join(format!("sink{i}")), Some(i)),
+            };
+            Some((root, remote, partition_by.as_deref(), zstd_level.unwrap_or(SINK_ZSTD_LEVEL)))
+        }
+        SinkSpec::Postgres { .. } => None,
+    })
 }
 
 /// Target columns whose values in the first chunk, as read, are mostly distinct (over a
@@ -118,11 +151,11 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
             }
         }
         let empty = std::sync::Arc::new(arrow_schema::Schema::empty());
-        for s in &step.sinks {
-            if let SinkSpec::Parquet { path, .. } = s {
-                DatasetWriter::create(Path::new(path), &key, &plan.fence, &empty, None, SINK_ZSTD_LEVEL)?.commit()?;
-            }
+        let mut sinks = Vec::new();
+        for (root, remote, _, _) in parquet_sinks(step, &plan.outgoing) {
+            sinks.push((remote, DatasetWriter::create(&root, &key, &plan.fence, &empty, None, SINK_ZSTD_LEVEL)?));
         }
+        Writers::finish_sinks(sinks, &mut report)?;
         quarantine.commit()?;
         return Ok(report);
     };
@@ -146,22 +179,12 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         },
         sinks: Vec::new(),
     };
-    for s in &step.sinks {
-        if let SinkSpec::Parquet { path, partition_by, zstd_level } = s {
-            let w = DatasetWriter::create(
-                Path::new(path),
-                &key,
-                &plan.fence,
-                &schema,
-                partition_by.as_deref(),
-                zstd_level.unwrap_or(SINK_ZSTD_LEVEL),
-            );
-            match w {
-                Ok(w) => writers.sinks.push(w.without_dictionary(&plain)),
-                Err(e) => {
-                    writers.abort();
-                    return Err(e);
-                }
+    for (root, remote, partition_by, level) in parquet_sinks(step, &plan.outgoing) {
+        match DatasetWriter::create(&root, &key, &plan.fence, &schema, partition_by, level) {
+            Ok(w) => writers.sinks.push((remote, w.without_dictionary(&plain))),
+            Err(e) => {
+                writers.abort();
+                return Err(e);
             }
         }
     }
@@ -242,8 +265,6 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
     if let Some(w) = writers.staged.take() {
         report.output = w.commit()?.into_iter().next().map(|p| p.display().to_string());
     }
-    for w in writers.sinks {
-        report.sink_files.extend(w.commit()?.into_iter().map(|p| p.display().to_string()));
-    }
+    Writers::finish_sinks(writers.sinks, &mut report)?;
     Ok(report)
 }

@@ -92,12 +92,15 @@ impl Quarantine {
         self.flush()?;
         match self.writer.take() {
             Some(w) => Ok(w.commit()?.into_iter().next().map(|p| p.display().to_string())),
-            None => {
-                // Commit an empty write so a retry that rejects nothing clears old rejects.
+            // An earlier attempt left rejects for this input: an empty write clears them.
+            None if DatasetWriter::committed(&self.root, &self.key) => {
                 let w = DatasetWriter::create(&self.root, &self.key, &self.fence, &schema(), None, 3)?;
                 w.commit()?;
                 Ok(None)
             }
+            // Nothing rejected, now or before: nothing to write (the common case, and the
+            // hot one when thousands of small files pass).
+            None => Ok(None),
         }
     }
 

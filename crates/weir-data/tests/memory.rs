@@ -64,6 +64,7 @@ fn a_two_gib_csv_converts_in_bounded_memory() {
         step: Arc::new(DataStep::parse("convert", None).expect("step")),
         staging: Some(dir.path().join("staged")),
         quarantine: dir.path().join("quarantine"),
+        outgoing: dir.path().join("outgoing"),
         fence: WriteFence { task: "mem".into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),

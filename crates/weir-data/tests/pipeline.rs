@@ -43,6 +43,7 @@ fn plan(d: &Dirs, step: Value, task: &str, fence: u64) -> Plan {
         step: Arc::new(DataStep::parse("convert", Some(&step)).expect("valid step")),
         staging: Some(d.root.join("staging")),
         quarantine: d.root.join("quarantine"),
+        outgoing: d.root.join("outgoing"),
         fence: WriteFence { task: task.into(), fence },
         now_micros: 1_795_000_000_000_000,
         cancel: Arc::new(AtomicBool::new(false)),

@@ -30,6 +30,7 @@ fn staged(dir: &Path, name: &str, csv: &str) -> PathBuf {
         ),
         staging: Some(dir.join("staging")),
         quarantine: dir.join("q"),
+        outgoing: dir.join("outgoing"),
         fence: WriteFence { task: "conv".into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),

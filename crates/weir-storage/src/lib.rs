@@ -32,6 +32,9 @@ pub enum StorageError {
     /// Local disk.
     #[error("{path}: {source}")]
     Local { path: String, source: std::io::Error },
+    /// A conditional write lost: the file was created or changed since it was read.
+    #[error("{uri}/{path}: changed by another writer")]
+    Conflict { uri: String, path: String },
     /// A glob pattern does not compile.
     #[error("pattern {pattern:?}: {message}")]
     Pattern { pattern: String, message: String },
@@ -42,7 +45,7 @@ impl StorageError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StorageError::Backend { retryable, .. } => *retryable,
-            StorageError::Local { .. } => true,
+            StorageError::Local { .. } | StorageError::Conflict { .. } => true,
             _ => false,
         }
     }
@@ -81,6 +84,21 @@ pub struct Downloaded {
     pub sha256: String,
     /// Lower-case hex.
     pub md5: String,
+}
+
+/// What a conditional write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No file at the path.
+    Absent,
+    /// The file at this version token (ETag or generation), as [`Location::read_versioned`] returned it.
+    Version(String),
+}
+
+/// How a backend compares before it swaps.
+enum Cas {
+    ETag,
+    Version,
 }
 
 /// An opened location.
@@ -259,8 +277,12 @@ impl Location {
     }
 
     fn err(&self, op: &'static str, path: &str, e: opendal::Error) -> StorageError {
-        if e.kind() == ErrorKind::NotFound {
-            return StorageError::NotFound { uri: self.shown.clone(), path: path.to_string() };
+        match e.kind() {
+            ErrorKind::NotFound => return StorageError::NotFound { uri: self.shown.clone(), path: path.to_string() },
+            ErrorKind::ConditionNotMatch => {
+                return StorageError::Conflict { uri: self.shown.clone(), path: path.to_string() }
+            }
+            _ => {}
         }
         let retryable = e.is_temporary()
             || !matches!(e.kind(), ErrorKind::ConfigInvalid | ErrorKind::PermissionDenied | ErrorKind::Unsupported);
@@ -372,6 +394,119 @@ impl Location {
     /// Writes a small file (tests, sidecars).
     pub async fn put(&self, path: &str, data: Vec<u8>) -> Result<(), StorageError> {
         self.op.write(path, data).await.map(|_| ()).map_err(|e| self.err("write", path, e))
+    }
+
+    /// How the backend swaps a file only if unchanged: on its ETag (S3, Azure Blob) or its
+    /// generation (GCS); `None` if it cannot, or cannot create a file only if absent.
+    fn compare_and_swap(&self) -> Option<Cas> {
+        let cap = self.op.info().capability();
+        if !cap.write_with_if_not_exists {
+            None
+        } else if cap.write_with_if_match {
+            Some(Cas::ETag)
+        } else if cap.write_with_if_version_match {
+            Some(Cas::Version)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the backend writes conditionally (create-only and compare-and-swap): what
+    /// a fenced commit on a shared store needs.
+    pub fn conditional_writes(&self) -> bool {
+        self.compare_and_swap().is_some()
+    }
+
+    /// Reads a small file whole with its version token (ETag or generation) for
+    /// [`Location::put_if`]; `None` if it does not exist. The token may be older than
+    /// the content read, never newer: a swap against it then fails, it never overwrites.
+    pub async fn read_versioned(&self, path: &str) -> Result<Option<(Vec<u8>, String)>, StorageError> {
+        let meta = match self.op.stat(path).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("stat", path, e)),
+            Ok(m) => m,
+        };
+        let token = match self.compare_and_swap() {
+            Some(Cas::ETag) => meta.etag(),
+            Some(Cas::Version) => meta.version(),
+            None => None,
+        };
+        let Some(token) = token.map(str::to_string) else {
+            return Err(StorageError::Backend {
+                op: "stat",
+                uri: self.shown.clone(),
+                path: path.to_string(),
+                message: "the backend gives no version of the file, so it cannot be updated safely".into(),
+                retryable: false,
+            });
+        };
+        match self.op.read(path).await {
+            Ok(buf) => Ok(Some((buf.to_vec(), token))),
+            // Deleted between the stat and the read: as if changed by another writer.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(StorageError::Conflict { uri: self.shown.clone(), path: path.to_string() })
+            }
+            Err(e) => Err(self.err("read", path, e)),
+        }
+    }
+
+    /// Writes a small file only if it is as `expect` says; [`StorageError::Conflict`] if
+    /// another writer got there first.
+    pub async fn put_if(&self, path: &str, data: Vec<u8>, expect: &Expect) -> Result<(), StorageError> {
+        let w = self.op.write_with(path, data);
+        let w = match (expect, self.compare_and_swap()) {
+            (Expect::Absent, _) => w.if_not_exists(true),
+            (Expect::Version(v), Some(Cas::Version)) => w.if_version_match(v),
+            (Expect::Version(v), _) => w.if_match(v),
+        };
+        w.await.map(|_| ()).map_err(|e| self.err("write", path, e))
+    }
+
+    /// Uploads a local file to `path` in chunks of `chunk` bytes (multipart where the
+    /// backend has it, so a large file never sits in memory whole).
+    pub async fn upload(&self, local: &Path, path: &str, chunk: usize) -> Result<u64, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let local_err = |e: std::io::Error| StorageError::Local { path: local.display().to_string(), source: e };
+        let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let mut w = self.op.writer_with(path).chunk(chunk).await.map_err(|e| self.err("write", path, e))?;
+        let mut total = 0u64;
+        loop {
+            let mut buf = Vec::with_capacity(chunk);
+            let n = (&mut file).take(chunk as u64).read_to_end(&mut buf).await.map_err(local_err)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if let Err(e) = w.write(buf).await {
+                let _ = w.abort().await;
+                return Err(self.err("write", path, e));
+            }
+        }
+        w.close().await.map_err(|e| self.err("write", path, e))?;
+        Ok(total)
+    }
+
+    /// Deletes a file; a file already gone is fine.
+    pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
+        match self.op.delete(path).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err("delete", path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The names of the files directly in `folder` (`""` = the location's root).
+    pub async fn names_in(&self, folder: &str) -> Result<Vec<String>, StorageError> {
+        let dir = if folder.is_empty() { "/".to_string() } else { format!("{}/", folder.trim_matches('/')) };
+        let entries = match self.op.list(&dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(self.err("list", folder, e)),
+        };
+        Ok(entries
+            .into_iter()
+            .filter(|e| e.metadata().mode() == EntryMode::FILE)
+            .map(|e| e.name().to_string())
+            .collect())
     }
 
     /// The backend's scheme (`file`, `s3`, ...).

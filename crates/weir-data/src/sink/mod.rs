@@ -2,12 +2,15 @@
 //!
 //! - [`parquet`]: Parquet datasets in a directory (staged files, user datasets, the
 //!   quarantine), committed per input under a lock, fenced against stale writers.
+//! - [`object`]: the same datasets on an object store (S3, Azure Blob, GCS), written
+//!   locally and published with a conditional write of the input's manifest.
 //! - [`postgres`]: a PostgreSQL table loaded with COPY from a staged Parquet file.
 //!
 //! Both are idempotent per input: a retried or re-leased task replaces what an earlier
 //! attempt for the same input wrote, never adds to it, and a write carrying an older
 //! fence token of the same task than the one already committed is refused.
 
+pub mod object;
 pub mod parquet;
 pub mod postgres;
 
@@ -22,6 +25,13 @@ pub struct WriteFence {
 }
 
 impl WriteFence {
+    /// A short stable name of this attempt (task and fence), for file names that must
+    /// differ between attempts.
+    pub fn tag(&self) -> String {
+        let hash = Sha256::digest(format!("{}:{}", self.task, self.fence).as_bytes());
+        hash.iter().take(5).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Whether a write by `self` may replace one committed by `prev`: another task may
     /// (a later run of the same input), the same task only with the same or a newer lease.
     pub fn may_replace(&self, prev: &WriteFence) -> Result<(), String> {

@@ -34,12 +34,37 @@ pub const MAX_PARTITIONS: usize = 1000;
 /// Rows per row group: bounds the writer's memory per open file.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// The manifest of one input's committed write.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    writer: WriteFence,
-    files: Vec<String>,
-    rows: u64,
+/// The manifest of one input's committed write (local and object-store datasets alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub writer: WriteFence,
+    /// Paths relative to the dataset root.
+    pub files: Vec<String>,
+    pub rows: u64,
+    /// Object stores: claimed, its files not yet all uploaded (see [`super::object`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// Object stores: files earlier attempts may have left, to delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<String>,
+}
+
+/// Where the manifest of input `key` lives, relative to the dataset root.
+pub(crate) fn manifest_path(key: &str) -> String {
+    format!("_weir/inputs/{key}.json")
+}
+
+/// One input's write, closed and ready to publish to an object store
+/// ([`crate::sink::object::publish`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub key: String,
+    pub fence: WriteFence,
+    pub rows: u64,
+    /// Partition folder ("" = none) → the local file holding its rows.
+    pub files: Vec<(String, PathBuf)>,
+    /// The local scratch directory to remove once published (or given up).
+    pub scratch: PathBuf,
 }
 
 /// Writes one input's rows into a dataset; nothing is visible until [`commit`](Self::commit).
@@ -170,6 +195,11 @@ impl DatasetWriter {
         self.tmp.join(folder).join(format!("{}.parquet", self.key))
     }
 
+    /// Whether input `key` has a committed write in the dataset at `root`.
+    pub fn committed(root: &Path, key: &str) -> bool {
+        manifest(root, key).exists()
+    }
+
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows
@@ -204,7 +234,7 @@ impl DatasetWriter {
     fn commit_locked(&self, folders: &[String]) -> Result<Vec<PathBuf>, DataError> {
         let inputs = self.root.join("_weir").join("inputs");
         fs::create_dir_all(&inputs).map_err(|e| DataError::io(&inputs, e))?;
-        let manifest_path = inputs.join(format!("{}.json", self.key));
+        let manifest_path = manifest(&self.root, &self.key);
         let previous: Option<Manifest> = match fs::read(&manifest_path) {
             Ok(b) => serde_json::from_slice(&b).ok(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -233,7 +263,7 @@ impl DatasetWriter {
             fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
             out.push(to);
         }
-        let manifest = Manifest { writer: self.fence.clone(), files, rows: self.rows };
+        let manifest = Manifest { writer: self.fence.clone(), files, rows: self.rows, pending: false, stale: vec![] };
         let tmp = inputs.join(format!(".{}.json.tmp", self.key));
         let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
         let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
@@ -250,12 +280,35 @@ impl DatasetWriter {
         Ok(out)
     }
 
+    /// Closes the files without committing them here: for a dataset on an object store,
+    /// where [`crate::sink::object::publish`] commits them. Not fsynced: a failed publish
+    /// re-runs the step.
+    pub fn prepare(mut self) -> Result<Prepared, DataError> {
+        let mut files = Vec::new();
+        for (folder, w) in std::mem::take(&mut self.open) {
+            w.into_inner()?;
+            let local = self.tmp_file(&folder);
+            files.push((folder, local));
+        }
+        Ok(Prepared {
+            key: self.key.clone(),
+            fence: self.fence.clone(),
+            rows: self.rows,
+            files,
+            scratch: self.tmp.clone(),
+        })
+    }
+
     /// Drops the write; nothing becomes visible.
     pub fn abort(self) {
         let tmp = self.tmp.clone();
         drop(self.open);
         let _ = fs::remove_dir_all(tmp);
     }
+}
+
+fn manifest(root: &Path, key: &str) -> PathBuf {
+    root.join(manifest_path(key))
 }
 
 /// Each row's partition folder value: the date for dates and timestamps, else the value

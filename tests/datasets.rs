@@ -1,0 +1,258 @@
+//! Parquet datasets on an object store (a real S3-compatible server, moto, on loopback):
+//! the batch manager lands rows there and a re-run replaces them; stale, concurrent and
+//! crashed writers of one input leave exactly one copy of its rows, which the manifests
+//! name.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{json, Value};
+use weir_batch_manager::BatchSettings;
+use weir_core::dataset::DataStep;
+use weir_data::pipeline::{convert, Input, Plan};
+use weir_data::sink::object;
+use weir_data::sink::WriteFence;
+use weir_data::DataError;
+use weir_proto::v1;
+use weir_storage::{Location, Patterns};
+use weir_tests::{job, run_manager, step, submit, tasks, wait_finished, Backend, InProcMaster, Moto, StoreFixture};
+
+/// A bucket on a fresh moto server, with credentials under a unique env prefix.
+struct Bucket {
+    _moto: Moto,
+    spec: Value,
+    loc: Location,
+}
+
+impl Bucket {
+    async fn start(name: &str) -> Bucket {
+        let moto = Moto::start().await;
+        moto.create_bucket(name).await;
+        let prefix = format!("WEIR_TEST_LAKE_{}", uuid::Uuid::new_v4().simple());
+        std::env::set_var(format!("{prefix}_ACCESS_KEY_ID"), "test");
+        std::env::set_var(format!("{prefix}_SECRET_ACCESS_KEY"), "test");
+        let spec = json!({"uri": format!("s3://{name}"), "endpoint": moto.endpoint, "credentials": {"env": prefix}});
+        let loc = Location::open(&serde_json::from_value(spec.clone()).expect("spec")).expect("open");
+        Bucket { _moto: moto, spec, loc }
+    }
+
+    /// The dataset's data files, by path.
+    async fn files(&self, prefix: &str) -> Vec<String> {
+        let all = self.loc.list(&Patterns::new(&["**/*.parquet".into()]).expect("glob")).await.expect("list");
+        all.into_iter().map(|f| f.path).filter(|p| p.starts_with(&format!("{prefix}/"))).collect()
+    }
+
+    /// Every row of the dataset as "a|b|c" lines, sorted.
+    async fn rows(&self, prefix: &str, scratch: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, f) in self.files(prefix).await.iter().enumerate() {
+            let local = scratch.join(format!("read-{i}.parquet"));
+            self.loc.download(f, &local, 1 << 20).await.expect("download");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&local).expect("open"))
+                .expect("parquet")
+                .build()
+                .expect("reader");
+            for b in reader {
+                let b = b.expect("batch");
+                let fmts: Vec<_> = b
+                    .columns()
+                    .iter()
+                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("fmt"))
+                    .collect();
+                for r in 0..b.num_rows() {
+                    out.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every input manifest of the dataset.
+    async fn manifests(&self, prefix: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        for name in self.loc.names_in(&format!("{prefix}/_weir/inputs")).await.expect("list") {
+            let body = self
+                .loc
+                .read_small(&format!("{prefix}/_weir/inputs/{name}"), 1 << 20)
+                .await
+                .expect("read")
+                .expect("exists");
+            out.push(serde_json::from_slice(&body).expect("manifest json"));
+        }
+        out
+    }
+}
+
+const TRADES: &str = "id,day,price\n1,2026-11-01,10.5\n2,2026-11-01,11\n3,2026-11-02,9.25\n";
+const EXPECTED: [&str; 3] = ["1|2026-11-01|10.5", "2|2026-11-01|11.0", "3|2026-11-02|9.25"];
+
+#[tokio::test]
+async fn a_store_step_lands_a_partitioned_dataset_on_s3_and_a_rerun_replaces_it() {
+    let bucket = Bucket::start("lake").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("trades.csv");
+    std::fs::write(&input, TRADES).expect("input");
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "").expect("empty input");
+
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let (stop, handle) = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: dir.path().join("data"), ..BatchSettings::default() }),
+        &master.url,
+        "batch-lake",
+        "",
+    );
+    let store_step = || {
+        let mut s = step("store", "store", "batch", &[]);
+        s.config_json = json!({
+            "inputs": [input.display().to_string(), empty.display().to_string()],
+            "sinks": [{"type": "parquet", "path": "trades", "partition_by": "day", "location": bucket.spec}]
+        })
+        .to_string();
+        s
+    };
+    let mut jc = master.jobs();
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    for run in 0..2 {
+        let id = submit(&mut jc, job(&format!("lake-{run}"), vec![store_step()])).await;
+        let done = wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
+        let t = tasks(&mut jc, &id).await.remove(0);
+        assert_eq!(
+            weir_proto::convert::job_state_from_wire(done.state).map(|s| s.as_str()),
+            Some("succeeded"),
+            "{t:?}"
+        );
+        let out: Value = serde_json::from_str(&t.output_json).expect("output");
+        assert_eq!((out["rows_read"].as_u64(), out["rows_written"].as_u64()), (Some(3), Some(3)));
+        let mut reported: Vec<String> = out["files"][0]["sink_files"]
+            .as_array()
+            .expect("sink files")
+            .iter()
+            .map(|f| f.as_str().unwrap_or("").to_string())
+            .collect();
+        reported.sort();
+        assert!(reported.iter().all(|f| f.starts_with("s3://lake/trades/day=2026-11-0")), "{reported:?}");
+
+        // Exactly one copy of the rows, in one file per day, named by the report.
+        let files = bucket.files("trades").await;
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files.iter().map(|f| format!("s3://lake/{f}")).collect::<Vec<_>>(), reported);
+        assert_eq!(bucket.rows("trades", dir.path()).await, EXPECTED);
+        runs.push(files);
+    }
+    assert_ne!(runs[0], runs[1], "each attempt writes its own names; the re-run's replaced the first run's");
+
+    // Two manifests (the empty input has one, with no files), both committed and tidy.
+    let manifests = bucket.manifests("trades").await;
+    assert_eq!(manifests.len(), 2, "{manifests:?}");
+    for m in &manifests {
+        assert!(m.get("pending").is_none() && m.get("stale").is_none(), "{m}");
+    }
+    let named: usize = manifests.iter().map(|m| m["files"].as_array().map_or(0, Vec::len)).sum();
+    assert_eq!(named, 2);
+
+    // A sink on a backend without conditional writes is refused at submission.
+    let mut bad = step("store", "store", "batch", &[]);
+    bad.config_json = json!({"inputs": ["/x.csv"], "sinks": [{"type": "parquet", "path": "p",
+        "location": {"uri": "sftp://h/x"}}]})
+    .to_string();
+    let err =
+        jc.submit_job(v1::SubmitJobRequest { spec: Some(job("bad-sink", vec![bad])) }).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("must be an object store"), "{}", err.message());
+
+    stop.cancel();
+    handle.await.expect("stops");
+    master.stop().await;
+    store.cleanup().await;
+}
+
+/// Converts `input` as task `task` under `fence`, with the dataset partitioned by day;
+/// returns the write prepared for the object store.
+fn prepare(dir: &Path, input: &Path, bucket: &Bucket, task: &str, fence: u64) -> weir_data::sink::parquet::Prepared {
+    let step = json!({"sinks": [{"type": "parquet", "path": "ds", "partition_by": "day", "location": bucket.spec}]});
+    let plan = Plan {
+        step: Arc::new(DataStep::parse("store", Some(&step)).expect("valid step")),
+        staging: None,
+        quarantine: dir.join("quarantine"),
+        outgoing: dir.join(format!("outgoing-{task}-{fence}")),
+        fence: WriteFence { task: task.into(), fence },
+        now_micros: 0,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let mut report = convert(&Input { path: input.to_path_buf(), identity: "s3://landing/trades.csv".into() }, &plan)
+        .expect("convert");
+    assert_eq!(report.unpublished.len(), 1);
+    report.unpublished.remove(0).1
+}
+
+#[tokio::test]
+async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
+    let bucket = Bucket::start("fenced").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("trades.csv");
+    std::fs::write(&input, TRADES).expect("input");
+    let loc = object::open(&serde_json::from_value(bucket.spec.clone()).expect("spec")).expect("conditional writes");
+
+    // Lease 2 of task A commits; lease 1's late write is refused and leaves nothing.
+    let newer = prepare(dir.path(), &input, &bucket, "task-a", 2);
+    let older = prepare(dir.path(), &input, &bucket, "task-a", 1);
+    let (older_scratch, newer_scratch) = (older.scratch.clone(), newer.scratch.clone());
+    let committed = object::publish(&loc, "ds", newer).await.expect("newer lease commits");
+    assert_eq!(committed.len(), 2);
+    let e = object::publish(&loc, "ds", older).await.expect_err("stale");
+    assert!(matches!(e, DataError::StaleFence(_)), "{e}");
+    assert!(!older_scratch.exists() && !newer_scratch.exists(), "local scratch removed either way");
+    let after_a = bucket.files("ds").await;
+    assert_eq!(after_a.len(), 2);
+    assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
+
+    // Tasks B and C write the same input at once: the one whose claim is taken over
+    // removes its files; one copy remains, the one the manifest names.
+    let b = prepare(dir.path(), &input, &bucket, "task-b", 1);
+    let c = prepare(dir.path(), &input, &bucket, "task-c", 1);
+    let (rb, rc) = tokio::join!(object::publish(&loc, "ds", b), object::publish(&loc, "ds", c));
+    assert!(rb.is_ok() || rc.is_ok(), "one of them commits: {rb:?} {rc:?}");
+    for r in [&rb, &rc] {
+        if let Err(e) = r {
+            assert!(matches!(e, DataError::Sink(m) if m.contains("took it over")), "{e}");
+        }
+    }
+    let files = bucket.files("ds").await;
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
+    let m = bucket.manifests("ds").await.remove(0);
+    let mut named: Vec<String> =
+        m["files"].as_array().expect("files").iter().map(|f| format!("ds/{}", f.as_str().unwrap_or(""))).collect();
+    named.sort();
+    assert_eq!(named, files);
+
+    // Task D crashes mid-upload: its claim is made and one of its two files uploaded.
+    // (Files upload in partition order; the second one's local copy is gone.)
+    let d = prepare(dir.path(), &input, &bucket, "task-d", 1);
+    std::fs::remove_file(&d.files[1].1).expect("lose the second file");
+    let e = object::publish(&loc, "ds", d).await.expect_err("upload fails");
+    assert!(matches!(e, DataError::Sink(_)), "{e}");
+    let m = bucket.manifests("ds").await.remove(0);
+    assert_eq!(m["pending"], true, "the claim stands: {m}");
+    assert!(bucket.files("ds").await.len() > 2, "D's first file is there, beside the committed ones");
+
+    // Task E re-runs the input: D's orphan and the old files are gone, one copy remains.
+    let e_write = prepare(dir.path(), &input, &bucket, "task-e", 1);
+    let got = object::publish(&loc, "ds", e_write).await.expect("E commits");
+    let files = bucket.files("ds").await;
+    assert_eq!(files.iter().map(|f| format!("s3://fenced/{f}")).collect::<Vec<_>>(), {
+        let mut g = got.clone();
+        g.sort();
+        g
+    });
+    assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
+    let m = bucket.manifests("ds").await.remove(0);
+    assert!(m.get("pending").is_none() && m.get("stale").is_none(), "{m}");
+}
