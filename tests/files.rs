@@ -468,3 +468,56 @@ async fn azure_blob_files_are_fetched_with_keys_from_a_secret_file() {
     assert!(blob.stat("archive/q.csv").await.is_ok() && blob.stat("q.csv").await.is_ok());
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn the_standard_file_template_probes_its_source_first() {
+    let moto = Moto::start().await;
+    moto.create_bucket("landing").await;
+    let rig = Rig::start("probe").await;
+    let lake = rig.dir.path().join("lake");
+    let creds = format!("WEIR_TEST_S3_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(format!("{creds}_ACCESS_KEY_ID"), "test");
+    std::env::set_var(format!("{creds}_SECRET_ACCESS_KEY"), "test");
+    let spec = |bucket: &str| json!({"uri": format!("s3://{bucket}/in"), "endpoint": moto.endpoint, "credentials": {"env": creds}});
+    let inbox = weir_storage::Location::open(&serde_json::from_value(spec("landing")).expect("spec")).expect("open");
+    inbox.put("t.csv", b"id,v\n1,a\n2,b\n".to_vec()).await.expect("put");
+    let run = |bucket: &str, name: &str| {
+        let mut j = job(name, vec![]);
+        j.template = "standard".into();
+        j.params_json = json!({"source": "file", "location": spec(bucket), "patterns": ["*.csv"],
+                               "rules": {"not_null": ["id"]},
+                               "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+        .to_string();
+        j
+    };
+    let mut jc = rig.master.jobs();
+    let outcome = |id: String| {
+        let mut jc = rig.master.jobs();
+        async move {
+            let done = wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
+            let ts = tasks(&mut jc, &id).await;
+            (state(&done), ts)
+        }
+    };
+
+    // A reachable source: the probe answers, the rest of the template runs.
+    let (s, ts) = outcome(submit(&mut jc, run("landing", "std-ok")).await).await;
+    assert_eq!(s, "succeeded", "{ts:?}");
+    let probe: Value = serde_json::from_str(&ts[0].output_json).expect("probe output");
+    assert_eq!(
+        (ts[0].step_id.as_str(), &probe["reachable"], &probe["first"]),
+        ("validate_source", &json!(true), &json!("t.csv"))
+    );
+    assert_eq!(dataset_files(&lake).len(), 1);
+
+    // A missing bucket: the job fails at its first step, naming the location; nothing else runs.
+    let (s, ts) = outcome(submit(&mut jc, run("no-such-bucket", "std-missing")).await).await;
+    assert_eq!(s, "failed");
+    let first = ts.iter().find(|t| t.step_id == "validate_source").expect("probe task");
+    assert!(
+        first.error_message.contains("s3://no-such-bucket/in") && first.error_message.contains("does not exist"),
+        "{first:?}"
+    );
+    assert!(ts.iter().filter(|t| t.step_id != "validate_source").all(|t| t.output_json.is_empty()), "{ts:?}");
+    rig.stop().await;
+}

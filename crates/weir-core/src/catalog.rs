@@ -72,9 +72,9 @@ pub const BATCH_KINDS: [&str; 3] = ["convert", "quality", "store"];
 const BATCH_QUEUE_KINDS: [&str; 7] = ["noop", "sleep", "fail", "convert", "quality", "store", "reconcile"];
 
 /// The file kinds the file queue runs (configs: [`crate::files`]).
-pub const FILE_KINDS: [&str; 3] = ["discover", "fetch", "archive"];
+pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 
-const FILE_QUEUE_KINDS: [&str; 6] = ["noop", "sleep", "fail", "discover", "fetch", "archive"];
+const FILE_QUEUE_KINDS: [&str; 7] = ["noop", "sleep", "fail", "probe", "discover", "fetch", "archive"];
 
 /// The kinds a queue accepts.
 pub fn kinds_for(queue: Queue) -> &'static [&'static str] {
@@ -105,6 +105,9 @@ pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<()
         }
         "reconcile" => {
             crate::dataset::ReconcileStep::parse(config)?;
+        }
+        "probe" => {
+            crate::files::ProbeStep::parse(config)?;
         }
         "discover" => {
             crate::files::DiscoverStep::parse(config)?;

@@ -303,6 +303,14 @@ impl Shard {
     }
 }
 
+/// A `probe` step's config: checks that a location answers — its credentials read, the
+/// backend reachable, the folder or bucket there — before a job relies on it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeStep {
+    pub location: LocationSpec,
+}
+
 /// An `archive` step's config.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -330,6 +338,14 @@ fn check_paths(kind: &str, paths: &[String]) -> Result<(), String> {
         return Err(format!("{kind} config: path {p:?} is empty, holds NUL or climbs out with .."));
     }
     Ok(())
+}
+
+impl ProbeStep {
+    pub fn parse(config: Option<&Value>) -> Result<Self, String> {
+        let s: ProbeStep = parse("probe", config)?;
+        s.location.check().map_err(|e| format!("probe config: {e}"))?;
+        Ok(s)
+    }
 }
 
 impl DiscoverStep {

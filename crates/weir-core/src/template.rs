@@ -186,7 +186,8 @@ pub fn file_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, S
     } else {
         let rules = params.get("rules").cloned().unwrap_or_else(|| serde_json::json!({}));
         convert.remove("rules");
-        // validate_source stays a placeholder: the master checked every config at submission.
+        // The master checked the configs at submission; this checks the source answers.
+        out.push(("validate_source".into(), "probe", Some(serde_json::json!({"location": location}))));
         out.push(("connect".into(), "discover", Some(discover)));
         out.push(("collect".into(), "fetch", Some(serde_json::json!({}))));
         out.push(("convert".into(), "convert", Some(Value::Object(convert))));
@@ -259,9 +260,10 @@ mod tests {
                                                         "sinks": [{"type": "parquet", "path": "/lake"}]})),
         )
         .expect("standard");
+        assert_eq!(std_file[0].config, Some(json!({"location": {"uri": "file:///in"}})));
         assert_eq!(
             std_file.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
-            vec!["noop", "discover", "fetch", "convert", "quality", "store"]
+            vec!["probe", "discover", "fetch", "convert", "quality", "store"]
         );
         assert!(expand("bulk_file", Some(&json!({"location": {"uri": "file:///in"}}))).unwrap_err().contains("sinks"));
         assert!(expand("standard", Some(&json!({"location": {"uri": "file:///in"}, "sinks": []})))

@@ -1,4 +1,7 @@
-//! The file kinds: `discover`, `fetch` and `archive` (configs in `weir_core::files`).
+//! The file kinds: `probe`, `discover`, `fetch` and `archive` (configs in `weir_core::files`).
+//!
+//! `probe` checks a location answers (root there, listing allowed) so a job fails at its
+//! first step, naming the location, rather than after it has started work.
 //!
 //! `fetch` downloads in parallel (default 10 at once) in chunks (default 10 MiB) into
 //! `$WEIR_DATA_DIR/staging/<job>/<step>/`, computing each file's SHA-256. It checks the
@@ -16,7 +19,7 @@ use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use weir_core::catalog::FILE_KINDS;
 use weir_core::files::{
-    ArchiveStep, DiscoverStep, FetchStep, LocationSpec, DEFAULT_CHUNK_BYTES, DEFAULT_FETCH_CONCURRENCY,
+    ArchiveStep, DiscoverStep, FetchStep, LocationSpec, ProbeStep, DEFAULT_CHUNK_BYTES, DEFAULT_FETCH_CONCURRENCY,
     DEFAULT_VERIFY_ATTEMPTS,
 };
 use weir_storage::{Location, Patterns, StorageError};
@@ -105,6 +108,7 @@ impl StepHandler for FileSteps {
 
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         match task.kind.as_str() {
+            "probe" => self.probe(task).await,
             "discover" => self.discover(task).await,
             "fetch" => self.fetch(task).await,
             "archive" => self.archive(task).await,
@@ -117,6 +121,13 @@ impl FileSteps {
     /// This step's folder in staging (downloads and large reports).
     fn step_dir(&self, task: &TaskContext) -> PathBuf {
         task.folder(&self.settings.data_dir, weir_worker::STAGING)
+    }
+
+    async fn probe(&self, task: &TaskContext) -> Result<Value, StepError> {
+        let cfg = ProbeStep::parse(task.config.as_ref()).map_err(bad_config)?;
+        let loc = Location::open(&cfg.location).map_err(|e| storage_error(&e))?;
+        let first = loc.probe().await.map_err(|e| storage_error(&e))?;
+        Ok(json!({"location": loc.uri(), "reachable": true, "empty": first.is_none(), "first": first}))
     }
 
     async fn discover(&self, task: &TaskContext) -> Result<Value, StepError> {

@@ -194,6 +194,10 @@ impl Location {
         let op = match scheme {
             "file" => {
                 let root = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+                // OpenDAL would create a missing root; a typo in a watch must not do that.
+                if !Path::new(&root).is_dir() {
+                    return Err(StorageError::Config { uri: shown, message: "the folder does not exist".into() });
+                }
                 Operator::new(services::Fs::default().root(&root)).map_err(config)?
             }
             "s3" => {
@@ -287,6 +291,30 @@ impl Location {
         let retryable = e.is_temporary()
             || !matches!(e.kind(), ErrorKind::ConfigInvalid | ErrorKind::PermissionDenied | ErrorKind::Unsupported);
         StorageError::Backend { op, uri: self.shown.clone(), path: path.to_string(), message: e.to_string(), retryable }
+    }
+
+    /// Checks the location answers: its root is there and can be listed (which also
+    /// proves the credentials). Returns the first path listed, if any.
+    pub async fn probe(&self) -> Result<Option<String>, StorageError> {
+        let missing = |e: opendal::Error| match self.err("list", "", e) {
+            StorageError::NotFound { uri, .. } => {
+                StorageError::Config { uri, message: "the bucket, container or folder does not exist".into() }
+            }
+            other => other,
+        };
+        let root = self.op.stat("/").await.map_err(missing)?;
+        if root.mode() == EntryMode::FILE {
+            return Err(StorageError::Config {
+                uri: self.shown.clone(),
+                message: "names a file; a location is a folder, bucket or prefix".into(),
+            });
+        }
+        let mut lister = self.op.lister_with("/").await.map_err(missing)?;
+        match lister.next().await {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(entry.path().trim_start_matches('/').to_string())),
+            Some(Err(e)) => Err(missing(e)),
+        }
     }
 
     /// Files below the location matching `patterns`, by path.
@@ -590,6 +618,11 @@ mod tests {
         assert!(dir.path().join("in/archive/a.csv").exists() && !dir.path().join("in/a.csv").exists());
         let e = loc.download("missing.csv", &dir.path().join("m"), 1024).await.expect_err("missing");
         assert!(matches!(e, StorageError::NotFound { .. }), "{e}");
+        assert!(loc.probe().await.expect("probe").is_some(), "the folder answers and is not empty");
+        let typo = LocationSpec { uri: format!("file://{}/inn", dir.path().display()), ..Default::default() };
+        let e = Location::open(&typo).expect_err("missing folder");
+        assert!(e.to_string().contains("/inn: the folder does not exist"), "{e}");
+        assert!(!dir.path().join("inn").exists(), "nothing created");
     }
 
     #[test]
