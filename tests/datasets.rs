@@ -173,10 +173,20 @@ async fn a_store_step_lands_a_partitioned_dataset_on_s3_and_a_rerun_replaces_it(
     store.cleanup().await;
 }
 
-/// Converts `input` as task `task` under `fence`, with the dataset partitioned by day;
+/// Converts `input` as task `task` under `fence`, into dataset `ds` partitioned by day;
 /// returns the write prepared for the object store.
 fn prepare(dir: &Path, input: &Path, bucket: &Bucket, task: &str, fence: u64) -> weir_data::sink::parquet::Prepared {
-    let step = json!({"sinks": [{"type": "parquet", "path": "ds", "partition_by": "day", "location": bucket.spec}]});
+    prepare_into(
+        dir,
+        input,
+        json!({"type": "parquet", "path": "ds", "partition_by": "day", "location": bucket.spec}),
+        task,
+        fence,
+    )
+}
+
+fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -> weir_data::sink::parquet::Prepared {
+    let step = json!({"sinks": [sink]});
     let plan = Plan {
         step: Arc::new(DataStep::parse("store", Some(&step)).expect("valid step")),
         staging: None,
@@ -255,4 +265,32 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
     assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
     let m = bucket.manifests("ds").await.remove(0);
     assert!(m.get("pending").is_none() && m.get("stale").is_none(), "{m}");
+}
+
+#[tokio::test]
+async fn a_file_larger_than_one_part_is_uploaded_in_parts_and_reads_back_whole() {
+    let bucket = Bucket::start("big").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("hashes.csv");
+    // 400,000 rows of incompressible hex: a Parquet file over the 8 MiB part size.
+    let mut csv = String::from("id,hash\n");
+    let mut expected = Vec::with_capacity(400_000);
+    for i in 0..400_000u32 {
+        let h = weir_storage::hex(&<sha2::Sha256 as sha2::Digest>::digest(i.to_le_bytes()));
+        csv.push_str(&format!("{i},{h}\n"));
+        expected.push(format!("{i}|{h}"));
+    }
+    std::fs::write(&input, csv).expect("input");
+    expected.sort();
+    let sink = json!({"type": "parquet", "path": "hashes", "location": bucket.spec});
+    let prepared = prepare_into(dir.path(), &input, sink, "task-big", 1);
+    let local_size = std::fs::metadata(&prepared.files[0].1).expect("prepared file").len();
+    assert!(local_size > object::UPLOAD_CHUNK as u64, "{local_size} bytes: not enough for two parts");
+    let loc = object::open(&serde_json::from_value(bucket.spec.clone()).expect("spec")).expect("open");
+    object::publish(&loc, "hashes", prepared).await.expect("publish");
+    let files = bucket.files("hashes").await;
+    assert_eq!(files.len(), 1);
+    let (stat, _) = bucket.loc.stat(&files[0]).await.expect("stat");
+    assert_eq!(stat.size, local_size, "the object is the whole file");
+    assert_eq!(bucket.rows("hashes", dir.path()).await, expected);
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::{Mutex, Semaphore};
@@ -123,6 +124,7 @@ impl StepHandler for DataSteps {
         let step =
             DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let step = Arc::new(step);
+        let object_sinks = ObjectSinks::open(&step).map_err(|e| step_error(&e))?;
         let upstream = weir_worker::report::upstream(&task.inputs)?;
         let inputs = gather_inputs(&step, &upstream)?;
         if inputs.is_empty() {
@@ -200,23 +202,36 @@ impl StepHandler for DataSteps {
         watcher.abort();
         results.sort_by_key(|(i, _, _)| *i);
 
+        // Publish to object stores and load into PostgreSQL, a few files at once, in order.
+        let settled: Vec<(Input, Result<FileReport, DataError>, Option<DataError>)> =
+            futures_util::stream::iter(results)
+                .map(|(_, result, input)| {
+                    let (sinks, step, fence) = (&object_sinks, &step, &plan.fence);
+                    async move {
+                        match result {
+                            Ok(mut report) => {
+                                let done = match sinks.publish(step, &mut report).await {
+                                    Ok(()) => self.load_postgres(step, fence, &input, &mut report).await,
+                                    Err(e) => Err(e),
+                                };
+                                (input, Ok(report), done.err())
+                            }
+                            Err(e) => (input, Err(e), None),
+                        }
+                    }
+                })
+                .buffered(PUBLISH_CONCURRENCY)
+                .collect()
+                .await;
         let mut reports = Vec::new();
         let mut failures: Vec<(String, DataError)> = Vec::new();
-        let mut stores = ObjectSinks::default();
-        for (_, result, input) in results {
+        for (input, result, late) in settled {
             match result {
-                Ok(mut report) => {
-                    let published = stores.publish(&step, &mut report).await;
-                    let loaded = match published {
-                        Ok(()) => self.load_postgres(&step, &plan.fence, &input, &mut report).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = loaded {
-                        failures.push((input.identity.clone(), e));
-                    }
-                    reports.push(report);
-                }
+                Ok(report) => reports.push(report),
                 Err(e) => failures.push((input.identity.clone(), e)),
+            }
+            if let Some(e) = late {
+                failures.push((input.identity.clone(), e));
             }
         }
         if cancel.load(Ordering::Relaxed) && failures.iter().any(|(_, e)| matches!(e, DataError::Cancelled)) {
@@ -249,36 +264,37 @@ impl StepHandler for DataSteps {
     }
 }
 
-/// The step's object-store Parquet sinks, opened on first use.
-#[derive(Default)]
-struct ObjectSinks {
-    open: HashMap<usize, object::Location>,
-}
+/// Files whose sink writes (object-store publishes, PostgreSQL loads) run at once.
+const PUBLISH_CONCURRENCY: usize = 8;
+
+/// The step's object-store Parquet sinks, opened before any work so that a bad one (no
+/// credentials, no conditional writes) fails the step at once.
+struct ObjectSinks(HashMap<usize, object::Location>);
 
 impl ObjectSinks {
+    fn open(step: &DataStep) -> Result<ObjectSinks, DataError> {
+        let mut open = HashMap::new();
+        for (i, s) in step.sinks.iter().enumerate() {
+            if let SinkSpec::Parquet { location: Some(spec), .. } = s {
+                open.insert(i, object::open(spec)?);
+            }
+        }
+        Ok(ObjectSinks(open))
+    }
+
     /// Publishes one file's prepared writes to their object stores.
-    async fn publish(&mut self, step: &DataStep, report: &mut FileReport) -> Result<(), DataError> {
+    async fn publish(&self, step: &DataStep, report: &mut FileReport) -> Result<(), DataError> {
         let mut first_error = None;
         for (i, prepared) in std::mem::take(&mut report.unpublished) {
-            let Some(SinkSpec::Parquet { path, location: Some(spec), .. }) = step.sinks.get(i) else {
+            let (Some(SinkSpec::Parquet { path, .. }), Some(loc)) = (step.sinks.get(i), self.0.get(&i)) else {
+                let _ = std::fs::remove_dir_all(&prepared.scratch);
                 continue;
             };
             if first_error.is_some() {
                 let _ = std::fs::remove_dir_all(&prepared.scratch);
                 continue;
             }
-            let loc = match self.open.get(&i) {
-                Some(l) => l.clone(),
-                None => match object::open(spec) {
-                    Ok(l) => self.open.entry(i).or_insert(l).clone(),
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&prepared.scratch);
-                        first_error = Some(e);
-                        continue;
-                    }
-                },
-            };
-            match object::publish(&loc, path, prepared).await {
+            match object::publish(loc, path, prepared).await {
                 Ok(files) => report.sink_files.extend(files),
                 Err(e) => first_error = Some(e),
             }
