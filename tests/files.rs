@@ -26,6 +26,7 @@ fn file_settings(data: &Path, store_url: &str, watches: Value) -> FileSettings {
         watches: Watches::from_value(watches).expect("valid watches"),
         retention: Duration::from_secs(3600),
         store: Inventory::url(store_url),
+        staging: None,
     }
 }
 
@@ -40,20 +41,28 @@ struct Rig {
 
 impl Rig {
     async fn start(name: &str) -> Rig {
+        Rig::start_with(name, None).await
+    }
+
+    /// With a staging store, the two managers get data dirs of their own (no shared disk).
+    async fn start_with(name: &str, staging: Option<weir_storage::Location>) -> Rig {
         let store = StoreFixture::new(Backend::Sqlite).await;
         let master = InProcMaster::start(&store.url).await;
         let dir = tempfile::tempdir().expect("tmp");
-        let data = dir.path().join("data");
+        let (file_data, batch_data) = match staging {
+            None => (dir.path().join("data"), dir.path().join("data")),
+            Some(_) => (dir.path().join("file-manager"), dir.path().join("batch-manager")),
+        };
         let inventory = format!("sqlite://{}", dir.path().join("files.db").display());
+        let files = FileSettings { staging: staging.clone(), ..file_settings(&file_data, &inventory, json!({})) };
         let managers = vec![
+            run_manager(weir_file_manager::spec_with(files), &master.url, &format!("files-{name}"), ""),
             run_manager(
-                weir_file_manager::spec_with(file_settings(&data, &inventory, json!({}))),
-                &master.url,
-                &format!("files-{name}"),
-                "",
-            ),
-            run_manager(
-                weir_batch_manager::spec_with(BatchSettings { data_dir: data, ..BatchSettings::default() }),
+                weir_batch_manager::spec_with(BatchSettings {
+                    data_dir: batch_data,
+                    staging,
+                    ..BatchSettings::default()
+                }),
                 &master.url,
                 &format!("batch-{name}"),
                 "",
@@ -380,17 +389,16 @@ async fn sftp_files_are_discovered_fetched_and_archived() {
     rig.stop().await;
 }
 
-#[tokio::test]
-async fn a_thousand_files_travel_between_steps_by_report_reference() {
-    let rig = Rig::start("many").await;
-    let inbox = rig.dir.path().join("in");
+/// Writes `n` one-row CSVs under `dir/in`; returns the steps that discover, fetch, convert
+/// and store them into the Parquet dataset `lake`.
+fn many_files(dir: &Path, n: u64, lake: &Path) -> Vec<v1::StepSpec> {
+    let inbox = dir.join("in");
     std::fs::create_dir_all(&inbox).expect("mkdir");
-    for i in 0..1000 {
+    for i in 0..n {
         std::fs::write(inbox.join(format!("part-{i:04}.csv")), format!("id,v\n{i},{}\n", i * 2)).expect("write");
     }
-    let lake = rig.dir.path().join("lake");
     let location = json!({"uri": format!("file://{}", inbox.display())});
-    let steps = vec![
+    vec![
         with_config(step("discover", "discover", "file", &[]), json!({"location": location, "patterns": ["*.csv"]})),
         step("fetch", "fetch", "file", &["discover"]),
         step("convert", "convert", "batch", &["fetch"]),
@@ -398,7 +406,14 @@ async fn a_thousand_files_travel_between_steps_by_report_reference() {
             step("store", "store", "batch", &["convert"]),
             json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}),
         ),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn a_thousand_files_travel_between_steps_by_report_reference() {
+    let rig = Rig::start("many").await;
+    let lake = rig.dir.path().join("lake");
+    let steps = many_files(rig.dir.path(), 1000, &lake);
     let (state, outs) = rig.run("many", steps, Duration::from_secs(180)).await;
     assert_eq!(state, "succeeded", "{outs:?}");
     for (step, out) in &outs {
@@ -409,6 +424,71 @@ async fn a_thousand_files_travel_between_steps_by_report_reference() {
     assert_eq!((stored["rows_read"].as_u64(), stored["rows_written"].as_u64()), (Some(1000), Some(1000)));
     assert_eq!(dataset_files(&lake).len(), 1000);
     rig.stop().await;
+}
+
+#[tokio::test]
+async fn managers_without_a_shared_disk_pass_files_and_reports_through_a_staging_bucket() {
+    let moto = Moto::start().await;
+    moto.create_bucket("stage").await;
+    let creds = format!("WEIR_TEST_STAGE_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(format!("{creds}_ACCESS_KEY_ID"), "test");
+    std::env::set_var(format!("{creds}_SECRET_ACCESS_KEY"), "test");
+    let spec = json!({"uri": "s3://stage/weir", "endpoint": moto.endpoint, "credentials": {"env": creds}});
+    // Read as the managers read WEIR_STAGING_LOCATION.
+    let stage = weir_worker::staging::location_from(Some(spec.to_string())).expect("opens").expect("a location");
+    let rig = Rig::start_with("stage", Some(stage.clone())).await;
+    let n = 300; // enough for the fetch report to travel by reference
+    let lake = rig.dir.path().join("lake");
+    let steps = many_files(rig.dir.path(), n, &lake);
+    let (state, outs) = rig.run("stage", steps, Duration::from_secs(180)).await;
+    assert_eq!(state, "succeeded", "{outs:?}");
+    let fetched = output(&outs, "fetch");
+    assert!(fetched["report"].as_str().is_some_and(|r| r.starts_with("s3://stage/weir/")), "{fetched}");
+    let stored = output(&outs, "store");
+    assert_eq!((stored["rows_read"].as_u64(), stored["rows_written"].as_u64()), (Some(n), Some(n)));
+    assert_eq!(dataset_files(&lake).len(), n as usize);
+
+    // What the steps left is in the bucket: the downloads, the staged Parquet, the reports.
+    let staged = stage.list(&weir_storage::Patterns::new(&["**/*".into()]).expect("glob")).await.expect("list");
+    let under = |step: &str, ext: &str| {
+        staged.iter().filter(|f| f.path.contains(&format!("/{step}/")) && f.path.ends_with(ext)).count()
+    };
+    assert_eq!(under("fetch", ".csv"), n as usize);
+    assert_eq!(under("convert", ".parquet"), n as usize);
+    assert!(under("fetch", "_report.json") == 1 && under("convert", "_report.json") == 1);
+    // ...and no manager kept staged data on its own disk.
+    let local_files = |d: &Path| {
+        walk(&d.join("staging"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "csv" || x == "parquet"))
+            .count()
+    };
+    assert_eq!(local_files(&rig.dir.path().join("file-manager")), 0);
+    assert_eq!(walk(&rig.dir.path().join("batch-manager").join("staging")), Vec::<std::path::PathBuf>::new());
+
+    // The sweep removes staged objects past the retention.
+    let sweeper = weir_worker::staging::Staging::new(rig.dir.path(), Some(stage.clone()));
+    let far_future = i64::MAX / 2;
+    assert_eq!(sweeper.sweep(far_future, 24 * 3600 * 1000).await.expect("sweep"), staged.len());
+    assert!(stage.list(&weir_storage::Patterns::new(&["**/*".into()]).expect("glob")).await.expect("list").is_empty());
+    rig.stop().await;
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test]

@@ -34,6 +34,9 @@ pub struct BatchSettings {
     pub slots: usize,
     /// `WEIR_BATCH_TIMEOUT` (default 5m): longest one batch may run.
     pub batch_timeout: Duration,
+    /// `WEIR_STAGING_LOCATION`: staging on an object store the file manager writes too;
+    /// `None` = the data dir, which the file manager must then share.
+    pub staging: Option<weir_storage::Location>,
 }
 
 impl Default for BatchSettings {
@@ -44,6 +47,7 @@ impl Default for BatchSettings {
             max_batch_files: 256,
             slots: 20,
             batch_timeout: Duration::from_secs(300),
+            staging: None,
         }
     }
 }
@@ -52,6 +56,11 @@ impl BatchSettings {
     /// Reads the settings; the error names the setting and what is wrong with it.
     pub fn from_env() -> Result<Self, String> {
         Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Staging as this manager sees it.
+    pub fn staging_view(&self) -> weir_worker::staging::Staging {
+        weir_worker::staging::Staging::new(&self.data_dir, self.staging.clone())
     }
 
     /// Reads the settings through `get` (the environment, or a map in tests).
@@ -81,6 +90,7 @@ impl BatchSettings {
         if let Some(v) = get("WEIR_BATCH_TIMEOUT") {
             s.batch_timeout = weir_core::duration::parse(&v).map_err(|e| format!("WEIR_BATCH_TIMEOUT: {e}"))?;
         }
+        s.staging = weir_worker::staging::location_from(get(weir_worker::staging::STAGING_LOCATION_ENV))?;
         Ok(s)
     }
 }
@@ -96,7 +106,11 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         name: "batch-manager",
         binary: "weir-batch-manager",
         queue: Queue::Batch,
-        handlers: vec![Arc::new(Generic), Arc::new(steps::DataSteps::new(settings)), Arc::new(reconcile::Reconcile)],
+        handlers: vec![
+            Arc::new(Generic),
+            Arc::new(reconcile::Reconcile { staging: settings.staging_view() }),
+            Arc::new(steps::DataSteps::new(settings)),
+        ],
         background: vec![],
     }
 }

@@ -9,7 +9,10 @@ use weir_core::dataset::{reconcile, ReconcileStep};
 use weir_worker::{StepError, StepHandler, TaskContext};
 
 /// Runs `reconcile`.
-pub struct Reconcile;
+pub struct Reconcile {
+    /// Where upstream reports by reference are read from.
+    pub staging: weir_worker::staging::Staging,
+}
 
 #[async_trait]
 impl StepHandler for Reconcile {
@@ -19,7 +22,7 @@ impl StepHandler for Reconcile {
 
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         let limits = ReconcileStep::parse(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
-        let reports = weir_worker::report::upstream(&task.inputs)?;
+        let reports = weir_worker::report::upstream(task, &self.staging).await?;
         let r = reconcile(&reports, &limits).map_err(|e| StepError::permanent("reconcile_failed", e))?;
         serde_json::to_value(r).map_err(|e| StepError::permanent("internal", e.to_string()))
     }

@@ -33,6 +33,7 @@ use crate::{batches, BatchSettings};
 /// Runs the data kinds.
 pub struct DataSteps {
     settings: BatchSettings,
+    staging: weir_worker::staging::Staging,
     slots: Arc<Semaphore>,
     /// One pool per `url_env`, made on first use.
     pools: Mutex<HashMap<String, PgPool>>,
@@ -41,7 +42,7 @@ pub struct DataSteps {
 impl DataSteps {
     pub fn new(settings: BatchSettings) -> Self {
         let slots = Arc::new(Semaphore::new(settings.slots));
-        DataSteps { settings, slots, pools: Mutex::new(HashMap::new()) }
+        DataSteps { staging: settings.staging_view(), settings, slots, pools: Mutex::new(HashMap::new()) }
     }
 
     async fn pool(&self, url_env: &str) -> Result<PgPool, StepError> {
@@ -121,12 +122,24 @@ impl StepHandler for DataSteps {
     }
 
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
+        let result = self.run_step(task).await;
+        // With a staging store nothing of the step needs to stay on this disk; without
+        // one, its folder is the staging the next steps read (swept by the file manager).
+        let scratch = self.staging.dir(task);
+        let scratch = if self.staging.remote().is_some() { scratch } else { scratch.join("incoming") };
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        result
+    }
+}
+
+impl DataSteps {
+    async fn run_step(&self, task: &TaskContext) -> Result<Value, StepError> {
         let step =
             DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let step = Arc::new(step);
         let object_sinks = ObjectSinks::open(&step).map_err(|e| step_error(&e))?;
-        let upstream = weir_worker::report::upstream(&task.inputs)?;
-        let inputs = gather_inputs(&step, &upstream)?;
+        let upstream = weir_worker::report::upstream(task, &self.staging).await?;
+        let mut inputs = gather_inputs(&step, &upstream)?;
         if inputs.is_empty() {
             return Err(StepError::permanent(
                 "no_input",
@@ -136,9 +149,22 @@ impl StepHandler for DataSteps {
                 ),
             ));
         }
+        // Staged inputs on the staging store are read from a local copy.
+        let incoming = self.staging.dir(task).join("incoming");
+        let reported: Vec<String> = inputs.iter().map(|i| i.path.to_string_lossy().into_owned()).collect();
+        let taken: Vec<Result<PathBuf, StepError>> = futures_util::stream::iter(reported)
+            .map(|r| {
+                let (staging, incoming) = (&self.staging, &incoming);
+                async move { staging.take(&r, incoming).await }
+            })
+            .buffered(PUBLISH_CONCURRENCY)
+            .collect()
+            .await;
+        for (input, path) in inputs.iter_mut().zip(taken) {
+            input.path = path?;
+        }
         let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
-        let job_dir = |area: &str| task.folder(&self.settings.data_dir, area);
-        let staging = (task.kind != "store" || has_pg).then(|| job_dir(weir_worker::STAGING));
+        let staging = (task.kind != "store" || has_pg).then(|| self.staging.dir(task));
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (token, flag) = (task.cancel.clone(), cancel.clone());
@@ -150,8 +176,8 @@ impl StepHandler for DataSteps {
         let plan = Plan {
             step: step.clone(),
             staging,
-            quarantine: job_dir(weir_worker::QUARANTINE),
-            outgoing: job_dir(weir_worker::STAGING).join("outgoing"),
+            quarantine: task.folder(&self.settings.data_dir, weir_worker::QUARANTINE),
+            outgoing: self.staging.dir(task).join("outgoing"),
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             now_micros: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0),
             cancel: cancel.clone(),
@@ -214,6 +240,10 @@ impl StepHandler for DataSteps {
                                     Ok(()) => self.load_postgres(step, fence, &input, &mut report).await,
                                     Err(e) => Err(e),
                                 };
+                                let done = match done {
+                                    Ok(()) => self.leave_output(task, &mut report).await,
+                                    Err(e) => Err(e),
+                                };
                                 (input, Ok(report), done.err())
                             }
                             Err(e) => (input, Err(e), None),
@@ -260,7 +290,7 @@ impl StepHandler for DataSteps {
             "batches": n_batches,
             "files": reports,
         });
-        weir_worker::report::publish(report, &job_dir(weir_worker::STAGING))
+        weir_worker::report::publish(report, &self.staging, task).await
     }
 }
 
@@ -304,6 +334,16 @@ impl ObjectSinks {
 }
 
 impl DataSteps {
+    /// Leaves a file's staged output for the next steps (on the staging store, if any).
+    async fn leave_output(&self, task: &TaskContext, report: &mut FileReport) -> Result<(), DataError> {
+        let Some(local) = report.output.clone() else { return Ok(()) };
+        let local = PathBuf::from(local);
+        let name = local.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let left = self.staging.leave(task, &local, &name).await.map_err(|e| DataError::Sink(e.message))?;
+        report.output = Some(left);
+        Ok(())
+    }
+
     /// Loads one converted file into every PostgreSQL sink of the step.
     async fn load_postgres(
         &self,

@@ -1,6 +1,8 @@
 //! Removes staged downloads older than the retention (default 24 h), hourly. Staging is
 //! `$WEIR_DATA_DIR/staging/<job>/<step>/…`; a job's folder goes once nothing in it was
-//! touched within the retention. The quarantine is never cleaned: it waits for a person.
+//! touched within the retention; on a staging object store (`WEIR_STAGING_LOCATION`),
+//! each object older than the retention goes. The quarantine is never cleaned: it waits
+//! for a person.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -27,12 +29,19 @@ impl Cleanup {
 impl Background for Cleanup {
     async fn run(&self, ctx: BackgroundContext) {
         let staging = self.settings.data_dir.join(weir_worker::STAGING);
+        let shared = self.settings.staging();
         let retention = self.settings.retention;
         loop {
             let dir = staging.clone();
             match tokio::task::spawn_blocking(move || sweep(&dir, retention, SystemTime::now())).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "staging cleaned"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "staging cleanup failed"),
+                _ => {}
+            }
+            let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            match shared.sweep(now_ms, retention.as_millis() as i64).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "staging store cleaned"),
+                Err(e) => tracing::warn!(error = %e, "staging store cleanup failed"),
                 _ => {}
             }
             tokio::select! {

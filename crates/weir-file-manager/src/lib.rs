@@ -37,6 +37,9 @@ pub struct FileSettings {
     pub retention: Duration,
     /// Where the inventory lives.
     pub store: Inventory,
+    /// `WEIR_STAGING_LOCATION`: staging on an object store the batch manager reads too;
+    /// `None` = the data dir, which the batch manager must then share.
+    pub staging: Option<weir_storage::Location>,
 }
 
 /// The inventory's store: opened on first use from `WEIR_FILES_STORE_URL` (default
@@ -85,7 +88,13 @@ impl FileSettings {
             watches,
             retention,
             store: Inventory::url(&get("WEIR_FILES_STORE_URL").unwrap_or_else(|| "sqlite://.weir/files.db".into())),
+            staging: weir_worker::staging::location_from_env()?,
         })
+    }
+
+    /// Staging as this manager sees it.
+    pub fn staging(&self) -> weir_worker::staging::Staging {
+        weir_worker::staging::Staging::new(&self.data_dir, self.staging.clone())
     }
 }
 

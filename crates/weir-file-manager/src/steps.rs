@@ -8,8 +8,9 @@
 //! download against what the source offers — a `<file>.sha256` sidecar, else an S3 ETag
 //! that is a plain MD5, else a Content-MD5 — retries a mismatch, and then quarantines the
 //! file under `$WEIR_DATA_DIR/quarantine/files/<job>/<step>/` with a `.reason.json` beside
-//! it. Its output lists each staged file with its source, so the batch kinds key their
-//! writes by the file's origin.
+//! it. A verified file is left in staging (`weir_worker::staging`: there, or uploaded to
+//! the staging store). Its output lists each staged file with its source, so the batch
+//! kinds key their writes by the file's origin.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,11 +31,12 @@ use crate::FileSettings;
 /// Runs the file kinds.
 pub struct FileSteps {
     settings: FileSettings,
+    staging: weir_worker::staging::Staging,
 }
 
 impl FileSteps {
     pub fn new(settings: FileSettings) -> Self {
-        FileSteps { settings }
+        FileSteps { staging: settings.staging(), settings }
     }
 }
 
@@ -118,11 +120,6 @@ impl StepHandler for FileSteps {
 }
 
 impl FileSteps {
-    /// This step's folder in staging (downloads and large reports).
-    fn step_dir(&self, task: &TaskContext) -> PathBuf {
-        task.folder(&self.settings.data_dir, weir_worker::STAGING)
-    }
-
     async fn probe(&self, task: &TaskContext) -> Result<Value, StepError> {
         let cfg = ProbeStep::parse(task.config.as_ref()).map_err(bad_config)?;
         let loc = Location::open(&cfg.location).map_err(|e| storage_error(&e))?;
@@ -157,19 +154,19 @@ impl FileSteps {
             })
             .collect();
         let report = json!({"location": cfg.location, "seen": seen, "count": files.len(), "files": files});
-        weir_worker::report::publish(report, &self.step_dir(task))
+        weir_worker::report::publish(report, &self.staging, task).await
     }
 
     async fn fetch(&self, task: &TaskContext) -> Result<Value, StepError> {
         let cfg = FetchStep::parse(task.config.as_ref()).map_err(bad_config)?;
-        let upstream = weir_worker::report::upstream(&task.inputs)?;
+        let upstream = weir_worker::report::upstream(task, &self.staging).await?;
         let spec = location_of(cfg.location.as_ref(), &upstream)?;
         let loc = Location::open(&spec).map_err(|e| storage_error(&e))?;
         let mut paths = if cfg.paths.is_empty() { upstream_paths(&spec, &upstream) } else { cfg.paths.clone() };
         if let Some(shard) = cfg.shard {
             paths.retain(|p| shard.holds(p));
         }
-        let staging = self.step_dir(task);
+        let staging = self.staging.dir(task);
         let quarantine = task.folder(&self.settings.data_dir.join(weir_worker::QUARANTINE), "files");
         let chunk = cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES) as usize;
         let attempts = cfg.verify_attempts.unwrap_or(DEFAULT_VERIFY_ATTEMPTS);
@@ -180,9 +177,22 @@ impl FileSteps {
             .map(|path| {
                 let (loc, staging, quarantine, uri) = (loc.clone(), staging.clone(), quarantine.clone(), uri.clone());
                 let cancel = task.cancel.clone();
+                let shared = &self.staging;
                 async move {
+                    let one = async {
+                        let mut v = fetch_one(&loc, &path, &staging, &quarantine, &uri, chunk, attempts).await?;
+                        // Verified: leave it where the next steps read it (the staging store, if any).
+                        if let Some(local) = v.get("path").and_then(Value::as_str).map(PathBuf::from) {
+                            v["path"] = Value::String(shared.leave(task, &local, &path).await.map_err(|e| {
+                                StorageError::Backend {
+                                    op: "stage", uri: uri.clone(), path: path.clone(), message: e.message, retryable: e.retryable,
+                                }
+                            })?);
+                        }
+                        Ok::<Value, StorageError>(v)
+                    };
                     tokio::select! {
-                        r = fetch_one(&loc, &path, &staging, &quarantine, &uri, chunk, attempts) => r.map_err(|e| (path, e)),
+                        r = one => r.map_err(|e| (path, e)),
                         _ = cancel.cancelled() => Err((path.clone(), StorageError::Backend {
                             op: "fetch", uri, path, message: "stopped: task cancelled or lease lost".into(), retryable: true,
                         })),
@@ -213,12 +223,12 @@ impl FileSteps {
         let bytes: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
         let report =
             json!({"location": spec, "count": files.len(), "bytes": bytes, "files": files, "quarantined": quarantined});
-        weir_worker::report::publish(report, &staging)
+        weir_worker::report::publish(report, &self.staging, task).await
     }
 
     async fn archive(&self, task: &TaskContext) -> Result<Value, StepError> {
         let cfg = ArchiveStep::parse(task.config.as_ref()).map_err(bad_config)?;
-        let upstream = weir_worker::report::upstream(&task.inputs)?;
+        let upstream = weir_worker::report::upstream(task, &self.staging).await?;
         let spec = location_of(cfg.location.as_ref(), &upstream)?;
         let loc = Location::open(&spec).map_err(|e| storage_error(&e))?;
         let paths = if cfg.paths.is_empty() { upstream_paths(&spec, &upstream) } else { cfg.paths.clone() };
@@ -237,7 +247,7 @@ impl FileSteps {
             }
         }
         let report = json!({"location": spec, "mode": if keep { "copy" } else { "move" }, "count": archived.len(), "archived": archived});
-        weir_worker::report::publish(report, &self.step_dir(task))
+        weir_worker::report::publish(report, &self.staging, task).await
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod generic;
 pub mod manager;
 pub mod report;
+pub mod staging;
 mod worker;
 
 use std::time::Duration;
@@ -53,6 +54,25 @@ impl TaskContext {
     /// This task's folder in an area of the data dir: `<root>/<area>/<job>/<step>`.
     pub fn folder(&self, root: &std::path::Path, area: &str) -> std::path::PathBuf {
         root.join(area).join(self.job_id.to_string()).join(&self.step_id)
+    }
+
+    /// A context for unit tests of step code: a fresh job, step `step_id`, no inputs.
+    pub fn for_test(step_id: &str) -> TaskContext {
+        TaskContext {
+            task_id: Uuid::new_v4(),
+            job_id: Uuid::new_v4(),
+            step_id: step_id.into(),
+            kind: "noop".into(),
+            config: None,
+            attempt: 1,
+            fence: 1,
+            compensation: false,
+            inputs: vec![],
+            namespace: "test".into(),
+            job_name: "test".into(),
+            heartbeat_timeout: Duration::from_secs(30),
+            cancel: CancellationToken::new(),
+        }
     }
 }
 
