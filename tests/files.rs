@@ -601,3 +601,29 @@ async fn the_standard_file_template_probes_its_source_first() {
     assert!(ts.iter().filter(|t| t.step_id != "validate_source").all(|t| t.output_json.is_empty()), "{ts:?}");
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn gcs_files_are_discovered_fetched_and_archived() {
+    let gcs = weir_tests::GcsEmulator::start("landing").await;
+    let rig = Rig::start("gcs").await;
+    let creds = format!("WEIR_TEST_GCS_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(format!("{creds}_TOKEN"), "emulator-accepts-any-token");
+    let location = json!({"uri": "gcs://landing/in", "endpoint": gcs.endpoint, "credentials": {"env": creds}});
+    let bucket = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
+    bucket.put("g.csv", b"id,v\n1,a\n2,b\n".to_vec()).await.expect("put");
+    bucket.put("sub/h.csv", b"id,v\n3,c\n".to_vec()).await.expect("put");
+    let steps = vec![
+        with_config(step("discover", "discover", "file", &[]), json!({"location": location, "patterns": ["**/*.csv"]})),
+        step("fetch", "fetch", "file", &["discover"]),
+        step("convert", "convert", "batch", &["fetch"]),
+        with_config(step("archive", "archive", "file", &["convert"]), json!({"location": location})),
+    ];
+    let (state, outs) = rig.run("gcs", steps, Duration::from_secs(60)).await;
+    assert_eq!(state, "succeeded", "{outs:?}");
+    assert_eq!(output(&outs, "discover")["count"], 2);
+    assert_eq!(output(&outs, "convert")["rows_written"], 3);
+    // Moved under archive/.
+    assert!(bucket.stat("archive/g.csv").await.is_ok() && bucket.stat("archive/sub/h.csv").await.is_ok());
+    assert!(bucket.stat("g.csv").await.is_err());
+    rig.stop().await;
+}

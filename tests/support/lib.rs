@@ -585,3 +585,26 @@ impl Azurite {
         assert!(out.status.success(), "create container: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// A GCS JSON-API server (gcp-storage-emulator, from PyPI) on a loopback port, in memory,
+/// with one bucket; killed when dropped. It accepts any bearer token.
+pub struct GcsEmulator {
+    pub endpoint: String,
+    _child: Child,
+}
+
+impl GcsEmulator {
+    pub async fn start(bucket: &str) -> GcsEmulator {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--in-memory", "--default-bucket", bucket, "--quiet"])
+            .kill_on_drop(true);
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().expect("start gcp-storage-emulator");
+        wait_port(port, "gcp-storage-emulator").await;
+        GcsEmulator { endpoint: format!("http://127.0.0.1:{port}"), _child: child }
+    }
+}

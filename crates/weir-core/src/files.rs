@@ -59,7 +59,8 @@ pub struct LocationSpec {
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum CredentialsRef {
     /// Environment variables `<PREFIX>_ACCESS_KEY_ID`, `<PREFIX>_SECRET_ACCESS_KEY`,
-    /// `<PREFIX>_PASSWORD`, `<PREFIX>_ACCOUNT_KEY`, `<PREFIX>_CREDENTIAL` (as the backend needs).
+    /// `<PREFIX>_PASSWORD`, `<PREFIX>_ACCOUNT_KEY`, `<PREFIX>_CREDENTIAL` (GCS service
+    /// account JSON, base64), `<PREFIX>_TOKEN` (a GCS OAuth token), as the backend needs.
     Env(String),
     /// A mounted secret file of `key=value` lines with the same keys in lower case.
     File(String),

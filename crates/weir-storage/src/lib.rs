@@ -86,6 +86,10 @@ pub struct Downloaded {
     pub md5: String,
 }
 
+/// The content type of everything Weir writes: it writes bytes, and some backends (and
+/// GCS emulators) misbehave on objects without one.
+const CONTENT_TYPE: &str = "application/octet-stream";
+
 /// What a conditional write expects to find.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
@@ -127,6 +131,7 @@ fn secrets(spec: &LocationSpec, uri: &str) -> Result<HashMap<String, String>, St
         "account_name",
         "account_key",
         "credential",
+        "token",
     ];
     let mut out = HashMap::new();
     match &spec.credentials {
@@ -264,6 +269,9 @@ impl Location {
                 }
                 if let Some(c) = get("credential") {
                     b = b.credential(c);
+                }
+                if let Some(t) = get("token") {
+                    b = b.token(t.to_string());
                 }
                 Operator::new(b).map_err(config)?
             }
@@ -409,7 +417,7 @@ impl Location {
                 self.op.copy(from, to).await.map_err(|e| self.err("copy", from, e))?;
             } else {
                 let data = self.op.read(from).await.map_err(|e| self.err("read", from, e))?;
-                self.op.write(to, data).await.map_err(|e| self.err("write", to, e))?;
+                self.op.write_with(to, data).content_type(CONTENT_TYPE).await.map_err(|e| self.err("write", to, e))?;
             }
             if !keep_source {
                 self.op.delete(from).await.map_err(|e| self.err("delete", from, e))?;
@@ -421,7 +429,12 @@ impl Location {
 
     /// Writes a small file (tests, sidecars).
     pub async fn put(&self, path: &str, data: Vec<u8>) -> Result<(), StorageError> {
-        self.op.write(path, data).await.map(|_| ()).map_err(|e| self.err("write", path, e))
+        self.op
+            .write_with(path, data)
+            .content_type(CONTENT_TYPE)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("write", path, e))
     }
 
     /// How the backend swaps a file only if unchanged: on its ETag (S3, Azure Blob) or its
@@ -481,7 +494,7 @@ impl Location {
     /// Writes a small file only if it is as `expect` says; [`StorageError::Conflict`] if
     /// another writer got there first.
     pub async fn put_if(&self, path: &str, data: Vec<u8>, expect: &Expect) -> Result<(), StorageError> {
-        let w = self.op.write_with(path, data);
+        let w = self.op.write_with(path, data).content_type(CONTENT_TYPE);
         let w = match (expect, self.compare_and_swap()) {
             (Expect::Absent, _) => w.if_not_exists(true),
             (Expect::Version(v), Some(Cas::Version)) => w.if_version_match(v),
@@ -496,7 +509,13 @@ impl Location {
         use tokio::io::AsyncReadExt;
         let local_err = |e: std::io::Error| StorageError::Local { path: local.display().to_string(), source: e };
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
-        let mut w = self.op.writer_with(path).chunk(chunk).await.map_err(|e| self.err("write", path, e))?;
+        let mut w = self
+            .op
+            .writer_with(path)
+            .chunk(chunk)
+            .content_type(CONTENT_TYPE)
+            .await
+            .map_err(|e| self.err("write", path, e))?;
         let mut total = 0u64;
         loop {
             let mut buf = Vec::with_capacity(chunk);
