@@ -253,17 +253,33 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
     named.sort();
     assert_eq!(named, files);
 
-    // Task D crashes mid-upload: its claim is made and one of its two files uploaded.
-    // (Files upload in partition order; the second one's local copy is gone.)
+    // Task D fails mid-upload: its claim is made, its first file uploaded, the second
+    // missing. It removes what it uploaded; the pending claim still names the committed
+    // files as `previous`, so exact readers keep seeing the input's rows.
+    let committed: Vec<String> = {
+        let m = bucket.manifests("ds").await.remove(0);
+        m["files"].as_array().expect("files").iter().map(|f| f.as_str().unwrap_or("").to_string()).collect()
+    };
     let d = prepare(dir.path(), &input, &bucket, "task-d", 1);
     std::fs::remove_file(&d.files[1].1).expect("lose the second file");
     let e = object::publish(&loc, "ds", d).await.expect_err("upload fails");
     assert!(matches!(e, DataError::Sink(_)), "{e}");
     let m = bucket.manifests("ds").await.remove(0);
     assert_eq!(m["pending"], true, "the claim stands: {m}");
-    assert!(bucket.files("ds").await.len() > 2, "D's first file is there, beside the committed ones");
+    assert_eq!(m["previous"], json!(committed), "{m}");
+    assert_eq!(bucket.files("ds").await.len(), 2, "D's uploaded file removed");
 
-    // Task E re-runs the input: D's orphan and the old files are gone, one copy remains.
+    // Had D died instead, its uploaded file would be an orphan its claim names: put one
+    // there, as a crash would leave it.
+    let orphan = m["files"][0].as_str().expect("claimed file").to_string();
+    bucket
+        .loc
+        .put(&format!("ds/{orphan}"), std::fs::read(&bucket_file(&bucket, "ds", dir.path()).await).expect("copy"))
+        .await
+        .expect("orphan");
+    assert_eq!(bucket.files("ds").await.len(), 3);
+
+    // Task E re-runs the input: the orphan and the old files are gone, one copy remains.
     let e_write = prepare(dir.path(), &input, &bucket, "task-e", 1);
     let got = object::publish(&loc, "ds", e_write).await.expect("E commits");
     let files = bucket.files("ds").await;
@@ -275,6 +291,14 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
     assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
     let m = bucket.manifests("ds").await.remove(0);
     assert!(m.get("pending").is_none() && m.get("stale").is_none(), "{m}");
+}
+
+/// A local copy of one data file of the dataset (any one).
+async fn bucket_file(bucket: &Bucket, prefix: &str, scratch: &Path) -> std::path::PathBuf {
+    let f = bucket.files(prefix).await.remove(0);
+    let local = scratch.join("one.parquet");
+    bucket.loc.download(&f, &local, 1 << 20).await.expect("download");
+    local
 }
 
 #[tokio::test]

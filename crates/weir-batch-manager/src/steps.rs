@@ -123,16 +123,20 @@ impl StepHandler for DataSteps {
 
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         let result = self.run_step(task).await;
-        // With a staging store nothing of the step needs to stay on this disk; without
-        // one, its folder is the staging the next steps read (swept by the file manager).
-        let scratch = self.staging.dir(task);
-        let scratch = if self.staging.remote().is_some() { scratch } else { scratch.join("incoming") };
-        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        // This attempt's scratch goes (another attempt of the step, after a lost lease,
+        // has its own).
+        let _ = tokio::fs::remove_dir_all(self.scratch(task)).await;
         result
     }
 }
 
 impl DataSteps {
+    /// This attempt's local working folder: downloaded inputs, writes bound for object
+    /// stores and, with a staging store, staged output before it is uploaded.
+    fn scratch(&self, task: &TaskContext) -> PathBuf {
+        self.staging.dir(task).join(format!("attempt-{}", task.fence))
+    }
+
     async fn run_step(&self, task: &TaskContext) -> Result<Value, StepError> {
         let step =
             DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
@@ -150,7 +154,7 @@ impl DataSteps {
             ));
         }
         // Staged inputs on the staging store are read from a local copy.
-        let incoming = self.staging.dir(task).join("incoming");
+        let incoming = self.scratch(task).join("incoming");
         let reported: Vec<String> = inputs.iter().map(|i| i.path.to_string_lossy().into_owned()).collect();
         let taken: Vec<Result<PathBuf, StepError>> = futures_util::stream::iter(reported)
             .map(|r| {
@@ -164,7 +168,13 @@ impl DataSteps {
             input.path = path?;
         }
         let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
-        let staging = (task.kind != "store" || has_pg).then(|| self.staging.dir(task));
+        // Staged output is written where the next steps read it, or, with a staging
+        // store, in scratch until it is uploaded.
+        let staged_dir = match self.staging.remote() {
+            Some(_) => self.scratch(task).join("staged"),
+            None => self.staging.dir(task),
+        };
+        let staging = (task.kind != "store" || has_pg).then_some(staged_dir);
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (token, flag) = (task.cancel.clone(), cancel.clone());
@@ -177,7 +187,7 @@ impl DataSteps {
             step: step.clone(),
             staging,
             quarantine: task.folder(&self.settings.data_dir, weir_worker::QUARANTINE),
-            outgoing: self.staging.dir(task).join("outgoing"),
+            outgoing: self.scratch(task).join("outgoing"),
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             now_micros: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0),
             cancel: cancel.clone(),
@@ -339,7 +349,13 @@ impl DataSteps {
         let Some(local) = report.output.clone() else { return Ok(()) };
         let local = PathBuf::from(local);
         let name = local.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let left = self.staging.leave(task, &local, &name).await.map_err(|e| DataError::Sink(e.message))?;
+        let left = self.staging.leave(task, &local, &name).await.map_err(|e| {
+            if e.retryable {
+                DataError::Sink(e.message)
+            } else {
+                DataError::Config(e.message)
+            }
+        })?;
         report.output = Some(left);
         Ok(())
     }

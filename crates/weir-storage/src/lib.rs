@@ -519,7 +519,13 @@ impl Location {
         let mut total = 0u64;
         loop {
             let mut buf = Vec::with_capacity(chunk);
-            let n = (&mut file).take(chunk as u64).read_to_end(&mut buf).await.map_err(local_err)?;
+            let n = match (&mut file).take(chunk as u64).read_to_end(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = w.abort().await; // no half multipart upload left behind
+                    return Err(local_err(e));
+                }
+            };
             if n == 0 {
                 break;
             }
@@ -529,7 +535,10 @@ impl Location {
                 return Err(self.err("write", path, e));
             }
         }
-        w.close().await.map_err(|e| self.err("write", path, e))?;
+        if let Err(e) = w.close().await {
+            let _ = w.abort().await;
+            return Err(self.err("write", path, e));
+        }
         Ok(total)
     }
 

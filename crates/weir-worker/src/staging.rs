@@ -81,6 +81,20 @@ impl Staging {
         Some((loc, key))
     }
 
+    /// A reported path this manager cannot read: a URI not on its staging store.
+    fn foreign(&self, reported: &str) -> Option<StepError> {
+        if !reported.contains("://") || self.remote_key(reported).is_some() {
+            return None;
+        }
+        let ours = self.remote.as_ref().map_or("none (the data dir)".to_string(), |l| l.uri().to_string());
+        Some(StepError::permanent(
+            "bad_input",
+            format!(
+                "{reported} is not on this manager's staging ({ours}): do the file and batch managers set the same {STAGING_LOCATION_ENV}?"
+            ),
+        ))
+    }
+
     /// Leaves a local file for the next steps under `name`: uploaded to the staging store
     /// (and removed here), or left where it is. Returns the path to report.
     pub async fn leave(&self, task: &TaskContext, local: &Path, name: &str) -> Result<String, StepError> {
@@ -96,9 +110,16 @@ impl Staging {
     /// A reported path as a local file: staged objects are downloaded into `dir`, local
     /// paths are returned as they are.
     pub async fn take(&self, reported: &str, dir: &Path) -> Result<PathBuf, StepError> {
+        if let Some(e) = self.foreign(reported) {
+            return Err(e);
+        }
         let Some((loc, key)) = self.remote_key(reported) else {
             return Ok(PathBuf::from(reported));
         };
+        // The key becomes a path below `dir`: it may not climb out or start over at `/`.
+        if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            return Err(StepError::permanent("bad_input", format!("refusing the staged path {reported:?}")));
+        }
         let dest = dir.join(key);
         loc.download(key, &dest, CHUNK).await.map_err(|e| storage("downloading a staged file", e))?;
         Ok(dest)
@@ -129,6 +150,9 @@ impl Staging {
 
     /// Reads a step report by its reference.
     pub async fn read_report(&self, reference: &str) -> Result<String, StepError> {
+        if let Some(e) = self.foreign(reference) {
+            return Err(e);
+        }
         if let Some((loc, key)) = self.remote_key(reference) {
             return match loc.read_small(key, u32::MAX as u64).await {
                 Ok(Some(body)) => String::from_utf8(body).map_err(|_| {
@@ -151,16 +175,84 @@ impl Staging {
         })
     }
 
-    /// Removes staged objects older than `max_age_ms`; returns how many. A no-op without
-    /// a staging store.
+    /// Removes the staged objects of each job none of whose objects is younger than
+    /// `max_age_ms` (so a running job's early files stay); returns how many went. Only
+    /// keys shaped `<job uuid>/<step>/…` are touched. A no-op without a staging store.
     pub async fn sweep(&self, now_ms: i64, max_age_ms: i64) -> Result<usize, StorageError> {
         let Some(loc) = &self.remote else { return Ok(0) };
-        let all = loc.list(&weir_storage::Patterns::new(&["**/*".to_string()])?).await?;
+        let all = loc.list(&weir_storage::Patterns::new(&["*/*/**".to_string()])?).await?;
+        let mut jobs: std::collections::BTreeMap<&str, (i64, Vec<&str>)> = Default::default();
+        for f in &all {
+            let Some((job, _)) = f.path.split_once('/') else { continue };
+            if uuid::Uuid::parse_str(job).is_err() {
+                continue;
+            }
+            let entry = jobs.entry(job).or_insert((0, vec![]));
+            entry.0 = entry.0.max(f.modified_ms);
+            entry.1.push(&f.path);
+        }
         let mut n = 0;
-        for f in all.iter().filter(|f| f.modified_ms > 0 && now_ms - f.modified_ms > max_age_ms) {
-            loc.delete(&f.path).await?;
-            n += 1;
+        for (_, (newest, paths)) in jobs {
+            if newest > 0 && now_ms - newest > max_age_ms {
+                for p in paths {
+                    loc.delete(p).await?;
+                    n += 1;
+                }
+            }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Staging on a "store" that is a local folder, through the same object interface.
+    fn staging(dir: &Path) -> (Staging, String) {
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store).expect("mkdir");
+        let uri = format!("file://{}", store.display());
+        let loc = Location::open(&LocationSpec { uri: uri.clone(), ..Default::default() }).expect("open");
+        (Staging::new(&dir.join("data"), Some(loc)), uri)
+    }
+
+    #[tokio::test]
+    async fn staged_files_round_trip_and_bad_paths_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (staging, uri) = staging(dir.path());
+        let task = TaskContext::for_test("fetch");
+        let local = dir.path().join("a.csv");
+        std::fs::write(&local, "id\n1\n").expect("write");
+        let reported = staging.leave(&task, &local, "sub/a.csv").await.expect("leave");
+        assert_eq!(reported, format!("{uri}/{}/fetch/sub/a.csv", task.job_id));
+        assert!(!local.exists(), "moved, not copied");
+        let back = staging.take(&reported, &dir.path().join("in")).await.expect("take");
+        assert_eq!(std::fs::read_to_string(back).expect("read"), "id\n1\n");
+
+        for bad in [format!("{uri}//etc/passwd"), format!("{uri}/j/../../x")] {
+            let e = staging.take(&bad, &dir.path().join("in")).await.expect_err("refused");
+            assert!(!e.retryable && e.message.contains("refusing"), "{bad}: {e:?}");
+        }
+        let e = staging.take("s3://elsewhere/j/s/a.csv", dir.path()).await.expect_err("foreign");
+        assert!(e.message.contains(STAGING_LOCATION_ENV), "{e:?}");
+        let local_only = Staging::new(dir.path(), None);
+        assert!(local_only.take(&reported, dir.path()).await.expect_err("no store").message.contains("none"));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_whole_old_jobs_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (staging, _) = staging(dir.path());
+        let loc = staging.remote().expect("store").clone();
+        let job = uuid::Uuid::new_v4();
+        loc.put(&format!("{job}/fetch/a.csv"), b"x".to_vec()).await.expect("put");
+        loc.put(&format!("{job}/convert/a.parquet"), b"x".to_vec()).await.expect("put");
+        loc.put("lake/keep.parquet", b"x".to_vec()).await.expect("put");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+        let hour = 3_600_000;
+        assert_eq!(staging.sweep(now, hour).await.expect("sweep"), 0, "a young job stays");
+        assert_eq!(staging.sweep(now + 2 * hour, hour).await.expect("sweep"), 2, "an old job goes whole");
+        assert!(loc.stat("lake/keep.parquet").await.is_ok(), "not a job's key: never touched");
     }
 }

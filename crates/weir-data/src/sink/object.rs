@@ -1,10 +1,11 @@
 //! A Parquet dataset on an object store (S3, Azure Blob, GCS), committed per input with
 //! conditional writes of the input's manifest — there is no lock to take on a bucket.
 //!
-//! Layout: as on local disk ([`super::parquet`]), except that each attempt's files carry
-//! its tag: `<prefix>/[<column>=<value>/]<input key>.<attempt>.parquet`. Distinct names are
-//! what keep a stale writer from overwriting a newer write's file: it can only add its
-//! own, which it deletes when its commit is refused.
+//! Layout: as on local disk ([`super::parquet`]), except that each write's files carry
+//! its attempt's tag and a nonce: `<prefix>/[<column>=<value>/]<input key>.<tag>-<nonce>.parquet`.
+//! Names never reused are what keep a stale writer from overwriting a newer write's file
+//! (it can only add its own, which it deletes when its commit is refused) and a late
+//! delete of stale files from hitting a committed one.
 //!
 //! [`publish`] takes a write prepared on local disk and:
 //! 1. **claims** the input: reads `_weir/inputs/<key>.json` with its ETag, refuses an
@@ -18,7 +19,8 @@
 //! Any crash leaves a manifest naming every file that may exist, so the next attempt
 //! cleans up. Readers that list the prefix may, while a re-run of an input commits, see
 //! its old and new files side by side for the moment between steps 2 and 4; readers that
-//! need exact snapshots take the file list of each manifest whose `pending` is false.
+//! need exact snapshots take each manifest's `files`, or, while it is `pending`, its
+//! `previous` files (the last committed write's, still in place until the commit).
 
 use std::path::Path;
 
@@ -34,10 +36,13 @@ pub const UPLOAD_CHUNK: usize = 8 * 1024 * 1024;
 /// How often a claim or commit is retried when another writer changed the manifest.
 const CAS_ATTEMPTS: usize = 8;
 
+/// A storage error as a data error: retryable ones as sink failures (retried), the rest
+/// (refused credentials, bad config) as config errors (not retried).
 fn storage(e: StorageError) -> DataError {
-    match e {
-        StorageError::Config { .. } | StorageError::Pattern { .. } => DataError::Config(e.to_string()),
-        other => DataError::Sink(other.to_string()),
+    if e.is_retryable() {
+        DataError::Sink(e.to_string())
+    } else {
+        DataError::Config(e.to_string())
     }
 }
 
@@ -68,7 +73,7 @@ async fn read(loc: &Location, path: &str) -> Result<Option<(Manifest, String)>, 
             Ok(None) => return Ok(None),
             Ok(Some((body, version))) => {
                 let m = serde_json::from_slice(&body)
-                    .map_err(|e| DataError::Sink(format!("{}/{path} is not a Weir manifest: {e}", loc.uri())))?;
+                    .map_err(|e| DataError::Config(format!("{}/{path} is not a Weir manifest: {e}", loc.uri())))?;
                 return Ok(Some((m, version)));
             }
             // Deleted between its stat and its read: look again.
@@ -97,7 +102,9 @@ pub async fn publish(loc: &Location, prefix: &str, p: Prepared) -> Result<Vec<St
 }
 
 async fn publish_inner(loc: &Location, prefix: &str, p: &Prepared) -> Result<Vec<String>, DataError> {
-    let tag = p.fence.tag();
+    // The attempt's tag and a nonce per call: a name listed as stale by any writer is
+    // never written again, so a late delete can never hit a committed file.
+    let tag = format!("{}-{}", p.fence.tag(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let mine: Vec<String> = p
         .files
         .iter()
@@ -111,8 +118,14 @@ async fn publish_inner(loc: &Location, prefix: &str, p: &Prepared) -> Result<Vec
         })
         .collect();
     let manifest = join(prefix, &manifest_path(&p.key));
-    let mut claim =
-        Manifest { writer: p.fence.clone(), files: mine.clone(), rows: p.rows, pending: true, stale: vec![] };
+    let mut claim = Manifest {
+        writer: p.fence.clone(),
+        files: mine.clone(),
+        rows: p.rows,
+        pending: true,
+        stale: vec![],
+        previous: None,
+    };
 
     // 1. Claim.
     let mut claimed = false;
@@ -127,6 +140,8 @@ async fn publish_inner(loc: &Location, prefix: &str, p: &Prepared) -> Result<Vec
                 stale.sort();
                 stale.dedup();
                 claim.stale = stale;
+                // Until this commits, the input's rows are the last committed write's.
+                claim.previous = if m.pending { m.previous.clone() } else { Some(m.files.clone()) };
                 Expect::Version(etag.clone())
             }
         };
@@ -139,14 +154,21 @@ async fn publish_inner(loc: &Location, prefix: &str, p: &Prepared) -> Result<Vec
         return Err(DataError::Sink(format!("{}/{manifest}: too many concurrent writers of this input", loc.uri())));
     }
 
-    // 2. Upload.
+    // 2. Upload; on failure remove what got there (the claim names it for the next
+    // writer too, should this fail).
     for ((_, local), rel) in p.files.iter().zip(&mine) {
-        upload(loc, local, &join(prefix, rel)).await?;
+        if let Err(e) = upload(loc, local, &join(prefix, rel)).await {
+            for rel in &mine {
+                let _ = loc.delete(&join(prefix, rel)).await;
+            }
+            return Err(e);
+        }
     }
 
     // 3. Commit, if the claim still stands.
     let mut done = claim.clone();
     done.pending = false;
+    done.previous = None;
     let mut committed = false;
     for _ in 0..CAS_ATTEMPTS {
         let Some((now, etag)) = read(loc, &manifest).await? else {

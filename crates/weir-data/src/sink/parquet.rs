@@ -47,6 +47,10 @@ pub(crate) struct Manifest {
     /// Object stores: files earlier attempts may have left, to delete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale: Vec<String>,
+    /// Object stores, while `pending`: the files of the last committed write, which hold
+    /// the input's rows until this write commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Vec<String>>,
 }
 
 /// Where the manifest of input `key` lives, relative to the dataset root.
@@ -263,7 +267,14 @@ impl DatasetWriter {
             fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
             out.push(to);
         }
-        let manifest = Manifest { writer: self.fence.clone(), files, rows: self.rows, pending: false, stale: vec![] };
+        let manifest = Manifest {
+            writer: self.fence.clone(),
+            files,
+            rows: self.rows,
+            pending: false,
+            stale: vec![],
+            previous: None,
+        };
         let tmp = inputs.join(format!(".{}.json.tmp", self.key));
         let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
         let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
