@@ -30,24 +30,22 @@ struct Bucket {
 }
 
 impl Bucket {
-    async fn gcs(name: &str) -> Bucket {
-        let gcs = weir_tests::GcsEmulator::start(name).await;
-        let prefix = format!("WEIR_TEST_LAKE_{}", uuid::Uuid::new_v4().simple());
-        std::env::set_var(format!("{prefix}_TOKEN"), "emulator-accepts-any-token");
-        let spec = json!({"uri": format!("gcs://{name}"), "endpoint": gcs.endpoint, "credentials": {"env": prefix}});
-        let loc = Location::open(&serde_json::from_value(spec.clone()).expect("spec")).expect("open");
-        Bucket { _server: Box::new(gcs), spec, loc }
-    }
-
     async fn start(name: &str) -> Bucket {
         let moto = Moto::start().await;
         moto.create_bucket(name).await;
-        let prefix = format!("WEIR_TEST_LAKE_{}", uuid::Uuid::new_v4().simple());
-        std::env::set_var(format!("{prefix}_ACCESS_KEY_ID"), "test");
-        std::env::set_var(format!("{prefix}_SECRET_ACCESS_KEY"), "test");
-        let spec = json!({"uri": format!("s3://{name}"), "endpoint": moto.endpoint, "credentials": {"env": prefix}});
-        let loc = Location::open(&serde_json::from_value(spec.clone()).expect("spec")).expect("open");
-        Bucket { _server: Box::new(moto), spec, loc }
+        let spec = moto.location(&format!("s3://{name}"));
+        Bucket { loc: weir_tests::open_location(&spec), spec, _server: Box::new(moto) }
+    }
+
+    async fn gcs(name: &str) -> Bucket {
+        let gcs = weir_tests::GcsEmulator::start(name).await;
+        let spec = gcs.location(&format!("gcs://{name}"));
+        Bucket { loc: weir_tests::open_location(&spec), spec, _server: Box::new(gcs) }
+    }
+
+    /// The sink's view of the bucket: opened and checked for conditional writes.
+    fn sink(&self) -> Location {
+        object::open(&serde_json::from_value(self.spec.clone()).expect("spec")).expect("conditional writes")
     }
 
     /// The dataset's data files, by path.
@@ -84,14 +82,10 @@ impl Bucket {
 
     /// Every input manifest of the dataset.
     async fn manifests(&self, prefix: &str) -> Vec<Value> {
+        let all = self.loc.list(&Patterns::new(&[format!("{prefix}/_weir/inputs/*.json")]).expect("glob")).await;
         let mut out = Vec::new();
-        for name in self.loc.names_in(&format!("{prefix}/_weir/inputs")).await.expect("list") {
-            let body = self
-                .loc
-                .read_small(&format!("{prefix}/_weir/inputs/{name}"), 1 << 20)
-                .await
-                .expect("read")
-                .expect("exists");
+        for f in all.expect("list") {
+            let body = self.loc.read_small(&f.path, 1 << 20).await.expect("read").expect("exists");
             out.push(serde_json::from_slice(&body).expect("manifest json"));
         }
         out
@@ -185,7 +179,7 @@ async fn a_store_step_lands_a_partitioned_dataset_on_s3_and_a_rerun_replaces_it(
 
 /// Converts `input` as task `task` under `fence`, into dataset `ds` partitioned by day;
 /// returns the write prepared for the object store.
-fn prepare(dir: &Path, input: &Path, bucket: &Bucket, task: &str, fence: u64) -> weir_data::sink::parquet::Prepared {
+fn prepare(dir: &Path, input: &Path, bucket: &Bucket, task: &str, fence: u64) -> Write {
     prepare_into(
         dir,
         input,
@@ -195,9 +189,22 @@ fn prepare(dir: &Path, input: &Path, bucket: &Bucket, task: &str, fence: u64) ->
     )
 }
 
-fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -> weir_data::sink::parquet::Prepared {
+/// A write prepared for an object-store dataset, with its sink's plan.
+struct Write {
+    prepared: weir_data::sink::parquet::Prepared,
+    plan: weir_core::dataset::contract::SinkPlan,
+}
+
+/// Stages, commits and finalizes a prepared write to dataset `prefix`.
+async fn publish(loc: &Location, prefix: &str, w: Write) -> Result<Vec<String>, DataError> {
+    object::ObjectDataset::new(loc.clone(), prefix).publish(w.prepared, &w.plan, &Default::default()).await
+}
+
+fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -> Write {
     let step = json!({"sinks": [sink]});
+    // The sink as if never written: the commit merges onto whatever the dataset holds.
     let plan = Plan {
+        sinks: Arc::new(vec![weir_data::sink::SinkState::default()]),
         step: Arc::new(DataStep::parse("store", Some(&step)).expect("valid step")),
         staging: None,
         quarantine: dir.join("quarantine"),
@@ -208,8 +215,9 @@ fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -
     };
     let mut report = convert(&Input { path: input.to_path_buf(), identity: "s3://landing/trades.csv".into() }, &plan)
         .expect("convert");
-    assert_eq!(report.unpublished.len(), 1);
-    report.unpublished.remove(0).1
+    assert_eq!(report.pending.len(), 1);
+    let p = report.pending.remove(0);
+    Write { prepared: p.write.expect("a Parquet write"), plan: p.plan }
 }
 
 #[tokio::test]
@@ -218,15 +226,15 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
     let dir = tempfile::tempdir().expect("tmp");
     let input = dir.path().join("trades.csv");
     std::fs::write(&input, TRADES).expect("input");
-    let loc = object::open(&serde_json::from_value(bucket.spec.clone()).expect("spec")).expect("conditional writes");
+    let loc = bucket.sink();
 
     // Lease 2 of task A commits; lease 1's late write is refused and leaves nothing.
     let newer = prepare(dir.path(), &input, &bucket, "task-a", 2);
     let older = prepare(dir.path(), &input, &bucket, "task-a", 1);
-    let (older_scratch, newer_scratch) = (older.scratch.clone(), newer.scratch.clone());
-    let committed = object::publish(&loc, "ds", newer).await.expect("newer lease commits");
+    let (older_scratch, newer_scratch) = (older.prepared.scratch.clone(), newer.prepared.scratch.clone());
+    let committed = publish(&loc, "ds", newer).await.expect("newer lease commits");
     assert_eq!(committed.len(), 2);
-    let e = object::publish(&loc, "ds", older).await.expect_err("stale");
+    let e = publish(&loc, "ds", older).await.expect_err("stale");
     assert!(matches!(e, DataError::StaleFence(_)), "{e}");
     assert!(!older_scratch.exists() && !newer_scratch.exists(), "local scratch removed either way");
     let after_a = bucket.files("ds").await;
@@ -237,7 +245,7 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
     // removes its files; one copy remains, the one the manifest names.
     let b = prepare(dir.path(), &input, &bucket, "task-b", 1);
     let c = prepare(dir.path(), &input, &bucket, "task-c", 1);
-    let (rb, rc) = tokio::join!(object::publish(&loc, "ds", b), object::publish(&loc, "ds", c));
+    let (rb, rc) = tokio::join!(publish(&loc, "ds", b), publish(&loc, "ds", c));
     assert!(rb.is_ok() || rc.is_ok(), "one of them commits: {rb:?} {rc:?}");
     for r in [&rb, &rc] {
         if let Err(e) = r {
@@ -254,24 +262,33 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
     assert_eq!(named, files);
 
     // Task D fails mid-upload: its claim is made, its first file uploaded, the second
-    // missing. It removes what it uploaded; the pending claim still names the committed
-    // files as `previous`, so exact readers keep seeing the input's rows.
+    // missing. It gives the claim up: the manifest names the committed files again, D's
+    // uploaded file is removed and listed as stale.
     let committed: Vec<String> = {
         let m = bucket.manifests("ds").await.remove(0);
         m["files"].as_array().expect("files").iter().map(|f| f.as_str().unwrap_or("").to_string()).collect()
     };
     let d = prepare(dir.path(), &input, &bucket, "task-d", 1);
-    std::fs::remove_file(&d.files[1].1).expect("lose the second file");
-    let e = object::publish(&loc, "ds", d).await.expect_err("upload fails");
+    std::fs::remove_file(&d.prepared.files[1].1).expect("lose the second file");
+    let e = publish(&loc, "ds", d).await.expect_err("upload fails");
     assert!(matches!(e, DataError::Sink(_)), "{e}");
     let m = bucket.manifests("ds").await.remove(0);
-    assert_eq!(m["pending"], true, "the claim stands: {m}");
-    assert_eq!(m["previous"], json!(committed), "{m}");
+    assert!(m.get("pending").is_none(), "the claim is given up: {m}");
+    assert_eq!(m["files"], json!(committed), "{m}");
+    assert_eq!(m["writer"]["task"], "task-d", "the newest fence seen stays recorded: {m}");
     assert_eq!(bucket.files("ds").await.len(), 2, "D's uploaded file removed");
+    assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
 
-    // Had D died instead, its uploaded file would be an orphan its claim names: put one
-    // there, as a crash would leave it.
-    let orphan = m["files"][0].as_str().expect("claimed file").to_string();
+    // Had D died before removing it, its uploaded file would be an orphan the manifest
+    // names as stale: put one there, as a crash would leave it.
+    let orphan = m["stale"]
+        .as_array()
+        .expect("stale")
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|f| f.contains("day=2026-11-01"))
+        .expect("D's first file is listed as stale")
+        .to_string();
     bucket
         .loc
         .put(&format!("ds/{orphan}"), std::fs::read(&bucket_file(&bucket, "ds", dir.path()).await).expect("copy"))
@@ -281,7 +298,7 @@ async fn stale_concurrent_and_crashed_writers_of_one_input_leave_one_copy() {
 
     // Task E re-runs the input: the orphan and the old files are gone, one copy remains.
     let e_write = prepare(dir.path(), &input, &bucket, "task-e", 1);
-    let got = object::publish(&loc, "ds", e_write).await.expect("E commits");
+    let got = publish(&loc, "ds", e_write).await.expect("E commits");
     let files = bucket.files("ds").await;
     assert_eq!(files.iter().map(|f| format!("s3://fenced/{f}")).collect::<Vec<_>>(), {
         let mut g = got.clone();
@@ -318,10 +335,10 @@ async fn a_file_larger_than_one_part_is_uploaded_in_parts_and_reads_back_whole()
     expected.sort();
     let sink = json!({"type": "parquet", "path": "hashes", "location": bucket.spec});
     let prepared = prepare_into(dir.path(), &input, sink, "task-big", 1);
-    let local_size = std::fs::metadata(&prepared.files[0].1).expect("prepared file").len();
+    let local_size = std::fs::metadata(&prepared.prepared.files[0].1).expect("prepared file").len();
     assert!(local_size > object::UPLOAD_CHUNK as u64, "{local_size} bytes: not enough for two parts");
-    let loc = object::open(&serde_json::from_value(bucket.spec.clone()).expect("spec")).expect("open");
-    object::publish(&loc, "hashes", prepared).await.expect("publish");
+    let loc = bucket.sink();
+    publish(&loc, "hashes", prepared).await.expect("publish");
     let files = bucket.files("hashes").await;
     assert_eq!(files.len(), 1);
     let (stat, _) = bucket.loc.stat(&files[0]).await.expect("stat");
@@ -337,10 +354,10 @@ async fn a_gcs_dataset_commits_on_object_generations() {
     let dir = tempfile::tempdir().expect("tmp");
     let input = dir.path().join("trades.csv");
     std::fs::write(&input, TRADES).expect("input");
-    let loc = object::open(&serde_json::from_value(bucket.spec.clone()).expect("spec")).expect("conditional writes");
+    let loc = bucket.sink();
     for task in ["task-a", "task-b"] {
         let write = prepare(dir.path(), &input, &bucket, task, 1);
-        object::publish(&loc, "ds", write).await.expect("publish");
+        publish(&loc, "ds", write).await.expect("publish");
         assert_eq!(bucket.files("ds").await.len(), 2);
         assert_eq!(bucket.rows("ds", dir.path()).await, EXPECTED);
     }

@@ -261,12 +261,8 @@ async fn a_watch_starts_one_job_per_file_version_across_replicas_and_restarts() 
 async fn s3_downloads_are_verified_and_a_bad_file_is_quarantined_then_redriven() {
     let moto = Moto::start().await;
     moto.create_bucket("landing").await;
-    let prefix = format!("WEIR_TEST_S3_{}", uuid::Uuid::new_v4().simple());
-    std::env::set_var(format!("{prefix}_ACCESS_KEY_ID"), "test");
-    std::env::set_var(format!("{prefix}_SECRET_ACCESS_KEY"), "test");
-    let location = json!({"uri": "s3://landing/incoming", "endpoint": moto.endpoint, "region": "us-east-1",
-                          "credentials": {"env": prefix}});
-    let bucket = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
+    let location = moto.location("s3://landing/incoming");
+    let bucket = weir_tests::open_location(&location);
     let good = b"id,v\n1,10\n";
     let sha = |b: &[u8]| weir_storage::hex(&<sha2::Sha256 as sha2::Digest>::digest(b));
     bucket.put("good.csv", good.to_vec()).await.expect("put");
@@ -430,10 +426,7 @@ async fn a_thousand_files_travel_between_steps_by_report_reference() {
 async fn managers_without_a_shared_disk_pass_files_and_reports_through_a_staging_bucket() {
     let moto = Moto::start().await;
     moto.create_bucket("stage").await;
-    let creds = format!("WEIR_TEST_STAGE_{}", uuid::Uuid::new_v4().simple());
-    std::env::set_var(format!("{creds}_ACCESS_KEY_ID"), "test");
-    std::env::set_var(format!("{creds}_SECRET_ACCESS_KEY"), "test");
-    let spec = json!({"uri": "s3://stage/weir", "endpoint": moto.endpoint, "credentials": {"env": creds}});
+    let spec = moto.location("s3://stage/weir");
     // Read as the managers read WEIR_STAGING_LOCATION.
     let stage = weir_worker::staging::location_from(Some(spec.to_string())).expect("opens").expect("a location");
     let rig = Rig::start_with("stage", Some(stage.clone())).await;
@@ -497,8 +490,7 @@ async fn ftp_files_are_discovered_and_fetched_with_a_password_by_reference() {
     std::fs::create_dir_all(served.path().join("drop")).expect("mkdir");
     std::fs::write(served.path().join("drop/m.csv"), "id,v\n1,x\n2,y\n").expect("m");
     let ftp = weir_tests::Ftp::start(served.path()).await;
-    let prefix = format!("WEIR_TEST_FTP_{}", uuid::Uuid::new_v4().simple());
-    std::env::set_var(format!("{prefix}_PASSWORD"), "secret");
+    let prefix = weir_tests::credentials_env(&[("PASSWORD", "secret")]);
     let location = json!({"uri": format!("ftp://weir@127.0.0.1:{}/drop", ftp.port), "credentials": {"env": prefix}});
     let rig = Rig::start("ftp").await;
     let steps = vec![
@@ -530,7 +522,7 @@ async fn azure_blob_files_are_fetched_with_keys_from_a_secret_file() {
     .expect("secret");
     let location = json!({"uri": "azblob://landing/in", "endpoint": azurite.endpoint,
                           "credentials": {"file": secret.display().to_string()}});
-    let blob = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
+    let blob = weir_tests::open_location(&location);
     blob.put("q.csv", b"id,v\n1,a\n2,b\n3,c\n".to_vec()).await.expect("put");
     blob.put("skip.txt", b"not csv".to_vec()).await.expect("put");
     let steps = vec![
@@ -555,10 +547,7 @@ async fn the_standard_file_template_probes_its_source_first() {
     moto.create_bucket("landing").await;
     let rig = Rig::start("probe").await;
     let lake = rig.dir.path().join("lake");
-    let creds = format!("WEIR_TEST_S3_{}", uuid::Uuid::new_v4().simple());
-    std::env::set_var(format!("{creds}_ACCESS_KEY_ID"), "test");
-    std::env::set_var(format!("{creds}_SECRET_ACCESS_KEY"), "test");
-    let spec = |bucket: &str| json!({"uri": format!("s3://{bucket}/in"), "endpoint": moto.endpoint, "credentials": {"env": creds}});
+    let spec = |bucket: &str| moto.location(&format!("s3://{bucket}/in"));
     let inbox = weir_storage::Location::open(&serde_json::from_value(spec("landing")).expect("spec")).expect("open");
     inbox.put("t.csv", b"id,v\n1,a\n2,b\n".to_vec()).await.expect("put");
     let run = |bucket: &str, name: &str| {
@@ -606,10 +595,8 @@ async fn the_standard_file_template_probes_its_source_first() {
 async fn gcs_files_are_discovered_fetched_and_archived() {
     let gcs = weir_tests::GcsEmulator::start("landing").await;
     let rig = Rig::start("gcs").await;
-    let creds = format!("WEIR_TEST_GCS_{}", uuid::Uuid::new_v4().simple());
-    std::env::set_var(format!("{creds}_TOKEN"), "emulator-accepts-any-token");
-    let location = json!({"uri": "gcs://landing/in", "endpoint": gcs.endpoint, "credentials": {"env": creds}});
-    let bucket = weir_storage::Location::open(&serde_json::from_value(location.clone()).expect("spec")).expect("open");
+    let location = gcs.location("gcs://landing/in");
+    let bucket = weir_tests::open_location(&location);
     bucket.put("g.csv", b"id,v\n1,a\n2,b\n".to_vec()).await.expect("put");
     bucket.put("sub/h.csv", b"id,v\n3,c\n".to_vec()).await.expect("put");
     let steps = vec![

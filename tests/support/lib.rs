@@ -390,6 +390,34 @@ pub async fn wait_port(port: u16, what: &str) {
     }
 }
 
+/// Starts a test peer that will listen on `port`: quiet unless `WEIR_TEST_SHOW_LOGS` is
+/// set, killed when dropped; returns once it accepts connections.
+async fn start_peer(mut cmd: Command, port: u16, what: &str) -> Child {
+    cmd.kill_on_drop(true);
+    if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+    wait_port(port, what).await;
+    child
+}
+
+/// Credentials by reference for one test: sets `<PREFIX>_<KEY>` for each pair under a
+/// fresh prefix and returns the prefix (`credentials: {env: PREFIX}`).
+pub fn credentials_env(pairs: &[(&str, &str)]) -> String {
+    let prefix = format!("WEIR_TEST_CREDS_{}", uuid::Uuid::new_v4().simple());
+    for (k, v) in pairs {
+        std::env::set_var(format!("{prefix}_{k}"), v);
+    }
+    prefix
+}
+
+/// Opens a location spec as the managers would.
+pub fn open_location(spec: &serde_json::Value) -> weir_storage::Location {
+    let spec: weir_core::files::LocationSpec = serde_json::from_value(spec.clone()).expect("a location spec");
+    weir_storage::Location::open(&spec).expect("opens")
+}
+
 /// A real S3-compatible server (moto, from PyPI) on a loopback port, killed when dropped.
 pub struct Moto {
     pub endpoint: String,
@@ -401,13 +429,15 @@ impl Moto {
     pub async fn start() -> Moto {
         let port = free_port();
         let mut cmd = Command::new(python());
-        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]).kill_on_drop(true);
-        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = cmd.spawn().expect("start moto");
-        wait_port(port, "moto").await;
+        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+        let child = start_peer(cmd, port, "moto").await;
         Moto { endpoint: format!("http://127.0.0.1:{port}"), port, _child: child }
+    }
+
+    /// A location spec for `uri` on this server, with (any) keys given by reference.
+    pub fn location(&self, uri: &str) -> serde_json::Value {
+        let creds = credentials_env(&[("ACCESS_KEY_ID", "test"), ("SECRET_ACCESS_KEY", "test")]);
+        serde_json::json!({"uri": uri, "endpoint": self.endpoint, "credentials": {"env": creds}})
     }
 
     /// Creates a bucket (a plain S3 PUT; moto does not check signatures).
@@ -459,12 +489,8 @@ impl Sshd {
         std::fs::write(d.join("sshd_config"), config).expect("config");
         std::fs::create_dir_all("/run/sshd").ok();
         let mut cmd = Command::new("/usr/sbin/sshd");
-        cmd.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config")).kill_on_drop(true);
-        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = cmd.spawn().expect("start sshd (scripts/ensure-build-deps.sh --with-test-tools installs it)");
-        wait_port(port, "sshd").await;
+        cmd.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config"));
+        let child = start_peer(cmd, port, "sshd (scripts/ensure-build-deps.sh --with-test-tools installs it)").await;
         Sshd { port, key_file: d.join("client_key"), user, _dir: dir, _child: child }
     }
 }
@@ -528,14 +554,8 @@ impl Ftp {
             "-w",
             "-d",
         ])
-        .arg(dir)
-        .kill_on_drop(true);
-        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = cmd.spawn().expect("start pyftpdlib");
-        wait_port(port, "ftp").await;
-        Ftp { port, _child: child }
+        .arg(dir);
+        Ftp { port, _child: start_peer(cmd, port, "pyftpdlib").await }
     }
 }
 
@@ -564,13 +584,8 @@ impl Azurite {
         let mut cmd = Command::new(bin);
         cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
             .args(["--loose", "--disableTelemetry", "--location"])
-            .arg(data.path())
-            .kill_on_drop(true);
-        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = cmd.spawn().expect("start azurite");
-        wait_port(port, "azurite").await;
+            .arg(data.path());
+        let child = start_peer(cmd, port, "azurite").await;
         Azurite { endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"), _dir: data, _child: child }
     }
 
@@ -597,14 +612,19 @@ impl GcsEmulator {
     pub async fn start(bucket: &str) -> GcsEmulator {
         let port = free_port();
         let mut cmd = Command::new(python());
-        cmd.args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--in-memory", "--default-bucket", bucket, "--quiet"])
-            .kill_on_drop(true);
-        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = cmd.spawn().expect("start gcp-storage-emulator");
-        wait_port(port, "gcp-storage-emulator").await;
+        cmd.args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", &port.to_string()]).args([
+            "--in-memory",
+            "--default-bucket",
+            bucket,
+            "--quiet",
+        ]);
+        let child = start_peer(cmd, port, "gcp-storage-emulator").await;
         GcsEmulator { endpoint: format!("http://127.0.0.1:{port}"), _child: child }
+    }
+
+    /// A location spec for `uri` on this server, with (any) token given by reference.
+    pub fn location(&self, uri: &str) -> serde_json::Value {
+        let creds = credentials_env(&[("TOKEN", "emulator-accepts-any-token")]);
+        serde_json::json!({"uri": uri, "endpoint": self.endpoint, "credentials": {"env": creds}})
     }
 }

@@ -59,7 +59,7 @@ impl BatchSettings {
     }
 
     /// Staging as this manager sees it.
-    pub fn staging_view(&self) -> weir_worker::staging::Staging {
+    pub fn staging(&self) -> weir_worker::staging::Staging {
         weir_worker::staging::Staging::new(&self.data_dir, self.staging.clone())
     }
 
@@ -108,7 +108,7 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         queue: Queue::Batch,
         handlers: vec![
             Arc::new(Generic),
-            Arc::new(reconcile::Reconcile { staging: settings.staging_view() }),
+            Arc::new(reconcile::Reconcile { staging: settings.staging() }),
             Arc::new(steps::DataSteps::new(settings)),
         ],
         background: vec![],

@@ -8,7 +8,6 @@
 //! task is cancelled, its lease is lost or the batch times out (nothing of an unfinished
 //! file is committed). The output reports every file: rows read = written + quarantined.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,14 +16,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 use weir_core::catalog::BATCH_KINDS;
+use weir_core::dataset::schema::Origin;
 use weir_core::dataset::{DataStep, SinkSpec};
 use weir_data::pipeline::{self, Input, Plan};
-use weir_data::sink::object;
-use weir_data::sink::postgres::{self, PgTarget};
-use weir_data::sink::{input_key, WriteFence};
+use weir_data::sink::landing::{Pools, Sinks};
+use weir_data::sink::WriteFence;
 use weir_data::{DataError, FileReport};
 use weir_worker::{StepError, StepHandler, TaskContext};
 
@@ -35,47 +33,14 @@ pub struct DataSteps {
     settings: BatchSettings,
     staging: weir_worker::staging::Staging,
     slots: Arc<Semaphore>,
-    /// One pool per `url_env`, made on first use.
-    pools: Mutex<HashMap<String, PgPool>>,
+    /// The PostgreSQL sinks' pools, one per `url_env`.
+    pools: Pools,
 }
 
 impl DataSteps {
     pub fn new(settings: BatchSettings) -> Self {
         let slots = Arc::new(Semaphore::new(settings.slots));
-        DataSteps { staging: settings.staging_view(), settings, slots, pools: Mutex::new(HashMap::new()) }
-    }
-
-    async fn pool(&self, url_env: &str) -> Result<PgPool, StepError> {
-        let mut pools = self.pools.lock().await;
-        if let Some(p) = pools.get(url_env) {
-            return Ok(p.clone());
-        }
-        let url = std::env::var(url_env).map_err(|_| {
-            StepError::permanent(
-                "bad_config",
-                format!("postgres sink: environment variable {url_env} is not set on the batch manager"),
-            )
-        })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
-            .await
-            // The URL may carry a password: name the variable, never its value.
-            .map_err(|e| {
-                StepError::retryable(
-                    "sink_failed",
-                    format!("postgres sink ({url_env}): cannot connect: {}", redact(&e)),
-                )
-            })?;
-        pools.insert(url_env.to_string(), pool.clone());
-        Ok(pool)
-    }
-}
-
-fn redact(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Configuration(_) => "the URL is not a valid PostgreSQL URL".into(),
-        other => other.to_string(),
+        DataSteps { staging: settings.staging(), settings, slots, pools: Pools::default() }
     }
 }
 
@@ -141,7 +106,9 @@ impl DataSteps {
         let step =
             DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let step = Arc::new(step);
-        let object_sinks = ObjectSinks::open(&step).map_err(|e| step_error(&e))?;
+        // Every sink opened and its schema read before any work: a bad one fails the step at once.
+        let sinks = Sinks::open(&step, &self.pools).await.map_err(|e| step_error(&e))?;
+        let states = sinks.states().await.map_err(|e| step_error(&e))?;
         let upstream = weir_worker::report::upstream(task, &self.staging).await?;
         let mut inputs = gather_inputs(&step, &upstream)?;
         if inputs.is_empty() {
@@ -185,6 +152,7 @@ impl DataSteps {
         };
         let plan = Plan {
             step: step.clone(),
+            sinks: Arc::new(states),
             staging,
             quarantine: task.folder(&self.settings.data_dir, weir_worker::QUARANTINE),
             outgoing: self.scratch(task).join("outgoing"),
@@ -238,28 +206,11 @@ impl DataSteps {
         watcher.abort();
         results.sort_by_key(|(i, _, _)| *i);
 
-        // Publish to object stores and load into PostgreSQL, a few files at once, in order.
+        // Land each file in all sinks or none, a few files at once, in order.
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let settled: Vec<(Input, Result<FileReport, DataError>, Option<DataError>)> =
             futures_util::stream::iter(results)
-                .map(|(_, result, input)| {
-                    let (sinks, step, fence) = (&object_sinks, &step, &plan.fence);
-                    async move {
-                        match result {
-                            Ok(mut report) => {
-                                let done = match sinks.publish(step, &mut report).await {
-                                    Ok(()) => self.load_postgres(step, fence, &input, &mut report).await,
-                                    Err(e) => Err(e),
-                                };
-                                let done = match done {
-                                    Ok(()) => self.leave_output(task, &mut report).await,
-                                    Err(e) => Err(e),
-                                };
-                                (input, Ok(report), done.err())
-                            }
-                            Err(e) => (input, Err(e), None),
-                        }
-                    }
-                })
+                .map(|(_, result, input)| self.settle(task, &sinks, &plan.fence, now_ms, result, input))
                 .buffered(PUBLISH_CONCURRENCY)
                 .collect()
                 .await;
@@ -307,43 +258,33 @@ impl DataSteps {
 /// Files whose sink writes (object-store publishes, PostgreSQL loads) run at once.
 const PUBLISH_CONCURRENCY: usize = 8;
 
-/// The step's object-store Parquet sinks, opened before any work so that a bad one (no
-/// credentials, no conditional writes) fails the step at once.
-struct ObjectSinks(HashMap<usize, object::Location>);
-
-impl ObjectSinks {
-    fn open(step: &DataStep) -> Result<ObjectSinks, DataError> {
-        let mut open = HashMap::new();
-        for (i, s) in step.sinks.iter().enumerate() {
-            if let SinkSpec::Parquet { location: Some(spec), .. } = s {
-                open.insert(i, object::open(spec)?);
-            }
-        }
-        Ok(ObjectSinks(open))
-    }
-
-    /// Publishes one file's prepared writes to their object stores.
-    async fn publish(&self, step: &DataStep, report: &mut FileReport) -> Result<(), DataError> {
-        let mut first_error = None;
-        for (i, prepared) in std::mem::take(&mut report.unpublished) {
-            let (Some(SinkSpec::Parquet { path, .. }), Some(loc)) = (step.sinks.get(i), self.0.get(&i)) else {
-                let _ = std::fs::remove_dir_all(&prepared.scratch);
-                continue;
-            };
-            if first_error.is_some() {
-                let _ = std::fs::remove_dir_all(&prepared.scratch);
-                continue;
-            }
-            match object::publish(loc, path, prepared).await {
-                Ok(files) => report.sink_files.extend(files),
-                Err(e) => first_error = Some(e),
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-}
-
 impl DataSteps {
+    /// Lands one converted file in the step's sinks and leaves its staged output for the
+    /// next steps; the second error is the landing's.
+    async fn settle(
+        &self,
+        task: &TaskContext,
+        sinks: &Sinks,
+        fence: &WriteFence,
+        now_ms: i64,
+        result: Result<FileReport, DataError>,
+        input: Input,
+    ) -> (Input, Result<FileReport, DataError>, Option<DataError>) {
+        let Ok(mut report) = result else { return (input, result, None) };
+        let origin = Origin {
+            job_id: task.job_id.to_string(),
+            task_id: task.task_id.to_string(),
+            step_id: task.step_id.clone(),
+            input: input.identity.clone(),
+            time_ms: now_ms,
+        };
+        let done = match sinks.land(&mut report, fence, &origin).await {
+            Ok(()) => self.leave_output(task, &mut report).await,
+            Err(e) => Err(e),
+        };
+        (input, Ok(report), done.err())
+    }
+
     /// Leaves a file's staged output for the next steps (on the staging store, if any).
     async fn leave_output(&self, task: &TaskContext, report: &mut FileReport) -> Result<(), DataError> {
         let Some(local) = report.output.clone() else { return Ok(()) };
@@ -357,28 +298,6 @@ impl DataSteps {
             }
         })?;
         report.output = Some(left);
-        Ok(())
-    }
-
-    /// Loads one converted file into every PostgreSQL sink of the step.
-    async fn load_postgres(
-        &self,
-        step: &DataStep,
-        fence: &WriteFence,
-        input: &Input,
-        report: &mut FileReport,
-    ) -> Result<(), DataError> {
-        for s in &step.sinks {
-            let SinkSpec::Postgres { url_env, table, create, key } = s else { continue };
-            let Some(staged) = report.output.clone() else { continue };
-            let pool = self.pool(url_env).await.map_err(|e| DataError::Sink(e.message))?;
-            let mut conn = pool.acquire().await.map_err(|e| DataError::Sink(format!("postgres: {e}")))?;
-            let target = PgTarget { table: table.clone(), create: *create, key: key.clone() };
-            let rows =
-                postgres::load(&mut conn, &target, std::path::Path::new(&staged), &input_key(&input.identity), fence)
-                    .await?;
-            report.tables.insert(table.clone(), rows);
-        }
         Ok(())
     }
 }

@@ -331,6 +331,13 @@ fn parse<T: for<'de> Deserialize<'de>>(kind: &str, config: Option<&Value>) -> Re
     serde_json::from_value(v).map_err(|e| format!("{kind} config: {e}"))
 }
 
+/// Whether `path` stays below the folder it is joined to: relative, no empty, `.` or
+/// `..` segment. Paths a server or an upstream report names are checked with this before
+/// they become local paths.
+pub fn is_safe_relative(path: &str) -> bool {
+    !path.contains('\0') && path.split('/').all(|s| !(s.is_empty() || s == "." || s == ".."))
+}
+
 fn check_paths(kind: &str, paths: &[String]) -> Result<(), String> {
     if paths.len() > MAX_PATHS {
         return Err(format!("{kind} config: {} paths, at most {MAX_PATHS}", paths.len()));

@@ -97,7 +97,8 @@ pub type Problem = Option<(&'static str, String)>;
 pub struct Reject {
     /// 1-based record number in the input (header not counted).
     pub row: u64,
-    /// What it broke: `parse`, `type`, `not_null`, `unique`, `range`, `pattern`, `allowed`.
+    /// What it broke: `parse`, `type`, `schema` (a column a sink's contract quarantines),
+    /// `not_null`, `unique`, `range`, `pattern`, `allowed`.
     pub rule: String,
     /// A sentence naming the column and the value.
     pub reason: String,
@@ -123,6 +124,13 @@ pub struct FileReport {
     pub schema: Vec<(String, String)>,
     /// Columns in the input that the declared schema did not name (dropped).
     pub ignored_columns: Vec<String>,
+    /// Input columns no sink keeps (`schema_contract.columns: discard_value`), and why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub discarded_columns: BTreeMap<String, String>,
+    /// Values that did not fit their column and were written as null
+    /// (`schema_contract.data_type: discard_value`), per column.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub discarded_values: BTreeMap<String, u64>,
     /// The staged Parquet file holding the valid rows, for the next step.
     pub output: Option<String>,
     /// The quarantine Parquet file, when any row was rejected.
@@ -131,10 +139,15 @@ pub struct FileReport {
     pub sink_files: Vec<String>,
     /// Rows loaded into each PostgreSQL table.
     pub tables: BTreeMap<String, u64>,
-    /// Writes bound for object-store Parquet sinks, by the sink's index in the step,
-    /// prepared locally for the caller to publish ([`sink::object::publish`], async).
+    /// The schema versions this input's writes created, by sink.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema_versions: BTreeMap<String, u32>,
+    /// The sinks' writes, prepared and not yet landed ([`sink::landing`]).
     #[serde(skip)]
-    pub unpublished: Vec<(usize, sink::parquet::Prepared)>,
+    pub pending: Vec<sink::Pending>,
+    /// The written columns the input has values for (a PostgreSQL load copies only these).
+    #[serde(skip)]
+    pub copy_columns: Vec<String>,
 }
 
 impl FileReport {

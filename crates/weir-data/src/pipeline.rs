@@ -1,25 +1,27 @@
 //! One input through the whole path: read, type, check, write, account.
 //!
 //! [`convert`] is synchronous and CPU-bound (callers put it on a blocking thread). It
-//! writes the valid rows to a staged Parquet file (when asked) and to every Parquet
-//! sink, and the rejected rows to the quarantine; all of them commit only when the input
-//! passed its dataset rules. The PostgreSQL sink loads the staged file afterwards
-//! ([`crate::sink::postgres`]), and Parquet sinks on object stores are prepared locally
-//! and published afterwards ([`crate::sink::object`]): both are async, this is not.
+//! types the input once for all of the step's sinks (reconciled with each sink's schema,
+//! see [`crate::typing`]), writes the valid rows to a staged Parquet file (when asked)
+//! and prepares every Parquet sink's files, and writes the rejected rows to the
+//! quarantine — but commits no sink: [`crate::sink::landing`] lands the prepared writes
+//! (and loads PostgreSQL from the staged file) in all sinks or in none. Nothing is
+//! prepared unless the input passed its dataset rules.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow_array::BooleanArray;
+use weir_core::dataset::contract::{SinkPlan, SinkView, WritePlan};
 use weir_core::dataset::{DataStep, SinkSpec};
 
 use crate::quality::{count_by_rule, Quality};
 use crate::quarantine::Quarantine;
 use crate::read::{self, Chunk, DEFAULT_BATCH_ROWS};
 use crate::sink::parquet::DatasetWriter;
-use crate::sink::{input_key, WriteFence};
-use crate::typing::{keep_rows, render_row, type_name, Target};
+use crate::sink::{input_key, Pending, SinkState, WriteFence};
+use crate::typing::{arrow_schema, keep_rows, project, render_row, type_name, InputSchema, Target};
 use crate::{DataError, FileReport, Reject};
 
 /// zstd level of staged files: fast, they are read once by the next step.
@@ -41,6 +43,9 @@ pub struct Input {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub step: Arc<DataStep>,
+    /// Each of the step's sinks as it stands (its schema now), in the step's order:
+    /// [`crate::sink::landing::Sinks::states`] reads them.
+    pub sinks: Arc<Vec<SinkState>>,
     /// Directory for the staged Parquet output (`None`: no staged output).
     pub staging: Option<PathBuf>,
     /// Directory of the quarantine dataset.
@@ -55,55 +60,77 @@ pub struct Plan {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// One Parquet sink's writer: the sink's index, its schema, its files.
+struct SinkWriter {
+    index: usize,
+    schema: arrow_schema::SchemaRef,
+    writer: DatasetWriter,
+}
+
 /// The open writers of one input.
 struct Writers {
     staged: Option<DatasetWriter>,
-    /// Parquet sinks; `Some(index)` for one on an object store (prepared, not committed).
-    sinks: Vec<(Option<usize>, DatasetWriter)>,
+    sinks: Vec<SinkWriter>,
 }
 
 impl Writers {
     fn write(&mut self, batch: &arrow_array::RecordBatch) -> Result<(), DataError> {
-        for w in self.staged.iter_mut().chain(self.sinks.iter_mut().map(|(_, w)| w)) {
+        if let Some(w) = self.staged.as_mut() {
             w.write(batch)?;
+        }
+        for s in &mut self.sinks {
+            s.writer.write(&project(batch, &s.schema)?)?;
         }
         Ok(())
     }
 
     fn abort(self) {
-        for w in self.staged.into_iter().chain(self.sinks.into_iter().map(|(_, w)| w)) {
+        for w in self.staged.into_iter().chain(self.sinks.into_iter().map(|s| s.writer)) {
             w.abort();
         }
     }
+}
 
-    /// Commits local sinks and prepares object-store ones, into the report.
-    fn finish_sinks(sinks: Vec<(Option<usize>, DatasetWriter)>, report: &mut FileReport) -> Result<(), DataError> {
-        for (remote, w) in sinks {
-            match remote {
-                None => report.sink_files.extend(w.commit()?.into_iter().map(|p| p.display().to_string())),
-                Some(i) => report.unpublished.push((i, w.prepare()?)),
-            }
+/// Where a Parquet sink's files are prepared: in the dataset's own `_weir/tmp` for a
+/// local one (moved into place on commit), under `outgoing` for an object store.
+fn sink_root(spec: &SinkSpec, index: usize, outgoing: &Path) -> Option<(PathBuf, i32, bool)> {
+    match spec {
+        SinkSpec::Parquet { path, zstd_level, location, .. } => {
+            let level = zstd_level.unwrap_or(SINK_ZSTD_LEVEL);
+            Some(match location {
+                None => (PathBuf::from(path), level, true),
+                Some(_) => (outgoing.join(format!("sink{index}")), level, false),
+            })
         }
-        Ok(())
+        SinkSpec::Postgres { .. } => None,
     }
 }
 
-/// The Parquet sinks of a step: where each is written locally, and its index when it
-/// lives on an object store (written under `outgoing`, published by the caller).
-fn parquet_sinks<'a>(
-    step: &'a DataStep,
-    outgoing: &'a Path,
-) -> impl Iterator<Item = (PathBuf, Option<usize>, Option<&'a str>, i32)> + 'a {
-    step.sinks.iter().enumerate().filter_map(move |(i, s)| match s {
-        SinkSpec::Parquet { path, partition_by, zstd_level, location } => {
-            let (root, remote) = match location {
-                None => (PathBuf::from(path), None),
-                Some(_) => (outgoing.join(format!("sink{i}")), Some(i)),
+/// How each sink of the step takes an input with these columns.
+fn write_plan(step: &DataStep, states: &[SinkState], input: &InputSchema) -> Result<WritePlan, DataError> {
+    if step.sinks.is_empty() {
+        return Ok(WritePlan::of_input(&input.columns()));
+    }
+    if states.len() != step.sinks.len() {
+        return Err(DataError::Config(format!(
+            "the step has {} sinks but {} were read before converting",
+            step.sinks.len(),
+            states.len()
+        )));
+    }
+    let views: Vec<SinkView> = step
+        .sinks
+        .iter()
+        .zip(states)
+        .map(|(spec, st)| {
+            let (contract, partition_by) = match spec {
+                SinkSpec::Parquet { schema_contract, partition_by, .. } => (*schema_contract, partition_by.as_deref()),
+                SinkSpec::Postgres { schema_contract, .. } => (*schema_contract, None),
             };
-            Some((root, remote, partition_by.as_deref(), zstd_level.unwrap_or(SINK_ZSTD_LEVEL)))
-        }
-        SinkSpec::Postgres { .. } => None,
-    })
+            SinkView { name: &st.name, current: st.current.as_ref(), contract, partition_by }
+        })
+        .collect();
+    WritePlan::for_sinks(&views, &input.columns()).map_err(DataError::Schema)
 }
 
 /// Target columns whose values in the first chunk, as read, are mostly distinct (over a
@@ -126,7 +153,8 @@ fn mostly_distinct(sample: &arrow_array::RecordBatch, target: &Target) -> Vec<St
     out
 }
 
-/// Converts one input as the plan says; the report accounts for every row.
+/// Converts one input as the plan says; the report accounts for every row and carries
+/// the sinks' prepared writes ([`FileReport::pending`]).
 pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
     let step = plan.step.as_ref();
     let batch_rows = step.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS);
@@ -137,7 +165,8 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
 
     let first = opened.source.next_chunk()?;
     let Some(first) = first else {
-        // An empty input: zero rows. Commit empty writes so a re-run clears old rows.
+        // An empty input: zero rows. Empty writes replace the input's old rows in the
+        // Parquet sinks; no sink's schema changes.
         report.bytes_read = opened.bytes_read.load(Ordering::Relaxed);
         if let Some(rules) = &step.rules {
             if let Some(min) = rules.min_rows.filter(|m| *m > 0) {
@@ -150,19 +179,34 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
                 )));
             }
         }
-        let empty = std::sync::Arc::new(arrow_schema::Schema::empty());
-        let mut sinks = Vec::new();
-        for (root, remote, _, _) in parquet_sinks(step, &plan.outgoing) {
-            sinks.push((remote, DatasetWriter::create(&root, &key, &plan.fence, &empty, None, SINK_ZSTD_LEVEL)?));
+        for (i, spec) in step.sinks.iter().enumerate() {
+            let current = plan.sinks.get(i).and_then(|s| s.current.clone()).unwrap_or_default();
+            let plan_i = SinkPlan { schema: current, changes: vec![], discarded: vec![] };
+            let write = match sink_root(spec, i, &plan.outgoing) {
+                Some((root, level, durable)) => {
+                    let w =
+                        DatasetWriter::create(&root, &key, &plan.fence, &arrow_schema(&plan_i.schema), None, level)?;
+                    Some(if durable { w } else { w.transient() }.prepare()?)
+                }
+                None => None,
+            };
+            if write.is_some() {
+                report.pending.push(Pending { index: i, plan: plan_i, write });
+            }
         }
-        Writers::finish_sinks(sinks, &mut report)?;
         quarantine.commit()?;
         return Ok(report);
     };
     let input_columns: Vec<String> = first.batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let target = Target::resolve(step.schema.as_deref(), &first.batch, opened.source.positional())?;
+    let step_nulls = step.format.as_ref().and_then(|f| f.null_values.as_deref());
+    let typed_input =
+        InputSchema::resolve(step.schema.as_deref(), &first.batch, opened.source.positional(), step_nulls)?;
+    let wplan = write_plan(step, &plan.sinks, &typed_input)?;
+    let target = Target::new(&typed_input, &wplan);
     let schema = target.schema().clone();
     report.schema = schema.fields().iter().map(|f| (f.name().clone(), type_name(f.data_type()))).collect();
+    report.discarded_columns = wplan.discarded.iter().cloned().collect();
+    report.copy_columns = wplan.columns.iter().filter(|c| c.input.is_some()).map(|c| c.name.clone()).collect();
     let mut quality = match &step.rules {
         Some(r) => Some(Quality::new(r, &schema, &input_columns, plan.now_micros)?),
         None => None,
@@ -179,9 +223,15 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         },
         sinks: Vec::new(),
     };
-    for (root, remote, partition_by, level) in parquet_sinks(step, &plan.outgoing) {
-        match DatasetWriter::create(&root, &key, &plan.fence, &schema, partition_by, level) {
-            Ok(w) => writers.sinks.push((remote, w.without_dictionary(&plain))),
+    for (i, spec) in step.sinks.iter().enumerate() {
+        let Some((root, level, durable)) = sink_root(spec, i, &plan.outgoing) else { continue };
+        let sink_schema = &wplan.sinks[i].schema;
+        let arrow = arrow_schema(sink_schema);
+        match DatasetWriter::create(&root, &key, &plan.fence, &arrow, sink_schema.partition.as_ref(), level) {
+            Ok(w) => {
+                let w = if durable { w } else { w.transient() };
+                writers.sinks.push(SinkWriter { index: i, schema: arrow, writer: w.without_dictionary(&plain) });
+            }
             Err(e) => {
                 writers.abort();
                 return Err(e);
@@ -189,6 +239,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         }
     }
 
+    let mut discarded = crate::typing::Discarded::new();
     let mut run = |chunk: Chunk, writers: &mut Writers, quarantine: &mut Quarantine| -> Result<(), DataError> {
         report.rows_read += (chunk.rows.len() + chunk.rejects.len()) as u64;
         for r in &chunk.rejects {
@@ -198,7 +249,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         if chunk.rows.is_empty() {
             return Ok(());
         }
-        let (typed, mut problems) = target.apply(&chunk.batch)?;
+        let (typed, mut problems) = target.apply_counting(&chunk.batch, &mut discarded)?;
         if let Some(q) = quality.as_mut() {
             q.check(&typed, &mut problems)?;
         }
@@ -238,6 +289,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
             Err(e) => result = Err(e),
         }
     }
+    report.discarded_values = discarded;
     report.rows_quarantined = quarantine.rows();
     report.bytes_read = opened.bytes_read.load(Ordering::Relaxed);
     report.ignored_columns = target.ignored.clone();
@@ -265,6 +317,18 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
     if let Some(w) = writers.staged.take() {
         report.output = w.commit()?.into_iter().next().map(|p| p.display().to_string());
     }
-    Writers::finish_sinks(writers.sinks, &mut report)?;
+    let mut plans: Vec<Option<SinkPlan>> = wplan.sinks.into_iter().map(Some).collect();
+    for s in writers.sinks {
+        let write = s.writer.prepare()?;
+        if let Some(p) = plans.get_mut(s.index).and_then(Option::take) {
+            report.pending.push(Pending { index: s.index, plan: p, write: Some(write) });
+        }
+    }
+    for (i, p) in plans.into_iter().enumerate() {
+        if let Some(p) = p.filter(|_| matches!(step.sinks.get(i), Some(SinkSpec::Postgres { .. }))) {
+            report.pending.push(Pending { index: i, plan: p, write: None });
+        }
+    }
+    report.pending.sort_by_key(|p| p.index);
     Ok(report)
 }

@@ -61,6 +61,7 @@ fn a_two_gib_csv_converts_in_bounded_memory() {
     assert!(size >= 2 << 30, "a multi-gigabyte input: {size} bytes");
     let before = peak_rss_mib();
     let plan = Plan {
+        sinks: Default::default(),
         step: Arc::new(DataStep::parse("convert", None).expect("step")),
         staging: Some(dir.path().join("staged")),
         quarantine: dir.path().join("quarantine"),

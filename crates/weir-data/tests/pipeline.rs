@@ -12,6 +12,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{json, Value};
 use weir_core::dataset::DataStep;
 use weir_data::pipeline::{convert, Input, Plan};
+use weir_data::sink::landing::{land_local, Sinks};
 use weir_data::sink::WriteFence;
 use weir_data::{DataError, FileReport};
 
@@ -39,8 +40,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn plan(d: &Dirs, step: Value, task: &str, fence: u64) -> Plan {
+    let step = DataStep::parse("convert", Some(&step)).expect("valid step");
     Plan {
-        step: Arc::new(DataStep::parse("convert", Some(&step)).expect("valid step")),
+        sinks: Arc::new(Sinks::open_local(&step).expect("local sinks").local_states().expect("their schemas")),
+        step: Arc::new(step),
         staging: Some(d.root.join("staging")),
         quarantine: d.root.join("quarantine"),
         outgoing: d.root.join("outgoing"),
@@ -51,7 +54,15 @@ fn plan(d: &Dirs, step: Value, task: &str, fence: u64) -> Plan {
 }
 
 fn run(d: &Dirs, path: &Path, step: Value) -> Result<FileReport, DataError> {
-    convert(&Input { path: path.to_path_buf(), identity: path.display().to_string() }, &plan(d, step, "t1", 1))
+    land(&Input { path: path.to_path_buf(), identity: path.display().to_string() }, &plan(d, step, "t1", 1))
+}
+
+/// Converts one input and lands it in the step's (local) sinks.
+fn land(input: &Input, pl: &Plan) -> Result<FileReport, DataError> {
+    let sinks = Sinks::open_local(&pl.step)?;
+    let mut r = convert(input, pl)?;
+    land_local(&sinks, &mut r, &Default::default())?;
+    Ok(r)
 }
 
 /// All rows of Parquet files as text lines "a|b|c" (nulls as ∅), in file order.
@@ -297,14 +308,15 @@ fn a_partitioned_dataset_is_replaced_per_input_and_refuses_a_stale_fence() {
     let csv = "id,ts\n1,2026-11-20T10:00:00Z\n2,2026-11-21T10:00:00Z\n3,2026-11-21T11:00:00Z\n";
     let p = write(&d.root, "a.csv", csv.as_bytes());
     let input = Input { path: p.clone(), identity: "s3://bucket/a.csv".into() };
-    let r = convert(&input, &plan(&d, step.clone(), "task-1", 1)).expect("first");
+    let r = land(&input, &plan(&d, step.clone(), "task-1", 1)).expect("first");
     let files: Vec<String> = walk(&sink).into_iter().filter(|f| f.ends_with(".parquet")).collect();
     assert_eq!(files.len(), 2, "{files:?}");
-    assert!(files[0].contains("/ts=2026-11-20/") && files[1].contains("/ts=2026-11-21/"), "{files:?}");
+    // Folders named for the date, not the timestamp, so no reader takes one for the other.
+    assert!(files[0].contains("/ts_date=2026-11-20/") && files[1].contains("/ts_date=2026-11-21/"), "{files:?}");
     assert_eq!(r.sink_files.len(), 2);
 
     // The same input again (a retry under a newer lease): replaced, not duplicated.
-    convert(&input, &plan(&d, step.clone(), "task-1", 2)).expect("retry");
+    land(&input, &plan(&d, step.clone(), "task-1", 2)).expect("retry");
     let all = |dir: &Path| {
         rows(
             &walk(dir)
@@ -317,18 +329,18 @@ fn a_partitioned_dataset_is_replaced_per_input_and_refuses_a_stale_fence() {
     assert_eq!(all(&sink).len(), 3);
 
     // A stale worker of the same task, older lease: refused, nothing changes.
-    let e = convert(&input, &plan(&d, step.clone(), "task-1", 1)).expect_err("stale");
+    let e = land(&input, &plan(&d, step.clone(), "task-1", 1)).expect_err("stale");
     assert!(matches!(e, DataError::StaleFence(_)), "{e}");
     assert_eq!(all(&sink).len(), 3);
 
     // The file changed upstream and shrank: its old rows go, in every partition.
     std::fs::write(&p, "id,ts\n9,2026-11-22T00:00:00Z\n").expect("rewrite");
-    convert(&input, &plan(&d, step.clone(), "task-2", 1)).expect("new run");
+    land(&input, &plan(&d, step.clone(), "task-2", 1)).expect("new run");
     assert_eq!(all(&sink), vec!["9|2026-11-22T00:00:00Z"]);
 
     // Another input lands beside it.
     let q = write(&d.root, "b.csv", b"id,ts\n10,2026-11-22T01:00:00Z\n");
-    convert(&Input { path: q, identity: "s3://bucket/b.csv".into() }, &plan(&d, step, "task-3", 1)).expect("b");
+    land(&Input { path: q, identity: "s3://bucket/b.csv".into() }, &plan(&d, step, "task-3", 1)).expect("b");
     assert_eq!(all(&sink).len(), 2);
 }
 
@@ -343,7 +355,7 @@ fn a_cancelled_conversion_commits_nothing() {
     let sink = d.root.join("out");
     let pl = plan(&d, json!({"batch_rows": 1000, "sinks": [{"type": "parquet", "path": sink}]}), "t", 1);
     pl.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-    let e = convert(&Input { path: p.clone(), identity: "big".into() }, &pl).expect_err("cancelled");
+    let e = land(&Input { path: p.clone(), identity: "big".into() }, &pl).expect_err("cancelled");
     assert!(matches!(e, DataError::Cancelled) && e.is_retryable(), "{e}");
     assert!(walk(&sink).iter().all(|f| f.contains("_weir")), "{:?}", walk(&sink));
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use weir_core::dataset::DataStep;
 use weir_data::pipeline::{convert, Input, Plan};
-use weir_data::sink::postgres::{load, PgTarget};
+use weir_data::sink::postgres::{load, PgTable};
 use weir_data::sink::{input_key, WriteFence};
 use weir_data::DataError;
 use weir_store::testing::TestSchema;
@@ -18,6 +18,7 @@ fn staged(dir: &Path, name: &str, csv: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, csv).expect("write");
     let plan = Plan {
+        sinks: Default::default(),
         step: Arc::new(
             DataStep::parse(
                 "convert",
@@ -55,7 +56,7 @@ async fn rows_load_replace_on_retry_and_stale_fences_are_refused() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = staged(dir.path(), "a.csv", CSV);
     let key = input_key("s3://b/a.csv");
-    let target = PgTarget { table: "trades".into(), create: true, key: vec![] };
+    let target = PgTable { table: "trades".into(), create: true, key: vec![] };
     let w = |f| WriteFence { task: "task-1".into(), fence: f };
 
     assert_eq!(load(&mut conn, &target, &file, &key, &w(1)).await.expect("load"), 3);
@@ -83,7 +84,7 @@ async fn rows_load_replace_on_retry_and_stale_fences_are_refused() {
     assert_eq!(table(&mut conn, "SELECT id::text FROM trades ORDER BY id").await, vec!["1", "2", "3", "4"]);
 
     // Without create, a missing table is a clear config error.
-    let missing = PgTarget { table: "nope".into(), create: false, key: vec![] };
+    let missing = PgTable { table: "nope".into(), create: false, key: vec![] };
     let e = load(&mut conn, &missing, &file, &key, &w(3)).await.expect_err("missing table");
     assert!(matches!(e, DataError::Config(_)) && e.to_string().contains("nope"), "{e}");
     drop(conn);
@@ -95,7 +96,7 @@ async fn a_key_upserts() {
     let schema = TestSchema::create().await.expect("schema");
     let mut conn = PgConnection::connect(&schema.url).await.expect("connect");
     let dir = tempfile::tempdir().expect("tmp");
-    let target = PgTarget { table: "latest".into(), create: true, key: vec!["id".into()] };
+    let target = PgTable { table: "latest".into(), create: true, key: vec!["id".into()] };
     let w = WriteFence { task: "t".into(), fence: 1 };
     let a = staged(dir.path(), "a.csv", "id,name,day,at,ok,px\n1,first,,,,\n2,second,,,,\n");
     load(&mut conn, &target, &a, &input_key("a"), &w).await.expect("load a");

@@ -1,7 +1,7 @@
 //! Removes staged downloads older than the retention (default 24 h), hourly. Staging is
 //! `$WEIR_DATA_DIR/staging/<job>/<step>/…`; a job's folder goes once nothing in it was
 //! touched within the retention; on a staging object store (`WEIR_STAGING_LOCATION`),
-//! each object older than the retention goes. The quarantine is never cleaned: it waits
+//! a job's objects go once none of them is younger than the retention. The quarantine is never cleaned: it waits
 //! for a person.
 
 use std::path::Path;
@@ -38,8 +38,7 @@ impl Background for Cleanup {
                 Ok(Err(e)) => tracing::warn!(error = %e, "staging cleanup failed"),
                 _ => {}
             }
-            let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            match shared.sweep(now_ms, retention.as_millis() as i64).await {
+            match shared.sweep(crate::now_ms(), retention.as_millis() as i64).await {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "staging store cleaned"),
                 Err(e) => tracing::warn!(error = %e, "staging store cleanup failed"),
                 _ => {}

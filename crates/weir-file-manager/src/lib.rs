@@ -98,6 +98,11 @@ impl FileSettings {
     }
 }
 
+/// Now, in epoch milliseconds (the inventory's time unit).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// What this manager runs, with settings from the environment.
 pub fn spec() -> Result<ManagerSpec, String> {
     Ok(spec_with(FileSettings::from_env()?))

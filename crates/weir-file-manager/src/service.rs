@@ -1,8 +1,6 @@
 //! The file manager's gRPC service (`weir.v1.FileService`): the inventory, and re-driving
 //! a file so it is ingested again once fixed (`weir files redrive`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use async_trait::async_trait;
 use tonic::{Request, Response, Status};
 use weir_core::model::FileRecord;
@@ -69,7 +67,7 @@ impl FileService for Files {
             return Err(Status::invalid_argument("give the watch and the path of the file to re-drive"));
         }
         let store = self.settings.store.get().await.map_err(unavailable)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let now = crate::now_ms();
         let file = store
             .redrive_file(&r.watch, &r.path, now)
             .await

@@ -13,7 +13,6 @@
 //! kinds key their writes by the file's origin.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::{stream, StreamExt};
@@ -26,7 +25,7 @@ use weir_core::files::{
 use weir_storage::{Location, Patterns, StorageError};
 use weir_worker::{StepError, StepHandler, TaskContext};
 
-use crate::FileSettings;
+use crate::{now_ms, FileSettings};
 
 /// Runs the file kinds.
 pub struct FileSteps {
@@ -38,10 +37,6 @@ impl FileSteps {
     pub fn new(settings: FileSettings) -> Self {
         FileSteps { staging: settings.staging(), settings }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn storage_error(e: &StorageError) -> StepError {
@@ -293,7 +288,7 @@ async fn fetch_one(
 ) -> Result<Value, StorageError> {
     // A listing names paths below the location; one that climbs out would write outside
     // staging, so it is refused whatever the server says.
-    if path.starts_with('/') || path.split('/').any(|s| s == ".." || s.is_empty()) {
+    if !weir_core::files::is_safe_relative(path) {
         return Err(StorageError::Config { uri: uri.to_string(), message: format!("refusing the path {path:?}") });
     }
     let dest = staging.join(path);

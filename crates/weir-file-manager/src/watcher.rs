@@ -23,7 +23,7 @@ use weir_storage::{Location, Patterns};
 use weir_store::Store;
 use weir_worker::manager::{Background, BackgroundContext};
 
-use crate::FileSettings;
+use crate::{now_ms, FileSettings};
 
 /// How often the watcher looks for due polls and unstarted versions.
 const ROUND: Duration = Duration::from_secs(1);
@@ -44,10 +44,6 @@ impl Watcher {
     pub fn new(settings: FileSettings) -> Self {
         Watcher { settings }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[async_trait]

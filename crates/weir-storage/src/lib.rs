@@ -288,6 +288,17 @@ impl Location {
         &self.shown
     }
 
+    /// The URI of `path` below the location (as shown: no secrets).
+    pub fn uri_of(&self, path: &str) -> String {
+        format!("{}/{}", self.shown.trim_end_matches('/'), path.trim_start_matches('/'))
+    }
+
+    /// The path below the location that `uri` names, if it is below it: the inverse of
+    /// [`Location::uri_of`].
+    pub fn path_of<'a>(&self, uri: &'a str) -> Option<&'a str> {
+        uri.strip_prefix(self.shown.trim_end_matches('/'))?.strip_prefix('/')
+    }
+
     fn err(&self, op: &'static str, path: &str, e: opendal::Error) -> StorageError {
         match e.kind() {
             ErrorKind::NotFound => return StorageError::NotFound { uri: self.shown.clone(), path: path.to_string() },
@@ -372,6 +383,15 @@ impl Location {
         }
         let buf = self.op.read(path).await.map_err(|e| self.err("read", path, e))?;
         Ok(Some(buf.to_vec()))
+    }
+
+    /// The last `n` bytes of a file (all of it if shorter) and its size: a Parquet
+    /// footer, without reading the file.
+    pub async fn read_tail(&self, path: &str, n: u64) -> Result<(Vec<u8>, u64), StorageError> {
+        let size = self.op.stat(path).await.map_err(|e| self.err("stat", path, e))?.content_length();
+        let from = size.saturating_sub(n);
+        let buf = self.op.read_with(path).range(from..size).await.map_err(|e| self.err("read", path, e))?;
+        Ok((buf.to_vec(), size))
     }
 
     /// Downloads `path` to `dest` in chunks of `chunk` bytes, hashing as it goes. The
@@ -548,21 +568,6 @@ impl Location {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err("delete", path, e)),
             _ => Ok(()),
         }
-    }
-
-    /// The names of the files directly in `folder` (`""` = the location's root).
-    pub async fn names_in(&self, folder: &str) -> Result<Vec<String>, StorageError> {
-        let dir = if folder.is_empty() { "/".to_string() } else { format!("{}/", folder.trim_matches('/')) };
-        let entries = match self.op.list(&dir).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(self.err("list", folder, e)),
-        };
-        Ok(entries
-            .into_iter()
-            .filter(|e| e.metadata().mode() == EntryMode::FILE)
-            .map(|e| e.name().to_string())
-            .collect())
     }
 
     /// The backend's scheme (`file`, `s3`, ...).

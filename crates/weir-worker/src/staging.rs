@@ -77,8 +77,7 @@ impl Staging {
     /// The object key of a reported path, if it is a staged object.
     fn remote_key<'a>(&self, reported: &'a str) -> Option<(&Location, &'a str)> {
         let loc = self.remote.as_ref()?;
-        let key = reported.strip_prefix(loc.uri().trim_end_matches('/'))?.strip_prefix('/')?;
-        Some((loc, key))
+        Some((loc, loc.path_of(reported)?))
     }
 
     /// A reported path this manager cannot read: a URI not on its staging store.
@@ -104,7 +103,7 @@ impl Staging {
         let key = Self::key(task, name);
         loc.upload(local, &key, CHUNK).await.map_err(|e| storage("uploading a staged file", e))?;
         let _ = tokio::fs::remove_file(local).await;
-        Ok(format!("{}/{key}", loc.uri().trim_end_matches('/')))
+        Ok(loc.uri_of(&key))
     }
 
     /// A reported path as a local file: staged objects are downloaded into `dir`, local
@@ -117,7 +116,7 @@ impl Staging {
             return Ok(PathBuf::from(reported));
         };
         // The key becomes a path below `dir`: it may not climb out or start over at `/`.
-        if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        if !weir_core::files::is_safe_relative(key) {
             return Err(StepError::permanent("bad_input", format!("refusing the staged path {reported:?}")));
         }
         let dest = dir.join(key);
@@ -132,7 +131,7 @@ impl Staging {
             Some(loc) => {
                 let key = Self::key(task, name);
                 loc.put(&key, text.into_bytes()).await.map_err(|e| storage("writing the step report", e))?;
-                Ok(format!("{}/{key}", loc.uri().trim_end_matches('/')))
+                Ok(loc.uri_of(&key))
             }
             None => {
                 let dir = self.dir(task);

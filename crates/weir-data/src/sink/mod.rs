@@ -1,18 +1,48 @@
 //! Where valid rows land.
 //!
-//! - [`parquet`]: Parquet datasets in a directory (staged files, user datasets, the
-//!   quarantine), committed per input under a lock, fenced against stale writers.
+//! - [`parquet`]: writing Parquet datasets in a directory (staged files, the quarantine,
+//!   and the files of every Parquet sink), committed per input under a lock.
+//! - [`local`]: a Parquet dataset on local disk as a sink, with its schema.
 //! - [`object`]: the same datasets on an object store (S3, Azure Blob, GCS), written
-//!   locally and published with a conditional write of the input's manifest.
+//!   locally and committed with conditional writes of the input's manifest.
 //! - [`postgres`]: a PostgreSQL table loaded with COPY from a staged Parquet file.
+//! - [`history`]: a Parquet dataset's schema history and `_common_metadata`.
+//! - [`landing`]: one input into all of a step's sinks or none.
 //!
-//! Both are idempotent per input: a retried or re-leased task replaces what an earlier
+//! All are idempotent per input: a retried or re-leased task replaces what an earlier
 //! attempt for the same input wrote, never adds to it, and a write carrying an older
 //! fence token of the same task than the one already committed is refused.
 
+pub mod history;
+pub mod landing;
+pub mod local;
 pub mod object;
 pub mod parquet;
 pub mod postgres;
+
+use weir_core::dataset::contract::SinkPlan;
+use weir_core::dataset::schema::Schema;
+
+/// A sink as it stands before an input is written: its schema now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkState {
+    /// The sink in messages: `parquet dataset /lake/trades`, `postgres table public.t`.
+    pub name: String,
+    /// `None`: not written yet.
+    pub current: Option<Schema>,
+}
+
+/// One sink's share of an input, prepared by the pipeline and landed by [`landing`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// The sink's index in the step.
+    pub index: usize,
+    /// How the sink takes the input.
+    pub plan: SinkPlan,
+    /// The Parquet files prepared (`None` for a PostgreSQL table, loaded from the
+    /// staged output).
+    pub write: Option<parquet::Prepared>,
+}
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,8 +58,7 @@ impl WriteFence {
     /// A short stable name of this attempt (task and fence), for file names that must
     /// differ between attempts.
     pub fn tag(&self) -> String {
-        let hash = Sha256::digest(format!("{}:{}", self.task, self.fence).as_bytes());
-        hash.iter().take(5).map(|b| format!("{b:02x}")).collect()
+        weir_storage::hex(&Sha256::digest(format!("{}:{}", self.task, self.fence).as_bytes())[..5])
     }
 
     /// Whether a write by `self` may replace one committed by `prev`: another task may
@@ -56,9 +85,7 @@ pub fn input_key(identity: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .take(40)
         .collect();
-    let hash = Sha256::digest(identity.as_bytes());
-    let hex: String = hash.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("{stem}-{hex}")
+    format!("{stem}-{}", weir_storage::hex(&Sha256::digest(identity.as_bytes())[..6]))
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! A Parquet dataset in a local directory, written per input.
 //!
-//! Layout: `<root>/[<column>=<value>/]<input key>.parquet`, one file per input and
+//! Layout: `<root>/[<folder>=<value>/]<input key>.parquet`, one file per input and
 //! partition (Hive-style partition folders that DuckDB, pyarrow and Spark read), plus
 //! Weir's bookkeeping under `<root>/_weir/` (which those readers skip): a manifest per
-//! input naming its files and the fence that wrote them, a lock, and temporary files.
+//! input naming its files and the fence that wrote them, the schema's history, a lock,
+//! and temporary files.
 //!
-//! A write goes to `_weir/tmp/` first; [`DatasetWriter::commit`] then takes the dataset's
-//! lock, checks the manifest's fence, removes the files of the previous write of the same
-//! input, moves the new files into place and writes the manifest. A crash before the
+//! A write goes to `_weir/tmp/` first. [`DatasetWriter::commit`] (staged data, the
+//! quarantine) then takes the dataset's lock, checks the manifest's fence, removes the
+//! files of the previous write of the same input, moves the new files into place and
+//! writes the manifest; sinks go through [`super::local`] instead, which also reconciles
+//! the dataset's schema and can undo the commit until it is finalized. A crash before the
 //! manifest is written leaves files a retry overwrites by name; no reader ever sees half
 //! a file, and no input's rows are ever in the dataset twice.
 
@@ -25,6 +28,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use weir_core::dataset::schema::Partition;
+
 use super::WriteFence;
 use crate::DataError;
 
@@ -41,6 +46,9 @@ pub(crate) struct Manifest {
     /// Paths relative to the dataset root.
     pub files: Vec<String>,
     pub rows: u64,
+    /// The version of the dataset's schema the files were written with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
     /// Object stores: claimed, its files not yet all uploaded (see [`super::object`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
@@ -65,6 +73,8 @@ pub struct Prepared {
     pub key: String,
     pub fence: WriteFence,
     pub rows: u64,
+    /// The schema the files hold.
+    pub schema: SchemaRef,
     /// Partition folder ("" = none) → the local file holding its rows.
     pub files: Vec<(String, PathBuf)>,
     /// The local scratch directory to remove once published (or given up).
@@ -77,7 +87,8 @@ pub struct DatasetWriter {
     key: String,
     fence: WriteFence,
     schema: SchemaRef,
-    partition: Option<usize>,
+    /// The partition column's index and folder key.
+    partition: Option<(usize, String)>,
     props: WriterProperties,
     tmp: PathBuf,
     /// Partition folder ("" = none) → its open writer.
@@ -95,14 +106,20 @@ impl DatasetWriter {
         key: &str,
         fence: &WriteFence,
         schema: &SchemaRef,
-        partition_by: Option<&str>,
+        partition: Option<&Partition>,
         zstd_level: i32,
     ) -> Result<Self, DataError> {
-        let partition = match partition_by {
+        let partition = match partition {
             None => None,
-            Some(c) => Some(schema.index_of(c).map_err(|_| {
-                DataError::Config(format!("parquet sink partition_by names column {c:?}, which the data does not have"))
-            })?),
+            Some(p) => Some((
+                schema.index_of(&p.column).map_err(|_| {
+                    DataError::Config(format!(
+                        "parquet sink partition_by names column {:?}, which the data does not have",
+                        p.column
+                    ))
+                })?,
+                p.folder.clone(),
+            )),
         };
         let tmp = root.join("_weir").join("tmp").join(format!("{key}.{}.{}", fence.task, fence.fence));
         if tmp.exists() {
@@ -155,10 +172,9 @@ impl DatasetWriter {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        let Some(col) = self.partition else {
+        let Some((col, name)) = self.partition.clone() else {
             return self.write_to(String::new(), batch);
         };
-        let name = self.schema.field(col).name().clone();
         let values = partition_values(batch.column(col))?;
         let mut distinct: Vec<&String> = values.iter().collect();
         distinct.sort();
@@ -195,12 +211,12 @@ impl DatasetWriter {
         Ok(())
     }
 
-    fn tmp_file(&self, folder: &str) -> PathBuf {
+    pub(crate) fn tmp_file(&self, folder: &str) -> PathBuf {
         self.tmp.join(folder).join(format!("{}.parquet", self.key))
     }
 
     /// Whether input `key` has a committed write in the dataset at `root`.
-    pub fn committed(root: &Path, key: &str) -> bool {
+    pub(crate) fn committed(root: &Path, key: &str) -> bool {
         manifest(root, key).exists()
     }
 
@@ -220,17 +236,7 @@ impl DatasetWriter {
             }
             written.push(folder);
         }
-        let meta = self.root.join("_weir");
-        let lock_path = meta.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| DataError::io(&lock_path, e))?;
-        lock.lock().map_err(|e| DataError::io(&lock_path, e))?;
-        let result = self.commit_locked(&written);
-        let _ = lock.unlock();
+        let result = locked(&self.root, || self.commit_locked(&written));
         let _ = fs::remove_dir_all(&self.tmp);
         result
     }
@@ -239,11 +245,7 @@ impl DatasetWriter {
         let inputs = self.root.join("_weir").join("inputs");
         fs::create_dir_all(&inputs).map_err(|e| DataError::io(&inputs, e))?;
         let manifest_path = manifest(&self.root, &self.key);
-        let previous: Option<Manifest> = match fs::read(&manifest_path) {
-            Ok(b) => serde_json::from_slice(&b).ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(DataError::io(&manifest_path, e)),
-        };
+        let previous = read_manifest(&manifest_path)?;
         let files: Vec<String> =
             folders.iter().map(|f| Path::new(f).join(format!("{}.parquet", self.key)).display().to_string()).collect();
         if let Some(prev) = &previous {
@@ -271,33 +273,25 @@ impl DatasetWriter {
             writer: self.fence.clone(),
             files,
             rows: self.rows,
+            schema_version: None,
             pending: false,
             stale: vec![],
             previous: None,
         };
-        let tmp = inputs.join(format!(".{}.json.tmp", self.key));
         let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
-        let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        std::io::Write::write_all(&mut &f, &body).map_err(|e| DataError::io(&tmp, e))?;
-        if self.durable {
-            f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-        }
-        fs::rename(&tmp, &manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
-        if self.durable {
-            if let Ok(dir) = File::open(&inputs) {
-                let _ = dir.sync_all();
-            }
-        }
+        write_atomic(&manifest_path, &body, self.durable)?;
         Ok(out)
     }
 
-    /// Closes the files without committing them here: for a dataset on an object store,
-    /// where [`crate::sink::object::publish`] commits them. Not fsynced: a failed publish
-    /// re-runs the step.
+    /// Closes the files without committing them: a sink commits them with the dataset's
+    /// schema ([`crate::sink::local`], [`crate::sink::object`]). Durable writers fsync them.
     pub fn prepare(mut self) -> Result<Prepared, DataError> {
         let mut files = Vec::new();
         for (folder, w) in std::mem::take(&mut self.open) {
-            w.into_inner()?;
+            let file = w.into_inner()?;
+            if self.durable {
+                file.sync_all().map_err(|e| DataError::io(&self.tmp, e))?;
+            }
             let local = self.tmp_file(&folder);
             files.push((folder, local));
         }
@@ -305,6 +299,7 @@ impl DatasetWriter {
             key: self.key.clone(),
             fence: self.fence.clone(),
             rows: self.rows,
+            schema: self.schema.clone(),
             files,
             scratch: self.tmp.clone(),
         })
@@ -318,7 +313,54 @@ impl DatasetWriter {
     }
 }
 
-fn manifest(root: &Path, key: &str) -> PathBuf {
+/// Runs `f` holding the lock of the dataset at `root` (a file lock on `_weir/lock`: one
+/// committer at a time, across processes).
+pub(crate) fn locked<T>(root: &Path, f: impl FnOnce() -> Result<T, DataError>) -> Result<T, DataError> {
+    let meta = root.join("_weir");
+    fs::create_dir_all(&meta).map_err(|e| DataError::io(&meta, e))?;
+    let lock_path = meta.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DataError::io(&lock_path, e))?;
+    lock.lock().map_err(|e| DataError::io(&lock_path, e))?;
+    let result = f();
+    let _ = lock.unlock();
+    result
+}
+
+/// Writes `body` to `path` atomically (beside it, then renamed), fsynced when `durable`.
+pub(crate) fn write_atomic(path: &Path, body: &[u8], durable: bool) -> Result<(), DataError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    std::io::Write::write_all(&mut &f, body).map_err(|e| DataError::io(&tmp, e))?;
+    if durable {
+        f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+    if durable {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Reads an input's manifest at `path`, if there is one.
+pub(crate) fn read_manifest(path: &Path) -> Result<Option<Manifest>, DataError> {
+    match fs::read(path) {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DataError::io(path, e)),
+    }
+}
+
+pub(crate) fn manifest(root: &Path, key: &str) -> PathBuf {
     root.join(manifest_path(key))
 }
 

@@ -1,21 +1,33 @@
-//! A PostgreSQL table, loaded with COPY from a staged Parquet file, in one transaction.
+//! A PostgreSQL table, loaded with COPY from a staged Parquet file in a transaction the
+//! caller commits (so a step's other sinks can still refuse the input first).
 //!
-//! Idempotent per input and fenced: the target database keeps `weir_sink_loads` (which
-//! task and fence last loaded which input into which table), locked row by row while a
-//! load runs. A load whose fence is older than the recorded one of the same task is
-//! refused. With a `key`, rows are upserted on it (a re-load overwrites); without one,
-//! the table carries a `_weir_input` column and a re-load first deletes the rows the
-//! input loaded before. Either way a retried task never duplicates rows.
+//! The table's own definition is its schema ([`table_schema`]); `weir_sink_schemas` in
+//! the same database records its versions, with the job and input that changed it. A
+//! load whose plan changes the schema takes a per-table advisory lock, merges its plan
+//! onto the columns the table has now and alters the table (`ADD COLUMN`, `ALTER COLUMN
+//! … TYPE`) inside the load's transaction: a load that fails changes nothing.
+//!
+//! Idempotent per input and fenced: `weir_sink_loads` records which task and fence last
+//! loaded which input into which table, locked row by row while a load runs. A load whose
+//! fence is older than the recorded one of the same task is refused. With a `key`, rows
+//! are upserted on it (a re-load overwrites); without one, the table carries a
+//! `_weir_input` column and a re-load first deletes the rows the input loaded before.
+//! Either way a retried task never duplicates rows. Each load records a nonce, so a
+//! commit whose reply was lost can be told apart from one that did not happen
+//! ([`committed`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use weir_core::dataset::contract::{merge, SinkPlan, WritePlan};
+use weir_core::dataset::schema::{Change, Column, ColumnType, History, Origin, Schema, Version};
 
 use super::WriteFence;
+use crate::typing::{arrow_schema, column_type};
 use crate::DataError;
 
 /// The column that ties rows to their input when the table has no key.
@@ -23,17 +35,24 @@ pub const INPUT_COLUMN: &str = "_weir_input";
 
 /// Where and how to load.
 #[derive(Debug, Clone)]
-pub struct PgTarget {
+pub struct PgTable {
     /// `table` or `schema.table` (checked as identifiers by the step config).
     pub table: String,
     pub create: bool,
     pub key: Vec<String>,
 }
 
+impl PgTable {
+    /// The sink in messages.
+    pub fn name(&self) -> String {
+        format!("postgres table {}", self.table)
+    }
+}
+
 /// A database error: bad SQL, a missing table or column, bad data or a constraint
 /// (SQLSTATE classes 22, 23, 42) is the config's or the data's fault and permanent;
 /// anything else (connection, timeout, serialization) may pass on a retry.
-fn sink_err(e: sqlx::Error) -> DataError {
+pub fn sink_err(e: sqlx::Error) -> DataError {
     let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
     match code.as_deref() {
         Some(c) if c.starts_with("22") || c.starts_with("23") || c.starts_with("42") => {
@@ -52,93 +71,263 @@ fn quote_table(t: &str) -> String {
     t.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
 }
 
-/// The PostgreSQL type of a column, or why it cannot be loaded.
-fn pg_type(f: &Field) -> Result<&'static str, DataError> {
-    Ok(match f.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text",
-        DataType::Int64 => "bigint",
-        DataType::Int32 => "integer",
-        DataType::Int16 => "smallint",
-        DataType::Float64 => "double precision",
-        DataType::Float32 => "real",
-        DataType::Boolean => "boolean",
-        DataType::Date32 => "date",
-        DataType::Timestamp(_, Some(_)) => "timestamptz",
-        DataType::Timestamp(_, None) => "timestamp",
-        other => {
-            return Err(DataError::Config(format!(
-            "column {:?} is {other}, which the postgres sink does not load; declare it in the schema as a scalar type",
-            f.name()
-        )))
-        }
-    })
+/// The PostgreSQL type a column type is created as.
+fn pg_type(t: ColumnType) -> &'static str {
+    match t {
+        ColumnType::String => "text",
+        ColumnType::Int64 => "bigint",
+        ColumnType::Float64 => "double precision",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Date => "date",
+        ColumnType::Timestamp => "timestamptz",
+    }
 }
 
-/// Loads the staged Parquet file of input `key` into `target`; returns the rows loaded.
-pub async fn load(
-    conn: &mut PgConnection,
-    target: &PgTarget,
-    staged: &Path,
-    key: &str,
-    fence: &WriteFence,
-) -> Result<u64, DataError> {
-    let file = std::fs::File::open(staged).map_err(|e| DataError::io(staged, e))?;
-    let schema: SchemaRef = ParquetRecordBatchReaderBuilder::try_new(file)?.schema().clone();
-    let cols: Vec<(String, &'static str)> =
-        schema.fields().iter().map(|f| Ok((f.name().clone(), pg_type(f)?))).collect::<Result<_, DataError>>()?;
-    if let Some(k) = target.key.iter().find(|k| !cols.iter().any(|(c, _)| c == *k)) {
-        return Err(DataError::Config(format!("postgres sink key column {k:?} is not in the data")));
+/// The column type a PostgreSQL type holds: numbers, booleans, dates and times as
+/// themselves, anything else as text (PostgreSQL checks the values on load).
+fn of_pg_type(t: &str) -> ColumnType {
+    match t {
+        "bigint" | "integer" | "smallint" => ColumnType::Int64,
+        "double precision" | "real" => ColumnType::Float64,
+        t if t.starts_with("numeric") => ColumnType::Float64,
+        "boolean" => ColumnType::Boolean,
+        "date" => ColumnType::Date,
+        t if t.starts_with("timestamp") => ColumnType::Timestamp,
+        _ => ColumnType::String,
     }
-    let table = quote_table(&target.table);
+}
 
-    let mut tx = conn.begin().await.map_err(sink_err)?;
-    // One creator of the bookkeeping table at a time, in this database.
+/// The bookkeeping tables, made once per database.
+async fn bookkeeping(tx: &mut PgConnection) -> Result<(), DataError> {
+    // One creator of the bookkeeping tables at a time, in this database.
     sqlx::query("SELECT pg_advisory_xact_lock(7415925461)").execute(&mut *tx).await.map_err(sink_err)?;
-    sqlx::query(
+    // One statement at a time: raw_sql's multi-statement future is not Send across awaits.
+    for sql in [
         "CREATE TABLE IF NOT EXISTS weir_sink_loads (
             target text NOT NULL, input_key text NOT NULL, task text NOT NULL, fence bigint NOT NULL,
             rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, input_key))",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(sink_err)?;
-    if target.create {
-        let mut defs: Vec<String> = cols.iter().map(|(c, t)| format!("{} {t}", quote_ident(c))).collect();
-        if target.key.is_empty() {
-            defs.push(format!("{} text NOT NULL", quote_ident(INPUT_COLUMN)));
-        } else {
-            let k: Vec<String> = target.key.iter().map(|k| quote_ident(k)).collect();
-            defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
-        }
-        sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {table} ({})", defs.join(", ")))
-            .execute(&mut *tx)
-            .await
-            .map_err(sink_err)?;
+        "ALTER TABLE weir_sink_loads ADD COLUMN IF NOT EXISTS nonce text",
+        "CREATE TABLE IF NOT EXISTS weir_sink_schemas (
+            target text NOT NULL, version integer NOT NULL, columns jsonb NOT NULL, changes jsonb NOT NULL,
+            origin jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, version))",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.map_err(sink_err)?;
     }
+    Ok(())
+}
+
+/// The table's columns as a schema (`None`: no such table). `_weir_input` is Weir's
+/// own; a column PostgreSQL fills itself (a default, an identity, a generated column)
+/// counts as nullable, since a load may leave it out.
+pub async fn table_schema(conn: &mut PgConnection, table: &str) -> Result<Option<Schema>, DataError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&table)
-        .fetch_one(&mut *tx)
+        .bind(quote_table(table))
+        .fetch_one(&mut *conn)
         .await
         .map_err(sink_err)?;
     if !exists {
-        return Err(DataError::Config(format!(
-            "table {} does not exist: create it, or set create: true in the sink",
-            target.table
-        )));
+        return Ok(None);
+    }
+    // to_regclass resolves the name as the session would (search_path included).
+    let rows = sqlx::query(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull AND NOT a.atthasdef
+                AND a.attidentity = '' AND a.attgenerated = ''
+           FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind(quote_table(table))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(sink_err)?;
+    let columns = rows
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<bool, _>(2)))
+        .filter(|(name, _, _)| name != INPUT_COLUMN)
+        .map(|(name, ty, required)| Column { name, kind: of_pg_type(&ty), nullable: !required })
+        .collect();
+    Ok(Some(Schema { columns, partition: None }))
+}
+
+/// The versions `weir_sink_schemas` records for `table`, oldest first.
+pub async fn history(conn: &mut PgConnection, table: &str) -> Result<History, DataError> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('weir_sink_schemas') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sink_err)?;
+    if !recorded {
+        return Ok(History::default());
+    }
+    let rows = sqlx::query(
+        "SELECT version, columns::text, changes::text, origin::text FROM weir_sink_schemas WHERE target = $1 ORDER BY version",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(sink_err)?;
+    let mut h = History::default();
+    for r in rows {
+        let json = |i: usize| -> Result<serde_json::Value, DataError> {
+            serde_json::from_str(&r.get::<String, _>(i))
+                .map_err(|e| DataError::Config(format!("weir_sink_schemas for {table}: {e}")))
+        };
+        let bad = |e: serde_json::Error| DataError::Config(format!("weir_sink_schemas for {table}: {e}"));
+        h.versions.push(Version {
+            version: r.get::<i32, _>(0) as u32,
+            schema: Schema { columns: serde_json::from_value(json(1)?).map_err(bad)?, partition: None },
+            changes: serde_json::from_value(json(2)?).map_err(bad)?,
+            origin: serde_json::from_value(json(3)?).map_err(bad)?,
+        });
+    }
+    Ok(h)
+}
+
+async fn record(tx: &mut PgConnection, table: &str, v: &Version) -> Result<(), DataError> {
+    let enc = |x: serde_json::Result<String>| x.map_err(|e| DataError::Sink(e.to_string()));
+    sqlx::query(
+        "INSERT INTO weir_sink_schemas (target, version, columns, changes, origin) VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb)",
+    )
+    .bind(table)
+    .bind(v.version as i32)
+    .bind(enc(serde_json::to_string(&v.schema.columns))?)
+    .bind(enc(serde_json::to_string(&v.changes))?)
+    .bind(enc(serde_json::to_string(&v.origin))?)
+    .execute(&mut *tx)
+    .await
+    .map_err(sink_err)?;
+    Ok(())
+}
+
+/// One input's load, as the caller describes it.
+#[derive(Debug, Clone)]
+pub struct Load<'a> {
+    pub target: &'a PgTable,
+    /// The staged Parquet file holding the input's rows, typed as the step agreed.
+    pub staged: &'a Path,
+    pub key: &'a str,
+    pub fence: &'a WriteFence,
+    /// How this table takes the input.
+    pub plan: &'a SinkPlan,
+    /// The columns the input brings values for: the others are left to the table
+    /// (null, or its default).
+    pub columns: &'a [String],
+    pub origin: &'a Origin,
+    /// Recorded with the load, to tell later whether its commit happened.
+    pub nonce: &'a str,
+}
+
+/// What a prepared load did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub rows: u64,
+    /// The version the load recorded, if it changed the table's schema.
+    pub version: Option<u32>,
+}
+
+/// Loads one input in `tx`, changing the table's schema as its plan says; nothing is
+/// visible until the caller commits `tx`.
+pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, DataError> {
+    let target = load.target;
+    let table = quote_table(&target.table);
+    sqlx::query("SET LOCAL TIME ZONE 'UTC'").execute(&mut *tx).await.map_err(sink_err)?;
+    bookkeeping(tx).await?;
+    let mut version = None;
+    let now = table_schema(tx, &target.table).await?;
+    let recorded = history(tx, &target.table).await?;
+    let in_sync = match (&now, recorded.current()) {
+        (Some(n), Some(v)) => same_columns(n, &v.schema),
+        (None, _) => false,
+        (Some(_), None) => false,
+    };
+    if !load.plan.changes.is_empty() || !in_sync {
+        // Schema changes to this table, one load at a time.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('weir:' || $1, 0))")
+            .bind(&target.table)
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        let now = table_schema(tx, &target.table).await?;
+        let mut h = history(tx, &target.table).await?;
+        match &now {
+            None if !target.create => {
+                return Err(DataError::Config(format!(
+                    "table {} does not exist: create it, or set create: true in the sink",
+                    target.table
+                )))
+            }
+            None => {
+                let mut defs: Vec<String> = load
+                    .plan
+                    .schema
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        let null = if c.nullable { "" } else { " NOT NULL" };
+                        format!("{} {}{null}", quote_ident(&c.name), pg_type(c.kind))
+                    })
+                    .collect();
+                if target.key.is_empty() {
+                    defs.push(format!("{} text NOT NULL", quote_ident(INPUT_COLUMN)));
+                } else {
+                    let k: Vec<String> = target.key.iter().map(|k| quote_ident(k)).collect();
+                    defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
+                }
+                sqlx::query(&format!("CREATE TABLE {table} ({})", defs.join(", ")))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sink_err)?;
+                let n = h.push(load.plan.schema.clone(), vec![Change::Created], load.origin.clone());
+                record(tx, &target.table, &h.versions[h.versions.len() - 1]).await?;
+                version = Some(n);
+            }
+            Some(n) => {
+                if h.current().is_none_or(|v| !same_columns(n, &v.schema)) {
+                    // Made or altered outside Weir: recorded as found.
+                    h.push(n.clone(), vec![Change::Adopted], Origin::default());
+                    record(tx, &target.table, &h.versions[h.versions.len() - 1]).await?;
+                }
+                let merged =
+                    merge(Some(n), load.plan, &load.plan.schema, &load.target.name()).map_err(DataError::Sink)?;
+                for ch in &merged.changes {
+                    let sql = match ch {
+                        Change::Added { column, kind } => format!(
+                            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}",
+                            quote_ident(column),
+                            pg_type(*kind)
+                        ),
+                        Change::Widened { column, to, .. } => format!(
+                            "ALTER TABLE {table} ALTER COLUMN {c} TYPE {t} USING {c}::{t}",
+                            c = quote_ident(column),
+                            t = pg_type(*to)
+                        ),
+                        Change::Created | Change::Adopted => continue,
+                    };
+                    sqlx::query(&sql).execute(&mut *tx).await.map_err(sink_err)?;
+                }
+                if !merged.changes.is_empty() {
+                    let n = h.push(merged.schema, merged.changes, load.origin.clone());
+                    record(tx, &target.table, &h.versions[h.versions.len() - 1]).await?;
+                    version = Some(n);
+                }
+            }
+        }
+    }
+    if let Some(k) = target.key.iter().find(|k| !load.columns.contains(k)) {
+        return Err(DataError::Config(format!("postgres sink key column {k:?} is not in the data")));
     }
     let prev = sqlx::query("SELECT task, fence FROM weir_sink_loads WHERE target = $1 AND input_key = $2 FOR UPDATE")
         .bind(&target.table)
-        .bind(key)
+        .bind(load.key)
         .fetch_optional(&mut *tx)
         .await
         .map_err(sink_err)?;
     if let Some(row) = prev {
         let prev = WriteFence { task: row.get(0), fence: row.get::<i64, _>(1) as u64 };
-        fence.may_replace(&prev).map_err(DataError::StaleFence)?;
+        load.fence.may_replace(&prev).map_err(DataError::StaleFence)?;
     }
-    let names: Vec<String> = cols.iter().map(|(c, _)| quote_ident(c)).collect();
+    let cols: Vec<&Column> = load.plan.schema.columns.iter().filter(|c| load.columns.contains(&c.name)).collect();
+    let copy_schema = arrow_schema(&Schema { columns: cols.iter().map(|c| (*c).clone()).collect(), partition: None });
+    let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
     let rows = if target.key.is_empty() {
-        // to_regclass resolves the name as the session would (search_path included).
         let has_input_col: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped)",
@@ -155,16 +344,14 @@ pub async fn load(
             )));
         }
         sqlx::query(&format!("DELETE FROM {table} WHERE {} = $1", quote_ident(INPUT_COLUMN)))
-            .bind(key)
+            .bind(load.key)
             .execute(&mut *tx)
             .await
             .map_err(sink_err)?;
-        let sql = format!(
-            "COPY {table} ({}, {}) FROM STDIN (FORMAT csv, NULL '\\N')",
-            names.join(", "),
-            quote_ident(INPUT_COLUMN)
-        );
-        copy(&mut tx, &sql, staged.to_path_buf(), Some(key.to_string())).await?
+        let mut all = names.clone();
+        all.push(quote_ident(INPUT_COLUMN));
+        let sql = format!("COPY {table} ({}) FROM STDIN (FORMAT csv, NULL '\\N')", all.join(", "));
+        copy(tx, &sql, load.staged.to_path_buf(), copy_schema, Some(load.key.to_string())).await?
     } else {
         sqlx::query(&format!(
             "CREATE TEMP TABLE weir_stage ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA",
@@ -174,17 +361,18 @@ pub async fn load(
         .await
         .map_err(sink_err)?;
         let n = copy(
-            &mut tx,
+            tx,
             &format!("COPY weir_stage ({}) FROM STDIN (FORMAT csv, NULL '\\N')", names.join(", ")),
-            staged.to_path_buf(),
+            load.staged.to_path_buf(),
+            copy_schema,
             None,
         )
         .await?;
         let keys: Vec<String> = target.key.iter().map(|k| quote_ident(k)).collect();
         let sets: Vec<String> = cols
             .iter()
-            .filter(|(c, _)| !target.key.contains(c))
-            .map(|(c, _)| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+            .filter(|c| !target.key.contains(&c.name))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
             .collect();
         let action = if sets.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", sets.join(", ")) };
         // DISTINCT ON keeps one row per key, so one statement never touches a row twice
@@ -197,32 +385,108 @@ pub async fn load(
         .execute(&mut *tx)
         .await
         .map_err(sink_err)?;
+        sqlx::query("DROP TABLE weir_stage").execute(&mut *tx).await.map_err(sink_err)?;
         n
     };
     sqlx::query(
-        "INSERT INTO weir_sink_loads (target, input_key, task, fence, rows) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (target, input_key) DO UPDATE SET task = $3, fence = $4, rows = $5, loaded_at = now()",
+        "INSERT INTO weir_sink_loads (target, input_key, task, fence, rows, nonce) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (target, input_key) DO UPDATE SET task = $3, fence = $4, rows = $5, nonce = $6, loaded_at = now()",
     )
     .bind(&target.table)
-    .bind(key)
-    .bind(&fence.task)
-    .bind(fence.fence as i64)
+    .bind(load.key)
+    .bind(&load.fence.task)
+    .bind(load.fence.fence as i64)
     .bind(rows as i64)
+    .bind(load.nonce)
     .execute(&mut *tx)
     .await
     .map_err(sink_err)?;
-    tx.commit().await.map_err(sink_err)?;
-    Ok(rows)
+    Ok(Loaded { rows, version })
 }
 
-/// Streams the staged file into a COPY as CSV, read and encoded on a blocking thread.
-async fn copy(conn: &mut PgConnection, sql: &str, staged: PathBuf, input: Option<String>) -> Result<u64, DataError> {
+/// Whether two schemas have the same columns, names and types (nullability aside:
+/// PostgreSQL's defaults make a required column optional to a load).
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.columns.len() == b.columns.len()
+        && a.columns.iter().zip(&b.columns).all(|(x, y)| x.name == y.name && x.kind == y.kind)
+}
+
+/// Whether the load recorded with `nonce` committed: asked after a commit whose
+/// outcome is unknown (the connection died during it).
+pub async fn committed(conn: &mut PgConnection, table: &str, key: &str, nonce: &str) -> Result<bool, DataError> {
+    let got: Option<Option<String>> =
+        sqlx::query_scalar("SELECT nonce FROM weir_sink_loads WHERE target = $1 AND input_key = $2")
+            .bind(table)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(sink_err)?;
+    Ok(got.flatten().as_deref() == Some(nonce))
+}
+
+/// Loads the staged Parquet file of input `key` into `target` on its own, in one
+/// transaction, reconciled against the table with the default contract; returns the
+/// rows loaded. For tools and tests: steps go through [`prepare`] with their agreed plan.
+pub async fn load(
+    conn: &mut PgConnection,
+    target: &PgTable,
+    staged: &Path,
+    key: &str,
+    fence: &WriteFence,
+) -> Result<u64, DataError> {
+    let file = std::fs::File::open(staged).map_err(|e| DataError::io(staged, e))?;
+    let schema: SchemaRef = ParquetRecordBatchReaderBuilder::try_new(file)?.schema().clone();
+    let input: Vec<weir_core::dataset::contract::InputColumn> = schema
+        .fields()
+        .iter()
+        .map(|f| weir_core::dataset::contract::InputColumn {
+            name: f.name().clone(),
+            kind: column_type(f.data_type()),
+            nullable: true,
+        })
+        .collect();
+    let current = table_schema(conn, &target.table).await?;
+    let name = target.name();
+    let view = weir_core::dataset::contract::SinkView {
+        name: &name,
+        current: current.as_ref(),
+        contract: Default::default(),
+        partition_by: None,
+    };
+    let plan = WritePlan::for_sinks(&[view], &input).map_err(DataError::Schema)?;
+    let columns: Vec<String> = input.iter().map(|c| c.name.clone()).collect();
+    let mut tx: Transaction<'_, Postgres> = conn.begin().await.map_err(sink_err)?;
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let l = Load {
+        target,
+        staged,
+        key,
+        fence,
+        plan: &plan.sinks[0],
+        columns: &columns,
+        origin: &Origin::default(),
+        nonce: &nonce,
+    };
+    let loaded = prepare(&mut tx, &l).await?;
+    tx.commit().await.map_err(sink_err)?;
+    Ok(loaded.rows)
+}
+
+/// Streams the staged file into a COPY as CSV (its columns as `schema` says), read and
+/// encoded on a blocking thread.
+async fn copy(
+    conn: &mut PgConnection,
+    sql: &str,
+    staged: PathBuf,
+    schema: SchemaRef,
+    input: Option<String>,
+) -> Result<u64, DataError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, DataError>>(4);
     let producer = tokio::task::spawn_blocking(move || {
         let run = || -> Result<(), DataError> {
             let file = std::fs::File::open(&staged).map_err(|e| DataError::io(&staged, e))?;
             for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(8192).build()? {
-                let mut batch = batch?;
+                let mut batch = crate::typing::project(&batch?, &schema)?;
                 if let Some(k) = &input {
                     batch = with_input_column(&batch, k)?;
                 }
@@ -263,5 +527,5 @@ fn with_input_column(batch: &RecordBatch, key: &str) -> Result<RecordBatch, Data
     fields.push(Field::new(INPUT_COLUMN, DataType::Utf8, false));
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
     cols.push(Arc::new(StringArray::from(vec![key; batch.num_rows()])));
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    Ok(RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), cols)?)
 }

@@ -13,10 +13,30 @@
 //! Each takes its input files from `inputs`, or, when that is empty, from the `files`
 //! that the steps it depends on reported.
 
+pub mod contract;
+pub mod schema;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use contract::SchemaContract;
+pub use schema::ColumnType;
+
+/// The text values read as null unless a step says otherwise: pyarrow's CSV reader's
+/// defaults, so a numeric column holding `NA` types as pyarrow and DuckDB type it. They
+/// make a null in every column that is not text; a text column keeps them as written
+/// (as pyarrow does: a country code `NA` stays Namibia) — except the empty field, which
+/// is null everywhere.
+pub const NULL_MARKERS: [&str; 17] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA", "NULL",
+    "NaN", "n/a", "nan", "null",
+];
+
+/// Most null markers one list may hold, and their longest.
+pub const MAX_NULL_MARKERS: usize = 64;
+const MAX_NULL_MARKER_BYTES: usize = 64;
 
 /// The longest list of columns, rules or sinks a config may carry.
 pub const MAX_ITEMS: usize = 1024;
@@ -56,7 +76,8 @@ pub struct FormatSpec {
     pub quote: Option<String>,
     /// XML: the element that holds one record.
     pub record: Option<String>,
-    /// Text values read as null (default: the empty string).
+    /// Text values read as null in every column, text included (default:
+    /// [`NULL_MARKERS`], null in every column that is not text).
     pub null_values: Option<Vec<String>>,
 }
 
@@ -105,38 +126,13 @@ pub struct ColumnSpec {
     /// Whether nulls are allowed (default true); a null in a non-nullable column is quarantined.
     #[serde(default = "yes")]
     pub nullable: bool,
+    /// Text values read as null in this column, whatever its type (overrides the step's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_values: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
     true
-}
-
-/// The column types Weir converts to; each maps to one Arrow type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ColumnType {
-    String,
-    Int64,
-    Float64,
-    Boolean,
-    /// A calendar date (`2026-11-23`).
-    Date,
-    /// A point in time, stored in microseconds UTC (`2026-11-23T07:00:00Z`; no zone = UTC).
-    Timestamp,
-}
-
-impl ColumnType {
-    /// The name used in configs and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ColumnType::String => "string",
-            ColumnType::Int64 => "int64",
-            ColumnType::Float64 => "float64",
-            ColumnType::Boolean => "boolean",
-            ColumnType::Date => "date",
-            ColumnType::Timestamp => "timestamp",
-        }
-    }
 }
 
 /// Per-job quality rules. Row rules quarantine the rows that break them; dataset rules
@@ -205,6 +201,9 @@ pub enum SinkSpec {
         /// zstd level 1..=22 (default 3).
         #[serde(default)]
         zstd_level: Option<i32>,
+        /// How inputs whose columns or values differ from the dataset's schema land.
+        #[serde(default)]
+        schema_contract: SchemaContract,
     },
     /// A PostgreSQL table, loaded with COPY.
     Postgres {
@@ -218,6 +217,9 @@ pub enum SinkSpec {
         /// Upsert on these columns; absent = rows are replaced per input file.
         #[serde(default)]
         key: Vec<String>,
+        /// How inputs whose columns or values differ from the table's columns land.
+        #[serde(default)]
+        schema_contract: SchemaContract,
     },
 }
 
@@ -262,6 +264,9 @@ impl DataStep {
                     return bad(format!("format.record must be an element name, got {r:?}"));
                 }
             }
+            if let Some(n) = &f.null_values {
+                check_null_values(n).map_err(|e| format!("{kind} config: format.null_values {e}"))?;
+            }
         }
         if let Some(cols) = &self.schema {
             if cols.is_empty() || cols.len() > MAX_ITEMS {
@@ -275,6 +280,10 @@ impl DataStep {
                 if !seen.insert(c.name.as_str()) {
                     return bad(format!("schema names column {:?} twice", c.name));
                 }
+                if let Some(n) = &c.null_values {
+                    check_null_values(n)
+                        .map_err(|e| format!("{kind} config: schema column {:?} null_values {e}", c.name))?;
+                }
             }
         }
         if let Some(r) = &self.rules {
@@ -282,9 +291,14 @@ impl DataStep {
         }
         for s in &self.sinks {
             match s {
-                SinkSpec::Parquet { path, zstd_level, location, .. } => {
+                SinkSpec::Parquet { path, zstd_level, location, schema_contract, .. } => {
                     if path.is_empty() || path.contains('\0') {
                         return bad(format!("parquet sink path {path:?} is not a path"));
+                    }
+                    if location.is_some() && schema_contract.data_type == contract::TypePolicy::Widen {
+                        return bad(format!(
+                            "parquet sink {path:?}: schema_contract.data_type widen rewrites the dataset's files, which Weir does only on local disk, under the dataset's lock; an object-store dataset cannot take that rewrite atomically (use quarantine, freeze or discard_value)"
+                        ));
                     }
                     if let Some(l) = location {
                         l.check().map_err(|e| format!("{kind} config: parquet sink {e}"))?;
@@ -328,6 +342,17 @@ impl DataStep {
             _ => Ok(()),
         }
     }
+}
+
+/// A list of null markers: bounded in count and length.
+fn check_null_values(values: &[String]) -> Result<(), String> {
+    if values.len() > MAX_NULL_MARKERS {
+        return Err(format!("lists {} values, at most {MAX_NULL_MARKERS}", values.len()));
+    }
+    if let Some(v) = values.iter().find(|v| v.len() > MAX_NULL_MARKER_BYTES || v.contains('\0')) {
+        return Err(format!("value {v:?} is longer than {MAX_NULL_MARKER_BYTES} bytes or holds NUL"));
+    }
+    Ok(())
 }
 
 impl Rules {
@@ -540,6 +565,18 @@ mod tests {
         assert!(err("store", lake("s3://u:secret@b", "p")).contains("password"));
         assert!(err("store", lake("s3://b", "a/../../x")).contains(".."));
         assert!(DataStep::parse("store", Some(&lake("s3://b/lake", "trades"))).is_ok());
+        let mut widen = lake("s3://b/lake", "trades");
+        widen["sinks"][0]["schema_contract"] = json!({"data_type": "widen"});
+        assert!(err("store", widen).contains("widen rewrites the dataset's files"));
+        let contract =
+            |c: Value| json!({"sinks": [{"type": "postgres", "url_env": "X", "table": "t", "schema_contract": c}]});
+        assert!(err("store", contract(json!({"columns": "melt"}))).contains("melt"));
+        assert!(err("store", contract(json!({"tables": "freeze"}))).contains("tables"));
+        assert!(DataStep::parse("store", Some(&contract(json!({"columns": "freeze", "data_type": "widen"})))).is_ok());
+        let many: Vec<String> = (0..65).map(|i| i.to_string()).collect();
+        assert!(err("convert", json!({"format": {"null_values": many}})).contains("at most 64"));
+        assert!(err("convert", json!({"schema": [{"name": "a", "type": "int64", "null_values": ["x".repeat(65)]}]}))
+            .contains("longer than 64 bytes"));
         assert!(DataStep::parse("convert", None).is_ok());
     }
 }

@@ -1,0 +1,324 @@
+//! A Parquet dataset on local disk as a sink: its schema read (or adopted) before a
+//! write, and each input committed under the dataset's lock with the schema reconciled —
+//! reversible until finalized, so a step's other sinks can still refuse the input.
+//!
+//! A commit, holding `_weir/lock`: checks the input's manifest fence; merges the write's
+//! planned schema onto the dataset's current one ([`merge`]), casting the write's files
+//! if a concurrent writer widened a column; records a new version in `_weir/schema.json`
+//! (and `_common_metadata`) when the schema changes, rewriting the dataset's other files
+//! when a `widen` contract widened a column; moves the input's previous files into
+//! `_weir/undo/`; moves the new files into place and writes the manifest.
+//! [`LocalCommit::undo`] puts the previous files and manifest back; finalizing removes
+//! them. Schema changes stay either way: a column added or widened for an input that then
+//! failed is nullable and empty, and the input's retry finds it done.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use weir_core::dataset::contract::{merge, SinkPlan};
+use weir_core::dataset::schema::{Change, Column, History, Origin, Schema};
+
+use super::history::{self, COMMON_METADATA, HISTORY};
+use super::parquet::{locked, manifest, read_manifest, write_atomic, Manifest, Prepared};
+use super::WriteFence;
+use crate::typing::{arrow_schema, column_type};
+use crate::DataError;
+
+/// zstd level of files rewritten by a widening.
+const REWRITE_ZSTD_LEVEL: i32 = 3;
+
+/// A local Parquet dataset.
+#[derive(Debug, Clone)]
+pub struct LocalDataset {
+    root: PathBuf,
+    /// The sink in messages.
+    name: String,
+}
+
+impl LocalDataset {
+    pub fn new(root: &Path) -> LocalDataset {
+        LocalDataset { root: root.to_path_buf(), name: format!("parquet dataset {}", root.display()) }
+    }
+
+    /// The dataset's name in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The dataset's URI (`file://` and its absolute path).
+    pub fn uri(&self) -> String {
+        let abs = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        format!("file://{}", abs.display())
+    }
+
+    /// The dataset's schema history: as recorded, or adopted from the files of a dataset
+    /// written before Weir kept one (not written until the next commit), or empty.
+    pub fn history(&self) -> Result<History, DataError> {
+        let path = self.root.join(HISTORY);
+        match fs::read(&path) {
+            Ok(b) => return history::decode(&b, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataError::io(&path, e)),
+        }
+        let mut files = Vec::new();
+        for m in self.manifests()? {
+            files.extend(m.1.files.iter().map(|f| (f.clone(), self.root.join(f))));
+        }
+        let mut h = History::default();
+        if let Some(s) = history::adopt(&files)? {
+            h.push(s, vec![Change::Adopted], Origin::default());
+        }
+        Ok(h)
+    }
+
+    /// Every committed input's manifest: (its path, the manifest).
+    fn manifests(&self) -> Result<Vec<(PathBuf, Manifest)>, DataError> {
+        let dir = self.root.join("_weir").join("inputs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(DataError::io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let p = e.map_err(|e| DataError::io(&dir, e))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Some(m) = read_manifest(&p)? {
+                    out.push((p, m));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Commits a prepared write as `plan` says; `origin` goes into any new version.
+    pub fn commit(&self, p: Prepared, plan: &SinkPlan, origin: &Origin) -> Result<LocalCommit, DataError> {
+        let result = locked(&self.root, || self.commit_locked(&p, plan, origin));
+        let _ = fs::remove_dir_all(&p.scratch);
+        result
+    }
+
+    fn commit_locked(&self, p: &Prepared, plan: &SinkPlan, origin: &Origin) -> Result<LocalCommit, DataError> {
+        let manifest_file = manifest(&self.root, &p.key);
+        let previous = read_manifest(&manifest_file)?;
+        if let Some(prev) = &previous {
+            p.fence.may_replace(&prev.writer).map_err(DataError::StaleFence)?;
+        }
+        let undo = self.root.join("_weir").join("undo").join(format!("{}.{}.{}", p.key, p.fence.task, p.fence.fence));
+        self.clear_undo(&p.key)?;
+
+        // The schema: this write's plan on top of what the dataset holds now.
+        let mut h = self.history()?;
+        let adopted = !self.root.join(HISTORY).exists() && !h.versions.is_empty();
+        let wrote = Schema {
+            columns: p
+                .schema
+                .fields()
+                .iter()
+                .map(|f| Column { name: f.name().clone(), kind: column_type(f.data_type()), nullable: f.is_nullable() })
+                .collect(),
+            partition: plan.schema.partition.clone(),
+        };
+        let merged = merge(h.current().map(|v| &v.schema), plan, &wrote, &self.name).map_err(DataError::Sink)?;
+        if !merged.conform.is_empty() {
+            let mut to = wrote.clone();
+            for (name, kind) in &merged.conform {
+                if let Some(c) = to.columns.iter_mut().find(|c| &c.name == name) {
+                    c.kind = *kind;
+                }
+            }
+            for (_, local) in &p.files {
+                history::conform(local, &arrow_schema(&to), REWRITE_ZSTD_LEVEL)?;
+            }
+        }
+        let widened: Vec<(&String, weir_core::dataset::ColumnType)> = merged
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Widened { column, to, .. } => Some((column, *to)),
+                _ => None,
+            })
+            .collect();
+        if !widened.is_empty() {
+            self.widen_files(&p.key, &widened)?;
+        }
+        let changed = h.versions.is_empty() || !merged.changes.is_empty();
+        if changed {
+            let changes = if h.versions.is_empty() { vec![Change::Created] } else { merged.changes.clone() };
+            h.push(merged.schema.clone(), changes, origin.clone());
+        }
+        let version = h.current().map(|v| v.version);
+        if changed || adopted {
+            write_atomic(&self.root.join(HISTORY), &history::encode(&h)?, true)?;
+            if let Some(v) = h.current() {
+                write_atomic(&self.root.join(COMMON_METADATA), &history::common_metadata(&v.schema)?, true)?;
+            }
+        }
+
+        // The data: the previous files aside, the new ones in place, the manifest.
+        let files: Vec<String> = p
+            .files
+            .iter()
+            .map(|(folder, _)| {
+                let name = format!("{}.parquet", p.key);
+                if folder.is_empty() {
+                    name
+                } else {
+                    format!("{folder}/{name}")
+                }
+            })
+            .collect();
+        fs::create_dir_all(&undo).map_err(|e| DataError::io(&undo, e))?;
+        if let Some(prev) = &previous {
+            let body = serde_json::to_vec(prev).map_err(|e| DataError::Sink(e.to_string()))?;
+            write_atomic(&undo.join("manifest.json"), &body, true)?;
+            for old in &prev.files {
+                move_file(&self.root.join(old), &undo.join(old))?;
+            }
+        }
+        let mut out = Vec::with_capacity(files.len());
+        for ((_, local), rel) in p.files.iter().zip(&files) {
+            let to = self.root.join(rel);
+            move_file(local, &to)?;
+            out.push(to);
+        }
+        let m = Manifest {
+            writer: p.fence.clone(),
+            files: files.clone(),
+            rows: p.rows,
+            schema_version: version,
+            pending: false,
+            stale: vec![],
+            previous: None,
+        };
+        let body = serde_json::to_vec(&m).map_err(|e| DataError::Sink(e.to_string()))?;
+        write_atomic(&manifest_file, &body, true)?;
+        Ok(LocalCommit {
+            root: self.root.clone(),
+            key: p.key.clone(),
+            fence: p.fence.clone(),
+            undo,
+            files,
+            committed: out,
+            version: changed.then_some(version).flatten(),
+        })
+    }
+
+    /// Removes what earlier attempts for `key` left in `_weir/undo/` (a crash between
+    /// their commit and its finalizing: the commit stands, its undo is garbage).
+    fn clear_undo(&self, key: &str) -> Result<(), DataError> {
+        let dir = self.root.join("_weir").join("undo");
+        let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!("{key}.")) {
+                fs::remove_dir_all(e.path()).map_err(|err| DataError::io(&e.path(), err))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites every committed file of the other inputs with `widened` columns cast to
+    /// their new types, so no two files of the dataset disagree on a column's type.
+    fn widen_files(
+        &self,
+        except: &str,
+        widened: &[(&String, weir_core::dataset::ColumnType)],
+    ) -> Result<(), DataError> {
+        for (path, m) in self.manifests()? {
+            if path.file_stem().is_some_and(|s| s == except) {
+                continue;
+            }
+            for rel in &m.files {
+                let local = self.root.join(rel);
+                let mut s = history::file_schema(&local)?;
+                let mut touched = false;
+                for c in &mut s.columns {
+                    if let Some((_, to)) = widened.iter().find(|(n, _)| **n == c.name) {
+                        c.kind = *to;
+                        touched = true;
+                    }
+                }
+                if touched {
+                    history::conform(&local, &arrow_schema(&s), REWRITE_ZSTD_LEVEL)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn move_file(from: &Path, to: &Path) -> Result<(), DataError> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DataError::io(to, e)),
+    }
+}
+
+/// An input committed to a local dataset, until it is finalized or undone.
+#[derive(Debug)]
+pub struct LocalCommit {
+    root: PathBuf,
+    key: String,
+    fence: WriteFence,
+    undo: PathBuf,
+    /// The committed files, relative to the root.
+    files: Vec<String>,
+    committed: Vec<PathBuf>,
+    /// The version this commit created, if it changed the schema.
+    pub version: Option<u32>,
+}
+
+impl LocalCommit {
+    /// The committed files.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.committed
+    }
+
+    /// Keeps the commit: drops the previous files set aside.
+    pub fn finalize(self) {
+        let _ = fs::remove_dir_all(&self.undo);
+    }
+
+    /// Takes the commit back: the input's previous files and manifest return (or, if it
+    /// had none, it has none again). Nothing happens if a newer write replaced it since.
+    pub fn undo(self) -> Result<(), DataError> {
+        let root = self.root.clone();
+        locked(&root, || {
+            let manifest_file = manifest(&self.root, &self.key);
+            let now = read_manifest(&manifest_file)?;
+            if now.as_ref().is_none_or(|m| m.writer != self.fence || m.files != self.files) {
+                let _ = fs::remove_dir_all(&self.undo);
+                return Ok(());
+            }
+            for rel in &self.files {
+                let p = self.root.join(rel);
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DataError::io(&p, e)),
+                }
+            }
+            match read_manifest(&self.undo.join("manifest.json"))? {
+                Some(prev) => {
+                    for rel in &prev.files {
+                        move_file(&self.undo.join(rel), &self.root.join(rel))?;
+                    }
+                    let body = serde_json::to_vec(&prev).map_err(|e| DataError::Sink(e.to_string()))?;
+                    write_atomic(&manifest_file, &body, true)?;
+                }
+                None => match fs::remove_file(&manifest_file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DataError::io(&manifest_file, e)),
+                },
+            }
+            let _ = fs::remove_dir_all(&self.undo);
+            Ok(())
+        })
+    }
+}
