@@ -8,8 +8,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{json, Value};
 use weir_batch_manager::BatchSettings;
 use weir_core::dataset::DataStep;
@@ -56,28 +54,7 @@ impl Bucket {
 
     /// Every row of the dataset as "a|b|c" lines, sorted.
     async fn rows(&self, prefix: &str, scratch: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, f) in self.files(prefix).await.iter().enumerate() {
-            let local = scratch.join(format!("read-{i}.parquet"));
-            self.loc.download(f, &local, 1 << 20).await.expect("download");
-            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&local).expect("open"))
-                .expect("parquet")
-                .build()
-                .expect("reader");
-            for b in reader {
-                let b = b.expect("batch");
-                let fmts: Vec<_> = b
-                    .columns()
-                    .iter()
-                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("fmt"))
-                    .collect();
-                for r in 0..b.num_rows() {
-                    out.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
-                }
-            }
-        }
-        out.sort();
-        out
+        weir_tests::dataset_rows(&self.loc, prefix, scratch).await
     }
 
     /// Every input manifest of the dataset.

@@ -5,7 +5,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["weir/v1/job.proto", "weir/v1/master.proto", "weir/v1/files.proto"];
+    let files = ["weir/v1/job.proto", "weir/v1/master.proto", "weir/v1/files.proto", "weir/v1/datasets.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

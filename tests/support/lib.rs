@@ -589,16 +589,84 @@ impl Azurite {
         Azurite { endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"), _dir: data, _child: child }
     }
 
-    /// Creates a container with Azure's own Python client.
-    pub async fn create_container(&self, name: &str) {
+    /// A location spec for `uri` on this server, with the account's keys by reference.
+    pub fn location(&self, uri: &str) -> serde_json::Value {
+        let creds = credentials_env(&[("ACCOUNT_NAME", AZURITE_ACCOUNT), ("ACCOUNT_KEY", AZURITE_KEY)]);
+        serde_json::json!({"uri": uri, "endpoint": self.endpoint, "credentials": {"env": creds}})
+    }
+
+    /// Runs a few lines of Azure's own Python client; `client` is the service client,
+    /// `sys.argv[2:]` the arguments; returns what it prints.
+    async fn client(&self, script: &str, args: &[&str]) -> String {
         let conn = format!(
             "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
             self.endpoint
         );
-        let script = "import sys\nfrom azure.storage.blob import BlobServiceClient\nBlobServiceClient.from_connection_string(sys.argv[1]).create_container(sys.argv[2])\n";
-        let out = Command::new(python()).args(["-c", script, &conn, name]).output().await.expect("python");
-        assert!(out.status.success(), "create container: {}", String::from_utf8_lossy(&out.stderr));
+        let script = format!(
+            "import sys\nfrom azure.storage.blob import BlobServiceClient\nclient = BlobServiceClient.from_connection_string(sys.argv[1])\n{script}\n"
+        );
+        let out = Command::new(python()).arg("-c").arg(script).arg(&conn).args(args).output().await.expect("python");
+        assert!(out.status.success(), "azure client: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+
+    /// Creates a container with Azure's own Python client.
+    pub async fn create_container(&self, name: &str) {
+        self.client("client.create_container(sys.argv[2])", &[name]).await;
+    }
+
+    /// Takes an infinite lease on a blob: Azure then refuses every write to it that does
+    /// not carry the lease id. Returns the lease id.
+    pub async fn lease(&self, container: &str, blob: &str) -> String {
+        self.client("print(client.get_blob_client(sys.argv[2], sys.argv[3]).acquire_lease(-1).id)", &[container, blob])
+            .await
+    }
+
+    /// Releases a lease taken by [`Azurite::lease`].
+    pub async fn break_lease(&self, container: &str, blob: &str, lease: &str) {
+        self.client(
+            "from azure.storage.blob import BlobLeaseClient\nBlobLeaseClient(client.get_blob_client(sys.argv[2], sys.argv[3]), sys.argv[4]).release()",
+            &[container, blob, lease],
+        )
+        .await;
+    }
+}
+
+/// Every row of the Parquet files under `prefix` in `loc` (those readers see: not under
+/// `_`-folders) as "a|b|c" lines, sorted; `scratch` is where they are downloaded.
+pub async fn dataset_rows(loc: &weir_storage::Location, prefix: &str, scratch: &std::path::Path) -> Vec<String> {
+    use arrow_cast::display::{ArrayFormatter, FormatOptions};
+    let all = loc.list(&weir_storage::Patterns::new(&["**/*.parquet".into()]).expect("glob")).await.expect("list");
+    let files: Vec<String> = all
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| p.starts_with(&format!("{prefix}/")) && !p.split('/').any(|seg| seg.starts_with('_')))
+        .collect();
+    let mut out = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let local = scratch.join(format!("read-{}-{i}.parquet", uuid::Uuid::new_v4().simple()));
+        loc.download(f, &local, 1 << 20).await.expect("download");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&local).expect("open"),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            let fmts: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("fmt"))
+                .collect();
+            for r in 0..b.num_rows() {
+                out.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+            }
+        }
+        let _ = std::fs::remove_file(&local);
+    }
+    out.sort();
+    out
 }
 
 /// A GCS JSON-API server (gcp-storage-emulator, from PyPI) on a loopback port, in memory,

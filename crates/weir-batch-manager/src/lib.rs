@@ -4,10 +4,13 @@
 //! It serves the `batch` queue: the generic kinds, and the data kinds `convert`,
 //! `quality` and `store` ([`steps::DataSteps`]), whose work is `weir-data`'s pipeline.
 //! A step's input files are grouped into [`batches`] of bounded size; at most
-//! `WEIR_BATCH_SLOTS` batches run at once across all tasks, each under a timeout.
+//! `WEIR_BATCH_SLOTS` batches run at once across all tasks, each under a timeout. Every
+//! schema version its sinks record is copied into the dataset catalogue, with a
+//! `dev.weir.dataset.schema_changed` event; its own gRPC service ([`service`]) shows it.
 
 pub mod batches;
 pub mod reconcile;
+pub mod service;
 pub mod steps;
 
 use std::path::PathBuf;
@@ -17,6 +20,10 @@ use std::time::Duration;
 use weir_core::catalog::Queue;
 use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
+use weir_worker::store::LazyStore;
+
+/// Where the dataset catalogue lives unless `WEIR_DATASETS_STORE_URL` says otherwise.
+pub const DEFAULT_CATALOGUE: &str = "sqlite://.weir/datasets.db";
 
 /// The batch manager's own settings, from the environment (flags of every manager are in
 /// `weir_worker::manager::ManagerArgs`).
@@ -37,6 +44,10 @@ pub struct BatchSettings {
     /// `WEIR_STAGING_LOCATION`: staging on an object store the file manager writes too;
     /// `None` = the data dir, which the file manager must then share.
     pub staging: Option<weir_storage::Location>,
+    /// `WEIR_DATASETS_STORE_URL` (default `sqlite://.weir/datasets.db`; PostgreSQL in
+    /// production, the master's database so its relay publishes the catalogue's events):
+    /// the dataset catalogue.
+    pub catalogue: LazyStore,
 }
 
 impl Default for BatchSettings {
@@ -48,6 +59,7 @@ impl Default for BatchSettings {
             slots: 20,
             batch_timeout: Duration::from_secs(300),
             staging: None,
+            catalogue: LazyStore::url(DEFAULT_CATALOGUE),
         }
     }
 }
@@ -91,6 +103,12 @@ impl BatchSettings {
             s.batch_timeout = weir_core::duration::parse(&v).map_err(|e| format!("WEIR_BATCH_TIMEOUT: {e}"))?;
         }
         s.staging = weir_worker::staging::location_from(get(weir_worker::staging::STAGING_LOCATION_ENV))?;
+        if let Some(url) = get("WEIR_DATASETS_STORE_URL").filter(|u| !u.is_empty()) {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite://")) {
+                return Err(format!("WEIR_DATASETS_STORE_URL must be postgres://… or sqlite://…, got {url:?}"));
+            }
+            s.catalogue = LazyStore::url(&url);
+        }
         Ok(s)
     }
 }
@@ -109,9 +127,9 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         handlers: vec![
             Arc::new(Generic),
             Arc::new(reconcile::Reconcile { staging: settings.staging() }),
-            Arc::new(steps::DataSteps::new(settings)),
+            Arc::new(steps::DataSteps::new(settings.clone())),
         ],
-        background: vec![],
+        background: vec![Arc::new(service::Datasets::new(settings.catalogue))],
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use weir_core::catalog::BATCH_KINDS;
 use weir_core::dataset::schema::Origin;
 use weir_core::dataset::{DataStep, SinkSpec};
+use weir_core::model::DatasetVersion;
 use weir_data::pipeline::{self, Input, Plan};
 use weir_data::sink::landing::{Pools, Sinks};
 use weir_data::sink::WriteFence;
@@ -225,6 +226,13 @@ impl DataSteps {
                 failures.push((input.identity.clone(), e));
             }
         }
+        // Whatever landed, its sinks' schema versions go to the catalogue (a retry after a
+        // crash here records what this attempt did not).
+        if !step.sinks.is_empty() {
+            if let Err(e) = self.record_versions(&sinks).await {
+                failures.push(("the dataset catalogue".into(), e));
+            }
+        }
         if cancel.load(Ordering::Relaxed) && failures.iter().any(|(_, e)| matches!(e, DataError::Cancelled)) {
             return Err(StepError::retryable("cancelled", "stopped: the task was cancelled or its lease lost"));
         }
@@ -283,6 +291,34 @@ impl DataSteps {
             Err(e) => Err(e),
         };
         (input, Ok(report), done.err())
+    }
+
+    /// Copies every schema version the step's sinks hold into the dataset catalogue; the
+    /// versions it has already are left alone, each new one gets its event.
+    async fn record_versions(&self, sinks: &Sinks) -> Result<(), DataError> {
+        let store =
+            self.settings.catalogue.get().await.map_err(|e| DataError::Sink(format!("dataset catalogue: {e}")))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for (id, history) in sinks.histories().await? {
+            let versions: Vec<DatasetVersion> = history
+                .versions
+                .into_iter()
+                .map(|version| DatasetVersion {
+                    dataset: id.dataset.clone(),
+                    kind: id.kind.into(),
+                    version,
+                    recorded_ms: now,
+                })
+                .collect();
+            let new = store
+                .record_dataset_versions(&versions)
+                .await
+                .map_err(|e| DataError::Sink(format!("dataset catalogue: {e}")))?;
+            if new > 0 {
+                tracing::info!(dataset = %id.dataset, new, "schema versions recorded");
+            }
+        }
+        Ok(())
     }
 
     /// Leaves a file's staged output for the next steps (on the staging store, if any).

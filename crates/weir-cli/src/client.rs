@@ -244,3 +244,52 @@ impl FilesClient {
         Ok(())
     }
 }
+
+/// A connection to the batch manager's dataset catalogue.
+pub struct DatasetsClient {
+    datasets: v1::dataset_service_client::DatasetServiceClient<Channel>,
+    json: bool,
+}
+
+fn explain_datasets(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!(
+            "batch manager unavailable ({}). Is it running with WEIR_MANAGER_LISTEN (weir dev: 127.0.0.1:50053)?",
+            s.message()
+        ),
+        code => anyhow::anyhow!("{:?}: {}", code, s.message()),
+    }
+}
+
+impl DatasetsClient {
+    pub fn connect(url: &str, json: bool) -> anyhow::Result<DatasetsClient> {
+        let channel = weir_runtime::grpc::channel(url)?;
+        Ok(DatasetsClient { datasets: v1::dataset_service_client::DatasetServiceClient::new(channel), json })
+    }
+
+    pub async fn list(&mut self, limit: u32) -> anyhow::Result<()> {
+        let req = v1::ListDatasetsRequest { limit };
+        let all = self.datasets.list_datasets(req).await.map_err(explain_datasets)?.into_inner().datasets;
+        if self.json {
+            for d in &all {
+                println!("{}", render::dataset_value(d));
+            }
+        } else {
+            render::dataset_table(&all);
+        }
+        Ok(())
+    }
+
+    pub async fn history(&mut self, dataset: &str) -> anyhow::Result<()> {
+        let req = v1::GetDatasetHistoryRequest { dataset: dataset.into() };
+        let versions = self.datasets.get_dataset_history(req).await.map_err(explain_datasets)?.into_inner().versions;
+        if self.json {
+            for v in &versions {
+                println!("{}", render::dataset_value(v));
+            }
+        } else {
+            render::dataset_history(&versions);
+        }
+        Ok(())
+    }
+}

@@ -26,6 +26,9 @@ pub struct DevArgs {
     /// Where the file manager's own service listens (`weir files …`).
     #[arg(long, env = "WEIR_FILES_LISTEN", default_value = "127.0.0.1:50052")]
     files_listen: String,
+    /// Where the batch manager's own service listens (`weir datasets …`).
+    #[arg(long, env = "WEIR_DATASETS_LISTEN", default_value = "127.0.0.1:50053")]
+    datasets_listen: String,
     /// Events go to the in-process bus unless Kafka brokers are given here.
     #[command(flatten)]
     events: EventsConfig,
@@ -45,8 +48,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(b) => format!("Kafka at {b}"),
         None => "in-process".to_string(),
     };
-    // One store for the master and the file manager's inventory: the embedded SQLite file
-    // has one owner process.
+    // One store for the master, the file manager's inventory and the dataset catalogue:
+    // the embedded SQLite file has one owner process.
     let store = weir_store::open(&args.store_url).await?;
     let bus: Option<Arc<dyn Bus>> = match config.events.kafka(&config.id).map_err(anyhow::Error::msg)? {
         Some(k) => Some(Arc::new(weir_bus::KafkaBus::new(k)?)),
@@ -54,11 +57,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let master = tokio::spawn(weir_master::serve_with_store(config, listener, bus, store.clone(), cancel.clone()));
     let mut files = weir_file_manager::FileSettings::from_env().map_err(|e| anyhow::anyhow!("bad setting: {e}"))?;
-    files.store = weir_file_manager::Inventory::shared(store);
+    files.store = weir_file_manager::Inventory::shared(store.clone());
+    let mut batch = weir_batch_manager::BatchSettings::from_env().map_err(|e| anyhow::anyhow!("bad setting: {e}"))?;
+    batch.catalogue = weir_worker::store::LazyStore::shared(store);
     let specs: [(ManagerSpec, &str); 4] = [
         (weir_api_manager::spec().map_err(anyhow::Error::msg)?, ""),
         (weir_file_manager::spec_with(files), &args.files_listen),
-        (weir_batch_manager::spec().map_err(anyhow::Error::msg)?, ""),
+        (weir_batch_manager::spec_with(batch), &args.datasets_listen),
         (weir_stream_manager::spec().map_err(anyhow::Error::msg)?, ""),
     ];
     let mut managers = Vec::new();
@@ -78,6 +83,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  store:   {}", args.store_url);
     println!("  events:  {bus_name}");
     println!("  files:   http://{}   (weir files list)", args.files_listen);
+    println!("  datasets: http://{}   (weir datasets list)", args.datasets_listen);
     println!("  try:     weir submit tests/fixtures/jobs/hello.yaml --watch");
     println!("Ctrl-C stops it; jobs survive restarts.");
     for m in managers {

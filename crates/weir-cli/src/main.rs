@@ -71,6 +71,28 @@ enum Command {
         #[command(subcommand)]
         command: FilesCommand,
     },
+    /// The dataset catalogue: every dataset and table, and its schema's versions.
+    Datasets {
+        /// The batch manager's gRPC address.
+        #[arg(long, env = "WEIR_DATASETS_URL", default_value = "http://127.0.0.1:50053")]
+        datasets_url: String,
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetsCommand {
+    /// Each dataset and table with its current schema version.
+    List {
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Every version of one dataset's schema: what changed, the job and input that changed it.
+    History {
+        /// As `weir datasets list` names it (file:///lake/trades, s3://lake/trades, postgres://host:5432/db/table).
+        dataset: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +161,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             match command {
                 FilesCommand::List { watch, limit } => files.list(watch, limit).await.map(|_| ok),
                 FilesCommand::Redrive { watch, path } => files.redrive(&watch, &path).await.map(|_| ok),
+            }
+        }
+        Command::Datasets { datasets_url, command } => {
+            let mut d = client::DatasetsClient::connect(&datasets_url, json)?;
+            match command {
+                DatasetsCommand::List { limit } => d.list(limit).await.map(|_| ok),
+                DatasetsCommand::History { dataset } => d.history(&dataset).await.map(|_| ok),
             }
         }
     }

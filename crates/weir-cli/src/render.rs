@@ -126,6 +126,58 @@ pub fn inventory_table(files: &[v1::InventoryFile]) {
     }
 }
 
+/// Each dataset with its current schema version.
+pub fn dataset_table(all: &[v1::DatasetVersion]) {
+    println!("{:<8}  {:>7}  {:<24}  {:>7}  DATASET", "KIND", "VERSION", "CHANGED", "COLUMNS");
+    for d in all {
+        println!(
+            "{:<8}  {:>7}  {:<24}  {:>7}  {}",
+            d.kind,
+            d.version,
+            time(&d.recorded_at),
+            d.columns.len(),
+            d.dataset
+        );
+    }
+}
+
+fn columns(v: &v1::DatasetVersion) -> String {
+    v.columns
+        .iter()
+        .map(|c| format!("{}: {}{}", c.name, c.r#type, if c.nullable { "" } else { " not null" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every version of one dataset: what changed, who changed it, its columns.
+pub fn dataset_history(versions: &[v1::DatasetVersion]) {
+    if let Some(v) = versions.first() {
+        println!("{} ({})", v.dataset, v.kind);
+    }
+    for v in versions {
+        println!();
+        println!("version {}  {}  {}", v.version, time(&v.recorded_at), v.changes.join("; "));
+        if !v.job_id.is_empty() {
+            println!("  by job {} step {} input {}", v.job_id, v.step_id, v.input);
+        }
+        if !v.partition_column.is_empty() {
+            println!("  partitioned by {} (folders {}=…)", v.partition_column, v.partition_folder);
+        }
+        println!("  {}", columns(v));
+    }
+}
+
+/// A dataset version as JSON.
+pub fn dataset_value(v: &v1::DatasetVersion) -> Value {
+    json!({
+        "dataset": v.dataset, "kind": v.kind, "version": v.version,
+        "columns": v.columns.iter().map(|c| json!({"name": c.name, "type": c.r#type, "nullable": c.nullable})).collect::<Vec<_>>(),
+        "partition_column": v.partition_column, "partition_folder": v.partition_folder,
+        "changes": v.changes, "job_id": v.job_id, "task_id": v.task_id, "step_id": v.step_id, "input": v.input,
+        "recorded_at": time(&v.recorded_at),
+    })
+}
+
 /// A table of workers.
 pub fn worker_table(ws: &[v1::Worker]) {
     println!("{:<32}  {:<7}  {:>8}  {:>7}  LAST SEEN", "WORKER", "QUEUE", "CAPACITY", "RUNNING");

@@ -9,6 +9,8 @@
 //! | `weir.workers`  | worker id | workers joining, draining, gone (`dev.weir.worker.*`) |
 //! | `weir.triggers` | any       | events that start jobs (consumed by the master)       |
 //! | `weir.dlq`      | as read   | triggers that could not be used, reason in headers    |
+//! | `weir.files`    | watch     | files a watch discovered (`dev.weir.file.discovered`)  |
+//! | `weir.datasets` | dataset   | a dataset's or table's schema changed (`dev.weir.dataset.schema_changed`) |
 //!
 //! Keying by job id puts every event of one job on one partition of its topic, in order.
 
@@ -31,8 +33,10 @@ pub mod topic {
     pub const DLQ: &str = "weir.dlq";
     /// Files the file manager discovered (key: the watch).
     pub const FILES: &str = "weir.files";
+    /// Schema changes of datasets and tables (key: the dataset).
+    pub const DATASETS: &str = "weir.datasets";
     /// Every topic Weir creates at start.
-    pub const ALL: [&str; 6] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES];
+    pub const ALL: [&str; 7] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS];
 }
 
 /// Header names, in one place.
@@ -145,6 +149,33 @@ pub fn worker_status(kind: &str, worker: &str, queue: &str, detail: Value, now: 
         subject: worker.into(),
         time_ms: now,
         data: Value::Object(data),
+    }
+}
+
+/// A dataset's schema changed (topic `weir.datasets`, keyed by the dataset).
+pub const SCHEMA_CHANGED: &str = "dev.weir.dataset.schema_changed";
+
+/// The event of one new version of a dataset's or table's schema, for the outbox.
+pub fn schema_changed(v: &crate::model::DatasetVersion) -> OutboxMessage {
+    let o = &v.version.origin;
+    OutboxMessage {
+        topic: topic::DATASETS.into(),
+        key: v.dataset.clone(),
+        kind: SCHEMA_CHANGED.into(),
+        subject: v.dataset.clone(),
+        time_ms: v.recorded_ms,
+        data: json!({
+            "dataset": v.dataset,
+            "sink": v.kind,
+            "version": v.version.version,
+            "columns": v.version.schema.columns,
+            "partition": v.version.schema.partition,
+            "changes": v.version.changes,
+            "job_id": o.job_id,
+            "task_id": o.task_id,
+            "step_id": o.step_id,
+            "input": o.input,
+        }),
     }
 }
 

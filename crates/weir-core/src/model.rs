@@ -277,6 +277,18 @@ pub struct ClaimedFile {
     pub generation: u32,
 }
 
+/// One version of a dataset's or table's schema, as the dataset catalogue keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetVersion {
+    /// The sink: `file:///lake/trades`, `s3://lake/trades`, `postgres://host:5432/db/public.t`.
+    pub dataset: String,
+    /// `parquet` or `postgres`.
+    pub kind: String,
+    pub version: crate::dataset::schema::Version,
+    /// When the catalogue learnt of it.
+    pub recorded_ms: Millis,
+}
+
 /// A file as the inventory knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {

@@ -198,15 +198,22 @@ fn sniff_delimiter(head: &[u8]) -> u8 {
 }
 
 /// A first row is a header when its fields are all present, distinct and none of them
-/// looks like data (a number, a date, a boolean) — unless the other rows are all text
-/// too and the first row repeats them, which no file does in practice.
+/// looks like data (a number written with digits, a date, a boolean) — unless the other
+/// rows are all text too and the first row repeats them, which no file does in practice.
 fn sniff_header(head: &[u8], delimiter: u8, quote: u8) -> bool {
+    use weir_core::dataset::ColumnType;
     let recs = records(head, delimiter, quote, 2);
     let Some(first) = recs.first() else { return true };
     let mut seen = std::collections::HashSet::new();
     first.iter().all(|f| {
         let f = f.trim();
-        !f.is_empty() && seen.insert(f) && crate::typing::infer_value(f) == weir_core::dataset::ColumnType::String
+        // "inf" reads as a float, but as a column name it is a word.
+        let data = match crate::typing::infer_value(f) {
+            ColumnType::String => false,
+            ColumnType::Float64 => f.bytes().any(|b| b.is_ascii_digit()),
+            _ => true,
+        };
+        !f.is_empty() && seen.insert(f) && !data
     })
 }
 
@@ -216,6 +223,12 @@ mod tests {
 
     fn sniff(name: &str, head: &[u8]) -> Format {
         format(name, head, None).expect("detects")
+    }
+
+    #[test]
+    fn a_header_of_words_is_a_header_even_when_a_word_parses_as_a_number() {
+        assert!(sniff_header(b"big,inf,nan,when\n1,2,3,2026-11-23\n", b',', b'"'));
+        assert!(!sniff_header(b"1,2.5,2026-11-23\n3,4,5\n", b',', b'"'));
     }
 
     #[test]

@@ -190,9 +190,8 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
                 }
                 None => None,
             };
-            if write.is_some() {
-                report.pending.push(Pending { index: i, plan: plan_i, write });
-            }
+            // Parquet sinks get an empty write; PostgreSQL tables delete the input's rows.
+            report.pending.push(Pending { index: i, plan: plan_i, write });
         }
         quarantine.commit()?;
         return Ok(report);

@@ -18,10 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
 use weir_core::catalog::Queue;
 use weir_core::files::Watches;
-use weir_store::{Store, StoreError};
 use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
 
@@ -42,29 +40,9 @@ pub struct FileSettings {
     pub staging: Option<weir_storage::Location>,
 }
 
-/// The inventory's store: opened on first use from `WEIR_FILES_STORE_URL` (default
-/// `sqlite://.weir/files.db`; PostgreSQL in production, shared by every replica), or
-/// handed over already open (`weir dev` shares the master's).
-#[derive(Clone)]
-pub struct Inventory {
-    url: String,
-    cell: Arc<OnceCell<Arc<dyn Store>>>,
-}
-
-impl Inventory {
-    pub fn url(url: &str) -> Inventory {
-        Inventory { url: url.to_string(), cell: Arc::new(OnceCell::new()) }
-    }
-
-    pub fn shared(store: Arc<dyn Store>) -> Inventory {
-        Inventory { url: String::new(), cell: Arc::new(OnceCell::new_with(Some(store))) }
-    }
-
-    /// The store, opened now if not yet.
-    pub async fn get(&self) -> Result<Arc<dyn Store>, StoreError> {
-        self.cell.get_or_try_init(|| weir_store::open(&self.url)).await.cloned()
-    }
-}
+/// The inventory's store: `WEIR_FILES_STORE_URL` (default `sqlite://.weir/files.db`;
+/// PostgreSQL in production, shared by every replica), or the master's in `weir dev`.
+pub type Inventory = weir_worker::store::LazyStore;
 
 impl FileSettings {
     /// Reads the settings from the environment; the error names the setting.

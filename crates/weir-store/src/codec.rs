@@ -8,8 +8,8 @@ use sqlx::Row;
 use uuid::Uuid;
 use weir_core::files::SeenFile;
 use weir_core::model::{
-    event_type, ClaimedFile, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskCounts,
-    TaskRecord, TaskState,
+    event_type, ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage,
+    TaskCounts, TaskRecord, TaskState,
 };
 use weir_core::spec::JobSpec;
 
@@ -224,5 +224,36 @@ pub(crate) fn file_record(r: &impl Cols) -> Result<FileRecord, StoreError> {
         job_id: r.opt_text("job_id")?,
         first_seen_ms: r.int("first_seen_ms")?,
         changed_ms: r.int("changed_ms")?,
+    })
+}
+
+/// Columns of a dataset version, as every catalogue query selects them.
+pub(crate) const DATASET_COLUMNS: &str = "dataset, version, kind, schema, changes, origin, recorded_ms";
+
+/// A dataset version's JSON columns: schema, changes, origin.
+pub(crate) fn dataset_json(v: &DatasetVersion) -> Result<[String; 3], StoreError> {
+    let enc = |r: serde_json::Result<String>| r.map_err(|e| StoreError::Corrupt(format!("dataset version: {e}")));
+    Ok([
+        enc(serde_json::to_string(&v.version.schema))?,
+        enc(serde_json::to_string(&v.version.changes))?,
+        enc(serde_json::to_string(&v.version.origin))?,
+    ])
+}
+
+pub(crate) fn dataset_version(r: &impl Cols) -> Result<DatasetVersion, StoreError> {
+    let json = |c: &str| -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&r.text(c)?).map_err(|e| StoreError::Corrupt(format!("dataset version {c}: {e}")))
+    };
+    let bad = |e: serde_json::Error| StoreError::Corrupt(format!("dataset version: {e}"));
+    Ok(DatasetVersion {
+        dataset: r.text("dataset")?,
+        kind: r.text("kind")?,
+        version: weir_core::dataset::schema::Version {
+            version: count(r.int("version")?),
+            schema: serde_json::from_value(json("schema")?).map_err(bad)?,
+            changes: serde_json::from_value(json("changes")?).map_err(bad)?,
+            origin: serde_json::from_value(json("origin")?).map_err(bad)?,
+        },
+        recorded_ms: r.int("recorded_ms")?,
     })
 }

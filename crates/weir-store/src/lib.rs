@@ -15,7 +15,7 @@ use uuid::Uuid;
 use weir_core::engine::Changes;
 use weir_core::files::SeenFile;
 use weir_core::model::{
-    ClaimedFile, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord,
+    ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord,
 };
 use weir_core::Millis;
 
@@ -191,6 +191,19 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the next poll of `watch` if it is due (or never taken): only one replica lists
     /// a watch per interval.
     async fn claim_poll(&self, watch: &str, holder: &str, now: Millis, interval_ms: i64) -> Result<bool, StoreError>;
+
+    // The dataset catalogue (the batch managers write it, the master never touches it).
+
+    /// Records the versions of a dataset's schema the catalogue does not have yet, each
+    /// with its `dev.weir.dataset.schema_changed` event, in one transaction; returns how
+    /// many were new. Versions already recorded are left as they are.
+    async fn record_dataset_versions(&self, versions: &[DatasetVersion]) -> Result<u32, StoreError>;
+
+    /// Every recorded version of `dataset`, oldest first.
+    async fn dataset_versions(&self, dataset: &str) -> Result<Vec<DatasetVersion>, StoreError>;
+
+    /// The newest version of each dataset, by dataset.
+    async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError>;
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

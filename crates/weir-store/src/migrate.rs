@@ -28,6 +28,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "file_inventory",
         sql: include_str!("../../../migrations/postgres/0005_file_inventory.sql"),
     },
+    Migration {
+        version: 6,
+        name: "dataset_catalogue",
+        sql: include_str!("../../../migrations/postgres/0006_dataset_catalogue.sql"),
+    },
 ];
 
 /// SQLite migrations, oldest first.
@@ -48,6 +53,11 @@ pub const SQLITE: &[Migration] = &[
         version: 5,
         name: "file_inventory",
         sql: include_str!("../../../migrations/sqlite/0005_file_inventory.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "dataset_catalogue",
+        sql: include_str!("../../../migrations/sqlite/0006_dataset_catalogue.sql"),
     },
 ];
 

@@ -353,6 +353,51 @@ async fn file_inventory_claims_each_version_once(s: Arc<dyn Store>) {
     assert!(s.claim_poll("w", "r2", 1_500, 500).await.expect("due"));
 }
 
+async fn dataset_versions_are_recorded_once_with_their_event(s: Arc<dyn Store>) {
+    use weir_core::dataset::schema::{Change, Column, ColumnType, Origin, Schema, Version};
+    use weir_core::model::DatasetVersion;
+    let col = |n: &str, k| Column { name: n.into(), kind: k, nullable: true };
+    let v = |dataset: &str, n: u32, cols: Vec<Column>, changes: Vec<Change>| DatasetVersion {
+        dataset: dataset.into(),
+        kind: "parquet".into(),
+        version: Version {
+            version: n,
+            schema: Schema { columns: cols, partition: None },
+            changes,
+            origin: Origin {
+                job_id: "j".into(),
+                task_id: "t".into(),
+                step_id: "store".into(),
+                input: "day1.csv".into(),
+                time_ms: 5,
+            },
+        },
+        recorded_ms: 10 + i64::from(n),
+    };
+    let v1 = v("file:///lake/a", 1, vec![col("id", ColumnType::Int64)], vec![Change::Created]);
+    let v2 = v(
+        "file:///lake/a",
+        2,
+        vec![col("id", ColumnType::Int64), col("currency", ColumnType::String)],
+        vec![Change::Added { column: "currency".into(), kind: ColumnType::String }],
+    );
+    let other = v("postgres://h:5432/db/t", 1, vec![col("x", ColumnType::Date)], vec![Change::Adopted]);
+    let tail = s.messages_tail().await.expect("tail");
+    assert_eq!(s.record_dataset_versions(&[v1.clone()]).await.expect("v1"), 1);
+    // Recording the whole history again adds only what is new, with one event each.
+    assert_eq!(s.record_dataset_versions(&[v1.clone(), v2.clone(), other.clone()]).await.expect("again"), 2);
+    assert_eq!(s.record_dataset_versions(&[v2.clone()]).await.expect("once more"), 0);
+    let msgs = s.messages_after(tail, 10).await.expect("messages");
+    assert_eq!(msgs.len(), 3, "one event per version");
+    assert_eq!(msgs[1].1.kind, "dev.weir.dataset.schema_changed");
+    assert_eq!((msgs[1].1.topic.as_str(), msgs[1].1.key.as_str()), ("weir.datasets", "file:///lake/a"));
+    assert_eq!(msgs[1].1.data["version"], 2);
+    assert_eq!(msgs[1].1.data["changes"][0]["column"], "currency");
+    assert_eq!(s.dataset_versions("file:///lake/a").await.expect("history"), vec![v1, v2.clone()]);
+    assert_eq!(s.list_datasets(10).await.expect("list"), vec![v2, other]);
+    assert!(s.dataset_versions("nope").await.expect("none").is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -372,7 +417,8 @@ conformance!(
     retry_deletes_old_compensation,
     stale_epoch_is_fenced,
     large_batches,
-    file_inventory_claims_each_version_once
+    file_inventory_claims_each_version_once,
+    dataset_versions_are_recorded_once_with_their_event
 );
 
 /// PostgreSQL only: a second master blocks until the first one's session ends.

@@ -12,6 +12,7 @@ pub mod generic;
 pub mod manager;
 pub mod report;
 pub mod staging;
+pub mod store;
 mod worker;
 
 use std::time::Duration;

@@ -245,9 +245,8 @@ impl Sinks {
             landing.staged.push((i, staged, plan));
         }
         if !tables.is_empty() {
-            let Some(staged_file) = report.output.clone() else {
-                return Err(DataError::Sink("a PostgreSQL sink needs the step's staged output".into()));
-            };
+            // No staged output: the input has no valid rows (its earlier rows still go).
+            let staged_file = report.output.clone();
             for (i, table, url_env, pool, plan) in tables {
                 let at = match landing.txs.iter().position(|t| t.url_env == url_env) {
                     Some(at) => at,
@@ -267,7 +266,7 @@ impl Sinks {
                 let Some(tx) = open.tx.as_mut() else { continue };
                 let load = Load {
                     target: &table,
-                    staged: Path::new(&staged_file),
+                    staged: staged_file.as_deref().map(Path::new),
                     key,
                     fence,
                     plan: &plan,
@@ -307,14 +306,13 @@ impl Sinks {
             landing.objects.push(c);
         }
         for at in 0..landing.txs.len() {
+            let Some((_, table, nonce)) = landing.txs[at].loads.first().cloned() else { continue };
             let Some(tx) = landing.txs[at].tx.take() else { continue };
             if let Err(e) = tx.commit().await {
-                let e = sink_err(e);
+                let e = DataError::Sink(format!("committing the load into {table}: {e}"));
                 // The connection may have died during the commit: ask whether it happened.
-                let open = &landing.txs[at];
-                let (_, table, nonce) = &open.loads[0];
-                let happened = match open.pool.acquire().await {
-                    Ok(mut c) => postgres::committed(&mut c, table, key, nonce).await.ok(),
+                let happened = match landing.txs[at].pool.acquire().await {
+                    Ok(mut c) => postgres::committed(&mut c, &table, key, &nonce).await.ok(),
                     Err(_) => None,
                 };
                 match happened {

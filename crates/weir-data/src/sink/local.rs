@@ -143,14 +143,26 @@ impl LocalDataset {
         if !widened.is_empty() {
             self.widen_files(&p.key, &widened)?;
         }
-        let changed = h.versions.is_empty() || !merged.changes.is_empty();
+        // A first write with no columns (an empty input) records nothing.
+        let changed = (h.versions.is_empty() && !merged.schema.columns.is_empty()) || !merged.changes.is_empty();
+        let history_file = self.root.join(HISTORY);
+        // A commit taken back takes its version back too, unless it widened columns (the
+        // dataset's files were rewritten for it, and that stands).
+        let schema_undo = match changed && widened.is_empty() {
+            true => Some(match fs::read(&history_file) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(DataError::io(&history_file, e)),
+            }),
+            false => None,
+        };
         if changed {
             let changes = if h.versions.is_empty() { vec![Change::Created] } else { merged.changes.clone() };
             h.push(merged.schema.clone(), changes, origin.clone());
         }
         let version = h.current().map(|v| v.version);
         if changed || adopted {
-            write_atomic(&self.root.join(HISTORY), &history::encode(&h)?, true)?;
+            write_atomic(&history_file, &history::encode(&h)?, true)?;
             if let Some(v) = h.current() {
                 write_atomic(&self.root.join(COMMON_METADATA), &history::common_metadata(&v.schema)?, true)?;
             }
@@ -169,10 +181,10 @@ impl LocalDataset {
                 }
             })
             .collect();
-        fs::create_dir_all(&undo).map_err(|e| DataError::io(&undo, e))?;
         if let Some(prev) = &previous {
+            // Only an undo needs it, and a crash makes it garbage: no fsync.
             let body = serde_json::to_vec(prev).map_err(|e| DataError::Sink(e.to_string()))?;
-            write_atomic(&undo.join("manifest.json"), &body, true)?;
+            write_atomic(&undo.join("manifest.json"), &body, false)?;
             for old in &prev.files {
                 move_file(&self.root.join(old), &undo.join(old))?;
             }
@@ -202,6 +214,7 @@ impl LocalDataset {
             files,
             committed: out,
             version: changed.then_some(version).flatten(),
+            schema_undo: schema_undo.and_then(|before| version.map(|v| (v, before))),
         })
     }
 
@@ -271,6 +284,9 @@ pub struct LocalCommit {
     committed: Vec<PathBuf>,
     /// The version this commit created, if it changed the schema.
     pub version: Option<u32>,
+    /// That version and the history file before it (`None`: there was none), to put
+    /// back if the commit is undone.
+    schema_undo: Option<(u32, Option<Vec<u8>>)>,
 }
 
 impl LocalCommit {
@@ -296,29 +312,61 @@ impl LocalCommit {
                 return Ok(());
             }
             for rel in &self.files {
-                let p = self.root.join(rel);
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(DataError::io(&p, e)),
-                }
+                remove_if_there(&self.root.join(rel))?;
             }
-            match read_manifest(&self.undo.join("manifest.json"))? {
-                Some(prev) => {
-                    for rel in &prev.files {
-                        move_file(&self.undo.join(rel), &self.root.join(rel))?;
-                    }
-                    let body = serde_json::to_vec(&prev).map_err(|e| DataError::Sink(e.to_string()))?;
-                    write_atomic(&manifest_file, &body, true)?;
-                }
-                None => match fs::remove_file(&manifest_file) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(DataError::io(&manifest_file, e)),
-                },
+            // The input's previous files (or none) come back; the manifest keeps this
+            // write's fence as the newest seen, so an older lease still cannot write.
+            let prev = read_manifest(&self.undo.join("manifest.json"))?;
+            for rel in prev.iter().flat_map(|m| &m.files) {
+                move_file(&self.undo.join(rel), &self.root.join(rel))?;
             }
+            let back = Manifest {
+                writer: self.fence.clone(),
+                files: prev.as_ref().map(|m| m.files.clone()).unwrap_or_default(),
+                rows: prev.as_ref().map_or(0, |m| m.rows),
+                schema_version: prev.as_ref().and_then(|m| m.schema_version),
+                pending: false,
+                stale: vec![],
+                previous: None,
+            };
+            let body = serde_json::to_vec(&back).map_err(|e| DataError::Sink(e.to_string()))?;
+            write_atomic(&manifest_file, &body, true)?;
             let _ = fs::remove_dir_all(&self.undo);
-            Ok(())
+            self.undo_schema()
         })
+    }
+
+    /// Puts the schema history back as it was, if this commit's version is still the
+    /// newest (a later commit built on it otherwise, and it stays).
+    fn undo_schema(&self) -> Result<(), DataError> {
+        let Some((version, before)) = &self.schema_undo else { return Ok(()) };
+        let history_file = self.root.join(HISTORY);
+        let now = LocalDataset::new(&self.root).history()?;
+        if now.current().map(|v| v.version) != Some(*version) {
+            return Ok(());
+        }
+        let meta = self.root.join(COMMON_METADATA);
+        match before {
+            Some(b) => {
+                write_atomic(&history_file, b, true)?;
+                match history::decode(b, &history_file.display().to_string())?.current() {
+                    Some(v) => write_atomic(&meta, &history::common_metadata(&v.schema)?, true)?,
+                    None => remove_if_there(&meta)?,
+                }
+            }
+            None => {
+                remove_if_there(&history_file)?;
+                remove_if_there(&meta)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_there(p: &Path) -> Result<(), DataError> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DataError::io(p, e)),
     }
 }

@@ -306,10 +306,18 @@ impl ObjectDataset {
     }
 
     /// Records `plan`'s schema changes on top of what the history holds now; returns the
-    /// version the write's files hold.
-    async fn record_schema(&self, plan: &SinkPlan, wrote: &Schema, origin: &Origin) -> Result<Option<u32>, DataError> {
+    /// version the write's files hold. A version it records is put in `undo` with the
+    /// history before it.
+    async fn record_schema(
+        &self,
+        plan: &SinkPlan,
+        wrote: &Schema,
+        origin: &Origin,
+        undo: &mut Option<(u32, History)>,
+    ) -> Result<Option<u32>, DataError> {
         for _ in 0..CAS_ATTEMPTS {
             let (mut h, etag) = self.history_versioned().await?;
+            let before = h.clone();
             let merged = merge(h.current().map(|v| &v.schema), plan, wrote, &self.name).map_err(DataError::Sink)?;
             if let Some((column, kind)) = merged.conform.first() {
                 return Err(DataError::Sink(format!(
@@ -317,8 +325,9 @@ impl ObjectDataset {
                     self.name
                 )));
             }
-            let changed = h.versions.is_empty() || !merged.changes.is_empty();
-            if !changed && etag.is_some() {
+            // A first write with no columns (an empty input) records nothing.
+            let changed = (h.versions.is_empty() && !merged.schema.columns.is_empty()) || !merged.changes.is_empty();
+            if !changed && (etag.is_some() || h.versions.is_empty()) {
                 return Ok(h.current().map(|v| v.version));
             }
             if changed {
@@ -327,22 +336,54 @@ impl ObjectDataset {
             }
             let expect = etag.map_or(Expect::Absent, Expect::Version);
             if write(&self.loc, &self.path(HISTORY), history::encode(&h)?, &expect).await? {
-                if let Some(v) = h.current() {
-                    // A reader's convenience, derived from the history: a failure here
-                    // leaves the previous one until the next change.
-                    match history::common_metadata(&v.schema) {
-                        Ok(b) => {
-                            if let Err(e) = self.loc.put(&self.path(COMMON_METADATA), b).await {
-                                tracing::warn!(dataset = %self.name, error = %e, "could not write _common_metadata");
-                            }
-                        }
-                        Err(e) => tracing::warn!(dataset = %self.name, error = %e, "could not encode _common_metadata"),
-                    }
+                self.write_common_metadata(&h).await;
+                let version = h.current().map(|v| v.version);
+                if changed {
+                    *undo = version.map(|v| (v, before));
                 }
-                return Ok(h.current().map(|v| v.version));
+                return Ok(version);
             }
         }
         Err(DataError::Sink(format!("{}: too many concurrent changes of its schema", self.name)))
+    }
+
+    /// `_common_metadata` for the history's current schema. A reader's convenience,
+    /// derived from the history: a failure leaves the previous one until the next change.
+    async fn write_common_metadata(&self, h: &History) {
+        let Some(v) = h.current() else { return };
+        match history::common_metadata(&v.schema) {
+            Ok(b) => {
+                if let Err(e) = self.loc.put(&self.path(COMMON_METADATA), b).await {
+                    tracing::warn!(dataset = %self.name, error = %e, "could not write _common_metadata");
+                }
+            }
+            Err(e) => tracing::warn!(dataset = %self.name, error = %e, "could not encode _common_metadata"),
+        }
+    }
+
+    /// Takes back schema version `version` (the history becomes `before`) if it is still
+    /// the newest: a later write built on it otherwise, and it stays.
+    async fn revert_schema(&self, version: u32, before: &History) {
+        for _ in 0..CAS_ATTEMPTS {
+            let Ok(Some((now, etag))) = read::<History>(&self.loc, &self.path(HISTORY), "schema history").await else {
+                return;
+            };
+            if now.current().map(|v| v.version) != Some(version) {
+                return;
+            }
+            let Ok(body) = history::encode(before) else { return };
+            match write(&self.loc, &self.path(HISTORY), body, &Expect::Version(etag)).await {
+                Ok(true) => {
+                    self.write_common_metadata(before).await;
+                    return;
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(dataset = %self.name, error = %e, "could not take a schema version back");
+                    return;
+                }
+            }
+        }
     }
 
     /// Puts the input's manifest back to what it was before `staged` (its previous
@@ -397,18 +438,31 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Records the schema and commits the manifest. On failure the claim is given up.
+    /// Records the schema and commits the manifest. On failure the claim is given up and
+    /// a schema version it recorded taken back.
     pub async fn commit(self, plan: &SinkPlan, origin: &Origin) -> Result<ObjectCommit, DataError> {
-        match self.commit_inner(plan, origin).await {
-            Ok(c) => Ok(c),
+        let mut undo = None;
+        match self.commit_inner(plan, origin, &mut undo).await {
+            Ok(mut c) => {
+                c.schema_undo = undo;
+                Ok(c)
+            }
             Err(e) => {
                 self.ds.restore(&self).await;
+                if let Some((v, before)) = &undo {
+                    self.ds.revert_schema(*v, before).await;
+                }
                 Err(e)
             }
         }
     }
 
-    async fn commit_inner(&self, plan: &SinkPlan, origin: &Origin) -> Result<ObjectCommit, DataError> {
+    async fn commit_inner(
+        &self,
+        plan: &SinkPlan,
+        origin: &Origin,
+        undo: &mut Option<(u32, History)>,
+    ) -> Result<ObjectCommit, DataError> {
         let wrote = Schema {
             columns: self
                 .wrote
@@ -418,7 +472,7 @@ impl Staged {
                 .collect(),
             partition: plan.schema.partition.clone(),
         };
-        let version = self.ds.record_schema(plan, &wrote, origin).await?;
+        let version = self.ds.record_schema(plan, &wrote, origin, undo).await?;
         let (loc, manifest) = (&self.ds.loc, &self.manifest);
         let mine = &self.claim.files;
         let mut done = self.claim.clone();
@@ -464,6 +518,7 @@ impl Staged {
                 wrote: self.wrote.clone(),
             },
             version,
+            schema_undo: None,
         }
     }
 
@@ -479,6 +534,8 @@ pub struct ObjectCommit {
     staged: Staged,
     /// The schema version the write's files hold.
     pub version: Option<u32>,
+    /// The version this commit recorded, with the history before it.
+    schema_undo: Option<(u32, History)>,
 }
 
 impl ObjectCommit {
@@ -511,8 +568,12 @@ impl ObjectCommit {
         }
     }
 
-    /// Takes the commit back: the input's previous files become its files again.
+    /// Takes the commit back: the input's previous files become its files again, and a
+    /// schema version it recorded goes if nothing was built on it.
     pub async fn undo(self) {
         self.staged.ds.restore(&self.staged).await;
+        if let Some((v, before)) = &self.schema_undo {
+            self.staged.ds.revert_schema(*v, before).await;
+        }
     }
 }

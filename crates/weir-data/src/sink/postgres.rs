@@ -201,8 +201,9 @@ async fn record(tx: &mut PgConnection, table: &str, v: &Version) -> Result<(), D
 #[derive(Debug, Clone)]
 pub struct Load<'a> {
     pub target: &'a PgTable,
-    /// The staged Parquet file holding the input's rows, typed as the step agreed.
-    pub staged: &'a Path,
+    /// The staged Parquet file holding the input's rows, typed as the step agreed
+    /// (`None`: the input has no rows to load; its earlier rows still go).
+    pub staged: Option<&'a Path>,
     pub key: &'a str,
     pub fence: &'a WriteFence,
     /// How this table takes the input.
@@ -232,6 +233,10 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
     bookkeeping(tx).await?;
     let mut version = None;
     let now = table_schema(tx, &target.table).await?;
+    if load.staged.is_none() && now.is_none() {
+        // No rows, and no table holding earlier ones.
+        return Ok(Loaded { rows: 0, version: None });
+    }
     let recorded = history(tx, &target.table).await?;
     let in_sync = match (&now, recorded.current()) {
         (Some(n), Some(v)) => same_columns(n, &v.schema),
@@ -311,7 +316,7 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
             }
         }
     }
-    if let Some(k) = target.key.iter().find(|k| !load.columns.contains(k)) {
+    if let Some(k) = target.key.iter().find(|k| load.staged.is_some() && !load.columns.contains(k)) {
         return Err(DataError::Config(format!("postgres sink key column {k:?} is not in the data")));
     }
     let prev = sqlx::query("SELECT task, fence FROM weir_sink_loads WHERE target = $1 AND input_key = $2 FOR UPDATE")
@@ -351,8 +356,11 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
         let mut all = names.clone();
         all.push(quote_ident(INPUT_COLUMN));
         let sql = format!("COPY {table} ({}) FROM STDIN (FORMAT csv, NULL '\\N')", all.join(", "));
-        copy(tx, &sql, load.staged.to_path_buf(), copy_schema, Some(load.key.to_string())).await?
-    } else {
+        match load.staged {
+            Some(staged) => copy(tx, &sql, staged.to_path_buf(), copy_schema, Some(load.key.to_string())).await?,
+            None => 0,
+        }
+    } else if let Some(staged) = load.staged {
         sqlx::query(&format!(
             "CREATE TEMP TABLE weir_stage ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA",
             names.join(", ")
@@ -363,7 +371,7 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
         let n = copy(
             tx,
             &format!("COPY weir_stage ({}) FROM STDIN (FORMAT csv, NULL '\\N')", names.join(", ")),
-            load.staged.to_path_buf(),
+            staged.to_path_buf(),
             copy_schema,
             None,
         )
@@ -387,6 +395,9 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
         .map_err(sink_err)?;
         sqlx::query("DROP TABLE weir_stage").execute(&mut *tx).await.map_err(sink_err)?;
         n
+    } else {
+        // Keyed rows are upserted, not owned by an input: no rows, nothing to do.
+        0
     };
     sqlx::query(
         "INSERT INTO weir_sink_loads (target, input_key, task, fence, rows, nonce) VALUES ($1, $2, $3, $4, $5, $6)
@@ -459,7 +470,7 @@ pub async fn load(
     let nonce = uuid::Uuid::new_v4().to_string();
     let l = Load {
         target,
-        staged,
+        staged: Some(staged),
         key,
         fence,
         plan: &plan.sinks[0],

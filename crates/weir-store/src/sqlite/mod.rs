@@ -2,6 +2,8 @@
 //! The file is opened in exclusive locking mode, so one master process owns it; a second
 //! process gets "database is locked" instead of a split brain.
 
+mod datasets;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +15,9 @@ use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use uuid::Uuid;
 use weir_core::engine::Changes;
 use weir_core::files::SeenFile;
-use weir_core::model::{ClaimedFile, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
+use weir_core::model::{
+    ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord,
+};
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
@@ -524,5 +528,17 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         Ok(taken == 1)
+    }
+
+    async fn record_dataset_versions(&self, versions: &[DatasetVersion]) -> Result<u32, StoreError> {
+        datasets::record(&self.pool, versions).await
+    }
+
+    async fn dataset_versions(&self, dataset: &str) -> Result<Vec<DatasetVersion>, StoreError> {
+        datasets::versions(&self.pool, dataset).await
+    }
+
+    async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError> {
+        datasets::list(&self.pool, limit).await
     }
 }

@@ -1,6 +1,8 @@
 //! The production store on PostgreSQL. Each commit is one transaction of at most six
 //! statements whatever its size (arrays bound once and expanded with `UNNEST`).
 
+mod datasets;
+
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,7 +14,9 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 use weir_core::engine::Changes;
 use weir_core::files::SeenFile;
-use weir_core::model::{ClaimedFile, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord};
+use weir_core::model::{
+    ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord,
+};
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
@@ -585,6 +589,18 @@ impl Store for PgStore {
         .await?
         .rows_affected();
         Ok(taken == 1)
+    }
+
+    async fn record_dataset_versions(&self, versions: &[DatasetVersion]) -> Result<u32, StoreError> {
+        datasets::record(&self.pool, versions).await
+    }
+
+    async fn dataset_versions(&self, dataset: &str) -> Result<Vec<DatasetVersion>, StoreError> {
+        datasets::versions(&self.pool, dataset).await
+    }
+
+    async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError> {
+        datasets::list(&self.pool, limit).await
     }
 }
 
