@@ -5,7 +5,8 @@
 //!    `~/.cache/weir/bench`) and converts it to zstd (level 1) Parquet three ways, each in
 //!    a process of its own on one thread: Weir's pipeline (schema inferred, every row
 //!    typed and accounted for, reconciled with the schema of the Parquet dataset it lands
-//!    in, committed), pyarrow's streaming CSV reader and Parquet writer, and
+//!    in, committed; and, for the cost of that, the same conversion to a staged file
+//!    only), pyarrow's streaming CSV reader and Parquet writer, and
 //!    DuckDB's `COPY ... TO parquet`. Prints MB/s per core (input MiB over the process's
 //!    user+system CPU seconds) and wall-clock MB/s, the best of `--rounds` interleaved runs.
 //! 2. Converts a larger file (`--big-mb`, default 2048) with Weir and prints its peak
@@ -38,7 +39,7 @@ pub struct DataArgs {
     #[arg(long, default_value_t = 2048)]
     big_mb: u64,
     /// Runs of each conversion (interleaved); the best of each is reported.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Small files ingested end to end by the bulk-file template.
     #[arg(long, default_value_t = 10_000)]
@@ -118,18 +119,26 @@ fn cpu_seconds() -> f64 {
 /// The child: converts one file with Weir's pipeline into the Parquet dataset
 /// `<out>/lake` (zstd level 1, like the others), reconciled with the dataset's schema and
 /// committed, and prints its own figures. The dataset stays for the next run, which
-/// replaces this input's rows.
-pub fn convert_one(input: &Path, out: &Path) -> anyhow::Result<()> {
+/// replaces this input's rows. With `staged`, the file is converted to a staged Parquet
+/// file only, as the step before a sink does: no schema to reconcile, nothing to land.
+pub fn convert_one(input: &Path, out: &Path, staged: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(out.join("quarantine"));
+    let _ = std::fs::remove_dir_all(out.join("staged"));
     let lake = out.join("lake");
-    let step = serde_json::json!({"sinks": [{"type": "parquet", "path": lake.display().to_string(), "zstd_level": 1}]});
-    let step = DataStep::parse("store", Some(&step)).map_err(anyhow::Error::msg)?;
+    let step = match staged {
+        true => DataStep::parse("convert", None),
+        false => DataStep::parse(
+            "store",
+            Some(&serde_json::json!({"sinks": [{"type": "parquet", "path": lake.display().to_string(), "zstd_level": 1}]})),
+        ),
+    }
+    .map_err(anyhow::Error::msg)?;
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let sinks = Sinks::open_local(&step)?;
     let plan = Plan {
         sinks: Arc::new(sinks.local_states()?),
         step: Arc::new(step),
-        staging: None,
+        staging: staged.then(|| out.join("staged")),
         quarantine: out.join("quarantine"),
         outgoing: out.join("outgoing"),
         fence: WriteFence { task: "bench".into(), fence: 1 },
@@ -139,7 +148,8 @@ pub fn convert_one(input: &Path, out: &Path) -> anyhow::Result<()> {
     let mut r = convert(&Input { path: input.to_path_buf(), identity: input.display().to_string() }, &plan)?;
     land_local(&sinks, &mut r, &Default::default())?;
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-    let out_mb = r.sink_files.first().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len() as f64 / 1048576.0);
+    let written = r.sink_files.first().or(r.output.as_ref());
+    let out_mb = written.and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len() as f64 / 1048576.0);
     println!(
         "seconds={wall:.3} cpu_seconds={cpu:.3} peak_rss_mb={:.1} rows={} quarantined={} parquet_mb={:.1}",
         super::peak_rss_mb(std::process::id()),
@@ -193,15 +203,20 @@ pub async fn run(args: &DataArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(work.join("weir"));
     let seed = csv_head(&csv)?;
     figures(&Command::new(&me).arg("convert-one").arg(&seed).arg(work.join("weir")).output()?, "weir seed")?;
-    // Each tool twice, interleaved, keeping its best run: this shared 2-core machine's
-    // neighbours make single runs vary by 15-30%.
+    // Each tool three times, interleaved, keeping its best run: this shared 2-core
+    // machine's neighbours make single runs vary by 15-30%.
     let mut best: Vec<(&str, Figures)> = Vec::new();
     for _round in 0..args.rounds {
-        for tool in ["weir", "pyarrow", "duckdb"] {
+        for tool in ["weir", "weir_staged", "pyarrow", "duckdb"] {
             let f = if tool == "weir" {
                 figures(
                     &Command::new(&me).arg("convert-one").arg(&csv).arg(work.join("weir")).output()?,
                     "weir convert",
+                )?
+            } else if tool == "weir_staged" {
+                figures(
+                    &Command::new(&me).arg("convert-one").arg("--staged").arg(&csv).arg(work.join("weir")).output()?,
+                    "weir convert (staged)",
                 )?
             } else {
                 let out = work.join(format!("{tool}.parquet"));
@@ -224,8 +239,12 @@ pub async fn run(args: &DataArgs) -> anyhow::Result<()> {
         println!("csv_to_parquet_{tool}_peak_rss={:.1} MB", f["peak_rss_mb"]);
     }
     let weir_best = best.iter().find(|(t, _)| *t == "weir").map(|(_, f)| per_core(f)).unwrap_or(0.0);
-    for (tool, f) in best.iter().filter(|(t, _)| *t != "weir") {
+    for (tool, f) in best.iter().filter(|(t, _)| !t.starts_with("weir")) {
         println!("weir_vs_{tool}_per_core={:.2} x", weir_best / per_core(f));
+    }
+    if let Some((_, staged)) = best.iter().find(|(t, _)| *t == "weir_staged") {
+        // What reconciling with the dataset's schema and landing in it cost, per core.
+        println!("landing_cost_vs_staged={:+.1} %", (weir_best / per_core(staged) - 1.0) * 100.0);
     }
 
     let big = trades_csv(args.big_mb)?;

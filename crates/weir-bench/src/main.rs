@@ -63,7 +63,13 @@ enum What {
     Data(data::DataArgs),
     /// (internal) Converts one file with Weir's pipeline and prints its figures.
     #[command(hide = true)]
-    ConvertOne { input: PathBuf, out: PathBuf },
+    ConvertOne {
+        input: PathBuf,
+        out: PathBuf,
+        /// Only the staged output, no sink: the conversion without reconciliation or landing.
+        #[arg(long)]
+        staged: bool,
+    },
 }
 
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
@@ -115,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
             return data::run(d).await;
         }
-        Some(What::ConvertOne { input, out }) => return data::convert_one(input, out),
+        Some(What::ConvertOne { input, out, staged }) => return data::convert_one(input, out, *staged),
         None => {}
     }
     println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));

@@ -203,14 +203,19 @@ pub struct FilesClient {
     json: bool,
 }
 
-fn explain_files(s: tonic::Status) -> anyhow::Error {
+/// A manager's own service's error, with what to check when it is not there.
+fn explain_manager(s: tonic::Status, manager: &str, dev_addr: &str) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
-            "file manager unavailable ({}). Is it running with WEIR_MANAGER_LISTEN (weir dev: 127.0.0.1:50052)?",
+            "{manager} unavailable ({}). Is it running with WEIR_MANAGER_LISTEN (weir dev: {dev_addr})?",
             s.message()
         ),
         code => anyhow::anyhow!("{:?}: {}", code, s.message()),
     }
+}
+
+fn explain_files(s: tonic::Status) -> anyhow::Error {
+    explain_manager(s, "file manager", "127.0.0.1:50052")
 }
 
 impl FilesClient {
@@ -252,13 +257,7 @@ pub struct DatasetsClient {
 }
 
 fn explain_datasets(s: tonic::Status) -> anyhow::Error {
-    match s.code() {
-        tonic::Code::Unavailable => anyhow::anyhow!(
-            "batch manager unavailable ({}). Is it running with WEIR_MANAGER_LISTEN (weir dev: 127.0.0.1:50053)?",
-            s.message()
-        ),
-        code => anyhow::anyhow!("{:?}: {}", code, s.message()),
-    }
+    explain_manager(s, "batch manager", "127.0.0.1:50053")
 }
 
 impl DatasetsClient {

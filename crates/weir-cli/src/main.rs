@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole platform in this process: master, four managers, embedded store.
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// Submit a job from a YAML or JSON file.
     Submit {
         /// The job spec file ("-" for standard input).
@@ -132,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let json = cli.json;
     let c = || client::Client::connect(&cli.master, json);
     match cli.command {
-        Command::Dev(args) => dev::run(args).await.map(|_| ok),
+        Command::Dev(args) => dev::run(*args).await.map(|_| ok),
         Command::Submit { file, watch } => {
             let id = c()?.submit(&file).await?;
             if watch {

@@ -312,6 +312,33 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_change_is_keyed_by_its_dataset() {
+        use crate::dataset::schema::{Change, Column, ColumnType, Origin, Schema, Version};
+        let v = crate::model::DatasetVersion {
+            dataset: "s3://lake/orders".into(),
+            kind: "parquet".into(),
+            version: Version {
+                version: 2,
+                schema: Schema {
+                    columns: vec![Column { name: "currency".into(), kind: ColumnType::String, nullable: true }],
+                    partition: None,
+                },
+                changes: vec![Change::Added { column: "currency".into(), kind: ColumnType::String }],
+                origin: Origin { input: "day2.csv".into(), ..Default::default() },
+            },
+            recorded_ms: 0,
+        };
+        let o = message_event(3, &schema_changed(&v));
+        assert_eq!(
+            (o.topic, o.key.as_str(), o.event.ty.as_str()),
+            (topic::DATASETS, "s3://lake/orders", SCHEMA_CHANGED)
+        );
+        let d = o.event.data.expect("data");
+        assert_eq!((d["version"].as_u64(), d["input"].as_str()), (Some(2), Some("day2.csv")));
+        assert_eq!(d["changes"][0], json!({"change": "added", "column": "currency", "type": "string"}));
+    }
+
+    #[test]
     fn decode_names_what_is_wrong() {
         let err = |b: &[u8]| CloudEvent::decode(b).expect_err("refused");
         assert!(err(b"not json").contains("not a CloudEvent"));

@@ -4,7 +4,9 @@
 //! - [`validate`]: turns a spec into a [`validate::ValidJob`] or an error naming the problem.
 //! - [`calendar`]: dates from day counts (for the CLI and date partitions).
 //! - [`catalog`]: the queues (one per manager) and step kinds Weir knows.
-//! - [`dataset`]: a batch step's config: format, schema, quality rules, sinks.
+//! - [`dataset`]: a batch step's config (format, schema, quality rules, sinks), sinks'
+//!   schemas and their history ([`dataset::schema`]), and the contracts that reconcile an
+//!   input with them ([`dataset::contract`]).
 //! - [`files`]: locations, watches and the file kinds' configs; discovery events.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.

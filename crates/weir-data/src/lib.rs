@@ -15,7 +15,7 @@
 //!    quarantine Parquet file with the rule and reason ([`quarantine`]).
 //!
 //! Memory is bounded by the chunk size, never by the file size. CPU work is synchronous
-//! (callers run it on a blocking thread); only the PostgreSQL sink is async.
+//! (callers run it on a blocking thread); landing is async.
 
 pub mod detect;
 pub mod pipeline;

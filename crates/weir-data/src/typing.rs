@@ -108,13 +108,11 @@ fn fits(v: &str) -> u8 {
     if matches!(t, "true" | "True" | "TRUE" | "false" | "False" | "FALSE") {
         return BOOL;
     }
-    if b.iter().any(u8::is_ascii_digit)
-        || t.trim_start_matches(['+', '-']).eq_ignore_ascii_case("inf")
-        || t.trim_start_matches(['+', '-']).eq_ignore_ascii_case("infinity")
-    {
-        if Float64Type::parse(t).is_some() {
-            return FLOAT;
-        }
+    // A number has digits, or is an infinity (NaN is a null marker, or text).
+    let unsigned = t.trim_start_matches(['+', '-']);
+    let infinite = unsigned.eq_ignore_ascii_case("inf") || unsigned.eq_ignore_ascii_case("infinity");
+    if (infinite || b.iter().any(u8::is_ascii_digit)) && Float64Type::parse(t).is_some() {
+        return FLOAT;
     }
     // Dates and timestamps start with an ISO date (pyarrow reads no other layout).
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {

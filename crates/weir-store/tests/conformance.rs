@@ -383,10 +383,10 @@ async fn dataset_versions_are_recorded_once_with_their_event(s: Arc<dyn Store>) 
     );
     let other = v("postgres://h:5432/db/t", 1, vec![col("x", ColumnType::Date)], vec![Change::Adopted]);
     let tail = s.messages_tail().await.expect("tail");
-    assert_eq!(s.record_dataset_versions(&[v1.clone()]).await.expect("v1"), 1);
+    assert_eq!(s.record_dataset_versions(std::slice::from_ref(&v1)).await.expect("v1"), 1);
     // Recording the whole history again adds only what is new, with one event each.
     assert_eq!(s.record_dataset_versions(&[v1.clone(), v2.clone(), other.clone()]).await.expect("again"), 2);
-    assert_eq!(s.record_dataset_versions(&[v2.clone()]).await.expect("once more"), 0);
+    assert_eq!(s.record_dataset_versions(std::slice::from_ref(&v2)).await.expect("once more"), 0);
     let msgs = s.messages_after(tail, 10).await.expect("messages");
     assert_eq!(msgs.len(), 3, "one event per version");
     assert_eq!(msgs[1].1.kind, "dev.weir.dataset.schema_changed");

@@ -12,6 +12,10 @@
 //!
 //! Each takes its input files from `inputs`, or, when that is empty, from the `files`
 //! that the steps it depends on reported.
+//!
+//! [`schema`] holds what a sink's schema is and how its versions are recorded;
+//! [`contract`] how an input is reconciled with it (pure, so the planner is tested in
+//! microseconds).
 
 pub mod contract;
 pub mod schema;

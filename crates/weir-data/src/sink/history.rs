@@ -61,41 +61,61 @@ pub fn file_schema(path: &Path) -> Result<Schema, DataError> {
     })
 }
 
-/// The schema of a dataset written before Weir kept its history, from its committed
-/// files: every file's columns, which must agree on each column's type. `files` are
-/// (path relative to the root, local path). The error names two files that disagree.
-pub fn adopt(files: &[(String, std::path::PathBuf)]) -> Result<Option<Schema>, DataError> {
-    let mut out: Option<(Schema, String)> = None;
-    let mut partition: Option<Partition> = None;
-    for (rel, local) in files {
-        let s = file_schema(local)?;
-        if partition.is_none() {
-            partition = rel.split_once('/').map(|(seg, _)| seg).and_then(|seg| {
-                seg.split_once('=').map(|(k, _)| Partition { column: k.to_string(), folder: k.to_string() })
-            });
-        }
-        match &mut out {
-            None => out = Some((s, rel.clone())),
-            Some((have, first)) => {
-                for c in s.columns {
-                    match have.column(&c.name) {
-                        None => have.columns.push(c),
-                        Some(h) if h.kind == c.kind => {}
-                        Some(h) => {
-                            return Err(DataError::Schema(format!(
-                                "the dataset's files disagree on column {:?}: {first} holds it as {}, {rel} as {}; rewrite or remove one, then run again",
-                                c.name, h.kind, c.kind
-                            )))
-                        }
-                    }
+/// The schema of a dataset written before Weir kept its history, gathered from its
+/// committed files' own schemas: every file's columns, which must agree on each column's
+/// type; the partitioning from the first file's folder.
+#[derive(Debug, Default)]
+pub struct Adoption {
+    /// The schema so far and the file it was first seen in.
+    found: Option<(Schema, String)>,
+}
+
+impl Adoption {
+    /// Adds one committed file's schema (`rel`: its path in the dataset); the error names
+    /// two files that disagree on a column.
+    pub fn add(&mut self, rel: &str, s: Schema) -> Result<(), DataError> {
+        let Some((have, first)) = &mut self.found else {
+            let mut s = s;
+            s.partition = rel
+                .split_once('/')
+                .and_then(|(seg, _)| seg.split_once('='))
+                .map(|(k, _)| Partition { column: k.to_string(), folder: k.to_string() });
+            self.found = Some((s, rel.to_string()));
+            return Ok(());
+        };
+        for c in s.columns {
+            match have.column(&c.name) {
+                None => have.columns.push(c),
+                Some(h) if h.kind == c.kind => {}
+                Some(h) => {
+                    return Err(DataError::Schema(format!(
+                        "the dataset's files disagree on column {:?}: {first} holds it as {}, {rel} as {}; rewrite or remove one, then run again",
+                        c.name, h.kind, c.kind
+                    )))
                 }
             }
         }
+        Ok(())
     }
-    Ok(out.map(|(mut s, _)| {
-        s.partition = partition.filter(|p| s.column(&p.column).is_some());
-        s
-    }))
+
+    /// The adopted schema (`None`: no files).
+    pub fn finish(self) -> Option<Schema> {
+        self.found.map(|(mut s, _)| {
+            if s.partition.as_ref().is_some_and(|p| s.column(&p.column).is_none()) {
+                s.partition = None;
+            }
+            s
+        })
+    }
+}
+
+/// [`Adoption`] of local files: (path relative to the root, local path).
+pub fn adopt(files: &[(String, std::path::PathBuf)]) -> Result<Option<Schema>, DataError> {
+    let mut a = Adoption::default();
+    for (rel, local) in files {
+        a.add(rel, file_schema(local)?)?;
+    }
+    Ok(a.finish())
 }
 
 /// Rewrites the local Parquet file at `path` with its columns cast to `to` (a lossless

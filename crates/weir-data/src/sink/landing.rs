@@ -126,13 +126,10 @@ impl Sinks {
         let mut out = Vec::with_capacity(self.sinks.len());
         for s in &self.sinks {
             out.push(match s {
-                Sink::Local(d) => {
-                    let d = d.clone();
-                    let h = tokio::task::spawn_blocking(move || d.history())
-                        .await
-                        .map_err(|e| DataError::Sink(format!("reading a dataset's schema: {e}")))??;
-                    SinkState { name: self.name(s), current: h.current().map(|v| v.schema.clone()) }
-                }
+                Sink::Local(d) => SinkState {
+                    name: d.name().to_string(),
+                    current: local_history(d).await?.current().map(|v| v.schema.clone()),
+                },
                 Sink::Object(d) => SinkState {
                     name: d.name().to_string(),
                     current: d.history().await?.current().map(|v| v.schema.clone()),
@@ -160,26 +157,12 @@ impl Sinks {
             .collect()
     }
 
-    fn name(&self, s: &Sink) -> String {
-        match s {
-            Sink::Local(d) => d.name().to_string(),
-            Sink::Object(d) => d.name().to_string(),
-            Sink::Postgres { table, .. } => table.name(),
-        }
-    }
-
     /// Each sink's identity and its schema history, for the dataset catalogue.
     pub async fn histories(&self) -> Result<Vec<(SinkId, History)>, DataError> {
         let mut out = Vec::with_capacity(self.sinks.len());
         for s in &self.sinks {
             out.push(match s {
-                Sink::Local(d) => {
-                    let d2 = d.clone();
-                    let h = tokio::task::spawn_blocking(move || d2.history())
-                        .await
-                        .map_err(|e| DataError::Sink(format!("reading a dataset's schema: {e}")))??;
-                    (SinkId { dataset: d.uri(), kind: "parquet" }, h)
-                }
+                Sink::Local(d) => (SinkId { dataset: d.uri(), kind: "parquet" }, local_history(d).await?),
                 Sink::Object(d) => (SinkId { dataset: d.uri(), kind: "parquet" }, d.history().await?),
                 Sink::Postgres { table, pool, .. } => {
                     let mut conn = pool.acquire().await.map_err(sink_err)?;
@@ -332,6 +315,14 @@ impl Sinks {
         }
         Ok(())
     }
+}
+
+/// A local dataset's history, read on a blocking thread.
+async fn local_history(d: &LocalDataset) -> Result<History, DataError> {
+    let d = d.clone();
+    tokio::task::spawn_blocking(move || d.history())
+        .await
+        .map_err(|e| DataError::Sink(format!("reading a dataset's schema: {e}")))?
 }
 
 /// A PostgreSQL transaction of one database, with the loads it holds.

@@ -19,7 +19,7 @@ use weir_core::dataset::contract::{merge, SinkPlan};
 use weir_core::dataset::schema::{Change, Column, History, Origin, Schema};
 
 use super::history::{self, COMMON_METADATA, HISTORY};
-use super::parquet::{locked, manifest, read_manifest, write_atomic, Manifest, Prepared};
+use super::parquet::{file_path, locked, manifest, read_manifest, write_atomic, Manifest, Prepared};
 use super::WriteFence;
 use crate::typing::{arrow_schema, column_type};
 use crate::DataError;
@@ -169,18 +169,8 @@ impl LocalDataset {
         }
 
         // The data: the previous files aside, the new ones in place, the manifest.
-        let files: Vec<String> = p
-            .files
-            .iter()
-            .map(|(folder, _)| {
-                let name = format!("{}.parquet", p.key);
-                if folder.is_empty() {
-                    name
-                } else {
-                    format!("{folder}/{name}")
-                }
-            })
-            .collect();
+        let name = format!("{}.parquet", p.key);
+        let files: Vec<String> = p.files.iter().map(|(folder, _)| file_path(folder, &name)).collect();
         if let Some(prev) = &previous {
             // Only an undo needs it, and a crash makes it garbage: no fsync.
             let body = serde_json::to_vec(prev).map_err(|e| DataError::Sink(e.to_string()))?;

@@ -32,7 +32,7 @@ pub use weir_storage::Location;
 use weir_storage::{Expect, Patterns, StorageError};
 
 use super::history::{self, COMMON_METADATA, HISTORY};
-use super::parquet::{manifest_path, Manifest, Prepared};
+use super::parquet::{file_path, manifest_path, Manifest, Prepared};
 use crate::typing::column_type;
 use crate::DataError;
 
@@ -160,43 +160,14 @@ impl ObjectDataset {
     async fn adopt(&self) -> Result<Option<Schema>, DataError> {
         let manifests = Patterns::new(&[self.path("_weir/inputs/*.json")]).map_err(storage)?;
         let listed = self.loc.list(&manifests).await.map_err(storage)?;
-        let mut out: Option<(Schema, String)> = None;
+        let mut adoption = history::Adoption::default();
         for f in listed {
             let Some((m, _)) = read::<Manifest>(&self.loc, &f.path, "manifest").await? else { continue };
             for rel in &m.files {
-                let s = self.footer_schema(&self.path(rel)).await?;
-                match &mut out {
-                    None => {
-                        let mut s = s;
-                        s.partition = rel
-                            .split_once('/')
-                            .and_then(|(seg, _)| seg.split_once('='))
-                            .map(|(k, _)| weir_core::dataset::schema::Partition { column: k.into(), folder: k.into() });
-                        out = Some((s, rel.clone()));
-                    }
-                    Some((have, first)) => {
-                        for c in s.columns {
-                            match have.column(&c.name) {
-                                None => have.columns.push(c),
-                                Some(h) if h.kind == c.kind => {}
-                                Some(h) => {
-                                    return Err(DataError::Schema(format!(
-                                        "the dataset's files disagree on column {:?}: {first} holds it as {}, {rel} as {}; rewrite or remove one, then run again",
-                                        c.name, h.kind, c.kind
-                                    )))
-                                }
-                            }
-                        }
-                    }
-                }
+                adoption.add(rel, self.footer_schema(&self.path(rel)).await?)?;
             }
         }
-        Ok(out.map(|(mut s, _)| {
-            if s.partition.as_ref().is_some_and(|p| s.column(&p.column).is_none()) {
-                s.partition = None;
-            }
-            s
-        }))
+        Ok(adoption.finish())
     }
 
     /// A Parquet object's schema, from its footer.
@@ -235,18 +206,8 @@ impl ObjectDataset {
         // The attempt's tag and a nonce per call: a name listed as stale by any writer is
         // never written again, so a late delete can never hit a committed file.
         let tag = format!("{}-{}", p.fence.tag(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let mine: Vec<String> = p
-            .files
-            .iter()
-            .map(|(folder, _)| {
-                let name = format!("{}.{tag}.parquet", p.key);
-                if folder.is_empty() {
-                    name
-                } else {
-                    format!("{folder}/{name}")
-                }
-            })
-            .collect();
+        let name = format!("{}.{tag}.parquet", p.key);
+        let mine: Vec<String> = p.files.iter().map(|(folder, _)| file_path(folder, &name)).collect();
         let manifest = self.path(&manifest_path(&p.key));
         let mut claim = Manifest {
             writer: p.fence.clone(),

@@ -61,6 +61,15 @@ pub(crate) struct Manifest {
     pub previous: Option<Vec<String>>,
 }
 
+/// A data file's path in a dataset: `name` in partition folder `folder` ("" = none).
+pub(crate) fn file_path(folder: &str, name: &str) -> String {
+    if folder.is_empty() {
+        name.to_string()
+    } else {
+        format!("{folder}/{name}")
+    }
+}
+
 /// Where the manifest of input `key` lives, relative to the dataset root.
 pub(crate) fn manifest_path(key: &str) -> String {
     format!("_weir/inputs/{key}.json")
@@ -246,8 +255,7 @@ impl DatasetWriter {
         fs::create_dir_all(&inputs).map_err(|e| DataError::io(&inputs, e))?;
         let manifest_path = manifest(&self.root, &self.key);
         let previous = read_manifest(&manifest_path)?;
-        let files: Vec<String> =
-            folders.iter().map(|f| Path::new(f).join(format!("{}.parquet", self.key)).display().to_string()).collect();
+        let files: Vec<String> = folders.iter().map(|f| file_path(f, &format!("{}.parquet", self.key))).collect();
         if let Some(prev) = &previous {
             self.fence.may_replace(&prev.writer).map_err(DataError::StaleFence)?;
             for old in prev.files.iter().filter(|f| !files.contains(f)) {

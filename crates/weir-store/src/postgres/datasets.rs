@@ -4,7 +4,6 @@
 use sqlx::postgres::PgPool;
 use weir_core::model::DatasetVersion;
 
-use super::MESSAGES_LOCK;
 use crate::codec::{self, DATASET_COLUMNS};
 use crate::StoreError;
 
@@ -34,19 +33,7 @@ pub(super) async fn record(pool: &PgPool, versions: &[DatasetVersion]) -> Result
             continue;
         }
         new += 1;
-        let m = weir_core::events::schema_changed(v);
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&m.topic)
-        .bind(&m.key)
-        .bind(&m.kind)
-        .bind(&m.subject)
-        .bind(m.time_ms)
-        .bind(m.data.to_string())
-        .execute(&mut *tx)
-        .await?;
+        super::insert_message(&mut tx, &weir_core::events::schema_changed(v)).await?;
     }
     tx.commit().await?;
     Ok(new)

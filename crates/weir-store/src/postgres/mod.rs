@@ -532,18 +532,7 @@ impl Store for PgStore {
         if done == 0 {
             return Ok(false);
         }
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&event.topic)
-        .bind(&event.key)
-        .bind(&event.kind)
-        .bind(&event.subject)
-        .bind(event.time_ms)
-        .bind(event.data.to_string())
-        .execute(&mut *tx)
-        .await?;
+        insert_message(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -605,6 +594,22 @@ impl Store for PgStore {
 }
 
 /// PostgreSQL casts that make its rows read like SQLite's (ids and JSON as text).
+/// Writes one message to the outbox of messages, in the caller's transaction; the lock
+/// keeps ids in commit order for the relay.
+pub(super) async fn insert_message(tx: &mut PgConnection, m: &OutboxMessage) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&m.topic)
+        .bind(&m.key)
+        .bind(&m.kind)
+        .bind(&m.subject)
+        .bind(m.time_ms)
+        .bind(m.data.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 fn pg_cast(cols: &str) -> String {
     cols.split(',')
         .map(|c| match c.trim() {

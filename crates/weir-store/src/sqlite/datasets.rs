@@ -33,16 +33,7 @@ pub(super) async fn record(pool: &SqlitePool, versions: &[DatasetVersion]) -> Re
             continue;
         }
         new += 1;
-        let m = weir_core::events::schema_changed(v);
-        sqlx::query("INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&m.topic)
-            .bind(&m.key)
-            .bind(&m.kind)
-            .bind(&m.subject)
-            .bind(m.time_ms)
-            .bind(m.data.to_string())
-            .execute(&mut *tx)
-            .await?;
+        super::insert_message(&mut tx, &weir_core::events::schema_changed(v)).await?;
     }
     tx.commit().await?;
     Ok(new)

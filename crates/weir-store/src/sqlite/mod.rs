@@ -235,17 +235,7 @@ impl Store for SqliteStore {
             .await?;
         }
         for m in &c.messages {
-            sqlx::query(
-                "INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&m.topic)
-            .bind(&m.key)
-            .bind(&m.kind)
-            .bind(&m.subject)
-            .bind(m.time_ms)
-            .bind(m.data.to_string())
-            .execute(&mut *tx)
-            .await?;
+            insert_message(&mut tx, m).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -474,15 +464,7 @@ impl Store for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        sqlx::query("INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&event.topic)
-            .bind(&event.key)
-            .bind(&event.kind)
-            .bind(&event.subject)
-            .bind(event.time_ms)
-            .bind(event.data.to_string())
-            .execute(&mut *tx)
-            .await?;
+        insert_message(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -541,4 +523,18 @@ impl Store for SqliteStore {
     async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError> {
         datasets::list(&self.pool, limit).await
     }
+}
+
+/// Writes one message to the outbox of messages, in the caller's transaction.
+pub(super) async fn insert_message(tx: &mut SqliteConnection, m: &OutboxMessage) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO weir_messages (topic, key, type, subject, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&m.topic)
+        .bind(&m.key)
+        .bind(&m.kind)
+        .bind(&m.subject)
+        .bind(m.time_ms)
+        .bind(m.data.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
