@@ -181,6 +181,14 @@ pub async fn history(conn: &mut PgConnection, table: &str) -> Result<History, Da
     Ok(h)
 }
 
+/// Records the history's newest version (just pushed) in `weir_sink_schemas`.
+async fn record_current(tx: &mut PgConnection, table: &str, h: &History) -> Result<(), DataError> {
+    match h.current() {
+        Some(v) => record(tx, table, v).await,
+        None => Ok(()),
+    }
+}
+
 async fn record(tx: &mut PgConnection, table: &str, v: &Version) -> Result<(), DataError> {
     let enc = |x: serde_json::Result<String>| x.map_err(|e| DataError::Sink(e.to_string()));
     sqlx::query(
@@ -281,14 +289,14 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
                     .await
                     .map_err(sink_err)?;
                 let n = h.push(load.plan.schema.clone(), vec![Change::Created], load.origin.clone());
-                record(tx, &target.table, &h.versions[h.versions.len() - 1]).await?;
+                record_current(tx, &target.table, &h).await?;
                 version = Some(n);
             }
             Some(n) => {
                 if h.current().is_none_or(|v| !same_columns(n, &v.schema)) {
                     // Made or altered outside Weir: recorded as found.
                     h.push(n.clone(), vec![Change::Adopted], Origin::default());
-                    record(tx, &target.table, &h.versions[h.versions.len() - 1]).await?;
+                    record_current(tx, &target.table, &h).await?;
                 }
                 let merged =
                     merge(Some(n), load.plan, &load.plan.schema, &load.target.name()).map_err(DataError::Sink)?;
@@ -310,7 +318,7 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
                 }
                 if !merged.changes.is_empty() {
                     let n = h.push(merged.schema, merged.changes, load.origin.clone());
-                    record(tx, &target.table, &h.versions[h.versions.len() - 1]).await?;
+                    record_current(tx, &target.table, &h).await?;
                     version = Some(n);
                 }
             }
