@@ -130,7 +130,21 @@ fn write_plan(step: &DataStep, states: &[SinkState], input: &InputSchema) -> Res
             SinkView { name: &st.name, current: st.current.as_ref(), contract, partition_by }
         })
         .collect();
-    WritePlan::for_sinks(&views, &input.columns()).map_err(DataError::Schema)
+    let plan = WritePlan::for_sinks(&views, &input.columns()).map_err(DataError::Schema)?;
+    // PostgreSQL cuts identifiers at 63 bytes: a longer column name would land under
+    // another name (and two could become one).
+    for ((spec, st), p) in step.sinks.iter().zip(states).zip(&plan.sinks) {
+        if !matches!(spec, SinkSpec::Postgres { .. }) {
+            continue;
+        }
+        if let Some(c) = p.schema.columns.iter().find(|c| c.name.len() > 63 || c.name.contains('\0')) {
+            return Err(DataError::Schema(format!(
+                "{}: column name {:?} is longer than PostgreSQL's 63 bytes (or holds NUL); rename it, or declare a schema that leaves it out",
+                st.name, c.name
+            )));
+        }
+    }
+    Ok(plan)
 }
 
 /// Target columns whose values in the first chunk, as read, are mostly distinct (over a
@@ -163,7 +177,18 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
     let mut report = FileReport { input: input.identity.clone(), format: opened.format_name(), ..Default::default() };
     let mut quarantine = Quarantine::new(&plan.quarantine, &input.identity, &key, &plan.fence);
 
-    let first = opened.source.next_chunk()?;
+    let mut first = opened.source.next_chunk()?;
+    // A chunk with no rows and nothing rejected (a header-only file) tells no types: if
+    // nothing follows, the input has no rows, and no sink's schema is made from it.
+    while first.as_ref().is_some_and(|c| c.rows.is_empty() && c.rejects.is_empty()) {
+        match opened.source.next_chunk()? {
+            Some(next) => first = Some(next),
+            None => {
+                first = None;
+                break;
+            }
+        }
+    }
     let Some(first) = first else {
         // An empty input: zero rows. Empty writes replace the input's old rows in the
         // Parquet sinks; no sink's schema changes.
@@ -317,8 +342,21 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         report.output = w.commit()?.into_iter().next().map(|p| p.display().to_string());
     }
     let mut plans: Vec<Option<SinkPlan>> = wplan.sinks.into_iter().map(Some).collect();
-    for s in writers.sinks {
-        let write = s.writer.prepare()?;
+    let mut sinks = writers.sinks.into_iter();
+    while let Some(s) = sinks.next() {
+        let write = match s.writer.prepare() {
+            Ok(w) => w,
+            Err(e) => {
+                // Nothing of this input lands: what was prepared goes.
+                for p in report.pending.drain(..) {
+                    if let Some(w) = p.write {
+                        let _ = std::fs::remove_dir_all(&w.scratch);
+                    }
+                }
+                sinks.for_each(|s| s.writer.abort());
+                return Err(e);
+            }
+        };
         if let Some(p) = plans.get_mut(s.index).and_then(Option::take) {
             report.pending.push(Pending { index: s.index, plan: p, write: Some(write) });
         }

@@ -64,6 +64,7 @@ pub fn column_type(t: &DataType) -> ColumnType {
         DataType::Boolean => ColumnType::Boolean,
         DataType::Date32 | DataType::Date64 => ColumnType::Date,
         DataType::Timestamp(_, _) => ColumnType::Timestamp,
+        DataType::Dictionary(_, v) => column_type(v),
         _ => ColumnType::String,
     }
 }
@@ -381,7 +382,6 @@ impl Target {
         let rows = chunk.num_rows();
         let mut problems: Vec<Problem> = vec![None; rows];
         let mut out: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
-        let safe = CastOptions { safe: true, ..Default::default() };
         for (c, field) in self.columns.iter().zip(self.schema.fields()) {
             let Some(source) = c.source else {
                 out.push(new_null_array(field.data_type(), rows));
@@ -393,16 +393,13 @@ impl Target {
                     field.name()
                 )));
             };
-            let mut typed = if input.data_type() == field.data_type() {
-                input.clone()
-            } else {
-                cast_with_options(input, field.data_type(), &safe)?
-            };
+            let input = &as_text_if_string(input)?;
+            let mut typed = cast_to(input, field.data_type())?;
             let text = input.as_any().downcast_ref::<StringArray>();
             // Values that did not make it through the cast (or that a text marker made
-            // NaN) are nulls when they are null markers, misfits otherwise; in a text
-            // column only a list the step gave makes nulls.
-            let text_markers = c.nulls.in_text && text.is_some() && field.data_type() == &DataType::Utf8;
+            // NaN) are nulls when they are null markers, misfits otherwise. A list the step
+            // or the column gave is looked up for every value, whatever the type.
+            let text_markers = c.nulls.in_text && text.is_some();
             let mut misfits: Vec<usize> = Vec::new();
             let mut to_null: Vec<usize> = Vec::new();
             if typed.null_count() > input.null_count() || has_nan(&typed) || text_markers {
@@ -498,16 +495,59 @@ fn is_nan_at(a: &ArrayRef, i: usize) -> bool {
     a.as_primitive_opt::<Float64Type>().is_some_and(|f| f.value(i).is_nan())
 }
 
+/// Any string encoding (large, view, dictionary) as plain text, so null markers and
+/// parsing treat them alike.
+fn as_text_if_string(a: &ArrayRef) -> Result<ArrayRef, DataError> {
+    let stringy = match a.data_type() {
+        DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => matches!(v.as_ref(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        _ => false,
+    };
+    Ok(if stringy { cast_with_options(a, &DataType::Utf8, &CastOptions::default())? } else { a.clone() })
+}
+
+/// `a` cast to `to`, safely (a value that does not fit becomes null). A zoned timestamp
+/// becomes a date in UTC (arrow would take its own zone, and could not name one like
+/// `UTC` without chrono-tz).
+fn cast_to(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, DataError> {
+    let safe = CastOptions { safe: true, ..Default::default() };
+    if a.data_type() == to {
+        return Ok(a.clone());
+    }
+    if matches!((a.data_type(), to), (DataType::Timestamp(_, _), DataType::Date32)) {
+        let utc = cast_with_options(a, &arrow_type(ColumnType::Timestamp), &safe)?;
+        return Ok(cast_with_options(&utc, to, &safe)?);
+    }
+    Ok(cast_with_options(a, to, &safe)?)
+}
+
 /// The rows whose typed value lost something against a typed input: a fraction or an
-/// out-of-range float made an integer, a time of day dropped by a date, an integer too
-/// large for float64 to hold exactly (when `exact_float`).
+/// out-of-range value made an integer (from a float or a decimal), a time of day dropped
+/// by a date, an integer too large for float64 to hold exactly (made a float64, or, with
+/// `exact_float`, kept an int64 a sink holds as float64).
 fn lossy(input: &ArrayRef, typed: &ArrayRef, exact_float: bool) -> Result<Vec<usize>, DataError> {
     let mut out = Vec::new();
+    let exact = |v: i64| v.unsigned_abs() <= EXACT_FLOAT_INT as u64;
     match (input.data_type(), typed.data_type()) {
-        (DataType::Float16 | DataType::Float32 | DataType::Float64, DataType::Int64) => {
+        (
+            DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..),
+            DataType::Int64,
+        ) => {
             let f = cast_with_options(input, &DataType::Float64, &CastOptions::default())?;
             let (f, t) = (f.as_primitive::<Float64Type>(), typed.as_primitive::<Int64Type>());
             out.extend((0..f.len()).filter(|&i| f.is_valid(i) && t.is_valid(i) && t.value(i) as f64 != f.value(i)));
+        }
+        (t, DataType::Float64) if t.is_integer() => {
+            let n = cast_with_options(input, &DataType::Int64, &CastOptions { safe: true, ..Default::default() })?;
+            let n = n.as_primitive::<Int64Type>();
+            // A UInt64 beyond int64 is null here: too large as well.
+            out.extend((0..n.len()).filter(|&i| input.is_valid(i) && (n.is_null(i) || !exact(n.value(i)))));
         }
         (DataType::Timestamp(_, _), DataType::Date32) => {
             let us = cast_with_options(input, &arrow_type(ColumnType::Timestamp), &CastOptions::default())?;
@@ -518,7 +558,7 @@ fn lossy(input: &ArrayRef, typed: &ArrayRef, exact_float: bool) -> Result<Vec<us
     }
     if exact_float {
         if let Some(t) = typed.as_primitive_opt::<Int64Type>() {
-            out.extend((0..t.len()).filter(|&i| t.is_valid(i) && t.value(i).unsigned_abs() > EXACT_FLOAT_INT as u64));
+            out.extend((0..t.len()).filter(|&i| t.is_valid(i) && !exact(t.value(i))));
         }
     }
     Ok(out)
@@ -762,6 +802,67 @@ mod tests {
         );
         assert_eq!(typed.column(0).as_primitive::<Int64Type>().value(0), 5);
         assert_eq!(typed.column(1).as_primitive::<Date32Type>().value(2), 1);
+    }
+
+    fn one_column(name: &str, kind: ColumnType) -> Schema {
+        Schema {
+            columns: vec![weir_core::dataset::schema::Column { name: name.into(), kind, nullable: true }],
+            partition: None,
+        }
+    }
+
+    #[test]
+    fn decimals_large_integers_and_zoned_timestamps_coerce_without_loss_or_not_at_all() {
+        use arrow_array::{Decimal128Array, Int64Array, TimestampMicrosecondArray};
+        let dec = Decimal128Array::from(vec![Some(550), Some(600)]).with_precision_and_scale(10, 2).expect("decimal");
+        let b = RecordBatch::try_from_iter(vec![("n", Arc::new(dec) as ArrayRef)]).expect("batch");
+        let t = against(&b, &one_column("n", ColumnType::Int64), ColumnPolicy::Evolve, TypePolicy::Quarantine);
+        let (typed, problems) = t.apply(&b).expect("apply");
+        assert_eq!(
+            problems.iter().map(|p| p.as_ref().map(|p| p.0)).collect::<Vec<_>>(),
+            vec![Some("type"), None],
+            "5.50 is not an int64"
+        );
+        assert_eq!(typed.column(0).as_primitive::<Int64Type>().value(1), 6);
+
+        let big = Int64Array::from(vec![Some(1 << 53), Some((1 << 53) + 1)]);
+        let b = RecordBatch::try_from_iter(vec![("n", Arc::new(big) as ArrayRef)]).expect("batch");
+        let t = against(&b, &one_column("n", ColumnType::Float64), ColumnPolicy::Evolve, TypePolicy::Quarantine);
+        let (_, problems) = t.apply(&b).expect("apply");
+        assert_eq!(
+            problems.iter().map(|p| p.as_ref().map(|p| p.0)).collect::<Vec<_>>(),
+            vec![None, Some("type")],
+            "2^53+1 is not exact in float64"
+        );
+
+        // Midnight UTC in a -05:00 column is that UTC day, not the day before.
+        let ts = TimestampMicrosecondArray::from(vec![Some(20_454 * 86_400_000_000)]).with_timezone("-05:00");
+        let b = RecordBatch::try_from_iter(vec![("d", Arc::new(ts) as ArrayRef)]).expect("batch");
+        let t = against(&b, &one_column("d", ColumnType::Date), ColumnPolicy::Evolve, TypePolicy::Quarantine);
+        let (typed, problems) = t.apply(&b).expect("apply");
+        assert!(problems[0].is_none(), "{problems:?}");
+        assert_eq!(typed.column(0).as_primitive::<Date32Type>().value(0), 20_454);
+    }
+
+    #[test]
+    fn markers_apply_to_every_string_encoding_and_a_given_list_to_values_that_parse() {
+        use arrow_array::LargeStringArray;
+        let large = LargeStringArray::from(vec![Some("1.5"), Some("NA")]);
+        let b = RecordBatch::try_from_iter(vec![("amount", Arc::new(large) as ArrayRef)]).expect("batch");
+        let t = against(&b, &one_column("amount", ColumnType::Float64), ColumnPolicy::Evolve, TypePolicy::Freeze);
+        let (typed, problems) = t.apply(&b).expect("NA is a null, not a misfit");
+        assert!(problems.iter().all(Option::is_none));
+        assert!(typed.column(0).is_null(1));
+
+        let first = text(&[("n", vec![Some("7"), Some("-1")])]);
+        let decl = vec![ColumnSpec {
+            name: "n".into(),
+            kind: ColumnType::Int64,
+            nullable: true,
+            null_values: Some(vec!["-1".into()]),
+        }];
+        let (typed, _) = Target::resolve(Some(&decl), &first, false).expect("binds").apply(&first).expect("apply");
+        assert_eq!(typed.column(0).as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), vec![Some(7), None]);
     }
 
     #[test]

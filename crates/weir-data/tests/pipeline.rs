@@ -401,3 +401,20 @@ fn rows_are_never_lost_whatever_the_mix() {
         rows(&output(&r)).iter().map(|l| l.split('|').next().and_then(|v| v.parse().ok()).unwrap_or(-1)).collect();
     assert!(first_col.windows(2).all(|w| w[0] < w[1]), "order kept");
 }
+
+#[test]
+fn a_column_name_postgres_would_cut_is_refused_for_a_postgres_sink() {
+    let d = dirs();
+    let long = "a_column_name_that_goes_on_and_on_for_longer_than_postgres_allows_it";
+    let p = write(&d.root, "long.csv", format!("id,{long}\n1,x\n").as_bytes());
+    let step = DataStep::parse(
+        "store",
+        Some(&json!({"sinks": [{"type": "postgres", "url_env": "PG", "table": "t", "create": true}]})),
+    )
+    .expect("step");
+    let mut pl = plan(&d, json!({}), "t", 1);
+    pl.step = Arc::new(step);
+    pl.sinks = Arc::new(vec![weir_data::sink::SinkState { name: "postgres table t".into(), current: None }]);
+    let e = convert(&Input { path: p, identity: "long.csv".into() }, &pl).expect_err("refused");
+    assert!(matches!(e, DataError::Schema(_)) && e.to_string().contains(long) && e.to_string().contains("63"), "{e}");
+}

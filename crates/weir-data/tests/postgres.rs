@@ -47,7 +47,9 @@ async fn table(conn: &mut PgConnection, sql: &str) -> Vec<String> {
 const CSV: &str = "id,name,day,at,ok,px\n\
 1,plain,2026-11-20,2026-11-20T10:00:00Z,true,1.5\n\
 2,\"quote \"\" and, comma\",2026-11-21,2026-11-21T10:00:00.123456Z,false,\n\
-3,Zürich \\N ✓,,,,-0.25\n";
+3,Zürich \\N ✓,,,,-0.25\n\
+4,\\N,,,,\n\
+5,\"\",,,,inf\n";
 
 #[tokio::test]
 async fn rows_load_replace_on_retry_and_stale_fences_are_refused() {
@@ -59,18 +61,21 @@ async fn rows_load_replace_on_retry_and_stale_fences_are_refused() {
     let target = PgTable { table: "trades".into(), create: true, key: vec![] };
     let w = |f| WriteFence { task: "task-1".into(), fence: f };
 
-    assert_eq!(load(&mut conn, &target, &file, &key, &w(1)).await.expect("load"), 3);
+    assert_eq!(load(&mut conn, &target, &file, &key, &w(1)).await.expect("load"), 5);
     let sql =
         "SELECT concat_ws('|', id, name, day, at AT TIME ZONE 'UTC', ok, px, _weir_input) FROM trades ORDER BY id";
     let expected = vec![
         format!("1|plain|2026-11-20|2026-11-20 10:00:00|t|1.5|{key}"),
         format!("2|quote \" and, comma|2026-11-21|2026-11-21 10:00:00.123456|f|{key}"),
         format!("3|Zürich \\N ✓|-0.25|{key}"),
+        // A text `\N` is text, not a null, and an infinite price lands as one.
+        format!("4|\\N|{key}"),
+        format!("5|Infinity|{key}"),
     ];
     assert_eq!(table(&mut conn, sql).await, expected);
 
     // A retry under a newer lease replaces the input's rows.
-    assert_eq!(load(&mut conn, &target, &file, &key, &w(2)).await.expect("reload"), 3);
+    assert_eq!(load(&mut conn, &target, &file, &key, &w(2)).await.expect("reload"), 5);
     assert_eq!(table(&mut conn, sql).await, expected);
 
     // The stale lease's late write is refused and changes nothing.
@@ -79,9 +84,9 @@ async fn rows_load_replace_on_retry_and_stale_fences_are_refused() {
     assert_eq!(table(&mut conn, sql).await, expected);
 
     // Another input adds its own rows beside.
-    let other = staged(dir.path(), "b.csv", "id,name,day,at,ok,px\n4,b,,,,\n");
+    let other = staged(dir.path(), "b.csv", "id,name,day,at,ok,px\n6,b,,,,\n");
     load(&mut conn, &target, &other, &input_key("s3://b/b.csv"), &w(1)).await.expect("other input");
-    assert_eq!(table(&mut conn, "SELECT id::text FROM trades ORDER BY id").await, vec!["1", "2", "3", "4"]);
+    assert_eq!(table(&mut conn, "SELECT id::text FROM trades ORDER BY id").await, vec!["1", "2", "3", "4", "5", "6"]);
 
     // Without create, a missing table is a clear config error.
     let missing = PgTable { table: "nope".into(), create: false, key: vec![] };

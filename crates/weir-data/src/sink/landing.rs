@@ -33,7 +33,8 @@ use super::postgres::{self, sink_err, Load, PgTable};
 use super::{Pending, SinkState, WriteFence};
 use crate::{DataError, FileReport};
 
-/// PostgreSQL pools of the sinks, one per `url_env`, made on first use.
+/// PostgreSQL pools of the sinks, one per `url_env`, made on first use, each with its
+/// database's bookkeeping tables made.
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<String, PgPool>>,
@@ -60,6 +61,9 @@ impl Pools {
                 }
                 other => DataError::Sink(format!("postgres sink ({url_env}): cannot connect: {other}")),
             })?;
+        let mut conn = pool.acquire().await.map_err(sink_err)?;
+        postgres::bookkeeping(&mut conn).await?;
+        drop(conn);
         pools.insert(url_env.to_string(), pool.clone());
         Ok(pool)
     }
@@ -220,7 +224,10 @@ impl Sinks {
                 }
             }
         }
+        // Every prepared write's scratch, removed by take_back if it never lands (a commit
+        // or a stage removes its own).
         landing.scratch.extend(local.iter().map(|(_, _, w, _)| w.scratch.clone()));
+        landing.scratch.extend(objects.iter().map(|(_, _, w, _)| w.scratch.clone()));
 
         // 1. Prepare: object stores claim and upload; PostgreSQL loads, uncommitted.
         for (i, d, w, plan) in objects {
@@ -234,11 +241,17 @@ impl Sinks {
                 let at = match landing.txs.iter().position(|t| t.url_env == url_env) {
                     Some(at) => at,
                     None => {
-                        let tx = pool.begin().await.map_err(sink_err)?;
+                        let mut tx = pool.begin().await.map_err(sink_err)?;
+                        // Who this load is on the server, to end it if its commit's outcome is lost.
+                        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(sink_err)?;
                         landing.txs.push(OpenTx {
                             url_env: url_env.clone(),
                             pool: pool.clone(),
                             tx: Some(tx),
+                            pid,
                             loads: vec![],
                         });
                         landing.txs.len() - 1
@@ -294,8 +307,9 @@ impl Sinks {
             if let Err(e) = tx.commit().await {
                 let e = DataError::Sink(format!("committing the load into {table}: {e}"));
                 // The connection may have died during the commit: ask whether it happened.
+                let pid = landing.txs[at].pid;
                 let happened = match landing.txs[at].pool.acquire().await {
-                    Ok(mut c) => postgres::committed(&mut c, &table, key, &nonce).await.ok(),
+                    Ok(mut c) => postgres::committed(&mut c, pid, &table, key, &nonce).await.ok(),
                     Err(_) => None,
                 };
                 match happened {
@@ -330,6 +344,8 @@ struct OpenTx {
     url_env: String,
     pool: PgPool,
     tx: Option<Transaction<'static, Postgres>>,
+    /// The transaction's server process.
+    pid: i32,
     /// (sink index, table, nonce).
     loads: Vec<(usize, String, String)>,
 }

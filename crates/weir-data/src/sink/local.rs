@@ -8,9 +8,9 @@
 //! (and `_common_metadata`) when the schema changes, rewriting the dataset's other files
 //! when a `widen` contract widened a column; moves the input's previous files into
 //! `_weir/undo/`; moves the new files into place and writes the manifest.
-//! [`LocalCommit::undo`] puts the previous files and manifest back; finalizing removes
-//! them. Schema changes stay either way: a column added or widened for an input that then
-//! failed is nullable and empty, and the input's retry finds it done.
+//! [`LocalCommit::undo`] puts the previous files and manifest back, and takes the version
+//! the commit recorded back if no other input's files were committed under it (a widening
+//! stays: the dataset's files were rewritten for it); finalizing removes them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -106,7 +106,6 @@ impl LocalDataset {
             p.fence.may_replace(&prev.writer).map_err(DataError::StaleFence)?;
         }
         let undo = self.root.join("_weir").join("undo").join(format!("{}.{}.{}", p.key, p.fence.task, p.fence.fence));
-        self.clear_undo(&p.key)?;
 
         // The schema: this write's plan on top of what the dataset holds now.
         let mut h = self.history()?;
@@ -141,7 +140,9 @@ impl LocalDataset {
             })
             .collect();
         if !widened.is_empty() {
-            self.widen_files(&p.key, &widened)?;
+            // Every committed file, this input's previous ones too (an undo brings them
+            // back, and they must hold the wider type as well).
+            self.widen_files(&widened)?;
         }
         // A first write with no columns (an empty input) records nothing.
         let changed = (h.versions.is_empty() && !merged.schema.columns.is_empty()) || !merged.changes.is_empty();
@@ -182,7 +183,11 @@ impl LocalDataset {
         let mut out = Vec::with_capacity(files.len());
         for ((_, local), rel) in p.files.iter().zip(&files) {
             let to = self.root.join(rel);
-            move_file(local, &to)?;
+            if let Some(dir) = to.parent() {
+                fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+            }
+            // The new files must be there: a missing one is an error, not a skip.
+            fs::rename(local, &to).map_err(|e| DataError::io(local, e))?;
             out.push(to);
         }
         let m = Manifest {
@@ -196,6 +201,8 @@ impl LocalDataset {
         };
         let body = serde_json::to_vec(&m).map_err(|e| DataError::Sink(e.to_string()))?;
         write_atomic(&manifest_file, &body, true)?;
+        // Only now, with this commit in place: what earlier attempts for the input left.
+        self.clear_undo(&p.key, &undo)?;
         Ok(LocalCommit {
             root: self.root.clone(),
             key: p.key.clone(),
@@ -209,29 +216,23 @@ impl LocalDataset {
     }
 
     /// Removes what earlier attempts for `key` left in `_weir/undo/` (a crash between
-    /// their commit and its finalizing: the commit stands, its undo is garbage).
-    fn clear_undo(&self, key: &str) -> Result<(), DataError> {
+    /// their commit and its finalizing, or a write this one replaced: their undo can no
+    /// longer apply), all but `keep`.
+    fn clear_undo(&self, key: &str, keep: &Path) -> Result<(), DataError> {
         let dir = self.root.join("_weir").join("undo");
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!("{key}.")) {
+            if e.path() != keep && e.file_name().to_string_lossy().starts_with(&format!("{key}.")) {
                 fs::remove_dir_all(e.path()).map_err(|err| DataError::io(&e.path(), err))?;
             }
         }
         Ok(())
     }
 
-    /// Rewrites every committed file of the other inputs with `widened` columns cast to
-    /// their new types, so no two files of the dataset disagree on a column's type.
-    fn widen_files(
-        &self,
-        except: &str,
-        widened: &[(&String, weir_core::dataset::ColumnType)],
-    ) -> Result<(), DataError> {
-        for (path, m) in self.manifests()? {
-            if path.file_stem().is_some_and(|s| s == except) {
-                continue;
-            }
+    /// Rewrites every committed file with `widened` columns cast to their new types, so
+    /// no two files of the dataset disagree on a column's type.
+    fn widen_files(&self, widened: &[(&String, weir_core::dataset::ColumnType)]) -> Result<(), DataError> {
+        for (_, m) in self.manifests()? {
             for rel in &m.files {
                 let local = self.root.join(rel);
                 let mut s = history::file_schema(&local)?;
@@ -327,12 +328,18 @@ impl LocalCommit {
     }
 
     /// Puts the schema history back as it was, if this commit's version is still the
-    /// newest (a later commit built on it otherwise, and it stays).
+    /// newest and no other input's files were committed under it (they may hold its new
+    /// columns); otherwise it stays, nullable and harmless.
     fn undo_schema(&self) -> Result<(), DataError> {
         let Some((version, before)) = &self.schema_undo else { return Ok(()) };
         let history_file = self.root.join(HISTORY);
-        let now = LocalDataset::new(&self.root).history()?;
+        let ds = LocalDataset::new(&self.root);
+        let now = ds.history()?;
         if now.current().map(|v| v.version) != Some(*version) {
+            return Ok(());
+        }
+        let relied_on = ds.manifests()?.iter().any(|(_, m)| m.schema_version.is_some_and(|v| v >= *version));
+        if relied_on {
             return Ok(());
         }
         let meta = self.root.join(COMMON_METADATA);

@@ -15,7 +15,8 @@
 //!    write) as `pending`, naming its files and, under `stale`, every file earlier
 //!    attempts may have left; then **uploads** its files (multipart for big ones).
 //! 2. [`Staged::commit`] records the schema (a conditional write of `_weir/schema.json`,
-//!    merged onto what concurrent writers recorded, then `_common_metadata`), and
+//!    merged onto what concurrent writers recorded, then `_common_metadata`; a version
+//!    recorded stays even if this write fails later, as others may rely on it), and
 //!    **commits** the manifest: still this claim (checked by ETag), it loses `pending`.
 //! 3. [`ObjectCommit::finalize`] deletes the stale files (the input's previous ones
 //!    among them) and clears the list; until then [`ObjectCommit::undo`] can give the
@@ -267,18 +268,12 @@ impl ObjectDataset {
     }
 
     /// Records `plan`'s schema changes on top of what the history holds now; returns the
-    /// version the write's files hold. A version it records is put in `undo` with the
-    /// history before it.
-    async fn record_schema(
-        &self,
-        plan: &SinkPlan,
-        wrote: &Schema,
-        origin: &Origin,
-        undo: &mut Option<(u32, History)>,
-    ) -> Result<Option<u32>, DataError> {
+    /// version the write's files hold. A version recorded stays even if the write then
+    /// fails: another write may already hold files under it (and nothing on a bucket can
+    /// tell), and its new columns are nullable.
+    async fn record_schema(&self, plan: &SinkPlan, wrote: &Schema, origin: &Origin) -> Result<Option<u32>, DataError> {
         for _ in 0..CAS_ATTEMPTS {
             let (mut h, etag) = self.history_versioned().await?;
-            let before = h.clone();
             let merged = merge(h.current().map(|v| &v.schema), plan, wrote, &self.name).map_err(DataError::Sink)?;
             if let Some((column, kind)) = merged.conform.first() {
                 return Err(DataError::Sink(format!(
@@ -298,11 +293,7 @@ impl ObjectDataset {
             let expect = etag.map_or(Expect::Absent, Expect::Version);
             if write(&self.loc, &self.path(HISTORY), history::encode(&h)?, &expect).await? {
                 self.write_common_metadata(&h).await;
-                let version = h.current().map(|v| v.version);
-                if changed {
-                    *undo = version.map(|v| (v, before));
-                }
-                return Ok(version);
+                return Ok(h.current().map(|v| v.version));
             }
         }
         Err(DataError::Sink(format!("{}: too many concurrent changes of its schema", self.name)))
@@ -319,31 +310,6 @@ impl ObjectDataset {
                 }
             }
             Err(e) => tracing::warn!(dataset = %self.name, error = %e, "could not encode _common_metadata"),
-        }
-    }
-
-    /// Takes back schema version `version` (the history becomes `before`) if it is still
-    /// the newest: a later write built on it otherwise, and it stays.
-    async fn revert_schema(&self, version: u32, before: &History) {
-        for _ in 0..CAS_ATTEMPTS {
-            let Ok(Some((now, etag))) = read::<History>(&self.loc, &self.path(HISTORY), "schema history").await else {
-                return;
-            };
-            if now.current().map(|v| v.version) != Some(version) {
-                return;
-            }
-            let Ok(body) = history::encode(before) else { return };
-            match write(&self.loc, &self.path(HISTORY), body, &Expect::Version(etag)).await {
-                Ok(true) => {
-                    self.write_common_metadata(before).await;
-                    return;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(dataset = %self.name, error = %e, "could not take a schema version back");
-                    return;
-                }
-            }
         }
     }
 
@@ -399,31 +365,18 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Records the schema and commits the manifest. On failure the claim is given up and
-    /// a schema version it recorded taken back.
+    /// Records the schema and commits the manifest. On failure the claim is given up.
     pub async fn commit(self, plan: &SinkPlan, origin: &Origin) -> Result<ObjectCommit, DataError> {
-        let mut undo = None;
-        match self.commit_inner(plan, origin, &mut undo).await {
-            Ok(mut c) => {
-                c.schema_undo = undo;
-                Ok(c)
-            }
+        match self.commit_inner(plan, origin).await {
+            Ok(c) => Ok(c),
             Err(e) => {
                 self.ds.restore(&self).await;
-                if let Some((v, before)) = &undo {
-                    self.ds.revert_schema(*v, before).await;
-                }
                 Err(e)
             }
         }
     }
 
-    async fn commit_inner(
-        &self,
-        plan: &SinkPlan,
-        origin: &Origin,
-        undo: &mut Option<(u32, History)>,
-    ) -> Result<ObjectCommit, DataError> {
+    async fn commit_inner(&self, plan: &SinkPlan, origin: &Origin) -> Result<ObjectCommit, DataError> {
         let wrote = Schema {
             columns: self
                 .wrote
@@ -433,7 +386,7 @@ impl Staged {
                 .collect(),
             partition: plan.schema.partition.clone(),
         };
-        let version = self.ds.record_schema(plan, &wrote, origin, undo).await?;
+        let version = self.ds.record_schema(plan, &wrote, origin).await?;
         let (loc, manifest) = (&self.ds.loc, &self.manifest);
         let mine = &self.claim.files;
         let mut done = self.claim.clone();
@@ -479,7 +432,6 @@ impl Staged {
                 wrote: self.wrote.clone(),
             },
             version,
-            schema_undo: None,
         }
     }
 
@@ -495,8 +447,6 @@ pub struct ObjectCommit {
     staged: Staged,
     /// The schema version the write's files hold.
     pub version: Option<u32>,
-    /// The version this commit recorded, with the history before it.
-    schema_undo: Option<(u32, History)>,
 }
 
 impl ObjectCommit {
@@ -529,12 +479,9 @@ impl ObjectCommit {
         }
     }
 
-    /// Takes the commit back: the input's previous files become its files again, and a
-    /// schema version it recorded goes if nothing was built on it.
+    /// Takes the commit back: the input's previous files become its files again (a
+    /// schema version it recorded stays, see [`ObjectDataset::record_schema`]).
     pub async fn undo(self) {
         self.staged.ds.restore(&self.staged).await;
-        if let Some((v, before)) = &self.schema_undo {
-            self.staged.ds.revert_schema(*v, before).await;
-        }
     }
 }

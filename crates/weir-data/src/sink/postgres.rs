@@ -97,8 +97,21 @@ fn of_pg_type(t: &str) -> ColumnType {
     }
 }
 
-/// The bookkeeping tables, made once per database.
-async fn bookkeeping(tx: &mut PgConnection) -> Result<(), DataError> {
+/// Makes the bookkeeping tables if they are not there, in a short transaction of its own
+/// (never inside a load's: its lock would serialize every load into the database). Call
+/// it before loads on a connection; cheap once they exist.
+pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
+    let ready: bool = sqlx::query_scalar(
+        "SELECT to_regclass('weir_sink_schemas') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
+           WHERE attrelid = to_regclass('weir_sink_loads') AND attname = 'nonce' AND NOT attisdropped)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(sink_err)?;
+    if ready {
+        return Ok(());
+    }
+    let mut tx = conn.begin().await.map_err(sink_err)?;
     // One creator of the bookkeeping tables at a time, in this database.
     sqlx::query("SELECT pg_advisory_xact_lock(7415925461)").execute(&mut *tx).await.map_err(sink_err)?;
     // One statement at a time: raw_sql's multi-statement future is not Send across awaits.
@@ -113,7 +126,7 @@ async fn bookkeeping(tx: &mut PgConnection) -> Result<(), DataError> {
     ] {
         sqlx::query(sql).execute(&mut *tx).await.map_err(sink_err)?;
     }
-    Ok(())
+    tx.commit().await.map_err(sink_err)
 }
 
 /// The table's columns as a schema (`None`: no such table). `_weir_input` is Weir's
@@ -233,12 +246,12 @@ pub struct Loaded {
 }
 
 /// Loads one input in `tx`, changing the table's schema as its plan says; nothing is
-/// visible until the caller commits `tx`.
+/// visible until the caller commits `tx`. The bookkeeping tables must exist
+/// ([`bookkeeping`], on the same database first).
 pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, DataError> {
     let target = load.target;
     let table = quote_table(&target.table);
     sqlx::query("SET LOCAL TIME ZONE 'UTC'").execute(&mut *tx).await.map_err(sink_err)?;
-    bookkeeping(tx).await?;
     let mut version = None;
     let now = table_schema(tx, &target.table).await?;
     if load.staged.is_none() && now.is_none() {
@@ -252,75 +265,91 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
         (Some(_), None) => false,
     };
     if !load.plan.changes.is_empty() || !in_sync {
-        // Schema changes to this table, one load at a time.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('weir:' || $1, 0))")
-            .bind(&target.table)
-            .execute(&mut *tx)
-            .await
-            .map_err(sink_err)?;
-        let now = table_schema(tx, &target.table).await?;
-        let mut h = history(tx, &target.table).await?;
-        match &now {
-            None if !target.create => {
-                return Err(DataError::Config(format!(
-                    "table {} does not exist: create it, or set create: true in the sink",
-                    target.table
-                )))
-            }
+        // Schema changes to this table, one load at a time, on a fresh view of the
+        // catalog: a lock on the table (plain loads go on beside it; acquiring it also
+        // makes this session see what others committed), or, before the table exists, one
+        // on its name.
+        let mut now = match now {
+            Some(_) => lock_for_changes(tx, &table, &target.table).await?,
             None => {
-                let mut defs: Vec<String> = load
-                    .plan
-                    .schema
-                    .columns
-                    .iter()
-                    .map(|c| {
-                        let null = if c.nullable { "" } else { " NOT NULL" };
-                        format!("{} {}{null}", quote_ident(&c.name), pg_type(c.kind))
-                    })
-                    .collect();
-                if target.key.is_empty() {
-                    defs.push(format!("{} text NOT NULL", quote_ident(INPUT_COLUMN)));
-                } else {
-                    let k: Vec<String> = target.key.iter().map(|k| quote_ident(k)).collect();
-                    defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
-                }
-                sqlx::query(&format!("CREATE TABLE {table} ({})", defs.join(", ")))
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('weir:' || $1, 0))")
+                    .bind(&target.table)
                     .execute(&mut *tx)
                     .await
                     .map_err(sink_err)?;
-                let n = h.push(load.plan.schema.clone(), vec![Change::Created], load.origin.clone());
-                record_current(tx, &target.table, &h).await?;
-                version = Some(n);
+                table_schema(tx, &target.table).await?
             }
-            Some(n) => {
-                if h.current().is_none_or(|v| !same_columns(n, &v.schema)) {
-                    // Made or altered outside Weir: recorded as found.
-                    h.push(n.clone(), vec![Change::Adopted], Origin::default());
-                    record_current(tx, &target.table, &h).await?;
-                }
-                let merged =
-                    merge(Some(n), load.plan, &load.plan.schema, &load.target.name()).map_err(DataError::Sink)?;
-                for ch in &merged.changes {
-                    let sql = match ch {
-                        Change::Added { column, kind } => format!(
-                            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}",
-                            quote_ident(column),
-                            pg_type(*kind)
-                        ),
-                        Change::Widened { column, to, .. } => format!(
-                            "ALTER TABLE {table} ALTER COLUMN {c} TYPE {t} USING {c}::{t}",
-                            c = quote_ident(column),
-                            t = pg_type(*to)
-                        ),
-                        Change::Created | Change::Adopted => continue,
-                    };
-                    sqlx::query(&sql).execute(&mut *tx).await.map_err(sink_err)?;
-                }
-                if !merged.changes.is_empty() {
-                    let n = h.push(merged.schema, merged.changes, load.origin.clone());
+        };
+        let mut h = history(tx, &target.table).await?;
+        if now.is_none() {
+            if !target.create {
+                return Err(DataError::Config(format!(
+                    "table {} does not exist: create it, or set create: true in the sink",
+                    target.table
+                )));
+            }
+            let mut defs: Vec<String> = load
+                .plan
+                .schema
+                .columns
+                .iter()
+                .map(|c| {
+                    let null = if c.nullable { "" } else { " NOT NULL" };
+                    format!("{} {}{null}", quote_ident(&c.name), pg_type(c.kind))
+                })
+                .collect();
+            if target.key.is_empty() {
+                defs.push(format!("{} text NOT NULL", quote_ident(INPUT_COLUMN)));
+            } else {
+                let k: Vec<String> = target.key.iter().map(|k| quote_ident(k)).collect();
+                defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
+            }
+            sqlx::query("SAVEPOINT weir_create").execute(&mut *tx).await.map_err(sink_err)?;
+            match sqlx::query(&format!("CREATE TABLE {table} ({})", defs.join(", "))).execute(&mut *tx).await {
+                Ok(_) => {
+                    sqlx::query("RELEASE SAVEPOINT weir_create").execute(&mut *tx).await.map_err(sink_err)?;
+                    let n = h.push(load.plan.schema.clone(), vec![Change::Created], load.origin.clone());
                     record_current(tx, &target.table, &h).await?;
                     version = Some(n);
                 }
+                // Made meanwhile by someone the catalog had not shown yet: take it as it is.
+                Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P07") => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT weir_create").execute(&mut *tx).await.map_err(sink_err)?;
+                    now = lock_for_changes(tx, &table, &target.table).await?;
+                    h = history(tx, &target.table).await?;
+                }
+                Err(e) => return Err(sink_err(e)),
+            }
+        }
+        if let (Some(n), None) = (&now, version) {
+            if h.current().is_none_or(|v| !same_columns(n, &v.schema)) {
+                // Made or altered outside Weir: recorded as found.
+                h.push(n.clone(), vec![Change::Adopted], Origin::default());
+                record_current(tx, &target.table, &h).await?;
+            }
+            let merged = merge(Some(n), load.plan, &load.plan.schema, &load.target.name()).map_err(DataError::Sink)?;
+            for ch in &merged.changes {
+                let sql = match ch {
+                    Change::Added { column, kind } => {
+                        format!(
+                            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}",
+                            quote_ident(column),
+                            pg_type(*kind)
+                        )
+                    }
+                    Change::Widened { column, to, .. } => format!(
+                        "ALTER TABLE {table} ALTER COLUMN {c} TYPE {t} USING {c}::{t}",
+                        c = quote_ident(column),
+                        t = pg_type(*to)
+                    ),
+                    Change::Created | Change::Adopted => continue,
+                };
+                sqlx::query(&sql).execute(&mut *tx).await.map_err(sink_err)?;
+            }
+            if !merged.changes.is_empty() {
+                let n = h.push(merged.schema, merged.changes, load.origin.clone());
+                record_current(tx, &target.table, &h).await?;
+                version = Some(n);
             }
         }
     }
@@ -363,7 +392,7 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
             .map_err(sink_err)?;
         let mut all = names.clone();
         all.push(quote_ident(INPUT_COLUMN));
-        let sql = format!("COPY {table} ({}) FROM STDIN (FORMAT csv, NULL '\\N')", all.join(", "));
+        let sql = format!("COPY {table} ({}) FROM STDIN (FORMAT csv)", all.join(", "));
         match load.staged {
             Some(staged) => copy(tx, &sql, staged.to_path_buf(), copy_schema, Some(load.key.to_string())).await?,
             None => 0,
@@ -378,7 +407,7 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
         .map_err(sink_err)?;
         let n = copy(
             tx,
-            &format!("COPY weir_stage ({}) FROM STDIN (FORMAT csv, NULL '\\N')", names.join(", ")),
+            &format!("COPY weir_stage ({}) FROM STDIN (FORMAT csv)", names.join(", ")),
             staged.to_path_buf(),
             copy_schema,
             None,
@@ -423,6 +452,17 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
     Ok(Loaded { rows, version })
 }
 
+/// Locks an existing table against other loads' schema changes until the transaction
+/// ends (SHARE UPDATE EXCLUSIVE: not against plain loads), and reads its columns as they
+/// are now — acquiring a table lock makes the session see what others committed.
+async fn lock_for_changes(tx: &mut PgConnection, quoted: &str, table: &str) -> Result<Option<Schema>, DataError> {
+    sqlx::query(&format!("LOCK TABLE {quoted} IN SHARE UPDATE EXCLUSIVE MODE"))
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+    table_schema(tx, table).await
+}
+
 /// Whether two schemas have the same columns, names and types (nullability aside:
 /// PostgreSQL's defaults make a required column optional to a load).
 fn same_columns(a: &Schema, b: &Schema) -> bool {
@@ -430,9 +470,34 @@ fn same_columns(a: &Schema, b: &Schema) -> bool {
         && a.columns.iter().zip(&b.columns).all(|(x, y)| x.name == y.name && x.kind == y.kind)
 }
 
-/// Whether the load recorded with `nonce` committed: asked after a commit whose
-/// outcome is unknown (the connection died during it).
-pub async fn committed(conn: &mut PgConnection, table: &str, key: &str, nonce: &str) -> Result<bool, DataError> {
+/// Whether the load recorded with `nonce` committed: asked, on another connection,
+/// after a commit whose outcome is unknown (the connection died during it). The load's
+/// session (`pid`) may still be finishing that commit on the server, so it is ended and
+/// waited for first: the answer is then final.
+pub async fn committed(
+    conn: &mut PgConnection,
+    pid: i32,
+    table: &str,
+    key: &str,
+    nonce: &str,
+) -> Result<bool, DataError> {
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&mut *conn).await.map_err(sink_err)?;
+    let mut gone = false;
+    for _ in 0..100 {
+        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+            .bind(pid)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sink_err)?;
+        if !alive {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !gone {
+        return Err(DataError::Sink(format!("the load's session {pid} did not end within 10 s")));
+    }
     let got: Option<Option<String>> =
         sqlx::query_scalar("SELECT nonce FROM weir_sink_loads WHERE target = $1 AND input_key = $2")
             .bind(table)
@@ -474,6 +539,7 @@ pub async fn load(
     };
     let plan = WritePlan::for_sinks(&[view], &input).map_err(DataError::Schema)?;
     let columns: Vec<String> = input.iter().map(|c| c.name.clone()).collect();
+    bookkeeping(conn).await?;
     let mut tx: Transaction<'_, Postgres> = conn.begin().await.map_err(sink_err)?;
     let nonce = uuid::Uuid::new_v4().to_string();
     let l = Load {
@@ -509,10 +575,7 @@ async fn copy(
                 if let Some(k) = &input {
                     batch = with_input_column(&batch, k)?;
                 }
-                let mut w =
-                    arrow_csv::WriterBuilder::new().with_header(false).with_null("\\N".into()).build(Vec::new());
-                w.write(&batch)?;
-                if tx.blocking_send(Ok(w.into_inner())).is_err() {
+                if tx.blocking_send(Ok(csv_rows(&batch)?)).is_err() {
                     return Ok(());
                 }
             }
@@ -539,6 +602,48 @@ async fn copy(
     }
     let _ = producer.await;
     copy_in.finish().await.map_err(sink_err)
+}
+
+/// A batch as COPY's CSV: a null is an unquoted empty field, every text value is quoted
+/// (so `""` is an empty string and a text `\N` is text), the rest as arrow displays them
+/// (numbers, booleans, ISO dates, RFC 3339 timestamps), which PostgreSQL reads.
+fn csv_rows(batch: &RecordBatch) -> Result<Vec<u8>, DataError> {
+    use arrow_cast::display::{ArrayFormatter, FormatOptions};
+    use std::fmt::Write as _;
+    let text: Vec<bool> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
+        .collect();
+    let fmts = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = String::with_capacity(batch.num_rows() * 64);
+    let mut field = String::new();
+    for row in 0..batch.num_rows() {
+        for (i, (col, fmt)) in batch.columns().iter().zip(&fmts).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            if col.is_null(row) {
+                continue;
+            }
+            field.clear();
+            let _ = write!(field, "{}", fmt.value(row));
+            if text[i] || field.contains([',', '"', '\n', '\r']) {
+                out.push('"');
+                out.push_str(&field.replace('"', "\"\""));
+                out.push('"');
+            } else {
+                out.push_str(&field);
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
 }
 
 fn with_input_column(batch: &RecordBatch, key: &str) -> Result<RecordBatch, DataError> {
