@@ -804,6 +804,14 @@ mod tests {
         assert_eq!(typed.column(1).as_primitive::<Date32Type>().value(2), 1);
     }
 
+    /// One text column `c` declared as `kind` with its own null marker, typed.
+    fn with_own_nulls(values: &[Option<&str>], kind: ColumnType, marker: &str) -> RecordBatch {
+        let b = text(&[("c", values.to_vec())]);
+        let decl =
+            vec![ColumnSpec { name: "c".into(), kind, nullable: true, null_values: Some(vec![marker.to_string()]) }];
+        Target::resolve(Some(&decl), &b, false).expect("binds").apply(&b).expect("apply").0
+    }
+
     fn one_column(name: &str, kind: ColumnType) -> Schema {
         Schema {
             columns: vec![weir_core::dataset::schema::Column { name: name.into(), kind, nullable: true }],
@@ -854,14 +862,7 @@ mod tests {
         assert!(problems.iter().all(Option::is_none));
         assert!(typed.column(0).is_null(1));
 
-        let first = text(&[("n", vec![Some("7"), Some("-1")])]);
-        let decl = vec![ColumnSpec {
-            name: "n".into(),
-            kind: ColumnType::Int64,
-            nullable: true,
-            null_values: Some(vec!["-1".into()]),
-        }];
-        let (typed, _) = Target::resolve(Some(&decl), &first, false).expect("binds").apply(&first).expect("apply");
+        let typed = with_own_nulls(&[Some("7"), Some("-1")], ColumnType::Int64, "-1");
         assert_eq!(typed.column(0).as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), vec![Some(7), None]);
     }
 
@@ -888,14 +889,7 @@ mod tests {
         assert_eq!(problems[0].as_ref().map(|p| p.0), Some("type"), "\"1\" is not a timestamp");
 
         // A column's own null markers apply to it whatever its type.
-        let b = text(&[("code", vec![Some("-"), Some("A")])]);
-        let decl = vec![ColumnSpec {
-            name: "code".into(),
-            kind: ColumnType::String,
-            nullable: true,
-            null_values: Some(vec!["-".into()]),
-        }];
-        let (typed, _) = Target::resolve(Some(&decl), &b, false).expect("binds").apply(&b).expect("apply");
+        let typed = with_own_nulls(&[Some("-"), Some("A")], ColumnType::String, "-");
         assert_eq!(typed.column(0).as_string::<i32>().iter().collect::<Vec<_>>(), vec![None, Some("A")]);
     }
 
