@@ -19,6 +19,7 @@ test:
 	./scripts/ensure-python-peer.sh
 	./scripts/ensure-tansu.sh
 	./scripts/ensure-azurite.sh
+	./scripts/ensure-wiremock.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

@@ -696,3 +696,84 @@ impl GcsEmulator {
         serde_json::json!({"uri": uri, "endpoint": self.endpoint, "credentials": {"env": creds}})
     }
 }
+
+/// WireMock's standalone server (the npm registry's `wiremock` package, its jar run on
+/// the machine's Java; `scripts/ensure-wiremock.sh`) on a loopback port, scripted through
+/// its admin API; killed when dropped.
+pub struct WireMock {
+    pub url: String,
+    admin: reqwest::Client,
+    _child: Child,
+}
+
+impl WireMock {
+    pub async fn start() -> WireMock {
+        let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+        let dir = std::env::var("WEIR_WIREMOCK_DIR").map(PathBuf::from).unwrap_or(home.join(".cache/weir/wiremock"));
+        let jar = dir.join("node_modules/wiremock/build/wiremock-standalone-3.13.2.jar");
+        assert!(jar.exists(), "{} missing: run scripts/ensure-wiremock.sh (make test does)", jar.display());
+        let port = free_port();
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar"]).arg(&jar).args([
+            "--port",
+            &port.to_string(),
+            "--bind-address",
+            "127.0.0.1",
+            "--disable-banner",
+        ]);
+        let child = start_peer(cmd, port, "wiremock").await;
+        let w = WireMock { url: format!("http://127.0.0.1:{port}"), admin: reqwest::Client::new(), _child: child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while w.admin.get(format!("{}/__admin/health", w.url)).send().await.map(|r| r.status().is_success()).ok()
+            != Some(true)
+        {
+            assert!(Instant::now() < deadline, "wiremock never became healthy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        w
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let mut r = self.admin.request(method, format!("{}/__admin/{path}", self.url));
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = r.send().await.expect("wiremock admin");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("admin body");
+        assert!(status.is_success(), "wiremock admin {path}: {status} {}", String::from_utf8_lossy(&bytes));
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Adds a stub mapping (WireMock's JSON: `{"request": …, "response": …}`).
+    pub async fn stub(&self, mapping: serde_json::Value) {
+        self.admin(reqwest::Method::POST, "mappings", Some(mapping)).await;
+    }
+
+    /// How many requests matched `pattern` (WireMock's request pattern JSON).
+    pub async fn count(&self, pattern: serde_json::Value) -> u64 {
+        self.admin(reqwest::Method::POST, "requests/count", Some(pattern)).await["count"].as_u64().unwrap_or(0)
+    }
+
+    /// Every request the server saw, oldest first: (method, url, logged time in ms).
+    pub async fn requests(&self) -> Vec<(String, String, i64)> {
+        let all = self.admin(reqwest::Method::GET, "requests", None).await;
+        let mut out: Vec<(String, String, i64)> = all["requests"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        let q = &r["request"];
+                        (
+                            q["method"].as_str().unwrap_or("").to_string(),
+                            q["url"].as_str().unwrap_or("").to_string(),
+                            q["loggedDate"].as_i64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|r| r.2);
+        out
+    }
+}

@@ -9,9 +9,9 @@
 //! | `sleep` | `{"duration": "2s"}`                                | waits, heartbeating, then succeeds |
 //! | `fail`  | `{"message": "...", "error_kind": "...", "retryable": true, "attempts": N}` | fails; with `attempts` it fails only the first N attempts |
 //!
-//! The file queue also runs `discover`, `fetch` and `archive` ([`crate::files`]); the
-//! batch queue also runs the data kinds `convert`, `quality` and `store`, whose config
-//! is a [`crate::dataset::DataStep`] (format, schema, rules, sinks).
+//! The file queue also runs `probe`, `discover`, `fetch` and `archive` ([`crate::files`]);
+//! the batch queue the data kinds `convert`, `quality`, `store` ([`crate::dataset`]) and
+//! `reconcile`; the api queue `collect` ([`crate::api`]). The table of kinds is `KINDS`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,20 +69,43 @@ pub const GENERIC_KINDS: [&str; 3] = ["noop", "sleep", "fail"];
 /// The data kinds the batch queue runs (config: [`crate::dataset::DataStep`]).
 pub const BATCH_KINDS: [&str; 3] = ["convert", "quality", "store"];
 
-const BATCH_QUEUE_KINDS: [&str; 7] = ["noop", "sleep", "fail", "convert", "quality", "store", "reconcile"];
-
 /// The file kinds the file queue runs (configs: [`crate::files`]).
 pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 
-const FILE_QUEUE_KINDS: [&str; 7] = ["noop", "sleep", "fail", "probe", "discover", "fetch", "archive"];
+/// The kinds the api queue runs (config: [`crate::api::CollectStep`]).
+pub const API_KINDS: [&str; 1] = ["collect"];
+
+/// A step kind: the queues that run it and how its config is checked at submission.
+struct Kind {
+    name: &'static str,
+    queues: &'static [Queue],
+    check: fn(&str, Option<&Value>) -> Result<(), String>,
+}
+
+/// Every kind Weir knows, in one place: a manager's new kind is one line here and its
+/// config's own module.
+const KINDS: &[Kind] = &[
+    Kind { name: "noop", queues: &Queue::ALL, check: |_, _| Ok(()) },
+    Kind { name: "sleep", queues: &Queue::ALL, check: |_, c| sleep_duration(c).map(|_| ()) },
+    Kind { name: "fail", queues: &Queue::ALL, check: |_, c| fail_config(c).map(|_| ()) },
+    Kind { name: "convert", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
+    Kind { name: "quality", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
+    Kind { name: "store", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
+    Kind {
+        name: "reconcile",
+        queues: &[Queue::Batch],
+        check: |_, c| crate::dataset::ReconcileStep::parse(c).map(|_| ()),
+    },
+    Kind { name: "probe", queues: &[Queue::File], check: |_, c| crate::files::ProbeStep::parse(c).map(|_| ()) },
+    Kind { name: "discover", queues: &[Queue::File], check: |_, c| crate::files::DiscoverStep::parse(c).map(|_| ()) },
+    Kind { name: "fetch", queues: &[Queue::File], check: |_, c| crate::files::FetchStep::parse(c).map(|_| ()) },
+    Kind { name: "archive", queues: &[Queue::File], check: |_, c| crate::files::ArchiveStep::parse(c).map(|_| ()) },
+    Kind { name: "collect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+];
 
 /// The kinds a queue accepts.
-pub fn kinds_for(queue: Queue) -> &'static [&'static str] {
-    match queue {
-        Queue::Batch => &BATCH_QUEUE_KINDS,
-        Queue::File => &FILE_QUEUE_KINDS,
-        _ => &GENERIC_KINDS,
-    }
+pub fn kinds_for(queue: Queue) -> Vec<&'static str> {
+    KINDS.iter().filter(|k| k.queues.contains(&queue)).map(|k| k.name).collect()
 }
 
 /// Longest `sleep` a step may ask for.
@@ -90,37 +113,10 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Checks that `kind` runs on `queue` and that `config` suits it; the error names the problem.
 pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<(), String> {
-    if !kinds_for(queue).contains(&kind) {
-        return Err(format!("unknown kind {kind:?} for queue {queue} (known: {})", kinds_for(queue).join(", ")));
+    match KINDS.iter().find(|k| k.name == kind && k.queues.contains(&queue)) {
+        Some(k) => (k.check)(kind, config),
+        None => Err(format!("unknown kind {kind:?} for queue {queue} (known: {})", kinds_for(queue).join(", "))),
     }
-    match kind {
-        "sleep" => {
-            sleep_duration(config)?;
-        }
-        "fail" => {
-            fail_config(config)?;
-        }
-        k if BATCH_KINDS.contains(&k) => {
-            crate::dataset::DataStep::parse(k, config)?;
-        }
-        "reconcile" => {
-            crate::dataset::ReconcileStep::parse(config)?;
-        }
-        "probe" => {
-            crate::files::ProbeStep::parse(config)?;
-        }
-        "discover" => {
-            crate::files::DiscoverStep::parse(config)?;
-        }
-        "fetch" => {
-            crate::files::FetchStep::parse(config)?;
-        }
-        "archive" => {
-            crate::files::ArchiveStep::parse(config)?;
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// The duration of a `sleep` step.

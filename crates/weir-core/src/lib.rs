@@ -8,6 +8,7 @@
 //!   schemas and their history ([`dataset::schema`]), and the contracts that reconcile an
 //!   input with them ([`dataset::contract`]).
 //! - [`files`]: locations, watches and the file kinds' configs; discovery events.
+//! - [`api`]: the api kind's config: a resource, its pagination, records and auth.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.
 //! - [`model`]: job, task and event records, as stored.
@@ -19,6 +20,7 @@
 //!
 //! No tokio, no database, no network here: those live in `weir-store` and `weir-master`.
 
+pub mod api;
 pub mod calendar;
 pub mod catalog;
 pub mod dataset;

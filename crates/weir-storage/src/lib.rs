@@ -122,7 +122,6 @@ impl std::fmt::Debug for Location {
 
 /// Reads secrets: the environment (`<PREFIX>_<KEY>`) or a `key=value` file.
 fn secrets(spec: &LocationSpec, uri: &str) -> Result<HashMap<String, String>, StorageError> {
-    let bad = |m: String| StorageError::Config { uri: uri.to_string(), message: m };
     let keys = [
         "access_key_id",
         "secret_access_key",
@@ -133,31 +132,36 @@ fn secrets(spec: &LocationSpec, uri: &str) -> Result<HashMap<String, String>, St
         "credential",
         "token",
     ];
-    let mut out = HashMap::new();
     match &spec.credentials {
-        None => {}
-        Some(CredentialsRef::Env(prefix)) => {
+        None => Ok(HashMap::new()),
+        Some(c) => read_secrets(c, &keys).map_err(|m| StorageError::Config { uri: uri.to_string(), message: m }),
+    }
+}
+
+/// Reads the secrets a reference names, among `keys` (lower case): from the environment
+/// (`<PREFIX>_<KEY>`, at least one of them set) or a mounted file of `key=value` lines
+/// (no other keys). The error names the reference, never a value.
+pub fn read_secrets(creds: &CredentialsRef, keys: &[&str]) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    match creds {
+        CredentialsRef::Env(prefix) => {
             for k in keys {
                 if let Ok(v) = std::env::var(format!("{prefix}_{}", k.to_ascii_uppercase())) {
                     out.insert(k.to_string(), v);
                 }
             }
             if out.is_empty() {
-                return Err(bad(format!("credentials.env {prefix:?}: no {prefix}_* variable is set")));
+                return Err(format!("credentials.env {prefix:?}: no {prefix}_* variable is set"));
             }
         }
-        Some(CredentialsRef::File(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| bad(format!("credentials file {path}: {e}")))?;
+        CredentialsRef::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("credentials file {path}: {e}"))?;
             for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-                let (k, v) = line
-                    .split_once('=')
-                    .ok_or_else(|| bad(format!("credentials file {path}: a line is not key=value")))?;
+                let (k, v) =
+                    line.split_once('=').ok_or_else(|| format!("credentials file {path}: a line is not key=value"))?;
                 let k = k.trim().to_ascii_lowercase();
                 if !keys.contains(&k.as_str()) {
-                    return Err(bad(format!(
-                        "credentials file {path}: unknown key {k:?} (known: {})",
-                        keys.join(", ")
-                    )));
+                    return Err(format!("credentials file {path}: unknown key {k:?} (known: {})", keys.join(", ")));
                 }
                 out.insert(k, v.trim().to_string());
             }

@@ -1,0 +1,386 @@
+//! An API as the manager holds it — its HTTP client (a pool of at most 10 connections,
+//! idle ones closed after 30 minutes), its credentials and its rate limits — and the
+//! sending of one request with what the server says honoured:
+//!
+//! - 429 and 503 wait `Retry-After` (seconds or an HTTP date) before the next try;
+//!   `RateLimit-Remaining`/`X-RateLimit-Remaining: 0` holds the API's next request until
+//!   the reset;
+//! - other 5xx, timeouts, resets and truncated bodies back off exponentially with jitter;
+//! - a 401 renews the credentials once (OAuth2) and tries again;
+//! - any other 4xx, too many redirects, or a body over the limit fail for good, naming the
+//!   URL (its secret parameters masked) and the status.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+use weir_core::spec::RetryPolicy;
+
+use crate::auth::Auth;
+use crate::error::CollectError;
+
+/// Longest wait a server's `Retry-After` may ask; a longer one fails the attempt (retried
+/// by the task's own policy) rather than holding a lease.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
+
+/// Requests per minute and burst of one limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// A token bucket, or none (`per_minute` 0: unlimited).
+pub fn limiter(rate: Rate) -> Option<Arc<DefaultDirectRateLimiter>> {
+    let per_minute = NonZeroU32::new(rate.per_minute)?;
+    let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Some(Arc::new(RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst))))
+}
+
+/// An API: its client, credentials and limits, shared by every task that collects from it.
+pub struct Api {
+    pub name: String,
+    pub http: reqwest::Client,
+    pub auth: Option<Arc<dyn Auth>>,
+    /// This API's bucket, then the manager's (every API).
+    pub limits: Vec<Arc<DefaultDirectRateLimiter>>,
+    /// The server said to wait: no request before this.
+    hold: Mutex<Option<Instant>>,
+}
+
+/// An API's client (a request's timeout is the step's, set per request).
+pub fn http_client() -> Result<reqwest::Client, CollectError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(10)
+        .pool_idle_timeout(Duration::from_secs(30 * 60))
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CollectError::Config(format!("cannot make an HTTP client: {e}")))
+}
+
+/// One request, before credentials.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub post: bool,
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+}
+
+/// A page as it came.
+pub struct Fetched {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Counts of one collection, for its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub retried: u64,
+    pub bytes: u64,
+}
+
+/// How hard to try one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Effort {
+    pub max_attempts: u32,
+    pub max_bytes: u64,
+    /// Each attempt's limit, from sending to the last byte.
+    pub timeout: Duration,
+}
+
+/// `url` with its secret query parameters masked, for messages.
+pub fn shown(url: &Url, secret: &[String]) -> String {
+    if secret.is_empty() || url.query().is_none() {
+        return url.to_string();
+    }
+    let mut u = url.clone();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if secret.iter().any(|s| s == &k) { "***".to_string() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
+}
+
+/// What `Retry-After` asks: seconds, or an HTTP date.
+pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// How long until the server's rate-limit window resets, when it says none is left.
+fn exhausted_for(h: &HeaderMap) -> Option<Duration> {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let remaining = get("ratelimit-remaining").or_else(|| get("x-ratelimit-remaining"))?;
+    if remaining > 0 {
+        return None;
+    }
+    let reset = get("ratelimit-reset").or_else(|| get("x-ratelimit-reset"))?;
+    // A large number is an epoch time (GitHub's X-RateLimit-Reset), else seconds to go.
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Some(Duration::from_secs(if reset > 1_000_000_000 { reset.saturating_sub(now) } else { reset }))
+}
+
+/// The backoff of request attempts: 250 ms doubling to 30 s, ±20 %.
+fn backoff(attempt: u32, seed: u128) -> Duration {
+    let p = RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_interval: Some(Duration::from_millis(250)),
+        backoff_coefficient: 2.0,
+        max_interval: Some(Duration::from_secs(30)),
+        jitter: 0.2,
+        non_retryable_error_kinds: vec![],
+    };
+    p.backoff(attempt, seed)
+}
+
+impl Api {
+    pub fn new(
+        name: &str,
+        http: reqwest::Client,
+        auth: Option<Arc<dyn Auth>>,
+        limits: Vec<Arc<DefaultDirectRateLimiter>>,
+    ) -> Api {
+        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None) }
+    }
+
+    /// Waits for this API's turn: the server's hold, then every bucket.
+    async fn turn(&self, cancel: &CancellationToken) -> Result<(), CollectError> {
+        let hold = *self.hold.lock().await;
+        if let Some(until) = hold {
+            if let Some(wait) = until.checked_duration_since(Instant::now()) {
+                sleep(wait, cancel).await?;
+            }
+        }
+        for l in &self.limits {
+            tokio::select! {
+                _ = l.until_ready() => {}
+                _ = cancel.cancelled() => return Err(CollectError::Cancelled),
+            }
+        }
+        Ok(())
+    }
+
+    async fn hold_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut h = self.hold.lock().await;
+        if h.is_none_or(|t| t < until) {
+            *h = Some(until);
+        }
+    }
+
+    /// Sends one request until it succeeds or fails for good.
+    pub async fn fetch(
+        &self,
+        req: &Request,
+        effort: Effort,
+        cancel: &CancellationToken,
+        stats: &mut Stats,
+    ) -> Result<Fetched, CollectError> {
+        let mut renewed = false;
+        let mut attempt = 0u32;
+        let seed = seed_of(req.url.as_str());
+        loop {
+            attempt += 1;
+            self.turn(cancel).await?;
+            let creds = match &self.auth {
+                Some(a) => a.credentials().await?,
+                None => Default::default(),
+            };
+            let secret: Vec<String> = creds.query.iter().map(|(k, _)| k.clone()).collect();
+            let mut url = req.url.clone();
+            if !creds.query.is_empty() {
+                url.query_pairs_mut().extend_pairs(creds.query.iter());
+            }
+            let shown_url = shown(&url, &secret);
+            let mut b = if req.post { self.http.post(url) } else { self.http.get(url) };
+            b = b.timeout(effort.timeout);
+            for (k, v) in req.headers.iter().chain(&creds.headers) {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            if let Some(body) = &req.body {
+                b = b.header("content-type", "application/json").body(body.to_string());
+            }
+            stats.requests += 1;
+            let failure = match b.send().await {
+                Err(e) if e.is_redirect() => {
+                    return Err(CollectError::Refused(format!("api {}: {shown_url}: too many redirects", self.name)))
+                }
+                Err(e) => Failure::Retry(format!("api {}: {shown_url}: {}", self.name, cause(&e)), None),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    if let Some(wait) = exhausted_for(&headers) {
+                        self.hold_for(wait.min(MAX_SERVER_WAIT)).await;
+                    }
+                    match status.as_u16() {
+                        200..=299 => match read_body(resp, effort.max_bytes, &shown_url, cancel).await {
+                            Ok(body) => {
+                                stats.bytes += body.len() as u64;
+                                return Ok(Fetched { headers, body });
+                            }
+                            Err(ReadError::Fatal(e)) => return Err(e),
+                            Err(ReadError::Retry(m)) => Failure::Retry(format!("api {}: {m}", self.name), None),
+                        },
+                        401 if !renewed && self.auth.is_some() => {
+                            renewed = true;
+                            let again = match &self.auth {
+                                Some(a) => a.renew(creds.generation).await?,
+                                None => false,
+                            };
+                            if !again {
+                                return Err(unauthorized(&self.name, &shown_url));
+                            }
+                            attempt -= 1;
+                            continue;
+                        }
+                        401 => return Err(unauthorized(&self.name, &shown_url)),
+                        429 | 503 => Failure::Retry(
+                            format!("api {}: {shown_url} answered {status}", self.name),
+                            Some(retry_after(&headers).unwrap_or_else(|| backoff(attempt, seed))),
+                        ),
+                        500..=599 => Failure::Retry(format!("api {}: {shown_url} answered {status}", self.name), None),
+                        _ => {
+                            let body = resp.bytes().await.unwrap_or_default();
+                            let excerpt: String = String::from_utf8_lossy(&body[..body.len().min(200)]).into();
+                            return Err(CollectError::Refused(format!(
+                                "api {}: {shown_url} answered {status}: {}",
+                                self.name,
+                                excerpt.trim()
+                            )));
+                        }
+                    }
+                }
+            };
+            let Failure::Retry(message, wait) = failure;
+            if attempt >= effort.max_attempts {
+                return Err(CollectError::Transient(format!("{message} (after {attempt} attempts)")));
+            }
+            let wait = wait.unwrap_or_else(|| backoff(attempt, seed));
+            if wait > MAX_SERVER_WAIT {
+                return Err(CollectError::Transient(format!("{message}; it asks to wait {} s", wait.as_secs())));
+            }
+            stats.retried += 1;
+            tracing::debug!(api = %self.name, attempt, wait_ms = wait.as_millis() as u64, "{message}; retrying");
+            if wait > Duration::ZERO {
+                self.hold_for(wait).await;
+            }
+        }
+    }
+}
+
+enum Failure {
+    /// Worth another attempt, after the wait the server asked for (if it did).
+    Retry(String, Option<Duration>),
+}
+
+enum ReadError {
+    Fatal(CollectError),
+    Retry(String),
+}
+
+fn unauthorized(api: &str, url: &str) -> CollectError {
+    CollectError::Auth(format!("api {api}: {url} answered 401 Unauthorized: the credentials were refused"))
+}
+
+/// The innermost cause of a client error (reqwest's outer message says little).
+fn cause(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s = format!("{s}: {inner}");
+        src = inner.source();
+    }
+    s
+}
+
+/// Reads a body, at most `max` bytes.
+async fn read_body(
+    mut resp: reqwest::Response,
+    max: u64,
+    url: &str,
+    cancel: &CancellationToken,
+) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            c = resp.chunk() => c,
+            _ = cancel.cancelled() => return Err(ReadError::Fatal(CollectError::Cancelled)),
+        };
+        match chunk {
+            Ok(Some(c)) => {
+                if body.len() as u64 + c.len() as u64 > max {
+                    return Err(ReadError::Fatal(CollectError::BadPage(format!(
+                        "{url}: the page is over {max} bytes (max_page_bytes)"
+                    ))));
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body),
+            // A body cut short (the connection closed mid-way) is read again.
+            Err(e) => return Err(ReadError::Retry(format!("{url}: the body was cut short: {}", cause(&e)))),
+        }
+    }
+}
+
+async fn sleep(d: Duration, cancel: &CancellationToken) -> Result<(), CollectError> {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => Ok(()),
+        _ = cancel.cancelled() => Err(CollectError::Cancelled),
+    }
+}
+
+/// A seed for the jitter, from the URL.
+fn seed_of(s: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    let x = h.finish();
+    (u128::from(x) << 64) | u128::from(x.rotate_left(29))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_waits_read_in_seconds_or_dates() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().expect("header"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert("retry-after", later.parse().expect("header"));
+        let d = retry_after(&h).expect("a date");
+        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "0".parse().expect("header"));
+        h.insert("x-ratelimit-reset", "12".parse().expect("header"));
+        assert_eq!(exhausted_for(&h), Some(Duration::from_secs(12)));
+        h.insert("x-ratelimit-remaining", "5".parse().expect("header"));
+        assert_eq!(exhausted_for(&h), None);
+    }
+
+    #[test]
+    fn secret_parameters_are_masked() {
+        let u = Url::parse("https://api.test/x?page=2&api_key=s3cret").expect("url");
+        assert_eq!(shown(&u, &["api_key".into()]), "https://api.test/x?page=2&api_key=***");
+        assert_eq!(shown(&u, &[]), u.to_string());
+    }
+}

@@ -1,0 +1,603 @@
+//! The API manager's `collect` against a real HTTP server (WireMock's standalone jar, from
+//! the npm registry, on the machine's Java), through the master: every pagination style
+//! collecting every page once; every auth style, a token renewed on a 401 once, a rotated
+//! refresh token kept across a restart and `invalid_grant` failing without a retry; 429
+//! with Retry-After, 500s, a cut body, a slow response, a 404, a redirect loop and a page
+//! that is not JSON; the manager's rate limit as the server saw it; and collected records
+//! converted and stored, every record accounted for.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use weir_api_manager::client::Rate;
+use weir_api_manager::ApiSettings;
+use weir_proto::v1;
+use weir_tests::{job, run_manager, step, submit, tasks, wait_finished, Backend, InProcMaster, StoreFixture, WireMock};
+
+/// A master, an API manager and the HTTP server it collects from.
+struct Lab {
+    dir: tempfile::TempDir,
+    store: StoreFixture,
+    master: InProcMaster,
+    manager: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    server: WireMock,
+}
+
+/// How a job ended: its state, its collect task's output or error, its attempts.
+struct Run {
+    state: String,
+    output: Value,
+    kind: String,
+    error: String,
+    attempts: u32,
+}
+
+fn fast() -> Rate {
+    Rate { per_minute: 60_000, burst: 1000 }
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StoreFixture::new(Backend::Sqlite).await;
+        let master = InProcMaster::start(&store.url).await;
+        let server = WireMock::start().await;
+        let mut lab = Lab { dir, store, master, manager: None, server };
+        lab.manager(&lab.dir.path().join("data"), fast());
+        lab
+    }
+
+    /// (Re)starts the API manager with its data in `data` and this rate per API.
+    fn manager(&mut self, data: &Path, rate: Rate) {
+        if let Some((stop, _)) = self.manager.take() {
+            stop.cancel();
+        }
+        let settings =
+            ApiSettings { data_dir: data.to_path_buf(), api_rate: rate, global_rate: fast(), ..ApiSettings::default() };
+        self.manager = Some(run_manager(
+            weir_api_manager::spec_with(settings),
+            &self.master.url,
+            &format!("api-{}", uuid::Uuid::new_v4().simple()),
+            "",
+        ));
+    }
+
+    async fn stop_manager(&mut self) {
+        if let Some((stop, handle)) = self.manager.take() {
+            stop.cancel();
+            handle.await.expect("manager stops");
+        }
+    }
+
+    /// A collect config on this server: `extra` adds to (or overrides) api, base_url, path.
+    fn resource(&self, path: &str, extra: Value) -> Value {
+        let mut c = json!({"api": "test", "base_url": self.server.url, "path": path});
+        if let (Some(o), Value::Object(e)) = (c.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        c
+    }
+
+    /// Runs one collect job (one attempt).
+    async fn collect(&self, name: &str, config: Value) -> Run {
+        let mut s = step("collect", "collect", "api", &[]);
+        s.config_json = config.to_string();
+        s.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+        self.run(name, vec![s]).await
+    }
+
+    async fn run(&self, name: &str, steps: Vec<v1::StepSpec>) -> Run {
+        let mut jc = self.master.jobs();
+        let id = submit(&mut jc, job(name, steps)).await;
+        let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
+        let t = tasks(&mut jc, &id).await.into_iter().find(|t| t.step_id == "collect").expect("collect task");
+        Run {
+            state: weir_proto::convert::job_state_from_wire(done.state)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            output: serde_json::from_str(&t.output_json).unwrap_or(Value::Null),
+            kind: t.error_kind,
+            error: t.error_message,
+            attempts: t.attempt,
+        }
+    }
+
+    /// Runs a collect job that must succeed; returns its output.
+    async fn ok(&self, name: &str, config: Value) -> Value {
+        let r = self.collect(name, config).await;
+        assert_eq!(r.state, "succeeded", "{name}: {}: {}", r.kind, r.error);
+        r.output
+    }
+
+    async fn stop(mut self) {
+        self.stop_manager().await;
+        self.master.stop().await;
+        self.store.cleanup().await;
+    }
+}
+
+/// The `id` of every record in a collect output's staged files, in order.
+fn ids(output: &Value) -> Vec<i64> {
+    let mut out = Vec::new();
+    for f in output["files"].as_array().expect("files") {
+        let text = std::fs::read_to_string(PathBuf::from(f["path"].as_str().expect("path"))).expect("staged file");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("a record");
+            out.push(v["id"].as_i64().expect("id"));
+        }
+    }
+    out
+}
+
+fn items(ids: &[i64]) -> Value {
+    Value::Array(ids.iter().map(|i| json!({"id": i, "name": format!("item {i}")})).collect())
+}
+
+/// A GET stub of `path` with these query parameters (`absent` for ones that must not be).
+fn get(path: &str, query: Value, response: Value) -> Value {
+    json!({"request": {"method": "GET", "urlPath": path, "queryParameters": query}, "response": response})
+}
+
+fn body(v: Value) -> Value {
+    json!({"status": 200, "jsonBody": v})
+}
+
+fn counts(o: &Value) -> (u64, u64) {
+    (o["pages"].as_u64().unwrap_or(0), o["records"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn every_pagination_style_collects_every_page_once() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    let none = |p: &str| json!({p: {"absent": true}});
+    let eq = |p: &str, v: &str| json!({p: {"equalTo": v}});
+
+    // A next URL in the body, relative or absolute.
+    w.stub(get("/n/items", none("p"), body(json!({"items": items(&[1, 2]), "next": "/n/items?p=2"})))).await;
+    w.stub(get(
+        "/n/items",
+        eq("p", "2"),
+        body(json!({"items": items(&[3]), "next": format!("{}/n/items?p=3", w.url)})),
+    ))
+    .await;
+    w.stub(get("/n/items", eq("p", "3"), body(json!({"items": items(&[4]), "next": null})))).await;
+    let o = lab
+        .ok(
+            "next-url",
+            lab.resource(
+                "/n/items",
+                json!({"paginator": {"type": "next_url", "path": "$.next"}, "records": "$.items[*]"}),
+            ),
+        )
+        .await;
+    assert_eq!((counts(&o), ids(&o)), ((3, 4), vec![1, 2, 3, 4]));
+    assert_eq!(o["requests"], 3);
+
+    // The Link header.
+    let link = |n: u32| json!({"Link": format!("<{}/l/items?page={n}>; rel=\"next\", <{}/l/items?page=9>; rel=\"last\"", w.url, w.url)});
+    w.stub(get("/l/items", none("page"), json!({"status": 200, "jsonBody": items(&[1, 2]), "headers": link(2)}))).await;
+    w.stub(get("/l/items", eq("page", "2"), json!({"status": 200, "jsonBody": items(&[3]), "headers": link(3)}))).await;
+    w.stub(get("/l/items", eq("page", "3"), body(items(&[4])))).await;
+    let o = lab.ok("link", lab.resource("/l/items", json!({"paginator": {"type": "link_header"}}))).await;
+    assert_eq!((counts(&o), ids(&o)), ((3, 4), vec![1, 2, 3, 4]));
+
+    // A cursor in the body, then one in a header.
+    w.stub(get("/c/items", none("after"), body(json!({"data": items(&[1, 2]), "meta": {"next": "abc"}})))).await;
+    w.stub(get("/c/items", eq("after", "abc"), body(json!({"data": items(&[3]), "meta": {"next": "def"}})))).await;
+    w.stub(get("/c/items", eq("after", "def"), body(json!({"data": items(&[4]), "meta": {"next": null}})))).await;
+    let o = lab
+        .ok(
+            "cursor",
+            lab.resource(
+                "/c/items",
+                json!({"paginator": {"type": "cursor", "path": "$.meta.next", "param": "after"}, "records": "$.data"}),
+            ),
+        )
+        .await;
+    assert_eq!((counts(&o), ids(&o)), ((3, 4), vec![1, 2, 3, 4]));
+    w.stub(get(
+        "/h/items",
+        none("cursor"),
+        json!({"status": 200, "jsonBody": items(&[1, 2]), "headers": {"X-Next-Cursor": "k2"}}),
+    ))
+    .await;
+    w.stub(get("/h/items", eq("cursor", "k2"), body(items(&[3])))).await;
+    let o = lab
+        .ok(
+            "cursor-header",
+            lab.resource(
+                "/h/items",
+                json!({"paginator": {"type": "cursor", "header": "X-Next-Cursor", "param": "cursor"}}),
+            ),
+        )
+        .await;
+    assert_eq!((counts(&o), ids(&o)), ((2, 3), vec![1, 2, 3]));
+
+    // Offset and limit up to the total; page numbers up to an empty page.
+    for (offset, ids) in [("0", vec![1, 2]), ("2", vec![3, 4]), ("4", vec![5])] {
+        w.stub(get(
+            "/o/items",
+            json!({"offset": {"equalTo": offset}, "limit": {"equalTo": "2"}}),
+            body(json!({"rows": items(&ids), "total": 5})),
+        ))
+        .await;
+    }
+    let o = lab
+        .ok(
+            "offset",
+            lab.resource(
+                "/o/items",
+                json!({"paginator": {"type": "offset", "limit": 2, "total_path": "$.total"}, "records": "$.rows[*]"}),
+            ),
+        )
+        .await;
+    assert_eq!((counts(&o), ids(&o)), ((3, 5), vec![1, 2, 3, 4, 5]));
+    for (page, ids) in [("1", vec![1, 2]), ("2", vec![3]), ("3", vec![])] {
+        w.stub(get("/p/items", eq("page", page), body(items(&ids)))).await;
+    }
+    let o = lab.ok("page-number", lab.resource("/p/items", json!({"paginator": {"type": "page_number"}}))).await;
+    assert_eq!((counts(&o), ids(&o)), ((3, 3), vec![1, 2, 3]));
+
+    // Each page was asked for once.
+    for prefix in ["/n/", "/l/", "/c/", "/h/", "/o/", "/p/"] {
+        let urls: Vec<String> = w.requests().await.into_iter().map(|r| r.1).filter(|u| u.starts_with(prefix)).collect();
+        let mut unique = urls.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(urls.len(), unique.len(), "{prefix}: {urls:?}");
+    }
+
+    // `has_more: false` and `max_pages` stop; a cursor that comes back is an error naming it.
+    w.stub(get("/m/items", json!({}), body(json!({"data": items(&[1]), "more": false, "next": "/m/items?p=2"})))).await;
+    let o = lab
+        .ok(
+            "has-more",
+            lab.resource(
+                "/m/items",
+                json!({"paginator": {"type": "next_url", "path": "$.next"}, "records": "$.data", "has_more": "$.more"}),
+            ),
+        )
+        .await;
+    assert_eq!(counts(&o), (1, 1));
+    let o = lab
+        .ok(
+            "max-pages",
+            lab.resource(
+                "/n/items",
+                json!({"paginator": {"type": "next_url", "path": "$.next"}, "records": "$.items", "max_pages": 2}),
+            ),
+        )
+        .await;
+    assert_eq!(counts(&o), (2, 3));
+    w.stub(get("/loop/items", none("c"), body(json!({"data": items(&[1]), "next": "x"})))).await;
+    w.stub(get("/loop/items", eq("c", "x"), body(json!({"data": items(&[2]), "next": "x"})))).await;
+    let r = lab
+        .collect(
+            "loop",
+            lab.resource(
+                "/loop/items",
+                json!({"paginator": {"type": "cursor", "path": "$.next", "param": "c"}, "records": "$.data"}),
+            ),
+        )
+        .await;
+    assert_eq!((r.state.as_str(), r.kind.as_str(), r.attempts), ("failed", "bad_format", 1));
+    assert!(r.error.contains("/loop/items?c=x") && r.error.contains("would not end"), "{}", r.error);
+
+    // A bad description is refused at submission, naming the field.
+    let mut bad = step("collect", "collect", "api", &[]);
+    bad.config_json = lab.resource("/x", json!({"paginator": {"type": "scroll"}})).to_string();
+    let err = lab
+        .master
+        .jobs()
+        .submit_job(v1::SubmitJobRequest { spec: Some(job("bad", vec![bad])) })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("scroll"), "{}", err.message());
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn every_auth_style_authenticates_and_tokens_renew_once() {
+    let mut lab = Lab::start().await;
+    let url = lab.server.url.clone();
+    let w = &lab.server;
+    let ok = body(items(&[1]));
+    let denied = json!({"status": 401, "jsonBody": {"error": "unauthorized"}});
+    let env = |pairs: &[(&str, &str)]| json!({"env": weir_tests::credentials_env(pairs)});
+
+    // API keys in a header and in the query; basic; bearer.
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/k", "headers": {"X-Api-Key": {"equalTo": "k3y"}}}, "response": ok})).await;
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/q", "queryParameters": {"key": {"equalTo": "k3y"}}}, "response": ok})).await;
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/q", "queryParameters": {"key": {"equalTo": "wrong"}}}, "response": {"status": 403, "body": "no"}})).await;
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/b", "basicAuthCredentials": {"username": "ada", "password": "pw"}}, "response": ok})).await;
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/t", "headers": {"Authorization": {"equalTo": "Bearer t0k"}}}, "response": ok})).await;
+    for p in ["/k", "/q", "/b", "/t"] {
+        w.stub(json!({"priority": 10, "request": {"method": "GET", "urlPath": p}, "response": denied})).await;
+    }
+    let key = env(&[("API_KEY", "k3y")]);
+    lab.ok(
+        "key-header",
+        lab.resource("/k", json!({"auth": {"type": "api_key", "name": "X-Api-Key", "credentials": key}})),
+    )
+    .await;
+    lab.ok(
+        "key-query",
+        lab.resource(
+            "/q",
+            json!({"auth": {"type": "api_key", "name": "key", "location": "query", "credentials": key}}),
+        ),
+    )
+    .await;
+    lab.ok(
+        "basic",
+        lab.resource(
+            "/b",
+            json!({"auth": {"type": "basic", "credentials": env(&[("USERNAME", "ada"), ("PASSWORD", "pw")])}}),
+        ),
+    )
+    .await;
+    lab.ok("bearer", lab.resource("/t", json!({"auth": {"type": "bearer", "credentials": env(&[("TOKEN", "t0k")])}})))
+        .await;
+    // A refused key fails without retry, naming the URL with the key masked.
+    let r = lab
+        .collect("key-wrong", lab.resource("/q", json!({"api": "other", "auth": {"type": "api_key", "name": "key", "location": "query", "credentials": env(&[("API_KEY", "wrong")])}})))
+        .await;
+    assert_eq!((r.state.as_str(), r.kind.as_str(), r.attempts), ("failed", "http_error", 1));
+    assert!(r.error.contains("/q?key=***") && r.error.contains("403") && !r.error.contains("wrong"), "{}", r.error);
+    // A credential that is not set fails the step at once, naming the variable.
+    let r = lab
+        .collect(
+            "unset",
+            lab.resource(
+                "/t",
+                json!({"api": "unset", "auth": {"type": "bearer", "credentials": {"env": "WEIR_TEST_NOT_SET"}}}),
+            ),
+        )
+        .await;
+    assert_eq!((r.kind.as_str(), r.attempts), ("bad_config", 1));
+    assert!(r.error.contains("WEIR_TEST_NOT_SET"), "{}", r.error);
+
+    // OAuth2 client credentials: the first token is refused, renewed once, the second works.
+    let token = |state: &str, next: &str, tok: &str| {
+        json!({"scenarioName": "cc", "requiredScenarioState": state, "newScenarioState": next,
+               "request": {"method": "POST", "urlPath": "/oauth/token", "basicAuthCredentials": {"username": "cid", "password": "csecret"},
+                           "bodyPatterns": [{"contains": "grant_type=client_credentials"}]},
+               "response": body(json!({"access_token": tok, "token_type": "bearer", "expires_in": 3600}))})
+    };
+    w.stub(token("Started", "second", "tok-1")).await;
+    w.stub(token("second", "done", "tok-2")).await;
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/cc", "headers": {"Authorization": {"equalTo": "Bearer tok-1"}}}, "response": denied})).await;
+    w.stub(json!({"request": {"method": "GET", "urlPath": "/cc", "headers": {"Authorization": {"equalTo": "Bearer tok-2"}}}, "response": ok})).await;
+    let cc = json!({"type": "oauth2_client_credentials", "token_url": format!("{url}/oauth/token"), "credentials": env(&[("CLIENT_ID", "cid"), ("CLIENT_SECRET", "csecret")])});
+    lab.ok("client-credentials", lab.resource("/cc", json!({"api": "cc", "auth": cc}))).await;
+    assert_eq!(w.count(json!({"method": "POST", "url": "/oauth/token"})).await, 2, "one renewal");
+    assert_eq!(w.count(json!({"method": "GET", "url": "/cc"})).await, 2, "the refused request and its retry");
+
+    // The refresh-token grant with rotation: r1 gives r2, which is kept on disk before it
+    // is used; a restarted manager starts from r2; r1, once rotated, is invalid_grant.
+    let refresh = |state: Option<&str>, next: Option<&str>, given: &str, access: &str, rotated: &str| {
+        let mut m = json!({"request": {"method": "POST", "urlPath": "/oauth/refresh", "bodyPatterns": [{"contains": format!("refresh_token={given}")}]},
+                           "response": body(json!({"access_token": access, "expires_in": 3600, "refresh_token": rotated}))});
+        if let Some(s) = state {
+            m["scenarioName"] = json!("rt");
+            m["requiredScenarioState"] = json!(s);
+        }
+        if let Some(n) = next {
+            m["newScenarioState"] = json!(n);
+        }
+        m
+    };
+    w.stub(refresh(Some("Started"), Some("rotated"), "r1", "a1", "r2")).await;
+    w.stub(json!({"scenarioName": "rt", "requiredScenarioState": "rotated",
+                  "request": {"method": "POST", "urlPath": "/oauth/refresh", "bodyPatterns": [{"contains": "refresh_token=r1"}]},
+                  "response": {"status": 400, "jsonBody": {"error": "invalid_grant", "error_description": "token was rotated"}}})).await;
+    w.stub(refresh(None, None, "r2", "a2", "r3")).await;
+    w.stub(refresh(None, None, "r3", "a3", "r4")).await;
+    for a in ["a1", "a2", "a3"] {
+        w.stub(json!({"request": {"method": "GET", "urlPath": "/rt", "headers": {"Authorization": {"equalTo": format!("Bearer {a}")}}}, "response": ok})).await;
+    }
+    let rt = json!({"type": "oauth2_refresh_token", "token_url": format!("{url}/oauth/refresh"), "credentials": env(&[("REFRESH_TOKEN", "r1")])});
+    let config = lab.resource("/rt", json!({"api": "rt", "auth": rt}));
+    lab.ok("refresh-1", config.clone()).await;
+    let kept: Vec<PathBuf> =
+        std::fs::read_dir(lab.dir.path().join("data/tokens")).expect("tokens").flatten().map(|e| e.path()).collect();
+    assert_eq!(kept.len(), 1);
+    assert!(std::fs::read_to_string(&kept[0]).expect("kept").contains("\"r2\""), "the rotated token is kept");
+    let data = lab.dir.path().join("data");
+    lab.stop_manager().await;
+    lab.manager(&data, fast());
+    lab.ok("refresh-2", config.clone()).await;
+    assert_eq!(
+        lab.server
+            .count(
+                json!({"method": "POST", "url": "/oauth/refresh", "bodyPatterns": [{"contains": "refresh_token=r2"}]})
+            )
+            .await,
+        1
+    );
+    // A manager without the kept token offers r1, now void: no retry, and it says why.
+    lab.stop_manager().await;
+    lab.manager(&lab.dir.path().join("fresh"), fast());
+    let r = lab.collect("refresh-3", config).await;
+    assert_eq!((r.state.as_str(), r.kind.as_str(), r.attempts), ("failed", "auth_failed", 1));
+    assert!(r.error.contains("invalid_grant") && r.error.contains("REFRESH_TOKEN"), "{}", r.error);
+    lab.stop().await;
+}
+
+/// Stubs `/name` answering `first` once, then `then`.
+async fn twice(w: &WireMock, name: &str, first: Value, then: Value) {
+    w.stub(json!({"scenarioName": name, "requiredScenarioState": "Started", "newScenarioState": "again",
+                  "request": {"method": "GET", "urlPath": format!("/{name}")}, "response": first}))
+        .await;
+    w.stub(json!({"scenarioName": name, "requiredScenarioState": "again",
+                  "request": {"method": "GET", "urlPath": format!("/{name}")}, "response": then}))
+        .await;
+}
+
+#[tokio::test]
+async fn what_the_server_says_is_honoured_and_what_cannot_work_fails_naming_it() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    let ok = body(items(&[1, 2]));
+
+    // 429 with Retry-After: the next try waits as long as asked (the server's own clock).
+    twice(w, "busy", json!({"status": 429, "headers": {"Retry-After": "1"}}), ok.clone()).await;
+    let o = lab.ok("busy", lab.resource("/busy", json!({}))).await;
+    assert_eq!((o["records"].as_u64(), o["retried"].as_u64()), (Some(2), Some(1)));
+    let times: Vec<i64> = w.requests().await.into_iter().filter(|r| r.1 == "/busy").map(|r| r.2).collect();
+    assert_eq!(times.len(), 2);
+    assert!(times[1] - times[0] >= 950, "waited {} ms after Retry-After: 1", times[1] - times[0]);
+
+    // 500s back off and try again; a body cut short is read again.
+    w.stub(json!({"scenarioName": "flaky", "requiredScenarioState": "Started", "newScenarioState": "2", "request": {"urlPath": "/flaky"}, "response": {"status": 500}})).await;
+    twice(w, "cut", json!({"fault": "MALFORMED_RESPONSE_CHUNK"}), ok.clone()).await;
+    w.stub(json!({"scenarioName": "flaky", "requiredScenarioState": "2", "newScenarioState": "3", "request": {"urlPath": "/flaky"}, "response": {"status": 502}})).await;
+    w.stub(json!({"scenarioName": "flaky", "requiredScenarioState": "3", "request": {"urlPath": "/flaky"}, "response": ok})).await;
+    let o = lab.ok("flaky", lab.resource("/flaky", json!({}))).await;
+    assert_eq!((o["records"].as_u64(), o["retried"].as_u64(), o["requests"].as_u64()), (Some(2), Some(2), Some(3)));
+    let o = lab.ok("cut", lab.resource("/cut", json!({}))).await;
+    assert_eq!((o["records"].as_u64(), o["retried"].as_u64()), (Some(2), Some(1)));
+
+    // A server that stays slow: every try times out, and the step says so (retryable).
+    w.stub(json!({"request": {"urlPath": "/slow"}, "response": {"status": 200, "jsonBody": [], "fixedDelayMilliseconds": 3000}})).await;
+    let r = lab.collect("slow", lab.resource("/slow", json!({"timeout": "500ms", "max_retries": 2}))).await;
+    assert_eq!((r.state.as_str(), r.kind.as_str()), ("failed", "unavailable"));
+    assert!(r.error.contains("/slow") && r.error.contains("after 2 attempts"), "{}", r.error);
+
+    // What no retry changes fails at once, naming the URL and why.
+    w.stub(json!({"request": {"urlPath": "/gone"}, "response": {"status": 404, "body": "no such thing"}})).await;
+    let r = lab.collect("gone", lab.resource("/gone", json!({}))).await;
+    assert_eq!((r.kind.as_str(), r.attempts), ("http_error", 1));
+    assert!(r.error.contains("/gone") && r.error.contains("404") && r.error.contains("no such thing"), "{}", r.error);
+    w.stub(json!({"request": {"urlPath": "/r/a"}, "response": {"status": 302, "headers": {"Location": "/r/b"}}})).await;
+    w.stub(json!({"request": {"urlPath": "/r/b"}, "response": {"status": 302, "headers": {"Location": "/r/a"}}})).await;
+    let r = lab.collect("loop", lab.resource("/r/a", json!({}))).await;
+    assert_eq!((r.kind.as_str(), r.attempts), ("http_error", 1));
+    assert!(r.error.contains("too many redirects"), "{}", r.error);
+    w.stub(json!({"request": {"urlPath": "/bad"}, "response": {"status": 200, "body": "{\"data\": [1, 2"}})).await;
+    let r = lab.collect("bad", lab.resource("/bad", json!({}))).await;
+    assert_eq!((r.kind.as_str(), r.attempts), ("bad_format", 1));
+    assert!(r.error.contains("/bad") && r.error.contains("not JSON"), "{}", r.error);
+    w.stub(json!({"request": {"urlPath": "/big"}, "response": {"status": 200, "body": "x".repeat(5000)}})).await;
+    let r = lab.collect("big", lab.resource("/big", json!({"max_page_bytes": 1000}))).await;
+    assert!(r.error.contains("over 1000 bytes"), "{}", r.error);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn the_managers_rate_limit_spaces_requests_as_the_server_sees_them() {
+    let mut lab = Lab::start().await;
+    // 2 requests a second, no burst beyond one.
+    lab.manager(&lab.dir.path().join("slow-data"), Rate { per_minute: 120, burst: 1 });
+    for p in 1..=4 {
+        let next = if p < 4 { json!(format!("/rl/items?p={}", p + 1)) } else { Value::Null };
+        let q = if p == 1 { json!({"p": {"absent": true}}) } else { json!({"p": {"equalTo": p.to_string()}}) };
+        lab.server.stub(get("/rl/items", q, body(json!({"items": items(&[p]), "next": next})))).await;
+    }
+    let o = lab
+        .ok(
+            "limited",
+            lab.resource(
+                "/rl/items",
+                json!({"api": "limited", "paginator": {"type": "next_url", "path": "$.next"}, "records": "$.items"}),
+            ),
+        )
+        .await;
+    assert_eq!(counts(&o), (4, 4));
+    let times: Vec<i64> =
+        lab.server.requests().await.into_iter().filter(|r| r.1.starts_with("/rl/")).map(|r| r.2).collect();
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= 450, "requests {} ms apart at 2/s: {times:?}", pair[1] - pair[0]);
+    }
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn collected_records_are_converted_and_stored_with_every_record_accounted_for() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    for (offset, ids) in
+        [("0", (1..=50).collect::<Vec<_>>()), ("50", (51..=100).collect()), ("100", (101..=120).collect())]
+    {
+        w.stub(get("/orders", json!({"offset": {"equalTo": offset}}), body(json!({"orders": items(&ids)})))).await;
+    }
+    let (stop, batch) = run_manager(
+        weir_batch_manager::spec_with(weir_batch_manager::BatchSettings {
+            data_dir: lab.dir.path().join("data"),
+            ..Default::default()
+        }),
+        &lab.master.url,
+        "batch-api",
+        "",
+    );
+    let lake = lab.dir.path().join("lake");
+    let mut collect = step("collect", "collect", "api", &[]);
+    collect.config_json = lab
+        .resource(
+            "/orders",
+            json!({"paginator": {"type": "offset", "limit": 50}, "records": "$.orders[*]", "records_per_file": 40}),
+        )
+        .to_string();
+    let mut store = step("store", "store", "batch", &["collect"]);
+    store.config_json = json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}).to_string();
+    let r = lab
+        .run(
+            "orders",
+            vec![collect, step("convert", "convert", "batch", &["collect"]), {
+                let mut s = store;
+                s.depends_on = vec!["convert".into()];
+                s
+            }],
+        )
+        .await;
+    assert_eq!(r.state, "succeeded", "{}", r.error);
+    assert_eq!(
+        (counts(&r.output), r.output["files"].as_array().map(Vec::len)),
+        ((3, 120), Some(3)),
+        "120 records in files of 40"
+    );
+    let mut jc = lab.master.jobs();
+    let id = lab.master_job_id("orders").await;
+    let ts = tasks(&mut jc, &id).await;
+    let out = |s: &str| -> Value {
+        serde_json::from_str(&ts.iter().find(|t| t.step_id == s).expect("task").output_json).expect("output")
+    };
+    assert_eq!((out("convert")["rows_read"].as_u64(), out("convert")["rows_written"].as_u64()), (Some(120), Some(120)));
+    assert_eq!(out("store")["rows_written"].as_u64(), Some(120));
+    let rows: usize = std::fs::read_dir(&lake)
+        .expect("lake")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .map(|e| {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(e.path()).expect("open"),
+            )
+            .expect("parquet")
+            .build()
+            .expect("reader")
+            .map(|b| b.expect("batch").num_rows())
+            .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(rows, 120);
+    stop.cancel();
+    batch.await.expect("batch manager stops");
+    lab.stop().await;
+}
+
+impl Lab {
+    /// The id of the newest job called `name`.
+    async fn master_job_id(&self, name: &str) -> String {
+        let mut jc = self.master.jobs();
+        let page = jc
+            .list_jobs(v1::ListJobsRequest { namespace: "test".into(), ..Default::default() })
+            .await
+            .expect("list")
+            .into_inner();
+        page.jobs.into_iter().find(|j| j.spec.as_ref().is_some_and(|s| s.name == name)).map(|j| j.id).expect("the job")
+    }
+}
