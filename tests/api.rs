@@ -4,7 +4,8 @@
 //! refresh token kept across a restart and `invalid_grant` failing without a retry; 429
 //! with Retry-After, 500s, a cut body, a slow response, a 404, a redirect loop and a page
 //! that is not JSON; the manager's rate limit as the server saw it; and collected records
-//! converted and stored, every record accounted for.
+//! converted and stored, every record accounted for; and the real `weir-api-manager`
+//! process streaming a 1 GiB response through in bounded memory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +14,11 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use weir_api_manager::client::Rate;
 use weir_api_manager::ApiSettings;
-use weir_proto::v1;
-use weir_tests::{job, run_manager, step, submit, tasks, wait_finished, Backend, InProcMaster, StoreFixture, WireMock};
+use weir_proto::v1::{self, job_service_client::JobServiceClient};
+use weir_tests::{
+    free_port, job, run_manager, spawn_master, step, submit, tasks, wait_finished, wait_port, Backend, InProcMaster,
+    Proc, StoreFixture, WireMock,
+};
 
 /// A master, an API manager and the HTTP server it collects from.
 struct Lab {
@@ -483,8 +487,10 @@ async fn what_the_server_says_is_honoured_and_what_cannot_work_fails_naming_it()
     assert_eq!((r.kind.as_str(), r.attempts), ("bad_format", 1));
     assert!(r.error.contains("/bad") && r.error.contains("not JSON"), "{}", r.error);
     w.stub(json!({"request": {"urlPath": "/big"}, "response": {"status": 200, "body": "x".repeat(5000)}})).await;
-    let r = lab.collect("big", lab.resource("/big", json!({"max_page_bytes": 1000}))).await;
-    assert!(r.error.contains("over 1000 bytes"), "{}", r.error);
+    // A records path read on the whole page is bounded; one of member names streams.
+    let r = lab.collect("big", lab.resource("/big", json!({"max_page_bytes": 1000, "records": "$..id"}))).await;
+    assert_eq!((r.kind.as_str(), r.attempts), ("bad_format", 1));
+    assert!(r.error.contains("5000 bytes, over max_page_bytes (1000)") && r.error.contains("streams"), "{}", r.error);
     lab.stop().await;
 }
 
@@ -600,4 +606,107 @@ impl Lab {
             .into_inner();
         page.jobs.into_iter().find(|j| j.spec.as_ref().is_some_and(|s| s.name == name)).map(|j| j.id).expect("the job")
     }
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM");
+    kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("kB") * 1024
+}
+
+/// The real `weir-api-manager` process collects a 1 GiB JSON response, served by
+/// CPython's own HTTP server, in bounded memory: every record staged once, in order,
+/// and the process's peak RSS a small fraction of the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gigabyte_response_streams_through_in_bounded_memory() {
+    use std::io::{BufRead, BufReader, Write};
+    const SIZE: u64 = 1 << 30;
+    const BOUND: u64 = 200 << 20;
+    let dir = tempfile::tempdir().expect("tmp");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    // One page: {"meta": …, "data": [records…], "next": null}, records with nested objects.
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(www.join("big.json")).expect("file"));
+    f.write_all(br#"{"meta": {"generated": "2026-12-01"}, "data": ["#).expect("write");
+    let (mut n, mut written) = (0u64, 0u64);
+    while written < SIZE {
+        let rec = format!(
+            r#"{}{{"id": {n}, "name": "item {n}", "tags": ["a", "b\u00e9"], "price": {}.25, "owner": {{"id": {}, "email": "u{n}@example.com"}}, "note": "{}"}}"#,
+            if n == 0 { "" } else { "," },
+            n % 1000,
+            n % 97,
+            "x".repeat((n % 64) as usize)
+        );
+        f.write_all(rec.as_bytes()).expect("write");
+        written += rec.len() as u64;
+        n += 1;
+    }
+    f.write_all(br#"], "next": null}"#).expect("write");
+    f.flush().expect("flush");
+    drop(f);
+
+    let port = free_port();
+    let port_s = port.to_string();
+    let www_s = www.display().to_string();
+    let mut server = tokio::process::Command::new(weir_tests::python())
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory", &www_s, &port_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python http.server");
+    wait_port(port, "python http.server").await;
+
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let (url, _master) = spawn_master(&store.url);
+    wait_port(url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port"), "weir-master").await;
+    let data = dir.path().join("data").display().to_string();
+    let manager = Proc::spawn(
+        "weir-api-manager",
+        &[],
+        &[("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "1s"), ("WEIR_DATA_DIR", data.as_str())],
+    );
+    let mut jc = JobServiceClient::new(weir_tests::channel(&url));
+    let mut s = step("collect", "collect", "api", &[]);
+    s.config_json = json!({
+        "api": "big", "base_url": format!("http://127.0.0.1:{port}"), "path": "/big.json",
+        "records": "$.data[*]", "paginator": {"type": "next_url", "path": "$.next"}, "timeout": "10m"
+    })
+    .to_string();
+    s.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+    let id = submit(&mut jc, job("one-gigabyte", vec![s])).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(600)).await;
+    let t = tasks(&mut jc, &id).await.into_iter().find(|t| t.step_id == "collect").expect("collect task");
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{}: {}", t.error_kind, t.error_message);
+    let peak = peak_rss(manager.pid());
+    let output: Value = serde_json::from_str(&t.output_json).expect("output");
+    assert_eq!(counts(&output), (1, n), "{output}");
+
+    // Every record staged once, in order: the first and the last of each file line up.
+    let (mut next, mut staged) = (0u64, 0u64);
+    for f in output["files"].as_array().expect("files") {
+        let path = f["path"].as_str().expect("path");
+        let mut last = None;
+        for line in BufReader::new(std::fs::File::open(path).expect("staged file")).lines() {
+            let line = line.expect("line");
+            if last.is_none() {
+                let first: Value = serde_json::from_str(&line).expect("record");
+                assert_eq!(first["id"].as_u64(), Some(next), "{path}");
+            }
+            staged += 1;
+            last = Some(line);
+        }
+        let last: Value = serde_json::from_str(&last.expect("a record")).expect("record");
+        assert_eq!(last["owner"]["email"], format!("u{}@example.com", staged - 1));
+        next = staged;
+    }
+    assert_eq!(staged, n);
+    let first = Path::new(output["files"][0]["path"].as_str().expect("path"));
+    let spool = first.parent().expect("staging dir").join(".page");
+    assert!(!spool.exists(), "the spooled page {} is left behind", spool.display());
+    eprintln!("collected {n} records, {written} bytes; the manager's peak RSS {} MiB", peak >> 20);
+    assert!(peak < BOUND, "the manager's peak RSS was {} MiB collecting {} MiB", peak >> 20, written >> 20);
+    let _ = server.kill().await;
+    store.cleanup().await;
 }

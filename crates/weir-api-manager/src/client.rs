@@ -7,10 +7,14 @@
 //!   the reset;
 //! - other 5xx, timeouts, resets and truncated bodies back off exponentially with jitter;
 //! - a 401 renews the credentials once (OAuth2) and tries again;
-//! - any other 4xx, too many redirects, or a body over the limit fail for good, naming the
-//!   URL (its secret parameters masked) and the status.
+//! - any other 4xx or too many redirects fail for good, naming the URL (its secret
+//!   parameters masked) and the status.
+//!
+//! A body stays in memory up to 8 MiB and is spooled to a file beyond, so a page of any
+//! size passes in bounded memory.
 
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,10 +79,60 @@ pub struct Request {
     pub body: Option<Value>,
 }
 
+/// Bodies up to this size stay in memory; larger ones are spooled to disk.
+pub const IN_MEMORY: usize = 8 << 20;
+
 /// A page as it came.
 pub struct Fetched {
     pub headers: HeaderMap,
-    pub body: Vec<u8>,
+    pub body: Body,
+}
+
+/// A response body: in memory, or spooled to a file.
+pub enum Body {
+    Memory(Vec<u8>),
+    File { path: PathBuf, len: u64 },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Memory(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reader of the body, from the start.
+    pub fn reader(&self) -> std::io::Result<Box<dyn std::io::BufRead + '_>> {
+        Ok(match self {
+            Body::Memory(b) => Box::new(std::io::Cursor::new(b.as_slice())),
+            Body::File { path, .. } => Box::new(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?)),
+        })
+    }
+
+    /// The body whole, if it is at most `max` bytes.
+    pub fn bytes(&self, max: u64) -> Result<std::borrow::Cow<'_, [u8]>, u64> {
+        if self.len() > max {
+            return Err(self.len());
+        }
+        match self {
+            Body::Memory(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Body::File { path, .. } => std::fs::read(path).map(std::borrow::Cow::Owned).map_err(|_| self.len()),
+        }
+    }
+}
+
+impl Drop for Body {
+    /// A spooled body's file goes with it.
+    fn drop(&mut self) {
+        if let Body::File { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Counts of one collection, for its report.
@@ -89,13 +143,14 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-/// How hard to try one request.
-#[derive(Debug, Clone, Copy)]
+/// How hard to try one request, and where a large body goes.
+#[derive(Debug, Clone)]
 pub struct Effort {
     pub max_attempts: u32,
-    pub max_bytes: u64,
     /// Each attempt's limit, from sending to the last byte.
     pub timeout: Duration,
+    /// The file a body over [`IN_MEMORY`] is spooled to.
+    pub spool: PathBuf,
 }
 
 /// `url` with its secret query parameters masked, for messages.
@@ -190,7 +245,7 @@ impl Api {
     pub async fn fetch(
         &self,
         req: &Request,
-        effort: Effort,
+        effort: &Effort,
         cancel: &CancellationToken,
         stats: &mut Stats,
     ) -> Result<Fetched, CollectError> {
@@ -231,9 +286,9 @@ impl Api {
                         self.hold_for(wait.min(MAX_SERVER_WAIT)).await;
                     }
                     match status.as_u16() {
-                        200..=299 => match read_body(resp, effort.max_bytes, &shown_url, cancel).await {
+                        200..=299 => match read_body(resp, &effort.spool, &shown_url, cancel).await {
                             Ok(body) => {
-                                stats.bytes += body.len() as u64;
+                                stats.bytes += body.len();
                                 return Ok(Fetched { headers, body });
                             }
                             Err(ReadError::Fatal(e)) => return Err(e),
@@ -311,29 +366,51 @@ fn cause(e: &reqwest::Error) -> String {
     s
 }
 
-/// Reads a body, at most `max` bytes.
+/// Reads a body: in memory up to [`IN_MEMORY`], spooled to `spool` beyond.
 async fn read_body(
     mut resp: reqwest::Response,
-    max: u64,
+    spool: &Path,
     url: &str,
     cancel: &CancellationToken,
-) -> Result<Vec<u8>, ReadError> {
+) -> Result<Body, ReadError> {
+    use tokio::io::AsyncWriteExt;
     let mut body = Vec::new();
+    let mut file: Option<(tokio::fs::File, u64)> = None;
+    let local = |e: std::io::Error| {
+        ReadError::Fatal(CollectError::Staging(format!("spooling {url} to {}: {e}", spool.display())))
+    };
     loop {
         let chunk = tokio::select! {
             c = resp.chunk() => c,
             _ = cancel.cancelled() => return Err(ReadError::Fatal(CollectError::Cancelled)),
         };
         match chunk {
-            Ok(Some(c)) => {
-                if body.len() as u64 + c.len() as u64 > max {
-                    return Err(ReadError::Fatal(CollectError::BadPage(format!(
-                        "{url}: the page is over {max} bytes (max_page_bytes)"
-                    ))));
+            Ok(Some(c)) => match file.as_mut() {
+                Some((f, len)) => {
+                    f.write_all(&c).await.map_err(local)?;
+                    *len += c.len() as u64;
                 }
-                body.extend_from_slice(&c);
+                None if body.len() + c.len() > IN_MEMORY => {
+                    if let Some(dir) = spool.parent() {
+                        tokio::fs::create_dir_all(dir).await.map_err(local)?;
+                    }
+                    let mut f = tokio::fs::File::create(spool).await.map_err(local)?;
+                    f.write_all(&body).await.map_err(local)?;
+                    f.write_all(&c).await.map_err(local)?;
+                    file = Some((f, (body.len() + c.len()) as u64));
+                    body = Vec::new();
+                }
+                None => body.extend_from_slice(&c),
+            },
+            Ok(None) => {
+                return match file {
+                    Some((mut f, len)) => {
+                        f.flush().await.map_err(local)?;
+                        Ok(Body::File { path: spool.to_path_buf(), len })
+                    }
+                    None => Ok(Body::Memory(body)),
+                };
             }
-            Ok(None) => return Ok(body),
             // A body cut short (the connection closed mid-way) is read again.
             Err(e) => return Err(ReadError::Retry(format!("{url}: the body was cut short: {}", cause(&e)))),
         }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use serde_json_path::JsonPath;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 use weir_core::api::{
     BodyFormat, CollectStep, HttpMethod, DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_RECORDS_PER_FILE,
@@ -21,11 +21,12 @@ use weir_core::api::{
 use weir_core::catalog::API_KINDS;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
-use crate::client::{self, Api, Effort, Request, Stats};
+use crate::client::{self, Api, Body, Effort, Request, Stats};
 use crate::error::CollectError;
 use crate::output::Output;
 use crate::paginate::{self, Page};
-use crate::{records, ApiSettings};
+use crate::records::{self, Selector};
+use crate::ApiSettings;
 
 /// Runs `collect`, holding each API's client, credentials and limits across tasks.
 pub struct Collect {
@@ -63,8 +64,8 @@ impl Collect {
 
     async fn collect(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
         let api = self.api(step).await?;
-        let records_path = JsonPath::parse(&step.records)
-            .map_err(|e| CollectError::Config(format!("records {:?}: {e}", step.records)))?;
+        let selector = Arc::new(Selector::parse(&step.records)?);
+        let max_page_bytes = step.max_page_bytes.unwrap_or(DEFAULT_MAX_PAGE_BYTES);
         let has_more = step.has_more.as_deref().map(|p| paginate::json_path("has_more", p)).transpose()?;
         let mut paginator = paginate::build(&step.paginator)?;
         let base = format!("{}{}", step.base_url.trim_end_matches('/'), step.path);
@@ -74,13 +75,13 @@ impl Collect {
         }
         let mut url = paginator.first(url);
         let headers: Vec<(String, String)> = step.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let effort = Effort {
-            max_attempts: step.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-            max_bytes: step.max_page_bytes.unwrap_or(DEFAULT_MAX_PAGE_BYTES),
-            timeout: step.timeout(),
-        };
         let dir = self.staging.dir(task).join(format!("attempt-{}", task.fence));
         let mut out = Output::new(&dir, step.records_per_file.unwrap_or(DEFAULT_RECORDS_PER_FILE))?;
+        let effort = Effort {
+            max_attempts: step.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            timeout: step.timeout(),
+            spool: dir.join(".page"),
+        };
         let mut stats = Stats::default();
         let mut seen: HashSet<String> = HashSet::new();
         let (mut pages, mut total) = (0u64, 0u64);
@@ -95,28 +96,20 @@ impl Collect {
                 headers: headers.clone(),
                 body: step.body.clone(),
             };
-            let page = api.fetch(&req, effort, &task.cancel, &mut stats).await?;
+            let page = api.fetch(&req, &effort, &task.cancel, &mut stats).await?;
             pages += 1;
             let shown = client::shown(&url, &[]);
-            let (doc, n) = match step.format {
-                BodyFormat::Json => {
-                    let (doc, recs) = records::json(&page.body, &records_path, &shown)?;
-                    out.records(&recs)?;
-                    (Some(doc), recs.len() as u64)
-                }
-                BodyFormat::Ndjson => {
-                    let recs = records::ndjson(&page.body, &shown)?;
-                    out.records(&recs)?;
-                    (None, recs.len() as u64)
-                }
-                BodyFormat::Csv => {
-                    let rows = records::csv_rows(&page.body, &shown)?;
-                    if rows > 0 {
-                        out.csv_page(&page.body, rows)?;
-                    }
-                    (None, rows)
-                }
-            };
+            // Parsing a large page takes a while: off the async threads.
+            let (format, sel, cancel) = (step.format, selector.clone(), task.cancel.clone());
+            let body = page.body;
+            let (back, taken) = tokio::task::spawn_blocking(move || {
+                let r = take(&mut out, &body, format, &sel, max_page_bytes, &shown, &cancel);
+                (out, r)
+            })
+            .await
+            .map_err(|e| CollectError::Staging(format!("reading a page: {e}")))?;
+            out = back;
+            let (doc, n) = taken?;
             total += n;
             let more =
                 has_more.as_ref().and_then(|p| paginate::select(p, doc.as_ref())).map(|v| v.as_bool() != Some(false));
@@ -160,6 +153,47 @@ impl Collect {
             "bytes": stats.bytes,
             "files": files,
         }))
+    }
+}
+
+/// Takes one page's records into `out`: the document the paginator reads (a JSON page's,
+/// less its records when it streamed) and how many records.
+fn take(
+    out: &mut Output,
+    body: &Body,
+    format: BodyFormat,
+    selector: &Selector,
+    max_page_bytes: u64,
+    url: &str,
+    cancel: &CancellationToken,
+) -> Result<(Option<Value>, u64), CollectError> {
+    let reader = || body.reader().map_err(|e| CollectError::Staging(format!("reading the page of {url}: {e}")));
+    let mut emit = |r: &Value| {
+        if cancel.is_cancelled() {
+            return Err(CollectError::Cancelled);
+        }
+        out.record(r)
+    };
+    match (format, selector) {
+        (BodyFormat::Json, Selector::Members { names, each }) => {
+            let (doc, n) = records::json_stream(reader()?, names, *each, url, &mut emit)?;
+            Ok((Some(doc), n))
+        }
+        (BodyFormat::Json, Selector::Query(path)) => {
+            let whole = body.bytes(max_page_bytes).map_err(|len| {
+                CollectError::BadPage(format!(
+                    "{url}: the page is {len} bytes, over max_page_bytes ({max_page_bytes}) for a records path \
+                     read on the whole page; a path of member names (like $.data[*]) streams pages of any size"
+                ))
+            })?;
+            let (doc, recs) = records::json(&whole, path, url)?;
+            for r in &recs {
+                emit(r)?;
+            }
+            Ok((Some(doc), recs.len() as u64))
+        }
+        (BodyFormat::Ndjson, _) => Ok((None, records::ndjson(reader()?, url, &mut emit)?)),
+        (BodyFormat::Csv, _) => Ok((None, out.csv(reader()?, url)?)),
     }
 }
 

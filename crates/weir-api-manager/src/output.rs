@@ -1,9 +1,10 @@
 //! Where collected records go: staged files of at most `records_per_file` records each —
-//! NDJSON, a record a line, or a CSV page as it came — that the batch kinds convert.
+//! NDJSON, a record a line, or a CSV page's rows under its header — that the batch kinds
+//! convert.
 //! Staged files are not fsynced: a re-run of the step collects them again.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -31,6 +32,15 @@ fn io(p: &Path, e: std::io::Error) -> CollectError {
     CollectError::Staging(format!("writing {}: {e}", p.display()))
 }
 
+fn csv_io(p: &Path, e: csv::Error) -> CollectError {
+    CollectError::Staging(format!("writing {}: {e}", p.display()))
+}
+
+fn finish_csv(mut w: csv::Writer<File>, p: Part) -> Result<Part, CollectError> {
+    w.flush().map_err(|e| io(&p.path, e))?;
+    Ok(p)
+}
+
 impl Output {
     /// Starts an empty output in `dir` (emptied first: a retry starts over).
     pub fn new(dir: &Path, per_file: u64) -> Result<Output, CollectError> {
@@ -47,32 +57,53 @@ impl Output {
         (self.dir.join(&name), name)
     }
 
-    /// Adds records, a line each, starting a new file when one is full.
-    pub fn records(&mut self, records: &[Value]) -> Result<(), CollectError> {
-        for r in records {
-            if self.open.as_ref().is_none_or(|(_, p)| p.records >= self.per_file) {
-                self.close()?;
-                let (path, name) = self.next_name("ndjson");
-                let f = File::create(&path).map_err(|e| io(&path, e))?;
-                self.open = Some((BufWriter::with_capacity(1 << 20, f), Part { path, name, records: 0 }));
-            }
-            if let Some((w, p)) = self.open.as_mut() {
-                serde_json::to_writer(&mut *w, r)
-                    .map_err(|e| CollectError::Staging(format!("encoding a record: {e}")))?;
-                w.write_all(b"\n").map_err(|e| io(&p.path, e))?;
-                p.records += 1;
-            }
+    /// Adds a record, a line, starting a new file when one is full.
+    pub fn record(&mut self, r: &Value) -> Result<(), CollectError> {
+        if self.open.as_ref().is_none_or(|(_, p)| p.records >= self.per_file) {
+            self.close()?;
+            let (path, name) = self.next_name("ndjson");
+            let f = File::create(&path).map_err(|e| io(&path, e))?;
+            self.open = Some((BufWriter::with_capacity(1 << 20, f), Part { path, name, records: 0 }));
+        }
+        if let Some((w, p)) = self.open.as_mut() {
+            serde_json::to_writer(&mut *w, r).map_err(|e| CollectError::Staging(format!("encoding a record: {e}")))?;
+            w.write_all(b"\n").map_err(|e| io(&p.path, e))?;
+            p.records += 1;
         }
         Ok(())
     }
 
-    /// Adds a CSV page as a file of its own.
-    pub fn csv_page(&mut self, body: &[u8], rows: u64) -> Result<(), CollectError> {
+    /// Copies a CSV page's rows into files of their own (its header on each), at most
+    /// `records_per_file` rows a file; returns how many rows. A row whose fields do not
+    /// match the header's is a bad page.
+    pub fn csv(&mut self, page: impl Read, url: &str) -> Result<u64, CollectError> {
         self.close()?;
-        let (path, name) = self.next_name("csv");
-        std::fs::write(&path, body).map_err(|e| io(&path, e))?;
-        self.done.push(Part { path, name, records: rows });
-        Ok(())
+        let bad = |e: csv::Error| CollectError::BadPage(format!("{url}: the page is not CSV: {e}"));
+        let mut r = csv::ReaderBuilder::new().has_headers(true).from_reader(page);
+        let header = r.byte_headers().map_err(bad)?.clone();
+        let mut open: Option<(csv::Writer<File>, Part)> = None;
+        let mut rec = csv::ByteRecord::new();
+        let mut n = 0;
+        while r.read_byte_record(&mut rec).map_err(bad)? {
+            if open.as_ref().is_none_or(|(_, p)| p.records >= self.per_file) {
+                if let Some((w, p)) = open.take() {
+                    self.done.push(finish_csv(w, p)?);
+                }
+                let (path, name) = self.next_name("csv");
+                let mut w = csv::Writer::from_path(&path).map_err(|e| csv_io(&path, e))?;
+                w.write_byte_record(&header).map_err(|e| csv_io(&path, e))?;
+                open = Some((w, Part { path, name, records: 0 }));
+            }
+            if let Some((w, p)) = open.as_mut() {
+                w.write_byte_record(&rec).map_err(|e| csv_io(&p.path, e))?;
+                p.records += 1;
+                n += 1;
+            }
+        }
+        if let Some((w, p)) = open {
+            self.done.push(finish_csv(w, p)?);
+        }
+        Ok(n)
     }
 
     fn close(&mut self) -> Result<(), CollectError> {
@@ -99,13 +130,26 @@ mod tests {
     fn records_fill_bounded_files() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut o = Output::new(&dir.path().join("out"), 2).expect("output");
-        o.records(&[json!({"a": 1}), json!({"a": 2}), json!({"a": 3})]).expect("records");
-        o.csv_page(b"x\n1\n", 1).expect("csv");
+        for a in 1..=3 {
+            o.record(&json!({"a": a})).expect("record");
+        }
+        assert_eq!(o.csv(&b"x,y\n1,\"a,b\"\n2,c\n3,d\n"[..], "u").expect("csv"), 3);
+        assert_eq!(o.csv(&b"x\n"[..], "u").expect("a header alone"), 0);
         let parts = o.finish().expect("finish");
         assert_eq!(
             parts.iter().map(|p| (p.name.as_str(), p.records)).collect::<Vec<_>>(),
-            vec![("part-00001.ndjson", 2), ("part-00002.ndjson", 1), ("part-00003.csv", 1)]
+            vec![("part-00001.ndjson", 2), ("part-00002.ndjson", 1), ("part-00003.csv", 2), ("part-00004.csv", 1)]
         );
-        assert_eq!(std::fs::read_to_string(&parts[0].path).expect("read"), "{\"a\":1}\n{\"a\":2}\n");
+        let read = |i: usize| std::fs::read_to_string(&parts[i].path).expect("read");
+        assert_eq!(read(0), "{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(read(2), "x,y\n1,\"a,b\"\n2,c\n");
+        assert_eq!(read(3), "x,y\n3,d\n");
+        let e = o_bad(dir.path());
+        assert!(e.contains("not CSV"), "{e}");
+    }
+
+    fn o_bad(dir: &Path) -> String {
+        let mut o = Output::new(&dir.join("bad"), 2).expect("output");
+        o.csv(&b"x,y\n1,2\n3\n"[..], "https://api.test/x.csv").expect_err("a short row").to_string()
     }
 }

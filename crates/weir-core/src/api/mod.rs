@@ -22,7 +22,7 @@ use template::{Template, Var};
 
 /// Default most records in one staged file.
 pub const DEFAULT_RECORDS_PER_FILE: u64 = 100_000;
-/// Default largest JSON page held in memory to select its records from.
+/// Default largest JSON page held whole, for a records path that cannot stream.
 pub const DEFAULT_MAX_PAGE_BYTES: u64 = 64 << 20;
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: &str = "30s";
@@ -78,7 +78,8 @@ pub struct CollectStep {
     /// Most records in one staged file (default 100,000).
     #[serde(default)]
     pub records_per_file: Option<u64>,
-    /// Largest JSON page held in memory (default 64 MiB); a larger one fails, naming it.
+    /// Largest JSON page held whole (default 64 MiB) for a records path other than member
+    /// names, which streams pages of any size; a larger one fails, naming it.
     #[serde(default)]
     pub max_page_bytes: Option<u64>,
 }
