@@ -16,8 +16,8 @@ use weir_api_manager::client::Rate;
 use weir_api_manager::ApiSettings;
 use weir_proto::v1::{self, job_service_client::JobServiceClient};
 use weir_tests::{
-    free_port, job, run_manager, spawn_master, step, submit, tasks, wait_finished, wait_port, Backend, InProcMaster,
-    Proc, StoreFixture, WireMock,
+    free_port, job, run_manager, spawn_master, step, submit, tasks, wait_finished, wait_master, wait_port, Backend,
+    InProcMaster, Proc, StoreFixture, WireMock,
 };
 
 /// A master, an API manager and the HTTP server it collects from.
@@ -660,7 +660,7 @@ async fn a_one_gigabyte_response_streams_through_in_bounded_memory() {
 
     let store = StoreFixture::new(Backend::Sqlite).await;
     let (url, _master) = spawn_master(&store.url);
-    wait_port(url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port"), "weir-master").await;
+    wait_master(&url).await;
     let data = dir.path().join("data").display().to_string();
     let manager = Proc::spawn(
         "weir-api-manager",
@@ -708,5 +708,128 @@ async fn a_one_gigabyte_response_streams_through_in_bounded_memory() {
     eprintln!("collected {n} records, {written} bytes; the manager's peak RSS {} MiB", peak >> 20);
     assert!(peak < BOUND, "the manager's peak RSS was {} MiB collecting {} MiB", peak >> 20, written >> 20);
     let _ = server.kill().await;
+    store.cleanup().await;
+}
+
+/// The most requests in any window of `window_ms` among `times` (sorted, ms).
+fn busiest(times: &[i64], window_ms: i64) -> usize {
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window_ms {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+/// Three real `weir-api-manager` processes collecting from one API share its one limit:
+/// the master divides it among them over the heartbeat; the requests the server saw never
+/// exceed the limit plus the burst in any window, also while one replica is killed with
+/// SIGKILL mid-collection and its share goes to the other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_keep_to_one_limit_and_a_killed_ones_share_comes_back() {
+    use weir_proto::v1::worker_service_client::WorkerServiceClient;
+    const PER_MINUTE: i64 = 1200;
+    const BURST: i64 = 10;
+    const JOBS: usize = 6;
+    const PAGES: u64 = 40;
+    let server = WireMock::start().await;
+    server
+        .stub(json!({"request": {"method": "GET", "urlPath": "/shared/items"},
+                     "response": {"status": 200, "jsonBody": [{"id": 1}]}}))
+        .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let (url, _master) = spawn_master(&store.url);
+    wait_master(&url).await;
+    let data = dir.path().join("data").display().to_string();
+    let limits = format!("shared={PER_MINUTE}/min:{BURST}");
+    let replica = |id: &str| {
+        Proc::spawn(
+            "weir-api-manager",
+            &[],
+            &[
+                ("WEIR_MASTER_URL", url.as_str()),
+                ("WEIR_WORKER_ID", id),
+                ("WEIR_WORKER_CONCURRENCY", "2"),
+                ("WEIR_POLL_WAIT", "1s"),
+                ("WEIR_DATA_DIR", data.as_str()),
+                ("WEIR_API_LIMITS", limits.as_str()),
+                ("WEIR_API_GLOBAL_RATE", "0"),
+            ],
+        )
+    };
+    let mut replicas = vec![replica("api-a"), replica("api-b"), replica("api-c")];
+    let mut jc = JobServiceClient::new(weir_tests::channel(&url));
+    let mut ids = Vec::new();
+    for j in 0..JOBS {
+        let mut s = step("collect", "collect", "api", &[]);
+        s.config_json = json!({
+            "api": "shared", "base_url": server.url, "path": "/shared/items",
+            "paginator": {"type": "page_number"}, "max_pages": PAGES
+        })
+        .to_string();
+        s.timeouts = Some(v1::StepTimeouts { heartbeat: weir_tests::dur(2000), ..Default::default() });
+        s.retry = Some(v1::RetryPolicy { max_attempts: 3, ..Default::default() });
+        ids.push(submit(&mut jc, job(&format!("shared-{j}"), vec![s])).await);
+    }
+
+    // The master's table: shares never add up to more than the limit.
+    let mut wc = WorkerServiceClient::new(weir_tests::channel(&url));
+    let shares = |r: v1::ListQuotasResponse| -> Vec<(String, f64)> {
+        r.quotas
+            .into_iter()
+            .filter(|q| q.key == "api/shared")
+            .flat_map(|q| q.shares.into_iter().map(|s| (s.worker_id, s.per_minute)))
+            .collect()
+    };
+    let mut seen_three = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen_three {
+        assert!(std::time::Instant::now() < deadline, "three replicas never shared the limit");
+        let s = shares(wc.list_quotas(v1::ListQuotasRequest {}).await.expect("quotas").into_inner());
+        let total: f64 = s.iter().map(|x| x.1).sum();
+        assert!(total <= PER_MINUTE as f64 + 1e-6, "shares over the limit: {s:?}");
+        seen_three = s.len() == 3 && s.iter().all(|x| x.1 > 0.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGKILL one replica mid-collection: its share goes to the other two.
+    replicas.remove(2).kill9().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = shares(wc.list_quotas(v1::ListQuotasRequest {}).await.expect("quotas").into_inner());
+        let total: f64 = s.iter().map(|x| x.1).sum();
+        assert!(total <= PER_MINUTE as f64 + 1e-6, "shares over the limit: {s:?}");
+        if !s.iter().any(|x| x.0 == "api-c") && total >= PER_MINUTE as f64 * 0.95 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the killed replica's share did not come back: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for id in &ids {
+        let done = wait_finished(&mut jc, id, Duration::from_secs(120)).await;
+        let t = tasks(&mut jc, id).await.remove(0);
+        assert_eq!(done.state, v1::JobState::Succeeded as i32, "{}: {}", t.error_kind, t.error_message);
+        let o: Value = serde_json::from_str(&t.output_json).expect("output");
+        assert_eq!(counts(&o), (PAGES, PAGES), "every page once in the attempt that succeeded");
+    }
+    let times: Vec<i64> =
+        server.requests().await.into_iter().filter(|r| r.1.starts_with("/shared/")).map(|r| r.2).collect();
+    assert!(times.len() as u64 >= JOBS as u64 * PAGES);
+    let span = (times[times.len() - 1] - times[0]).max(1);
+    for window in [1000, 3000, 10_000, span + 1] {
+        let most = busiest(&times, window) as i64;
+        // +1: the server logs arrivals, and a window's edges can catch one request early.
+        let bound = PER_MINUTE * window / 60_000 + BURST + 1;
+        assert!(most <= bound, "{most} requests in {window} ms, over the limit {PER_MINUTE}/min + burst {BURST}");
+    }
+    let rate = (times.len() as f64 - 1.0) * 60_000.0 / span as f64;
+    eprintln!(
+        "{} requests over {span} ms by three replicas (one killed): {rate:.0}/min against {PER_MINUTE}/min",
+        times.len()
+    );
     store.cleanup().await;
 }

@@ -17,7 +17,14 @@ fn start_master(port: u16, store_url: &str) -> Proc {
 async fn wait_ready(url: &str) {
     let mut w = v1::worker_service_client::WorkerServiceClient::new(channel(url));
     for _ in 0..400 {
-        if w.heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![], draining: false }).await.is_ok()
+        if w.heartbeat(v1::HeartbeatRequest {
+            worker_id: "probe".into(),
+            tasks: vec![],
+            draining: false,
+            quotas: vec![],
+        })
+        .await
+        .is_ok()
         {
             return;
         }

@@ -122,6 +122,7 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let hb = v1::HeartbeatRequest {
             draining: false,
+            quotas: vec![],
             worker_id: "tester".into(),
             tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
         };
@@ -137,6 +138,7 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     assert!(stale.message().contains("stale fence"), "{}", stale.message());
     let hb = v1::HeartbeatRequest {
         draining: false,
+        quotas: vec![],
         worker_id: "tester".into(),
         tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
     };
@@ -180,6 +182,7 @@ async fn cancel_reaches_running_tasks(m: &InProcMaster) {
     assert_eq!(r.into_inner().job.expect("job").state, v1::JobState::Cancelled as i32);
     let hb = v1::HeartbeatRequest {
         draining: false,
+        quotas: vec![],
         worker_id: "tester".into(),
         tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }],
     };

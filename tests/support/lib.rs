@@ -82,18 +82,8 @@ impl InProcMaster {
         m
     }
 
-    /// Ready once a worker call is served (the master leads and has loaded its state).
     async fn wait_ready(&self) {
-        let mut w = self.workers();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while w
-            .heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![], draining: false })
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "master did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_master(&self.url).await
     }
 
     pub fn jobs(&self) -> JobServiceClient<Channel> {
@@ -279,7 +269,16 @@ pub async fn wait_finished(jobs: &mut JobServiceClient<Channel>, id: &str, timeo
             if state.is_some_and(|s| s.is_terminal()) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {id} still {state:?} after {timeout:?}");
+            if Instant::now() >= deadline {
+                let ts = jobs.get_job_tasks(v1::GetJobTasksRequest { job_id: id.into() }).await;
+                let ts: Vec<String> = ts
+                    .map(|r| r.into_inner().tasks)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| format!("{} state {} attempt {} {}", t.step_id, t.state, t.attempt, t.error_message))
+                    .collect();
+                panic!("job {id} still {state:?} after {timeout:?}; its tasks: {ts:?}");
+            }
         } else {
             assert!(Instant::now() < deadline, "master unreachable for {timeout:?}");
         }
@@ -775,5 +774,19 @@ impl WireMock {
             .unwrap_or_default();
         out.sort_by_key(|r| r.2);
         out
+    }
+}
+
+/// Waits until the master at `url` serves worker calls (it leads and has loaded its state).
+pub async fn wait_master(url: &str) {
+    let mut w = WorkerServiceClient::new(channel(url));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w
+        .heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![], draining: false, quotas: vec![] })
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "master {url} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,10 +1,11 @@
 //! An API as the manager holds it — its HTTP client (a pool of at most 10 connections,
-//! idle ones closed after 30 minutes), its credentials and its rate limits — and the
-//! sending of one request with what the server says honoured:
+//! idle ones closed after 30 minutes), its credentials and its rate limits (this manager's
+//! share of the fleet-wide buckets, [`weir_worker::quota`]) — and the sending of one
+//! request with what the server says honoured:
 //!
 //! - 429 and 503 wait `Retry-After` (seconds or an HTTP date) before the next try;
 //!   `RateLimit-Remaining`/`X-RateLimit-Remaining: 0` holds the API's next request until
-//!   the reset;
+//!   the reset; both holds reach every replica through the master;
 //! - other 5xx, timeouts, resets and truncated bodies back off exponentially with jitter;
 //! - a 401 renews the credentials once (OAuth2) and tries again;
 //! - any other 4xx or too many redirects fail for good, naming the URL (its secret
@@ -13,18 +14,17 @@
 //! A body stays in memory up to 8 MiB and is spooled to a file beyond, so a page of any
 //! size passes in bounded memory.
 
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use weir_core::spec::RetryPolicy;
+use weir_worker::quota::Bucket;
 
 use crate::auth::Auth;
 use crate::error::CollectError;
@@ -33,18 +33,11 @@ use crate::error::CollectError;
 /// by the task's own policy) rather than holding a lease.
 pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
 
-/// Requests per minute and burst of one limiter.
+/// Requests per minute and burst of one limit (`per_minute` 0: unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     pub per_minute: u32,
     pub burst: u32,
-}
-
-/// A token bucket, or none (`per_minute` 0: unlimited).
-pub fn limiter(rate: Rate) -> Option<Arc<DefaultDirectRateLimiter>> {
-    let per_minute = NonZeroU32::new(rate.per_minute)?;
-    let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Some(Arc::new(RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst))))
 }
 
 /// An API: its client, credentials and limits, shared by every task that collects from it.
@@ -52,9 +45,9 @@ pub struct Api {
     pub name: String,
     pub http: reqwest::Client,
     pub auth: Option<Arc<dyn Auth>>,
-    /// This API's bucket, then the manager's (every API).
-    pub limits: Vec<Arc<DefaultDirectRateLimiter>>,
-    /// The server said to wait: no request before this.
+    /// This API's bucket, then every API's (either may be off).
+    pub limits: Vec<Arc<Bucket>>,
+    /// Waits that are this manager's alone (backoff): no request before this.
     hold: Mutex<Option<Instant>>,
 }
 
@@ -207,12 +200,7 @@ fn backoff(attempt: u32, seed: u128) -> Duration {
 }
 
 impl Api {
-    pub fn new(
-        name: &str,
-        http: reqwest::Client,
-        auth: Option<Arc<dyn Auth>>,
-        limits: Vec<Arc<DefaultDirectRateLimiter>>,
-    ) -> Api {
+    pub fn new(name: &str, http: reqwest::Client, auth: Option<Arc<dyn Auth>>, limits: Vec<Arc<Bucket>>) -> Api {
         Api { name: name.into(), http, auth, limits, hold: Mutex::new(None) }
     }
 
@@ -225,12 +213,17 @@ impl Api {
             }
         }
         for l in &self.limits {
-            tokio::select! {
-                _ = l.until_ready() => {}
-                _ = cancel.cancelled() => return Err(CollectError::Cancelled),
-            }
+            l.acquire(cancel).await.map_err(|_| CollectError::Cancelled)?;
         }
         Ok(())
+    }
+
+    /// The server said to wait: every replica holds this API's requests back.
+    fn hold_fleet(&self, wait: Duration) {
+        let key = crate::quota_key(&self.name);
+        for l in self.limits.iter().filter(|l| l.key() == key) {
+            l.hold(SystemTime::now() + wait);
+        }
     }
 
     async fn hold_for(&self, wait: Duration) {
@@ -283,6 +276,7 @@ impl Api {
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     if let Some(wait) = exhausted_for(&headers) {
+                        self.hold_fleet(wait.min(MAX_SERVER_WAIT));
                         self.hold_for(wait.min(MAX_SERVER_WAIT)).await;
                     }
                     match status.as_u16() {
@@ -307,10 +301,12 @@ impl Api {
                             continue;
                         }
                         401 => return Err(unauthorized(&self.name, &shown_url)),
-                        429 | 503 => Failure::Retry(
-                            format!("api {}: {shown_url} answered {status}", self.name),
-                            Some(retry_after(&headers).unwrap_or_else(|| backoff(attempt, seed))),
-                        ),
+                        429 | 503 => {
+                            let wait = retry_after(&headers).unwrap_or_else(|| backoff(attempt, seed));
+                            // The server is limiting or overloaded: every replica slows down.
+                            self.hold_fleet(wait.min(MAX_SERVER_WAIT));
+                            Failure::Retry(format!("api {}: {shown_url} answered {status}", self.name), Some(wait))
+                        }
                         500..=599 => Failure::Retry(format!("api {}: {shown_url} answered {status}", self.name), None),
                         _ => {
                             let body = resp.bytes().await.unwrap_or_default();

@@ -19,6 +19,7 @@ use weir_core::api::{
     BodyFormat, CollectStep, HttpMethod, DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_RECORDS_PER_FILE,
 };
 use weir_core::catalog::API_KINDS;
+use weir_worker::quota::Quotas;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
 use crate::client::{self, Api, Body, Effort, Request, Stats};
@@ -34,14 +35,13 @@ pub struct Collect {
     staging: weir_worker::staging::Staging,
     /// By API name and the auth it was made with.
     apis: Mutex<HashMap<String, Arc<Api>>>,
-    /// Every API's requests, in this manager.
-    global: Option<Arc<governor::DefaultDirectRateLimiter>>,
+    /// The fleet-wide buckets, shared over the heartbeat.
+    quotas: Quotas,
 }
 
 impl Collect {
-    pub fn new(settings: ApiSettings) -> Collect {
-        let global = client::limiter(settings.global_rate);
-        Collect { staging: settings.staging(), settings, apis: Mutex::new(HashMap::new()), global }
+    pub fn new(settings: ApiSettings, quotas: Quotas) -> Collect {
+        Collect { staging: settings.staging(), settings, apis: Mutex::new(HashMap::new()), quotas }
     }
 
     /// The API a step names, made on first use (its credentials read then).
@@ -56,7 +56,14 @@ impl Collect {
             Some(spec) => Some(crate::auth::build(spec, &step.api, &http, &self.settings.data_dir)?),
             None => None,
         };
-        let limits = client::limiter(self.settings.api_rate).into_iter().chain(self.global.clone()).collect();
+        let (own, all) = (self.settings.rate_of(&step.api), self.settings.global_rate);
+        let limits = [
+            self.quotas.bucket(&crate::quota_key(&step.api), own.per_minute, own.burst),
+            self.quotas.bucket(crate::GLOBAL_QUOTA_KEY, all.per_minute, all.burst),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let api = Arc::new(Api::new(&step.api, http, auth, limits));
         apis.insert(key, api.clone());
         Ok(api)

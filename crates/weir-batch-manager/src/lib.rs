@@ -124,6 +124,7 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         name: "batch-manager",
         binary: "weir-batch-manager",
         queue: Queue::Batch,
+        quotas: weir_worker::quota::Quotas::default(),
         handlers: vec![
             Arc::new(Generic),
             Arc::new(reconcile::Reconcile { staging: settings.staging() }),

@@ -432,7 +432,14 @@ impl Broker {
 
 async fn wait_ready(w: &mut WorkerServiceClient<Channel>) -> anyhow::Result<()> {
     for _ in 0..600 {
-        if w.heartbeat(v1::HeartbeatRequest { worker_id: "bench".into(), tasks: vec![], draining: false }).await.is_ok()
+        if w.heartbeat(v1::HeartbeatRequest {
+            worker_id: "bench".into(),
+            tasks: vec![],
+            draining: false,
+            quotas: vec![],
+        })
+        .await
+        .is_ok()
         {
             return Ok(());
         }

@@ -11,6 +11,7 @@
 //! - [`api`]: the api kind's config: a resource, its pagination, records and auth.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.
+//! - [`quota`]: fleet-wide rate limits divided into shares over the heartbeat.
 //! - [`model`]: job, task and event records, as stored.
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
 //! - [`trace`]: W3C trace context carried from a submission into every event.
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod events;
 pub mod files;
 pub mod model;
+pub mod quota;
 pub mod retry;
 pub mod spec;
 pub mod template;

@@ -92,6 +92,7 @@ pub fn spec_with(settings: FileSettings) -> ManagerSpec {
         name: "file-manager",
         binary: "weir-file-manager",
         queue: Queue::File,
+        quotas: weir_worker::quota::Quotas::default(),
         handlers: vec![Arc::new(Generic), Arc::new(steps::FileSteps::new(settings.clone()))],
         background: vec![
             Arc::new(watcher::Watcher::new(settings.clone())),

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub scheduler: scheduler::Handle,
     pub ready: AtomicBool,
     pub registry: workers::Registry,
+    /// Fleet-wide rate limits: each worker's share, handed out over the heartbeat.
+    pub quotas: std::sync::Mutex<weir_core::quota::Quotas>,
     pub config: MasterConfig,
 }
 
@@ -114,6 +116,7 @@ pub async fn serve_with_store(
         scheduler,
         ready: AtomicBool::new(false),
         registry: workers::Registry::default(),
+        quotas: std::sync::Mutex::new(weir_core::quota::Quotas::new(now_ms(), workers::quota_ttl(&config))),
         config: config.clone(),
     });
     let (reporter, mut routes) = weir_runtime::grpc::base_routes()?;
@@ -137,6 +140,9 @@ pub async fn serve_with_store(
     tracing::info!(epoch, jobs = jobs.len(), tasks = tasks.len(), "leading; unfinished work loaded");
     let mut engine = Engine::new(engine_config(&config), Box::new(uuid::Uuid::now_v7));
     engine.load(jobs, tasks, now_ms());
+    // Shares a previous leader handed out are unknown here: start a fresh table.
+    *shared.quotas.lock().unwrap_or_else(|p| p.into_inner()) =
+        weir_core::quota::Quotas::new(now_ms(), workers::quota_ttl(&config));
     shared.ready.store(true, Ordering::Release);
     reporter.set_serving::<JobServiceServer<jobs::Jobs>>().await;
     reporter.set_serving::<WorkerServiceServer<workers::Workers>>().await;

@@ -11,6 +11,7 @@ use weir_core::catalog::Queue;
 use weir_core::engine::{EngineError, Failure};
 use weir_core::events::{worker_event, worker_status};
 use weir_core::model::TaskState;
+use weir_core::quota::Demand;
 use weir_core::validate::{check_name, MAX_CONFIG_BYTES};
 use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_server::WorkerService};
@@ -106,6 +107,46 @@ impl Registry {
 /// How long a worker may be silent before it counts as gone: three heartbeat intervals.
 fn silence_limit(interval: Duration) -> i64 {
     3 * i64::try_from(interval.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// How long a share of a fleet-wide limit lasts without a heartbeat: the silence limit, so
+/// a dead worker's share comes back when it counts as gone.
+pub(crate) fn quota_ttl(config: &crate::config::MasterConfig) -> i64 {
+    silence_limit(config.heartbeat_interval)
+}
+
+/// Most shared limits one heartbeat may name.
+const MAX_QUOTAS: usize = 1000;
+
+fn demands(qs: &[v1::QuotaDemand]) -> Result<Vec<Demand>, Status> {
+    if qs.len() > MAX_QUOTAS {
+        return Err(invalid(format!("{} quotas in one heartbeat, over the limit of {MAX_QUOTAS}", qs.len())));
+    }
+    qs.iter()
+        .map(|q| {
+            if q.key.is_empty() || q.key.len() > 256 || q.key.chars().any(char::is_control) {
+                return Err(invalid(format!("quota key {:?} must be 1-256 printable characters", q.key)));
+            }
+            for (what, v) in [
+                ("per_minute", q.per_minute),
+                ("used_per_minute", q.used_per_minute),
+                ("holding", q.holding_per_minute),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(invalid(format!("quota {:?}: {what} must be a number of at least 0", q.key)));
+                }
+            }
+            Ok(Demand {
+                key: q.key.clone(),
+                per_minute: q.per_minute,
+                burst: q.burst,
+                used_per_minute: q.used_per_minute,
+                saturated: q.saturated,
+                holding_per_minute: q.holding_per_minute,
+                hold_until: (q.hold_until_ms > 0).then_some(q.hold_until_ms),
+            })
+        })
+        .collect()
 }
 
 /// Publishes `dev.weir.worker.gone` for workers that stopped heartbeating, every heartbeat
@@ -276,6 +317,7 @@ impl WorkerService for Workers {
         let r = req.into_inner();
         let worker = worker_id(&r.worker_id)?;
         let leases = lease_refs(&r.tasks)?;
+        let demands = demands(&r.quotas)?;
         self.0.registry.seen(&worker, None, Some(leases.len() as u32));
         if r.draining {
             if let Some(q) = self.0.registry.start_draining(&worker) {
@@ -285,11 +327,26 @@ impl WorkerService for Workers {
                 self.0.scheduler.publish(vec![msg]).await.map_err(status::sched)?;
             }
         }
-        let statuses = self.0.scheduler.heartbeat(worker, leases.clone()).await.map_err(status::sched)?;
+        let statuses = self.0.scheduler.heartbeat(worker.clone(), leases.clone()).await.map_err(status::sched)?;
         // The engine answers each lease in the order asked.
         let tasks =
             leases.iter().zip(statuses).map(|(&(t, fence), (_, s))| convert::lease_status(t, fence, s)).collect();
-        Ok(Response::new(v1::HeartbeatResponse { tasks }))
+        let ttl = quota_ttl(&self.0.config);
+        let grants =
+            self.0.quotas.lock().unwrap_or_else(|p| p.into_inner()).heartbeat(&worker, &demands, now_ms(), ttl);
+        let valid_for = convert::duration(Duration::from_millis(u64::try_from(ttl).unwrap_or(0)));
+        let quotas = grants
+            .into_iter()
+            .map(|g| v1::QuotaGrant {
+                key: g.key,
+                per_minute: g.per_minute,
+                burst: g.burst,
+                hold_until_ms: g.hold_until.unwrap_or(0),
+                valid_for: Some(valid_for),
+                growing: g.growing,
+            })
+            .collect();
+        Ok(Response::new(v1::HeartbeatResponse { tasks, quotas }))
     }
 
     #[tracing::instrument(name = "complete_task", skip_all, fields(task_id = %req.get_ref().task_id))]
@@ -350,6 +407,7 @@ impl WorkerService for Workers {
         self.0.check_ready()?;
         let worker = worker_id(&req.into_inner().worker_id)?;
         let released = self.0.scheduler.release_worker(worker.clone()).await.map_err(status::sched)?;
+        self.0.quotas.lock().unwrap_or_else(|p| p.into_inner()).forget(&worker);
         if let Some(w) = self.0.registry.with(|m| m.remove(&worker)) {
             let detail = json!({"reason": "deregistered", "released": released});
             let gone = worker_status(worker_event::GONE, &worker, &w.queue, detail, now_ms());
@@ -357,6 +415,35 @@ impl WorkerService for Workers {
         }
         tracing::info!(worker = %worker, released, "worker deregistered");
         Ok(Response::new(v1::DeregisterWorkerResponse { released }))
+    }
+
+    async fn list_quotas(
+        &self,
+        _req: Request<v1::ListQuotasRequest>,
+    ) -> Result<Response<v1::ListQuotasResponse>, Status> {
+        let ttl = quota_ttl(&self.0.config);
+        let views = self.0.quotas.lock().unwrap_or_else(|p| p.into_inner()).view(now_ms(), ttl);
+        let quotas = views
+            .into_iter()
+            .map(|v| v1::Quota {
+                key: v.key,
+                per_minute: v.per_minute,
+                burst: v.burst,
+                hold_until_ms: v.hold_until.unwrap_or(0),
+                shares: v
+                    .shares
+                    .into_iter()
+                    .map(|(worker_id, per_minute, burst, used_per_minute, saturated)| v1::QuotaShare {
+                        worker_id,
+                        per_minute,
+                        burst,
+                        used_per_minute,
+                        saturated,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(v1::ListQuotasResponse { quotas }))
     }
 
     async fn list_workers(

@@ -16,6 +16,7 @@ pub fn spec() -> Result<ManagerSpec, String> {
         name: "stream-manager",
         binary: "weir-stream-manager",
         queue: Queue::Stream,
+        quotas: weir_worker::quota::Quotas::default(),
         handlers: vec![Arc::new(Generic)],
         background: vec![],
     })

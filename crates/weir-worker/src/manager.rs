@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use weir_core::catalog::Queue;
 
+use crate::quota::Quotas;
 use crate::{StepHandler, Worker, WorkerConfig, WorkerError};
 
 /// Settings every manager takes.
@@ -45,6 +46,8 @@ pub struct ManagerSpec {
     pub handlers: Vec<Arc<dyn StepHandler>>,
     /// Work besides leased tasks (the file manager's watches) and domain gRPC services.
     pub background: Vec<Arc<dyn Background>>,
+    /// The fleet-wide limits its handlers draw on, shared over the heartbeat.
+    pub quotas: Quotas,
 }
 
 /// What a [`Background`] runs with.
@@ -101,7 +104,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
             tokio::spawn(async move { b.run(ctx).await })
         })
         .collect();
-    Worker::new(cfg, spec.handlers)?.run(cancel).await?;
+    Worker::new(cfg, spec.handlers)?.with_quotas(spec.quotas).run(cancel).await?;
     for b in background {
         let _ = b.await;
     }

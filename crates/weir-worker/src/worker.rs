@@ -16,6 +16,7 @@ use weir_core::catalog::Queue;
 use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_client::WorkerServiceClient};
 
+use crate::quota::Quotas;
 use crate::{StepHandler, TaskContext, WorkerError};
 
 /// Settings of one worker.
@@ -67,6 +68,7 @@ pub struct Worker {
     client: WorkerServiceClient<Channel>,
     handlers: HashMap<&'static str, Arc<dyn StepHandler>>,
     table: Table,
+    quotas: Quotas,
 }
 
 impl Worker {
@@ -82,7 +84,19 @@ impl Worker {
                 by_kind.insert(*k, h.clone());
             }
         }
-        Ok(Worker { cfg, client: WorkerServiceClient::new(channel), handlers: by_kind, table: Arc::default() })
+        Ok(Worker {
+            cfg,
+            client: WorkerServiceClient::new(channel),
+            handlers: by_kind,
+            table: Arc::default(),
+            quotas: Quotas::local(),
+        })
+    }
+
+    /// Shares the fleet-wide limits of `quotas` over this worker's heartbeats.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Worker {
+        self.quotas = quotas;
+        self
     }
 
     /// Runs until `cancel` fires, then drains and deregisters.
@@ -98,6 +112,7 @@ impl Worker {
             self.client.clone(),
             self.cfg.worker_id.clone(),
             self.table.clone(),
+            self.quotas.clone(),
             interval,
             hb_stop.clone(),
         ));
@@ -107,7 +122,12 @@ impl Worker {
         // Shutdown: no new work; running tasks get the grace period, then are handed back.
         tracker.close();
         let mut client = self.client.clone();
-        let draining = v1::HeartbeatRequest { worker_id: self.cfg.worker_id.clone(), tasks: vec![], draining: true };
+        let draining = v1::HeartbeatRequest {
+            worker_id: self.cfg.worker_id.clone(),
+            tasks: vec![],
+            draining: true,
+            quotas: vec![],
+        };
         if let Err(s) = client.heartbeat(draining).await {
             // Normal when the master stops at the same time (`weir dev`): it is not an error.
             tracing::info!(error = %s.message(), "could not tell the master this worker is draining");
@@ -340,6 +360,7 @@ async fn heartbeats(
     mut client: WorkerServiceClient<Channel>,
     worker: String,
     table: Table,
+    quotas: Quotas,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -356,11 +377,19 @@ async fn heartbeats(
             (tasks, interval.min(shortest).max(Duration::from_millis(50)))
         };
         // Sent even with nothing in flight: it is also the worker's liveness signal.
+        let mut wait = wait;
         {
-            match client.heartbeat(v1::HeartbeatRequest { worker_id: worker.clone(), tasks, draining: false }).await {
+            let asked = std::time::Instant::now();
+            let req =
+                v1::HeartbeatRequest { worker_id: worker.clone(), tasks, draining: false, quotas: quotas.demands() };
+            match client.heartbeat(req).await {
                 Ok(r) => {
+                    let r = r.into_inner();
+                    if quotas.apply(&r.quotas, asked) {
+                        wait = wait.min(interval / 5);
+                    }
                     let mut t = lock(&table);
-                    for s in r.into_inner().tasks {
+                    for s in r.tasks {
                         let Ok(id) = Uuid::parse_str(&s.task_id) else { continue };
                         let stop = match v1::LeaseStatus::try_from(s.status) {
                             Ok(v1::LeaseStatus::Cancelled) => Stop::Cancelled,
@@ -381,6 +410,7 @@ async fn heartbeats(
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = quotas.woken() => {}
             _ = stop.cancelled() => return,
         }
     }
