@@ -55,11 +55,16 @@ impl Lab {
 
     /// (Re)starts the API manager with its data in `data` and this rate per API.
     fn manager(&mut self, data: &Path, rate: Rate) {
+        let settings =
+            ApiSettings { data_dir: data.to_path_buf(), api_rate: rate, global_rate: fast(), ..ApiSettings::default() };
+        self.manager_with(settings);
+    }
+
+    /// (Re)starts the API manager with these settings.
+    fn manager_with(&mut self, settings: ApiSettings) {
         if let Some((stop, _)) = self.manager.take() {
             stop.cancel();
         }
-        let settings =
-            ApiSettings { data_dir: data.to_path_buf(), api_rate: rate, global_rate: fast(), ..ApiSettings::default() };
         self.manager = Some(run_manager(
             weir_api_manager::spec_with(settings),
             &self.master.url,
@@ -523,6 +528,49 @@ async fn the_managers_rate_limit_spaces_requests_as_the_server_sees_them() {
 }
 
 #[tokio::test]
+async fn an_apis_circuit_opens_after_failures_fails_fast_and_a_probe_closes_it() {
+    let mut lab = Lab::start().await;
+    let circuit = weir_core::api::circuit::CircuitConfig {
+        consecutive_failures: 3,
+        failure_ratio: 0.0,
+        cooldown: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let settings = ApiSettings {
+        data_dir: lab.dir.path().join("circuit-data"),
+        api_rate: fast(),
+        global_rate: fast(),
+        circuit,
+        ..ApiSettings::default()
+    };
+    lab.manager_with(settings);
+    let w = &lab.server;
+    w.stub(json!({"request": {"urlPath": "/sick"}, "response": {"status": 500, "body": "down"}})).await;
+    w.stub(get("/fine", json!({}), body(items(&[1, 2])))).await;
+    // Three 500s in a row open the circuit: the fourth attempt is not sent.
+    let r = lab.collect("sick", lab.resource("/sick", json!({"max_retries": 10}))).await;
+    assert_eq!((r.state.as_str(), r.kind.as_str()), ("failed", "circuit_open"), "{}", r.error);
+    assert!(
+        r.error.contains("3 failures in a row") && r.error.contains("/sick") && r.error.contains("500"),
+        "{}",
+        r.error
+    );
+    assert_eq!(w.count(json!({"urlPath": "/sick"})).await, 3);
+    // While open, the API's other resources fail at once, with nothing sent.
+    let r = lab.collect("fine-while-open", lab.resource("/fine", json!({}))).await;
+    assert_eq!(r.kind, "circuit_open", "{}", r.error);
+    assert_eq!(w.count(json!({"urlPath": "/fine"})).await, 0);
+    // Another API is not affected.
+    let o = lab.ok("other-api", lab.resource("/fine", json!({"api": "other"}))).await;
+    assert_eq!(counts(&o), (1, 2));
+    // After the cooldown, one probe goes; it succeeds and closes the circuit.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let o = lab.ok("fine-after", lab.resource("/fine", json!({}))).await;
+    assert_eq!(counts(&o), (1, 2));
+    lab.stop().await;
+}
+
+#[tokio::test]
 async fn collected_records_are_converted_and_stored_with_every_record_accounted_for() {
     let lab = Lab::start().await;
     let w = &lab.server;
@@ -745,7 +793,9 @@ async fn three_replicas_keep_to_one_limit_and_a_killed_ones_share_comes_back() {
     let (url, _master) = spawn_master(&store.url);
     wait_master(&url).await;
     let data = dir.path().join("data").display().to_string();
-    let limits = format!("shared={PER_MINUTE}/min:{BURST}");
+    let apis = dir.path().join("apis.yaml");
+    std::fs::write(&apis, format!("apis:\n  shared: {{rate: {PER_MINUTE}/min, burst: {BURST}}}\n")).expect("write");
+    let apis = apis.display().to_string();
     let replica = |id: &str| {
         Proc::spawn(
             "weir-api-manager",
@@ -756,7 +806,7 @@ async fn three_replicas_keep_to_one_limit_and_a_killed_ones_share_comes_back() {
                 ("WEIR_WORKER_CONCURRENCY", "2"),
                 ("WEIR_POLL_WAIT", "1s"),
                 ("WEIR_DATA_DIR", data.as_str()),
-                ("WEIR_API_LIMITS", limits.as_str()),
+                ("WEIR_APIS", apis.as_str()),
                 ("WEIR_API_GLOBAL_RATE", "0"),
             ],
         )

@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
+use weir_core::api::circuit::{Admit, Circuit, CircuitConfig, CircuitState};
 use weir_core::spec::RetryPolicy;
 use weir_worker::quota::Bucket;
 
@@ -32,6 +33,10 @@ use crate::error::CollectError;
 /// Longest wait a server's `Retry-After` may ask; a longer one fails the attempt (retried
 /// by the task's own policy) rather than holding a lease.
 pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 /// Requests per minute and burst of one limit (`per_minute` 0: unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,8 @@ pub struct Api {
     pub limits: Vec<Arc<Bucket>>,
     /// Waits that are this manager's alone (backoff): no request before this.
     hold: Mutex<Option<Instant>>,
+    /// This API's circuit breaker in this manager, and why it last opened.
+    circuit: std::sync::Mutex<(Circuit, String)>,
 }
 
 /// An API's client (a request's timeout is the step's, set per request).
@@ -200,8 +207,56 @@ fn backoff(attempt: u32, seed: u128) -> Duration {
 }
 
 impl Api {
-    pub fn new(name: &str, http: reqwest::Client, auth: Option<Arc<dyn Auth>>, limits: Vec<Arc<Bucket>>) -> Api {
-        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None) }
+    pub fn new(
+        name: &str,
+        http: reqwest::Client,
+        auth: Option<Arc<dyn Auth>>,
+        limits: Vec<Arc<Bucket>>,
+        circuit: CircuitConfig,
+    ) -> Api {
+        let circuit = std::sync::Mutex::new((Circuit::new(circuit), String::new()));
+        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), circuit }
+    }
+
+    fn circuit(&self) -> std::sync::MutexGuard<'_, (Circuit, String)> {
+        self.circuit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The circuit's state now.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.circuit().0.state()
+    }
+
+    /// Refuses at once while the circuit is open, naming why it opened.
+    fn admit(&self) -> Result<(), CollectError> {
+        let mut c = self.circuit();
+        let (admit, change) = c.0.admit(now_ms());
+        if let Some(t) = change {
+            tracing::info!(api = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "circuit");
+        }
+        match admit {
+            Admit::No { until } => {
+                let secs = (until - now_ms()).max(0) as f64 / 1000.0;
+                Err(CollectError::CircuitOpen(format!(
+                    "api {}: the circuit is open for another {secs:.1}s: {}",
+                    self.name, c.1
+                )))
+            }
+            Admit::Yes | Admit::Probe => Ok(()),
+        }
+    }
+
+    /// A request's outcome: `sick` for a 5xx, a timeout, a reset or a body cut short.
+    fn outcome(&self, sick: bool, what: &str) {
+        let mut c = self.circuit();
+        if let Some(t) = c.0.record(now_ms(), sick, what) {
+            if t.to == CircuitState::Open {
+                tracing::warn!(api = %self.name, from = t.from.as_str(), reason = %t.reason, "circuit opened");
+                c.1 = t.reason;
+            } else {
+                tracing::info!(api = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "circuit");
+            }
+        }
     }
 
     /// Waits for this API's turn: the server's hold, then every bucket.
@@ -248,6 +303,7 @@ impl Api {
         loop {
             attempt += 1;
             self.turn(cancel).await?;
+            self.admit()?;
             let creds = match &self.auth {
                 Some(a) => a.credentials().await?,
                 None => Default::default(),
@@ -271,9 +327,17 @@ impl Api {
                 Err(e) if e.is_redirect() => {
                     return Err(CollectError::Refused(format!("api {}: {shown_url}: too many redirects", self.name)))
                 }
-                Err(e) => Failure::Retry(format!("api {}: {shown_url}: {}", self.name, cause(&e)), None),
+                Err(e) => {
+                    let m = format!("api {}: {shown_url}: {}", self.name, cause(&e));
+                    self.outcome(true, &m);
+                    Failure::Retry(m, None)
+                }
                 Ok(resp) => {
                     let status = resp.status();
+                    if status.as_u16() >= 300 {
+                        // Any answer the API gave on purpose is a sign of health; a 5xx is not.
+                        self.outcome(status.is_server_error(), &format!("{shown_url} answered {status}"));
+                    }
                     let headers = resp.headers().clone();
                     if let Some(wait) = exhausted_for(&headers) {
                         self.hold_fleet(wait.min(MAX_SERVER_WAIT));
@@ -282,11 +346,15 @@ impl Api {
                     match status.as_u16() {
                         200..=299 => match read_body(resp, &effort.spool, &shown_url, cancel).await {
                             Ok(body) => {
+                                self.outcome(false, "");
                                 stats.bytes += body.len();
                                 return Ok(Fetched { headers, body });
                             }
                             Err(ReadError::Fatal(e)) => return Err(e),
-                            Err(ReadError::Retry(m)) => Failure::Retry(format!("api {}: {m}", self.name), None),
+                            Err(ReadError::Retry(m)) => {
+                                self.outcome(true, &m);
+                                Failure::Retry(format!("api {}: {m}", self.name), None)
+                            }
                         },
                         401 if !renewed && self.auth.is_some() => {
                             renewed = true;

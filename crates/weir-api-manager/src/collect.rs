@@ -64,7 +64,7 @@ impl Collect {
         .into_iter()
         .flatten()
         .collect();
-        let api = Arc::new(Api::new(&step.api, http, auth, limits));
+        let api = Arc::new(Api::new(&step.api, http, auth, limits, self.settings.circuit_of(&step.api)));
         apis.insert(key, api.clone());
         Ok(api)
     }

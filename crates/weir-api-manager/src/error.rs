@@ -20,6 +20,9 @@ pub enum CollectError {
     /// The network, the server or a rate limit: another attempt may pass.
     #[error("{0}")]
     Transient(String),
+    /// The API's circuit is open: it failed too often lately and is left alone for a while.
+    #[error("{0}")]
+    CircuitOpen(String),
     /// Writing the records to staging failed.
     #[error("{0}")]
     Staging(String),
@@ -37,6 +40,7 @@ impl CollectError {
             CollectError::Refused(_) => "http_error",
             CollectError::BadPage(_) => "bad_format",
             CollectError::Transient(_) => "unavailable",
+            CollectError::CircuitOpen(_) => "circuit_open",
             CollectError::Staging(_) => "staging",
             CollectError::Cancelled => "cancelled",
         }
@@ -44,7 +48,13 @@ impl CollectError {
 
     /// Whether another attempt of the step may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CollectError::Transient(_) | CollectError::Staging(_) | CollectError::Cancelled)
+        matches!(
+            self,
+            CollectError::Transient(_)
+                | CollectError::CircuitOpen(_)
+                | CollectError::Staging(_)
+                | CollectError::Cancelled
+        )
     }
 }
 

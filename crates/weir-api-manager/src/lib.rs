@@ -13,10 +13,11 @@ pub mod output;
 pub mod paginate;
 pub mod records;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use weir_core::api::circuit::CircuitConfig;
+use weir_core::api::profile::{parse_rate, ApiProfiles};
 use weir_core::catalog::Queue;
 use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
@@ -35,8 +36,11 @@ pub struct ApiSettings {
     /// `WEIR_API_RATE` (default `100/min`, burst `WEIR_API_BURST`, 200): each API's
     /// requests from every replica together; `0` = unlimited.
     pub api_rate: Rate,
-    /// `WEIR_API_LIMITS` (`shop=600/min:50,github=80/s`): an API's own limit and burst.
-    pub api_rates: BTreeMap<String, Rate>,
+    /// `WEIR_APIS`: a file with each API's own limit, burst and circuit breaker
+    /// ([`weir_core::api::profile`]).
+    pub profiles: ApiProfiles,
+    /// The circuit of an API the file does not set.
+    pub circuit: CircuitConfig,
     /// `WEIR_API_GLOBAL_RATE` (default `1000/min`, the same burst): every API's together.
     pub global_rate: Rate,
 }
@@ -55,46 +59,11 @@ impl Default for ApiSettings {
             data_dir: PathBuf::from(weir_worker::DEFAULT_DATA_DIR),
             staging: None,
             api_rate: Rate { per_minute: 100, burst: 200 },
-            api_rates: BTreeMap::new(),
+            profiles: ApiProfiles::default(),
+            circuit: CircuitConfig::default(),
             global_rate: Rate { per_minute: 1000, burst: 200 },
         }
     }
-}
-
-/// A rate: `N/min`, `N/s` or a bare number per minute.
-fn per_minute(k: &str, v: &str) -> Result<u32, String> {
-    let v = v.trim();
-    let (n, unit) = match v.split_once('/') {
-        Some((n, u)) => (n.trim(), u.trim()),
-        None => (v, "min"),
-    };
-    let n: u32 = n.parse().map_err(|_| format!("{k} must be like 100/min or 5/s, got {v:?}"))?;
-    match unit {
-        "min" | "m" => Ok(n),
-        "s" | "sec" => n.checked_mul(60).ok_or_else(|| format!("{k} is too large")),
-        _ => Err(format!("{k} must be like 100/min or 5/s, got {v:?}")),
-    }
-}
-
-/// `name=rate[:burst]`, separated by commas or spaces.
-fn limits(k: &str, v: &str, burst: u32) -> Result<BTreeMap<String, Rate>, String> {
-    let mut out = BTreeMap::new();
-    for item in v.split([',', ' ']).map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((name, limit)) = item.split_once('=') else {
-            return Err(format!("{k}: {item:?} must be like shop=600/min or shop=10/s:50"));
-        };
-        let (rate, b) = match limit.rsplit_once(':') {
-            Some((r, b)) => {
-                let b = b.trim().parse().map_err(|_| format!("{k}: the burst of {name:?} must be a whole number"))?;
-                (r, b)
-            }
-            None => (limit, burst),
-        };
-        let name = name.trim();
-        weir_core::validate::check_name(&format!("{k} api"), name, 128).map_err(|e| e.to_string())?;
-        out.insert(name.to_string(), Rate { per_minute: per_minute(&format!("{k} {name}"), rate)?, burst: b });
-    }
-    Ok(out)
 }
 
 impl ApiSettings {
@@ -110,18 +79,19 @@ impl ApiSettings {
             s.data_dir = PathBuf::from(d);
         }
         if let Some(v) = get("WEIR_API_RATE") {
-            s.api_rate.per_minute = per_minute("WEIR_API_RATE", &v)?;
+            s.api_rate.per_minute = parse_rate("WEIR_API_RATE", &v)?;
         }
         if let Some(v) = get("WEIR_API_GLOBAL_RATE") {
-            s.global_rate.per_minute = per_minute("WEIR_API_GLOBAL_RATE", &v)?;
+            s.global_rate.per_minute = parse_rate("WEIR_API_GLOBAL_RATE", &v)?;
         }
         if let Some(v) = get("WEIR_API_BURST") {
             let b: u32 = v.trim().parse().map_err(|_| format!("WEIR_API_BURST must be a whole number, got {v:?}"))?;
             s.api_rate.burst = b;
             s.global_rate.burst = b;
         }
-        if let Some(v) = get("WEIR_API_LIMITS") {
-            s.api_rates = limits("WEIR_API_LIMITS", &v, s.api_rate.burst)?;
+        if let Some(path) = get("WEIR_APIS").filter(|p| !p.is_empty()) {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("WEIR_APIS {path}: {e}"))?;
+            s.profiles = ApiProfiles::parse(&text).map_err(|e| format!("WEIR_APIS {path}: {e}"))?;
         }
         s.staging = weir_worker::staging::location_from(get(weir_worker::staging::STAGING_LOCATION_ENV))?;
         Ok(s)
@@ -129,7 +99,17 @@ impl ApiSettings {
 
     /// The limit of one API: its own, else the default.
     pub fn rate_of(&self, api: &str) -> Rate {
-        self.api_rates.get(api).copied().unwrap_or(self.api_rate)
+        let p = self.profiles.apis.get(api);
+        let rate = p.and_then(|p| p.rate.as_deref()).and_then(|r| parse_rate("rate", r).ok());
+        Rate {
+            per_minute: rate.unwrap_or(self.api_rate.per_minute),
+            burst: p.and_then(|p| p.burst).unwrap_or(self.api_rate.burst),
+        }
+    }
+
+    /// The circuit breaker of one API: its own, else the default.
+    pub fn circuit_of(&self, api: &str) -> CircuitConfig {
+        self.profiles.apis.get(api).and_then(|p| p.circuit).unwrap_or(self.circuit)
     }
 
     /// Staging as this manager sees it.
@@ -169,13 +149,17 @@ mod tests {
         assert_eq!((s.api_rate, s.global_rate.per_minute), (Rate { per_minute: 300, burst: 10 }, 1000));
         let e = ApiSettings::from_lookup(env(&[("WEIR_API_RATE", "fast")])).expect_err("bad");
         assert!(e.contains("WEIR_API_RATE"), "{e}");
-        let s = ApiSettings::from_lookup(env(&[("WEIR_API_LIMITS", "shop=10/s:50, github=5000/min")])).expect("limits");
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("apis.yaml");
+        std::fs::write(&file, "apis:\n  shop: {rate: 10/s, burst: 50, circuit: {consecutive_failures: 2}}\n")
+            .expect("write");
+        let path = file.display().to_string();
+        let s = ApiSettings::from_lookup(|k| (k == "WEIR_APIS").then(|| path.clone())).expect("profiles");
         assert_eq!(s.rate_of("shop"), Rate { per_minute: 600, burst: 50 });
-        assert_eq!(s.rate_of("github"), Rate { per_minute: 5000, burst: 200 });
         assert_eq!(s.rate_of("other"), s.api_rate);
-        for bad in ["shop", "shop=fast", "shop=10/s:x"] {
-            let e = ApiSettings::from_lookup(|k| (k == "WEIR_API_LIMITS").then(|| bad.to_string())).expect_err(bad);
-            assert!(e.contains("WEIR_API_LIMITS"), "{e}");
-        }
+        assert_eq!((s.circuit_of("shop").consecutive_failures, s.circuit_of("other").consecutive_failures), (2, 5));
+        std::fs::write(&file, "apis: {shop: {rate: fast}}").expect("write");
+        let e = ApiSettings::from_lookup(|k| (k == "WEIR_APIS").then(|| path.clone())).expect_err("bad");
+        assert!(e.contains("WEIR_APIS") && e.contains("apis.shop.rate"), "{e}");
     }
 }

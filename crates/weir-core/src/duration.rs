@@ -52,6 +52,19 @@ pub mod option {
     }
 }
 
+/// `serde(with = ...)` helper for a `Duration` written as text (or seconds).
+pub mod required {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::option::deserialize(d)?.ok_or_else(|| serde::de::Error::custom("a duration is required, like 30s"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

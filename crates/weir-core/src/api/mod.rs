@@ -8,8 +8,11 @@
 //!   in staging as bounded NDJSON files (or the CSV bodies as they came) that the batch
 //!   kinds `convert`/`quality`/`store` take unchanged.
 //!
-//! [`template`] holds the placeholders a resource's values may carry.
+//! [`template`] holds the placeholders a resource's values may carry; [`profile`] what a
+//! deployment says about each API (limits, circuit), [`circuit`] the breaker itself.
 
+pub mod circuit;
+pub mod profile;
 pub mod template;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,95 @@
+//! What a deployment says about each API, shared by every job that calls it: its rate
+//! limit and burst (held across every API-manager replica) and its circuit breaker. Read
+//! by the API manager from the file `WEIR_APIS` names (YAML or JSON):
+//!
+//! ```yaml
+//! apis:
+//!   shop:
+//!     rate: 600/min          # or 10/s; 0 = unlimited
+//!     burst: 50
+//!     circuit: {consecutive_failures: 5, failure_ratio: 0.5, min_requests: 20, window: 60s, cooldown: 30s}
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::circuit::CircuitConfig;
+
+/// One API's settings; what is left out takes the manager's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiProfile {
+    /// `600/min`, `10/s` or a number per minute.
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+    pub circuit: Option<CircuitConfig>,
+}
+
+/// Every API's settings, by API name.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiProfiles {
+    #[serde(default)]
+    pub apis: BTreeMap<String, ApiProfile>,
+}
+
+impl ApiProfiles {
+    /// Reads and checks a profiles file's text; the error names the API and the field.
+    pub fn parse(text: &str) -> Result<ApiProfiles, String> {
+        let p: ApiProfiles = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        for (name, api) in &p.apis {
+            crate::validate::check_name("api", name, 128).map_err(|e| e.to_string())?;
+            if let Some(r) = &api.rate {
+                parse_rate(&format!("apis.{name}.rate"), r)?;
+            }
+            if let Some(c) = &api.circuit {
+                c.check().map_err(|e| format!("apis.{name}.{e}"))?;
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// A rate: `N/min`, `N/s` or a bare number per minute; the error names `what`.
+pub fn parse_rate(what: &str, v: &str) -> Result<u32, String> {
+    let v = v.trim();
+    let (n, unit) = match v.split_once('/') {
+        Some((n, u)) => (n.trim(), u.trim()),
+        None => (v, "min"),
+    };
+    let bad = || format!("{what} must be like 100/min or 5/s, got {v:?}");
+    let n: u32 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "min" | "m" => Ok(n),
+        "s" | "sec" => n.checked_mul(60).ok_or_else(|| format!("{what} is too large")),
+        "h" | "hour" => Ok(n.div_ceil(60)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_read_and_bad_ones_are_named() {
+        let p = ApiProfiles::parse(
+            "apis:\n  shop: {rate: 10/s, burst: 50, circuit: {consecutive_failures: 3, cooldown: 5s}}\n  gh: {rate: 5000/h}\n",
+        )
+        .expect("profiles");
+        assert_eq!(parse_rate("r", p.apis["shop"].rate.as_deref().unwrap_or_default()), Ok(600));
+        let c = p.apis["shop"].circuit.expect("circuit");
+        assert_eq!((c.consecutive_failures, c.cooldown.as_secs(), c.min_requests), (3, 5, 20));
+        assert_eq!(parse_rate("r", "5000/h"), Ok(84));
+        for (text, names) in [
+            ("apis: {shop: {rate: fast}}", "apis.shop.rate"),
+            ("apis: {shop: {circuit: {failure_ratio: 2}}}", "apis.shop.circuit.failure_ratio"),
+            ("apis: {shop: {limit: 5}}", "limit"),
+            ("apis: {'a b': {}}", "a b"),
+        ] {
+            let e = ApiProfiles::parse(text).expect_err(text);
+            assert!(e.contains(names), "{text}: {e}");
+        }
+    }
+}
