@@ -44,8 +44,12 @@ fn fast() -> Rate {
 
 impl Lab {
     async fn start() -> Lab {
+        Lab::start_on(Backend::Sqlite).await
+    }
+
+    async fn start_on(backend: Backend) -> Lab {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = StoreFixture::new(Backend::Sqlite).await;
+        let store = StoreFixture::new(backend).await;
         let master = InProcMaster::start(&store.url).await;
         let server = WireMock::start().await;
         let mut lab = Lab { dir, store, master, manager: None, server };
@@ -529,7 +533,8 @@ async fn the_managers_rate_limit_spaces_requests_as_the_server_sees_them() {
 
 #[tokio::test]
 async fn an_apis_circuit_opens_after_failures_fails_fast_and_a_probe_closes_it() {
-    let mut lab = Lab::start().await;
+    // PostgreSQL, so the test reads the master's outbox while the master runs.
+    let mut lab = Lab::start_on(Backend::Postgres).await;
     let circuit = weir_core::api::circuit::CircuitConfig {
         consecutive_failures: 3,
         failure_ratio: 0.0,
@@ -567,6 +572,23 @@ async fn an_apis_circuit_opens_after_failures_fails_fast_and_a_probe_closes_it()
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let o = lab.ok("fine-after", lab.resource("/fine", json!({}))).await;
     assert_eq!(counts(&o), (1, 2));
+    // Each change went to the master over the heartbeat and into its outbox (`weir.apis`).
+    let store = lab.store.open().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let all = store.messages_after(0, 1000).await.expect("outbox");
+        let apis: Vec<_> = all.into_iter().map(|m| m.1).filter(|m| m.topic == "weir.apis").collect();
+        if apis.len() >= 3 || std::time::Instant::now() > deadline {
+            break apis;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(kinds, ["dev.weir.api.circuit_opened", "dev.weir.api.circuit_half_open", "dev.weir.api.circuit_closed"]);
+    assert!(events.iter().all(|m| m.key == "test" && m.data["api"] == "test" && m.data["worker_id"].is_string()));
+    let opened = &events[0].data;
+    assert!(opened["reason"].as_str().is_some_and(|r| r.contains("3 failures in a row")), "{opened}");
+    assert!(opened["open_until"].is_string(), "{opened}");
     lab.stop().await;
 }
 
@@ -845,6 +867,15 @@ async fn three_replicas_keep_to_one_limit_and_a_killed_ones_share_comes_back() {
         seen_three = s.len() == 3 && s.iter().all(|x| x.1 > 0.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What an operator sees: `weir apis` lists the limit and the three replicas' shares.
+    let shown = std::process::Command::new(weir_tests::bin("weir"))
+        .arg("apis")
+        .env("WEIR_MASTER_URL", &url)
+        .output()
+        .expect("weir apis");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}{}", String::from_utf8_lossy(&shown.stderr));
+    assert!(text.contains("shared") && ["api-a", "api-b", "api-c"].iter().all(|w| text.contains(w)), "{text}");
     // SIGKILL one replica mid-collection: its share goes to the other two.
     replicas.remove(2).kill9().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

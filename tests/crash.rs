@@ -22,6 +22,7 @@ async fn wait_ready(url: &str) {
             tasks: vec![],
             draining: false,
             quotas: vec![],
+            notices: vec![],
         })
         .await
         .is_ok()

@@ -123,6 +123,7 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
         let hb = v1::HeartbeatRequest {
             draining: false,
             quotas: vec![],
+            notices: vec![],
             worker_id: "tester".into(),
             tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
         };
@@ -139,6 +140,7 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     let hb = v1::HeartbeatRequest {
         draining: false,
         quotas: vec![],
+        notices: vec![],
         worker_id: "tester".into(),
         tasks: vec![v1::TaskHeartbeat { task_id: first.task_id.clone(), fence_token: 1 }],
     };
@@ -183,6 +185,7 @@ async fn cancel_reaches_running_tasks(m: &InProcMaster) {
     let hb = v1::HeartbeatRequest {
         draining: false,
         quotas: vec![],
+        notices: vec![],
         worker_id: "tester".into(),
         tasks: vec![v1::TaskHeartbeat { task_id: a.task_id.clone(), fence_token: a.fence_token }],
     };

@@ -782,7 +782,13 @@ pub async fn wait_master(url: &str) {
     let mut w = WorkerServiceClient::new(channel(url));
     let deadline = Instant::now() + Duration::from_secs(30);
     while w
-        .heartbeat(v1::HeartbeatRequest { worker_id: "probe".into(), tasks: vec![], draining: false, quotas: vec![] })
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: "probe".into(),
+            tasks: vec![],
+            draining: false,
+            quotas: vec![],
+            notices: vec![],
+        })
         .await
         .is_err()
     {

@@ -23,8 +23,10 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
-use weir_core::api::circuit::{Admit, Circuit, CircuitConfig, CircuitState};
+use weir_core::api::circuit::{Admit, Circuit, CircuitConfig, CircuitState, Transition};
+use weir_core::events::api_event;
 use weir_core::spec::RetryPolicy;
+use weir_worker::notice::Notices;
 use weir_worker::quota::Bucket;
 
 use crate::auth::Auth;
@@ -56,6 +58,8 @@ pub struct Api {
     hold: Mutex<Option<Instant>>,
     /// This API's circuit breaker in this manager, and why it last opened.
     circuit: std::sync::Mutex<(Circuit, String)>,
+    /// Where the circuit's changes go (the master publishes them on `weir.apis`).
+    notices: Notices,
 }
 
 /// An API's client (a request's timeout is the step's, set per request).
@@ -213,9 +217,29 @@ impl Api {
         auth: Option<Arc<dyn Auth>>,
         limits: Vec<Arc<Bucket>>,
         circuit: CircuitConfig,
+        notices: Notices,
     ) -> Api {
         let circuit = std::sync::Mutex::new((Circuit::new(circuit), String::new()));
-        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), circuit }
+        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), circuit, notices }
+    }
+
+    /// Logs a change of the circuit and reports it for `weir.apis`.
+    fn changed(&self, t: &Transition, open_until: Option<i64>) {
+        let kind = match t.to {
+            CircuitState::Open => api_event::CIRCUIT_OPENED,
+            CircuitState::HalfOpen => api_event::CIRCUIT_HALF_OPEN,
+            CircuitState::Closed => api_event::CIRCUIT_CLOSED,
+        };
+        if t.to == CircuitState::Open {
+            tracing::warn!(api = %self.name, from = t.from.as_str(), reason = %t.reason, "circuit opened");
+        } else {
+            tracing::info!(api = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "circuit");
+        }
+        let mut data = serde_json::json!({"from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason});
+        if let Some(u) = open_until {
+            data["open_until"] = weir_core::events::rfc3339(u).into();
+        }
+        self.notices.push(kind, &self.name, data, now_ms());
     }
 
     fn circuit(&self) -> std::sync::MutexGuard<'_, (Circuit, String)> {
@@ -232,7 +256,7 @@ impl Api {
         let mut c = self.circuit();
         let (admit, change) = c.0.admit(now_ms());
         if let Some(t) = change {
-            tracing::info!(api = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "circuit");
+            self.changed(&t, None);
         }
         match admit {
             Admit::No { until } => {
@@ -250,11 +274,9 @@ impl Api {
     fn outcome(&self, sick: bool, what: &str) {
         let mut c = self.circuit();
         if let Some(t) = c.0.record(now_ms(), sick, what) {
+            self.changed(&t, c.0.open_until());
             if t.to == CircuitState::Open {
-                tracing::warn!(api = %self.name, from = t.from.as_str(), reason = %t.reason, "circuit opened");
                 c.1 = t.reason;
-            } else {
-                tracing::info!(api = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "circuit");
             }
         }
     }

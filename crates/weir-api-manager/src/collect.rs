@@ -19,6 +19,7 @@ use weir_core::api::{
     BodyFormat, CollectStep, HttpMethod, DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_RECORDS_PER_FILE,
 };
 use weir_core::catalog::API_KINDS;
+use weir_worker::notice::Notices;
 use weir_worker::quota::Quotas;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
@@ -37,11 +38,13 @@ pub struct Collect {
     apis: Mutex<HashMap<String, Arc<Api>>>,
     /// The fleet-wide buckets, shared over the heartbeat.
     quotas: Quotas,
+    /// Circuit changes, for `weir.apis`.
+    notices: Notices,
 }
 
 impl Collect {
-    pub fn new(settings: ApiSettings, quotas: Quotas) -> Collect {
-        Collect { staging: settings.staging(), settings, apis: Mutex::new(HashMap::new()), quotas }
+    pub fn new(settings: ApiSettings, quotas: Quotas, notices: Notices) -> Collect {
+        Collect { staging: settings.staging(), settings, apis: Mutex::new(HashMap::new()), quotas, notices }
     }
 
     /// The API a step names, made on first use (its credentials read then).
@@ -64,7 +67,14 @@ impl Collect {
         .into_iter()
         .flatten()
         .collect();
-        let api = Arc::new(Api::new(&step.api, http, auth, limits, self.settings.circuit_of(&step.api)));
+        let api = Arc::new(Api::new(
+            &step.api,
+            http,
+            auth,
+            limits,
+            self.settings.circuit_of(&step.api),
+            self.notices.clone(),
+        ));
         apis.insert(key, api.clone());
         Ok(api)
     }

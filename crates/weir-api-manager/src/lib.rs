@@ -21,6 +21,7 @@ use weir_core::api::profile::{parse_rate, ApiProfiles};
 use weir_core::catalog::Queue;
 use weir_worker::generic::Generic;
 use weir_worker::manager::ManagerSpec;
+use weir_worker::notice::Notices;
 use weir_worker::quota::Quotas;
 
 use crate::client::Rate;
@@ -125,14 +126,15 @@ pub fn spec() -> Result<ManagerSpec, String> {
 
 /// What this manager runs, with the given settings.
 pub fn spec_with(settings: ApiSettings) -> ManagerSpec {
-    let quotas = Quotas::shared();
+    let (quotas, notices) = (Quotas::shared(), Notices::default());
     ManagerSpec {
         name: "api-manager",
         binary: "weir-api-manager",
         queue: Queue::Api,
-        handlers: vec![Arc::new(Generic), Arc::new(collect::Collect::new(settings, quotas.clone()))],
+        handlers: vec![Arc::new(Generic), Arc::new(collect::Collect::new(settings, quotas.clone(), notices.clone()))],
         background: vec![],
         quotas,
+        notices,
     }
 }
 

@@ -125,6 +125,7 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         binary: "weir-batch-manager",
         queue: Queue::Batch,
         quotas: weir_worker::quota::Quotas::default(),
+        notices: weir_worker::notice::Notices::default(),
         handlers: vec![
             Arc::new(Generic),
             Arc::new(reconcile::Reconcile { staging: settings.staging() }),

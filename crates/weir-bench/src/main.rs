@@ -437,6 +437,7 @@ async fn wait_ready(w: &mut WorkerServiceClient<Channel>) -> anyhow::Result<()> 
             tasks: vec![],
             draining: false,
             quotas: vec![],
+            notices: vec![],
         })
         .await
         .is_ok()

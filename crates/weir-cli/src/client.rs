@@ -171,6 +171,12 @@ impl Client {
         Ok(())
     }
 
+    pub async fn apis(&mut self) -> anyhow::Result<()> {
+        let r = self.workers.list_quotas(v1::ListQuotasRequest {}).await.map_err(explain)?.into_inner();
+        render::quota_table(&r.quotas, self.json);
+        Ok(())
+    }
+
     /// Follows a job until it finishes: a progress bar on a terminal, one line per event otherwise.
     pub async fn watch(&mut self, id: &str) -> anyhow::Result<ExitCode> {
         let (job, _) = self.fetch(id).await?;

@@ -63,6 +63,8 @@ enum Command {
     },
     /// List the workers the master knows.
     Workers,
+    /// The fleet-wide API limits and each API-manager replica's share of them.
+    Apis,
     /// The file manager's watches: list what they have seen, re-drive a file.
     Files {
         /// The file manager's gRPC address.
@@ -156,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Workers => c()?.workers().await.map(|_| ok),
+        Command::Apis => c()?.apis().await.map(|_| ok),
         Command::Files { files_url, command } => {
             let mut files = client::FilesClient::connect(&files_url, json)?;
             match command {

@@ -186,6 +186,49 @@ pub fn worker_table(ws: &[v1::Worker]) {
     }
 }
 
+/// The fleet-wide limits (`api/<name>`, `api/*` for all APIs) and each replica's share.
+pub fn quota_table(qs: &[v1::Quota], json: bool) {
+    if json {
+        for q in qs {
+            let shares: Vec<Value> = q
+                .shares
+                .iter()
+                .map(|s| {
+                    json!({"worker_id": s.worker_id, "per_minute": s.per_minute, "burst": s.burst,
+                                "used_per_minute": s.used_per_minute, "saturated": s.saturated})
+                })
+                .collect();
+            let hold = (q.hold_until_ms > 0).then(|| weir_core::events::rfc3339(q.hold_until_ms));
+            println!(
+                "{}",
+                json!({"key": q.key, "per_minute": q.per_minute, "burst": q.burst, "hold_until": hold, "shares": shares})
+            );
+        }
+        return;
+    }
+    if qs.is_empty() {
+        println!("no API limit in use (a limit appears once an API manager calls an API)");
+        return;
+    }
+    println!("{:<24}  {:>9}  {:>6}  {:<36}  {:>9}  {:>9}", "LIMIT", "PER MIN", "BURST", "REPLICA", "SHARE", "USED");
+    for q in qs {
+        let name = if q.key == "api/*" { "all APIs".to_string() } else { q.key.trim_start_matches("api/").to_string() };
+        let hold = if q.hold_until_ms > 0 {
+            format!("  held until {}", weir_core::events::rfc3339(q.hold_until_ms))
+        } else {
+            String::new()
+        };
+        println!("{:<24}  {:>9.0}  {:>6}{hold}", name, q.per_minute, q.burst);
+        for s in &q.shares {
+            let full = if s.saturated { " (wants more)" } else { "" };
+            println!(
+                "{:<24}  {:>9}  {:>6}  {:<36}  {:>9.1}  {:>9.1}{full}",
+                "", "", s.burst, s.worker_id, s.per_minute, s.used_per_minute
+            );
+        }
+    }
+}
+
 fn job_value(j: &v1::Job) -> Value {
     let spec = j.spec.clone().unwrap_or_default();
     json!({

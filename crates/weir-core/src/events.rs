@@ -35,8 +35,10 @@ pub mod topic {
     pub const FILES: &str = "weir.files";
     /// Schema changes of datasets and tables (key: the dataset).
     pub const DATASETS: &str = "weir.datasets";
+    /// The APIs the API managers call: circuits opened and closed.
+    pub const APIS: &str = "weir.apis";
     /// Every topic Weir creates at start.
-    pub const ALL: [&str; 7] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS];
+    pub const ALL: [&str; 8] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS];
 }
 
 /// Header names, in one place.
@@ -148,6 +150,37 @@ pub fn worker_status(kind: &str, worker: &str, queue: &str, detail: Value, now: 
         kind: kind.into(),
         subject: worker.into(),
         time_ms: now,
+        data: Value::Object(data),
+    }
+}
+
+/// API status types (topic `weir.apis`, keyed by API name), reported by the API managers
+/// over the heartbeat; the master publishes only these kinds for them.
+pub mod api_event {
+    /// Failures opened the API's circuit in a manager: it is left alone for a cooldown.
+    pub const CIRCUIT_OPENED: &str = "dev.weir.api.circuit_opened";
+    /// The cooldown is over: one probe request goes.
+    pub const CIRCUIT_HALF_OPEN: &str = "dev.weir.api.circuit_half_open";
+    /// The probe succeeded: the API is called again.
+    pub const CIRCUIT_CLOSED: &str = "dev.weir.api.circuit_closed";
+    pub const ALL: [&str; 3] = [CIRCUIT_OPENED, CIRCUIT_HALF_OPEN, CIRCUIT_CLOSED];
+}
+
+/// An API status change a worker reported, for the outbox. `detail` fields are merged
+/// into `data`, after `api` and `worker_id`.
+pub fn api_status(kind: &str, api: &str, worker: &str, detail: Value, time_ms: Millis) -> OutboxMessage {
+    let mut data = Map::new();
+    if let Value::Object(d) = detail {
+        data.extend(d);
+    }
+    data.insert("api".into(), json!(api));
+    data.insert("worker_id".into(), json!(worker));
+    OutboxMessage {
+        topic: topic::APIS.into(),
+        key: api.into(),
+        kind: kind.into(),
+        subject: api.into(),
+        time_ms,
         data: Value::Object(data),
     }
 }

@@ -93,6 +93,7 @@ pub fn spec_with(settings: FileSettings) -> ManagerSpec {
         binary: "weir-file-manager",
         queue: Queue::File,
         quotas: weir_worker::quota::Quotas::default(),
+        notices: weir_worker::notice::Notices::default(),
         handlers: vec![Arc::new(Generic), Arc::new(steps::FileSteps::new(settings.clone()))],
         background: vec![
             Arc::new(watcher::Watcher::new(settings.clone())),

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use weir_core::catalog::Queue;
 use weir_core::engine::{EngineError, Failure};
-use weir_core::events::{worker_event, worker_status};
+use weir_core::events::{api_event, api_status, worker_event, worker_status};
 use weir_core::model::TaskState;
 use weir_core::quota::Demand;
 use weir_core::validate::{check_name, MAX_CONFIG_BYTES};
@@ -117,6 +117,32 @@ pub(crate) fn quota_ttl(config: &crate::config::MasterConfig) -> i64 {
 
 /// Most shared limits one heartbeat may name.
 const MAX_QUOTAS: usize = 1000;
+
+/// Most notices one heartbeat may carry.
+const MAX_NOTICES: usize = 1000;
+
+/// A worker's notices as outbox messages; only the catalogue's API kinds are accepted.
+fn notices(worker: &str, ns: &[v1::WorkerNotice]) -> Result<Vec<weir_core::model::OutboxMessage>, Status> {
+    if ns.len() > MAX_NOTICES {
+        return Err(invalid(format!("{} notices in one heartbeat, over the limit of {MAX_NOTICES}", ns.len())));
+    }
+    ns.iter()
+        .map(|n| {
+            if !api_event::ALL.contains(&n.r#type.as_str()) {
+                return Err(invalid(format!("notice type {:?} is not one of {:?}", n.r#type, api_event::ALL)));
+            }
+            check_name("notice subject", &n.subject, 128).map_err(status::spec)?;
+            if n.data_json.len() > MAX_CONFIG_BYTES {
+                return Err(invalid(format!("a notice's data is over the limit of {MAX_CONFIG_BYTES} bytes")));
+            }
+            let data: serde_json::Value = serde_json::from_str(&n.data_json)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| invalid("a notice's data_json must be a JSON object"))?;
+            Ok(api_status(&n.r#type, &n.subject, worker, data, n.time_ms))
+        })
+        .collect()
+}
 
 fn demands(qs: &[v1::QuotaDemand]) -> Result<Vec<Demand>, Status> {
     if qs.len() > MAX_QUOTAS {
@@ -318,6 +344,7 @@ impl WorkerService for Workers {
         let worker = worker_id(&r.worker_id)?;
         let leases = lease_refs(&r.tasks)?;
         let demands = demands(&r.quotas)?;
+        let notices = notices(&worker, &r.notices)?;
         self.0.registry.seen(&worker, None, Some(leases.len() as u32));
         if r.draining {
             if let Some(q) = self.0.registry.start_draining(&worker) {
@@ -326,6 +353,9 @@ impl WorkerService for Workers {
                 let msg = worker_status(worker_event::DRAINING, &worker, &q, held, now_ms());
                 self.0.scheduler.publish(vec![msg]).await.map_err(status::sched)?;
             }
+        }
+        if !notices.is_empty() {
+            self.0.scheduler.publish(notices).await.map_err(status::sched)?;
         }
         let statuses = self.0.scheduler.heartbeat(worker.clone(), leases.clone()).await.map_err(status::sched)?;
         // The engine answers each lease in the order asked.

@@ -17,6 +17,7 @@ pub fn spec() -> Result<ManagerSpec, String> {
         binary: "weir-stream-manager",
         queue: Queue::Stream,
         quotas: weir_worker::quota::Quotas::default(),
+        notices: weir_worker::notice::Notices::default(),
         handlers: vec![Arc::new(Generic)],
         background: vec![],
     })

@@ -5,12 +5,14 @@
 //! flight, heartbeats all of them in one call, stops a task when the master says it was
 //! cancelled or its lease was lost, reports results with the lease's fence token, and on
 //! shutdown stops taking work, lets running tasks finish for a grace period, and hands the
-//! rest back. [`quota`] keeps its share of the fleet-wide limits over the same heartbeat.
+//! rest back. [`quota`] keeps its share of the fleet-wide limits over the same heartbeat,
+//! and [`notice`] carries status changes for the master to publish.
 //! [`generic`] holds the engine-proving kinds (`noop`, `sleep`, `fail`);
 //! [`manager`] is the `main` every manager binary shares.
 
 pub mod generic;
 pub mod manager;
+pub mod notice;
 pub mod quota;
 pub mod report;
 pub mod staging;

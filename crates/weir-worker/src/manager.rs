@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use weir_core::catalog::Queue;
 
+use crate::notice::Notices;
 use crate::quota::Quotas;
 use crate::{StepHandler, Worker, WorkerConfig, WorkerError};
 
@@ -48,6 +49,8 @@ pub struct ManagerSpec {
     pub background: Vec<Arc<dyn Background>>,
     /// The fleet-wide limits its handlers draw on, shared over the heartbeat.
     pub quotas: Quotas,
+    /// Status changes its handlers report, published by the master.
+    pub notices: Notices,
 }
 
 /// What a [`Background`] runs with.
@@ -104,7 +107,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
             tokio::spawn(async move { b.run(ctx).await })
         })
         .collect();
-    Worker::new(cfg, spec.handlers)?.with_quotas(spec.quotas).run(cancel).await?;
+    Worker::new(cfg, spec.handlers)?.with_quotas(spec.quotas).with_notices(spec.notices).run(cancel).await?;
     for b in background {
         let _ = b.await;
     }

@@ -16,6 +16,7 @@ use weir_core::catalog::Queue;
 use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_client::WorkerServiceClient};
 
+use crate::notice::Notices;
 use crate::quota::Quotas;
 use crate::{StepHandler, TaskContext, WorkerError};
 
@@ -69,6 +70,7 @@ pub struct Worker {
     handlers: HashMap<&'static str, Arc<dyn StepHandler>>,
     table: Table,
     quotas: Quotas,
+    notices: Notices,
 }
 
 impl Worker {
@@ -90,7 +92,14 @@ impl Worker {
             handlers: by_kind,
             table: Arc::default(),
             quotas: Quotas::local(),
+            notices: Notices::default(),
         })
+    }
+
+    /// Carries `notices` to the master on this worker's heartbeats.
+    pub fn with_notices(mut self, notices: Notices) -> Worker {
+        self.notices = notices;
+        self
     }
 
     /// Shares the fleet-wide limits of `quotas` over this worker's heartbeats.
@@ -113,6 +122,7 @@ impl Worker {
             self.cfg.worker_id.clone(),
             self.table.clone(),
             self.quotas.clone(),
+            self.notices.clone(),
             interval,
             hb_stop.clone(),
         ));
@@ -127,6 +137,7 @@ impl Worker {
             tasks: vec![],
             draining: true,
             quotas: vec![],
+            notices: vec![],
         };
         if let Err(s) = client.heartbeat(draining).await {
             // Normal when the master stops at the same time (`weir dev`): it is not an error.
@@ -361,6 +372,7 @@ async fn heartbeats(
     worker: String,
     table: Table,
     quotas: Quotas,
+    notices: Notices,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -380,8 +392,14 @@ async fn heartbeats(
         let mut wait = wait;
         {
             let asked = std::time::Instant::now();
-            let req =
-                v1::HeartbeatRequest { worker_id: worker.clone(), tasks, draining: false, quotas: quotas.demands() };
+            let sent = notices.take();
+            let req = v1::HeartbeatRequest {
+                worker_id: worker.clone(),
+                tasks,
+                draining: false,
+                quotas: quotas.demands(),
+                notices: sent.clone(),
+            };
             match client.heartbeat(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -405,7 +423,13 @@ async fn heartbeats(
                         }
                     }
                 }
-                Err(s) => tracing::warn!(error = %s.message(), "heartbeat failed"),
+                Err(s) => {
+                    tracing::warn!(error = %s.message(), "heartbeat failed");
+                    // Refused as invalid, they would be refused again.
+                    if s.code() != Code::InvalidArgument {
+                        notices.put_back(sent);
+                    }
+                }
             }
         }
         tokio::select! {
