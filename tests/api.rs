@@ -561,6 +561,17 @@ async fn an_apis_circuit_opens_after_failures_fails_fast_and_a_probe_closes_it()
         r.error
     );
     assert_eq!(w.count(json!({"urlPath": "/sick"})).await, 3);
+    // The master knows the replica's circuit is open (what `weir apis` shows).
+    let mut wc = lab.master.workers();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = wc.list_quotas(v1::ListQuotasRequest {}).await.expect("quotas").into_inner();
+        if r.circuits.iter().any(|c| c.api == "test" && c.state == "open" && c.reason.contains("in a row")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the open circuit never reached the master: {:?}", r.circuits);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // While open, the API's other resources fail at once, with nothing sent.
     let r = lab.collect("fine-while-open", lab.resource("/fine", json!({}))).await;
     assert_eq!(r.kind, "circuit_open", "{}", r.error);

@@ -173,7 +173,7 @@ impl Client {
 
     pub async fn apis(&mut self) -> anyhow::Result<()> {
         let r = self.workers.list_quotas(v1::ListQuotasRequest {}).await.map_err(explain)?.into_inner();
-        render::quota_table(&r.quotas, self.json);
+        render::quota_table(&r.quotas, &r.circuits, self.json);
         Ok(())
     }
 

@@ -187,8 +187,14 @@ pub fn worker_table(ws: &[v1::Worker]) {
 }
 
 /// The fleet-wide limits (`api/<name>`, `api/*` for all APIs) and each replica's share.
-pub fn quota_table(qs: &[v1::Quota], json: bool) {
+pub fn quota_table(qs: &[v1::Quota], circuits: &[v1::ApiCircuit], json: bool) {
     if json {
+        for c in circuits {
+            println!(
+                "{}",
+                json!({"api": c.api, "worker_id": c.worker_id, "circuit": c.state, "reason": c.reason, "since": time(&c.since)})
+            );
+        }
         for q in qs {
             let shares: Vec<Value> = q
                 .shares
@@ -205,6 +211,13 @@ pub fn quota_table(qs: &[v1::Quota], json: bool) {
             );
         }
         return;
+    }
+    if !circuits.is_empty() {
+        println!("{:<24}  {:<36}  {:<9}  {:<20}  REASON", "API", "REPLICA", "CIRCUIT", "SINCE");
+        for c in circuits {
+            println!("{:<24}  {:<36}  {:<9}  {:<20}  {}", c.api, c.worker_id, c.state, time(&c.since), c.reason);
+        }
+        println!();
     }
     if qs.is_empty() {
         println!("no API limit in use (a limit appears once an API manager calls an API)");

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub registry: workers::Registry,
     /// Fleet-wide rate limits: each worker's share, handed out over the heartbeat.
     pub quotas: std::sync::Mutex<weir_core::quota::Quotas>,
+    /// Each worker's last reported circuit per API.
+    pub circuits: workers::Circuits,
     pub config: MasterConfig,
 }
 
@@ -117,6 +119,7 @@ pub async fn serve_with_store(
         ready: AtomicBool::new(false),
         registry: workers::Registry::default(),
         quotas: std::sync::Mutex::new(weir_core::quota::Quotas::new(now_ms(), workers::quota_ttl(&config))),
+        circuits: workers::Circuits::default(),
         config: config.clone(),
     });
     let (reporter, mut routes) = weir_runtime::grpc::base_routes()?;

@@ -118,6 +118,35 @@ pub(crate) fn quota_ttl(config: &crate::config::MasterConfig) -> i64 {
 /// Most shared limits one heartbeat may name.
 const MAX_QUOTAS: usize = 1000;
 
+/// A circuit as last reported: (state, reason, since ms), by (api, worker).
+type CircuitTable = std::collections::BTreeMap<(String, String), (String, String, i64)>;
+
+/// The last circuit each worker reported per API.
+#[derive(Default)]
+pub struct Circuits(Mutex<CircuitTable>);
+
+impl Circuits {
+    fn with<T>(&self, f: impl FnOnce(&mut CircuitTable) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Notes the circuit changes among a worker's notices.
+    fn note(&self, worker: &str, notices: &[weir_core::model::OutboxMessage]) {
+        self.with(|m| {
+            for n in notices {
+                let state = n.data["to"].as_str().unwrap_or_default().to_string();
+                let reason = n.data["reason"].as_str().unwrap_or_default().to_string();
+                m.insert((n.subject.clone(), worker.to_string()), (state, reason, n.time_ms));
+            }
+        })
+    }
+
+    /// Forgets a worker that is gone.
+    fn forget(&self, worker: &str) {
+        self.with(|m| m.retain(|(_, w), _| w != worker))
+    }
+}
+
 /// Most notices one heartbeat may carry.
 const MAX_NOTICES: usize = 1000;
 
@@ -186,6 +215,9 @@ pub(crate) async fn sweep(shared: Arc<Shared>, cancel: tokio_util::sync::Cancell
         }
         let now = now_ms();
         let gone = shared.registry.remove_silent(now - silence_limit(interval));
+        for (id, _) in &gone {
+            shared.circuits.forget(id);
+        }
         if gone.is_empty() {
             continue;
         }
@@ -355,6 +387,7 @@ impl WorkerService for Workers {
             }
         }
         if !notices.is_empty() {
+            self.0.circuits.note(&worker, &notices);
             self.0.scheduler.publish(notices).await.map_err(status::sched)?;
         }
         let statuses = self.0.scheduler.heartbeat(worker.clone(), leases.clone()).await.map_err(status::sched)?;
@@ -438,6 +471,7 @@ impl WorkerService for Workers {
         let worker = worker_id(&req.into_inner().worker_id)?;
         let released = self.0.scheduler.release_worker(worker.clone()).await.map_err(status::sched)?;
         self.0.quotas.lock().unwrap_or_else(|p| p.into_inner()).forget(&worker);
+        self.0.circuits.forget(&worker);
         if let Some(w) = self.0.registry.with(|m| m.remove(&worker)) {
             let detail = json!({"reason": "deregistered", "released": released});
             let gone = worker_status(worker_event::GONE, &worker, &w.queue, detail, now_ms());
@@ -473,7 +507,18 @@ impl WorkerService for Workers {
                     .collect(),
             })
             .collect();
-        Ok(Response::new(v1::ListQuotasResponse { quotas }))
+        let circuits = self.0.circuits.with(|m| {
+            m.iter()
+                .map(|((api, worker), (state, reason, since))| v1::ApiCircuit {
+                    api: api.clone(),
+                    worker_id: worker.clone(),
+                    state: state.clone(),
+                    reason: reason.clone(),
+                    since: Some(convert::timestamp(*since)),
+                })
+                .collect()
+        });
+        Ok(Response::new(v1::ListQuotasResponse { quotas, circuits }))
     }
 
     async fn list_workers(
