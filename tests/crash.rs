@@ -14,26 +14,6 @@ fn start_master(port: u16, store_url: &str) -> Proc {
     Proc::spawn("weir-master", &["--listen", &addr, "--store-url", store_url, "--heartbeat-interval", "200ms"], &[])
 }
 
-async fn wait_ready(url: &str) {
-    let mut w = v1::worker_service_client::WorkerServiceClient::new(channel(url));
-    for _ in 0..400 {
-        if w.heartbeat(v1::HeartbeatRequest {
-            worker_id: "probe".into(),
-            tasks: vec![],
-            draining: false,
-            quotas: vec![],
-            notices: vec![],
-        })
-        .await
-        .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("master at {url} did not become ready");
-}
-
 fn crash_job(i: usize) -> v1::JobSpec {
     let sleep = |id: &str, queue: &str, ms: u64, deps: &[&str]| {
         let mut s = step(id, "sleep", queue, deps);
@@ -58,7 +38,7 @@ async fn master_killed_mid_run(backend: Backend) {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut master = start_master(port, &store.url);
-    wait_ready(&url).await;
+    wait_master(&url).await;
     let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_WORKER_CONCURRENCY", "8"), ("WEIR_POLL_WAIT", "2s")];
     let _api = Proc::spawn("weir-api-manager", &[], &env);
     let _file = Proc::spawn("weir-file-manager", &[], &env);
@@ -72,7 +52,7 @@ async fn master_killed_mid_run(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(250 + 150 * round)).await;
         master.kill9().await;
         master = start_master(port, &store.url);
-        wait_ready(&url).await;
+        wait_master(&url).await;
     }
     for id in &ids {
         let job = wait_finished(&mut jobs, id, Duration::from_secs(120)).await;

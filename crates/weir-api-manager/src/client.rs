@@ -23,22 +23,16 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
-use weir_core::api::circuit::{Admit, Circuit, CircuitConfig, CircuitState, Transition};
-use weir_core::events::api_event;
 use weir_core::spec::RetryPolicy;
-use weir_worker::notice::Notices;
 use weir_worker::quota::Bucket;
 
 use crate::auth::Auth;
+use crate::breaker::Breaker;
 use crate::error::CollectError;
 
 /// Longest wait a server's `Retry-After` may ask; a longer one fails the attempt (retried
 /// by the task's own policy) rather than holding a lease.
 pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 /// Requests per minute and burst of one limit (`per_minute` 0: unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +50,8 @@ pub struct Api {
     pub limits: Vec<Arc<Bucket>>,
     /// Waits that are this manager's alone (backoff): no request before this.
     hold: Mutex<Option<Instant>>,
-    /// This API's circuit breaker in this manager, and why it last opened.
-    circuit: std::sync::Mutex<(Circuit, String)>,
-    /// Where the circuit's changes go (the master publishes them on `weir.apis`).
-    notices: Notices,
+    /// This API's circuit breaker in this manager (one per API name).
+    breaker: Arc<Breaker>,
 }
 
 /// An API's client (a request's timeout is the step's, set per request).
@@ -216,69 +208,9 @@ impl Api {
         http: reqwest::Client,
         auth: Option<Arc<dyn Auth>>,
         limits: Vec<Arc<Bucket>>,
-        circuit: CircuitConfig,
-        notices: Notices,
+        breaker: Arc<Breaker>,
     ) -> Api {
-        let circuit = std::sync::Mutex::new((Circuit::new(circuit), String::new()));
-        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), circuit, notices }
-    }
-
-    /// Logs a change of the circuit and reports it for `weir.apis`.
-    fn changed(&self, t: &Transition, open_until: Option<i64>) {
-        let kind = match t.to {
-            CircuitState::Open => api_event::CIRCUIT_OPENED,
-            CircuitState::HalfOpen => api_event::CIRCUIT_HALF_OPEN,
-            CircuitState::Closed => api_event::CIRCUIT_CLOSED,
-        };
-        if t.to == CircuitState::Open {
-            tracing::warn!(api = %self.name, from = t.from.as_str(), reason = %t.reason, "circuit opened");
-        } else {
-            tracing::info!(api = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "circuit");
-        }
-        let mut data = serde_json::json!({"from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason});
-        if let Some(u) = open_until {
-            data["open_until"] = weir_core::events::rfc3339(u).into();
-        }
-        self.notices.push(kind, &self.name, data, now_ms());
-    }
-
-    fn circuit(&self) -> std::sync::MutexGuard<'_, (Circuit, String)> {
-        self.circuit.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The circuit's state now.
-    pub fn circuit_state(&self) -> CircuitState {
-        self.circuit().0.state()
-    }
-
-    /// Refuses at once while the circuit is open, naming why it opened.
-    fn admit(&self) -> Result<(), CollectError> {
-        let mut c = self.circuit();
-        let (admit, change) = c.0.admit(now_ms());
-        if let Some(t) = change {
-            self.changed(&t, None);
-        }
-        match admit {
-            Admit::No { until } => {
-                let secs = (until - now_ms()).max(0) as f64 / 1000.0;
-                Err(CollectError::CircuitOpen(format!(
-                    "api {}: the circuit is open for another {secs:.1}s: {}",
-                    self.name, c.1
-                )))
-            }
-            Admit::Yes | Admit::Probe => Ok(()),
-        }
-    }
-
-    /// A request's outcome: `sick` for a 5xx, a timeout, a reset or a body cut short.
-    fn outcome(&self, sick: bool, what: &str) {
-        let mut c = self.circuit();
-        if let Some(t) = c.0.record(now_ms(), sick, what) {
-            self.changed(&t, c.0.open_until());
-            if t.to == CircuitState::Open {
-                c.1 = t.reason;
-            }
-        }
+        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), breaker }
     }
 
     /// Waits for this API's turn: the server's hold, then every bucket.
@@ -325,7 +257,7 @@ impl Api {
         loop {
             attempt += 1;
             self.turn(cancel).await?;
-            self.admit()?;
+            self.breaker.admit()?;
             let creds = match &self.auth {
                 Some(a) => a.credentials().await?,
                 None => Default::default(),
@@ -351,14 +283,14 @@ impl Api {
                 }
                 Err(e) => {
                     let m = format!("api {}: {shown_url}: {}", self.name, cause(&e));
-                    self.outcome(true, &m);
+                    self.breaker.outcome(true, &m);
                     Failure::Retry(m, None)
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     if status.as_u16() >= 300 {
                         // Any answer the API gave on purpose is a sign of health; a 5xx is not.
-                        self.outcome(status.is_server_error(), &format!("{shown_url} answered {status}"));
+                        self.breaker.outcome(status.is_server_error(), &format!("{shown_url} answered {status}"));
                     }
                     let headers = resp.headers().clone();
                     if let Some(wait) = exhausted_for(&headers) {
@@ -368,13 +300,13 @@ impl Api {
                     match status.as_u16() {
                         200..=299 => match read_body(resp, &effort.spool, &shown_url, cancel).await {
                             Ok(body) => {
-                                self.outcome(false, "");
+                                self.breaker.outcome(false, "");
                                 stats.bytes += body.len();
                                 return Ok(Fetched { headers, body });
                             }
                             Err(ReadError::Fatal(e)) => return Err(e),
                             Err(ReadError::Retry(m)) => {
-                                self.outcome(true, &m);
+                                self.breaker.outcome(true, &m);
                                 Failure::Retry(format!("api {}: {m}", self.name), None)
                             }
                         },

@@ -23,6 +23,7 @@ use weir_worker::notice::Notices;
 use weir_worker::quota::Quotas;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
+use crate::breaker::Breaker;
 use crate::client::{self, Api, Body, Effort, Request, Stats};
 use crate::error::CollectError;
 use crate::output::Output;
@@ -36,6 +37,8 @@ pub struct Collect {
     staging: weir_worker::staging::Staging,
     /// By API name and the auth it was made with.
     apis: Mutex<HashMap<String, Arc<Api>>>,
+    /// By API name: one circuit whatever auth a step uses.
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     /// The fleet-wide buckets, shared over the heartbeat.
     quotas: Quotas,
     /// Circuit changes, for `weir.apis`.
@@ -44,7 +47,14 @@ pub struct Collect {
 
 impl Collect {
     pub fn new(settings: ApiSettings, quotas: Quotas, notices: Notices) -> Collect {
-        Collect { staging: settings.staging(), settings, apis: Mutex::new(HashMap::new()), quotas, notices }
+        Collect {
+            staging: settings.staging(),
+            settings,
+            apis: Mutex::default(),
+            breakers: Mutex::default(),
+            quotas,
+            notices,
+        }
     }
 
     /// The API a step names, made on first use (its credentials read then).
@@ -67,14 +77,16 @@ impl Collect {
         .into_iter()
         .flatten()
         .collect();
-        let api = Arc::new(Api::new(
-            &step.api,
-            http,
-            auth,
-            limits,
-            self.settings.circuit_of(&step.api),
-            self.notices.clone(),
-        ));
+        let breaker = self
+            .breakers
+            .lock()
+            .await
+            .entry(step.api.clone())
+            .or_insert_with(|| {
+                Arc::new(Breaker::new(&step.api, self.settings.circuit_of(&step.api), self.notices.clone()))
+            })
+            .clone();
+        let api = Arc::new(Api::new(&step.api, http, auth, limits, breaker));
         apis.insert(key, api.clone());
         Ok(api)
     }

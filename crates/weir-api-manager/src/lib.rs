@@ -2,10 +2,12 @@
 //!
 //! It serves the `api` queue: the generic kinds, and `collect` ([`collect`]), which
 //! requests a resource page by page ([`paginate`]), authenticated ([`auth`]), within this
-//! manager's rate limits and what the server says ([`client`]), and leaves the records it
-//! selects ([`records`]) in staging ([`output`]) for the batch kinds.
+//! manager's share of the fleet's rate limits and what the server says ([`client`]), past
+//! each API's circuit breaker ([`breaker`]), and leaves the records it selects
+//! ([`records`]) in staging ([`output`]) for the batch kinds.
 
 pub mod auth;
+pub mod breaker;
 pub mod client;
 pub mod collect;
 pub mod error;

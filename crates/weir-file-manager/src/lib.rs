@@ -77,9 +77,7 @@ impl FileSettings {
 }
 
 /// Now, in epoch milliseconds (the inventory's time unit).
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use weir_runtime::now_ms;
 
 /// What this manager runs, with settings from the environment.
 pub fn spec() -> Result<ManagerSpec, String> {

@@ -70,12 +70,7 @@ impl Shared {
 }
 
 /// Milliseconds since the epoch, the engine's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub use weir_runtime::now_ms;
 
 /// Runs the master on `listener` until `cancel` fires (or leadership is lost), publishing
 /// to Kafka if the config names brokers.

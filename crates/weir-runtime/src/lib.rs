@@ -5,6 +5,15 @@ pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
 
+/// Milliseconds since the Unix epoch, the one clock unit of the engine, the stores and
+/// the managers' records.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 /// Errors of the runtime helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

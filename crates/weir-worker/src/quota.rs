@@ -286,12 +286,6 @@ impl Bucket {
             s.own_hold = Some(until);
         }
     }
-
-    /// This worker's share now (per minute) and its part of the burst.
-    pub fn share(&self) -> (f64, u32) {
-        let s = lock(&self.state);
-        (s.share, s.burst)
-    }
 }
 
 #[cfg(test)]

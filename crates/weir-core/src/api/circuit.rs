@@ -106,6 +106,8 @@ pub struct Circuit {
     recent: VecDeque<(Millis, bool)>,
     open_until: Millis,
     probing: bool,
+    /// Why it last opened.
+    reason: String,
 }
 
 fn ms(d: Duration) -> Millis {
@@ -121,11 +123,17 @@ impl Circuit {
             recent: VecDeque::new(),
             open_until: 0,
             probing: false,
+            reason: String::new(),
         }
     }
 
     pub fn state(&self) -> CircuitState {
         self.state
+    }
+
+    /// Why it last opened (empty if it never did).
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 
     /// When an open circuit lets its probe through.
@@ -193,6 +201,7 @@ impl Circuit {
 
     fn open(&mut self, now: Millis, reason: String) -> Option<Transition> {
         self.open_until = now + ms(self.config.cooldown);
+        self.reason.clone_from(&reason);
         self.change(CircuitState::Open, reason)
     }
 
@@ -224,6 +233,7 @@ mod tests {
         let t = c.record(14, true, "http://x answered 503").expect("opens");
         assert_eq!((t.from, t.to), (CircuitState::Closed, CircuitState::Open));
         assert!(t.reason.contains("5 failures in a row") && t.reason.contains("503"), "{}", t.reason);
+        assert_eq!(c.reason(), t.reason);
         assert_eq!(c.admit(1000).0, Admit::No { until: 30_014 });
         let (a, t) = c.admit(30_014);
         assert_eq!((a, t.map(|t| t.to)), (Admit::Probe, Some(CircuitState::HalfOpen)));

@@ -593,7 +593,6 @@ impl Store for PgStore {
     }
 }
 
-/// PostgreSQL casts that make its rows read like SQLite's (ids and JSON as text).
 /// Writes one message to the outbox of messages, in the caller's transaction; the lock
 /// keeps ids in commit order for the relay.
 pub(super) async fn insert_message(tx: &mut PgConnection, m: &OutboxMessage) -> Result<(), StoreError> {
