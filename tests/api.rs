@@ -925,3 +925,392 @@ async fn three_replicas_keep_to_one_limit_and_a_killed_ones_share_comes_back() {
     );
     store.cleanup().await;
 }
+
+impl Lab {
+    /// The watermark the master stores for `key` in namespace `test`: its mark's value.
+    async fn watermark(&self, key: &str) -> Option<Value> {
+        let w = self
+            .master
+            .workers()
+            .get_watermark(v1::GetWatermarkRequest { namespace: "test".into(), key: key.into() })
+            .await
+            .expect("get watermark")
+            .into_inner()
+            .watermark?;
+        let mark: Value = serde_json::from_str(&w.mark_json).expect("mark");
+        Some(mark["value"].clone())
+    }
+
+    /// Starts a batch manager beside the API manager.
+    fn batch(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        run_manager(
+            weir_batch_manager::spec_with(weir_batch_manager::BatchSettings {
+                data_dir: self.dir.path().join("data"),
+                ..Default::default()
+            }),
+            &self.master.url,
+            &format!("batch-{}", uuid::Uuid::new_v4().simple()),
+            "",
+        )
+    }
+}
+
+/// Rows of every Parquet file in `lake`.
+fn lake_rows(lake: &Path) -> usize {
+    std::fs::read_dir(lake)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                .map(|e| {
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        std::fs::File::open(e.path()).expect("open"),
+                    )
+                    .expect("parquet")
+                    .build()
+                    .expect("reader")
+                    .map(|b| b.expect("batch").num_rows())
+                    .sum::<usize>()
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_incremental_resource_collects_only_what_is_new_and_a_failed_run_collects_it_again() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    let ev = |id: i64, t: &str| json!({"id": id, "updated_at": t});
+    let since = |v: &str| json!({"since": {"equalTo": v}});
+    // The server sends what changed at or after `since` (so the record at the mark comes again).
+    w.stub(get(
+        "/events",
+        since("2026-01-01T00:00:00Z"),
+        body(json!({"data": [ev(1, "2026-01-01T10:00:00Z"), ev(2, "2026-01-02T00:00:00Z")]})),
+    ))
+    .await;
+    w.stub(get(
+        "/events",
+        since("2026-01-02T00:00:00Z"),
+        body(json!({"data": [ev(2, "2026-01-02T00:00:00Z"), ev(3, "2026-01-03T00:00:00+01:00")]})),
+    ))
+    .await;
+    let (stop, batch) = lab.batch();
+    let lake = lab.dir.path().join("lake");
+    let config = lab.resource(
+        "/events",
+        json!({"params": {"since": "{cursor}"}, "records": "$.data[*]",
+               "incremental": {"cursor_path": "$.updated_at", "initial": "{params.from}"}}),
+    );
+    let run = |fail_before_store: bool| {
+        let mut collect = step("collect", "collect", "api", &[]);
+        collect.config_json = config.to_string();
+        collect.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+        let mut steps = vec![collect];
+        if fail_before_store {
+            let mut f = step("check", "fail", "api", &["collect"]);
+            f.config_json = json!({"message": "the check failed", "retryable": false}).to_string();
+            steps.push(f);
+        } else {
+            steps.push(step("convert", "convert", "batch", &["collect"]));
+            let mut s = step("store", "store", "batch", &["convert"]);
+            s.config_json = json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}).to_string();
+            steps.push(s);
+        }
+        let mut j = job("events", steps);
+        j.params_json = json!({"from": "2026-01-01T00:00:00Z"}).to_string();
+        j
+    };
+    let key = "events/collect";
+    assert_eq!(lab.watermark(key).await, None);
+
+    let mut jc = lab.master.jobs();
+    let outcome = |j: v1::Job| weir_proto::convert::job_state_from_wire(j.state).map(|s| s.as_str().to_string());
+    let collected = |id: String| {
+        let mut jc = lab.master.jobs();
+        async move {
+            let t = tasks(&mut jc, &id).await.into_iter().find(|t| t.step_id == "collect").expect("collect");
+            serde_json::from_str::<Value>(&t.output_json).expect("output")
+        }
+    };
+
+    // The first run starts from the initial value; its success stores the mark.
+    let id = submit(&mut jc, run(false)).await;
+    assert_eq!(outcome(wait_finished(&mut jc, &id, Duration::from_secs(90)).await).as_deref(), Some("succeeded"));
+    let o = collected(id).await;
+    assert_eq!((ids(&o), o["already_collected"].as_u64()), (vec![1, 2], Some(0)));
+    assert_eq!(lab.watermark(key).await, Some(json!("2026-01-02T00:00:00Z")));
+
+    // The second collects only record 3 (2 is at the mark and known), then fails before
+    // its rows are stored: the mark stays.
+    let id = submit(&mut jc, run(true)).await;
+    assert_eq!(outcome(wait_finished(&mut jc, &id, Duration::from_secs(90)).await).as_deref(), Some("failed"));
+    let o = collected(id).await;
+    assert_eq!((ids(&o), o["already_collected"].as_u64(), o["records_read"].as_u64()), (vec![3], Some(1), Some(2)));
+    assert_eq!(lab.watermark(key).await, Some(json!("2026-01-02T00:00:00Z")), "a failed run does not advance it");
+
+    // The third collects record 3 again and stores it: every record lands exactly once.
+    let id = submit(&mut jc, run(false)).await;
+    assert_eq!(outcome(wait_finished(&mut jc, &id, Duration::from_secs(90)).await).as_deref(), Some("succeeded"));
+    assert_eq!(ids(&collected(id).await), vec![3]);
+    assert_eq!(lab.watermark(key).await, Some(json!("2026-01-03T00:00:00+01:00")));
+    assert_eq!(lake_rows(&lake), 3, "records 1, 2 and 3, none twice");
+    stop.cancel();
+    batch.await.expect("batch manager stops");
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_child_resource_runs_once_per_parent_record_with_the_parents_fields() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    let users = json!([{"id": 1, "org": {"name": "acme"}}, {"id": 2, "org": {"name": "initech"}}, {"id": 3}]);
+    w.stub(get("/users", json!({}), body(users))).await;
+    for (user, orders) in [(1, json!([{"oid": 10}, {"oid": 11}])), (2, json!([{"oid": 20}])), (3, json!([]))] {
+        w.stub(get(&format!("/users/{user}/orders"), json!({"per_page": {"equalTo": "50"}}), body(orders))).await;
+    }
+    w.stub(get("/broken-users", json!({}), body(json!([{"name": "no id"}])))).await;
+    let child = |parent_path: &str| {
+        let mut users = step("users", "collect", "api", &[]);
+        users.config_json = lab.resource(parent_path, json!({})).to_string();
+        let mut orders = step("collect", "collect", "api", &["users"]);
+        orders.config_json = lab
+            .resource(
+                "/users/{parent.id}/orders",
+                json!({"params": {"per_page": "50"},
+                       "parent": {"step": "users", "include": ["id", "org.name"], "parallel": 2}}),
+            )
+            .to_string();
+        orders.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+        vec![users, orders]
+    };
+    let r = lab.run("orders", child("/users")).await;
+    assert_eq!(r.state, "succeeded", "{}: {}", r.kind, r.error);
+    assert_eq!((r.output["parents"].as_u64(), r.output["requests"].as_u64()), (Some(3), Some(3)));
+    let mut got: Vec<(i64, i64, Value)> = Vec::new();
+    for f in r.output["files"].as_array().expect("files") {
+        for line in std::fs::read_to_string(f["path"].as_str().expect("path")).expect("staged").lines() {
+            let v: Value = serde_json::from_str(line).expect("record");
+            got.push((
+                v["oid"].as_i64().expect("oid"),
+                v["_users_id"].as_i64().expect("parent id"),
+                v["_users_org_name"].clone(),
+            ));
+        }
+    }
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got, vec![(10, 1, json!("acme")), (11, 1, json!("acme")), (20, 2, json!("initech"))]);
+
+    // A parent record without the field the path names fails the child, naming the record.
+    let r = lab.run("orphans", child("/broken-users")).await;
+    assert_eq!((r.state.as_str(), r.kind.as_str()), ("failed", "bad_format"));
+    assert!(r.error.contains("{parent.id} has no value here") && r.error.contains("no id"), "{}", r.error);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn while_the_primarys_circuit_is_open_collection_continues_from_its_fallbacks() {
+    let mut lab = Lab::start().await;
+    let circuit = weir_core::api::circuit::CircuitConfig {
+        consecutive_failures: 2,
+        failure_ratio: 0.0,
+        cooldown: Duration::from_secs(60),
+        ..Default::default()
+    };
+    lab.manager_with(ApiSettings {
+        data_dir: lab.dir.path().join("fallback-data"),
+        api_rate: fast(),
+        global_rate: fast(),
+        circuit,
+        ..ApiSettings::default()
+    });
+    let w = &lab.server;
+    let page = |n: &str| json!({"page": {"equalTo": n}});
+    // The primary serves page 1, then fails; the replica has every page.
+    w.stub(get("/primary/orders", page("1"), body(json!({"data": items(&[1, 2])})))).await;
+    w.stub(
+        json!({"request": {"urlPath": "/primary/orders", "queryParameters": page("2")}, "response": {"status": 500}}),
+    )
+    .await;
+    w.stub(get("/replica/orders", page("2"), body(json!({"data": items(&[3])})))).await;
+    w.stub(get("/replica/orders", page("3"), body(json!({"data": []})))).await;
+    let config = json!({
+        "api": "shop", "base_url": format!("{}/primary", w.url), "path": "/orders",
+        "paginator": {"type": "page_number"}, "records": "$.data[*]", "max_retries": 2,
+        "fallbacks": [{"base_url": format!("{}/replica", w.url)}]
+    });
+    let r = lab.collect("degraded", config).await;
+    assert_eq!(r.state, "succeeded", "{}: {}", r.kind, r.error);
+    assert_eq!(ids(&r.output), vec![1, 2, 3], "page 1 from the primary, the rest from the replica");
+    let sources: Vec<(String, u64, u64)> = r.output["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| {
+            (
+                s["source"].as_str().unwrap_or("").to_string(),
+                s["pages"].as_u64().unwrap_or(0),
+                s["records"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(sources, vec![("primary".into(), 1, 2), (format!("fallback 1 ({}/replica)", w.url), 2, 1)]);
+    let from: Vec<&str> =
+        r.output["files"].as_array().expect("files").iter().filter_map(|f| f["from"].as_str()).collect();
+    assert_eq!(from.len(), 2, "each staged file holds one source's records: {from:?}");
+    assert!(
+        r.output["degraded"].as_str().is_some_and(|d| d.contains("fallback 1") && d.contains("500")),
+        "{}",
+        r.output
+    );
+    // The job's history says it ran degraded.
+    let id = lab.master_job_id("degraded").await;
+    let mut jc = lab.master.jobs();
+    let events = weir_tests::events(&mut jc, &id).await;
+    let degraded: Vec<&v1::JobEvent> = events.iter().filter(|e| e.r#type == "dev.weir.task.degraded").collect();
+    assert_eq!(degraded.len(), 1, "{events:?}");
+    assert!(degraded[0].message.contains("fallback 1"), "{}", degraded[0].message);
+
+    // With every API source's circuit open, an export on disk holds the whole resource.
+    let export = lab.dir.path().join("export");
+    std::fs::create_dir_all(&export).expect("export dir");
+    std::fs::write(export.join("a.json"), json!({"data": items(&[1, 2])}).to_string()).expect("write");
+    std::fs::write(export.join("b.json"), json!({"data": items(&[3, 4])}).to_string()).expect("write");
+    std::fs::write(export.join("notes.txt"), "not an export").expect("write");
+    w.stub(json!({"request": {"urlPathPattern": "/down.*"}, "response": {"status": 500}})).await;
+    let config = json!({
+        "api": "warehouse", "base_url": format!("{}/down", w.url), "path": "/stock", "records": "$.data[*]",
+        "max_retries": 2,
+        "fallbacks": [{"base_url": format!("{}/down-too", w.url)},
+                      {"location": {"uri": format!("file://{}", export.display())}, "patterns": ["*.json"]}]
+    });
+    let r = lab.collect("from-files", config).await;
+    assert_eq!(r.state, "succeeded", "{}: {}", r.kind, r.error);
+    assert_eq!((ids(&r.output), r.output["pages"].as_u64()), (vec![1, 2, 3, 4], Some(2)));
+    assert!(r.output["degraded"].as_str().is_some_and(|d| d.contains("fallback 2 (files at file://")), "{}", r.output);
+    lab.stop().await;
+}
+
+impl Lab {
+    /// Waits until the master says this replica's circuit of `api` is `state`; its reason.
+    async fn circuit_becomes(&self, api: &str, state: &str) -> String {
+        let mut wc = self.master.workers();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = wc.list_quotas(v1::ListQuotasRequest {}).await.expect("quotas").into_inner();
+            if let Some(c) = r.circuits.iter().find(|c| c.api == api && c.state == state) {
+                return c.reason.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the circuit of {api} never became {state}: {:?}",
+                r.circuits
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_health_endpoint_opens_the_circuit_and_a_passing_one_closes_it() {
+    let mut lab = Lab::start().await;
+    let url = lab.server.url.clone();
+    lab.server.stub(json!({"request": {"urlPath": "/health"}, "response": {"status": 503}})).await;
+    lab.server.stub(get("/items", json!({}), body(items(&[1, 2])))).await;
+    let profiles = weir_core::api::profile::ApiProfiles::parse(&format!(
+        "apis: {{shop: {{circuit: {{consecutive_failures: 2, failure_ratio: 0, cooldown: 1s}}, \
+         health: {{url: '{url}/health', interval: 1s}}}}}}"
+    ))
+    .expect("profiles");
+    lab.manager_with(ApiSettings {
+        data_dir: lab.dir.path().join("health-data"),
+        api_rate: fast(),
+        global_rate: fast(),
+        profiles,
+        ..ApiSettings::default()
+    });
+    let reason = lab.circuit_becomes("shop", "open").await;
+    assert!(reason.contains("health check") && reason.contains("503"), "{reason}");
+    // While the health endpoint fails, the API's resources fail at once, nothing sent.
+    let resource = json!({"api": "shop", "base_url": url, "path": "/items"});
+    let r = lab.collect("unhealthy", resource.clone()).await;
+    assert_eq!((r.state.as_str(), r.kind.as_str()), ("failed", "circuit_open"), "{}", r.error);
+    assert_eq!(lab.server.count(json!({"urlPath": "/items"})).await, 0);
+    // Healthy again: the next check after the cooldown is the probe that closes it.
+    lab.server.stub(json!({"request": {"urlPath": "/health"}, "response": {"status": 200}})).await;
+    lab.circuit_becomes("shop", "closed").await;
+    let o = lab.ok("healthy", resource).await;
+    assert_eq!(ids(&o), vec![1, 2]);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn the_standard_template_collects_an_api_into_a_dataset_and_a_wrong_key_fails_its_first_step() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    let bearer = |t: &str| json!({"Authorization": {"equalTo": format!("Bearer {t}")}});
+    w.stub(json!({"priority": 1, "request": {"method": "GET", "urlPath": "/v2/orders", "headers": bearer("good"),
+                  "queryParameters": {"after": {"absent": true}}},
+                  "response": {"status": 200, "jsonBody": {"data": items(&[1, 2]), "next": "c2"}}}))
+        .await;
+    w.stub(json!({"priority": 1, "request": {"method": "GET", "urlPath": "/v2/orders", "headers": bearer("good"),
+                  "queryParameters": {"after": {"equalTo": "c2"}}},
+                  "response": {"status": 200, "jsonBody": {"data": items(&[3]), "next": null}}}))
+        .await;
+    w.stub(json!({"priority": 5, "request": {"urlPath": "/v2/orders"}, "response": {"status": 401}})).await;
+    let (stop, batch) = lab.batch();
+    let lake = lab.dir.path().join("lake");
+    let spec = |name: &str, token: &str| {
+        let resource = json!({"api": "shop", "base_url": format!("{}/v2", w.url), "path": "/orders",
+            "records": "$.data[*]", "paginator": {"type": "cursor", "path": "$.next", "param": "after"},
+            "auth": {"type": "bearer", "credentials": {"env": weir_tests::credentials_env(&[("TOKEN", token)])}}});
+        v1::JobSpec {
+            namespace: "test".into(),
+            name: name.into(),
+            template: "standard".into(),
+            params_json: json!({"api": resource, "sinks": [{"type": "parquet", "path": lake.display().to_string()}],
+                                "rules": {"not_null": ["id"], "unique": ["id"]}})
+            .to_string(),
+            ..Default::default()
+        }
+    };
+    let mut jc = lab.master.jobs();
+    let id = submit(&mut jc, spec("orders", "good")).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let out = |s: &str| -> Value {
+        let t = ts.iter().find(|t| t.step_id == s).expect("task");
+        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
+    };
+    assert_eq!(
+        done.state,
+        v1::JobState::Succeeded as i32,
+        "{:?}",
+        ts.iter().map(|t| (&t.step_id, &t.error_message)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (out("validate_source")["auth"].as_str(), out("validate_source")["requests"].as_u64()),
+        (Some("bearer"), Some(1))
+    );
+    assert_eq!(out("connect")["headers"].as_u64(), Some(1), "one Authorization header, its value not shown");
+    assert!(!out("connect").to_string().contains("good"), "no secret in a report");
+    assert_eq!(counts(&out("collect")), (2, 3));
+    assert_eq!(out("store")["rows_written"].as_u64(), Some(3));
+    assert_eq!(lake_rows(&lake), 3);
+
+    // A wrong key fails the first step at once, naming the API and the status; nothing is collected.
+    let id = submit(&mut jc, spec("wrong-key", "bad")).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
+    assert_eq!(done.state, v1::JobState::Failed as i32);
+    let ts = tasks(&mut jc, &id).await;
+    let first = ts.iter().find(|t| t.step_id == "validate_source").expect("validate_source");
+    assert_eq!(first.error_kind, "auth_failed", "{}", first.error_message);
+    assert!(first.error_message.contains("api shop") && first.error_message.contains("401"), "{}", first.error_message);
+    assert!(
+        ts.iter().filter(|t| t.step_id != "validate_source").all(|t| t.output_json.is_empty()),
+        "nothing ran after it"
+    );
+    stop.cancel();
+    batch.await.expect("batch manager stops");
+    lab.stop().await;
+}

@@ -259,6 +259,19 @@ pub async fn submit(jobs: &mut JobServiceClient<Channel>, spec: v1::JobSpec) -> 
     r.job.expect("job").id
 }
 
+/// A finished job's whole history (WatchJob from the start; it ends after the terminal event).
+pub async fn events(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<v1::JobEvent> {
+    let mut watch =
+        jobs.watch_job(v1::WatchJobRequest { job_id: id.into(), from_seq: 0 }).await.expect("watch").into_inner();
+    let mut out = Vec::new();
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("history in time")
+    {
+        out.extend(m.event);
+    }
+    out
+}
+
 /// Polls until the job is finished (or the timeout passes) and returns it.
 pub async fn wait_finished(jobs: &mut JobServiceClient<Channel>, id: &str, timeout: Duration) -> v1::Job {
     let deadline = Instant::now() + timeout;

@@ -213,6 +213,11 @@ impl Api {
         Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), breaker }
     }
 
+    /// This API's circuit in this manager.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
     /// Waits for this API's turn: the server's hold, then every bucket.
     async fn turn(&self, cancel: &CancellationToken) -> Result<(), CollectError> {
         let hold = *self.hold.lock().await;

@@ -6,28 +6,40 @@
 //! error naming it (the same cursor twice would never end). The report counts pages,
 //! records, requests, retries and bytes, and lists each staged file with its records, for
 //! `convert` to take (`source` is the file's identity in the sinks).
+//!
+//! A child resource ([`parent`]) runs that loop once per parent record, `parent.parallel`
+//! at once, its placeholders filled from the record. An incremental one ([`incremental`])
+//! reads the stored watermark first, sends it as `{cursor}`, skips the records at or
+//! before it, and proposes the next mark in its report for the master to store when the
+//! job succeeds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
+use weir_core::api::template::{self, Template, Values};
 use weir_core::api::{
-    BodyFormat, CollectStep, HttpMethod, DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_RECORDS_PER_FILE,
+    AuthSpec, BodyFormat, CollectStep, FallbackSpec, HttpMethod, DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_RETRIES,
+    DEFAULT_PARENT_PARALLEL, DEFAULT_RECORDS_PER_FILE,
 };
 use weir_core::catalog::API_KINDS;
+use weir_core::events::api_event;
 use weir_worker::notice::Notices;
 use weir_worker::quota::Quotas;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
-use crate::breaker::Breaker;
+use crate::breaker::Breakers;
 use crate::client::{self, Api, Body, Effort, Request, Stats};
 use crate::error::CollectError;
+use crate::incremental::{self, Incremental};
 use crate::output::Output;
 use crate::paginate::{self, Page};
+use crate::parent;
 use crate::records::{self, Selector};
 use crate::ApiSettings;
 
@@ -37,8 +49,8 @@ pub struct Collect {
     staging: weir_worker::staging::Staging,
     /// By API name and the auth it was made with.
     apis: Mutex<HashMap<String, Arc<Api>>>,
-    /// By API name: one circuit whatever auth a step uses.
-    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    /// By circuit name: one per API whatever auth a step uses, one per fallback.
+    breakers: Arc<Breakers>,
     /// The fleet-wide buckets, shared over the heartbeat.
     quotas: Quotas,
     /// Circuit changes, for `weir.apis`.
@@ -46,76 +58,346 @@ pub struct Collect {
 }
 
 impl Collect {
-    pub fn new(settings: ApiSettings, quotas: Quotas, notices: Notices) -> Collect {
-        Collect {
-            staging: settings.staging(),
-            settings,
-            apis: Mutex::default(),
-            breakers: Mutex::default(),
-            quotas,
-            notices,
-        }
+    pub fn new(settings: ApiSettings, quotas: Quotas, notices: Notices, breakers: Arc<Breakers>) -> Collect {
+        Collect { staging: settings.staging(), settings, apis: Mutex::default(), breakers, quotas, notices }
     }
 
-    /// The API a step names, made on first use (its credentials read then).
-    async fn api(&self, step: &CollectStep) -> Result<Arc<Api>, CollectError> {
-        let key = format!("{} {}", step.api, serde_json::to_string(&step.auth).unwrap_or_default());
+    /// This task's staging folder.
+    pub(crate) fn staging_dir(&self, task: &TaskContext) -> std::path::PathBuf {
+        self.staging.dir(task)
+    }
+
+    /// The API one source of a step calls, by its circuit's name (the step's API, or
+    /// `<api>#<n>` for its n-th fallback) and credentials, made on first use (credentials
+    /// read then); its limits are the step's API's, whichever source calls.
+    pub(crate) async fn api(
+        &self,
+        circuit: &str,
+        api: &str,
+        auth: Option<&AuthSpec>,
+    ) -> Result<Arc<Api>, CollectError> {
+        let key = format!("{circuit} {}", serde_json::to_string(&auth).unwrap_or_default());
         let mut apis = self.apis.lock().await;
         if let Some(a) = apis.get(&key) {
             return Ok(a.clone());
         }
         let http = client::http_client()?;
-        let auth = match &step.auth {
-            Some(spec) => Some(crate::auth::build(spec, &step.api, &http, &self.settings.data_dir)?),
+        let auth = match auth {
+            Some(spec) => Some(crate::auth::build(spec, circuit, &http, &self.settings.data_dir)?),
             None => None,
         };
-        let (own, all) = (self.settings.rate_of(&step.api), self.settings.global_rate);
+        let (own, all) = (self.settings.rate_of(api), self.settings.global_rate);
         let limits = [
-            self.quotas.bucket(&crate::quota_key(&step.api), own.per_minute, own.burst),
+            self.quotas.bucket(&crate::quota_key(api), own.per_minute, own.burst),
             self.quotas.bucket(crate::GLOBAL_QUOTA_KEY, all.per_minute, all.burst),
         ]
         .into_iter()
         .flatten()
         .collect();
-        let breaker = self
-            .breakers
-            .lock()
-            .await
-            .entry(step.api.clone())
-            .or_insert_with(|| {
-                Arc::new(Breaker::new(&step.api, self.settings.circuit_of(&step.api), self.notices.clone()))
-            })
-            .clone();
-        let api = Arc::new(Api::new(&step.api, http, auth, limits, breaker));
+        let breaker = self.breakers.get(circuit, self.settings.circuit_of(api));
+        let api = Arc::new(Api::new(circuit, http, auth, limits, breaker));
         apis.insert(key, api.clone());
         Ok(api)
     }
 
-    async fn collect(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
-        let api = self.api(step).await?;
-        let selector = Arc::new(Selector::parse(&step.records)?);
-        let max_page_bytes = step.max_page_bytes.unwrap_or(DEFAULT_MAX_PAGE_BYTES);
-        let has_more = step.has_more.as_deref().map(|p| paginate::json_path("has_more", p)).transpose()?;
-        let mut paginator = paginate::build(&step.paginator)?;
-        let base = format!("{}{}", step.base_url.trim_end_matches('/'), step.path);
-        let mut url = Url::parse(&base).map_err(|e| CollectError::Config(format!("{base:?} is not a URL: {e}")))?;
-        if !step.params.is_empty() {
-            url.query_pairs_mut().extend_pairs(step.params.iter());
+    /// The API sources of a step, primary first, and its files fallback (with its index).
+    async fn sources<'a>(
+        &self,
+        step: &'a CollectStep,
+    ) -> Result<(Vec<Source>, Option<(usize, &'a FallbackSpec)>), CollectError> {
+        let primary = self.api(&step.api, &step.api, step.auth.as_ref()).await?;
+        let mut sources = vec![Source { api: primary, base_url: step.base_url.clone(), label: "the primary".into() }];
+        let mut files = None;
+        for (i, f) in step.fallbacks.iter().enumerate() {
+            if f.location.is_some() {
+                files = Some((i + 1, f));
+                continue;
+            }
+            let circuit = format!("{}#{}", step.api, i + 1);
+            let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref())).await?;
+            let base_url = f.base_url.clone().unwrap_or_else(|| step.base_url.clone());
+            sources.push(Source { api, base_url, label: f.describe(i + 1) });
         }
-        let mut url = paginator.first(url);
-        let headers: Vec<(String, String)> = step.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let dir = self.staging.dir(task).join(format!("attempt-{}", task.fence));
-        let mut out = Output::new(&dir, step.records_per_file.unwrap_or(DEFAULT_RECORDS_PER_FILE))?;
-        let effort = Effort {
-            max_attempts: step.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-            timeout: step.timeout(),
-            spool: dir.join(".page"),
+        Ok((sources, files))
+    }
+
+    /// What every request of a step needs: its sources, its parsed templates, how hard to
+    /// try; and its files fallback. A body too large for memory is spooled to `spool`.
+    pub(crate) async fn resource<'a>(
+        &self,
+        step: &'a CollectStep,
+        spool: std::path::PathBuf,
+        cursor: Option<String>,
+    ) -> Result<(Resource<'a>, Option<(usize, &'a FallbackSpec)>), CollectError> {
+        let (sources, files_fallback) = self.sources(step).await?;
+        let templates =
+            |m: &std::collections::BTreeMap<String, String>| -> Result<Vec<(String, Template)>, CollectError> {
+                m.iter()
+                    .map(|(k, v)| Template::parse(v).map(|t| (k.clone(), t)).map_err(CollectError::Config))
+                    .collect()
+            };
+        let resource = Resource {
+            step,
+            sources,
+            selector: Arc::new(Selector::parse(&step.records)?),
+            has_more: step.has_more.as_deref().map(|p| paginate::json_path("has_more", p)).transpose()?,
+            effort: Effort {
+                max_attempts: step.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+                timeout: step.timeout(),
+                spool,
+            },
+            path: Template::parse(&step.path).map_err(CollectError::Config)?,
+            headers: templates(&step.headers)?,
+            params: templates(&step.params)?,
+            cursor,
         };
-        let mut stats = Stats::default();
+        Ok((resource, files_fallback))
+    }
+
+    async fn collect(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
+        let dir = self.staging.dir(task).join(format!("attempt-{}", task.fence));
+        let per_file = step.records_per_file.unwrap_or(DEFAULT_RECORDS_PER_FILE);
+        let out = Output::new(&dir, per_file)?;
+        let key = step.watermark_key(&task.job_name, &task.step_id);
+        let from = match (&step.incremental, &key) {
+            (Some(_), Some(k)) => weir_worker::watermark::stored(task, k).await?,
+            _ => None,
+        };
+        let tracker = || -> Result<Option<Incremental>, CollectError> {
+            match (&step.incremental, &key) {
+                (Some(spec), Some(k)) => Ok(Some(Incremental::new(spec, k.clone(), from.clone())?)),
+                _ => Ok(None),
+            }
+        };
+        let cursor = step
+            .incremental
+            .as_ref()
+            .and_then(|spec| from.as_ref().map(|m| &m.value).or(spec.initial.as_ref()))
+            .map(incremental::as_param);
+        let (resource, files_fallback) = self.resource(step, dir.join(".page"), cursor).await?;
+        let landing = Arc::new(std::sync::Mutex::new(Landing { out, incremental: tracker()? }));
+        let (tally, parents, landing) = match self.collect_apis(task, &resource, &landing, &dir).await {
+            Ok((t, p)) => (t, p, landing),
+            Err(e) => match files_fallback {
+                // Every API source's circuit is open: the whole resource comes from files,
+                // and what the APIs gave so far is dropped (the files hold it too).
+                Some((idx, f)) if resource.sources.last().is_some_and(|s| circuit_gone(&e, s)) => {
+                    drop(landing);
+                    let fresh =
+                        Landing { out: Output::new(&dir.join("from-files"), per_file)?, incremental: tracker()? };
+                    let fresh = Arc::new(std::sync::Mutex::new(fresh));
+                    let mut t = self.collect_files(&resource, f, idx, &fresh, &dir, &task.cancel).await?;
+                    t.degraded = Some((idx, e.to_string()));
+                    (t, 0, fresh)
+                }
+                _ => return Err(e),
+            },
+        };
+        let Landing { out, incremental } = match Arc::try_unwrap(landing) {
+            Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(_) => return Err(CollectError::Staging("the staged output is still in use".into())),
+        };
+        let label = |i: usize| -> String {
+            match i {
+                0 => "primary".to_string(),
+                i => step.fallbacks.get(i - 1).map(|f| f.describe(i)).unwrap_or_default(),
+            }
+        };
+        let parts = out.finish()?;
+        let mut files = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let name = p.path.strip_prefix(&dir).map(|r| r.display().to_string()).unwrap_or_else(|_| p.name.clone());
+            let path = self
+                .staging
+                .leave(task, &p.path, &format!("attempt-{}/{name}", task.fence))
+                .await
+                .map_err(|e| CollectError::Staging(e.message))?;
+            let mut f = json!({
+                "path": path,
+                "source": format!("api://{}/{}/{}/{}", step.api, task.job_id, task.step_id, p.name),
+                "records": p.records,
+            });
+            if !step.fallbacks.is_empty() {
+                f["from"] = json!(label(p.source));
+            }
+            files.push(f);
+        }
+        let base = format!("{}{}", step.base_url.trim_end_matches('/'), step.path);
+        tracing::info!(api = %step.api, pages = tally.pages, records = tally.kept, requests = tally.stats.requests, "collected");
+        let mut report = json!({
+            "kind": "collect",
+            "api": step.api,
+            "resource": base,
+            "paginator": step.paginator.name(),
+            "pages": tally.pages,
+            "records": tally.kept,
+            "requests": tally.stats.requests,
+            "retried": tally.stats.retried,
+            "bytes": tally.stats.bytes,
+            "files": files,
+        });
+        if step.parent.is_some() {
+            report["parents"] = json!(parents);
+        }
+        if !step.fallbacks.is_empty() {
+            report["sources"] = tally
+                .by_source
+                .iter()
+                .map(|(i, (pages, records))| json!({"source": label(*i), "pages": pages, "records": records}))
+                .collect();
+        }
+        if let Some((i, why)) = &tally.degraded {
+            let said = format!("collected from {} after the circuit before it opened: {why}", label(*i));
+            tracing::warn!(api = %step.api, job_id = %task.job_id, "{said}");
+            self.notices.push(
+                api_event::DEGRADED,
+                &step.api,
+                json!({"job_id": task.job_id.to_string(), "step_id": task.step_id, "source": label(*i), "reason": why}),
+                weir_runtime::now_ms(),
+            );
+            report[weir_core::engine::DEGRADED_KEY] = json!(said);
+        }
+        if let Some(i) = &incremental {
+            report["records_read"] = json!(tally.read);
+            report["already_collected"] = json!(i.skipped);
+            report["cursor_missing"] = json!(i.missing);
+            if i.overflow() > 0 {
+                report["boundary_overflow"] = json!(i.overflow());
+            }
+            if let Some(p) = i.proposal() {
+                report[weir_core::watermark::OUTPUT_KEY] = p;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Collects from the API sources: the resource once, or once per parent record.
+    async fn collect_apis(
+        &self,
+        task: &TaskContext,
+        resource: &Resource<'_>,
+        landing: &Arc<std::sync::Mutex<Landing>>,
+        dir: &std::path::Path,
+    ) -> Result<(Tally, u64), CollectError> {
+        let Some(spec) = &resource.step.parent else {
+            return Ok((self.pages(resource, None, landing, &task.cancel).await?, 0));
+        };
+        let n = spec.parallel.unwrap_or(DEFAULT_PARENT_PARALLEL) as usize;
+        let rx = parent::open(task, &self.staging, spec, &dir.join(".parent"), n * 2).await?;
+        let records = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let cancel = &task.cancel;
+        let mut runs = std::pin::pin!(records
+            .map(|p| async move {
+                let p = p?;
+                self.pages(resource, Some(&p), landing, cancel).await
+            })
+            .buffer_unordered(n));
+        let (mut tally, mut parents) = (Tally::default(), 0u64);
+        while let Some(t) = runs.next().await {
+            tally.add(t?);
+            parents += 1;
+        }
+        Ok((tally, parents))
+    }
+
+    /// Reads the whole resource from a files fallback: each file (in path order) a page.
+    async fn collect_files(
+        &self,
+        r: &Resource<'_>,
+        f: &FallbackSpec,
+        src: usize,
+        landing: &Arc<std::sync::Mutex<Landing>>,
+        dir: &std::path::Path,
+        cancel: &CancellationToken,
+    ) -> Result<Tally, CollectError> {
+        let Some(spec) = &f.location else { return Ok(Tally::default()) };
+        let storage = |e: weir_storage::StorageError| {
+            let m = format!("{}: {e}", f.describe(src));
+            if e.is_retryable() {
+                CollectError::Transient(m)
+            } else {
+                CollectError::Config(m)
+            }
+        };
+        let loc = weir_storage::Location::open(spec).map_err(storage)?;
+        let all = vec!["**/*".to_string()];
+        let patterns =
+            weir_storage::Patterns::new(if f.patterns.is_empty() { &all } else { &f.patterns }).map_err(storage)?;
+        let mut listed = loc.list(&patterns).await.map_err(storage)?;
+        listed.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut tally = Tally::default();
+        for file in listed {
+            if cancel.is_cancelled() {
+                return Err(CollectError::Cancelled);
+            }
+            let dest = dir.join(".fallback-file");
+            let got = loc.download(&file.path, &dest, 8 << 20).await.map_err(storage)?;
+            tally.stats.bytes += got.size;
+            let body = Body::File { path: dest, len: got.size };
+            let shown = loc.uri_of(&file.path);
+            let (kept, read) = self.land(r, body, shown, src, landing, Arc::new(vec![]), cancel).await?.1;
+            tally.pages += 1;
+            tally.read += read;
+            tally.kept += kept;
+            tally.count(src, 1, kept);
+        }
+        Ok(tally)
+    }
+
+    /// Takes one page's records into the landing, off the async threads (parsing a
+    /// large page takes a while): the document the paginator reads, and (kept, read).
+    #[allow(clippy::too_many_arguments)]
+    async fn land(
+        &self,
+        r: &Resource<'_>,
+        body: Body,
+        shown: String,
+        src: usize,
+        landing: &Arc<std::sync::Mutex<Landing>>,
+        extra: Arc<Vec<(String, Value)>>,
+        cancel: &CancellationToken,
+    ) -> Result<(Option<Value>, (u64, u64)), CollectError> {
+        let step = r.step;
+        let max_page_bytes = step.max_page_bytes.unwrap_or(DEFAULT_MAX_PAGE_BYTES);
+        let (format, sel, cancel, land) = (step.format, r.selector.clone(), cancel.clone(), landing.clone());
+        let taken = tokio::task::spawn_blocking(move || {
+            let mut land = land.lock().unwrap_or_else(|p| p.into_inner());
+            land.out.source(src)?;
+            take(&mut land, &body, format, &sel, max_page_bytes, &shown, &extra, &cancel)
+        })
+        .await
+        .map_err(|e| CollectError::Staging(format!("reading a page: {e}")))?;
+        let (doc, read, kept) = taken?;
+        Ok((doc, (kept, read)))
+    }
+
+    /// Collects one resource (for one parent record, if it has a parent) page by page,
+    /// from the first API source whose circuit is not open.
+    async fn pages(
+        &self,
+        r: &Resource<'_>,
+        parent: Option<&Value>,
+        landing: &Arc<std::sync::Mutex<Landing>>,
+        cancel: &CancellationToken,
+    ) -> Result<Tally, CollectError> {
+        let step = r.step;
+        let values = Values { cursor: r.cursor.clone(), parent: parent.cloned() };
+        let which = || parent.map(|p| format!(" (parent record {})", short(p))).unwrap_or_default();
+        let Request { url, headers, body, .. } = first_request(r, &values).map_err(|e| match e {
+            CollectError::BadPage(m) => CollectError::BadPage(format!("{m}{}", which())),
+            other => other,
+        })?;
+        let extra: Arc<Vec<(String, Value)>> = Arc::new(match (&step.parent, parent) {
+            (Some(spec), Some(p)) => parent::included(spec, p),
+            _ => vec![],
+        });
+        let mut paginator = paginate::build(&step.paginator)?;
+        let mut url = paginator.first(url);
+        let mut tally = Tally::default();
         let mut seen: HashSet<String> = HashSet::new();
-        let (mut pages, mut total) = (0u64, 0u64);
+        let mut src = 0usize;
         loop {
-            if task.cancel.is_cancelled() {
+            if cancel.is_cancelled() {
                 return Err(CollectError::Cancelled);
             }
             seen.insert(url.to_string());
@@ -123,90 +405,245 @@ impl Collect {
                 post: step.method == HttpMethod::Post,
                 url: url.clone(),
                 headers: headers.clone(),
-                body: step.body.clone(),
+                body: body.clone(),
             };
-            let page = api.fetch(&req, &effort, &task.cancel, &mut stats).await?;
-            pages += 1;
+            let page = match r.sources[src].api.fetch(&req, &r.effort, cancel, &mut tally.stats).await {
+                Ok(p) => p,
+                Err(e) if src + 1 < r.sources.len() && circuit_gone(&e, &r.sources[src]) => {
+                    let next = src + 1;
+                    tracing::warn!(api = %step.api, from = %r.sources[src].label, to = %r.sources[next].label, error = %e, "falling back");
+                    url = rebase(&url, &r.sources[src].base_url, &r.sources[next].base_url)?;
+                    tally.degraded = Some((next, e.to_string()));
+                    src = next;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            tally.pages += 1;
             let shown = client::shown(&url, &[]);
-            // Parsing a large page takes a while: off the async threads.
-            let (format, sel, cancel) = (step.format, selector.clone(), task.cancel.clone());
-            let body = page.body;
-            let (back, taken) = tokio::task::spawn_blocking(move || {
-                let r = take(&mut out, &body, format, &sel, max_page_bytes, &shown, &cancel);
-                (out, r)
-            })
-            .await
-            .map_err(|e| CollectError::Staging(format!("reading a page: {e}")))?;
-            out = back;
-            let (doc, n) = taken?;
-            total += n;
+            let headers_seen = page.headers;
+            let (doc, (kept, read)) = self.land(r, page.body, shown, src, landing, extra.clone(), cancel).await?;
+            tally.read += read;
+            tally.kept += kept;
+            tally.count(src, 1, kept);
             let more =
-                has_more.as_ref().and_then(|p| paginate::select(p, doc.as_ref())).map(|v| v.as_bool() != Some(false));
-            if more == Some(false) || step.max_pages.is_some_and(|m| pages >= m) {
+                r.has_more.as_ref().and_then(|p| paginate::select(p, doc.as_ref())).map(|v| v.as_bool() != Some(false));
+            if more == Some(false) || step.max_pages.is_some_and(|m| tally.pages >= m) {
                 break;
             }
-            let next = paginator.next(&Page { url: &url, headers: &page.headers, json: doc.as_ref(), records: n })?;
+            let next =
+                paginator.next(&Page { url: &url, headers: &headers_seen, json: doc.as_ref(), records: read })?;
             let Some(next) = next else { break };
             if seen.contains(next.as_str()) {
                 return Err(CollectError::BadPage(format!(
-                    "api {}: page {} leads back to {next}, which was requested already: the pagination would not end",
-                    step.api, pages
+                    "api {}: page {} leads back to {next}, which was requested already: the pagination would not end{}",
+                    step.api,
+                    tally.pages,
+                    which()
                 )));
             }
             url = next;
         }
-        let parts = out.finish()?;
-        let mut files = Vec::with_capacity(parts.len());
-        for p in &parts {
-            let path = self
-                .staging
-                .leave(task, &p.path, &format!("attempt-{}/{}", task.fence, p.name))
-                .await
-                .map_err(|e| CollectError::Staging(e.message))?;
-            files.push(json!({
-                "path": path,
-                "source": format!("api://{}/{}/{}/{}", step.api, task.job_id, task.step_id, p.name),
-                "records": p.records,
-            }));
-        }
-        tracing::info!(api = %step.api, pages, records = total, requests = stats.requests, "collected");
-        Ok(json!({
-            "kind": "collect",
-            "api": step.api,
-            "resource": client::shown(&Url::parse(&base).map_err(|e| CollectError::Config(e.to_string()))?, &[]),
-            "paginator": step.paginator.name(),
-            "pages": pages,
-            "records": total,
-            "requests": stats.requests,
-            "retried": stats.retried,
-            "bytes": stats.bytes,
-            "files": files,
-        }))
+        Ok(tally)
     }
 }
 
-/// Takes one page's records into `out`: the document the paginator reads (a JSON page's,
-/// less its records when it streamed) and how many records.
+/// The first request of a resource with these values (before the paginator's
+/// parameters): the primary's URL with the path and parameters filled, the headers and
+/// the body.
+pub(crate) fn first_request(r: &Resource<'_>, values: &Values) -> Result<Request, CollectError> {
+    let step = r.step;
+    let bad = |field: &str, e: String| CollectError::BadPage(format!("{field}: {e}"));
+    let path = r.path.render_with(values, &path_segment).map_err(|e| bad("path", e))?;
+    let base = format!("{}{}", r.sources[0].base_url.trim_end_matches('/'), path);
+    let mut url = Url::parse(&base).map_err(|e| CollectError::Config(format!("{base:?} is not a URL: {e}")))?;
+    if !r.params.is_empty() {
+        let mut pairs = Vec::with_capacity(r.params.len());
+        for (k, t) in &r.params {
+            pairs.push((k.clone(), t.render(values).map_err(|e| bad(&format!("params.{k}"), e))?));
+        }
+        url.query_pairs_mut().extend_pairs(pairs);
+    }
+    let mut headers = Vec::with_capacity(r.headers.len());
+    for (k, t) in &r.headers {
+        headers.push((k.clone(), t.render(values).map_err(|e| bad(&format!("headers.{k}"), e))?));
+    }
+    let body = match &step.body {
+        Some(b) => Some(template::map_json(b, &|t| t.render(values)).map_err(|e| bad("body", e))?),
+        None => None,
+    };
+    Ok(Request { post: step.method == HttpMethod::Post, url, headers, body })
+}
+
+/// One API source of a resource: the primary, or a fallback.
+pub(crate) struct Source {
+    pub(crate) api: Arc<Api>,
+    pub(crate) base_url: String,
+    pub(crate) label: String,
+}
+
+/// Whether a source's failure means its circuit is open (refused at once, or opened by
+/// the failures of this request).
+fn circuit_gone(e: &CollectError, s: &Source) -> bool {
+    matches!(e, CollectError::CircuitOpen(_)) || (matches!(e, CollectError::Transient(_)) && s.api.breaker().is_open())
+}
+
+/// A request of one source moved to another: its base URL swapped (or, for a next URL
+/// elsewhere, its scheme, host and port).
+fn rebase(url: &Url, from: &str, to: &str) -> Result<Url, CollectError> {
+    let (f, t) = (from.trim_end_matches('/'), to.trim_end_matches('/'));
+    let bad = |e: url::ParseError| CollectError::Config(format!("fallback base_url {to:?}: {e}"));
+    if let Some(rest) = url.as_str().strip_prefix(f) {
+        return Url::parse(&format!("{t}{rest}")).map_err(bad);
+    }
+    let target = Url::parse(t).map_err(bad)?;
+    let mut u = url.clone();
+    let ok = u.set_scheme(target.scheme()).is_ok()
+        && u.set_host(target.host_str()).is_ok()
+        && u.set_port(target.port()).is_ok();
+    if !ok {
+        return Err(CollectError::Config(format!("cannot move {url} to the fallback {to}")));
+    }
+    Ok(u)
+}
+
+/// What one resource request needs, the same for every parent record.
+pub(crate) struct Resource<'a> {
+    pub(crate) step: &'a CollectStep,
+    /// The primary, then the API fallbacks in order.
+    pub(crate) sources: Vec<Source>,
+    pub(crate) selector: Arc<Selector>,
+    pub(crate) has_more: Option<serde_json_path::JsonPath>,
+    pub(crate) effort: Effort,
+    pub(crate) path: Template,
+    pub(crate) headers: Vec<(String, Template)>,
+    pub(crate) params: Vec<(String, Template)>,
+    /// What `{cursor}` sends: the stored mark, else the initial value.
+    pub(crate) cursor: Option<String>,
+}
+
+/// Counts of a collection (or of one parent's part of it).
+#[derive(Debug, Default)]
+struct Tally {
+    pages: u64,
+    /// Records on the pages.
+    read: u64,
+    /// Records staged (read less those collected before).
+    kept: u64,
+    stats: Stats,
+    /// Pages and staged records per source (0: the primary).
+    by_source: std::collections::BTreeMap<usize, (u64, u64)>,
+    /// The furthest fallback it went to, and why.
+    degraded: Option<(usize, String)>,
+}
+
+impl Tally {
+    fn count(&mut self, src: usize, pages: u64, records: u64) {
+        let e = self.by_source.entry(src).or_default();
+        e.0 += pages;
+        e.1 += records;
+    }
+
+    fn add(&mut self, o: Tally) {
+        self.pages += o.pages;
+        self.read += o.read;
+        self.kept += o.kept;
+        self.stats.requests += o.stats.requests;
+        self.stats.retried += o.stats.retried;
+        self.stats.bytes += o.stats.bytes;
+        for (s, (p, r)) in o.by_source {
+            self.count(s, p, r);
+        }
+        if o.degraded.as_ref().map(|d| d.0) > self.degraded.as_ref().map(|d| d.0) {
+            self.degraded = o.degraded;
+        }
+    }
+}
+
+/// Where a collection's records land: past the incremental filter, with the parent's
+/// fields, into the staged files.
+struct Landing {
+    out: Output,
+    incremental: Option<Incremental>,
+}
+
+impl Landing {
+    /// Stages a record unless it was collected before; whether it was staged.
+    fn record(&mut self, r: &Value, extra: &[(String, Value)], url: &str) -> Result<bool, CollectError> {
+        if let Some(i) = self.incremental.as_mut() {
+            if !i.keep(r, url)? {
+                return Ok(false);
+            }
+        }
+        if extra.is_empty() {
+            self.out.record(r)?;
+        } else {
+            let mut r = r.clone();
+            if let Value::Object(m) = &mut r {
+                for (k, v) in extra {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            self.out.record(&r)?;
+        }
+        Ok(true)
+    }
+}
+
+/// A value put into a URL path: percent-encoded but for RFC 3986's unreserved characters,
+/// so a parent's `a/b` stays one segment.
+fn path_segment(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A record, short, for messages.
+fn short(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > 120 {
+        let cut = (0..=120).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Takes one page's records into `land`: the document the paginator reads (a JSON page's,
+/// less its records when it streamed), how many records the page held and how many were
+/// staged.
+#[allow(clippy::too_many_arguments)]
 fn take(
-    out: &mut Output,
+    land: &mut Landing,
     body: &Body,
     format: BodyFormat,
     selector: &Selector,
     max_page_bytes: u64,
     url: &str,
+    extra: &[(String, Value)],
     cancel: &CancellationToken,
-) -> Result<(Option<Value>, u64), CollectError> {
+) -> Result<(Option<Value>, u64, u64), CollectError> {
     let reader = || body.reader().map_err(|e| CollectError::Staging(format!("reading the page of {url}: {e}")));
+    let mut kept = 0u64;
     let mut emit = |r: &Value| {
         if cancel.is_cancelled() {
             return Err(CollectError::Cancelled);
         }
-        out.record(r)
+        if land.record(r, extra, url)? {
+            kept += 1;
+        }
+        Ok(())
     };
-    match (format, selector) {
+    let (doc, read) = match (format, selector) {
         (BodyFormat::Json, Selector::Members { names, each }) => {
             let (doc, n) = records::json_stream(reader()?, names, *each, url, &mut emit)?;
-            Ok((Some(doc), n))
+            (Some(doc), n)
         }
         (BodyFormat::Json, Selector::Query(path)) => {
             let whole = body.bytes(max_page_bytes).map_err(|len| {
@@ -219,11 +656,15 @@ fn take(
             for r in &recs {
                 emit(r)?;
             }
-            Ok((Some(doc), recs.len() as u64))
+            (Some(doc), recs.len() as u64)
         }
-        (BodyFormat::Ndjson, _) => Ok((None, records::ndjson(reader()?, url, &mut emit)?)),
-        (BodyFormat::Csv, _) => Ok((None, out.csv(reader()?, url)?)),
-    }
+        (BodyFormat::Ndjson, _) => (None, records::ndjson(reader()?, url, &mut emit)?),
+        (BodyFormat::Csv, _) => {
+            let n = land.out.csv(reader()?, url)?;
+            return Ok((None, n, n));
+        }
+    };
+    Ok((doc, read, kept))
 }
 
 #[async_trait]
@@ -234,7 +675,23 @@ impl StepHandler for Collect {
 
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         let step = CollectStep::parse(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
-        let report = self.collect(task, &step).await?;
+        let report = match task.kind.as_str() {
+            "probe" => self.probe(task, &step).await?,
+            "connect" => self.connect(&step).await?,
+            _ => self.collect(task, &step).await?,
+        };
         weir_worker::report::publish(report, &self.staging, task).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_in_a_path_stays_one_segment() {
+        assert_eq!(path_segment("a/b c?d#é"), "a%2Fb%20c%3Fd%23%C3%A9");
+        assert_eq!(path_segment("v1.2-x_~"), "v1.2-x_~");
+        assert_eq!(short(&json!({"k": "x".repeat(300)})).chars().count(), 121);
     }
 }

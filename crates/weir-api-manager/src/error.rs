@@ -58,6 +58,17 @@ impl CollectError {
     }
 }
 
+impl From<StepError> for CollectError {
+    /// A step-level failure met while collecting (the master unreachable, staging).
+    fn from(e: StepError) -> CollectError {
+        if e.retryable {
+            CollectError::Transient(e.message)
+        } else {
+            CollectError::Config(e.message)
+        }
+    }
+}
+
 impl From<CollectError> for StepError {
     fn from(e: CollectError) -> StepError {
         StepError { kind: e.kind().into(), message: e.to_string(), retryable: e.is_retryable() }

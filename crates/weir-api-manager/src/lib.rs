@@ -1,18 +1,24 @@
 //! The api manager: pulls from HTTP APIs.
 //!
-//! It serves the `api` queue: the generic kinds, and `collect` ([`collect`]), which
+//! It serves the `api` queue: the generic kinds, `probe` and `connect` ([`probe`]), and
+//! `collect` ([`collect`]), which
 //! requests a resource page by page ([`paginate`]), authenticated ([`auth`]), within this
 //! manager's share of the fleet's rate limits and what the server says ([`client`]), past
-//! each API's circuit breaker ([`breaker`]), and leaves the records it selects
-//! ([`records`]) in staging ([`output`]) for the batch kinds.
+//! each API's circuit breaker ([`breaker`], fed by its health checks, [`health`]), and leaves the records it selects
+//! ([`records`]) in staging ([`output`]) for the batch kinds; once per parent record for a
+//! child resource ([`parent`]), only what is new for an incremental one ([`incremental`]).
 
 pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod collect;
 pub mod error;
+pub mod health;
+pub mod incremental;
 pub mod output;
 pub mod paginate;
+pub mod parent;
+pub mod probe;
 pub mod records;
 
 use std::path::PathBuf;
@@ -129,12 +135,15 @@ pub fn spec() -> Result<ManagerSpec, String> {
 /// What this manager runs, with the given settings.
 pub fn spec_with(settings: ApiSettings) -> ManagerSpec {
     let (quotas, notices) = (Quotas::shared(), Notices::default());
+    let breakers = Arc::new(breaker::Breakers::new(notices.clone()));
+    let health = health::Health::new(settings.clone(), breakers.clone(), notices.clone());
+    let collect = collect::Collect::new(settings, quotas.clone(), notices.clone(), breakers);
     ManagerSpec {
         name: "api-manager",
         binary: "weir-api-manager",
         queue: Queue::Api,
-        handlers: vec![Arc::new(Generic), Arc::new(collect::Collect::new(settings, quotas.clone(), notices.clone()))],
-        background: vec![],
+        handlers: vec![Arc::new(Generic), Arc::new(collect)],
+        background: vec![Arc::new(health)],
         quotas,
         notices,
     }

@@ -17,6 +17,8 @@ pub struct Part {
     pub path: PathBuf,
     pub name: String,
     pub records: u64,
+    /// The source its records came from (0: the primary, then the fallbacks in order).
+    pub source: usize,
 }
 
 /// The staged files of one collection.
@@ -26,6 +28,8 @@ pub struct Output {
     open: Option<(BufWriter<File>, Part)>,
     done: Vec<Part>,
     n: usize,
+    /// The source of the records added now; a file holds one source's records.
+    source: usize,
 }
 
 fn io(p: &Path, e: std::io::Error) -> CollectError {
@@ -48,7 +52,16 @@ impl Output {
             std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
         }
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        Ok(Output { dir: dir.to_path_buf(), per_file, open: None, done: vec![], n: 0 })
+        Ok(Output { dir: dir.to_path_buf(), per_file, open: None, done: vec![], n: 0, source: 0 })
+    }
+
+    /// Records from now on come from `source`: a file of another source's is closed.
+    pub fn source(&mut self, source: usize) -> Result<(), CollectError> {
+        if source != self.source {
+            self.close()?;
+            self.source = source;
+        }
+        Ok(())
     }
 
     fn next_name(&mut self, ext: &str) -> (PathBuf, String) {
@@ -63,7 +76,8 @@ impl Output {
             self.close()?;
             let (path, name) = self.next_name("ndjson");
             let f = File::create(&path).map_err(|e| io(&path, e))?;
-            self.open = Some((BufWriter::with_capacity(1 << 20, f), Part { path, name, records: 0 }));
+            self.open =
+                Some((BufWriter::with_capacity(1 << 20, f), Part { path, name, records: 0, source: self.source }));
         }
         if let Some((w, p)) = self.open.as_mut() {
             serde_json::to_writer(&mut *w, r).map_err(|e| CollectError::Staging(format!("encoding a record: {e}")))?;
@@ -92,7 +106,7 @@ impl Output {
                 let (path, name) = self.next_name("csv");
                 let mut w = csv::Writer::from_path(&path).map_err(|e| csv_io(&path, e))?;
                 w.write_byte_record(&header).map_err(|e| csv_io(&path, e))?;
-                open = Some((w, Part { path, name, records: 0 }));
+                open = Some((w, Part { path, name, records: 0, source: self.source }));
             }
             if let Some((w, p)) = open.as_mut() {
                 w.write_byte_record(&rec).map_err(|e| csv_io(&p.path, e))?;
@@ -133,6 +147,7 @@ mod tests {
         for a in 1..=3 {
             o.record(&json!({"a": a})).expect("record");
         }
+        o.source(0).expect("the same source keeps the file open");
         assert_eq!(o.csv(&b"x,y\n1,\"a,b\"\n2,c\n3,d\n"[..], "u").expect("csv"), 3);
         assert_eq!(o.csv(&b"x\n"[..], "u").expect("a header alone"), 0);
         let parts = o.finish().expect("finish");
@@ -144,6 +159,12 @@ mod tests {
         assert_eq!(read(0), "{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(read(2), "x,y\n1,\"a,b\"\n2,c\n");
         assert_eq!(read(3), "x,y\n3,d\n");
+        let mut o = Output::new(&dir.path().join("sources"), 10).expect("output");
+        o.record(&json!({"a": 1})).expect("record");
+        o.source(2).expect("switch");
+        o.record(&json!({"a": 2})).expect("record");
+        let parts = o.finish().expect("finish");
+        assert_eq!(parts.iter().map(|p| (p.records, p.source)).collect::<Vec<_>>(), vec![(1, 0), (1, 2)]);
         let e = o_bad(dir.path());
         assert!(e.contains("not CSV"), "{e}");
     }

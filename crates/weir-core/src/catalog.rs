@@ -11,7 +11,8 @@
 //!
 //! The file queue also runs `probe`, `discover`, `fetch` and `archive` ([`crate::files`]);
 //! the batch queue the data kinds `convert`, `quality`, `store` ([`crate::dataset`]) and
-//! `reconcile`; the api queue `collect` ([`crate::api`]). The table of kinds is `KINDS`.
+//! `reconcile`; the api queue `collect`, `probe` and `connect` ([`crate::api`]). The table
+//! of kinds is `KINDS`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,7 +74,7 @@ pub const BATCH_KINDS: [&str; 3] = ["convert", "quality", "store"];
 pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 
 /// The kinds the api queue runs (config: [`crate::api::CollectStep`]).
-pub const API_KINDS: [&str; 1] = ["collect"];
+pub const API_KINDS: [&str; 3] = ["collect", "probe", "connect"];
 
 /// A step kind: the queues that run it and how its config is checked at submission.
 struct Kind {
@@ -101,6 +102,8 @@ const KINDS: &[Kind] = &[
     Kind { name: "fetch", queues: &[Queue::File], check: |_, c| crate::files::FetchStep::parse(c).map(|_| ()) },
     Kind { name: "archive", queues: &[Queue::File], check: |_, c| crate::files::ArchiveStep::parse(c).map(|_| ()) },
     Kind { name: "collect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind { name: "probe", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind { name: "connect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
 ];
 
 /// The kinds a queue accepts.
@@ -110,6 +113,24 @@ pub fn kinds_for(queue: Queue) -> Vec<&'static str> {
 
 /// Longest `sleep` a step may ask for.
 pub const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// At submission, before the step is checked: fills what its config takes from the job
+/// (collect's `{params.…}` placeholders) and checks what it names of the job (collect's
+/// parent step, which must be among its dependencies).
+pub fn bind_to_job(step: &mut crate::spec::StepSpec, params: Option<&Value>) -> Result<(), String> {
+    if step.queue != Queue::Api.as_str() || !API_KINDS.contains(&step.kind.as_str()) {
+        return Ok(());
+    }
+    if let Some(c) = step.config.as_mut() {
+        crate::api::bind_params(c, params)?;
+        if let Some(parent) = c.get("parent").and_then(|p| p.get("step")).and_then(Value::as_str) {
+            if !step.depends_on.iter().any(|d| d == parent) {
+                return Err(format!("parent.step {parent:?} must be among depends_on (its records come from there)"));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Checks that `kind` runs on `queue` and that `config` suits it; the error names the problem.
 pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<(), String> {

@@ -20,6 +20,7 @@ use crate::model::{
 use crate::retry::RetryDecision;
 use crate::spec::{JobSpec, RetryPolicy, StepSpec, StepTimeouts};
 use crate::validate::ValidJob;
+use crate::watermark::{self, Watermark};
 use crate::Millis;
 
 /// Why an operation was refused. Nothing changed when one is returned.
@@ -103,6 +104,9 @@ pub struct Changes {
     pub events: Vec<EventRecord>,
     /// Events outside any job (added by the master, never by the engine).
     pub messages: Vec<OutboxMessage>,
+    /// Watermarks proposed by the steps of jobs that succeeded in this batch (the store
+    /// writes each unless it would move a mark back).
+    pub watermarks: Vec<Watermark>,
 }
 
 impl Changes {
@@ -114,6 +118,7 @@ impl Changes {
             && self.deleted_tasks.is_empty()
             && self.events.is_empty()
             && self.messages.is_empty()
+            && self.watermarks.is_empty()
     }
 }
 
@@ -174,6 +179,7 @@ pub struct Engine {
     dirty_tasks: HashSet<Uuid>,
     deleted_tasks: Vec<Uuid>,
     events: Vec<EventRecord>,
+    watermarks: Vec<Watermark>,
 }
 
 fn ms(d: Duration) -> Millis {
@@ -206,6 +212,7 @@ impl Engine {
             dirty_tasks: HashSet::new(),
             deleted_tasks: Vec::new(),
             events: Vec::new(),
+            watermarks: Vec::new(),
         }
     }
 
@@ -547,7 +554,11 @@ impl Engine {
         t.error_kind = None;
         t.error_message = None;
         let (job_id, undoes) = (t.job_id, t.compensates.clone());
+        let degraded = t.output.as_deref().and_then(degraded);
         self.emit(job_id, ev::TASK_SUCCEEDED, Some(tid), None, now);
+        if let Some(why) = degraded {
+            self.emit(job_id, ev::TASK_DEGRADED, Some(tid), Some(why), now);
+        }
         if let Some(step) = undoes {
             // Marked at once, so a retry after a later compensation fails runs this step again.
             self.mark_compensated(job_id, &step, now);
@@ -883,6 +894,7 @@ impl Engine {
             deleted_tasks: std::mem::take(&mut self.deleted_tasks),
             events: std::mem::take(&mut self.events),
             messages: Vec::new(),
+            watermarks: std::mem::take(&mut self.watermarks),
         };
         for id in touched {
             self.evict_if_done(id, now);
@@ -1044,6 +1056,7 @@ impl Engine {
                     let why = format!("step {:?} failed: {}", f.step_id, f.error_message.clone().unwrap_or_default());
                     self.begin_ending(id, JobState::Failed, why, now);
                 } else if s.all_done {
+                    self.propose_watermarks(id, now);
                     self.finish(id, JobState::Succeeded, ev::JOB_SUCCEEDED, None, now);
                 } else {
                     for tid in s.promote {
@@ -1053,6 +1066,22 @@ impl Engine {
             }
             JobState::Compensating => self.reconcile_compensation(id, now),
             _ => {}
+        }
+    }
+
+    /// A job succeeded: the watermarks its steps proposed are committed with it.
+    fn propose_watermarks(&mut self, id: Uuid, now: Millis) {
+        let Some(e) = self.jobs.get(&id) else { return };
+        for t in e.forward.iter().filter_map(|t| self.tasks.get(t)) {
+            if let Some(p) = t.output.as_deref().and_then(watermark::proposed) {
+                self.watermarks.push(Watermark {
+                    namespace: e.rec.spec.namespace.clone(),
+                    key: p.key,
+                    mark: p.mark,
+                    job_id: id,
+                    updated_ms: now,
+                });
+            }
         }
     }
 
@@ -1216,6 +1245,19 @@ impl Engine {
         });
         self.dirty_jobs.insert(job_id);
     }
+}
+
+/// The key of an output that says the step ran from a fallback source: its text is the
+/// `dev.weir.task.degraded` event's message.
+pub const DEGRADED_KEY: &str = "degraded";
+
+/// What an output's `degraded` says, if it has one.
+fn degraded(output: &str) -> Option<String> {
+    if !output.contains("\"degraded\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(output).ok()?;
+    v.get(DEGRADED_KEY)?.as_str().map(str::to_string)
 }
 
 fn step_spec<'a>(e: &'a JobEntry, t: &TaskRecord) -> Option<&'a StepSpec> {

@@ -163,7 +163,13 @@ pub mod api_event {
     pub const CIRCUIT_HALF_OPEN: &str = "dev.weir.api.circuit_half_open";
     /// The probe succeeded: the API is called again.
     pub const CIRCUIT_CLOSED: &str = "dev.weir.api.circuit_closed";
-    pub const ALL: [&str; 3] = [CIRCUIT_OPENED, CIRCUIT_HALF_OPEN, CIRCUIT_CLOSED];
+    /// The API's health endpoint answered differently than before (data: healthy, status).
+    pub const HEALTH_CHANGED: &str = "dev.weir.api.health_changed";
+    /// A collection continued from a fallback source (data: job_id, step_id, source, reason).
+    pub const DEGRADED: &str = "dev.weir.api.degraded";
+    /// The circuit's changes.
+    pub const CIRCUIT: [&str; 3] = [CIRCUIT_OPENED, CIRCUIT_HALF_OPEN, CIRCUIT_CLOSED];
+    pub const ALL: [&str; 5] = [CIRCUIT_OPENED, CIRCUIT_HALF_OPEN, CIRCUIT_CLOSED, HEALTH_CHANGED, DEGRADED];
 }
 
 /// An API status change a worker reported, for the outbox. `detail` fields are merged

@@ -16,6 +16,7 @@
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
 //! - [`trace`]: W3C trace context carried from a submission into every event.
 //! - [`trigger`]: rules that turn an incoming event into a job.
+//! - [`watermark`]: incremental collection's high-watermarks, advanced when a job succeeds.
 //! - [`engine`]: the state machine the master drives; it takes `now` as an argument and
 //!   returns the records it changed, so every rule is tested without a clock or a database.
 //!
@@ -37,6 +38,7 @@ pub mod template;
 pub mod trace;
 pub mod trigger;
 pub mod validate;
+pub mod watermark;
 
 /// Milliseconds since the Unix epoch: the one time unit of the engine and the stores.
 pub type Millis = i64;

@@ -222,6 +222,9 @@ pub mod event_type {
     pub const TASK_RELEASED: &str = "dev.weir.task.released";
     pub const TASK_CANCELLED: &str = "dev.weir.task.cancelled";
     pub const TASK_COMPENSATED: &str = "dev.weir.task.compensated";
+    /// A task succeeded but not from its primary source (a fallback): the message says
+    /// which, from its output's `degraded`.
+    pub const TASK_DEGRADED: &str = "dev.weir.task.degraded";
 
     /// Every type, for stores that read them back by name.
     pub const ALL: &[&str] = &[
@@ -244,6 +247,7 @@ pub mod event_type {
         TASK_RELEASED,
         TASK_CANCELLED,
         TASK_COMPENSATED,
+        TASK_DEGRADED,
     ];
 
     /// The static name of a stored type, if it is one of ours.

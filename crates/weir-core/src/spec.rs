@@ -32,7 +32,8 @@ pub struct JobSpec {
     /// A built-in template name; see [`crate::template`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
-    /// Parameters of the template (a JSON object).
+    /// Parameters of the template (a JSON object); with steps, they fill the configs'
+    /// `{params.…}` placeholders at submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Value>,
 }

@@ -4,13 +4,15 @@
 //! Steps run [`PLACEHOLDER_KIND`] (`noop`) until their manager's issue gives them real
 //! work: the DAG shape and queue routing are real, the work is not, and the README says so.
 //! The file templates have theirs: given `params.location`, `bulk_file` and `standard`
-//! with `source: file` run the file and batch kinds (see [`file_kinds`]).
+//! with `source: file` run the file and batch kinds (see [`file_kinds`]); given
+//! `params.api`, `standard` with `source: api` runs the api and batch kinds ([`api_kinds`]).
 //!
 //! Parameters (`params`, a JSON object), all optional:
 //! - `source`: `"api"` (default) or `"file"`: where the `standard` template collects from.
 //! - `parallelism`: 1..=64 (default 4): parallel processing branches of `bulk_file`.
 //! - `location`, `patterns` (default `["**/*"]`), `watch`, `format`, `schema`, `rules`,
 //!   `sinks`, `max_quarantined_ratio`: the file templates' real work (sinks required).
+//! - `api` (a `collect` config), `schema`, `rules`, `sinks`: `standard`'s API work.
 //! - `config`: `{ "<step id>": {...} }`: a step's config (merged over the template's).
 //! - `kind`: `{ "<step id>": "<kind>" }`: run another kind for a step (for tests and drills).
 
@@ -109,7 +111,10 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
         ],
         other => return Err(format!("unknown template {other:?} (known: {})", TEMPLATES.join(", "))),
     };
-    let real = file_kinds(name, params)?;
+    let real = match file_kinds(name, params)? {
+        Some(r) => Some(r),
+        None => api_kinds(name, params)?,
+    };
     let per_step = |key: &str| params.get(key).and_then(Value::as_object);
     for key in ["config", "kind"] {
         if let Some(map) = per_step(key) {
@@ -197,6 +202,37 @@ pub fn file_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, S
     Ok(Some(out))
 }
 
+/// The real kinds and configs of `standard` with `source: "api"`, when `params.api` (a
+/// `collect` config: the resource, its auth, paginator, records…) is given: `probe`,
+/// `connect`, `collect`, then the batch kinds. `None`: the template runs placeholders.
+pub fn api_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, String> {
+    let Some(resource) = params.get("api") else { return Ok(None) };
+    let is_api_standard = name == "standard" && params.get("source").and_then(Value::as_str).unwrap_or("api") == "api";
+    if !is_api_standard {
+        return Err(format!("{name}: params.api applies to standard with source \"api\""));
+    }
+    if !resource.is_object() {
+        return Err(format!("{name}: params.api must be a collect config (an object), got {resource}"));
+    }
+    let sinks = params
+        .get("sinks")
+        .cloned()
+        .ok_or_else(|| format!("{name}: params.sinks is required with params.api (where the rows land)"))?;
+    let mut convert = serde_json::Map::new();
+    if let Some(v) = params.get("schema") {
+        convert.insert("schema".into(), v.clone());
+    }
+    let rules = params.get("rules").cloned().unwrap_or_else(|| serde_json::json!({}));
+    Ok(Some(vec![
+        ("validate_source".into(), "probe", Some(resource.clone())),
+        ("connect".into(), "connect", Some(resource.clone())),
+        ("collect".into(), "collect", Some(resource.clone())),
+        ("convert".into(), "convert", Some(Value::Object(convert))),
+        ("quality".into(), "quality", Some(serde_json::json!({"rules": rules}))),
+        ("store".into(), "store", Some(serde_json::json!({"sinks": sinks}))),
+    ]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +305,24 @@ mod tests {
         assert!(expand("standard", Some(&json!({"location": {"uri": "file:///in"}, "sinks": []})))
             .unwrap_err()
             .contains("source"));
+        let resource = json!({"api": "shop", "base_url": "https://api.shop.test", "path": "/orders"});
+        let std_api =
+            expand("standard", Some(&json!({"api": resource, "sinks": [{"type": "parquet", "path": "/lake"}]})))
+                .expect("standard api");
+        assert_eq!(
+            std_api.iter().map(|s| (s.kind.as_str(), s.queue.as_str())).collect::<Vec<_>>(),
+            vec![
+                ("probe", "api"),
+                ("connect", "api"),
+                ("collect", "api"),
+                ("convert", "batch"),
+                ("quality", "batch"),
+                ("store", "batch")
+            ]
+        );
+        assert_eq!(std_api[2].config.as_ref(), Some(&resource));
+        assert!(expand("standard", Some(&json!({"api": resource}))).unwrap_err().contains("params.sinks"));
+        assert!(expand("bulk_file", Some(&json!({"api": resource, "sinks": []}))).unwrap_err().contains("params.api"));
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub fn check_name(what: &str, s: &str, max: usize) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_step_id(id: &str) -> Result<(), SpecError> {
+/// Step ids: a-z, 0-9, '_' and '-', at most 64.
+pub fn check_step_id(id: &str) -> Result<(), SpecError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -199,11 +200,16 @@ pub fn validate(mut spec: JobSpec) -> Result<ValidJob, SpecError> {
             spec.steps = template::expand(t, spec.params.as_ref()).map_err(SpecError)?;
         }
         (None, true) => return err("job has no steps (give steps or a template)"),
-        (None, false) => {
-            if spec.params.is_some() {
-                return err("params are only for templates");
-            }
+        // With steps, params fill their configs' `{params.…}` placeholders.
+        (None, false) => {}
+    }
+    if let Some(p) = &spec.params {
+        if !p.is_object() {
+            return err(format!("params must be a JSON object, got {p}"));
         }
+    }
+    for s in &mut spec.steps {
+        crate::catalog::bind_to_job(s, spec.params.as_ref()).map_err(|e| SpecError(format!("step {:?}: {e}", s.id)))?;
     }
     if spec.steps.len() > MAX_STEPS {
         return err(format!("job has {} steps, over the limit of {MAX_STEPS}", spec.steps.len()));
@@ -312,6 +318,30 @@ mod tests {
         let ids: Vec<_> = v.spec.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, vec!["a", "b", "c"]);
         assert_eq!(v.spec.namespace, "default");
+    }
+
+    #[test]
+    fn job_params_fill_collect_configs_and_a_parent_must_be_a_dependency() {
+        let collect = |id: &str, deps: &[&str], config: Value| StepSpec {
+            kind: "collect".into(),
+            config: Some(config),
+            ..step(id, deps)
+        };
+        let users =
+            json!({"api": "shop", "base_url": "https://h", "path": "/users", "params": {"org": "{params.org}"}});
+        let orders = json!({"api": "shop", "base_url": "https://h", "path": "/users/{parent.id}/orders",
+                            "parent": {"step": "users"}});
+        let mut spec = job(vec![collect("users", &[], users.clone()), collect("orders", &["users"], orders.clone())]);
+        spec.params = Some(json!({"org": "acme"}));
+        let v = validate(spec).expect("valid");
+        assert_eq!(v.spec.steps[0].config.as_ref().map(|c| c["params"]["org"].clone()), Some(json!("acme")));
+        rejects(job(vec![collect("users", &[], users.clone())]), "step \"users\": params.org: {params.org}");
+        let mut orphan = job(vec![
+            collect("users", &[], json!({"api": "shop", "base_url": "https://h"})),
+            collect("orders", &[], orders),
+        ]);
+        orphan.params = None;
+        rejects(orphan, "parent.step \"users\" must be among depends_on");
     }
 
     #[test]

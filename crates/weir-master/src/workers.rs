@@ -133,7 +133,7 @@ impl Circuits {
     /// Notes the circuit changes among a worker's notices.
     fn note(&self, worker: &str, notices: &[weir_core::model::OutboxMessage]) {
         self.with(|m| {
-            for n in notices {
+            for n in notices.iter().filter(|n| api_event::CIRCUIT.contains(&n.kind.as_str())) {
                 let state = n.data["to"].as_str().unwrap_or_default().to_string();
                 let reason = n.data["reason"].as_str().unwrap_or_default().to_string();
                 m.insert((n.subject.clone(), worker.to_string()), (state, reason, n.time_ms));
@@ -519,6 +519,30 @@ impl WorkerService for Workers {
                 .collect()
         });
         Ok(Response::new(v1::ListQuotasResponse { quotas, circuits }))
+    }
+
+    async fn get_watermark(
+        &self,
+        req: Request<v1::GetWatermarkRequest>,
+    ) -> Result<Response<v1::GetWatermarkResponse>, Status> {
+        let r = req.into_inner();
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument("key: name the watermark (<job name>/<resource>)"));
+        }
+        let namespace =
+            if r.namespace.is_empty() { weir_core::validate::DEFAULT_NAMESPACE } else { r.namespace.as_str() };
+        let w = self.0.store.watermark(namespace, &r.key).await.map_err(status::store)?;
+        Ok(Response::new(v1::GetWatermarkResponse { watermark: w.as_ref().map(convert::watermark) }))
+    }
+
+    async fn list_watermarks(
+        &self,
+        req: Request<v1::ListWatermarksRequest>,
+    ) -> Result<Response<v1::ListWatermarksResponse>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) };
+        let all = self.0.store.list_watermarks(&r.namespace, limit).await.map_err(status::store)?;
+        Ok(Response::new(v1::ListWatermarksResponse { watermarks: all.iter().map(convert::watermark).collect() }))
     }
 
     async fn list_workers(

@@ -8,6 +8,7 @@ use serde_json::Value;
 use weir_core::engine::{Lease, LeaseStatus};
 use weir_core::model::{EventRecord, JobRecord, JobState, TaskRecord, TaskState};
 use weir_core::spec::{self, RetryPolicy};
+use weir_core::watermark::{Mark, Watermark};
 use weir_core::Millis;
 
 use crate::v1;
@@ -288,6 +289,22 @@ pub fn lease_status(task_id: uuid::Uuid, fence: u64, s: LeaseStatus) -> v1::Task
         lease_expires_at: expires,
         fence_token: fence,
     }
+}
+
+/// A stored watermark for the wire.
+pub fn watermark(w: &Watermark) -> v1::Watermark {
+    v1::Watermark {
+        namespace: w.namespace.clone(),
+        key: w.key.clone(),
+        mark_json: serde_json::to_string(&w.mark).unwrap_or_default(),
+        job_id: w.job_id.to_string(),
+        updated_at: Some(timestamp(w.updated_ms)),
+    }
+}
+
+/// A watermark's mark from the wire; the error says what is wrong.
+pub fn mark_from_wire(w: &v1::Watermark) -> Result<Mark, String> {
+    serde_json::from_str(&w.mark_json).map_err(|e| format!("watermark {}: its mark is not JSON: {e}", w.key))
 }
 
 #[cfg(test)]

@@ -257,3 +257,20 @@ pub(crate) fn dataset_version(r: &impl Cols) -> Result<DatasetVersion, StoreErro
         recorded_ms: r.int("recorded_ms")?,
     })
 }
+
+pub(crate) const WATERMARK_COLUMNS: &str = "namespace, key, mark, job_id, updated_ms";
+
+pub(crate) fn mark_json(m: &weir_core::watermark::Mark) -> Result<String, StoreError> {
+    serde_json::to_string(m).map_err(|e| StoreError::Corrupt(format!("watermark: {e}")))
+}
+
+pub(crate) fn watermark(r: &impl Cols) -> Result<weir_core::watermark::Watermark, StoreError> {
+    Ok(weir_core::watermark::Watermark {
+        namespace: r.text("namespace")?,
+        key: r.text("key")?,
+        mark: serde_json::from_str(&r.text("mark")?)
+            .map_err(|e| StoreError::Corrupt(format!("watermark mark: {e}")))?,
+        job_id: uuid("watermark job_id", &r.text("job_id")?)?,
+        updated_ms: r.int("updated_ms")?,
+    })
+}

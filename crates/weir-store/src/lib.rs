@@ -17,6 +17,7 @@ use weir_core::files::SeenFile;
 use weir_core::model::{
     ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord,
 };
+use weir_core::watermark::Watermark;
 use weir_core::Millis;
 
 mod codec;
@@ -204,6 +205,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest version of each dataset, by dataset.
     async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError>;
+
+    // Incremental collection's watermarks (written by `commit`, with the job's success).
+
+    /// The watermark of `key` in `namespace`, if a job has stored one.
+    async fn watermark(&self, namespace: &str, key: &str) -> Result<Option<Watermark>, StoreError>;
+
+    /// The watermarks of a namespace (every namespace's for `""`), by namespace and key.
+    async fn list_watermarks(&self, namespace: &str, limit: u32) -> Result<Vec<Watermark>, StoreError>;
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

@@ -33,6 +33,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "dataset_catalogue",
         sql: include_str!("../../../migrations/postgres/0006_dataset_catalogue.sql"),
     },
+    Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/postgres/0007_watermarks.sql") },
 ];
 
 /// SQLite migrations, oldest first.
@@ -59,6 +60,7 @@ pub const SQLITE: &[Migration] = &[
         name: "dataset_catalogue",
         sql: include_str!("../../../migrations/sqlite/0006_dataset_catalogue.sql"),
     },
+    Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/sqlite/0007_watermarks.sql") },
 ];
 
 /// Table that records applied migrations.

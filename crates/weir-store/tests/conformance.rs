@@ -398,6 +398,35 @@ async fn dataset_versions_are_recorded_once_with_their_event(s: Arc<dyn Store>) 
     assert!(s.dataset_versions("nope").await.expect("none").is_empty());
 }
 
+/// A job whose one step proposes `value` as the mark of `orders/collect`, run to success.
+async fn propose(rig: &mut Rig, run: &str, value: serde_json::Value, now: i64) -> Uuid {
+    let mut j = spec("default", "orders", &[], vec![step("collect", &[])]);
+    j.run_id = run.into();
+    let id = rig.submit(j, now).await;
+    let l = rig.engine.acquire("api", "w", 1, now).remove(0);
+    let out = serde_json::json!({"watermark": {"key": "orders/collect", "value": value, "boundary": ["f1"]}});
+    rig.engine.complete(l.task_id, l.fence, Some(out.to_string()), now).expect("complete");
+    rig.commit(now).await;
+    id
+}
+
+async fn watermarks_advance_with_the_job_and_never_move_back(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    assert_eq!(s.watermark("default", "orders/collect").await.expect("read"), None);
+    let first = propose(&mut rig, "r1", serde_json::json!("2026-11-02T00:00:00Z"), 10).await;
+    let w = s.watermark("default", "orders/collect").await.expect("read").expect("stored with the job");
+    assert_eq!((w.mark.value.as_str(), w.mark.boundary.len(), w.job_id), (Some("2026-11-02T00:00:00Z"), 1, first));
+    // A run that started earlier and ended later proposes an older mark: it is not written.
+    propose(&mut rig, "r2", serde_json::json!("2026-11-02T01:00:00+02:00"), 20).await;
+    let w = s.watermark("default", "orders/collect").await.expect("read").expect("kept");
+    assert_eq!(w.job_id, first, "an older mark is not written");
+    let third = propose(&mut rig, "r3", serde_json::json!("2026-11-03T00:00:00Z"), 30).await;
+    let all = s.list_watermarks("", 10).await.expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].job_id, all[0].updated_ms), (third, 30));
+    assert!(s.list_watermarks("other", 10).await.expect("list").is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -418,7 +447,8 @@ conformance!(
     stale_epoch_is_fenced,
     large_batches,
     file_inventory_claims_each_version_once,
-    dataset_versions_are_recorded_once_with_their_event
+    dataset_versions_are_recorded_once_with_their_event,
+    watermarks_advance_with_the_job_and_never_move_back
 );
 
 /// PostgreSQL only: a second master blocks until the first one's session ends.

@@ -6,7 +6,8 @@
 //! cancelled or its lease was lost, reports results with the lease's fence token, and on
 //! shutdown stops taking work, lets running tasks finish for a grace period, and hands the
 //! rest back. [`quota`] keeps its share of the fleet-wide limits over the same heartbeat,
-//! and [`notice`] carries status changes for the master to publish.
+//! and [`notice`] carries status changes for the master to publish; [`watermark`] reads
+//! where an incremental resource stands.
 //! [`generic`] holds the engine-proving kinds (`noop`, `sleep`, `fail`);
 //! [`manager`] is the `main` every manager binary shares.
 
@@ -17,6 +18,7 @@ pub mod quota;
 pub mod report;
 pub mod staging;
 pub mod store;
+pub mod watermark;
 mod worker;
 
 use std::time::Duration;
@@ -46,6 +48,9 @@ pub struct TaskContext {
     pub heartbeat_timeout: Duration,
     /// Cancelled when the job is cancelled, the lease is lost, or the worker shuts down.
     pub cancel: CancellationToken,
+    /// The master's worker service, for what a step reads from the master while it runs
+    /// ([`watermark`]); none in unit tests.
+    pub master: Option<weir_proto::v1::worker_service_client::WorkerServiceClient<tonic::transport::Channel>>,
 }
 
 /// Where the managers keep data on local disk unless `WEIR_DATA_DIR` says otherwise.
@@ -77,6 +82,7 @@ impl TaskContext {
             job_name: "test".into(),
             heartbeat_timeout: Duration::from_secs(30),
             cancel: CancellationToken::new(),
+            master: None,
         }
     }
 }

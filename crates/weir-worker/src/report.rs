@@ -28,7 +28,8 @@ pub async fn publish(report: Value, staging: &Staging, task: &TaskContext) -> Re
     let mut out = Map::new();
     if let Value::Object(m) = &report {
         for (k, v) in m {
-            if !(v.is_array() || v.is_object()) || k == "location" {
+            // The watermark stays inline: the master reads it when the job succeeds.
+            if !(v.is_array() || v.is_object()) || k == "location" || k == weir_core::watermark::OUTPUT_KEY {
                 out.insert(k.clone(), v.clone());
             }
         }

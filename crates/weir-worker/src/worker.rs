@@ -269,6 +269,7 @@ impl Worker {
             job_name: l.job_name.clone(),
             heartbeat_timeout,
             cancel: token,
+            master: Some(self.client.clone()),
         })
     }
 }

@@ -3,10 +3,13 @@
 //! validation, so the master refuses a bad config at submission and the API manager
 //! reads the same struct; the work itself lives in `weir-api-manager`.
 //!
-//! The api kind (see [`crate::catalog`]):
+//! The api kinds (see [`crate::catalog`]), each configured with a [`CollectStep`]:
 //! - `collect`: requests a resource page by page, selects its records, and leaves them
 //!   in staging as bounded NDJSON files (or the CSV bodies as they came) that the batch
 //!   kinds `convert`/`quality`/`store` take unchanged.
+//! - `probe`: resolves the credentials and requests the first page once, so a wrong URL
+//!   or key fails before any work, naming the API.
+//! - `connect`: obtains the credentials' token (OAuth2), reporting when it expires.
 //!
 //! [`template`] holds the placeholders a resource's values may carry; [`profile`] what a
 //! deployment says about each API (limits, circuit), [`circuit`] the breaker itself.
@@ -85,6 +88,109 @@ pub struct CollectStep {
     /// names, which streams pages of any size; a larger one fails, naming it.
     #[serde(default)]
     pub max_page_bytes: Option<u64>,
+    /// Collect only what is new since the last successful run.
+    #[serde(default)]
+    pub incremental: Option<IncrementalSpec>,
+    /// Run once per record of another `collect` step (`/users/{parent.id}/orders`).
+    #[serde(default)]
+    pub parent: Option<ParentSpec>,
+    /// Sources to continue from, in order, while the API's circuit is open.
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackSpec>,
+}
+
+/// Most fallbacks a resource may name.
+pub const MAX_FALLBACKS: usize = 5;
+
+/// A source a collection continues from while the ones before it have their circuits
+/// open: the same resource at another base URL or with other credentials (same path,
+/// parameters and paginator; its own circuit), or files holding its records (an export,
+/// read with the step's `format` and `records`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackSpec {
+    /// Another base URL (default: the primary's).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Other credentials (default: the primary's).
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Files instead of an API: the whole resource is read from them.
+    #[serde(default)]
+    pub location: Option<crate::files::LocationSpec>,
+    /// Which of the location's files (default all).
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+impl FallbackSpec {
+    /// How the source is named in reports and events (no secrets).
+    pub fn describe(&self, index: usize) -> String {
+        match (&self.location, &self.base_url) {
+            (Some(l), _) => format!("fallback {index} (files at {})", crate::files::redact_uri(&l.uri)),
+            (None, Some(u)) => format!("fallback {index} ({u})"),
+            (None, None) => format!("fallback {index} (other credentials)"),
+        }
+    }
+}
+
+/// Incremental collection: each record's cursor value is compared with the watermark the
+/// last successful run stored (see [`crate::watermark`]); what lies at or before it is
+/// skipped, and the highest value collected is proposed as the next mark, stored when the
+/// job succeeds. `{cursor}` in the path, parameters, headers or body sends the mark (or
+/// `initial`) to the server, so it sends only what is new.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalSpec {
+    /// An RFC 9535 JSONPath on each record selecting its cursor (e.g. `$.updated_at`):
+    /// a number or text; RFC 3339 times compare as instants.
+    pub cursor_path: String,
+    /// Where the first run starts (what `{cursor}` sends before any run stored a mark).
+    #[serde(default)]
+    pub initial: Option<Value>,
+    /// The resource's name in the watermark's key `<job name>/<name>` (default: the step
+    /// id), so renaming a step need not start over.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A record without a cursor value: `fail` the step (default), or `include` it.
+    #[serde(default)]
+    pub on_missing: OnMissingCursor,
+}
+
+/// What a record without a cursor value does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingCursor {
+    #[default]
+    Fail,
+    Include,
+}
+
+/// Most parents collected at once.
+pub const MAX_PARENT_PARALLEL: u32 = 64;
+/// Default parents collected at once.
+pub const DEFAULT_PARENT_PARALLEL: u32 = 4;
+
+/// A child resource: requested once per record of a parent `collect` step (one it
+/// depends on), with `{parent.<field>}` filled from that record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentSpec {
+    /// The parent step's id.
+    pub step: String,
+    /// Parent fields copied into each child record as `_<step>_<field>` (dlt's naming).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Parents collected at once (default 4, at most 64), within the API's limits.
+    #[serde(default)]
+    pub parallel: Option<u32>,
+}
+
+impl ParentSpec {
+    /// The column a parent field is copied into.
+    pub fn column(&self, field: &str) -> String {
+        format!("_{}_{}", self.step, field.replace('.', "_"))
+    }
 }
 
 fn whole_page() -> String {
@@ -136,6 +242,19 @@ pub enum AuthSpec {
     /// The refresh-token grant: `<PREFIX>_REFRESH_TOKEN` (the first one; a rotated one is
     /// kept by Weir), `<PREFIX>_CLIENT_ID` and `<PREFIX>_CLIENT_SECRET` if the server asks.
     Oauth2RefreshToken { token_url: String, credentials: CredentialsRef },
+}
+
+impl AuthSpec {
+    /// The method's name in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthSpec::ApiKey { .. } => "api_key",
+            AuthSpec::Basic { .. } => "basic",
+            AuthSpec::Bearer { .. } => "bearer",
+            AuthSpec::Oauth2ClientCredentials { .. } => "oauth2_client_credentials",
+            AuthSpec::Oauth2RefreshToken { .. } => "oauth2_refresh_token",
+        }
+    }
 }
 
 /// Where an API key goes.
@@ -225,13 +344,49 @@ impl PaginatorSpec {
     }
 }
 
+/// Fills the `{params.…}` placeholders of a collect config with the job's parameters, at
+/// submission (the stored spec holds the values); the error names the field and the
+/// parameter. Other placeholders are left for the collection.
+pub fn bind_params(config: &mut Value, params: Option<&Value>) -> Result<(), String> {
+    let Some(obj) = config.as_object_mut() else { return Ok(()) };
+    let strict = |field: &str, text: &str| -> Result<String, String> {
+        let t = Template::parse(text).map_err(|e| format!("{field}: {e}"))?;
+        if !t.vars().any(|v| matches!(v, Var::Param(_))) {
+            return Ok(text.to_string());
+        }
+        Ok(t.bind_params(params).map_err(|e| format!("{field}: {e}"))?.to_string())
+    };
+    for field in ["base_url", "path"] {
+        if let Some(Value::String(s)) = obj.get_mut(field) {
+            *s = strict(field, s)?;
+        }
+    }
+    for map in ["headers", "params"] {
+        if let Some(Value::Object(m)) = obj.get_mut(map) {
+            for (k, v) in m.iter_mut() {
+                if let Value::String(s) = v {
+                    *s = strict(&format!("{map}.{k}"), s)?;
+                }
+            }
+        }
+    }
+    if let Some(Value::String(s)) = obj.get_mut("incremental").and_then(|i| i.get_mut("initial")) {
+        *s = strict("incremental.initial", s)?;
+    }
+    if let Some(b) = obj.get_mut("body") {
+        *b = template::map_json(b, &|t| t.bind_params(params).map(|t| t.to_string()))
+            .map_err(|e| format!("body: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Checks an RFC 9535 JSONPath; the error names the field and says what is wrong.
 pub fn check_json_path(field: &str, path: &str) -> Result<(), String> {
     serde_json_path::JsonPath::parse(path).map(|_| ()).map_err(|e| format!("{field} {path:?} is not a JSONPath: {e}"))
 }
 
 /// Checks an http(s) URL without credentials in it.
-fn check_url(field: &str, url: &str) -> Result<(), String> {
+pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
@@ -261,6 +416,23 @@ fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), String> {
     }
 }
 
+fn check_auth(field: &str, a: &AuthSpec) -> Result<(), String> {
+    match a {
+        AuthSpec::ApiKey { name, credentials, .. } => {
+            check_token(&format!("{field}.name"), name)?;
+            check_credentials(&format!("{field}.credentials"), credentials)
+        }
+        AuthSpec::Basic { credentials } | AuthSpec::Bearer { credentials } => {
+            check_credentials(&format!("{field}.credentials"), credentials)
+        }
+        AuthSpec::Oauth2ClientCredentials { token_url, credentials, .. }
+        | AuthSpec::Oauth2RefreshToken { token_url, credentials } => {
+            check_url(&format!("{field}.token_url"), token_url)?;
+            check_credentials(&format!("{field}.credentials"), credentials)
+        }
+    }
+}
+
 /// An HTTP header or parameter name: visible ASCII, no separators.
 fn check_token(field: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
@@ -283,22 +455,62 @@ impl CollectStep {
     fn check(&self) -> Result<(), String> {
         crate::validate::check_name("api", &self.api, 64).map_err(|e| e.0)?;
         check_url("base_url", &self.base_url)?;
-        let mut templates = vec![("path".to_string(), Template::parse(&self.path).map_err(|e| format!("path: {e}"))?)];
-        for (k, t) in template::parse_map("headers", &self.headers)? {
-            check_token("headers name", &k)?;
-            templates.push((format!("headers.{k}"), t));
+        if Template::parse(&self.base_url).map_err(|e| format!("base_url: {e}"))?.vars().next().is_some() {
+            return Err("base_url: only {params.…} placeholders (filled at submission) may be in base_url".into());
         }
-        for (k, t) in template::parse_map("params", &self.params)? {
-            templates.push((format!("params.{k}"), t));
+        for k in self.headers.keys() {
+            check_token("headers name", k)?;
         }
-        // The placeholders name what this step collects with: none of them yet.
-        for (field, t) in &templates {
-            if let Some(v) = t.vars().next() {
-                let what = match v {
-                    Var::Cursor => "{cursor} needs an incremental cursor",
-                    Var::Parent(_) => "{parent.…} needs a parent resource",
-                };
-                return Err(format!("{field}: {what}, which collect does not take yet"));
+        // Each placeholder names what this step collects with.
+        for (field, t) in self.templates()? {
+            for v in t.vars() {
+                match v {
+                    Var::Cursor => match &self.incremental {
+                        None => return Err(format!("{field}: {{cursor}} needs incremental")),
+                        Some(i) if i.initial.is_none() => {
+                            return Err(format!(
+                                "{field}: {{cursor}} needs incremental.initial (what the first run sends)"
+                            ))
+                        }
+                        Some(_) => {}
+                    },
+                    Var::Parent(_) if self.parent.is_none() => {
+                        return Err(format!("{field}: {{parent.…}} needs parent (the step whose records it reads)"))
+                    }
+                    Var::Param(p) => {
+                        return Err(format!(
+                            "{field}: {{params.{}}} names a parameter the job does not give",
+                            p.join(".")
+                        ))
+                    }
+                    Var::Parent(_) => {}
+                }
+            }
+        }
+        if let Some(i) = &self.incremental {
+            check_json_path("incremental.cursor_path", &i.cursor_path)?;
+            if let Some(n) = &i.name {
+                crate::validate::check_name("incremental.name", n, 64).map_err(|e| e.0)?;
+            }
+            if matches!(&i.initial, Some(v) if !(v.is_string() || v.is_number())) {
+                return Err("incremental.initial must be a number or text".into());
+            }
+            if self.format == BodyFormat::Csv {
+                return Err("incremental reads each record's cursor: give JSON or NDJSON pages, not CSV".into());
+            }
+        }
+        if let Some(p) = &self.parent {
+            crate::validate::check_step_id(&p.step).map_err(|e| format!("parent.step: {}", e.0))?;
+            if !p.include.is_empty() && self.format == BodyFormat::Csv {
+                return Err("parent.include adds columns to each record: give JSON or NDJSON pages, not CSV".into());
+            }
+            if p.include.iter().any(|f| f.is_empty() || f.split('.').any(str::is_empty)) {
+                return Err("parent.include: name each field (a.b for a nested one)".into());
+            }
+            if let Some(n) = p.parallel {
+                if n == 0 || n > MAX_PARENT_PARALLEL {
+                    return Err(format!("parent.parallel must be 1..={MAX_PARENT_PARALLEL}, got {n}"));
+                }
             }
         }
         check_json_path("records", &self.records)?;
@@ -341,21 +553,37 @@ impl CollectStep {
                 return Err("paginator reads the next page from a JSON body; this resource's pages are not JSON".into());
             }
         }
-        match &self.auth {
-            None => {}
-            Some(AuthSpec::ApiKey { name, credentials, .. }) => {
-                check_token("auth.name", name)?;
-                check_credentials("auth.credentials", credentials)?;
+        if let Some(a) = &self.auth {
+            check_auth("auth", a)?;
+        }
+        if self.fallbacks.len() > MAX_FALLBACKS {
+            return Err(format!("fallbacks: at most {MAX_FALLBACKS}, got {}", self.fallbacks.len()));
+        }
+        for (i, f) in self.fallbacks.iter().enumerate() {
+            let at = format!("fallbacks[{i}]");
+            match (&f.location, &f.base_url, &f.auth) {
+                (Some(l), None, None) => l.check().map_err(|e| format!("{at}.location: {e}"))?,
+                (Some(_), _, _) => {
+                    return Err(format!("{at}: give location (files) or base_url/auth (an API), not both"))
+                }
+                (None, None, None) => return Err(format!("{at}: give base_url, auth or location")),
+                (None, url, auth) => {
+                    if !f.patterns.is_empty() {
+                        return Err(format!("{at}.patterns apply to a location"));
+                    }
+                    if let Some(u) = url {
+                        check_url(&format!("{at}.base_url"), u)?;
+                    }
+                    if let Some(a) = auth {
+                        check_auth(&format!("{at}.auth"), a)?;
+                    }
+                }
             }
-            Some(AuthSpec::Basic { credentials } | AuthSpec::Bearer { credentials }) => {
-                check_credentials("auth.credentials", credentials)?
+            if f.location.is_some() && i + 1 != self.fallbacks.len() {
+                return Err(format!("{at}: files hold the whole resource, so a location comes last"));
             }
-            Some(
-                AuthSpec::Oauth2ClientCredentials { token_url, credentials, .. }
-                | AuthSpec::Oauth2RefreshToken { token_url, credentials },
-            ) => {
-                check_url("auth.token_url", token_url)?;
-                check_credentials("auth.credentials", credentials)?;
+            if f.location.is_some() && self.parent.is_some() {
+                return Err(format!("{at}: a child resource cannot fall back to files (they are not per parent)"));
             }
         }
         for (what, n) in [
@@ -380,6 +608,28 @@ impl CollectStep {
             return Err("body needs method POST".into());
         }
         Ok(())
+    }
+
+    /// Every value that may hold placeholders, by field: the path, each header and query
+    /// parameter, and each string of the body.
+    pub fn templates(&self) -> Result<Vec<(String, Template)>, String> {
+        let mut out = vec![("path".to_string(), Template::parse(&self.path).map_err(|e| format!("path: {e}"))?)];
+        for (k, t) in template::parse_map("headers", &self.headers)? {
+            out.push((format!("headers.{k}"), t));
+        }
+        for (k, t) in template::parse_map("params", &self.params)? {
+            out.push((format!("params.{k}"), t));
+        }
+        if let Some(b) = &self.body {
+            out.extend(template::json_templates("body", b));
+        }
+        Ok(out)
+    }
+
+    /// The watermark's key for a run of job `job_name` in step `step_id`.
+    pub fn watermark_key(&self, job_name: &str, step_id: &str) -> Option<String> {
+        let i = self.incremental.as_ref()?;
+        Some(format!("{job_name}/{}", i.name.as_deref().unwrap_or(step_id)))
     }
 
     /// The per-request timeout.
@@ -425,6 +675,30 @@ mod tests {
     }
 
     #[test]
+    fn incremental_and_child_resources_read_and_params_bind_at_submission() {
+        let mut c = json!({
+            "api": "shop", "base_url": "https://{params.host}", "path": "/users/{parent.id}/orders",
+            "params": {"since": "{cursor}", "region": "{params.region}"},
+            "method": "POST", "body": {"query": "{ orders(region: \"{params.region}\") { id } }"},
+            "incremental": {"cursor_path": "$.updated_at", "initial": "{params.from}"},
+            "parent": {"step": "users", "include": ["id", "org.name"], "parallel": 8}
+        });
+        let params = json!({"host": "api.shop.test", "region": "eu", "from": "2026-01-01T00:00:00Z"});
+        bind_params(&mut c, Some(&params)).expect("binds");
+        let s = parse(c).expect("valid");
+        assert_eq!((s.base_url.as_str(), s.params["region"].as_str()), ("https://api.shop.test", "eu"));
+        assert_eq!(s.params["since"], "{cursor}", "the cursor is filled per run");
+        assert_eq!(s.body, Some(json!({"query": "{ orders(region: \"eu\") { id } }"})));
+        let i = s.incremental.as_ref().expect("incremental");
+        assert_eq!(i.initial, Some(json!("2026-01-01T00:00:00Z")));
+        assert_eq!(s.watermark_key("orders", "collect").as_deref(), Some("orders/collect"));
+        let p = s.parent.as_ref().expect("parent");
+        assert_eq!((p.column("id"), p.column("org.name")), ("_users_id".to_string(), "_users_org_name".to_string()));
+        let mut missing = json!({"api": "x", "base_url": "http://h", "path": "/{params.nope}"});
+        assert!(bind_params(&mut missing, None).expect_err("unbound").contains("path: {params.nope}"));
+    }
+
+    #[test]
     fn bad_configs_are_refused_naming_the_field() {
         let err = |v: Value| parse(v).expect_err("refused");
         let base = |extra: Value| {
@@ -457,8 +731,28 @@ mod tests {
         assert!(err(base(json!({"max_retries": 0}))).contains("max_retries"));
         assert!(err(base(json!({"timeout": "0s"}))).contains("timeout"));
         assert!(err(base(json!({"path": "/u/{user}"}))).contains("unknown placeholder {user}"));
-        assert!(err(base(json!({"params": {"since": "{cursor}"}})))
-            .contains("params.since: {cursor} needs an incremental cursor"));
+        assert!(
+            err(base(json!({"params": {"since": "{cursor}"}}))).contains("params.since: {cursor} needs incremental")
+        );
+        assert!(err(base(json!({"params": {"since": "{cursor}"}, "incremental": {"cursor_path": "$.t"}})))
+            .contains("incremental.initial"));
+        assert!(err(base(json!({"path": "/u/{parent.id}"}))).contains("path: {parent.…} needs parent"));
+        assert!(err(base(json!({"body": {"q": "{params.x}"}, "method": "POST"})))
+            .contains("{params.x} names a parameter the job does not give"));
+        assert!(err(base(json!({"incremental": {"cursor_path": "updated_at"}}))).contains("incremental.cursor_path"));
+        assert!(err(base(json!({"incremental": {"cursor_path": "$.t", "initial": [1]}}))).contains("number or text"));
+        assert!(err(base(json!({"format": "csv", "incremental": {"cursor_path": "$.t"}}))).contains("not CSV"));
+        assert!(err(base(json!({"parent": {"step": "Users"}}))).contains("parent.step"));
+        assert!(err(base(json!({"parent": {"step": "users", "parallel": 0}}))).contains("parent.parallel"));
+        assert!(err(json!({"api": "shop", "base_url": "https://{cursor}.x"})).contains("base_url"));
+        assert!(err(base(json!({"fallbacks": [{}]}))).contains("fallbacks[0]: give base_url, auth or location"));
+        assert!(err(base(json!({"fallbacks": [{"base_url": "ftp://x"}]}))).contains("fallbacks[0].base_url"));
+        assert!(err(base(json!({"fallbacks": [{"auth": {"type": "bearer", "credentials": {"env": ""}}}]})))
+            .contains("fallbacks[0].auth.credentials.env"));
+        assert!(err(base(json!({"fallbacks": [{"location": {"uri": "file:///x"}}, {"base_url": "https://b"}]})))
+            .contains("a location comes last"));
+        assert!(err(base(json!({"fallbacks": [{"location": {"uri": "nope://x"}}]}))).contains("fallbacks[0].location"));
+        assert!(err(base(json!({"fallbacks": [{"base_url": "https://b", "patterns": ["*"]}]}))).contains("patterns"));
         assert!(err(base(json!({"body": {"q": 1}}))).contains("POST"));
         assert!(err(base(json!({"format": "csv", "records": "$.x"}))).contains("records selects from JSON pages"));
         assert!(err(base(json!({"headers": {"Bad Name": "x"}}))).contains("headers name"));

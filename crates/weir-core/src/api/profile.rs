@@ -8,13 +8,20 @@
 //!     rate: 600/min          # or 10/s; 0 = unlimited
 //!     burst: 50
 //!     circuit: {consecutive_failures: 5, failure_ratio: 0.5, min_requests: 20, window: 60s, cooldown: 30s}
+//!     health: {url: https://api.shop.example/health, interval: 30s, timeout: 5s}
 //! ```
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::circuit::CircuitConfig;
+
+/// Default time between health checks.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default limit of one health check.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One API's settings; what is left out takes the manager's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -24,6 +31,30 @@ pub struct ApiProfile {
     pub rate: Option<String>,
     pub burst: Option<u32>,
     pub circuit: Option<CircuitConfig>,
+    /// An endpoint checked continuously; its outcome feeds the circuit.
+    pub health: Option<HealthCheck>,
+}
+
+/// An API's health endpoint: a GET answered with a 2xx within `timeout` is healthy. A
+/// failed check counts as a failed request of the circuit; a passing one after an open
+/// circuit's cooldown is its probe (so the circuit closes without risking a real request).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub url: String,
+    #[serde(default, with = "crate::duration::option")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "crate::duration::option")]
+    pub timeout: Option<Duration>,
+}
+
+impl HealthCheck {
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL)
+    }
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT)
+    }
 }
 
 /// Every API's settings, by API name.
@@ -45,6 +76,12 @@ impl ApiProfiles {
             }
             if let Some(c) = &api.circuit {
                 c.check().map_err(|e| format!("apis.{name}.{e}"))?;
+            }
+            if let Some(h) = &api.health {
+                super::check_url(&format!("apis.{name}.health.url"), &h.url)?;
+                if h.interval() < Duration::from_secs(1) || h.timeout().is_zero() {
+                    return Err(format!("apis.{name}.health: interval must be at least 1s and timeout more than 0s"));
+                }
             }
         }
         Ok(p)
@@ -82,11 +119,16 @@ mod tests {
         let c = p.apis["shop"].circuit.expect("circuit");
         assert_eq!((c.consecutive_failures, c.cooldown.as_secs(), c.min_requests), (3, 5, 20));
         assert_eq!(parse_rate("r", "5000/h"), Ok(84));
+        let h = ApiProfiles::parse("apis: {shop: {health: {url: 'https://h/health', interval: 10s}}}").expect("health");
+        let h = h.apis["shop"].health.clone().expect("health");
+        assert_eq!((h.interval(), h.timeout()), (Duration::from_secs(10), DEFAULT_HEALTH_TIMEOUT));
         for (text, names) in [
             ("apis: {shop: {rate: fast}}", "apis.shop.rate"),
             ("apis: {shop: {circuit: {failure_ratio: 2}}}", "apis.shop.circuit.failure_ratio"),
             ("apis: {shop: {limit: 5}}", "limit"),
             ("apis: {'a b': {}}", "a b"),
+            ("apis: {shop: {health: {url: 'ftp://h'}}}", "apis.shop.health.url"),
+            ("apis: {shop: {health: {url: 'https://h', interval: 10ms}}}", "apis.shop.health"),
         ] {
             let e = ApiProfiles::parse(text).expect_err(text);
             assert!(e.contains(names), "{text}: {e}");

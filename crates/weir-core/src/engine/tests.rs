@@ -581,3 +581,29 @@ fn schedule_to_start_survives_a_restart_and_ignores_time_paused() {
     h.commit(27_000);
     assert_eq!(h.state(paused), JobState::Failed);
 }
+
+#[test]
+fn watermarks_are_proposed_only_when_the_job_succeeds() {
+    let mut h = Harness::new();
+    let run = |h: &mut Harness, name: &str, store_fails: bool, now: Millis| -> Vec<Watermark> {
+        let id = h.submit(job(name, vec![step("collect", "api", &[]), step("store", "batch", &["collect"])]), now);
+        let c = h.acquire("api", 1, now);
+        let out = json!({"records": 2, "watermark": {"key": format!("{name}/collect"), "value": 7, "boundary": ["f"]}});
+        h.engine.complete(c[0].task_id, c[0].fence, Some(out.to_string()), now).expect("complete");
+        assert!(h.commit(now).watermarks.is_empty(), "nothing is stored yet");
+        let s = h.acquire("batch", 1, now);
+        if store_fails {
+            h.engine.fail(s[0].task_id, s[0].fence, failure("io", false), now).expect("fail");
+        } else {
+            h.engine.complete(s[0].task_id, s[0].fence, None, now).expect("complete");
+        }
+        let w = h.commit(now).watermarks;
+        assert_eq!(h.state(id), if store_fails { JobState::Failed } else { JobState::Succeeded });
+        w
+    };
+    assert!(run(&mut h, "failed", true, 100).is_empty(), "a failed job proposes nothing");
+    let w = run(&mut h, "orders", false, 200);
+    assert_eq!(w.len(), 1);
+    assert_eq!((w[0].key.as_str(), w[0].mark.value.clone(), w[0].updated_ms), ("orders/collect", json!(7), 200));
+    assert_eq!(w[0].namespace, h.jobs[&w[0].job_id].spec.namespace);
+}

@@ -2,6 +2,7 @@
 //! statements whatever its size (arrays bound once and expanded with `UNNEST`).
 
 mod datasets;
+mod watermarks;
 
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -17,6 +18,7 @@ use weir_core::files::SeenFile;
 use weir_core::model::{
     ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord,
 };
+use weir_core::watermark::Watermark;
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
@@ -303,6 +305,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        watermarks::advance(&mut tx, &c.watermarks).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -590,6 +593,14 @@ impl Store for PgStore {
 
     async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError> {
         datasets::list(&self.pool, limit).await
+    }
+
+    async fn watermark(&self, namespace: &str, key: &str) -> Result<Option<Watermark>, StoreError> {
+        watermarks::get(&self.pool, namespace, key).await
+    }
+
+    async fn list_watermarks(&self, namespace: &str, limit: u32) -> Result<Vec<Watermark>, StoreError> {
+        watermarks::list(&self.pool, namespace, limit).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! process gets "database is locked" instead of a split brain.
 
 mod datasets;
+mod watermarks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use weir_core::files::SeenFile;
 use weir_core::model::{
     ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, OutboxEvent, OutboxMessage, TaskRecord,
 };
+use weir_core::watermark::Watermark;
 use weir_core::Millis;
 
 use crate::codec::{self, EVENT_COLUMNS, JOB_COLUMNS, MESSAGE_COLUMNS, TASK_COLUMNS};
@@ -237,6 +239,7 @@ impl Store for SqliteStore {
         for m in &c.messages {
             insert_message(&mut tx, m).await?;
         }
+        watermarks::advance(&mut tx, &c.watermarks).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -522,6 +525,14 @@ impl Store for SqliteStore {
 
     async fn list_datasets(&self, limit: u32) -> Result<Vec<DatasetVersion>, StoreError> {
         datasets::list(&self.pool, limit).await
+    }
+
+    async fn watermark(&self, namespace: &str, key: &str) -> Result<Option<Watermark>, StoreError> {
+        watermarks::get(&self.pool, namespace, key).await
+    }
+
+    async fn list_watermarks(&self, namespace: &str, limit: u32) -> Result<Vec<Watermark>, StoreError> {
+        watermarks::list(&self.pool, namespace, limit).await
     }
 }
 

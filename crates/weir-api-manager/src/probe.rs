@@ -1,0 +1,62 @@
+//! `probe` and `connect`: the checks before a collection, configured like `collect`.
+//!
+//! - `probe` resolves the credentials (a reference that names nothing fails here) and
+//!   requests the resource's first page once, so a wrong URL or key fails the job's first
+//!   step, naming the API, before anything is collected. A child resource's path needs a
+//!   parent record, so its probe stops after the credentials.
+//! - `connect` obtains what the requests will carry: an OAuth2 token (fetched or renewed
+//!   now, so an `invalid_grant` shows here), or the static credentials.
+
+use serde_json::{json, Value};
+use weir_core::api::template::Values;
+use weir_core::api::CollectStep;
+use weir_worker::TaskContext;
+
+use crate::client::{self, Stats};
+use crate::collect::{first_request, Collect};
+use crate::error::CollectError;
+use crate::incremental;
+
+impl Collect {
+    pub(crate) async fn probe(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
+        // A first page too large for memory is spooled here, and removed with it.
+        let dir = self.staging_dir(task);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| CollectError::Staging(format!("creating {}: {e}", dir.display())))?;
+        let spool = dir.join(format!(".probe-{}", task.fence));
+        let cursor = step.incremental.as_ref().and_then(|i| i.initial.as_ref()).map(incremental::as_param);
+        let (r, _) = self.resource(step, spool, cursor.clone()).await?;
+        let auth = step.auth.as_ref().map_or("none", |a| a.name());
+        let needs_parent = step.parent.is_some();
+        if needs_parent {
+            return Ok(json!({"kind": "probe", "api": step.api, "auth": auth,
+                             "request": "not sent: the path needs a parent record"}));
+        }
+        let req = first_request(&r, &Values { cursor, parent: None })?;
+        let mut paginator = crate::paginate::build(&step.paginator)?;
+        let req = client::Request { url: paginator.first(req.url.clone()), ..req };
+        let shown = client::shown(&req.url, &[]);
+        let mut stats = Stats::default();
+        let page = r.sources[0].api.fetch(&req, &r.effort, &task.cancel, &mut stats).await?;
+        let bytes = page.body.len();
+        Ok(json!({"kind": "probe", "api": step.api, "auth": auth, "url": shown, "answered": "2xx",
+                  "bytes": bytes, "requests": stats.requests}))
+    }
+
+    pub(crate) async fn connect(&self, step: &CollectStep) -> Result<Value, CollectError> {
+        let api = self.api(&step.api, &step.api, step.auth.as_ref()).await?;
+        let Some(auth) = &api.auth else {
+            return Ok(json!({"kind": "connect", "api": step.api, "auth": "none"}));
+        };
+        let c = auth.credentials().await?;
+        Ok(json!({
+            "kind": "connect",
+            "api": step.api,
+            "auth": step.auth.as_ref().map_or("none", |a| a.name()),
+            // Which credentials: how many headers and parameters they add, never what.
+            "headers": c.headers.len(),
+            "query_params": c.query.len(),
+        }))
+    }
+}
