@@ -1314,3 +1314,96 @@ async fn the_standard_template_collects_an_api_into_a_dataset_and_a_wrong_key_fa
     batch.await.expect("batch manager stops");
     lab.stop().await;
 }
+
+/// The real `weir-api-manager` killed with SIGKILL in the middle of a collection: the
+/// retry, on a new process, goes on from the last checkpoint — the pages before it are
+/// not requested again — and the dataset holds every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_manager_killed_mid_collection_is_resumed_from_its_checkpoint_without_duplicates() {
+    const PAGES: i64 = 20;
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = WireMock::start().await;
+    for p in 1..=PAGES {
+        let ids: Vec<i64> = ((p - 1) * 10 + 1..=p * 10).collect();
+        server
+            .stub(get(
+                "/slow/orders",
+                json!({"page": {"equalTo": p.to_string()}}),
+                json!({"status": 200, "jsonBody": {"data": items(&ids)}, "fixedDelayMilliseconds": 250}),
+            ))
+            .await;
+    }
+    server
+        .stub(get("/slow/orders", json!({"page": {"equalTo": (PAGES + 1).to_string()}}), body(json!({"data": []}))))
+        .await;
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let (url, _master) = spawn_master(&store.url);
+    wait_master(&url).await;
+    let data = dir.path().join("data");
+    let data_s = data.display().to_string();
+    let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "1s"), ("WEIR_DATA_DIR", data_s.as_str())];
+    let first = Proc::spawn("weir-api-manager", &[], &env);
+    let (stop, batch) = run_manager(
+        weir_batch_manager::spec_with(weir_batch_manager::BatchSettings {
+            data_dir: data.clone(),
+            ..Default::default()
+        }),
+        &url,
+        "batch-resume",
+        "",
+    );
+    let lake = dir.path().join("lake");
+    let mut collect = step("collect", "collect", "api", &[]);
+    collect.config_json = json!({
+        "api": "slow", "base_url": format!("{}/slow", server.url), "path": "/orders",
+        "paginator": {"type": "page_number"}, "records": "$.data[*]", "records_per_file": 10
+    })
+    .to_string();
+    collect.retry =
+        Some(v1::RetryPolicy { max_attempts: 3, initial_interval: weir_tests::dur(100), ..Default::default() });
+    collect.timeouts = Some(v1::StepTimeouts { heartbeat: weir_tests::dur(2000), ..Default::default() });
+    let mut store_step = step("store", "store", "batch", &["convert"]);
+    store_step.config_json = json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]}).to_string();
+    let mut jc = JobServiceClient::new(weir_tests::channel(&url));
+    let id =
+        submit(&mut jc, job("resume", vec![collect, step("convert", "convert", "batch", &["collect"]), store_step]))
+            .await;
+
+    // Kill the manager once it is half way.
+    let pattern = json!({"urlPath": "/slow/orders"});
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.count(pattern.clone()).await < (PAGES / 2) as u64 {
+        assert!(std::time::Instant::now() < deadline, "the collection never got half way");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill9().await;
+    let before = server.count(pattern.clone()).await;
+    let _second = Proc::spawn("weir-api-manager", &[], &env);
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(120)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let t = ts.iter().find(|t| t.step_id == "collect").expect("collect");
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{}: {}", t.error_kind, t.error_message);
+    assert_eq!(t.attempt, 2, "the killed attempt and the one that resumed");
+    let output: Value = serde_json::from_str(&t.output_json).expect("output");
+    assert_eq!(counts(&output), ((PAGES + 1) as u64, (PAGES * 10) as u64), "{output}");
+
+    // Only the page in flight when it died (at most one) is requested twice.
+    let sent = server.requests().await;
+    let mut per_page: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, u, _) in sent.iter().filter(|(_, u, _)| u.starts_with("/slow/orders")) {
+        *per_page.entry(u.clone()).or_default() += 1;
+    }
+    let twice: Vec<&String> = per_page.iter().filter(|(_, n)| **n > 1).map(|(u, _)| u).collect();
+    assert!(twice.len() <= 1, "pages requested again after the crash: {twice:?} ({before} before it)");
+    assert_eq!(per_page.get("/slow/orders?page=1"), Some(&1), "the retry did not start over");
+    assert_eq!(per_page.len(), (PAGES + 1) as usize);
+
+    // Every record landed once.
+    let loc = weir_tests::open_location(&json!({"uri": format!("file://{}", dir.path().display())}));
+    let rows = weir_tests::dataset_rows(&loc, "lake", dir.path()).await;
+    let unique: std::collections::BTreeSet<&String> = rows.iter().collect();
+    assert_eq!((rows.len(), unique.len()), ((PAGES * 10) as usize, (PAGES * 10) as usize));
+    stop.cancel();
+    batch.await.expect("batch manager stops");
+    store.cleanup().await;
+}

@@ -34,6 +34,7 @@ use weir_worker::quota::Quotas;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
 use crate::breaker::Breakers;
+use crate::checkpoint::{self, Checkpoints, Saved};
 use crate::client::{self, Api, Body, Effort, Request, Stats};
 use crate::error::CollectError;
 use crate::incremental::{self, Incremental};
@@ -157,7 +158,6 @@ impl Collect {
     async fn collect(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
         let dir = self.staging.dir(task).join(format!("attempt-{}", task.fence));
         let per_file = step.records_per_file.unwrap_or(DEFAULT_RECORDS_PER_FILE);
-        let out = Output::new(&dir, per_file)?;
         let key = step.watermark_key(&task.job_name, &task.step_id);
         let from = match (&step.incremental, &key) {
             (Some(_), Some(k)) => weir_worker::watermark::stored(task, k).await?,
@@ -174,9 +174,32 @@ impl Collect {
             .as_ref()
             .and_then(|spec| from.as_ref().map(|m| &m.value).or(spec.initial.as_ref()))
             .map(incremental::as_param);
+        // A collection that is not a child's checkpoints, and goes on from an earlier
+        // attempt's checkpoint of the same config and cursor.
+        let config = task.config.as_ref().map(Value::to_string).unwrap_or_default();
+        let checkpoints = step.parent.is_none().then(|| {
+            Arc::new(Checkpoints::new(
+                &self.staging.dir(task),
+                task.fence,
+                checkpoint::fingerprint(&config, cursor.as_deref()),
+            ))
+        });
+        let mut resumed = checkpoints.as_ref().and_then(|c| c.latest());
+        let out = match resumed.as_ref().map(|s| Output::resume(&dir, per_file, &s.parts)).transpose()?.flatten() {
+            Some(out) => out,
+            None => {
+                resumed = None;
+                Output::new(&dir, per_file)?
+            }
+        };
+        let mut incremental = tracker()?;
+        if let (Some(i), Some(state)) = (incremental.as_mut(), resumed.as_ref().and_then(|s| s.incremental.as_ref())) {
+            i.restore(state);
+        }
         let (resource, files_fallback) = self.resource(step, dir.join(".page"), cursor).await?;
-        let landing = Arc::new(std::sync::Mutex::new(Landing { out, incremental: tracker()? }));
-        let (tally, parents, landing) = match self.collect_apis(task, &resource, &landing, &dir).await {
+        let landing = Arc::new(std::sync::Mutex::new(Landing { out, incremental }));
+        let start = Start { checkpoints: checkpoints.clone(), resumed };
+        let (tally, parents, landing) = match self.collect_apis(task, &resource, &landing, &dir, start).await {
             Ok((t, p)) => (t, p, landing),
             Err(e) => match files_fallback {
                 // Every API source's circuit is open: the whole resource comes from files,
@@ -221,6 +244,9 @@ impl Collect {
                 f["from"] = json!(label(p.source));
             }
             files.push(f);
+        }
+        if let Some(c) = &checkpoints {
+            c.clear();
         }
         let base = format!("{}{}", step.base_url.trim_end_matches('/'), step.path);
         tracing::info!(api = %step.api, pages = tally.pages, records = tally.kept, requests = tally.stats.requests, "collected");
@@ -278,9 +304,10 @@ impl Collect {
         resource: &Resource<'_>,
         landing: &Arc<std::sync::Mutex<Landing>>,
         dir: &std::path::Path,
+        start: Start,
     ) -> Result<(Tally, u64), CollectError> {
         let Some(spec) = &resource.step.parent else {
-            return Ok((self.pages(resource, None, landing, &task.cancel).await?, 0));
+            return Ok((self.pages(resource, None, landing, &task.cancel, start).await?, 0));
         };
         let n = spec.parallel.unwrap_or(DEFAULT_PARENT_PARALLEL) as usize;
         let rx = parent::open(task, &self.staging, spec, &dir.join(".parent"), n * 2).await?;
@@ -289,7 +316,7 @@ impl Collect {
         let mut runs = std::pin::pin!(records
             .map(|p| async move {
                 let p = p?;
-                self.pages(resource, Some(&p), landing, cancel).await
+                self.pages(resource, Some(&p), landing, cancel, Start::default()).await
             })
             .buffer_unordered(n));
         let (mut tally, mut parents) = (Tally::default(), 0u64);
@@ -379,6 +406,7 @@ impl Collect {
         parent: Option<&Value>,
         landing: &Arc<std::sync::Mutex<Landing>>,
         cancel: &CancellationToken,
+        start: Start,
     ) -> Result<Tally, CollectError> {
         let step = r.step;
         let values = Values { cursor: r.cursor.clone(), parent: parent.cloned() };
@@ -396,6 +424,14 @@ impl Collect {
         let mut tally = Tally::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut src = 0usize;
+        if let Some(saved) = start.resumed {
+            url = Url::parse(&saved.next).map_err(|e| CollectError::Staging(format!("checkpoint: {e}")))?;
+            paginator.resume(&url);
+            src = saved.source.min(r.sources.len() - 1);
+            tracing::info!(api = %step.api, pages = saved.pages, next = %url, "resuming from a checkpoint");
+            seen = saved.seen.iter().cloned().collect();
+            tally = Tally::from_saved(&saved);
+        }
         loop {
             if cancel.is_cancelled() {
                 return Err(CollectError::Cancelled);
@@ -442,10 +478,64 @@ impl Collect {
                     which()
                 )));
             }
+            if let Some(ck) = &start.checkpoints {
+                self.checkpoint(ck, landing, &next, src, &seen, &tally).await?;
+            }
             url = next;
         }
         Ok(tally)
     }
+
+    /// Seals the staged files and writes a checkpoint, if one is due.
+    async fn checkpoint(
+        &self,
+        ck: &Arc<Checkpoints>,
+        landing: &Arc<std::sync::Mutex<Landing>>,
+        next: &Url,
+        src: usize,
+        seen: &HashSet<String>,
+        tally: &Tally,
+    ) -> Result<(), CollectError> {
+        let filled = landing.lock().unwrap_or_else(|p| p.into_inner()).out.filled();
+        if !ck.due(filled) {
+            return Ok(());
+        }
+        let mut saved = Saved {
+            fence: 0,
+            config: String::new(),
+            next: next.to_string(),
+            source: src,
+            parts: vec![],
+            seen: seen.iter().cloned().collect(),
+            pages: tally.pages,
+            read: tally.read,
+            kept: tally.kept,
+            requests: tally.stats.requests,
+            retried: tally.stats.retried,
+            bytes: tally.stats.bytes,
+            by_source: tally.by_source.iter().map(|(s, (p, r))| (*s, *p, *r)).collect(),
+            degraded: tally.degraded.clone(),
+            incremental: None,
+        };
+        let (land, ck) = (landing.clone(), ck.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut l = land.lock().unwrap_or_else(|p| p.into_inner());
+            saved.parts = l.out.seal()?;
+            saved.incremental = l.incremental.as_ref().map(Incremental::state);
+            drop(l);
+            ck.write(saved)
+        })
+        .await
+        .map_err(|e| CollectError::Staging(format!("checkpointing: {e}")))?
+    }
+}
+
+/// Where one resource's collection starts: from its first page, or from an earlier
+/// attempt's checkpoint; and where it checkpoints (none for a child resource).
+#[derive(Default)]
+struct Start {
+    checkpoints: Option<Arc<Checkpoints>>,
+    resumed: Option<Saved>,
 }
 
 /// The first request of a resource with these values (before the paginator's
@@ -538,6 +628,17 @@ struct Tally {
 }
 
 impl Tally {
+    fn from_saved(s: &Saved) -> Tally {
+        Tally {
+            pages: s.pages,
+            read: s.read,
+            kept: s.kept,
+            stats: Stats { requests: s.requests, retried: s.retried, bytes: s.bytes },
+            by_source: s.by_source.iter().map(|(src, p, r)| (*src, (*p, *r))).collect(),
+            degraded: s.degraded.clone(),
+        }
+    }
+
     fn count(&mut self, src: usize, pages: u64, records: u64) {
         let e = self.by_source.entry(src).or_default();
         e.0 += pages;

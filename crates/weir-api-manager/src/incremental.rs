@@ -97,6 +97,20 @@ impl Incremental {
         Some(json!({"key": self.key, "value": m.value, "boundary": m.boundary}))
     }
 
+    /// What a checkpoint keeps of it.
+    pub fn state(&self) -> Value {
+        json!({"tracker": self.tracker, "skipped": self.skipped, "missing": self.missing})
+    }
+
+    /// Goes on from a checkpoint's state (one it cannot read leaves it as it is).
+    pub fn restore(&mut self, state: &Value) -> bool {
+        let Ok(tracker) = serde_json::from_value::<Tracker>(state["tracker"].clone()) else { return false };
+        self.tracker = tracker;
+        self.skipped = state["skipped"].as_u64().unwrap_or(0);
+        self.missing = state["missing"].as_u64().unwrap_or(0);
+        true
+    }
+
     /// Records at the new mark beyond what its boundary keeps: the next run may collect
     /// them again.
     pub fn overflow(&self) -> u64 {

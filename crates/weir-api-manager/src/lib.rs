@@ -6,10 +6,12 @@
 //! manager's share of the fleet's rate limits and what the server says ([`client`]), past
 //! each API's circuit breaker ([`breaker`], fed by its health checks, [`health`]), and leaves the records it selects
 //! ([`records`]) in staging ([`output`]) for the batch kinds; once per parent record for a
-//! child resource ([`parent`]), only what is new for an incremental one ([`incremental`]).
+//! child resource ([`parent`]), only what is new for an incremental one ([`incremental`]),
+//! going on after a crash from where the last attempt checkpointed ([`checkpoint`]).
 
 pub mod auth;
 pub mod breaker;
+pub mod checkpoint;
 pub mod client;
 pub mod collect;
 pub mod error;

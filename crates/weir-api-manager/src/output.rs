@@ -1,7 +1,8 @@
 //! Where collected records go: staged files of at most `records_per_file` records each —
 //! NDJSON, a record a line, or a CSV page's rows under its header — that the batch kinds
 //! convert.
-//! Staged files are not fsynced: a re-run of the step collects them again.
+//! Staged files are fsynced only when a resumable collection checkpoints ([`Output::seal`]):
+//! otherwise a re-run of the step collects them again.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -12,7 +13,7 @@ use serde_json::Value;
 use crate::error::CollectError;
 
 /// One staged file and how many records it holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Part {
     pub path: PathBuf,
     pub name: String,
@@ -30,6 +31,8 @@ pub struct Output {
     n: usize,
     /// The source of the records added now; a file holds one source's records.
     source: usize,
+    /// Closed files made durable so far.
+    synced: usize,
 }
 
 fn io(p: &Path, e: std::io::Error) -> CollectError {
@@ -52,7 +55,7 @@ impl Output {
             std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
         }
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        Ok(Output { dir: dir.to_path_buf(), per_file, open: None, done: vec![], n: 0, source: 0 })
+        Ok(Output { dir: dir.to_path_buf(), per_file, open: None, done: vec![], n: 0, source: 0, synced: 0 })
     }
 
     /// Records from now on come from `source`: a file of another source's is closed.
@@ -128,6 +131,43 @@ impl Output {
         Ok(())
     }
 
+    /// How many files are full: closed, or open with `records_per_file` records.
+    pub fn filled(&self) -> usize {
+        self.done.len() + usize::from(self.open.as_ref().is_some_and(|(_, p)| p.records >= self.per_file))
+    }
+
+    /// Closes the open file and makes every closed one durable: what a checkpoint may
+    /// list. Returns the closed files with their sizes.
+    pub fn seal(&mut self) -> Result<Vec<(Part, u64)>, CollectError> {
+        self.close()?;
+        for p in &self.done[self.synced..] {
+            File::open(&p.path).and_then(|f| f.sync_all()).map_err(|e| io(&p.path, e))?;
+        }
+        self.synced = self.done.len();
+        self.done
+            .iter()
+            .map(|p| std::fs::metadata(&p.path).map(|m| (p.clone(), m.len())).map_err(|e| io(&p.path, e)))
+            .collect()
+    }
+
+    /// Starts an output in `dir` that goes on from the sealed files of an earlier attempt
+    /// (moved into it), or `None` if one of them is gone or not the size it was sealed at.
+    pub fn resume(dir: &Path, per_file: u64, sealed: &[(Part, u64)]) -> Result<Option<Output>, CollectError> {
+        if sealed.iter().any(|(p, len)| std::fs::metadata(&p.path).map(|m| m.len()).ok() != Some(*len)) {
+            return Ok(None);
+        }
+        let mut out = Output::new(dir, per_file)?;
+        for (p, _) in sealed {
+            let to = dir.join(&p.name);
+            std::fs::rename(&p.path, &to).map_err(|e| io(&p.path, e))?;
+            out.done.push(Part { path: to, ..p.clone() });
+        }
+        out.n = sealed.len();
+        out.synced = sealed.len();
+        out.source = sealed.last().map_or(0, |(p, _)| p.source);
+        Ok(Some(out))
+    }
+
     /// The files written, in order.
     pub fn finish(mut self) -> Result<Vec<Part>, CollectError> {
         self.close()?;
@@ -165,6 +205,21 @@ mod tests {
         o.record(&json!({"a": 2})).expect("record");
         let parts = o.finish().expect("finish");
         assert_eq!(parts.iter().map(|p| (p.records, p.source)).collect::<Vec<_>>(), vec![(1, 0), (1, 2)]);
+        // Sealed files carry on in a later attempt's output; a changed one does not.
+        let mut a = Output::new(&dir.path().join("attempt-1"), 2).expect("output");
+        for i in 1..=3 {
+            a.record(&json!({"i": i})).expect("record");
+        }
+        let sealed = a.seal().expect("seal");
+        assert_eq!(sealed.iter().map(|(p, _)| p.records).collect::<Vec<_>>(), vec![2, 1]);
+        let mut b = Output::resume(&dir.path().join("attempt-2"), 2, &sealed).expect("resume").expect("resumes");
+        b.record(&json!({"i": 4})).expect("record");
+        let parts = b.finish().expect("finish");
+        assert_eq!(
+            parts.iter().map(|p| (p.name.as_str(), p.records)).collect::<Vec<_>>(),
+            vec![("part-00001.ndjson", 2), ("part-00002.ndjson", 1), ("part-00003.ndjson", 1)]
+        );
+        assert!(Output::resume(&dir.path().join("attempt-3"), 2, &sealed).expect("resume").is_none(), "moved away");
         let e = o_bad(dir.path());
         assert!(e.contains("not CSV"), "{e}");
     }

@@ -101,8 +101,8 @@ pub enum Seen {
 }
 
 /// Tracks an incremental collection: which records are new against the stored mark, and
-/// the mark to propose.
-#[derive(Debug, Clone, Default)]
+/// the mark to propose. Serializable, so a collection resumed after a crash goes on with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tracker {
     from: Option<Mark>,
     high: Option<Mark>,

@@ -42,6 +42,13 @@ pub trait Paginator: Send {
     }
     /// The next request's URL after `page`, or `None` when it was the last.
     fn next(&mut self, page: &Page) -> Result<Option<Url>, CollectError>;
+    /// Goes on from `next`, a URL it returned before a crash (its position is in it).
+    fn resume(&mut self, _next: &Url) {}
+}
+
+/// A whole-number query parameter of a URL.
+pub(crate) fn param(url: &Url, name: &str) -> Option<u64> {
+    url.query_pairs().find(|(k, _)| k == name).and_then(|(_, v)| v.parse().ok())
 }
 
 /// The paginator a spec describes (its JSONPaths were checked at submission).

@@ -4,7 +4,7 @@
 use serde_json_path::JsonPath;
 use url::Url;
 
-use super::{json_path, number, select, with_param, Page, Paginator};
+use super::{json_path, number, param, select, with_param, Page, Paginator};
 use crate::error::CollectError;
 
 pub struct Offset {
@@ -57,5 +57,11 @@ impl Paginator for Offset {
             }
         }
         Ok(Some(self.at(page.url)))
+    }
+
+    fn resume(&mut self, next: &Url) {
+        if let Some(at) = param(next, &self.offset_param) {
+            self.at = at;
+        }
     }
 }

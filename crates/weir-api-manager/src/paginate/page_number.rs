@@ -4,7 +4,7 @@
 use serde_json_path::JsonPath;
 use url::Url;
 
-use super::{json_path, number, select, with_param, Page, Paginator};
+use super::{json_path, number, param, select, with_param, Page, Paginator};
 use crate::error::CollectError;
 
 pub struct PageNumber {
@@ -39,5 +39,11 @@ impl Paginator for PageNumber {
         }
         self.page += 1;
         Ok(Some(with_param(page.url, &self.param, &self.page.to_string())))
+    }
+
+    fn resume(&mut self, next: &Url) {
+        if let Some(p) = param(next, &self.param) {
+            self.page = p;
+        }
     }
 }
