@@ -5,7 +5,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test lint bench bench-data fmt build
+.PHONY: run test lint bench bench-data bench-api fmt build
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
@@ -36,7 +36,8 @@ fmt:
 	$(CARGO) fmt --all
 
 ## The benchmarks (prints name=value unit lines): the engine against PostgreSQL with real
-## manager processes and a real broker, then the data path against pyarrow and DuckDB.
+## manager processes and a real broker, the data path against pyarrow and DuckDB, then the
+## API manager against dlt's rest_api and its fleet-wide rate limit.
 bench:
 	./scripts/ensure-build-deps.sh
 	./scripts/ensure-postgres.sh
@@ -45,6 +46,13 @@ bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/weir-bench
 	$(CARGO_TARGET_DIR)/release/weir-bench data
+	$(CARGO_TARGET_DIR)/release/weir-bench api
+
+## Only the API benchmark.
+bench-api:
+	./scripts/ensure-bench-peer.sh
+	$(CARGO) build --release -p weir-bench -p weir-master -p weir-api-manager -p weir-batch-manager
+	$(CARGO_TARGET_DIR)/release/weir-bench api
 
 ## Only the data-path benchmark.
 bench-data:

@@ -1055,6 +1055,20 @@ async fn an_incremental_resource_collects_only_what_is_new_and_a_failed_run_coll
     assert_eq!(ids(&collected(id).await), vec![3]);
     assert_eq!(lab.watermark(key).await, Some(json!("2026-01-03T00:00:00+01:00")));
     assert_eq!(lake_rows(&lake), 3, "records 1, 2 and 3, none twice");
+    // What an operator sees.
+    // (Not blocking: the master runs on this test's runtime.)
+    let shown = tokio::process::Command::new(weir_tests::bin("weir"))
+        .args(["watermarks", "--namespace", "test"])
+        .env("WEIR_MASTER_URL", &lab.master.url)
+        .output()
+        .await
+        .expect("weir watermarks");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("events/collect") && text.contains("2026-01-03T00:00:00+01:00"),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
     stop.cancel();
     batch.await.expect("batch manager stops");
     lab.stop().await;

@@ -107,8 +107,9 @@ impl Checkpoints {
         filled > files || at.elapsed() >= EVERY
     }
 
-    /// Writes a checkpoint of this attempt whole (a crash leaves the previous one).
-    pub fn write(&self, mut saved: Saved) -> Result<(), CollectError> {
+    /// Writes a checkpoint of this attempt whole (a crash leaves the previous one), made
+    /// with `filled` staged files full.
+    pub fn write(&self, mut saved: Saved, filled: usize) -> Result<(), CollectError> {
         saved.fence = self.fence;
         saved.config = self.config.clone();
         let path = self.path(self.fence);
@@ -121,15 +122,21 @@ impl Checkpoints {
             f.sync_all().map_err(|e| io(&tmp, e))?;
         }
         std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), saved.parts.len());
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), filled);
         Ok(())
     }
 
-    /// Removes every attempt's checkpoints (the collection finished).
+    /// Removes this attempt's checkpoints and the earlier ones (the collection finished);
+    /// a newer attempt's are left alone.
     pub fn clear(&self) {
         if let Ok(d) = std::fs::read_dir(&self.dir) {
             for e in d.flatten() {
-                if e.file_name().to_string_lossy().starts_with("checkpoint-") {
+                let name = e.file_name().to_string_lossy().to_string();
+                let fence = name
+                    .strip_prefix("checkpoint-")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|f| f.parse::<u64>().ok());
+                if fence.is_some_and(|f| f <= self.fence) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -168,14 +175,20 @@ mod tests {
         assert_ne!(c, fingerprint("{\"api\":\"a\"}", None), "another cursor is another collection");
         let first = Checkpoints::new(dir.path(), 1, c.clone());
         assert!(first.due(1) && !first.due(0), "a staged file closed since the start");
-        first.write(saved(0, "")).expect("write");
-        assert!(!first.due(0), "nothing closed since, and not long ago");
+        first.write(saved(0, ""), 1).expect("write");
+        assert!(!first.due(1), "nothing filled since, and not long ago");
         let second = Checkpoints::new(dir.path(), 2, c.clone());
         assert_eq!(second.latest(), Some(saved(1, &c)));
-        second.write(saved(0, "")).expect("write");
+        second.write(saved(0, ""), 0).expect("write");
         assert_eq!(first.latest(), None, "an attempt never reads its own or a newer one's");
         assert_eq!(Checkpoints::new(dir.path(), 3, c.clone()).latest().map(|s| s.fence), Some(2));
         assert_eq!(Checkpoints::new(dir.path(), 3, "other".into()).latest(), None, "another config starts over");
+        first.clear();
+        assert_eq!(
+            Checkpoints::new(dir.path(), 3, c.clone()).latest().map(|s| s.fence),
+            Some(2),
+            "a stale attempt leaves newer ones"
+        );
         second.clear();
         assert_eq!(Checkpoints::new(dir.path(), 3, c).latest(), None);
     }

@@ -381,6 +381,10 @@ fn unauthorized(api: &str, url: &str) -> CollectError {
 /// The innermost cause of a client error (reqwest's outer message says little).
 fn cause(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
+    // reqwest names the URL, query and all (an API key there): the caller shows it masked.
+    if let Some(u) = e.url() {
+        s = s.replace(&format!(" for url ({u})"), "").replace(u.as_str(), "the URL");
+    }
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
         s = format!("{s}: {inner}");

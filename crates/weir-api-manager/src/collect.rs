@@ -151,6 +151,7 @@ impl Collect {
             headers: templates(&step.headers)?,
             params: templates(&step.params)?,
             cursor,
+            spools: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((resource, files_fallback))
     }
@@ -185,17 +186,23 @@ impl Collect {
             ))
         });
         let mut resumed = checkpoints.as_ref().and_then(|c| c.latest());
+        let mut incremental = tracker()?;
+        // A checkpoint whose incremental state does not read is not resumed: the mark
+        // proposed would miss what its staged files hold.
+        if let (Some(i), Some(saved)) = (incremental.as_mut(), resumed.as_ref()) {
+            if !saved.incremental.as_ref().is_some_and(|state| i.restore(state)) {
+                resumed = None;
+                incremental = tracker()?;
+            }
+        }
         let out = match resumed.as_ref().map(|s| Output::resume(&dir, per_file, &s.parts)).transpose()?.flatten() {
             Some(out) => out,
             None => {
                 resumed = None;
+                incremental = tracker()?;
                 Output::new(&dir, per_file)?
             }
         };
-        let mut incremental = tracker()?;
-        if let (Some(i), Some(state)) = (incremental.as_mut(), resumed.as_ref().and_then(|s| s.incremental.as_ref())) {
-            i.restore(state);
-        }
         let (resource, files_fallback) = self.resource(step, dir.join(".page"), cursor).await?;
         let landing = Arc::new(std::sync::Mutex::new(Landing { out, incremental }));
         let start = Start { checkpoints: checkpoints.clone(), resumed };
@@ -209,7 +216,15 @@ impl Collect {
                     let fresh =
                         Landing { out: Output::new(&dir.join("from-files"), per_file)?, incremental: tracker()? };
                     let fresh = Arc::new(std::sync::Mutex::new(fresh));
-                    let mut t = self.collect_files(&resource, f, idx, &fresh, &dir, &task.cancel).await?;
+                    let mut t = self.collect_files(&resource, f, idx, &fresh, &dir, &task.cancel).await.map_err(
+                        |fe| match fe {
+                            CollectError::Transient(m) => {
+                                CollectError::Transient(format!("{m} (the APIs before: {e})"))
+                            }
+                            CollectError::Config(m) => CollectError::Config(format!("{m} (the APIs before: {e})")),
+                            other => other,
+                        },
+                    )?;
                     t.degraded = Some((idx, e.to_string()));
                     (t, 0, fresh)
                 }
@@ -419,6 +434,9 @@ impl Collect {
             (Some(spec), Some(p)) => parent::included(spec, p),
             _ => vec![],
         });
+        // Each run of the loop spools large bodies to a file of its own (parents run at once).
+        let n = r.spools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let effort = Effort { spool: r.effort.spool.with_file_name(format!(".page-{n}")), ..r.effort.clone() };
         let mut paginator = paginate::build(&step.paginator)?;
         let mut url = paginator.first(url);
         let mut tally = Tally::default();
@@ -431,6 +449,11 @@ impl Collect {
             tracing::info!(api = %step.api, pages = saved.pages, next = %url, "resuming from a checkpoint");
             seen = saved.seen.iter().cloned().collect();
             tally = Tally::from_saved(&saved);
+            // The staged files moved into this attempt: say so at once, so a crash before
+            // the next page still resumes.
+            if let Some(ck) = &start.checkpoints {
+                self.checkpoint(ck, landing, &url, src, &seen, &tally, true).await?;
+            }
         }
         loop {
             if cancel.is_cancelled() {
@@ -443,7 +466,7 @@ impl Collect {
                 headers: headers.clone(),
                 body: body.clone(),
             };
-            let page = match r.sources[src].api.fetch(&req, &r.effort, cancel, &mut tally.stats).await {
+            let page = match r.sources[src].api.fetch(&req, &effort, cancel, &mut tally.stats).await {
                 Ok(p) => p,
                 Err(e) if src + 1 < r.sources.len() && circuit_gone(&e, &r.sources[src]) => {
                     let next = src + 1;
@@ -479,14 +502,15 @@ impl Collect {
                 )));
             }
             if let Some(ck) = &start.checkpoints {
-                self.checkpoint(ck, landing, &next, src, &seen, &tally).await?;
+                self.checkpoint(ck, landing, &next, src, &seen, &tally, false).await?;
             }
             url = next;
         }
         Ok(tally)
     }
 
-    /// Seals the staged files and writes a checkpoint, if one is due.
+    /// Seals the staged files and writes a checkpoint, if one is due (or `force`).
+    #[allow(clippy::too_many_arguments)]
     async fn checkpoint(
         &self,
         ck: &Arc<Checkpoints>,
@@ -495,9 +519,10 @@ impl Collect {
         src: usize,
         seen: &HashSet<String>,
         tally: &Tally,
+        force: bool,
     ) -> Result<(), CollectError> {
         let filled = landing.lock().unwrap_or_else(|p| p.into_inner()).out.filled();
-        if !ck.due(filled) {
+        if !force && !ck.due(filled) {
             return Ok(());
         }
         let mut saved = Saved {
@@ -522,8 +547,9 @@ impl Collect {
             let mut l = land.lock().unwrap_or_else(|p| p.into_inner());
             saved.parts = l.out.seal()?;
             saved.incremental = l.incremental.as_ref().map(Incremental::state);
+            let filled = l.out.filled();
             drop(l);
-            ck.write(saved)
+            ck.write(saved, filled)
         })
         .await
         .map_err(|e| CollectError::Staging(format!("checkpointing: {e}")))?
@@ -574,13 +600,13 @@ pub(crate) struct Source {
 
 /// Whether a source's failure means its circuit is open (refused at once, or opened by
 /// the failures of this request).
-fn circuit_gone(e: &CollectError, s: &Source) -> bool {
+pub(crate) fn circuit_gone(e: &CollectError, s: &Source) -> bool {
     matches!(e, CollectError::CircuitOpen(_)) || (matches!(e, CollectError::Transient(_)) && s.api.breaker().is_open())
 }
 
 /// A request of one source moved to another: its base URL swapped (or, for a next URL
 /// elsewhere, its scheme, host and port).
-fn rebase(url: &Url, from: &str, to: &str) -> Result<Url, CollectError> {
+pub(crate) fn rebase(url: &Url, from: &str, to: &str) -> Result<Url, CollectError> {
     let (f, t) = (from.trim_end_matches('/'), to.trim_end_matches('/'));
     let bad = |e: url::ParseError| CollectError::Config(format!("fallback base_url {to:?}: {e}"));
     if let Some(rest) = url.as_str().strip_prefix(f) {
@@ -610,6 +636,8 @@ pub(crate) struct Resource<'a> {
     pub(crate) params: Vec<(String, Template)>,
     /// What `{cursor}` sends: the stored mark, else the initial value.
     pub(crate) cursor: Option<String>,
+    /// Numbers the spool files of concurrent loops.
+    pub(crate) spools: std::sync::atomic::AtomicU64,
 }
 
 /// Counts of a collection (or of one parent's part of it).

@@ -81,6 +81,14 @@ impl Incremental {
                 self.shown_path
             )));
         }
+        if let Some(h) = self.tracker.high() {
+            if weir_core::watermark::compare(v, &h.value).is_none() {
+                return Err(CollectError::BadPage(format!(
+                    "{url}: a record's cursor at {:?} is {v}, of another type than the {} before it",
+                    self.shown_path, h.value
+                )));
+            }
+        }
         let v = v.clone();
         match self.tracker.see(&v, &fingerprint(r)) {
             Seen::New => Ok(true),

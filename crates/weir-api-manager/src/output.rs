@@ -136,34 +136,58 @@ impl Output {
         self.done.len() + usize::from(self.open.as_ref().is_some_and(|(_, p)| p.records >= self.per_file))
     }
 
-    /// Closes the open file and makes every closed one durable: what a checkpoint may
-    /// list. Returns the closed files with their sizes.
+    /// Makes every file durable (fsynced), the open one included without closing it:
+    /// what a checkpoint lists, each with its size now. The last may be the open one.
     pub fn seal(&mut self) -> Result<Vec<(Part, u64)>, CollectError> {
-        self.close()?;
         for p in &self.done[self.synced..] {
             File::open(&p.path).and_then(|f| f.sync_all()).map_err(|e| io(&p.path, e))?;
         }
         self.synced = self.done.len();
-        self.done
+        let mut out = self
+            .done
             .iter()
             .map(|p| std::fs::metadata(&p.path).map(|m| (p.clone(), m.len())).map_err(|e| io(&p.path, e)))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some((w, p)) = self.open.as_mut() {
+            w.flush().map_err(|e| io(&p.path, e))?;
+            w.get_ref().sync_all().map_err(|e| io(&p.path, e))?;
+            let len = w.get_ref().metadata().map_err(|e| io(&p.path, e))?.len();
+            out.push((p.clone(), len));
+        }
+        Ok(out)
     }
 
-    /// Starts an output in `dir` that goes on from the sealed files of an earlier attempt
-    /// (moved into it), or `None` if one of them is gone or not the size it was sealed at.
+    /// Starts an output in `dir` that goes on from the files an earlier attempt sealed
+    /// (moved into it; the last one, which may have been open, cut back to its sealed size
+    /// and written on), or `None` if one of them is gone or not the size it was sealed at.
     pub fn resume(dir: &Path, per_file: u64, sealed: &[(Part, u64)]) -> Result<Option<Output>, CollectError> {
-        if sealed.iter().any(|(p, len)| std::fs::metadata(&p.path).map(|m| m.len()).ok() != Some(*len)) {
+        let size = |p: &Part| std::fs::metadata(&p.path).map(|m| m.len()).ok();
+        let n = sealed.len();
+        let intact = sealed.iter().enumerate().all(|(i, (p, len))| match size(p) {
+            // What the last one got after the checkpoint belongs to pages fetched again.
+            Some(s) if i + 1 == n => s >= *len,
+            Some(s) => s == *len,
+            None => false,
+        });
+        if !intact {
             return Ok(None);
         }
         let mut out = Output::new(dir, per_file)?;
-        for (p, _) in sealed {
+        for (i, (p, len)) in sealed.iter().enumerate() {
             let to = dir.join(&p.name);
             std::fs::rename(&p.path, &to).map_err(|e| io(&p.path, e))?;
-            out.done.push(Part { path: to, ..p.clone() });
+            let part = Part { path: to.clone(), ..p.clone() };
+            if i + 1 == n && p.name.ends_with(".ndjson") {
+                let f = std::fs::OpenOptions::new().write(true).open(&to).map_err(|e| io(&to, e))?;
+                f.set_len(*len).map_err(|e| io(&to, e))?;
+                let f = std::fs::OpenOptions::new().append(true).open(&to).map_err(|e| io(&to, e))?;
+                out.open = Some((BufWriter::with_capacity(1 << 20, f), part));
+            } else {
+                out.done.push(part);
+            }
         }
-        out.n = sealed.len();
-        out.synced = sealed.len();
+        out.n = n;
+        out.synced = out.done.len();
         out.source = sealed.last().map_or(0, |(p, _)| p.source);
         Ok(Some(out))
     }
@@ -212,13 +236,19 @@ mod tests {
         }
         let sealed = a.seal().expect("seal");
         assert_eq!(sealed.iter().map(|(p, _)| p.records).collect::<Vec<_>>(), vec![2, 1]);
+        // What it wrote after the checkpoint is dropped: those pages are fetched again.
+        a.record(&json!({"i": 99})).expect("record");
+        a.seal().expect("flushed");
         let mut b = Output::resume(&dir.path().join("attempt-2"), 2, &sealed).expect("resume").expect("resumes");
         b.record(&json!({"i": 4})).expect("record");
+        b.record(&json!({"i": 5})).expect("record");
         let parts = b.finish().expect("finish");
         assert_eq!(
             parts.iter().map(|p| (p.name.as_str(), p.records)).collect::<Vec<_>>(),
-            vec![("part-00001.ndjson", 2), ("part-00002.ndjson", 1), ("part-00003.ndjson", 1)]
+            vec![("part-00001.ndjson", 2), ("part-00002.ndjson", 2), ("part-00003.ndjson", 1)],
+            "the open file goes on filling"
         );
+        assert_eq!(std::fs::read_to_string(&parts[1].path).expect("read"), "{\"i\":3}\n{\"i\":4}\n");
         assert!(Output::resume(&dir.path().join("attempt-3"), 2, &sealed).expect("resume").is_none(), "moved away");
         let e = o_bad(dir.path());
         assert!(e.contains("not CSV"), "{e}");

@@ -1,8 +1,9 @@
 //! `probe` and `connect`: the checks before a collection, configured like `collect`.
 //!
 //! - `probe` resolves the credentials (a reference that names nothing fails here) and
-//!   requests the resource's first page once, so a wrong URL or key fails the job's first
-//!   step, naming the API, before anything is collected. A child resource's path needs a
+//!   requests the resource's first page once (from a fallback while the circuits before it
+//!   are open), so a wrong URL or key fails the job's first step, naming the API, before
+//!   anything is collected. A child resource's path needs a
 //!   parent record, so its probe stops after the credentials.
 //! - `connect` obtains what the requests will carry: an OAuth2 token (fetched or renewed
 //!   now, so an `invalid_grant` shows here), or the static credentials.
@@ -13,7 +14,7 @@ use weir_core::api::CollectStep;
 use weir_worker::TaskContext;
 
 use crate::client::{self, Stats};
-use crate::collect::{first_request, Collect};
+use crate::collect::{circuit_gone, first_request, rebase, Collect};
 use crate::error::CollectError;
 use crate::incremental;
 
@@ -35,13 +36,27 @@ impl Collect {
         }
         let req = first_request(&r, &Values { cursor, parent: None })?;
         let mut paginator = crate::paginate::build(&step.paginator)?;
-        let req = client::Request { url: paginator.first(req.url.clone()), ..req };
-        let shown = client::shown(&req.url, &[]);
+        let mut req = client::Request { url: paginator.first(req.url.clone()), ..req };
         let mut stats = Stats::default();
-        let page = r.sources[0].api.fetch(&req, &r.effort, &task.cancel, &mut stats).await?;
+        // Like the collection, past a source whose circuit is open to the next.
+        let mut src = 0;
+        let page = loop {
+            match r.sources[src].api.fetch(&req, &r.effort, &task.cancel, &mut stats).await {
+                Ok(p) => break p,
+                Err(e) if src + 1 < r.sources.len() && circuit_gone(&e, &r.sources[src]) => {
+                    req.url = rebase(&req.url, &r.sources[src].base_url, &r.sources[src + 1].base_url)?;
+                    src += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let bytes = page.body.len();
-        Ok(json!({"kind": "probe", "api": step.api, "auth": auth, "url": shown, "answered": "2xx",
-                  "bytes": bytes, "requests": stats.requests}))
+        let mut out = json!({"kind": "probe", "api": step.api, "auth": auth, "url": client::shown(&req.url, &[]),
+                             "answered": "2xx", "bytes": bytes, "requests": stats.requests});
+        if src > 0 {
+            out["source"] = json!(r.sources[src].label);
+        }
+        Ok(out)
     }
 
     pub(crate) async fn connect(&self, step: &CollectStep) -> Result<Value, CollectError> {

@@ -281,7 +281,7 @@ fn small_csvs(n: usize) -> anyhow::Result<PathBuf> {
 
 /// One bulk_file job over `n` small files through the real processes.
 async fn small_files(n: usize) -> anyhow::Result<()> {
-    use weir_proto::v1::{self, job_service_client::JobServiceClient};
+    use weir_proto::v1::job_service_client::JobServiceClient;
     let folder = small_csvs(n)?;
     let work = tempfile_dir("bulk")?;
     let master = super::Master::start(None).await?;
@@ -292,31 +292,20 @@ async fn small_files(n: usize) -> anyhow::Result<()> {
         .map(|q| super::spawn(&format!("weir-{q}-manager"), &[], &env))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let lake = work.join("lake");
-    let spec: weir_core::spec::JobSpec = serde_json::from_value(serde_json::json!({
-        "namespace": "bench", "name": "small-files", "template": "bulk_file",
-        "params": {"location": {"uri": format!("file://{}", folder.display())}, "patterns": ["*.csv"],
-                   "parallelism": 4, "sinks": [{"type": "parquet", "path": lake.display().to_string()}]}
-    }))?;
     let channel = tonic::transport::Endpoint::from_shared(master.url.clone())?.connect_lazy();
     let mut jobs = JobServiceClient::new(channel);
     let t0 = Instant::now();
-    let job = jobs
-        .submit_job(v1::SubmitJobRequest { spec: Some(weir_proto::convert::spec_to_wire(&spec)) })
-        .await?
-        .into_inner()
-        .job
-        .context("no job")?;
-    let state = loop {
-        let j = jobs.get_job(v1::GetJobRequest { job_id: job.id.clone() }).await?.into_inner().job.context("job")?;
-        match weir_proto::convert::job_state_from_wire(j.state) {
-            Some(s) if s.is_terminal() => break s,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    };
+    let id = super::submit(
+        &mut jobs,
+        serde_json::json!({
+            "namespace": "bench", "name": "small-files", "template": "bulk_file",
+            "params": {"location": {"uri": format!("file://{}", folder.display())}, "patterns": ["*.csv"],
+                       "parallelism": 4, "sinks": [{"type": "parquet", "path": lake.display().to_string()}]}
+        }),
+    )
+    .await?;
+    super::wait(&mut jobs, &id).await.context("the bulk job")?;
     let secs = t0.elapsed().as_secs_f64();
-    if state.as_str() != "succeeded" {
-        bail!("the bulk job ended {}", state.as_str());
-    }
     println!("small_files={n} files");
     println!("small_files_seconds={secs:.1} s");
     println!("small_files_per_sec={:.0} files/s", n as f64 / secs);

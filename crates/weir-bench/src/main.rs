@@ -15,8 +15,10 @@
 //! 5. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
 //!    for each event, the time from the master stamping it to this process reading it.
 //!
-//! `weir-bench data` measures the data path instead (see [`data`]).
+//! `weir-bench data` measures the data path instead (see [`data`]); `weir-bench api` the
+//! API manager (see [`api`]).
 
+mod api;
 mod data;
 
 use std::path::PathBuf;
@@ -61,6 +63,8 @@ struct Args {
 enum What {
     /// CSV → Parquet: Weir against pyarrow and DuckDB, and peak memory on a large file.
     Data(data::DataArgs),
+    /// HTTP API → Parquet: the API manager against dlt's rest_api; rate-limit accuracy.
+    Api(api::ApiArgs),
     /// (internal) Converts one file with Weir's pipeline and prints its figures.
     #[command(hide = true)]
     ConvertOne {
@@ -101,6 +105,34 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Submits a job spec (JSON) and returns its id.
+pub(crate) async fn submit(jobs: &mut JobServiceClient<Channel>, spec: serde_json::Value) -> anyhow::Result<String> {
+    let spec: weir_core::spec::JobSpec = serde_json::from_value(spec)?;
+    let job = jobs
+        .submit_job(v1::SubmitJobRequest { spec: Some(weir_proto::convert::spec_to_wire(&spec)) })
+        .await?
+        .into_inner()
+        .job
+        .context("no job")?;
+    Ok(job.id)
+}
+
+/// Waits until a job ends; an error unless it succeeded.
+pub(crate) async fn wait(jobs: &mut JobServiceClient<Channel>, id: &str) -> anyhow::Result<()> {
+    loop {
+        let j = jobs.get_job(v1::GetJobRequest { job_id: id.into() }).await?.into_inner().job.context("job")?;
+        match weir_proto::convert::job_state_from_wire(j.state) {
+            Some(s) if s.is_terminal() => {
+                if s.as_str() != "succeeded" {
+                    bail!("the job ended {}", s.as_str());
+                }
+                return Ok(());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -120,6 +152,10 @@ async fn main() -> anyhow::Result<()> {
         Some(What::Data(d)) => {
             println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
             return data::run(d).await;
+        }
+        Some(What::Api(a)) => {
+            println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+            return api::run(a).await;
         }
         Some(What::ConvertOne { input, out, staged }) => return data::convert_one(input, out, *staged),
         None => {}

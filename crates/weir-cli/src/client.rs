@@ -177,6 +177,13 @@ impl Client {
         Ok(())
     }
 
+    pub async fn watermarks(&mut self, namespace: &str) -> anyhow::Result<()> {
+        let req = v1::ListWatermarksRequest { namespace: namespace.into(), limit: 0 };
+        let r = self.workers.list_watermarks(req).await.map_err(explain)?.into_inner();
+        render::watermark_table(&r.watermarks, self.json);
+        Ok(())
+    }
+
     /// Follows a job until it finishes: a progress bar on a terminal, one line per event otherwise.
     pub async fn watch(&mut self, id: &str) -> anyhow::Result<ExitCode> {
         let (job, _) = self.fetch(id).await?;

@@ -65,6 +65,12 @@ enum Command {
     Workers,
     /// The fleet-wide API limits and each API-manager replica's share of them.
     Apis,
+    /// Incremental collection's watermarks: where each resource's next run starts.
+    Watermarks {
+        /// Only this namespace's (default: every namespace's).
+        #[arg(long, default_value = "")]
+        namespace: String,
+    },
     /// The file manager's watches: list what they have seen, re-drive a file.
     Files {
         /// The file manager's gRPC address.
@@ -159,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Workers => c()?.workers().await.map(|_| ok),
         Command::Apis => c()?.apis().await.map(|_| ok),
+        Command::Watermarks { namespace } => c()?.watermarks(&namespace).await.map(|_| ok),
         Command::Files { files_url, command } => {
             let mut files = client::FilesClient::connect(&files_url, json)?;
             match command {

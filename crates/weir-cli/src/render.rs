@@ -187,6 +187,46 @@ pub fn worker_table(ws: &[v1::Worker]) {
 }
 
 /// The fleet-wide limits (`api/<name>`, `api/*` for all APIs) and each replica's share.
+/// Incremental collection's watermarks, one a line (or one JSON object a line).
+pub fn watermark_table(ws: &[v1::Watermark], json: bool) {
+    let mark = |w: &v1::Watermark| -> (String, usize) {
+        let m: Value = serde_json::from_str(&w.mark_json).unwrap_or(Value::Null);
+        let value = match &m["value"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        (value, m["boundary"].as_array().map_or(0, Vec::len))
+    };
+    if json {
+        for w in ws {
+            let m: Value = serde_json::from_str(&w.mark_json).unwrap_or(Value::Null);
+            println!(
+                "{}",
+                json!({"namespace": w.namespace, "key": w.key, "value": m["value"], "at_mark": mark(w).1,
+                       "job_id": w.job_id, "updated_at": time(&w.updated_at)})
+            );
+        }
+        return;
+    }
+    if ws.is_empty() {
+        println!("no watermark yet (an incremental collect stores one when its job succeeds)");
+        return;
+    }
+    println!("{:<12}  {:<40}  {:<28}  {:>7}  {:<20}  JOB", "NAMESPACE", "KEY", "MARK", "AT MARK", "UPDATED");
+    for w in ws {
+        let (value, at) = mark(w);
+        println!(
+            "{:<12}  {:<40}  {:<28}  {:>7}  {:<20}  {}",
+            w.namespace,
+            w.key,
+            value,
+            at,
+            time(&w.updated_at),
+            w.job_id
+        );
+    }
+}
+
 pub fn quota_table(qs: &[v1::Quota], circuits: &[v1::ApiCircuit], json: bool) {
     if json {
         for c in circuits {

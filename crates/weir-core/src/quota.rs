@@ -133,9 +133,11 @@ pub struct Quotas {
 }
 
 impl Quotas {
-    /// A table on a master that starts at `now`, holders dropped after `ttl` of silence.
-    pub fn new(now: Millis, ttl: Millis) -> Quotas {
-        Quotas { pools: BTreeMap::new(), warm_until: now + ttl }
+    /// A table on a master that starts leading at `now` and, for `warm` (a share's
+    /// lifetime, when there may have been a leader before), hands out no more than the
+    /// workers say they hold.
+    pub fn new(now: Millis, warm: Millis) -> Quotas {
+        Quotas { pools: BTreeMap::new(), warm_until: now + warm }
     }
 
     /// Drops holders silent since `now - ttl`, and empty pools.

@@ -67,17 +67,29 @@ pub fn proposed(output: &str) -> Option<Proposal> {
 }
 
 /// Orders two cursor values: numbers as numbers, RFC 3339 times as instants (whatever
-/// their offsets), other text as text. `None`: they do not compare (different types).
+/// their offsets), numbers written as text as numbers, other text as text. `None`: they do
+/// not compare (different types).
 pub fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(x), Some(y)) => Some(x.cmp(&y)),
             _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
         },
-        (Value::String(x), Value::String(y)) => match (x.parse::<jiff::Timestamp>(), y.parse::<jiff::Timestamp>()) {
-            (Ok(x), Ok(y)) => Some(x.cmp(&y)),
-            _ => Some(x.cmp(y)),
-        },
+        (Value::String(x), Value::String(y)) => {
+            if let (Ok(x), Ok(y)) = (x.parse::<jiff::Timestamp>(), y.parse::<jiff::Timestamp>()) {
+                return Some(x.cmp(&y));
+            }
+            // Big ids and epoch times often come as text: "10" is after "9".
+            if let (Ok(a), Ok(b)) = (x.trim().parse::<i128>(), y.trim().parse::<i128>()) {
+                return Some(a.cmp(&b));
+            }
+            if let (Ok(a), Ok(b)) = (x.trim().parse::<f64>(), y.trim().parse::<f64>()) {
+                if a.is_finite() && b.is_finite() {
+                    return a.partial_cmp(&b);
+                }
+            }
+            Some(x.cmp(y))
+        }
         _ => None,
     }
 }
@@ -114,6 +126,11 @@ impl Tracker {
     /// Starts from the stored mark (none: everything is new).
     pub fn new(from: Option<Mark>) -> Tracker {
         Tracker { from, ..Tracker::default() }
+    }
+
+    /// The highest mark seen in this collection.
+    pub fn high(&self) -> Option<&Mark> {
+        self.high.as_ref()
     }
 
     /// Judges one record by its cursor value and fingerprint, and moves the high mark.
@@ -182,6 +199,8 @@ mod tests {
         assert_eq!(compare(&json!("2026-11-01T09:00:00+02:00"), &json!("2026-11-01T08:00:00Z")), Some(Ordering::Less));
         assert_eq!(compare(&json!("b"), &json!("a")), Some(Ordering::Greater));
         assert_eq!(compare(&json!("1"), &json!(1)), None);
+        assert_eq!(compare(&json!("10"), &json!("9")), Some(Ordering::Greater), "numbers as text");
+        assert_eq!(compare(&json!("1700000000.5"), &json!("1700000000")), Some(Ordering::Greater));
         let m = |v: Value| Mark { value: v, boundary: vec![] };
         assert!(advances(None, &m(json!(1))));
         assert!(advances(Some(&m(json!(1))), &m(json!(2))));

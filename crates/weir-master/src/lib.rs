@@ -138,9 +138,10 @@ pub async fn serve_with_store(
     tracing::info!(epoch, jobs = jobs.len(), tasks = tasks.len(), "leading; unfinished work loaded");
     let mut engine = Engine::new(engine_config(&config), Box::new(uuid::Uuid::now_v7));
     engine.load(jobs, tasks, now_ms());
-    // Shares a previous leader handed out are unknown here: start a fresh table.
-    *shared.quotas.lock().unwrap_or_else(|p| p.into_inner()) =
-        weir_core::quota::Quotas::new(now_ms(), workers::quota_ttl(&config));
+    // Shares a previous leader handed out are unknown here: start a fresh table that warms
+    // up for one share lifetime — unless this is the store's first leader, with none before.
+    let warm = if epoch <= 1 { 0 } else { workers::quota_ttl(&config) };
+    *shared.quotas.lock().unwrap_or_else(|p| p.into_inner()) = weir_core::quota::Quotas::new(now_ms(), warm);
     shared.ready.store(true, Ordering::Release);
     reporter.set_serving::<JobServiceServer<jobs::Jobs>>().await;
     reporter.set_serving::<WorkerServiceServer<workers::Workers>>().await;

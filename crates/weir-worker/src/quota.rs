@@ -167,9 +167,11 @@ impl Quotas {
             {
                 let mut s = lock(&b.state);
                 if (g.per_minute - s.share).abs() > f64::EPSILON || g.burst != s.burst || s.limiter.is_none() {
-                    // A fresh bucket starts full; one whose share changed starts empty.
-                    let empty = s.limiter.is_some();
-                    s.limiter = bucket(g.per_minute, g.burst, empty);
+                    // A shared bucket starts empty and fills at its share: a full one would add
+                    // its burst to what the others already spent of the fleet's (a holder that
+                    // had the whole limit alone shrinks while the others start), and the
+                    // fleet's requests would pass limit × t + burst.
+                    s.limiter = bucket(g.per_minute, g.burst, true);
                     s.share = g.per_minute;
                     s.burst = g.burst;
                 }

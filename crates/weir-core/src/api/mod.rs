@@ -370,6 +370,13 @@ pub fn bind_params(config: &mut Value, params: Option<&Value>) -> Result<(), Str
             }
         }
     }
+    if let Some(Value::Array(fs)) = obj.get_mut("fallbacks") {
+        for (i, f) in fs.iter_mut().enumerate() {
+            if let Some(Value::String(s)) = f.get_mut("base_url") {
+                *s = strict(&format!("fallbacks[{i}].base_url"), s)?;
+            }
+        }
+    }
     if let Some(Value::String(s)) = obj.get_mut("incremental").and_then(|i| i.get_mut("initial")) {
         *s = strict("incremental.initial", s)?;
     }
@@ -498,6 +505,11 @@ impl CollectStep {
             if self.format == BodyFormat::Csv {
                 return Err("incremental reads each record's cursor: give JSON or NDJSON pages, not CSV".into());
             }
+            if self.max_pages.is_some() {
+                return Err("incremental with max_pages would move the mark past the pages it did not fetch: \
+                            leave max_pages out, or narrow the window with params"
+                    .into());
+            }
         }
         if let Some(p) = &self.parent {
             crate::validate::check_step_id(&p.step).map_err(|e| format!("parent.step: {}", e.0))?;
@@ -573,6 +585,11 @@ impl CollectStep {
                     }
                     if let Some(u) = url {
                         check_url(&format!("{at}.base_url"), u)?;
+                        if Template::parse(u).map_err(|e| format!("{at}.base_url: {e}"))?.vars().next().is_some() {
+                            return Err(format!(
+                                "{at}.base_url: only {{params.…}} placeholders (filled at submission)"
+                            ));
+                        }
                     }
                     if let Some(a) = auth {
                         check_auth(&format!("{at}.auth"), a)?;
@@ -742,6 +759,7 @@ mod tests {
         assert!(err(base(json!({"incremental": {"cursor_path": "updated_at"}}))).contains("incremental.cursor_path"));
         assert!(err(base(json!({"incremental": {"cursor_path": "$.t", "initial": [1]}}))).contains("number or text"));
         assert!(err(base(json!({"format": "csv", "incremental": {"cursor_path": "$.t"}}))).contains("not CSV"));
+        assert!(err(base(json!({"max_pages": 3, "incremental": {"cursor_path": "$.t"}}))).contains("max_pages"));
         assert!(err(base(json!({"parent": {"step": "Users"}}))).contains("parent.step"));
         assert!(err(base(json!({"parent": {"step": "users", "parallel": 0}}))).contains("parent.parallel"));
         assert!(err(json!({"api": "shop", "base_url": "https://{cursor}.x"})).contains("base_url"));
