@@ -26,6 +26,9 @@ use crate::output::Part;
 /// Longest time between checkpoints while pages keep coming.
 pub const EVERY: Duration = Duration::from_secs(10);
 
+/// Most requested URLs a checkpoint keeps for loop detection.
+pub const MAX_SAVED_URLS: usize = 10_000;
+
 /// What a checkpoint holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saved {

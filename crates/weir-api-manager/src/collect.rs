@@ -531,7 +531,9 @@ impl Collect {
             next: next.to_string(),
             source: src,
             parts: vec![],
-            seen: seen.iter().cloned().collect(),
+            // A very long pagination's URLs would make every checkpoint large: past
+            // MAX_SAVED_URLS a resumed attempt detects loops among the pages after it only.
+            seen: if seen.len() <= checkpoint::MAX_SAVED_URLS { seen.iter().cloned().collect() } else { vec![] },
             pages: tally.pages,
             read: tally.read,
             kept: tally.kept,
