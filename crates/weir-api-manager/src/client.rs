@@ -1,5 +1,6 @@
-//! An API as the manager holds it — its HTTP client (a pool of at most 10 connections,
-//! idle ones closed after 30 minutes), its credentials and its rate limits (this manager's
+//! An API as the manager holds it — its HTTP client (a pool of at most 10 idle
+//! connections, each closed after 30 minutes unused, unless the API's `sessions` say
+//! otherwise), its credentials and its rate limits (this manager's
 //! share of the fleet-wide buckets, [`weir_worker::quota`]) — and the sending of one
 //! request with what the server says honoured:
 //!
@@ -23,6 +24,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
+use weir_core::api::profile::Sessions;
 use weir_core::spec::RetryPolicy;
 use weir_worker::quota::Bucket;
 
@@ -54,11 +56,11 @@ pub struct Api {
     breaker: Arc<Breaker>,
 }
 
-/// An API's client (a request's timeout is the step's, set per request).
-pub fn http_client() -> Result<reqwest::Client, CollectError> {
+/// An API's client with its sessions (a request's timeout is the step's, set per request).
+pub fn http_client(sessions: Sessions) -> Result<reqwest::Client, CollectError> {
     reqwest::Client::builder()
-        .pool_max_idle_per_host(10)
-        .pool_idle_timeout(Duration::from_secs(30 * 60))
+        .pool_max_idle_per_host(sessions.max_idle as usize)
+        .pool_idle_timeout(sessions.idle_timeout)
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::limited(10))
         .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))

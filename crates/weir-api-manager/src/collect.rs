@@ -82,7 +82,7 @@ impl Collect {
         if let Some(a) = apis.get(&key) {
             return Ok(a.clone());
         }
-        let http = client::http_client()?;
+        let http = client::http_client(self.settings.sessions_of(api))?;
         let auth = match auth {
             Some(spec) => Some(crate::auth::build(spec, circuit, &http, &self.settings.data_dir)?),
             None => None,

@@ -118,6 +118,11 @@ impl ApiSettings {
         }
     }
 
+    /// The pooled connections of one API: its own, else the default.
+    pub fn sessions_of(&self, api: &str) -> weir_core::api::profile::Sessions {
+        self.profiles.apis.get(api).and_then(|p| p.sessions).unwrap_or_default()
+    }
+
     /// The circuit breaker of one API: its own, else the default.
     pub fn circuit_of(&self, api: &str) -> CircuitConfig {
         self.profiles.apis.get(api).and_then(|p| p.circuit).unwrap_or(self.circuit)

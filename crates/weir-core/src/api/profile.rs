@@ -9,6 +9,7 @@
 //!     burst: 50
 //!     circuit: {consecutive_failures: 5, failure_ratio: 0.5, min_requests: 20, window: 60s, cooldown: 30s}
 //!     health: {url: https://api.shop.example/health, interval: 30s, timeout: 5s}
+//!     sessions: {max_idle: 10, idle_timeout: 30m}
 //! ```
 
 use std::collections::BTreeMap;
@@ -17,6 +18,35 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::circuit::CircuitConfig;
+
+/// Default most idle connections kept per API host.
+pub const DEFAULT_MAX_IDLE: u32 = 10;
+/// Default time an idle connection is kept.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// An API's pooled connections: at most `max_idle` idle ones per host, each closed after
+/// `idle_timeout` unused.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    #[serde(default = "max_idle")]
+    pub max_idle: u32,
+    #[serde(default = "idle_timeout", with = "crate::duration::required")]
+    pub idle_timeout: Duration,
+}
+
+fn max_idle() -> u32 {
+    DEFAULT_MAX_IDLE
+}
+fn idle_timeout() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions { max_idle: DEFAULT_MAX_IDLE, idle_timeout: DEFAULT_IDLE_TIMEOUT }
+    }
+}
 
 /// Default time between health checks.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
@@ -33,6 +63,8 @@ pub struct ApiProfile {
     pub circuit: Option<CircuitConfig>,
     /// An endpoint checked continuously; its outcome feeds the circuit.
     pub health: Option<HealthCheck>,
+    /// Its pooled connections.
+    pub sessions: Option<Sessions>,
 }
 
 /// An API's health endpoint: a GET answered with a 2xx within `timeout` is healthy. A
@@ -121,6 +153,8 @@ mod tests {
         assert_eq!(parse_rate("r", "5000/h"), Ok(84));
         let h = ApiProfiles::parse("apis: {shop: {health: {url: 'https://h/health', interval: 10s}}}").expect("health");
         let h = h.apis["shop"].health.clone().expect("health");
+        let p = ApiProfiles::parse("apis: {shop: {sessions: {max_idle: 2}}}").expect("sessions");
+        assert_eq!(p.apis["shop"].sessions, Some(Sessions { max_idle: 2, idle_timeout: DEFAULT_IDLE_TIMEOUT }));
         assert_eq!((h.interval(), h.timeout()), (Duration::from_secs(10), DEFAULT_HEALTH_TIMEOUT));
         for (text, names) in [
             ("apis: {shop: {rate: fast}}", "apis.shop.rate"),
