@@ -1421,3 +1421,43 @@ async fn an_api_manager_killed_mid_collection_is_resumed_from_its_checkpoint_wit
     batch.await.expect("batch manager stops");
     store.cleanup().await;
 }
+
+/// Two managers on one data dir (a shared volume) with one rotating refresh token: the one
+/// that still holds the token the other rotated away reads the kept one and goes on.
+#[tokio::test]
+async fn managers_sharing_a_data_dir_follow_each_others_rotated_refresh_token() {
+    let w = WireMock::start().await;
+    let refresh = |state: &str, next: Option<&str>, given: &str, answer: Value| {
+        let mut m = json!({"scenarioName": "shared", "requiredScenarioState": state,
+            "request": {"method": "POST", "urlPath": "/oauth/refresh", "bodyPatterns": [{"contains": format!("refresh_token={given}")}]},
+            "response": answer});
+        if let Some(n) = next {
+            m["newScenarioState"] = json!(n);
+        }
+        m
+    };
+    let token = |access: &str, rotated: &str| {
+        body(json!({"access_token": access, "expires_in": 3600, "refresh_token": rotated}))
+    };
+    w.stub(refresh("Started", Some("rotated"), "r1", token("a1", "r2"))).await;
+    w.stub(refresh("rotated", None, "r1", json!({"status": 400, "jsonBody": {"error": "invalid_grant"}}))).await;
+    w.stub(refresh("rotated", None, "r2", token("a2", "r3"))).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec: weir_core::api::AuthSpec = serde_json::from_value(json!({
+        "type": "oauth2_refresh_token", "token_url": format!("{}/oauth/refresh", w.url),
+        "credentials": {"env": weir_tests::credentials_env(&[("REFRESH_TOKEN", "r1")])}
+    }))
+    .expect("auth spec");
+    let http = weir_api_manager::client::http_client(Default::default()).expect("client");
+    // Both start from r1; the first rotates it to r2 (kept on the shared dir).
+    let first = weir_api_manager::auth::build(&spec, "shared", &http, dir.path()).expect("first");
+    let second = weir_api_manager::auth::build(&spec, "shared", &http, dir.path()).expect("second");
+    let bearer = |c: weir_api_manager::auth::Credentials| c.headers.into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+    assert_eq!(bearer(first.credentials().await.expect("first token")), vec!["Bearer a1"]);
+    // The second still holds r1, now void: it takes r2 from the shared dir instead.
+    assert_eq!(bearer(second.credentials().await.expect("second token")), vec!["Bearer a2"]);
+    let sent_r1 = w
+        .count(json!({"method": "POST", "url": "/oauth/refresh", "bodyPatterns": [{"contains": "refresh_token=r1"}]}))
+        .await;
+    assert_eq!(sent_r1, 1, "the void token was never offered again");
+}

@@ -103,10 +103,7 @@ impl OAuth2 {
         let initial_digest = digest(&initial);
         let kept = data_dir.join("tokens").join(format!("{api}-{}.json", digest(&format!("{token_url} {c:?}"))));
         // The kept token descends from this configured one: it is the newer.
-        let refresh = match std::fs::read(&kept).ok().and_then(|b| serde_json::from_slice::<Kept>(&b).ok()) {
-            Some(k) if k.initial_digest == initial_digest => k.refresh_token,
-            _ => initial,
-        };
+        let refresh = read_kept(&kept, &initial_digest).unwrap_or(initial);
         Ok(OAuth2 {
             api: api.into(),
             token_url: token_url.into(),
@@ -127,7 +124,11 @@ impl OAuth2 {
                     form.push(("scope", scopes.join(" ")));
                 }
             }
-            Grant::RefreshToken { .. } => {
+            Grant::RefreshToken { kept, initial_digest } => {
+                // Another manager on this data dir (a shared volume) may have rotated it since.
+                if let Some(newer) = read_kept(kept, initial_digest) {
+                    state.refresh = Some(newer);
+                }
                 form.push(("grant_type", "refresh_token".into()));
                 form.push(("refresh_token", state.refresh.clone().unwrap_or_default()));
             }
@@ -182,6 +183,12 @@ impl OAuth2 {
         tracing::info!(api = %self.api, generation = state.generation, "access token renewed");
         Ok(())
     }
+}
+
+/// The kept refresh token, if it descends from the configured one (`initial_digest`).
+fn read_kept(path: &Path, initial_digest: &str) -> Option<String> {
+    let k: Kept = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    (k.initial_digest == initial_digest).then_some(k.refresh_token)
 }
 
 /// Writes the kept refresh token atomically and durably, readable by this user only.
