@@ -1311,6 +1311,15 @@ async fn the_standard_template_collects_an_api_into_a_dataset_and_a_wrong_key_fa
     assert_eq!(counts(&out("collect")), (2, 3));
     assert_eq!(out("store")["rows_written"].as_u64(), Some(3));
     assert_eq!(lake_rows(&lake), 3);
+    // `weir get` says what was collected and that all of it reached the data steps.
+    let shown = tokio::process::Command::new(weir_tests::bin("weir"))
+        .args(["get", &id])
+        .env("WEIR_MASTER_URL", &lab.master.url)
+        .output()
+        .await
+        .expect("weir get");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("3 records collected, 3 read by convert: every collected record was converted"), "{text}");
 
     // A wrong key fails the first step at once, naming the API and the status; nothing is collected.
     let id = submit(&mut jc, spec("wrong-key", "bad")).await;

@@ -80,7 +80,47 @@ pub fn job_detail(j: &v1::Job, tasks: &[v1::Task]) {
             t.error_message
         );
     }
+    collections(tasks);
     file_accounting(tasks);
+}
+
+/// What each `collect` step fetched, and whether every collected record reached the data
+/// steps: collected = the converters' rows read (= written + quarantined, per file below).
+fn collections(tasks: &[v1::Task]) {
+    let outputs: Vec<(&v1::Task, Value)> =
+        tasks.iter().filter_map(|t| serde_json::from_str::<Value>(&t.output_json).ok().map(|o| (t, o))).collect();
+    let collected: Vec<&(&v1::Task, Value)> =
+        outputs.iter().filter(|(_, o)| o.get("kind").and_then(Value::as_str) == Some("collect")).collect();
+    if collected.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<16}  {:>8}  {:>12}  {:>9}  {:>8}  {:>14}  FROM",
+        "COLLECTED", "PAGES", "RECORDS", "REQUESTS", "RETRIED", "BYTES"
+    );
+    let n = |o: &Value, k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mut records = 0;
+    for (t, o) in &collected {
+        records += n(o, "records");
+        let from = if o.get("degraded").is_some() { "degraded: see the job's events" } else { "the primary" };
+        println!(
+            "{:<16}  {:>8}  {:>12}  {:>9}  {:>8}  {:>14}  {from}",
+            t.step_id,
+            n(o, "pages"),
+            n(o, "records"),
+            n(o, "requests"),
+            n(o, "retried"),
+            n(o, "bytes")
+        );
+    }
+    let converted: Vec<&Value> =
+        outputs.iter().filter(|(t, _)| t.kind == "convert").filter_map(|(_, o)| o.get("rows_read")).collect();
+    if !converted.is_empty() {
+        let read: u64 = converted.iter().filter_map(|v| v.as_u64()).sum();
+        let verdict = if read == records { "every collected record was converted" } else { "records missing" };
+        println!("{records} records collected, {read} read by convert: {verdict}");
+    }
 }
 
 /// Per-file row accounting of the data steps: read = written + quarantined.
