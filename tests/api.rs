@@ -612,15 +612,7 @@ async fn collected_records_are_converted_and_stored_with_every_record_accounted_
     {
         w.stub(get("/orders", json!({"offset": {"equalTo": offset}}), body(json!({"orders": items(&ids)})))).await;
     }
-    let (stop, batch) = run_manager(
-        weir_batch_manager::spec_with(weir_batch_manager::BatchSettings {
-            data_dir: lab.dir.path().join("data"),
-            ..Default::default()
-        }),
-        &lab.master.url,
-        "batch-api",
-        "",
-    );
+    let (stop, batch) = lab.batch();
     let lake = lab.dir.path().join("lake");
     let mut collect = step("collect", "collect", "api", &[]);
     collect.config_json = lab
@@ -655,22 +647,7 @@ async fn collected_records_are_converted_and_stored_with_every_record_accounted_
     };
     assert_eq!((out("convert")["rows_read"].as_u64(), out("convert")["rows_written"].as_u64()), (Some(120), Some(120)));
     assert_eq!(out("store")["rows_written"].as_u64(), Some(120));
-    let rows: usize = std::fs::read_dir(&lake)
-        .expect("lake")
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-        .map(|e| {
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                std::fs::File::open(e.path()).expect("open"),
-            )
-            .expect("parquet")
-            .build()
-            .expect("reader")
-            .map(|b| b.expect("batch").num_rows())
-            .sum::<usize>()
-        })
-        .sum();
-    assert_eq!(rows, 120);
+    assert_eq!(lake_rows(&lake), 120);
     stop.cancel();
     batch.await.expect("batch manager stops");
     lab.stop().await;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::collect::Tally;
 use crate::error::CollectError;
 use crate::output::Part;
 
@@ -42,16 +43,8 @@ pub struct Saved {
     pub parts: Vec<(Part, u64)>,
     /// Every URL requested (a page leading back to one is still refused).
     pub seen: Vec<String>,
-    pub pages: u64,
-    pub read: u64,
-    pub kept: u64,
-    pub requests: u64,
-    pub retried: u64,
-    pub bytes: u64,
-    /// (source, pages, records).
-    pub by_source: Vec<(usize, u64, u64)>,
-    /// The degraded source and why, if it went to a fallback.
-    pub degraded: Option<(usize, String)>,
+    /// The counts so far.
+    pub(crate) tally: Tally,
     pub incremental: Option<Value>,
 }
 
@@ -70,7 +63,7 @@ pub fn fingerprint(config: &str, cursor: Option<&str>) -> String {
     h.update(config.as_bytes());
     h.update([0]);
     h.update(cursor.unwrap_or("").as_bytes());
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    weir_storage::hex(&h.finalize()[..16])
 }
 
 fn io(p: &Path, e: std::io::Error) -> CollectError {
@@ -158,15 +151,8 @@ mod tests {
             next: "https://api.test/o?page=3".into(),
             source: 0,
             parts: vec![],
-            seen: vec![],
-            pages: 2,
-            read: 20,
-            kept: 20,
-            requests: 2,
-            retried: 0,
-            bytes: 100,
-            by_source: vec![(0, 2, 20)],
-            degraded: None,
+            seen: vec!["https://api.test/o?page=2".into()],
+            tally: Tally::default(),
             incremental: None,
         }
     }

@@ -134,7 +134,7 @@ impl Drop for Body {
 }
 
 /// Counts of one collection, for its report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub requests: u64,
     pub retried: u64,

@@ -107,7 +107,7 @@ impl Collect {
         step: &'a CollectStep,
     ) -> Result<(Vec<Source>, Option<(usize, &'a FallbackSpec)>), CollectError> {
         let primary = self.api(&step.api, &step.api, step.auth.as_ref()).await?;
-        let mut sources = vec![Source { api: primary, base_url: step.base_url.clone(), label: "the primary".into() }];
+        let mut sources = vec![Source { api: primary, base_url: step.base_url.clone(), label: source_label(step, 0) }];
         let mut files = None;
         for (i, f) in step.fallbacks.iter().enumerate() {
             if f.location.is_some() {
@@ -117,7 +117,7 @@ impl Collect {
             let circuit = format!("{}#{}", step.api, i + 1);
             let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref())).await?;
             let base_url = f.base_url.clone().unwrap_or_else(|| step.base_url.clone());
-            sources.push(Source { api, base_url, label: f.describe(i + 1) });
+            sources.push(Source { api, base_url, label: source_label(step, i + 1) });
         }
         Ok((sources, files))
     }
@@ -235,12 +235,7 @@ impl Collect {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
             Err(_) => return Err(CollectError::Staging("the staged output is still in use".into())),
         };
-        let label = |i: usize| -> String {
-            match i {
-                0 => "primary".to_string(),
-                i => step.fallbacks.get(i - 1).map(|f| f.describe(i)).unwrap_or_default(),
-            }
-        };
+        let label = |i: usize| source_label(step, i);
         let parts = out.finish()?;
         let mut files = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -264,14 +259,14 @@ impl Collect {
             c.clear();
         }
         let base = format!("{}{}", step.base_url.trim_end_matches('/'), step.path);
-        tracing::info!(api = %step.api, pages = tally.pages, records = tally.kept, requests = tally.stats.requests, "collected");
+        tracing::info!(api = %step.api, pages = tally.pages(), records = tally.kept(), requests = tally.stats.requests, "collected");
         let mut report = json!({
             "kind": "collect",
             "api": step.api,
             "resource": base,
             "paginator": step.paginator.name(),
-            "pages": tally.pages,
-            "records": tally.kept,
+            "pages": tally.pages(),
+            "records": tally.kept(),
             "requests": tally.stats.requests,
             "retried": tally.stats.retried,
             "bytes": tally.stats.bytes,
@@ -377,17 +372,14 @@ impl Collect {
             tally.stats.bytes += got.size;
             let body = Body::File { path: dest, len: got.size };
             let shown = loc.uri_of(&file.path);
-            let (kept, read) = self.land(r, body, shown, src, landing, Arc::new(vec![]), cancel).await?.1;
-            tally.pages += 1;
-            tally.read += read;
-            tally.kept += kept;
-            tally.count(src, 1, kept);
+            let (_, read, kept) = self.land(r, body, shown, src, landing, Arc::new(vec![]), cancel).await?;
+            tally.page(src, read, kept);
         }
         Ok(tally)
     }
 
     /// Takes one page's records into the landing, off the async threads (parsing a
-    /// large page takes a while): the document the paginator reads, and (kept, read).
+    /// large page takes a while): what [`take`] returns.
     #[allow(clippy::too_many_arguments)]
     async fn land(
         &self,
@@ -398,19 +390,17 @@ impl Collect {
         landing: &Arc<std::sync::Mutex<Landing>>,
         extra: Arc<Vec<(String, Value)>>,
         cancel: &CancellationToken,
-    ) -> Result<(Option<Value>, (u64, u64)), CollectError> {
+    ) -> Result<(Option<Value>, u64, u64), CollectError> {
         let step = r.step;
         let max_page_bytes = step.max_page_bytes.unwrap_or(DEFAULT_MAX_PAGE_BYTES);
         let (format, sel, cancel, land) = (step.format, r.selector.clone(), cancel.clone(), landing.clone());
-        let taken = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut land = land.lock().unwrap_or_else(|p| p.into_inner());
             land.out.source(src)?;
             take(&mut land, &body, format, &sel, max_page_bytes, &shown, &extra, &cancel)
         })
         .await
-        .map_err(|e| CollectError::Staging(format!("reading a page: {e}")))?;
-        let (doc, read, kept) = taken?;
-        Ok((doc, (kept, read)))
+        .map_err(|e| CollectError::Staging(format!("reading a page: {e}")))?
     }
 
     /// Collects one resource (for one parent record, if it has a parent) page by page,
@@ -426,7 +416,7 @@ impl Collect {
         let step = r.step;
         let values = Values { cursor: r.cursor.clone(), parent: parent.cloned() };
         let which = || parent.map(|p| format!(" (parent record {})", short(p))).unwrap_or_default();
-        let Request { url, headers, body, .. } = first_request(r, &values).map_err(|e| match e {
+        let mut req = first_request(r, &values).map_err(|e| match e {
             CollectError::BadPage(m) => CollectError::BadPage(format!("{m}{}", which())),
             other => other,
         })?;
@@ -438,7 +428,7 @@ impl Collect {
         let n = r.spools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let effort = Effort { spool: r.effort.spool.with_file_name(format!(".page-{n}")), ..r.effort.clone() };
         let mut paginator = paginate::build(&step.paginator)?;
-        let mut url = paginator.first(url);
+        let mut url = paginator.first(req.url.clone());
         let mut tally = Tally::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut src = 0usize;
@@ -446,9 +436,9 @@ impl Collect {
             url = Url::parse(&saved.next).map_err(|e| CollectError::Staging(format!("checkpoint: {e}")))?;
             paginator.resume(&url);
             src = saved.source.min(r.sources.len() - 1);
-            tracing::info!(api = %step.api, pages = saved.pages, next = %url, "resuming from a checkpoint");
+            tracing::info!(api = %step.api, pages = saved.tally.pages(), next = %url, "resuming from a checkpoint");
             seen = saved.seen.iter().cloned().collect();
-            tally = Tally::from_saved(&saved);
+            tally = saved.tally;
             // The staged files moved into this attempt: say so at once, so a crash before
             // the next page still resumes.
             if let Some(ck) = &start.checkpoints {
@@ -460,12 +450,7 @@ impl Collect {
                 return Err(CollectError::Cancelled);
             }
             seen.insert(url.to_string());
-            let req = Request {
-                post: step.method == HttpMethod::Post,
-                url: url.clone(),
-                headers: headers.clone(),
-                body: body.clone(),
-            };
+            req.url = url.clone();
             let page = match r.sources[src].api.fetch(&req, &effort, cancel, &mut tally.stats).await {
                 Ok(p) => p,
                 Err(e) if src + 1 < r.sources.len() && circuit_gone(&e, &r.sources[src]) => {
@@ -478,16 +463,13 @@ impl Collect {
                 }
                 Err(e) => return Err(e),
             };
-            tally.pages += 1;
             let shown = client::shown(&url, &[]);
             let headers_seen = page.headers;
-            let (doc, (kept, read)) = self.land(r, page.body, shown, src, landing, extra.clone(), cancel).await?;
-            tally.read += read;
-            tally.kept += kept;
-            tally.count(src, 1, kept);
+            let (doc, read, kept) = self.land(r, page.body, shown, src, landing, extra.clone(), cancel).await?;
+            tally.page(src, read, kept);
             let more =
                 r.has_more.as_ref().and_then(|p| paginate::select(p, doc.as_ref())).map(|v| v.as_bool() != Some(false));
-            if more == Some(false) || step.max_pages.is_some_and(|m| tally.pages >= m) {
+            if more == Some(false) || step.max_pages.is_some_and(|m| tally.pages() >= m) {
                 break;
             }
             let next =
@@ -497,7 +479,7 @@ impl Collect {
                 return Err(CollectError::BadPage(format!(
                     "api {}: page {} leads back to {next}, which was requested already: the pagination would not end{}",
                     step.api,
-                    tally.pages,
+                    tally.pages(),
                     which()
                 )));
             }
@@ -534,14 +516,7 @@ impl Collect {
             // A very long pagination's URLs would make every checkpoint large: past
             // MAX_SAVED_URLS a resumed attempt detects loops among the pages after it only.
             seen: if seen.len() <= checkpoint::MAX_SAVED_URLS { seen.iter().cloned().collect() } else { vec![] },
-            pages: tally.pages,
-            read: tally.read,
-            kept: tally.kept,
-            requests: tally.stats.requests,
-            retried: tally.stats.retried,
-            bytes: tally.stats.bytes,
-            by_source: tally.by_source.iter().map(|(s, (p, r))| (*s, *p, *r)).collect(),
-            degraded: tally.degraded.clone(),
+            tally: tally.clone(),
             incremental: None,
         };
         let (land, ck) = (landing.clone(), ck.clone());
@@ -593,6 +568,14 @@ pub(crate) fn first_request(r: &Resource<'_>, values: &Values) -> Result<Request
     Ok(Request { post: step.method == HttpMethod::Post, url, headers, body })
 }
 
+/// How source `i` of a step is named in reports, events and logs (0: the primary).
+fn source_label(step: &CollectStep, i: usize) -> String {
+    match i {
+        0 => "primary".to_string(),
+        i => step.fallbacks.get(i - 1).map(|f| f.describe(i)).unwrap_or_default(),
+    }
+}
+
 /// One API source of a resource: the primary, or a fallback.
 pub(crate) struct Source {
     pub(crate) api: Arc<Api>,
@@ -642,48 +625,45 @@ pub(crate) struct Resource<'a> {
     pub(crate) spools: std::sync::atomic::AtomicU64,
 }
 
-/// Counts of a collection (or of one parent's part of it).
-#[derive(Debug, Default)]
-struct Tally {
-    pages: u64,
+/// Counts of a collection (or of one parent's part of it); a checkpoint keeps them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Tally {
     /// Records on the pages.
     read: u64,
-    /// Records staged (read less those collected before).
-    kept: u64,
     stats: Stats,
-    /// Pages and staged records per source (0: the primary).
+    /// Pages and staged records (read less those collected before) per source (0: the
+    /// primary).
     by_source: std::collections::BTreeMap<usize, (u64, u64)>,
     /// The furthest fallback it went to, and why.
     degraded: Option<(usize, String)>,
 }
 
 impl Tally {
-    fn from_saved(s: &Saved) -> Tally {
-        Tally {
-            pages: s.pages,
-            read: s.read,
-            kept: s.kept,
-            stats: Stats { requests: s.requests, retried: s.retried, bytes: s.bytes },
-            by_source: s.by_source.iter().map(|(src, p, r)| (*src, (*p, *r))).collect(),
-            degraded: s.degraded.clone(),
-        }
+    fn pages(&self) -> u64 {
+        self.by_source.values().map(|(p, _)| p).sum()
     }
 
-    fn count(&mut self, src: usize, pages: u64, records: u64) {
+    fn kept(&self) -> u64 {
+        self.by_source.values().map(|(_, k)| k).sum()
+    }
+
+    /// One page from source `src`: `read` records on it, `kept` of them staged.
+    fn page(&mut self, src: usize, read: u64, kept: u64) {
+        self.read += read;
         let e = self.by_source.entry(src).or_default();
-        e.0 += pages;
-        e.1 += records;
+        e.0 += 1;
+        e.1 += kept;
     }
 
     fn add(&mut self, o: Tally) {
-        self.pages += o.pages;
         self.read += o.read;
-        self.kept += o.kept;
         self.stats.requests += o.stats.requests;
         self.stats.retried += o.stats.retried;
         self.stats.bytes += o.stats.bytes;
-        for (s, (p, r)) in o.by_source {
-            self.count(s, p, r);
+        for (s, (p, k)) in o.by_source {
+            let e = self.by_source.entry(s).or_default();
+            e.0 += p;
+            e.1 += k;
         }
         if o.degraded.as_ref().map(|d| d.0) > self.degraded.as_ref().map(|d| d.0) {
             self.degraded = o.degraded;
@@ -737,13 +717,7 @@ fn path_segment(v: &str) -> String {
 
 /// A record, short, for messages.
 fn short(v: &Value) -> String {
-    let mut s = v.to_string();
-    if s.len() > 120 {
-        let cut = (0..=120).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    weir_core::text::shorten(v.to_string(), 120)
 }
 
 /// Takes one page's records into `land`: the document the paginator reads (a JSON page's,

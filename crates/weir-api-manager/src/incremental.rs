@@ -26,8 +26,7 @@ pub struct Incremental {
 
 /// A record's fingerprint: the first 64 bits of the SHA-256 of its JSON, in hex.
 pub fn fingerprint(r: &Value) -> String {
-    let digest = Sha256::digest(serde_json::to_vec(r).unwrap_or_default());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    weir_storage::hex(&Sha256::digest(serde_json::to_vec(r).unwrap_or_default())[..8])
 }
 
 /// A cursor value as `{cursor}` sends it: text as it is, a number as written.
@@ -61,12 +60,7 @@ impl Incremental {
                     Ok(true)
                 }
                 OnMissingCursor::Fail => {
-                    let mut shown = r.to_string();
-                    if shown.len() > 200 {
-                        let cut = (0..=200).rev().find(|&i| shown.is_char_boundary(i)).unwrap_or(0);
-                        shown.truncate(cut);
-                        shown.push('…');
-                    }
+                    let shown = weir_core::text::shorten(r.to_string(), 200);
                     Err(CollectError::BadPage(format!(
                         "{url}: a record has no cursor at incremental.cursor_path {:?} (set on_missing: include \
                          to keep such records): {shown}",
@@ -90,7 +84,7 @@ impl Incremental {
             }
         }
         let v = v.clone();
-        match self.tracker.see(&v, &fingerprint(r)) {
+        match self.tracker.see(&v, || fingerprint(r)) {
             Seen::New => Ok(true),
             Seen::Before => {
                 self.skipped += 1;

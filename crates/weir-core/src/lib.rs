@@ -14,6 +14,7 @@
 //! - [`quota`]: fleet-wide rate limits divided into shares over the heartbeat.
 //! - [`model`]: job, task and event records, as stored.
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
+//! - [`text`]: text cut short for messages.
 //! - [`trace`]: W3C trace context carried from a submission into every event.
 //! - [`trigger`]: rules that turn an incoming event into a job.
 //! - [`watermark`]: incremental collection's high-watermarks, advanced when a job succeeds.
@@ -35,6 +36,7 @@ pub mod quota;
 pub mod retry;
 pub mod spec;
 pub mod template;
+pub mod text;
 pub mod trace;
 pub mod trigger;
 pub mod validate;

@@ -133,31 +133,34 @@ impl Tracker {
         self.high.as_ref()
     }
 
-    /// Judges one record by its cursor value and fingerprint, and moves the high mark.
-    pub fn see(&mut self, value: &Value, fingerprint: &str) -> Seen {
+    /// Judges one record by its cursor value, and moves the high mark. Its fingerprint is
+    /// computed only when the record is at a mark (most records are not).
+    pub fn see(&mut self, value: &Value, fingerprint: impl Fn() -> String) -> Seen {
+        let printed = std::cell::OnceCell::new();
+        let fp = || printed.get_or_init(&fingerprint).clone();
         if let Some(f) = &self.from {
             match compare(value, &f.value) {
                 Some(Ordering::Less) => return Seen::Before,
-                Some(Ordering::Equal) if f.boundary.iter().any(|b| b == fingerprint) => return Seen::Before,
+                Some(Ordering::Equal) if f.boundary.contains(&fp()) => return Seen::Before,
                 _ => {}
             }
         }
         match self.high.as_mut() {
             Some(h) => match compare(value, &h.value) {
                 Some(Ordering::Greater) | None => {
-                    *h = Mark { value: value.clone(), boundary: vec![fingerprint.to_string()] };
+                    *h = Mark { value: value.clone(), boundary: vec![fp()] };
                     self.overflow = 0;
                 }
                 Some(Ordering::Equal) => {
                     if h.boundary.len() < MAX_BOUNDARY {
-                        h.boundary.push(fingerprint.to_string());
+                        h.boundary.push(fp());
                     } else {
                         self.overflow += 1;
                     }
                 }
                 Some(Ordering::Less) => {}
             },
-            None => self.high = Some(Mark { value: value.clone(), boundary: vec![fingerprint.to_string()] }),
+            None => self.high = Some(Mark { value: value.clone(), boundary: vec![fp()] }),
         }
         Seen::New
     }
@@ -212,13 +215,13 @@ mod tests {
     #[test]
     fn records_at_or_before_the_mark_are_skipped_once_collected() {
         let mut t = Tracker::new(Some(Mark { value: json!(10), boundary: vec!["a".into()] }));
-        assert_eq!(t.see(&json!(9), "z"), Seen::Before);
-        assert_eq!(t.see(&json!(10), "a"), Seen::Before, "collected at the mark last time");
-        assert_eq!(t.see(&json!(10), "b"), Seen::New, "same value, arrived later");
+        assert_eq!(t.see(&json!(9), || "z".into()), Seen::Before);
+        assert_eq!(t.see(&json!(10), || "a".into()), Seen::Before, "collected at the mark last time");
+        assert_eq!(t.see(&json!(10), || "b".into()), Seen::New, "same value, arrived later");
         assert_eq!(t.mark(), Some(Mark { value: json!(10), boundary: vec!["a".into(), "b".into()] }));
-        assert_eq!(t.see(&json!(12), "c"), Seen::New);
-        assert_eq!(t.see(&json!(11), "d"), Seen::New);
-        assert_eq!(t.see(&json!(12), "e"), Seen::New);
+        assert_eq!(t.see(&json!(12), || "c".into()), Seen::New);
+        assert_eq!(t.see(&json!(11), || "d".into()), Seen::New);
+        assert_eq!(t.see(&json!(12), || "e".into()), Seen::New);
         assert_eq!(t.mark(), Some(Mark { value: json!(12), boundary: vec!["c".into(), "e".into()] }));
         let idle = Tracker::new(Some(Mark { value: json!(10), boundary: vec![] }));
         assert_eq!(idle.mark().map(|m| m.value), Some(json!(10)), "nothing new keeps the mark");

@@ -251,16 +251,8 @@ fn worker_id(s: &str) -> Result<String, Status> {
 /// A failure's message as stored: NUL (which PostgreSQL cannot hold) replaced, length capped
 /// on a character boundary. The report is kept rather than refused, so the failure counts.
 fn error_message(text: String) -> String {
-    let mut m = if text.contains('\0') { text.replace('\0', "\u{fffd}") } else { text };
-    if m.len() > MAX_ERROR_MESSAGE {
-        let mut cut = MAX_ERROR_MESSAGE;
-        while !m.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        m.truncate(cut);
-        m.push('…');
-    }
-    m
+    let m = if text.contains('\0') { text.replace('\0', "\u{fffd}") } else { text };
+    weir_core::text::shorten(m, MAX_ERROR_MESSAGE)
 }
 
 fn queue(s: &str) -> Result<String, Status> {

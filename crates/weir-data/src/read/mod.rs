@@ -222,15 +222,7 @@ pub(crate) fn unique_names(raw: impl Iterator<Item = String>) -> Vec<String> {
 
 /// A reject for a row that could not be read.
 pub(crate) fn parse_reject(row: u64, reason: impl Into<String>, record: impl Into<String>) -> Reject {
-    let mut record = record.into();
-    if record.len() > 4096 {
-        let mut cut = 4096;
-        while !record.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        record.truncate(cut);
-        record.push('…');
-    }
+    let record = weir_core::text::shorten(record.into(), 4096);
     Reject { row, rule: "parse".into(), reason: reason.into(), record }
 }
 
