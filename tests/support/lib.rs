@@ -1,7 +1,7 @@
 //! Test support: stores on both backends, a master in this process or as a real process,
 //! real binaries on free loopback ports, and small builders for job specs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -713,30 +713,64 @@ impl GcsEmulator {
 /// the machine's Java; `scripts/ensure-wiremock.sh`) on a loopback port, scripted through
 /// its admin API; killed when dropped.
 pub struct WireMock {
+    /// Where tests send requests: `http://…`, or `https://…` for [`WireMock::start_https`].
     pub url: String,
+    /// The admin API, always plain HTTP.
+    admin_url: String,
     admin: reqwest::Client,
     _child: Child,
 }
 
+/// A server's TLS identity for [`WireMock::start_https`]: a PKCS#12 keystore and its password.
+pub struct Keystore<'a> {
+    pub path: &'a Path,
+    pub password: &'a str,
+}
+
 impl WireMock {
     pub async fn start() -> WireMock {
+        WireMock::launch(None, &[]).await
+    }
+
+    /// WireMock serving HTTPS with `keystore` (its admin API stays on plain HTTP);
+    /// `jvm` adds JVM options, e.g. `-Djava.security.properties=<file>` with
+    /// `jdk.tls.disabledAlgorithms` for a server that speaks only an older TLS.
+    pub async fn start_https(keystore: Keystore<'_>, jvm: &[&str]) -> WireMock {
+        WireMock::launch(Some(keystore), jvm).await
+    }
+
+    async fn launch(tls: Option<Keystore<'_>>, jvm: &[&str]) -> WireMock {
         let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
         let dir = std::env::var("WEIR_WIREMOCK_DIR").map(PathBuf::from).unwrap_or(home.join(".cache/weir/wiremock"));
         let jar = dir.join("node_modules/wiremock/build/wiremock-standalone-3.13.2.jar");
         assert!(jar.exists(), "{} missing: run scripts/ensure-wiremock.sh (make test does)", jar.display());
         let port = free_port();
         let mut cmd = Command::new("java");
-        cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar"]).arg(&jar).args([
+        cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]).args(jvm).arg("-jar").arg(&jar).args([
             "--port",
             &port.to_string(),
             "--bind-address",
             "127.0.0.1",
             "--disable-banner",
         ]);
+        let admin_url = format!("http://127.0.0.1:{port}");
+        let mut url = admin_url.clone();
+        if let Some(k) = &tls {
+            let https = free_port();
+            cmd.arg("--https-port").arg(https.to_string()).arg("--https-keystore").arg(k.path).args([
+                "--keystore-type",
+                "PKCS12",
+                "--keystore-password",
+                k.password,
+                "--key-manager-password",
+                k.password,
+            ]);
+            url = format!("https://127.0.0.1:{https}");
+        }
         let child = start_peer(cmd, port, "wiremock").await;
-        let w = WireMock { url: format!("http://127.0.0.1:{port}"), admin: reqwest::Client::new(), _child: child };
+        let w = WireMock { url, admin_url, admin: reqwest::Client::new(), _child: child };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while w.admin.get(format!("{}/__admin/health", w.url)).send().await.map(|r| r.status().is_success()).ok()
+        while w.admin.get(format!("{}/__admin/health", w.admin_url)).send().await.map(|r| r.status().is_success()).ok()
             != Some(true)
         {
             assert!(Instant::now() < deadline, "wiremock never became healthy");
@@ -746,7 +780,7 @@ impl WireMock {
     }
 
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
-        let mut r = self.admin.request(method, format!("{}/__admin/{path}", self.url));
+        let mut r = self.admin.request(method, format!("{}/__admin/{path}", self.admin_url));
         if let Some(b) = body {
             r = r.header("content-type", "application/json").body(b.to_string());
         }
@@ -807,5 +841,84 @@ pub async fn wait_master(url: &str) {
     {
         assert!(Instant::now() < deadline, "master {url} did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A test CA and a server certificate it signed (for `127.0.0.1` and `localhost`), made
+/// with OpenSSL: the CA as PEM, the server's key and chain as a PKCS#12 keystore (what
+/// WireMock's Jetty reads), and the CA's SHA-256 fingerprint.
+pub struct Pki {
+    pub ca_pem: PathBuf,
+    pub ca_sha256: String,
+    pub keystore: PathBuf,
+    pub password: String,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::BigNum;
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::PKey;
+        use openssl::rsa::Rsa;
+        use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
+        use openssl::x509::{X509NameBuilder, X509};
+        let key = || PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("key");
+        let name = |cn: &str| {
+            let mut n = X509NameBuilder::new().expect("name");
+            n.append_entry_by_text("CN", cn).expect("cn");
+            n.build()
+        };
+        let cert = |serial: u32| {
+            let mut b = X509::builder().expect("builder");
+            b.set_version(2).expect("v3");
+            b.set_serial_number(&BigNum::from_u32(serial).expect("bn").to_asn1_integer().expect("serial"))
+                .expect("serial");
+            b.set_not_before(&Asn1Time::days_from_now(0).expect("t")).expect("not before");
+            b.set_not_after(&Asn1Time::days_from_now(2).expect("t")).expect("not after");
+            b
+        };
+        let (ca_key, server_key) = (key(), key());
+        let mut ca = cert(1);
+        ca.set_subject_name(&name("Weir Test CA")).expect("subject");
+        ca.set_issuer_name(&name("Weir Test CA")).expect("issuer");
+        ca.set_pubkey(&ca_key).expect("pubkey");
+        ca.append_extension(BasicConstraints::new().critical().ca().build().expect("bc")).expect("ext");
+        ca.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build().expect("ku")).expect("ext");
+        ca.sign(&ca_key, MessageDigest::sha256()).expect("sign");
+        let ca = ca.build();
+        let mut server = cert(2);
+        server.set_subject_name(&name("127.0.0.1")).expect("subject");
+        server.set_issuer_name(ca.subject_name()).expect("issuer");
+        server.set_pubkey(&server_key).expect("pubkey");
+        let san = SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .dns("localhost")
+            .build(&server.x509v3_context(Some(&ca), None))
+            .expect("san");
+        server.append_extension(san).expect("ext");
+        server.sign(&ca_key, MessageDigest::sha256()).expect("sign");
+        let server = server.build();
+        let password = "weir-test".to_string();
+        let mut chain = openssl::stack::Stack::new().expect("stack");
+        chain.push(ca.clone()).expect("push");
+        let p12 = openssl::pkcs12::Pkcs12::builder()
+            .name("server")
+            .pkey(&server_key)
+            .cert(&server)
+            .ca(chain)
+            .build2(&password)
+            .expect("pkcs12");
+        let keystore = dir.join("server.p12");
+        std::fs::write(&keystore, p12.to_der().expect("der")).expect("keystore");
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca.to_pem().expect("pem")).expect("ca");
+        let fp = ca.digest(MessageDigest::sha256()).expect("digest");
+        let ca_sha256 = format!("sha256:{}", fp.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        Pki { ca_pem, ca_sha256, keystore, password }
+    }
+
+    pub fn keystore(&self) -> Keystore<'_> {
+        Keystore { path: &self.keystore, password: &self.password }
     }
 }

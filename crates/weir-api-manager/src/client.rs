@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use weir_core::api::profile::Sessions;
+use weir_core::api::security::{SecuritySpec, TlsVersion, UrlPolicy};
 use weir_core::spec::RetryPolicy;
 use weir_worker::quota::Bucket;
 
@@ -54,19 +55,57 @@ pub struct Api {
     hold: Mutex<Option<Instant>>,
     /// This API's circuit breaker in this manager (one per API name).
     breaker: Arc<Breaker>,
+    /// Where a step with `security` may send requests: every URL is checked before it is.
+    policy: Option<UrlPolicy>,
 }
 
-/// An API's client with its sessions (a request's timeout is the step's, set per request).
-pub fn http_client(sessions: Sessions) -> Result<reqwest::Client, CollectError> {
-    reqwest::Client::builder()
+/// An API's client with its sessions (a request's timeout is the step's, set per
+/// request), held to a step's security policy if it has one ([`crate::security`]):
+/// HTTPS only, its TLS version at least, redirects only to allowed hosts, and only the
+/// policy's CAs trusted.
+pub fn http_client(
+    sessions: Sessions,
+    security: Option<(&SecuritySpec, &UrlPolicy)>,
+) -> Result<reqwest::Client, CollectError> {
+    let mut b = reqwest::Client::builder()
         .pool_max_idle_per_host(sessions.max_idle as usize)
         .pool_idle_timeout(sessions.idle_timeout)
         .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| CollectError::Config(format!("cannot make an HTTP client: {e}")))
+        .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")));
+    match security {
+        None => b = b.redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS)),
+        Some((spec, policy)) => {
+            let policy = policy.clone();
+            b = b
+                .https_only(spec.https_only)
+                .tls_version_min(match spec.min_tls {
+                    TlsVersion::Tls12 => reqwest::tls::Version::TLS_1_2,
+                    TlsVersion::Tls13 => reqwest::tls::Version::TLS_1_3,
+                })
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        return attempt.error("too many redirects");
+                    }
+                    match policy.check(attempt.url().as_str()) {
+                        Ok(()) => attempt.follow(),
+                        Err(why) => attempt.error(format!("redirect refused: {why}")),
+                    }
+                }));
+            if let Some(roots) = crate::security::trusted_roots(spec)? {
+                let certs = roots
+                    .iter()
+                    .map(|der| reqwest::Certificate::from_der(der))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| CollectError::Config(format!("security.ca: {e}")))?;
+                b = b.tls_certs_only(certs);
+            }
+        }
+    }
+    b.build().map_err(|e| CollectError::Config(format!("cannot make an HTTP client: {e}")))
 }
+
+/// Redirects a request may follow.
+pub const MAX_REDIRECTS: usize = 10;
 
 /// One request, before credentials.
 #[derive(Debug, Clone)]
@@ -211,8 +250,9 @@ impl Api {
         auth: Option<Arc<dyn Auth>>,
         limits: Vec<Arc<Bucket>>,
         breaker: Arc<Breaker>,
+        policy: Option<UrlPolicy>,
     ) -> Api {
-        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), breaker }
+        Api { name: name.into(), http, auth, limits, hold: Mutex::new(None), breaker, policy }
     }
 
     /// This API's circuit in this manager.
@@ -258,6 +298,9 @@ impl Api {
         cancel: &CancellationToken,
         stats: &mut Stats,
     ) -> Result<Fetched, CollectError> {
+        if let Some(p) = &self.policy {
+            p.check(req.url.as_str()).map_err(|why| CollectError::Insecure(format!("api {}: {why}", self.name)))?;
+        }
         let mut renewed = false;
         let mut attempt = 0u32;
         let seed = seed_of(req.url.as_str());
@@ -286,10 +329,18 @@ impl Api {
             stats.requests += 1;
             let failure = match b.send().await {
                 Err(e) if e.is_redirect() => {
-                    return Err(CollectError::Refused(format!("api {}: {shown_url}: too many redirects", self.name)))
+                    let why = cause(&e);
+                    return Err(match why.find("redirect refused: ") {
+                        Some(at) => CollectError::Insecure(format!("api {}: {shown_url}: {}", self.name, &why[at..])),
+                        None => CollectError::Refused(format!("api {}: {shown_url}: too many redirects", self.name)),
+                    });
                 }
                 Err(e) => {
                     let m = format!("api {}: {shown_url}: {}", self.name, cause(&e));
+                    if tls_refused(&m) {
+                        // No retry makes a certificate verify or an old protocol new.
+                        return Err(CollectError::Insecure(m));
+                    }
                     self.breaker.outcome(true, &m);
                     Failure::Retry(m, None)
                 }
@@ -381,6 +432,20 @@ fn unauthorized(api: &str, url: &str) -> CollectError {
 }
 
 /// The innermost cause of a client error (reqwest's outer message says little).
+/// Whether a connection failed because TLS refused it: a certificate that does not
+/// verify, a protocol version one side will not speak, TLS to a plain port.
+fn tls_refused(message: &str) -> bool {
+    [
+        "certificate verify failed",
+        "alert protocol version",
+        "unsupported protocol",
+        "wrong version number",
+        "no protocols available",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
 fn cause(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     // reqwest names the URL, query and all (an API key there): the caller shows it masked.

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
+use weir_core::api::security::{SecuritySpec, UrlPolicy};
 use weir_core::api::template::{self, Template, Values};
 use weir_core::api::{
     AuthSpec, BodyFormat, CollectStep, FallbackSpec, HttpMethod, DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_RETRIES,
@@ -76,13 +77,14 @@ impl Collect {
         circuit: &str,
         api: &str,
         auth: Option<&AuthSpec>,
+        security: Option<(&SecuritySpec, &UrlPolicy)>,
     ) -> Result<Arc<Api>, CollectError> {
-        let key = format!("{circuit} {}", serde_json::to_string(&auth).unwrap_or_default());
+        let key = format!("{circuit} {} {security:?}", serde_json::to_string(&auth).unwrap_or_default());
         let mut apis = self.apis.lock().await;
         if let Some(a) = apis.get(&key) {
             return Ok(a.clone());
         }
-        let http = client::http_client(self.settings.sessions_of(api))?;
+        let http = client::http_client(self.settings.sessions_of(api), security)?;
         let auth = match auth {
             Some(spec) => Some(crate::auth::build(spec, circuit, &http, &self.settings.data_dir)?),
             None => None,
@@ -96,7 +98,7 @@ impl Collect {
         .flatten()
         .collect();
         let breaker = self.breakers.get(circuit, self.settings.circuit_of(api));
-        let api = Arc::new(Api::new(circuit, http, auth, limits, breaker));
+        let api = Arc::new(Api::new(circuit, http, auth, limits, breaker, security.map(|(_, p)| p.clone())));
         apis.insert(key, api.clone());
         Ok(api)
     }
@@ -106,7 +108,9 @@ impl Collect {
         &self,
         step: &'a CollectStep,
     ) -> Result<(Vec<Source>, Option<(usize, &'a FallbackSpec)>), CollectError> {
-        let primary = self.api(&step.api, &step.api, step.auth.as_ref()).await?;
+        let policy = step.url_policy();
+        let security = step.security.as_ref().zip(policy.as_ref());
+        let primary = self.api(&step.api, &step.api, step.auth.as_ref(), security).await?;
         let mut sources = vec![Source { api: primary, base_url: step.base_url.clone(), label: source_label(step, 0) }];
         let mut files = None;
         for (i, f) in step.fallbacks.iter().enumerate() {
@@ -115,7 +119,7 @@ impl Collect {
                 continue;
             }
             let circuit = format!("{}#{}", step.api, i + 1);
-            let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref())).await?;
+            let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref()), security).await?;
             let base_url = f.base_url.clone().unwrap_or_else(|| step.base_url.clone());
             sources.push(Source { api, base_url, label: source_label(step, i + 1) });
         }
@@ -783,6 +787,8 @@ impl StepHandler for Collect {
         let report = match task.kind.as_str() {
             "probe" => self.probe(task, &step).await?,
             "connect" => self.connect(&step).await?,
+            "check_security" => self.check_security(&step).await?,
+            "check_tls" => self.check_tls(&step).await?,
             _ => self.collect(task, &step).await?,
         };
         weir_worker::report::publish(report, &self.staging, task).await

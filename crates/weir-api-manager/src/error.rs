@@ -23,6 +23,10 @@ pub enum CollectError {
     /// The API's circuit is open: it failed too often lately and is left alone for a while.
     #[error("{0}")]
     CircuitOpen(String),
+    /// A URL or a connection the step's security policy does not allow (plain HTTP, a
+    /// host not on the list, an old TLS version, a certificate not pinned).
+    #[error("{0}")]
+    Insecure(String),
     /// Writing the records to staging failed.
     #[error("{0}")]
     Staging(String),
@@ -41,6 +45,7 @@ impl CollectError {
             CollectError::BadPage(_) => "bad_format",
             CollectError::Transient(_) => "unavailable",
             CollectError::CircuitOpen(_) => "circuit_open",
+            CollectError::Insecure(_) => "insecure",
             CollectError::Staging(_) => "staging",
             CollectError::Cancelled => "cancelled",
         }

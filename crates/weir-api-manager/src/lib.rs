@@ -8,6 +8,8 @@
 //! ([`records`]) in staging ([`output`]) for the batch kinds; once per parent record for a
 //! child resource ([`parent`]), only what is new for an incremental one ([`incremental`]),
 //! going on after a crash from where the last attempt checkpointed ([`checkpoint`]).
+//! A step with a `security` policy is held to it, and `check_security`/`check_tls`
+//! check the policy and each host's TLS before a secure collection ([`security`]).
 
 pub mod auth;
 pub mod breaker;
@@ -22,6 +24,7 @@ pub mod paginate;
 pub mod parent;
 pub mod probe;
 pub mod records;
+pub mod security;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -60,7 +60,9 @@ impl Collect {
     }
 
     pub(crate) async fn connect(&self, step: &CollectStep) -> Result<Value, CollectError> {
-        let api = self.api(&step.api, &step.api, step.auth.as_ref()).await?;
+        let policy = step.url_policy();
+        let api =
+            self.api(&step.api, &step.api, step.auth.as_ref(), step.security.as_ref().zip(policy.as_ref())).await?;
         let Some(auth) = &api.auth else {
             return Ok(json!({"kind": "connect", "api": step.api, "auth": "none"}));
         };

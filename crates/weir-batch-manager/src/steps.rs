@@ -1,4 +1,4 @@
-//! The data kinds `convert`, `quality` and `store`: one handler, three configurations of
+//! The data kinds `convert`, `quality`, `store` and `classify`: one handler, four configurations of
 //! `weir-data`'s pipeline (see `weir_core::dataset`).
 //!
 //! Inputs come from `config.inputs`, or from the `files` the upstream steps reported
@@ -104,8 +104,11 @@ impl DataSteps {
     }
 
     async fn run_step(&self, task: &TaskContext) -> Result<Value, StepError> {
-        let step =
+        let mut step =
             DataStep::parse(&task.kind, task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
+        if task.kind == "classify" && step.classify.is_none() {
+            step.classify = Some(Default::default());
+        }
         let step = Arc::new(step);
         // Every sink opened and its schema read before any work: a bad one fails the step at once.
         let sinks = Sinks::open(&step, &self.pools).await.map_err(|e| step_error(&e))?;
@@ -250,7 +253,12 @@ impl DataSteps {
             return Err(err);
         }
         let sum = |f: fn(&FileReport) -> u64| reports.iter().map(f).sum::<u64>();
-        let report = json!({
+        // Every labelled column of the step, whichever input it was found in.
+        let mut classified = std::collections::BTreeMap::new();
+        for c in reports.iter().flat_map(|r| &r.classified) {
+            classified.entry(c.column.clone()).or_insert_with(|| json!({"class": c.class, "action": c.action}));
+        }
+        let mut report = json!({
             "kind": task.kind,
             "rows_read": sum(|r| r.rows_read),
             "rows_written": sum(|r| r.rows_written),
@@ -259,6 +267,9 @@ impl DataSteps {
             "batches": n_batches,
             "files": reports,
         });
+        if !classified.is_empty() {
+            report["classified"] = json!(classified);
+        }
         weir_worker::report::publish(report, &self.staging, task).await
     }
 }

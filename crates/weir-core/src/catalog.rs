@@ -10,8 +10,9 @@
 //! | `fail`  | `{"message": "...", "error_kind": "...", "retryable": true, "attempts": N}` | fails; with `attempts` it fails only the first N attempts |
 //!
 //! The file queue also runs `probe`, `discover`, `fetch` and `archive` ([`crate::files`]);
-//! the batch queue the data kinds `convert`, `quality`, `store` ([`crate::dataset`]) and
-//! `reconcile`; the api queue `collect`, `probe` and `connect` ([`crate::api`]). The table
+//! the batch queue the data kinds `convert`, `quality`, `store`, `classify` ([`crate::dataset`]) and
+//! `reconcile`; the api queue `collect`, `probe`, `connect`, `check_security` and
+//! `check_tls` ([`crate::api`]). The table
 //! of kinds is `KINDS`.
 
 use std::fmt;
@@ -68,13 +69,13 @@ impl FromStr for Queue {
 pub const GENERIC_KINDS: [&str; 3] = ["noop", "sleep", "fail"];
 
 /// The data kinds the batch queue runs (config: [`crate::dataset::DataStep`]).
-pub const BATCH_KINDS: [&str; 3] = ["convert", "quality", "store"];
+pub const BATCH_KINDS: [&str; 4] = ["convert", "quality", "store", "classify"];
 
 /// The file kinds the file queue runs (configs: [`crate::files`]).
 pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 
 /// The kinds the api queue runs (config: [`crate::api::CollectStep`]).
-pub const API_KINDS: [&str; 3] = ["collect", "probe", "connect"];
+pub const API_KINDS: [&str; 5] = ["collect", "probe", "connect", "check_security", "check_tls"];
 
 /// A step kind: the queues that run it and how its config is checked at submission.
 struct Kind {
@@ -92,6 +93,7 @@ const KINDS: &[Kind] = &[
     Kind { name: "convert", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
     Kind { name: "quality", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
     Kind { name: "store", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
+    Kind { name: "classify", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
     Kind {
         name: "reconcile",
         queues: &[Queue::Batch],
@@ -104,6 +106,8 @@ const KINDS: &[Kind] = &[
     Kind { name: "collect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
     Kind { name: "probe", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
     Kind { name: "connect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind { name: "check_security", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
 ];
 
 /// The kinds a queue accepts.

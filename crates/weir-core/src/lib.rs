@@ -11,6 +11,7 @@
 //! - [`api`]: the api kind's config: a resource, its pagination, records and auth.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`retry`]: backoff with deterministic jitter.
+//! - [`secret`]: one secret (a key, a CA bundle) by reference.
 //! - [`quota`]: fleet-wide rate limits divided into shares over the heartbeat.
 //! - [`model`]: job, task and event records, as stored.
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
@@ -34,6 +35,7 @@ pub mod files;
 pub mod model;
 pub mod quota;
 pub mod retry;
+pub mod secret;
 pub mod spec;
 pub mod template;
 pub mod text;

@@ -5,14 +5,16 @@
 //! work: the DAG shape and queue routing are real, the work is not, and the README says so.
 //! The file templates have theirs: given `params.location`, `bulk_file` and `standard`
 //! with `source: file` run the file and batch kinds (see [`file_kinds`]); given
-//! `params.api`, `standard` with `source: api` runs the api and batch kinds ([`api_kinds`]).
+//! `params.api`, `standard` with `source: api` and `secure_api` run the api and batch
+//! kinds ([`api_kinds`]).
 //!
 //! Parameters (`params`, a JSON object), all optional:
 //! - `source`: `"api"` (default) or `"file"`: where the `standard` template collects from.
 //! - `parallelism`: 1..=64 (default 4): parallel processing branches of `bulk_file`.
 //! - `location`, `patterns` (default `["**/*"]`), `watch`, `format`, `schema`, `rules`,
 //!   `sinks`, `max_quarantined_ratio`: the file templates' real work (sinks required).
-//! - `api` (a `collect` config), `schema`, `rules`, `sinks`: `standard`'s API work.
+//! - `api` (a `collect` config), `schema`, `rules`, `sinks`: `standard`'s API work;
+//!   with `security`, `classify` and `encryption`, `secure_api`'s.
 //! - `config`: `{ "<step id>": {...} }`: a step's config (merged over the template's).
 //! - `kind`: `{ "<step id>": "<kind>" }`: run another kind for a step (for tests and drills).
 
@@ -202,14 +204,19 @@ pub fn file_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, S
     Ok(Some(out))
 }
 
-/// The real kinds and configs of `standard` with `source: "api"`, when `params.api` (a
-/// `collect` config: the resource, its auth, paginator, records…) is given: `probe`,
-/// `connect`, `collect`, then the batch kinds. `None`: the template runs placeholders.
+/// The real kinds and configs of the API templates, when `params.api` (a `collect`
+/// config: the resource, its auth, paginator, records…) is given. `standard` with
+/// `source: "api"`: `probe`, `connect`, `collect`, then the batch kinds. `secure_api`
+/// ([`secure_api_kinds`]): the same resource under a security policy, classified and
+/// stored encrypted. `None`: the template runs placeholders.
 pub fn api_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, String> {
     let Some(resource) = params.get("api") else { return Ok(None) };
+    if name == "secure_api" {
+        return secure_api_kinds(resource, params).map(Some);
+    }
     let is_api_standard = name == "standard" && params.get("source").and_then(Value::as_str).unwrap_or("api") == "api";
     if !is_api_standard {
-        return Err(format!("{name}: params.api applies to standard with source \"api\""));
+        return Err(format!("{name}: params.api applies to standard with source \"api\" and to secure_api"));
     }
     if !resource.is_object() {
         return Err(format!("{name}: params.api must be a collect config (an object), got {resource}"));
@@ -231,6 +238,71 @@ pub fn api_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, St
         ("quality".into(), "quality", Some(serde_json::json!({"rules": rules}))),
         ("store".into(), "store", Some(serde_json::json!({"sinks": sinks}))),
     ]))
+}
+
+/// `secure_api`'s real work. `params.security` (default: HTTPS only, the step's own
+/// hosts, TLS 1.2+) becomes the resource's `security`; `check_security` checks the
+/// policy and its CA, `probe` the credentials against the API, `check_tls` the
+/// connection each host really offers, `collect` collects under the policy, `classify`
+/// labels (masks, hashes) personal data (`params.classify`, `params.schema`), and
+/// `store` writes it encrypted: every Parquet sink takes `params.encryption` unless it
+/// has its own, and one without either is refused.
+fn secure_api_kinds(resource: &Value, params: &Value) -> Result<Vec<RealStep>, String> {
+    let Some(obj) = resource.as_object() else {
+        return Err(format!("secure_api: params.api must be a collect config (an object), got {resource}"));
+    };
+    let mut resource = obj.clone();
+    match (params.get("security"), resource.get("security")) {
+        (Some(_), Some(_)) => {
+            return Err("secure_api: give the policy once, in params.security or in params.api.security".into())
+        }
+        (Some(p), None) => {
+            resource.insert("security".into(), p.clone());
+        }
+        (None, None) => {
+            resource.insert("security".into(), serde_json::json!({}));
+        }
+        (None, Some(_)) => {}
+    }
+    let resource = Value::Object(resource);
+    let Some(Value::Array(sinks)) = params.get("sinks") else {
+        return Err("secure_api: params.sinks is required with params.api (a list: where the rows land)".into());
+    };
+    let mut sinks = sinks.clone();
+    for (i, s) in sinks.iter_mut().enumerate() {
+        if s.get("type").and_then(Value::as_str) != Some("parquet") {
+            continue;
+        }
+        let Some(sink) = s.as_object_mut() else { continue };
+        match (sink.contains_key("encryption"), params.get("encryption")) {
+            (true, _) => {}
+            (false, Some(e)) => {
+                sink.insert("encryption".into(), e.clone());
+            }
+            (false, None) => {
+                return Err(format!(
+                    "secure_api: params.sinks[{i}] is a Parquet sink without encryption: give params.encryption (a key by reference, e.g. {{\"key\": {{\"env\": \"LAKE_KEY\"}}}}) or the sink's own"
+                ))
+            }
+        }
+    }
+    let mut classify = serde_json::Map::new();
+    classify.insert("classify".into(), params.get("classify").cloned().unwrap_or_else(|| serde_json::json!({})));
+    if let Some(v) = params.get("schema") {
+        classify.insert("schema".into(), v.clone());
+    }
+    let mut store = serde_json::json!({"sinks": sinks});
+    if let Some(r) = params.get("rules") {
+        store["rules"] = r.clone();
+    }
+    Ok(vec![
+        ("security_validation".into(), "check_security", Some(resource.clone())),
+        ("auth_verification".into(), "probe", Some(resource.clone())),
+        ("encrypted_connection".into(), "check_tls", Some(resource.clone())),
+        ("secure_collection".into(), "collect", Some(resource)),
+        ("classification".into(), "classify", Some(Value::Object(classify))),
+        ("encrypted_storage".into(), "store", Some(store)),
+    ])
 }
 
 #[cfg(test)]
@@ -323,6 +395,44 @@ mod tests {
         assert_eq!(std_api[2].config.as_ref(), Some(&resource));
         assert!(expand("standard", Some(&json!({"api": resource}))).unwrap_err().contains("params.sinks"));
         assert!(expand("bulk_file", Some(&json!({"api": resource, "sinks": []}))).unwrap_err().contains("params.api"));
+    }
+
+    #[test]
+    fn secure_api_runs_checks_collection_classification_and_encrypted_storage() {
+        let resource = json!({"api": "shop", "base_url": "https://api.shop.test", "path": "/customers"});
+        let key = json!({"key": {"env": "LAKE_KEY"}});
+        let p = json!({"api": resource, "security": {"min_tls": "1.3"}, "encryption": key,
+                       "classify": {"actions": {"card": "mask"}},
+                       "sinks": [{"type": "parquet", "path": "/lake/customers"},
+                                 {"type": "parquet", "path": "/lake/b", "encryption": {"key": {"file": "/k"}}}]});
+        let steps = expand("secure_api", Some(&p)).expect("secure_api");
+        assert_eq!(
+            steps.iter().map(|s| (s.kind.as_str(), s.queue.as_str())).collect::<Vec<_>>(),
+            vec![
+                ("check_security", "api"),
+                ("probe", "api"),
+                ("check_tls", "api"),
+                ("collect", "api"),
+                ("classify", "batch"),
+                ("store", "batch")
+            ]
+        );
+        let collect = steps[3].config.as_ref().expect("cfg");
+        assert_eq!(collect["security"], json!({"min_tls": "1.3"}));
+        assert_eq!(steps[4].config.as_ref().expect("cfg")["classify"]["actions"]["card"], "mask");
+        let store = steps[5].config.as_ref().expect("cfg");
+        assert_eq!(store["sinks"][0]["encryption"], key);
+        assert_eq!(store["sinks"][1]["encryption"]["key"], json!({"file": "/k"}));
+        // No key for a Parquet sink: refused, naming what to give.
+        let mut no_key = p.clone();
+        no_key.as_object_mut().expect("obj").remove("encryption");
+        assert!(expand("secure_api", Some(&no_key)).unwrap_err().contains("params.sinks[0]"));
+        // The default policy when none is given.
+        let plain = json!({"api": resource, "encryption": key, "sinks": [{"type": "parquet", "path": "/l"}]});
+        assert_eq!(
+            expand("secure_api", Some(&plain)).expect("ok")[0].config.as_ref().expect("c")["security"],
+            json!({})
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! 2. A [`read::Source`] streams the file in bounded chunks: text formats (CSV/TSV, JSON,
 //!    NDJSON, XML) as text columns, Parquet as its own types. A row that cannot be read
 //!    (ragged CSV, broken JSON) is a [`Reject`], never an abort.
+//!    With `classify`, [`classify`] labels the columns holding personal data and masks
+//!    or hashes them here, before anything else sees the rows.
 //! 3. [`typing`] fixes the schema (declared, or inferred from the first chunk) and casts
 //!    each column with arrow's kernels; a value that does not fit rejects its row.
 //! 4. [`quality`] applies the step's rules; rows that break one are rejected with the rule.
@@ -17,6 +19,7 @@
 //! Memory is bounded by the chunk size, never by the file size. CPU work is synchronous
 //! (callers run it on a blocking thread); landing is async.
 
+pub mod classify;
 pub mod detect;
 pub mod pipeline;
 pub mod quality;
@@ -142,6 +145,9 @@ pub struct FileReport {
     /// The schema versions this input's writes created, by sink.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schema_versions: BTreeMap<String, u32>,
+    /// Columns labelled as personal data (`classify`), and what was done to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classified: Vec<classify::Classified>,
     /// The sinks' writes, prepared and not yet landed ([`sink::landing`]).
     #[serde(skip)]
     pub pending: Vec<sink::Pending>,

@@ -16,6 +16,7 @@ use arrow_array::BooleanArray;
 use weir_core::dataset::contract::{SinkPlan, SinkView, WritePlan};
 use weir_core::dataset::{DataStep, SinkSpec};
 
+use crate::classify::{labels_of, with_labels, Classifier};
 use crate::quality::{count_by_rule, Quality};
 use crate::quarantine::Quarantine;
 use crate::read::{self, Chunk, DEFAULT_BATCH_ROWS};
@@ -104,6 +105,23 @@ fn sink_root(spec: &SinkSpec, index: usize, outgoing: &Path) -> Option<(PathBuf,
         }
         SinkSpec::Postgres { .. } => None,
     }
+}
+
+/// A Parquet sink's writer for one input: durable or not, encrypted if the sink says so.
+fn sink_writer(
+    spec: &SinkSpec,
+    (root, level, durable): (PathBuf, i32, bool),
+    key: &str,
+    fence: &WriteFence,
+    schema: &arrow_schema::SchemaRef,
+    partition: Option<&weir_core::dataset::schema::Partition>,
+) -> Result<DatasetWriter, DataError> {
+    let encryption = match spec {
+        SinkSpec::Parquet { encryption: Some(e), .. } => Some(crate::sink::encryption::properties(e)?),
+        _ => None,
+    };
+    let w = DatasetWriter::create(&root, key, fence, schema, partition, level)?.encrypted(encryption);
+    Ok(if durable { w } else { w.transient() })
 }
 
 /// How each sink of the step takes an input with these columns.
@@ -208,10 +226,8 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
             let current = plan.sinks.get(i).and_then(|s| s.current.clone()).unwrap_or_default();
             let plan_i = SinkPlan { schema: current, changes: vec![], discarded: vec![] };
             let write = match sink_root(spec, i, &plan.outgoing) {
-                Some((root, level, durable)) => {
-                    let w =
-                        DatasetWriter::create(&root, &key, &plan.fence, &arrow_schema(&plan_i.schema), None, level)?;
-                    Some(if durable { w } else { w.transient() }.prepare()?)
+                Some(at) => {
+                    Some(sink_writer(spec, at, &key, &plan.fence, &arrow_schema(&plan_i.schema), None)?.prepare()?)
                 }
                 None => None,
             };
@@ -221,13 +237,27 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         quarantine.commit()?;
         return Ok(report);
     };
+    // Personal data is labelled, and masked or hashed, before anything else sees the rows.
+    let classifier = match &step.classify {
+        Some(spec) => Some(Classifier::new(spec, &first.batch)?),
+        None => None,
+    };
+    let mut labels = labels_of(&first.batch.schema());
+    let first = match &classifier {
+        Some(c) => {
+            labels.extend(c.labels());
+            report.classified = c.columns().to_vec();
+            Chunk { batch: c.apply(&first.batch)?, ..first }
+        }
+        None => first,
+    };
     let input_columns: Vec<String> = first.batch.schema().fields().iter().map(|f| f.name().clone()).collect();
     let step_nulls = step.format.as_ref().and_then(|f| f.null_values.as_deref());
     let typed_input =
         InputSchema::resolve(step.schema.as_deref(), &first.batch, opened.source.positional(), step_nulls)?;
     let wplan = write_plan(step, &plan.sinks, &typed_input)?;
     let target = Target::new(&typed_input, &wplan);
-    let schema = target.schema().clone();
+    let schema = with_labels(target.schema(), &labels);
     report.schema = schema.fields().iter().map(|f| (f.name().clone(), type_name(f.data_type()))).collect();
     report.discarded_columns = wplan.discarded.iter().cloned().collect();
     report.copy_columns = wplan.columns.iter().filter(|c| c.input.is_some()).map(|c| c.name.clone()).collect();
@@ -248,12 +278,11 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         sinks: Vec::new(),
     };
     for (i, spec) in step.sinks.iter().enumerate() {
-        let Some((root, level, durable)) = sink_root(spec, i, &plan.outgoing) else { continue };
+        let Some(at) = sink_root(spec, i, &plan.outgoing) else { continue };
         let sink_schema = &wplan.sinks[i].schema;
-        let arrow = arrow_schema(sink_schema);
-        match DatasetWriter::create(&root, &key, &plan.fence, &arrow, sink_schema.partition.as_ref(), level) {
+        let arrow = with_labels(&arrow_schema(sink_schema), &labels);
+        match sink_writer(spec, at, &key, &plan.fence, &arrow, sink_schema.partition.as_ref()) {
             Ok(w) => {
-                let w = if durable { w } else { w.transient() };
                 writers.sinks.push(SinkWriter { index: i, schema: arrow, writer: w.without_dictionary(&plain) });
             }
             Err(e) => {
@@ -308,7 +337,15 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
             break;
         }
         match opened.source.next_chunk() {
-            Ok(Some(chunk)) => result = run(chunk, &mut writers, &mut quarantine),
+            Ok(Some(chunk)) => {
+                result = match &classifier {
+                    Some(c) => match c.apply(&chunk.batch) {
+                        Ok(batch) => run(Chunk { batch, ..chunk }, &mut writers, &mut quarantine),
+                        Err(e) => Err(e),
+                    },
+                    None => run(chunk, &mut writers, &mut quarantine),
+                }
+            }
             Ok(None) => break,
             Err(e) => result = Err(e),
         }

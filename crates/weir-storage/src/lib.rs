@@ -170,6 +170,24 @@ pub fn read_secrets(creds: &CredentialsRef, keys: &[&str]) -> Result<HashMap<Str
     Ok(out)
 }
 
+/// Reads one secret a reference names (a file, read whole; an environment variable),
+/// trimmed of surrounding white space. The error names the reference, never a value.
+pub fn read_secret(secret: &weir_core::secret::SecretRef) -> Result<Vec<u8>, String> {
+    use weir_core::secret::SecretRef;
+    let raw = match secret {
+        SecretRef::Env(name) => {
+            std::env::var(name).map(String::into_bytes).map_err(|_| format!("{} is not set", secret.describe()))?
+        }
+        SecretRef::File(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", secret.describe()))?,
+    };
+    let start = raw.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(raw.len());
+    let end = raw.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    if start >= end {
+        return Err(format!("{} is empty", secret.describe()));
+    }
+    Ok(raw[start..end].to_vec())
+}
+
 /// `host[:port]` and the path of an `sftp://`/`ftp://` URI, and its user.
 fn host_path(rest: &str) -> (Option<String>, String, String) {
     let (authority, path) = match rest.split_once('/') {

@@ -16,6 +16,7 @@
 
 pub mod circuit;
 pub mod profile;
+pub mod security;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -97,6 +98,10 @@ pub struct CollectStep {
     /// Sources to continue from, in order, while the API's circuit is open.
     #[serde(default)]
     pub fallbacks: Vec<FallbackSpec>,
+    /// What every connection must be: HTTPS, allowed hosts, TLS version, CA and pins
+    /// ([`security`]); absent = any http(s) URL, the system's CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<security::SecuritySpec>,
 }
 
 /// Most fallbacks a resource may name.
@@ -624,7 +629,47 @@ impl CollectStep {
         if self.body.is_some() && self.method == HttpMethod::Get {
             return Err("body needs method POST".into());
         }
+        if let Some(sec) = &self.security {
+            sec.check()?;
+            let policy = self.url_policy().unwrap_or_else(|| sec.policy([]));
+            for (field, url) in self.urls() {
+                policy.check(url).map_err(|e| format!("{field}: {e}"))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The URLs the step itself names, by field: its base URL, its fallbacks' and its
+    /// token endpoints (the hosts a security policy allows when it lists none).
+    pub fn urls(&self) -> Vec<(String, &str)> {
+        fn token(a: &Option<AuthSpec>) -> Option<&str> {
+            match a {
+                Some(
+                    AuthSpec::Oauth2ClientCredentials { token_url, .. }
+                    | AuthSpec::Oauth2RefreshToken { token_url, .. },
+                ) => Some(token_url.as_str()),
+                _ => None,
+            }
+        }
+        let mut out = vec![("base_url".to_string(), self.base_url.as_str())];
+        if let Some(t) = token(&self.auth) {
+            out.push(("auth.token_url".into(), t));
+        }
+        for (i, f) in self.fallbacks.iter().enumerate() {
+            if let Some(u) = &f.base_url {
+                out.push((format!("fallbacks[{i}].base_url"), u));
+            }
+            if let Some(t) = token(&f.auth) {
+                out.push((format!("fallbacks[{i}].auth.token_url"), t));
+            }
+        }
+        out
+    }
+
+    /// The URL policy of a step with `security`: which URLs its requests may go to.
+    pub fn url_policy(&self) -> Option<security::UrlPolicy> {
+        let sec = self.security.as_ref()?;
+        Some(sec.policy(self.urls().into_iter().map(|(_, u)| u)))
     }
 
     /// Every value that may hold placeholders, by field: the path, each header and query

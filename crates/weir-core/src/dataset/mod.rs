@@ -9,6 +9,8 @@
 //!   (default: a staged Parquet file for the next step).
 //! - `quality`: the same, for staged data, with `rules` required.
 //! - `store`: the same, with `sinks` required.
+//! - `classify`: the same, labelling the columns that hold personal data (and masking or
+//!   hashing them if asked) before anything is written ([`classify`]).
 //!
 //! Each takes its input files from `inputs`, or, when that is empty, from the `files`
 //! that the steps it depends on reported.
@@ -17,6 +19,7 @@
 //! [`contract`] how an input is reconciled with it (pure, so the planner is tested in
 //! microseconds).
 
+pub mod classify;
 pub mod contract;
 pub mod schema;
 
@@ -61,6 +64,9 @@ pub struct DataStep {
     pub sinks: Vec<SinkSpec>,
     /// Rows per Arrow batch while converting (default 8192): bounds memory.
     pub batch_rows: Option<usize>,
+    /// Label (and mask or hash) the columns that hold personal data; the `classify`
+    /// kind's defaults when absent there.
+    pub classify: Option<classify::ClassifySpec>,
 }
 
 /// How to read the input. Every field is optional: what is not given is detected.
@@ -208,6 +214,9 @@ pub enum SinkSpec {
         /// How inputs whose columns or values differ from the dataset's schema land.
         #[serde(default)]
         schema_contract: SchemaContract,
+        /// Parquet modular encryption of every file written (AES-GCM), key by reference.
+        #[serde(default)]
+        encryption: Option<Box<EncryptionSpec>>,
     },
     /// A PostgreSQL table, loaded with COPY.
     Postgres {
@@ -225,6 +234,42 @@ pub enum SinkSpec {
         #[serde(default)]
         schema_contract: SchemaContract,
     },
+}
+
+/// Parquet modular encryption of a dataset's files: every column and the footer under
+/// one key (AES-GCM, the Parquet format's `AES_GCM_V1`), or a column's own key for the
+/// columns listed, so a reader holding only the footer key sees the other columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// The footer key (and every column's not listed in `column_keys`): 16, 24 or 32
+    /// bytes, written in base64 or hex, by reference.
+    pub key: crate::secret::SecretRef,
+    /// An identifier stored as the footer key's metadata, so a reader can tell which key
+    /// it needs (never the key).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Columns with keys of their own: column → key reference.
+    #[serde(default)]
+    pub column_keys: BTreeMap<String, crate::secret::SecretRef>,
+}
+
+impl EncryptionSpec {
+    fn check(&self, field: &str) -> Result<(), String> {
+        self.key.check(&format!("{field}.key"))?;
+        if let Some(id) = &self.key_id {
+            if id.is_empty() || id.len() > 256 || id.contains('\0') {
+                return Err(format!("{field}.key_id must be 1 to 256 bytes of text"));
+            }
+        }
+        for (col, k) in &self.column_keys {
+            if col.is_empty() {
+                return Err(format!("{field}.column_keys: a column name is empty"));
+            }
+            k.check(&format!("{field}.column_keys.{col}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl DataStep {
@@ -295,9 +340,17 @@ impl DataStep {
         }
         for s in &self.sinks {
             match s {
-                SinkSpec::Parquet { path, zstd_level, location, schema_contract, .. } => {
+                SinkSpec::Parquet { path, zstd_level, location, schema_contract, encryption, .. } => {
                     if path.is_empty() || path.contains('\0') {
                         return bad(format!("parquet sink path {path:?} is not a path"));
+                    }
+                    if let Some(e) = encryption {
+                        e.check("parquet sink encryption").map_err(|e| format!("{kind} config: {e}"))?;
+                        if schema_contract.data_type == contract::TypePolicy::Widen {
+                            return bad(format!(
+                                "parquet sink {path:?}: schema_contract.data_type widen rewrites the dataset's files, which Weir does not do for encrypted datasets (use quarantine, freeze or discard_value)"
+                            ));
+                        }
                     }
                     if location.is_some() && schema_contract.data_type == contract::TypePolicy::Widen {
                         return bad(format!(
@@ -339,6 +392,9 @@ impl DataStep {
                     }
                 }
             }
+        }
+        if let Some(c) = &self.classify {
+            c.check().map_err(|e| format!("{kind} config: {e}"))?;
         }
         match kind {
             "quality" if self.rules.is_none() => bad("quality needs rules".into()),

@@ -96,6 +96,10 @@ impl Sinks {
     pub async fn open(step: &DataStep, pools: &Pools) -> Result<Sinks, DataError> {
         let mut sinks = Vec::with_capacity(step.sinks.len());
         for s in &step.sinks {
+            // A key that cannot be read fails the step before any work.
+            if let SinkSpec::Parquet { encryption: Some(e), .. } = s {
+                super::encryption::properties(e)?;
+            }
             sinks.push(match s {
                 SinkSpec::Parquet { path, location: None, .. } => Sink::Local(LocalDataset::new(Path::new(path))),
                 SinkSpec::Parquet { path, location: Some(spec), .. } => {

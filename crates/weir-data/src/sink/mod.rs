@@ -8,11 +8,13 @@
 //! - [`postgres`]: a PostgreSQL table loaded with COPY from a staged Parquet file.
 //! - [`history`]: a Parquet dataset's schema history and `_common_metadata`.
 //! - [`landing`]: one input into all of a step's sinks or none.
+//! - [`encryption`]: Parquet modular encryption of a sink's files, keys by reference.
 //!
 //! All are idempotent per input: a retried or re-leased task replaces what an earlier
 //! attempt for the same input wrote, never adds to it, and a write carrying an older
 //! fence token of the same task than the one already committed is refused.
 
+pub mod encryption;
 pub mod history;
 pub mod landing;
 pub mod local;

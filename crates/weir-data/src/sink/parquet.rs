@@ -175,6 +175,17 @@ impl DatasetWriter {
         self
     }
 
+    /// Encrypts every file written (Parquet modular encryption, [`super::encryption`]).
+    pub fn encrypted(
+        mut self,
+        props: Option<std::sync::Arc<parquet::encryption::encrypt::FileEncryptionProperties>>,
+    ) -> Self {
+        if let Some(p) = props {
+            self.props = self.props.clone().into_builder().with_file_encryption_properties(p).build();
+        }
+        self
+    }
+
     /// Adds rows (split by partition).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
         if batch.num_rows() == 0 {
