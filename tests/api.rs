@@ -919,6 +919,24 @@ impl Lab {
     }
 
     /// Starts a batch manager beside the API manager.
+    /// A file manager on this lab's data dir (for `resilient_fetch`'s files step).
+    fn files(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let store = format!("sqlite://{}", self.dir.path().join("files.db").display());
+        let settings = weir_file_manager::FileSettings {
+            data_dir: self.dir.path().join("data"),
+            watches: Default::default(),
+            retention: Duration::from_secs(24 * 3600),
+            store: weir_file_manager::Inventory::url(&store),
+            staging: None,
+        };
+        run_manager(
+            weir_file_manager::spec_with(settings),
+            &self.master.url,
+            &format!("files-{}", uuid::Uuid::new_v4().simple()),
+            "",
+        )
+    }
+
     fn batch(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         run_manager(
             weir_batch_manager::spec_with(weir_batch_manager::BatchSettings {
@@ -1446,4 +1464,211 @@ async fn managers_sharing_a_data_dir_follow_each_others_rotated_refresh_token() 
         .count(json!({"method": "POST", "url": "/oauth/refresh", "bodyPatterns": [{"contains": "refresh_token=r1"}]}))
         .await;
     assert_eq!(sent_r1, 1, "the void token was never offered again");
+}
+
+/// `resilient_fetch` given a failed job: the primary failed at page 3 after two pages were
+/// fetched; the recovery reads what the failed collection fetched from its checkpoint,
+/// finds the primary still failing and the added fallback answering, fetches only the
+/// missing pages from the fallback, merges everything into the dataset that already held
+/// two of the records, and checks every key is held once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resilient_fetch_recovers_only_what_a_failed_job_missed_from_a_fallback_without_duplicates() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    let page = |prefix: &str, n: Option<u32>, ids: &[i64], next: Option<u32>| {
+        let q = match n {
+            None => json!({"page": {"absent": true}}),
+            Some(n) => json!({"page": {"equalTo": n.to_string()}}),
+        };
+        let next = next.map(|m| format!("{}{prefix}/orders?page={m}", w.url));
+        get(&format!("{prefix}/orders"), q, body(json!({"data": items(ids), "next": next})))
+    };
+    w.stub(page("/v2", None, &[1, 2], Some(2))).await;
+    w.stub(page("/v2", Some(2), &[3, 4], Some(3))).await;
+    w.stub(get("/v2/orders", json!({"page": {"equalTo": "3"}}), json!({"status": 500}))).await;
+    for (n, ids, next) in
+        [(None, &[1, 2][..], Some(2)), (Some(2), &[3, 4], Some(3)), (Some(3), &[5, 6], Some(4)), (Some(4), &[7], None)]
+    {
+        w.stub(page("/eu/v2", n, ids, next)).await;
+    }
+    let (stop_batch, batch) = lab.batch();
+    let (stop_files, files) = lab.files();
+    let lake = lab.dir.path().join("lake");
+    let sinks = json!([{"type": "parquet", "path": lake.display().to_string()}]);
+    let mut jc = lab.master.jobs();
+    // Yesterday's run landed records 1 and 2.
+    let before = lab.dir.path().join("before.csv");
+    std::fs::write(&before, "id,name\n1,item 1\n2,item 2\n").expect("csv");
+    let mut s = step("store", "store", "batch", &[]);
+    s.config_json = json!({"inputs": [before.display().to_string()], "sinks": sinks}).to_string();
+    let earlier = submit(&mut jc, job("yesterday", vec![s])).await;
+    assert_eq!(wait_finished(&mut jc, &earlier, Duration::from_secs(60)).await.state, v1::JobState::Succeeded as i32);
+    assert_eq!(lake_rows(&lake), 2);
+
+    // Today's run: the primary fails at page 3, every attempt.
+    let resource = json!({"api": "shop", "base_url": format!("{}/v2", w.url), "path": "/orders",
+                          "records": "$.data[*]", "paginator": {"type": "next_url", "path": "$.next"},
+                          "records_per_file": 2, "max_retries": 2});
+    let spec = |name: &str, template: &str, params: Value| v1::JobSpec {
+        namespace: "test".into(),
+        name: name.into(),
+        template: template.into(),
+        params_json: params.to_string(),
+        ..Default::default()
+    };
+    let failed = submit(&mut jc, spec("orders", "standard", json!({"api": resource, "sinks": sinks}))).await;
+    let done = wait_finished(&mut jc, &failed, Duration::from_secs(120)).await;
+    assert_eq!(done.state, v1::JobState::Failed as i32);
+    assert_eq!(lake_rows(&lake), 2, "the failed run stored nothing");
+
+    // A succeeded job has nothing to recover: refused at submission.
+    let refused = jc
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(spec("again", "resilient_fetch", json!({"job_id": earlier, "key": ["id"]}))),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("nothing to recover"), "{}", refused.message());
+
+    let params = json!({"job_id": failed, "key": ["id"], "fallbacks": [{"base_url": format!("{}/eu/v2", w.url)}]});
+    let id = submit(&mut jc, spec("orders-recovery", "resilient_fetch", params)).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(120)).await;
+    let ts = tasks(&mut jc, &id).await;
+    let out = |s: &str| -> Value {
+        let t = ts.iter().find(|t| t.step_id == s).expect("task");
+        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
+    };
+    assert_eq!(
+        done.state,
+        v1::JobState::Succeeded as i32,
+        "{:?}",
+        ts.iter().map(|t| (&t.step_id, &t.error_kind, &t.error_message)).collect::<Vec<_>>()
+    );
+    let analysis = out("failure_analysis");
+    assert_eq!(analysis["failed_job"], json!(failed));
+    assert_eq!(analysis["collected"]["from"], "checkpoint", "{analysis}");
+    let fetched_before = analysis["collected"]["records"].as_u64().unwrap_or(0);
+    assert!(fetched_before >= 2, "{analysis}");
+    assert!(analysis["missing"].as_str().unwrap_or("").contains("page="), "{analysis}");
+    let plan = out("recovery_strategy");
+    assert_eq!((plan["strategy"].as_str(), plan["source"].as_u64()), (Some("api"), Some(1)), "{plan}");
+    assert!(plan["tried"][0]["error"].as_str().is_some(), "the primary was tried first: {plan}");
+    let api = out("alternative_api");
+    assert_eq!(api["adopted_records"].as_u64(), Some(fetched_before), "{api}");
+    assert_eq!(api["records"].as_u64(), Some(7), "{api}");
+    assert_eq!(out("alternative_files")["skipped"], "another source recovers this");
+    let rec = out("reconstruction");
+    assert_eq!(
+        (rec["rows_read"].as_u64(), rec["rows_written"].as_u64(), rec["rows_duplicate"].as_u64()),
+        (Some(7), Some(5), Some(2)),
+        "{rec}"
+    );
+    let check = out("validation");
+    assert_eq!(check["sinks"][lake.display().to_string()], json!({"rows": 7, "distinct_keys": 7}), "{check}");
+    assert_eq!(check["rows_duplicate"].as_u64(), Some(2), "{check}");
+    assert_eq!(lake_rows(&lake), 7);
+    // Only what was missing came from the fallback: its first page was never requested,
+    // and the primary's first page only by the failed run (its probe and its collect).
+    assert_eq!(
+        w.count(json!({"method": "GET", "urlPath": "/eu/v2/orders", "queryParameters": {"page": {"absent": true}}}))
+            .await,
+        0
+    );
+    assert_eq!(
+        w.count(json!({"method": "GET", "urlPath": "/v2/orders", "queryParameters": {"page": {"absent": true}}})).await,
+        2
+    );
+    stop_files.cancel();
+    stop_batch.cancel();
+    files.await.expect("file manager stops");
+    batch.await.expect("batch manager stops");
+    lab.stop().await;
+}
+
+/// `resilient_fetch` when nothing is missing but the storing failed (the staged records are
+/// stored again, into the sinks the recovery names), and when no API source answers at all
+/// (the resource's files fallback, fetched by the file manager, merged by key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resilient_fetch_stores_staged_records_again_and_falls_back_to_files() {
+    let lab = Lab::start().await;
+    let w = &lab.server;
+    w.stub(get("/v2/orders", json!({}), body(json!({"data": items(&[1, 2, 3])})))).await;
+    w.stub(get("/v2/down", json!({}), json!({"status": 503}))).await;
+    let (stop_batch, batch) = lab.batch();
+    let (stop_files, files) = lab.files();
+    let mut jc = lab.master.jobs();
+    let spec = |name: &str, template: &str, params: Value| v1::JobSpec {
+        namespace: "test".into(),
+        name: name.into(),
+        template: template.into(),
+        params_json: params.to_string(),
+        ..Default::default()
+    };
+    let run = |id: String| {
+        let mut jc = lab.master.jobs();
+        async move {
+            let done = wait_finished(&mut jc, &id, Duration::from_secs(120)).await;
+            let ts = tasks(&mut jc, &id).await;
+            (done.state, ts)
+        }
+    };
+    let out = |ts: &[v1::Task], s: &str| -> Value {
+        let t = ts.iter().find(|t| t.step_id == s).expect("task");
+        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
+    };
+    let resource = |path: &str| json!({"api": "shop", "base_url": format!("{}/v2", w.url), "path": path, "records": "$.data[*]", "max_retries": 1});
+
+    // Collected, but its sink cannot be written (its path is under a file).
+    let blocker = lab.dir.path().join("blocker");
+    std::fs::write(&blocker, "not a folder").expect("file");
+    let bad = json!([{"type": "parquet", "path": blocker.join("lake").display().to_string()}]);
+    let failed = submit(&mut jc, spec("orders", "standard", json!({"api": resource("/orders"), "sinks": bad}))).await;
+    assert_eq!(run(failed.clone()).await.0, v1::JobState::Failed as i32);
+    let lake = lab.dir.path().join("lake");
+    let good = json!([{"type": "parquet", "path": lake.display().to_string()}]);
+    let id = submit(
+        &mut jc,
+        spec("orders-recovery", "resilient_fetch", json!({"job_id": failed, "key": "id", "sinks": good})),
+    )
+    .await;
+    let (state, ts) = run(id).await;
+    assert_eq!(state, v1::JobState::Succeeded as i32, "{:?}", ts.iter().map(|t| &t.error_message).collect::<Vec<_>>());
+    assert_eq!(out(&ts, "failure_analysis")["collected"]["state"], "succeeded");
+    assert_eq!(out(&ts, "recovery_strategy")["strategy"], "staged");
+    assert_eq!(out(&ts, "reconstruction")["rows_written"].as_u64(), Some(3));
+    assert_eq!(lake_rows(&lake), 3);
+    assert_eq!(w.count(json!({"method": "GET", "urlPath": "/v2/orders"})).await, 2, "probe and collect, nothing again");
+
+    // Nothing answers: the failed job's first step failed; the recovery adds an export.
+    let failed = submit(&mut jc, spec("down", "standard", json!({"api": resource("/down"), "sinks": good}))).await;
+    assert_eq!(run(failed.clone()).await.0, v1::JobState::Failed as i32);
+    let export = lab.dir.path().join("export");
+    std::fs::create_dir_all(&export).expect("dir");
+    std::fs::write(
+        export.join("part-1.ndjson"),
+        "{\"id\": 3, \"name\": \"item 3\"}\n{\"id\": 4, \"name\": \"item 4\"}\n",
+    )
+    .expect("export");
+    std::fs::write(export.join("part-2.ndjson"), "{\"id\": 5, \"name\": \"item 5\"}\n").expect("export");
+    std::fs::write(export.join("README.txt"), "not records").expect("export");
+    let params = json!({"job_id": failed, "key": ["id"],
+                        "fallbacks": [{"location": {"uri": format!("file://{}", export.display())}, "patterns": ["*.ndjson"]}]});
+    let id = submit(&mut jc, spec("down-recovery", "resilient_fetch", params)).await;
+    let (state, ts) = run(id).await;
+    assert_eq!(state, v1::JobState::Succeeded as i32, "{:?}", ts.iter().map(|t| &t.error_message).collect::<Vec<_>>());
+    assert!(out(&ts, "failure_analysis")["missing"].as_str().unwrap_or("").contains("the whole resource"));
+    let plan = out(&ts, "recovery_strategy");
+    assert_eq!(plan["strategy"], "files", "{plan}");
+    assert_eq!(out(&ts, "alternative_api")["skipped"], "another source recovers this");
+    assert_eq!(out(&ts, "alternative_files")["count"].as_u64(), Some(2));
+    let rec = out(&ts, "reconstruction");
+    assert_eq!((rec["rows_written"].as_u64(), rec["rows_duplicate"].as_u64()), (Some(2), Some(1)), "{rec}");
+    assert_eq!(out(&ts, "validation")["sinks"][lake.display().to_string()]["distinct_keys"].as_u64(), Some(5));
+    assert_eq!(lake_rows(&lake), 5);
+    stop_files.cancel();
+    stop_batch.cancel();
+    files.await.expect("file manager stops");
+    batch.await.expect("batch manager stops");
+    lab.stop().await;
 }

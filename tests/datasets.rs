@@ -189,6 +189,7 @@ fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -
         fence: WriteFence { task: task.into(), fence },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),
+        dedupe: None,
     };
     let mut report = convert(&Input { path: input.to_path_buf(), identity: "s3://landing/trades.csv".into() }, &plan)
         .expect("convert");

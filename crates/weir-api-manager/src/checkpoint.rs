@@ -82,19 +82,8 @@ impl Checkpoints {
 
     /// The newest checkpoint an earlier attempt left for the same config, if any.
     pub fn latest(&self) -> Option<Saved> {
-        let mut fences: Vec<u64> = std::fs::read_dir(&self.dir)
-            .ok()?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                name.strip_prefix("checkpoint-")?.strip_suffix(".json")?.parse().ok()
-            })
-            .filter(|f| *f < self.fence)
-            .collect();
-        fences.sort_unstable();
-        let f = *fences.last()?;
-        let saved: Saved = serde_json::from_slice(&std::fs::read(self.path(f)).ok()?).ok()?;
-        (saved.config == self.config && saved.fence == f).then_some(saved)
+        let saved = newest_below(&self.dir, self.fence)?;
+        (saved.config == self.config).then_some(saved)
     }
 
     /// Whether to checkpoint now, with `filled` staged files full so far.
@@ -138,6 +127,30 @@ impl Checkpoints {
             }
         }
     }
+}
+
+/// The newest checkpoint in a task's staging folder below `fence`, whatever config made
+/// it.
+fn newest_below(dir: &Path, fence: u64) -> Option<Saved> {
+    let mut fences: Vec<u64> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("checkpoint-")?.strip_suffix(".json")?.parse().ok()
+        })
+        .filter(|f| *f < fence)
+        .collect();
+    fences.sort_unstable();
+    let f = *fences.last()?;
+    let saved: Saved = serde_json::from_slice(&std::fs::read(dir.join(format!("checkpoint-{f}.json"))).ok()?).ok()?;
+    (saved.fence == f).then_some(saved)
+}
+
+/// The newest checkpoint another job's task left in its staging folder `dir` (a recovery
+/// adopts what a failed collection fetched).
+pub fn newest(dir: &Path) -> Option<Saved> {
+    newest_below(dir, u64::MAX)
 }
 
 #[cfg(test)]

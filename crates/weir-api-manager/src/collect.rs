@@ -64,6 +64,11 @@ impl Collect {
         Collect { staging: settings.staging(), settings, apis: Mutex::default(), breakers, quotas, notices }
     }
 
+    /// Where staged files and reports go.
+    pub(crate) fn staging(&self) -> &weir_worker::staging::Staging {
+        &self.staging
+    }
+
     /// This task's staging folder.
     pub(crate) fn staging_dir(&self, task: &TaskContext) -> std::path::PathBuf {
         self.staging.dir(task)
@@ -160,7 +165,14 @@ impl Collect {
         Ok((resource, files_fallback))
     }
 
-    async fn collect(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
+    /// Collects a resource; `adopt` starts a recovery from what a failed collection
+    /// fetched, at the source it chose (this task's own checkpoints come first).
+    pub(crate) async fn collect(
+        &self,
+        task: &TaskContext,
+        step: &CollectStep,
+        adopt: Option<Adopt>,
+    ) -> Result<Value, CollectError> {
         let dir = self.staging.dir(task).join(format!("attempt-{}", task.fence));
         let per_file = step.records_per_file.unwrap_or(DEFAULT_RECORDS_PER_FILE);
         let key = step.watermark_key(&task.job_name, &task.step_id);
@@ -190,6 +202,11 @@ impl Collect {
             ))
         });
         let mut resumed = checkpoints.as_ref().and_then(|c| c.latest());
+        let mut start_source = 0;
+        if let (None, Some(a)) = (&resumed, adopt) {
+            resumed = a.saved;
+            start_source = a.source;
+        }
         let mut incremental = tracker()?;
         // A checkpoint whose incremental state does not read is not resumed: the mark
         // proposed would miss what its staged files hold.
@@ -209,7 +226,7 @@ impl Collect {
         };
         let (resource, files_fallback) = self.resource(step, dir.join(".page"), cursor).await?;
         let landing = Arc::new(std::sync::Mutex::new(Landing { out, incremental }));
-        let start = Start { checkpoints: checkpoints.clone(), resumed };
+        let start = Start { checkpoints: checkpoints.clone(), resumed, source: start_source };
         let (tally, parents, landing) = match self.collect_apis(task, &resource, &landing, &dir, start).await {
             Ok((t, p)) => (t, p, landing),
             Err(e) => match files_fallback {
@@ -436,6 +453,10 @@ impl Collect {
         let mut tally = Tally::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut src = 0usize;
+        if start.source > 0 && start.source < r.sources.len() {
+            url = rebase(&url, &r.sources[0].base_url, &r.sources[start.source].base_url)?;
+            src = start.source;
+        }
         if let Some(saved) = start.resumed {
             url = Url::parse(&saved.next).map_err(|e| CollectError::Staging(format!("checkpoint: {e}")))?;
             paginator.resume(&url);
@@ -537,12 +558,21 @@ impl Collect {
     }
 }
 
+/// Where a recovery starts: the failed collection's newest checkpoint (its staged files and
+/// next request, moved to the chosen source), or its first page at the chosen source.
+pub(crate) struct Adopt {
+    pub(crate) saved: Option<Saved>,
+    pub(crate) source: usize,
+}
+
 /// Where one resource's collection starts: from its first page, or from an earlier
 /// attempt's checkpoint; and where it checkpoints (none for a child resource).
 #[derive(Default)]
-struct Start {
+pub(crate) struct Start {
     checkpoints: Option<Arc<Checkpoints>>,
     resumed: Option<Saved>,
+    /// The API source to start from when nothing is resumed (a recovery's chosen one).
+    source: usize,
 }
 
 /// The first request of a resource with these values (before the paginator's
@@ -643,7 +673,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn pages(&self) -> u64 {
+    pub(crate) fn pages(&self) -> u64 {
         self.by_source.values().map(|(p, _)| p).sum()
     }
 
@@ -789,7 +819,7 @@ impl StepHandler for Collect {
             "connect" => self.connect(&step).await?,
             "check_security" => self.check_security(&step).await?,
             "check_tls" => self.check_tls(&step).await?,
-            _ => self.collect(task, &step).await?,
+            _ => self.collect(task, &step, None).await?,
         };
         weir_worker::report::publish(report, &self.staging, task).await
     }

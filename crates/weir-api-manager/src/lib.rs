@@ -10,6 +10,8 @@
 //! going on after a crash from where the last attempt checkpointed ([`checkpoint`]).
 //! A step with a `security` policy is held to it, and `check_security`/`check_tls`
 //! check the policy and each host's TLS before a secure collection ([`security`]).
+//! `resilient_fetch`'s api steps find what a failed job fetched, pick a source that
+//! answers and fetch only what is missing ([`recovery`]).
 
 pub mod auth;
 pub mod breaker;
@@ -24,6 +26,7 @@ pub mod paginate;
 pub mod parent;
 pub mod probe;
 pub mod records;
+pub mod recovery;
 pub mod security;
 
 use std::path::PathBuf;
@@ -147,12 +150,13 @@ pub fn spec_with(settings: ApiSettings) -> ManagerSpec {
     let (quotas, notices) = (Quotas::shared(), Notices::default());
     let breakers = Arc::new(breaker::Breakers::new(notices.clone()));
     let health = health::Health::new(settings.clone(), breakers.clone(), notices.clone());
-    let collect = collect::Collect::new(settings, quotas.clone(), notices.clone(), breakers);
+    let collect = Arc::new(collect::Collect::new(settings, quotas.clone(), notices.clone(), breakers));
+    let recovery = recovery::Recovery { collect: collect.clone() };
     ManagerSpec {
         name: "api-manager",
         binary: "weir-api-manager",
         queue: Queue::Api,
-        handlers: vec![Arc::new(Generic), Arc::new(collect)],
+        handlers: vec![Arc::new(Generic), collect, Arc::new(recovery)],
         background: vec![Arc::new(health)],
         quotas,
         notices,

@@ -154,6 +154,19 @@ impl DataSteps {
                 flag.store(true, Ordering::Relaxed);
             })
         };
+        // With dedupe, the keys the sinks hold already (but not this step's own inputs').
+        let dedupe = {
+            let own: std::collections::HashSet<String> =
+                inputs.iter().map(|i| weir_data::sink::input_key(&i.identity)).collect();
+            let step = step.clone();
+            tokio::task::spawn_blocking(move || weir_data::dedupe::Seen::load(&step, &own))
+                .await
+                .map_err(|e| StepError::retryable("crashed", format!("reading the sinks' keys: {e}")))?
+                .map_err(|e| step_error(&e))?
+        };
+        if let Some(seen) = &dedupe {
+            tracing::info!(keys = seen.landed, "keys the sinks hold already");
+        }
         let plan = Plan {
             step: step.clone(),
             sinks: Arc::new(states),
@@ -163,6 +176,7 @@ impl DataSteps {
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             now_micros: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0),
             cancel: cancel.clone(),
+            dedupe: dedupe.map(Arc::new),
         };
         let sizes: Vec<u64> = inputs.iter().map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0)).collect();
         let groups = batches::plan(&sizes, self.settings.max_batch_bytes, self.settings.max_batch_files);
@@ -263,6 +277,7 @@ impl DataSteps {
             "rows_read": sum(|r| r.rows_read),
             "rows_written": sum(|r| r.rows_written),
             "rows_quarantined": sum(|r| r.rows_quarantined),
+            "rows_duplicate": sum(|r| r.rows_duplicate),
             "bytes_read": sum(|r| r.bytes_read),
             "batches": n_batches,
             "files": reports,

@@ -144,6 +144,7 @@ pub fn convert_one(input: &Path, out: &Path, staged: bool) -> anyhow::Result<()>
         fence: WriteFence { task: "bench".into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),
+        dedupe: None,
     };
     let mut r = convert(&Input { path: input.to_path_buf(), identity: input.display().to_string() }, &plan)?;
     land_local(&sinks, &mut r, &Default::default())?;

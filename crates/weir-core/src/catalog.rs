@@ -77,6 +77,9 @@ pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 /// The kinds the api queue runs (config: [`crate::api::CollectStep`]).
 pub const API_KINDS: [&str; 5] = ["collect", "probe", "connect", "check_security", "check_tls"];
 
+/// The recovery kinds of `resilient_fetch` (config: [`crate::api::recovery::RecoveryStep`]).
+pub const RECOVERY_KINDS: [&str; 3] = ["analyze_failure", "plan_recovery", "recover"];
+
 /// A step kind: the queues that run it and how its config is checked at submission.
 struct Kind {
     name: &'static str,
@@ -108,7 +111,15 @@ const KINDS: &[Kind] = &[
     Kind { name: "connect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
     Kind { name: "check_security", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
     Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind { name: "analyze_failure", queues: &[Queue::Api], check: |_, c| recovery(c) },
+    Kind { name: "plan_recovery", queues: &[Queue::Api], check: |_, c| recovery(c) },
+    Kind { name: "recover", queues: &[Queue::Api], check: |_, c| recovery(c) },
+    Kind { name: "recover_files", queues: &[Queue::File], check: |_, c| recovery(c) },
 ];
+
+fn recovery(config: Option<&Value>) -> Result<(), String> {
+    crate::api::recovery::RecoveryStep::parse(config).map(|_| ())
+}
 
 /// The kinds a queue accepts.
 pub fn kinds_for(queue: Queue) -> Vec<&'static str> {

@@ -214,9 +214,14 @@ pub fn api_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, St
     if name == "secure_api" {
         return secure_api_kinds(resource, params).map(Some);
     }
+    if name == "resilient_fetch" {
+        return recovery_kinds(resource, params).map(Some);
+    }
     let is_api_standard = name == "standard" && params.get("source").and_then(Value::as_str).unwrap_or("api") == "api";
     if !is_api_standard {
-        return Err(format!("{name}: params.api applies to standard with source \"api\" and to secure_api"));
+        return Err(format!(
+            "{name}: params.api applies to standard with source \"api\", secure_api and resilient_fetch"
+        ));
     }
     if !resource.is_object() {
         return Err(format!("{name}: params.api must be a collect config (an object), got {resource}"));
@@ -302,6 +307,41 @@ fn secure_api_kinds(resource: &Value, params: &Value) -> Result<Vec<RealStep>, S
         ("secure_collection".into(), "collect", Some(resource)),
         ("classification".into(), "classify", Some(Value::Object(classify))),
         ("encrypted_storage".into(), "store", Some(store)),
+    ])
+}
+
+/// `resilient_fetch`'s real work, given the resource (`params.api`, bound from the failed
+/// job `params.job_id` at submission, see [`crate::api::recovery::bind_failed_job`]),
+/// `params.key` and `params.sinks`: `analyze_failure` finds what the failed job fetched and
+/// stored, `plan_recovery` picks the source that answers, `recover` fetches what is
+/// missing from an API source and `recover_files` from the resource's files fallback (each
+/// only when chosen), `store` merges it into the sinks writing each key once (`dedupe`),
+/// and `reconcile` checks every row is accounted for and every key is held once.
+fn recovery_kinds(resource: &Value, params: &Value) -> Result<Vec<RealStep>, String> {
+    let key = match params.get("key") {
+        Some(Value::Array(k)) if !k.is_empty() && k.iter().all(Value::is_string) => Value::Array(k.clone()),
+        Some(Value::String(k)) => serde_json::json!([k]),
+        _ => {
+            return Err(
+                "resilient_fetch: params.key must name the column(s) that identify a record, e.g. [\"id\"]".into()
+            )
+        }
+    };
+    let sinks = params
+        .get("sinks")
+        .cloned()
+        .ok_or("resilient_fetch: params.sinks is required with params.api (where the recovered rows land)")?;
+    let mut rec = serde_json::json!({"resource": resource, "key": key});
+    if let Some(f) = params.get("failed") {
+        rec["failed"] = f.clone();
+    }
+    Ok(vec![
+        ("failure_analysis".into(), "analyze_failure", Some(rec.clone())),
+        ("recovery_strategy".into(), "plan_recovery", Some(rec.clone())),
+        ("alternative_api".into(), "recover", Some(rec.clone())),
+        ("alternative_files".into(), "recover_files", Some(rec)),
+        ("reconstruction".into(), "store", Some(serde_json::json!({"sinks": sinks, "dedupe": {"key": key}}))),
+        ("validation".into(), "reconcile", Some(serde_json::json!({"key": key, "sinks": sinks}))),
     ])
 }
 
@@ -433,6 +473,34 @@ mod tests {
             expand("secure_api", Some(&plain)).expect("ok")[0].config.as_ref().expect("c")["security"],
             json!({})
         );
+    }
+
+    #[test]
+    fn resilient_fetch_analyses_plans_recovers_merges_by_key_and_validates() {
+        let resource = json!({"api": "shop", "base_url": "https://api.shop.test", "path": "/orders"});
+        let sinks = json!([{"type": "parquet", "path": "/lake/orders"}]);
+        let steps =
+            expand("resilient_fetch", Some(&json!({"api": resource, "key": "id", "sinks": sinks}))).expect("ok");
+        assert_eq!(
+            steps.iter().map(|s| (s.kind.as_str(), s.queue.as_str())).collect::<Vec<_>>(),
+            vec![
+                ("analyze_failure", "api"),
+                ("plan_recovery", "api"),
+                ("recover", "api"),
+                ("recover_files", "file"),
+                ("store", "batch"),
+                ("reconcile", "batch")
+            ]
+        );
+        assert_eq!(steps[2].config.as_ref().expect("cfg")["key"], json!(["id"]));
+        assert_eq!(steps[4].config.as_ref().expect("cfg")["dedupe"], json!({"key": ["id"]}));
+        assert_eq!(steps[5].config.as_ref().expect("cfg")["sinks"], sinks);
+        assert!(expand("resilient_fetch", Some(&json!({"api": resource, "sinks": sinks})))
+            .unwrap_err()
+            .contains("key"));
+        assert!(expand("resilient_fetch", Some(&json!({"api": resource, "key": ["id"]})))
+            .unwrap_err()
+            .contains("sinks"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! 3. [`typing`] fixes the schema (declared, or inferred from the first chunk) and casts
 //!    each column with arrow's kernels; a value that does not fit rejects its row.
 //! 4. [`quality`] applies the step's rules; rows that break one are rejected with the rule.
+//!    With `dedupe`, [`dedupe`] drops the rows whose key a sink already holds.
 //! 5. Valid rows go to the sinks ([`sink`]): Parquet files committed atomically per input
 //!    and fenced, so a retried or stale task never duplicates data; rejected rows go to a
 //!    quarantine Parquet file with the rule and reason ([`quarantine`]).
@@ -20,6 +21,7 @@
 //! (callers run it on a blocking thread); landing is async.
 
 pub mod classify;
+pub mod dedupe;
 pub mod detect;
 pub mod pipeline;
 pub mod quality;
@@ -92,6 +94,10 @@ impl DataError {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What is wrong with one row, if anything: (rule, reason).
 pub type Problem = Option<(&'static str, String)>;
 
@@ -109,7 +115,8 @@ pub struct Reject {
     pub record: String,
 }
 
-/// What happened to one input: `rows_read = rows_written + rows_quarantined`, always.
+/// What happened to one input: `rows_read = rows_written + rows_quarantined +
+/// rows_duplicate`, always (duplicates only with `dedupe`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FileReport {
     /// The input as named in the step.
@@ -121,6 +128,10 @@ pub struct FileReport {
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_quarantined: u64,
+    /// Rows not written because a sink already held their key, or an earlier row of the
+    /// step had it (`dedupe`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_duplicate: u64,
     /// Quarantined rows by rule.
     pub quarantined_by_rule: BTreeMap<String, u64>,
     /// The schema written, as `name: type` pairs.
@@ -159,10 +170,10 @@ pub struct FileReport {
 impl FileReport {
     /// Checks the accounting identity; a broken one is a bug and fails the input loudly.
     pub fn check_accounting(&self) -> Result<(), DataError> {
-        if self.rows_read != self.rows_written + self.rows_quarantined {
+        if self.rows_read != self.rows_written + self.rows_quarantined + self.rows_duplicate {
             return Err(DataError::Sink(format!(
-                "accounting broken for {}: read {} != written {} + quarantined {}",
-                self.input, self.rows_read, self.rows_written, self.rows_quarantined
+                "accounting broken for {}: read {} != written {} + quarantined {} + duplicate {}",
+                self.input, self.rows_read, self.rows_written, self.rows_quarantined, self.rows_duplicate
             )));
         }
         Ok(())

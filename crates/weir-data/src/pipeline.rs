@@ -59,6 +59,8 @@ pub struct Plan {
     /// Set when the work must stop (task cancelled, lease lost, batch timed out); checked
     /// between chunks, and nothing is committed.
     pub cancel: Arc<AtomicBool>,
+    /// With `dedupe`: the keys landed or written so far ([`crate::dedupe`]).
+    pub dedupe: Option<Arc<crate::dedupe::Seen>>,
 }
 
 /// One Parquet sink's writer: the sink's index, its schema, its files.
@@ -322,6 +324,15 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
             });
             quarantine.add(rejects.collect::<Vec<_>>())?;
             keep_rows(&typed, &keep, &schema)?
+        };
+        let valid = match &plan.dedupe {
+            Some(seen) => {
+                let new = seen.admit(&valid)?;
+                let kept = arrow_select::filter::filter_record_batch(&valid, &new)?;
+                report.rows_duplicate += (valid.num_rows() - kept.num_rows()) as u64;
+                kept
+            }
+            None => valid,
         };
         report.rows_written += valid.num_rows() as u64;
         if let Some(q) = quality.as_mut() {

@@ -33,6 +33,7 @@ fn commit(dir: &Path, lake: &Path, contract: serde_json::Value, name: &str, body
         fence: WriteFence { task: task.into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),
+        dedupe: None,
     };
     let mut r = convert(&Input { path: input, identity: name.into() }, &plan).expect("convert");
     let p = r.pending.remove(0);

@@ -69,6 +69,7 @@ fn a_two_gib_csv_converts_in_bounded_memory() {
         fence: WriteFence { task: "mem".into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),
+        dedupe: None,
     };
     let r = convert(&Input { path: input.clone(), identity: "big.csv".into() }, &plan).expect("converts");
     let peak = peak_rss_mib();

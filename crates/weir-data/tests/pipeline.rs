@@ -50,6 +50,7 @@ fn plan(d: &Dirs, step: Value, task: &str, fence: u64) -> Plan {
         fence: WriteFence { task: task.into(), fence },
         now_micros: 1_795_000_000_000_000,
         cancel: Arc::new(AtomicBool::new(false)),
+        dedupe: None,
     }
 }
 
@@ -417,4 +418,51 @@ fn a_column_name_postgres_would_cut_is_refused_for_a_postgres_sink() {
     pl.sinks = Arc::new(vec![weir_data::sink::SinkState { name: "postgres table t".into(), current: None }]);
     let e = convert(&Input { path: p, identity: "long.csv".into() }, &pl).expect_err("refused");
     assert!(matches!(e, DataError::Schema(_)) && e.to_string().contains(long) && e.to_string().contains("63"), "{e}");
+}
+
+/// `dedupe`: rows whose key a sink holds already, or an earlier row of the step had, are
+/// not written again and are counted; a retry of an input does not take its own landed
+/// rows for duplicates.
+#[test]
+fn dedupe_writes_each_key_once_and_a_retry_rewrites_its_own_rows() {
+    let d = dirs();
+    let lake = d.root.join("lake");
+    let step = json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}], "dedupe": {"key": ["id"]}});
+    let landed = |pl: &Plan, path: &Path| {
+        let seen = weir_data::dedupe::Seen::load(
+            &pl.step,
+            &[weir_data::sink::input_key(&path.display().to_string())].into_iter().collect(),
+        )
+        .expect("keys")
+        .map(Arc::new);
+        let pl = Plan { dedupe: seen, ..pl.clone() };
+        land(&Input { path: path.to_path_buf(), identity: path.display().to_string() }, &pl).expect("lands")
+    };
+    let day1 = write(&d.root, "day1.csv", b"id,name\n1,ada\n2,bob\n3,cy\n");
+    let r = landed(&plan(&d, step.clone(), "t1", 1), &day1);
+    assert_eq!((r.rows_read, r.rows_written, r.rows_duplicate), (3, 3, 0));
+    // A recovered file repeating two landed records and one twice in itself.
+    let recovered = write(&d.root, "recovered.csv", b"id,name\n2,bob\n3,cy\n4,di\n4,di\n5,ed\n");
+    let r = landed(&plan(&d, step.clone(), "t2", 1), &recovered);
+    assert_eq!((r.rows_read, r.rows_written, r.rows_quarantined, r.rows_duplicate), (5, 2, 0, 3));
+    r.check_accounting().expect("read = written + quarantined + duplicate");
+    // The same input again (a retry): its own rows are not duplicates of themselves.
+    let r = landed(&plan(&d, step.clone(), "t2", 2), &recovered);
+    assert_eq!((r.rows_written, r.rows_duplicate), (2, 3));
+    let files: Vec<PathBuf> = std::fs::read_dir(&lake)
+        .expect("lake")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    let mut all = rows(&files);
+    all.sort();
+    assert_eq!(all, vec!["1|ada", "2|bob", "3|cy", "4|di", "5|ed"]);
+    // A key the data does not have is named.
+    let bad = json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}], "dedupe": {"key": ["nope"]}});
+    let e = weir_data::dedupe::Seen::load(&plan(&d, bad, "t3", 1).step, &Default::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("nope"), "{e}");
 }

@@ -35,6 +35,7 @@ fn staged(dir: &Path, name: &str, csv: &str) -> PathBuf {
         fence: WriteFence { task: "conv".into(), fence: 1 },
         now_micros: 0,
         cancel: Arc::new(AtomicBool::new(false)),
+        dedupe: None,
     };
     let r = convert(&Input { path: p.clone(), identity: p.display().to_string() }, &plan).expect("convert");
     PathBuf::from(r.output.expect("staged file"))

@@ -10,6 +10,7 @@
 //! retention are removed on a schedule ([`cleanup`]).
 
 pub mod cleanup;
+pub mod recovery;
 pub mod service;
 pub mod steps;
 pub mod watcher;
@@ -92,7 +93,10 @@ pub fn spec_with(settings: FileSettings) -> ManagerSpec {
         queue: Queue::File,
         quotas: weir_worker::quota::Quotas::default(),
         notices: weir_worker::notice::Notices::default(),
-        handlers: vec![Arc::new(Generic), Arc::new(steps::FileSteps::new(settings.clone()))],
+        handlers: {
+            let files = Arc::new(steps::FileSteps::new(settings.clone()));
+            vec![Arc::new(Generic), files.clone(), Arc::new(recovery::Recovery { files })]
+        },
         background: vec![
             Arc::new(watcher::Watcher::new(settings.clone())),
             Arc::new(cleanup::Cleanup::new(settings.clone())),

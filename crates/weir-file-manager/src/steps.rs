@@ -34,6 +34,11 @@ pub struct FileSteps {
 }
 
 impl FileSteps {
+    /// Where fetched files and reports go.
+    pub(crate) fn staging(&self) -> &weir_worker::staging::Staging {
+        &self.staging
+    }
+
     pub fn new(settings: FileSettings) -> Self {
         FileSteps { staging: settings.staging(), settings }
     }
@@ -161,16 +166,35 @@ impl FileSteps {
         if let Some(shard) = cfg.shard {
             paths.retain(|p| shard.holds(p));
         }
-        let staging = self.staging.dir(task);
-        let quarantine = task.folder(&self.settings.data_dir.join(weir_worker::QUARANTINE), "files");
         let chunk = cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES) as usize;
         let attempts = cfg.verify_attempts.unwrap_or(DEFAULT_VERIFY_ATTEMPTS);
         let concurrency = cfg.concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY);
+        let (mut files, quarantined) = self.fetch_all(task, &loc, &paths, chunk, attempts, concurrency).await?;
+        files.sort_by(|a, b| a["source_path"].as_str().cmp(&b["source_path"].as_str()));
+        let bytes: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
+        let report =
+            json!({"location": spec, "count": files.len(), "bytes": bytes, "files": files, "quarantined": quarantined});
+        weir_worker::report::publish(report, &self.staging, task).await
+    }
+
+    /// Downloads `paths` of `loc` into the task's staging, verified, `concurrency` at once:
+    /// the fetched files and the quarantined ones (a checksum that kept mismatching).
+    pub(crate) async fn fetch_all(
+        &self,
+        task: &TaskContext,
+        loc: &Location,
+        paths: &[String],
+        chunk: usize,
+        attempts: u32,
+        concurrency: usize,
+    ) -> Result<(Vec<Value>, Vec<Value>), StepError> {
+        let staging = self.staging.dir(task);
+        let quarantine = task.folder(&self.settings.data_dir.join(weir_worker::QUARANTINE), "files");
         let uri = loc.uri().trim_end_matches('/').to_string();
 
         let results: Vec<Result<Value, (String, StorageError)>> = stream::iter(paths.iter().cloned())
             .map(|path| {
-                let (loc, staging, quarantine, uri) = (loc.clone(), staging.clone(), quarantine.clone(), uri.clone());
+                let (loc, staging, quarantine, uri) = ((*loc).clone(), staging.clone(), quarantine.clone(), uri.clone());
                 let cancel = task.cancel.clone();
                 let shared = &self.staging;
                 async move {
@@ -214,11 +238,7 @@ impl FileSteps {
                 format!("{} of {} files could not be fetched; first: {path}: {first}", failed.len(), paths.len());
             return Err(err);
         }
-        files.sort_by(|a, b| a["source_path"].as_str().cmp(&b["source_path"].as_str()));
-        let bytes: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
-        let report =
-            json!({"location": spec, "count": files.len(), "bytes": bytes, "files": files, "quarantined": quarantined});
-        weir_worker::report::publish(report, &self.staging, task).await
+        Ok((files, quarantined))
     }
 
     async fn archive(&self, task: &TaskContext) -> Result<Value, StepError> {
@@ -277,7 +297,7 @@ fn base64_to_hex(b64: &str) -> Option<String> {
 }
 
 /// Downloads one file, verifying it; quarantines it when it keeps failing the check.
-async fn fetch_one(
+pub(crate) async fn fetch_one(
     loc: &Location,
     path: &str,
     staging: &Path,

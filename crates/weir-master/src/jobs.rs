@@ -46,7 +46,8 @@ impl JobService for Jobs {
         self.0.check_ready()?;
         let parent = req.metadata().get(header::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         let wire = req.into_inner().spec.ok_or_else(|| invalid("spec is required"))?;
-        let spec = convert::spec_from_wire(&wire).map_err(invalid)?;
+        let mut spec = convert::spec_from_wire(&wire).map_err(invalid)?;
+        self.bind_recovery(&mut spec).await?;
         let mut valid = validate(spec).map_err(status::spec)?;
         valid.trace_parent = Some(trace_for(parent.as_deref()));
         let (job, created) = submit(&self.0, valid).await?;
@@ -205,6 +206,44 @@ async fn stored_job(shared: &Shared, id: Uuid) -> Result<JobRecord, Status> {
 }
 
 impl Jobs {
+    /// A `resilient_fetch` naming a failed job (`params.job_id`) takes that job's resource
+    /// and sinks, and what its steps ended as, into its parameters before it is expanded
+    /// (`weir_core::api::recovery::bind_failed_job`). The failed job must be in the same
+    /// namespace; another namespace's is not found.
+    async fn bind_recovery(&self, spec: &mut weir_core::spec::JobSpec) -> Result<(), Status> {
+        if spec.template.as_deref() != Some("resilient_fetch") {
+            return Ok(());
+        }
+        let Some(params) = spec.params.as_mut() else { return Ok(()) };
+        let Some(job_id) = params.get("job_id") else { return Ok(()) };
+        let id = parse_id("params.job_id", job_id.as_str().unwrap_or_default())?;
+        let job = self.job(id).await?;
+        if job.spec.namespace != spec.namespace {
+            return Err(Status::not_found(format!("job {id} not found")));
+        }
+        let tasks = self.0.store.job_tasks(id).await.map_err(status::store)?;
+        let failed: Vec<weir_core::api::recovery::FailedTask<'_>> = tasks
+            .iter()
+            .filter(|t| t.compensates.is_none())
+            .map(|t| weir_core::api::recovery::FailedTask {
+                step: &t.step_id,
+                kind: &t.kind,
+                state: t.state.as_str(),
+                error: t.error_message.as_deref(),
+                output: t.output.as_deref(),
+            })
+            .collect();
+        weir_core::api::recovery::bind_failed_job(
+            params,
+            &id.to_string(),
+            &job.spec.name,
+            job.state.as_str(),
+            &job.spec.steps,
+            &failed,
+        )
+        .map_err(invalid)
+    }
+
     /// A finished job is no longer in the engine: say what state it is in, or that it does
     /// not exist at all.
     async fn refusal(&self, e: crate::scheduler::SchedError, id: Uuid) -> Status {

@@ -70,6 +70,11 @@ impl Staging {
         task.folder(&self.root, STAGING)
     }
 
+    /// Another job's step's local folder in staging (a recovery reads a failed job's).
+    pub fn dir_of(&self, job_id: &str, step_id: &str) -> PathBuf {
+        self.root.join(STAGING).join(job_id).join(step_id)
+    }
+
     fn key(task: &TaskContext, name: &str) -> String {
         format!("{}/{}/{}", task.job_id, task.step_id, name.trim_start_matches('/'))
     }

@@ -16,6 +16,7 @@
 
 pub mod circuit;
 pub mod profile;
+pub mod recovery;
 pub mod security;
 pub mod template;
 

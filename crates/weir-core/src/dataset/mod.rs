@@ -67,6 +67,17 @@ pub struct DataStep {
     /// Label (and mask or hash) the columns that hold personal data; the `classify`
     /// kind's defaults when absent there.
     pub classify: Option<classify::ClassifySpec>,
+    /// Write a row only if no sink holds its key yet and no earlier row of the step had it
+    /// (a reconstruction merging recovered records with what landed).
+    pub dedupe: Option<DedupeSpec>,
+}
+
+/// How `dedupe` tells rows apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeSpec {
+    /// The columns whose values together identify a record (e.g. `[id]`).
+    pub key: Vec<String>,
 }
 
 /// How to read the input. Every field is optional: what is not given is detected.
@@ -396,6 +407,27 @@ impl DataStep {
         if let Some(c) = &self.classify {
             c.check().map_err(|e| format!("{kind} config: {e}"))?;
         }
+        if let Some(d) = &self.dedupe {
+            if d.key.is_empty() || d.key.len() > 16 || d.key.iter().any(|k| k.is_empty() || k.contains('\0')) {
+                return bad("dedupe.key must name 1 to 16 columns".into());
+            }
+            for s in &self.sinks {
+                match s {
+                    SinkSpec::Parquet { location: Some(_), path, .. } => {
+                        return bad(format!(
+                            "dedupe reads the keys a sink holds from local Parquet datasets; {path:?} is on an object store"
+                        ))
+                    }
+                    SinkSpec::Postgres { key, table, .. } if *key != d.key => {
+                        return bad(format!(
+                            "dedupe on {:?}: postgres sink {table} must upsert on the same key (key: {:?}) so it keeps one row per key",
+                            d.key, d.key
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
         match kind {
             "quality" if self.rules.is_none() => bad("quality needs rules".into()),
             "store" if self.sinks.is_empty() => bad("store needs at least one sink".into()),
@@ -453,6 +485,11 @@ impl Rules {
 pub struct ReconcileStep {
     /// Fail the batch when more than this share (0.0..=1.0) of its rows were quarantined.
     pub max_quarantined_ratio: Option<f64>,
+    /// With `sinks`: every local Parquet sink must hold each of these key columns' values
+    /// once (a reconstruction's check that it left no duplicate).
+    pub key: Vec<String>,
+    /// The sinks whose keys `key` checks.
+    pub sinks: Vec<SinkSpec>,
 }
 
 impl ReconcileStep {
@@ -463,6 +500,9 @@ impl ReconcileStep {
         };
         if s.max_quarantined_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
             return Err("reconcile config: max_quarantined_ratio must be 0.0..=1.0".into());
+        }
+        if s.key.is_empty() != s.sinks.is_empty() {
+            return Err("reconcile config: key and sinks go together (the sinks whose keys are checked)".into());
         }
         Ok(s)
     }
@@ -478,10 +518,12 @@ pub struct Reconciliation {
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_quarantined: u64,
+    /// Rows a `dedupe` step did not write because their key had landed already.
+    pub rows_duplicate: u64,
 }
 
 /// Checks that every file fetched was converted and every converted row stored, with
-/// `read = written + quarantined` per file; the error names the first file that breaks it.
+/// `read = written + quarantined (+ duplicate)` per file; the error names the first file that breaks it.
 /// `reports` are the upstream steps' outputs (step id, JSON).
 pub fn reconcile(reports: &[(String, Value)], limits: &ReconcileStep) -> Result<Reconciliation, String> {
     use std::collections::BTreeMap;
@@ -499,12 +541,17 @@ pub fn reconcile(reports: &[(String, Value)], limits: &ReconcileStep) -> Result<
                 fetched.push(src.to_string());
             } else if let Some(input) = f.get("input").and_then(Value::as_str) {
                 let (read, written, quarantined) = (n(f, "rows_read"), n(f, "rows_written"), n(f, "rows_quarantined"));
-                if read != written + quarantined {
-                    return Err(format!("{input}: read {read} rows but wrote {written} and quarantined {quarantined}"));
+                let duplicate = n(f, "rows_duplicate");
+                if read != written + quarantined + duplicate {
+                    return Err(format!(
+                        "{input}: read {read} rows but wrote {written}, quarantined {quarantined} and found {duplicate} duplicate"
+                    ));
                 }
-                // A store step re-reads staged rows: its writes must match what was converted.
+                r.rows_duplicate += duplicate;
+                // A store step re-reads staged rows: its writes (and the rows it found had
+                // landed already) must match what was converted.
                 if is_store {
-                    stored.insert(input.to_string(), written);
+                    stored.insert(input.to_string(), written + duplicate);
                 } else {
                     converted.insert(input.to_string(), (read, written, quarantined));
                 }
@@ -590,7 +637,8 @@ mod tests {
             (r.files_fetched, r.files_quarantined_at_fetch, r.rows_read, r.rows_written, r.rows_quarantined),
             (2, 1, 15, 13, 2)
         );
-        let e = reconcile(&reports, &ReconcileStep { max_quarantined_ratio: Some(0.1) }).expect_err("ratio");
+        let e = reconcile(&reports, &ReconcileStep { max_quarantined_ratio: Some(0.1), ..Default::default() })
+            .expect_err("ratio");
         assert!(e.contains("13.33%"), "{e}");
         let short = json!({"kind": "store", "files": [{"input": "s3://b/a.csv", "rows_read": 8, "rows_written": 7, "rows_quarantined": 0, "sink_files": ["/l/a"]}]});
         let e = reconcile(&[("c".into(), convert), ("s".into(), short)], &ReconcileStep::default()).expect_err("short");

@@ -71,6 +71,16 @@ impl LocalDataset {
         Ok(h)
     }
 
+    /// The committed data files, by the input key that wrote them (the manifest's name).
+    pub fn files_by_input(&self) -> Result<Vec<(String, PathBuf)>, DataError> {
+        let mut out = Vec::new();
+        for (path, m) in self.manifests()? {
+            let key = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            out.extend(m.files.iter().map(|f| (key.clone(), self.root.join(f))));
+        }
+        Ok(out)
+    }
+
     /// Every committed input's manifest: (its path, the manifest).
     fn manifests(&self) -> Result<Vec<(PathBuf, Manifest)>, DataError> {
         let dir = self.root.join("_weir").join("inputs");
