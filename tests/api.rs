@@ -157,6 +157,17 @@ fn body(v: Value) -> Value {
     json!({"status": 200, "jsonBody": v})
 }
 
+/// A task's output by step (its error when it has none).
+fn out(ts: &[v1::Task], step: &str) -> Value {
+    let t = ts.iter().find(|t| t.step_id == step).expect("task");
+    serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
+}
+
+/// Each task's step, error kind and message, for an assertion's message.
+fn why(ts: &[v1::Task]) -> Vec<(&String, &String, &String)> {
+    ts.iter().map(|t| (&t.step_id, &t.error_kind, &t.error_message)).collect()
+}
+
 fn counts(o: &Value) -> (u64, u64) {
     (o["pages"].as_u64().unwrap_or(0), o["records"].as_u64().unwrap_or(0))
 }
@@ -1287,16 +1298,8 @@ async fn the_standard_template_collects_an_api_into_a_dataset_and_a_wrong_key_fa
     let id = submit(&mut jc, spec("orders", "good")).await;
     let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
     let ts = tasks(&mut jc, &id).await;
-    let out = |s: &str| -> Value {
-        let t = ts.iter().find(|t| t.step_id == s).expect("task");
-        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
-    };
-    assert_eq!(
-        done.state,
-        v1::JobState::Succeeded as i32,
-        "{:?}",
-        ts.iter().map(|t| (&t.step_id, &t.error_message)).collect::<Vec<_>>()
-    );
+    let out = |s: &str| out(&ts, s);
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{:?}", why(&ts));
     assert_eq!(
         (out("validate_source")["auth"].as_str(), out("validate_source")["requests"].as_u64()),
         (Some("bearer"), Some(1))
@@ -1535,16 +1538,8 @@ async fn resilient_fetch_recovers_only_what_a_failed_job_missed_from_a_fallback_
     let id = submit(&mut jc, spec("orders-recovery", "resilient_fetch", params)).await;
     let done = wait_finished(&mut jc, &id, Duration::from_secs(120)).await;
     let ts = tasks(&mut jc, &id).await;
-    let out = |s: &str| -> Value {
-        let t = ts.iter().find(|t| t.step_id == s).expect("task");
-        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
-    };
-    assert_eq!(
-        done.state,
-        v1::JobState::Succeeded as i32,
-        "{:?}",
-        ts.iter().map(|t| (&t.step_id, &t.error_kind, &t.error_message)).collect::<Vec<_>>()
-    );
+    let out = |s: &str| out(&ts, s);
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{:?}", why(&ts));
     let analysis = out("failure_analysis");
     assert_eq!(analysis["failed_job"], json!(failed));
     assert_eq!(analysis["collected"]["from"], "checkpoint", "{analysis}");
@@ -1613,10 +1608,6 @@ async fn resilient_fetch_stores_staged_records_again_and_falls_back_to_files() {
             (done.state, ts)
         }
     };
-    let out = |ts: &[v1::Task], s: &str| -> Value {
-        let t = ts.iter().find(|t| t.step_id == s).expect("task");
-        serde_json::from_str(&t.output_json).unwrap_or_else(|_| json!({"error": t.error_message}))
-    };
     let resource = |path: &str| json!({"api": "shop", "base_url": format!("{}/v2", w.url), "path": path, "records": "$.data[*]", "max_retries": 1});
 
     // Collected, but its sink cannot be written (its path is under a file).
@@ -1633,7 +1624,7 @@ async fn resilient_fetch_stores_staged_records_again_and_falls_back_to_files() {
     )
     .await;
     let (state, ts) = run(id).await;
-    assert_eq!(state, v1::JobState::Succeeded as i32, "{:?}", ts.iter().map(|t| &t.error_message).collect::<Vec<_>>());
+    assert_eq!(state, v1::JobState::Succeeded as i32, "{:?}", why(&ts));
     assert_eq!(out(&ts, "failure_analysis")["collected"]["state"], "succeeded");
     assert_eq!(out(&ts, "recovery_strategy")["strategy"], "staged");
     assert_eq!(out(&ts, "reconstruction")["rows_written"].as_u64(), Some(3));
@@ -1656,7 +1647,7 @@ async fn resilient_fetch_stores_staged_records_again_and_falls_back_to_files() {
                         "fallbacks": [{"location": {"uri": format!("file://{}", export.display())}, "patterns": ["*.ndjson"]}]});
     let id = submit(&mut jc, spec("down-recovery", "resilient_fetch", params)).await;
     let (state, ts) = run(id).await;
-    assert_eq!(state, v1::JobState::Succeeded as i32, "{:?}", ts.iter().map(|t| &t.error_message).collect::<Vec<_>>());
+    assert_eq!(state, v1::JobState::Succeeded as i32, "{:?}", why(&ts));
     assert!(out(&ts, "failure_analysis")["missing"].as_str().unwrap_or("").contains("the whole resource"));
     let plan = out(&ts, "recovery_strategy");
     assert_eq!(plan["strategy"], "files", "{plan}");

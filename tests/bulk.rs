@@ -3,7 +3,6 @@
 //! middle of loading PostgreSQL leaving no duplicate rows after the retry.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -33,10 +32,6 @@ async fn start(store_url: &str, data: &Path, queues: &[&str]) -> Platform {
     let (url, master) = spawn_master(store_url);
     let managers = queues.iter().map(|q| manager(q, &url, data, store_url)).collect();
     Platform { url, _master: master, managers }
-}
-
-fn weir(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(bin("weir")).args(args).env("WEIR_MASTER_URL", url).output().expect("run weir")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,24 +72,15 @@ async fn the_bulk_file_template_ingests_a_folder_through_five_binaries() {
     std::fs::write(&spec_file, spec.to_string()).expect("spec");
 
     let p = start(&store.url, &dir.path().join("data"), &["api", "file", "batch", "stream"]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let out = weir(&p.url, &["--json", "submit", spec_file.to_str().unwrap_or_default()]);
-        if out.status.success() {
-            let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-            break v["id"].as_str().expect("id").to_string();
-        }
-        assert!(Instant::now() < deadline, "submit: {}", String::from_utf8_lossy(&out.stderr));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let watch = weir(&p.url, &["watch", &id]);
-    let got = weir(&p.url, &["get", &id]);
+    let id = cli_submit(&p.url, &spec_file).await;
+    let watch = weir_cli(&p.url, &["watch", &id]);
+    let got = weir_cli(&p.url, &["get", &id]);
     let shown = String::from_utf8_lossy(&got.stdout).to_string();
     assert!(watch.status.success(), "the job succeeds: {shown}");
 
     // `weir get` shows each file's accounting.
     assert!(shown.contains("QUARANTINED") && shown.contains("orders-bad.csv"), "{shown}");
-    let json_out = weir(&p.url, &["--json", "get", &id]);
+    let json_out = weir_cli(&p.url, &["--json", "get", &id]);
     let job: Value = serde_json::from_slice(&json_out.stdout).expect("json");
     let task =
         |s: &str| job["tasks"].as_array().and_then(|t| t.iter().find(|t| t["step_id"] == s)).cloned().expect("task");

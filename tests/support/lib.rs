@@ -779,6 +779,11 @@ impl WireMock {
         w
     }
 
+    /// The plain-HTTP port, which serves the stubs too (and the admin API).
+    pub fn http_url(&self) -> &str {
+        &self.admin_url
+    }
+
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
         let mut r = self.admin.request(method, format!("{}/__admin/{path}", self.admin_url));
         if let Some(b) = body {
@@ -920,5 +925,25 @@ impl Pki {
 
     pub fn keystore(&self) -> Keystore<'_> {
         Keystore { path: &self.keystore, password: &self.password }
+    }
+}
+
+/// Runs the `weir` CLI against the master at `url`.
+pub fn weir_cli(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("weir")).args(args).env("WEIR_MASTER_URL", url).output().expect("run weir")
+}
+
+/// `weir --json submit <file>`, again until the master answers (it may still be starting):
+/// the job's id.
+pub async fn cli_submit(url: &str, file: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = weir_cli(url, &["--json", "submit", file.to_str().unwrap_or_default()]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            return v["id"].as_str().expect("id").to_string();
+        }
+        assert!(Instant::now() < deadline, "submit: {}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

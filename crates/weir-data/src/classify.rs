@@ -189,12 +189,7 @@ pub fn with_labels(schema: &SchemaRef, labels: &BTreeMap<String, String>) -> Sch
 mod tests {
     use super::*;
 
-    fn batch(cols: &[(&str, Vec<Option<&str>>)]) -> RecordBatch {
-        let fields: Vec<Field> = cols.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect();
-        let arrays: Vec<ArrayRef> =
-            cols.iter().map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef).collect();
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("batch")
-    }
+    use crate::typing::text_batch as batch;
 
     #[test]
     fn columns_are_classified_from_their_values_and_masked_before_anything_is_written() {

@@ -627,6 +627,14 @@ pub fn render_row(batch: &RecordBatch, row: usize) -> String {
     serde_json::Value::Object(obj).to_string()
 }
 
+/// A batch of text columns, for tests.
+#[cfg(test)]
+pub(crate) fn text_batch(cols: &[(&str, Vec<Option<&str>>)]) -> RecordBatch {
+    let fields: Vec<Field> = cols.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect();
+    let arrays: Vec<ArrayRef> = cols.iter().map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef).collect();
+    RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays).expect("batch")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,12 +642,7 @@ mod tests {
     use arrow_array::types::Int64Type;
     use weir_core::dataset::contract::{ColumnPolicy, SchemaContract, SinkView, TypePolicy};
 
-    fn text(cols: &[(&str, Vec<Option<&str>>)]) -> RecordBatch {
-        let fields: Vec<Field> = cols.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect();
-        let arrays: Vec<ArrayRef> =
-            cols.iter().map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef).collect();
-        RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays).expect("batch")
-    }
+    use crate::typing::text_batch as text;
 
     #[test]
     fn values_and_columns_infer_as_pyarrow_infers_them() {
