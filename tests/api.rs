@@ -157,6 +157,17 @@ fn body(v: Value) -> Value {
     json!({"status": 200, "jsonBody": v})
 }
 
+/// A job of `template` with `params`.
+fn spec(name: &str, template: &str, params: Value) -> v1::JobSpec {
+    v1::JobSpec {
+        namespace: "test".into(),
+        name: name.into(),
+        template: template.into(),
+        params_json: params.to_string(),
+        ..Default::default()
+    }
+}
+
 /// A task's output by step (its error when it has none).
 fn out(ts: &[v1::Task], step: &str) -> Value {
     let t = ts.iter().find(|t| t.step_id == step).expect("task");
@@ -1512,13 +1523,6 @@ async fn resilient_fetch_recovers_only_what_a_failed_job_missed_from_a_fallback_
     let resource = json!({"api": "shop", "base_url": format!("{}/v2", w.url), "path": "/orders",
                           "records": "$.data[*]", "paginator": {"type": "next_url", "path": "$.next"},
                           "records_per_file": 2, "max_retries": 2});
-    let spec = |name: &str, template: &str, params: Value| v1::JobSpec {
-        namespace: "test".into(),
-        name: name.into(),
-        template: template.into(),
-        params_json: params.to_string(),
-        ..Default::default()
-    };
     let failed = submit(&mut jc, spec("orders", "standard", json!({"api": resource, "sinks": sinks}))).await;
     let done = wait_finished(&mut jc, &failed, Duration::from_secs(120)).await;
     assert_eq!(done.state, v1::JobState::Failed as i32);
@@ -1593,13 +1597,6 @@ async fn resilient_fetch_stores_staged_records_again_and_falls_back_to_files() {
     let (stop_batch, batch) = lab.batch();
     let (stop_files, files) = lab.files();
     let mut jc = lab.master.jobs();
-    let spec = |name: &str, template: &str, params: Value| v1::JobSpec {
-        namespace: "test".into(),
-        name: name.into(),
-        template: template.into(),
-        params_json: params.to_string(),
-        ..Default::default()
-    };
     let run = |id: String| {
         let mut jc = lab.master.jobs();
         async move {
