@@ -10,6 +10,7 @@
 //! - [`files`]: locations, watches and the file kinds' configs; discovery events.
 //! - [`api`]: the api kind's config: a resource, its pagination, records and auth.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
+//! - [`stream`]: a stream step's config (source, format, sinks, flush, bounds); in progress.
 //! - [`retry`]: backoff with deterministic jitter.
 //! - [`secret`]: one secret (a key, a CA bundle) by reference.
 //! - [`quota`]: fleet-wide rate limits divided into shares over the heartbeat.
@@ -37,6 +38,7 @@ pub mod quota;
 pub mod retry;
 pub mod secret;
 pub mod spec;
+pub mod stream;
 pub mod template;
 pub mod text;
 pub mod trace;

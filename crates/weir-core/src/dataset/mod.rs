@@ -294,6 +294,12 @@ impl DataStep {
         Ok(step)
     }
 
+    /// Checks this config as `kind`'s (the stream kinds check their sinks, schema and
+    /// rules the same way).
+    pub(crate) fn check_as(&self, kind: &str) -> Result<(), String> {
+        self.check(kind)
+    }
+
     fn check(&self, kind: &str) -> Result<(), String> {
         let bad = |what: String| Err(format!("{kind} config: {what}"));
         for (what, n) in [("inputs", self.inputs.len()), ("sinks", self.sinks.len())] {
