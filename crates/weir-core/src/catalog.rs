@@ -77,6 +77,9 @@ pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 /// The kinds the api queue runs (config: [`crate::api::CollectStep`]).
 pub const API_KINDS: [&str; 5] = ["collect", "probe", "connect", "check_security", "check_tls"];
 
+/// The kinds the stream queue runs (config: [`crate::stream::StreamStep`]).
+pub const STREAM_KINDS: [&str; 1] = ["consume"];
+
 /// The recovery kinds of `resilient_fetch` (config: [`crate::api::recovery::RecoveryStep`]).
 pub const RECOVERY_KINDS: [&str; 3] = ["analyze_failure", "plan_recovery", "recover"];
 
@@ -111,6 +114,11 @@ const KINDS: &[Kind] = &[
     Kind { name: "connect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
     Kind { name: "check_security", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
     Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind {
+        name: "consume",
+        queues: &[Queue::Stream],
+        check: |_, c| crate::stream::StreamStep::parse_served(c).map(|_| ()),
+    },
     Kind { name: "analyze_failure", queues: &[Queue::Api], check: |_, c| recovery(c) },
     Kind { name: "plan_recovery", queues: &[Queue::Api], check: |_, c| recovery(c) },
     Kind { name: "recover", queues: &[Queue::Api], check: |_, c| recovery(c) },

@@ -4,13 +4,16 @@
 //! an undecodable message goes. Pure data and its validation, so a bad description is
 //! refused at submission naming the field; the consuming lives in `weir-stream-manager`.
 //!
-//! Not yet in the catalogue: the kinds are registered when the stream manager runs them,
-//! so no job can ask for work nothing does.
+//! The catalogue's `consume` kind takes it ([`StreamStep::parse_served`]): the sources the
+//! stream manager serves so far (Kafka); the others are refused at submission, naming them.
 
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{ColumnSpec, Rules, SinkSpec};
 use crate::files::CredentialsRef;
+
+/// The sources the stream manager serves so far.
+pub const SERVED: [&str; 1] = ["kafka"];
 
 /// Default flush interval.
 pub const DEFAULT_FLUSH_INTERVAL: &str = "10s";
@@ -219,6 +222,26 @@ impl StreamStep {
         let v = config.ok_or("stream config: give source and sinks")?;
         let step: StreamStep = serde_json::from_value(v.clone()).map_err(|e| format!("stream config: {e}"))?;
         step.check().map_err(|e| format!("stream config: {e}"))?;
+        Ok(step)
+    }
+
+    /// [`parse`](Self::parse), refusing the sources the stream manager does not serve yet.
+    pub fn parse_served(config: Option<&serde_json::Value>) -> Result<StreamStep, String> {
+        let step = Self::parse(config)?;
+        if !SERVED.contains(&step.source.name()) {
+            return Err(format!(
+                "stream config: source type {} is not served yet (served: {})",
+                step.source.name(),
+                SERVED.join(", ")
+            ));
+        }
+        let served_bounds = step.from.is_none() && matches!(step.until, None | Some(Bound::Now));
+        if !served_bounds || step.dead_letter.is_some() || step.format != MessageFormat::Json {
+            return Err(
+                "stream config: from, until other than now, dead_letter and formats other than json are not served yet"
+                    .into(),
+            );
+        }
         Ok(step)
     }
 
