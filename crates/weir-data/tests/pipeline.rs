@@ -466,3 +466,20 @@ fn dedupe_writes_each_key_once_and_a_retry_rewrites_its_own_rows() {
         .unwrap_or_default();
     assert!(e.contains("nope"), "{e}");
 }
+
+/// A task's newer lease fences every input it writes, not only the one it replaced: the
+/// former owner of a stream cannot land a range the new owner never wrote.
+#[test]
+fn a_stale_attempt_cannot_commit_another_input_once_a_newer_one_has() {
+    let d = dirs();
+    let lake = d.root.join("lake");
+    let step = json!({"sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let a = write(&d.root, "a.ndjson", b"{\"id\": 1}\n");
+    let b = write(&d.root, "b.ndjson", b"{\"id\": 2}\n");
+    let input = |p: &Path| Input { path: p.to_path_buf(), identity: p.display().to_string() };
+    land(&input(&a), &plan(&d, step.clone(), "stream-task", 2)).expect("the new owner lands");
+    let e = land(&input(&b), &plan(&d, step.clone(), "stream-task", 1)).expect_err("the former owner is refused");
+    assert_eq!(e.kind(), "stale_fence", "{e}");
+    land(&input(&b), &plan(&d, step.clone(), "stream-task", 2)).expect("the new owner lands that input too");
+    land(&input(&b), &plan(&d, step, "another-task", 1)).expect("another task is not fenced by it");
+}

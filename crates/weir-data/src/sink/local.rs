@@ -81,6 +81,33 @@ impl LocalDataset {
         Ok(out)
     }
 
+    /// A task's newest lease fences every input it writes into the dataset, not only the
+    /// one it replaces: a stale attempt — a stream's former owner, flushing a range the new
+    /// owner never wrote — cannot commit once a newer one has. The newest fence per task
+    /// is kept in `_weir/fences/<task>`, raised under the dataset's lock.
+    fn check_task_fence(&self, fence: &WriteFence) -> Result<(), DataError> {
+        let safe: String = fence.task.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        let path = self.root.join("_weir").join("fences").join(safe);
+        let newest = match fs::read_to_string(&path) {
+            Ok(t) => t.trim().parse::<u64>().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(DataError::io(&path, e)),
+        };
+        match newest {
+            Some(n) if fence.fence < n => Err(DataError::StaleFence(format!(
+                "{}: task {} committed with lease {n} already; this attempt holds lease {}",
+                self.name, fence.task, fence.fence
+            ))),
+            Some(n) if fence.fence == n => Ok(()),
+            _ => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+                }
+                write_atomic(&path, fence.fence.to_string().as_bytes(), true)
+            }
+        }
+    }
+
     /// Every committed input's manifest: (its path, the manifest).
     fn manifests(&self) -> Result<Vec<(PathBuf, Manifest)>, DataError> {
         let dir = self.root.join("_weir").join("inputs");
@@ -115,6 +142,7 @@ impl LocalDataset {
         if let Some(prev) = &previous {
             p.fence.may_replace(&prev.writer).map_err(DataError::StaleFence)?;
         }
+        self.check_task_fence(&p.fence)?;
         let undo = self.root.join("_weir").join("undo").join(format!("{}.{}.{}", p.key, p.fence.task, p.fence.fence));
 
         // The schema: this write's plan on top of what the dataset holds now.
