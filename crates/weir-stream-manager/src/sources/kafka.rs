@@ -23,6 +23,9 @@ use weir_worker::{StepError, TaskContext};
 use crate::land::Landing;
 use crate::positions::{self, Partition};
 
+/// How long a bounded stream waits for more after every partition reported its end.
+const END_QUIET: Duration = Duration::from_secs(1);
+
 /// Broker calls that wait (metadata, watermarks, offsets) give up after this.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -110,19 +113,26 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
         (step.flush.max_records.unwrap_or(DEFAULT_FLUSH_RECORDS), step.flush.max_bytes.unwrap_or(DEFAULT_FLUSH_BYTES));
     let interval = step.flush.interval();
     // A bounded stream is through once the consumer reached the end of every partition
-    // (librdkafka's partition EOF, from the fetch responses). The end a broker lists up
-    // front is not trusted: tansu's in-memory engine lists the last batch's base offset
-    // + 1, far short of a partition written in batches.
+    // (librdkafka's partition EOF) and nothing more came for [`END_QUIET`]. The ends a
+    // broker reports are not trusted alone: tansu's in-memory engine reports the last
+    // batch's base offset + 1, short of a partition written in batches, both up front
+    // (ListOffsets) and in fetches (an early EOF, after which records still come).
     let mut at_end: std::collections::BTreeSet<Partition> = std::collections::BTreeSet::new();
-    let done = |at_end: &std::collections::BTreeSet<Partition>| bounded && starts.keys().all(|tp| at_end.contains(tp));
+    let mut last_record = Instant::now();
+    let done = |at_end: &std::collections::BTreeSet<Partition>, last_record: Instant| {
+        bounded && starts.keys().all(|tp| at_end.contains(tp)) && last_record.elapsed() >= END_QUIET
+    };
     let mut buffers: BTreeMap<Partition, Buffer> = BTreeMap::new();
     let mut tally = Tally::default();
     let mut flushed_at = Instant::now();
     loop {
-        if done(&at_end) {
+        if done(&at_end, last_record) {
             break;
         }
-        let wait = interval.saturating_sub(flushed_at.elapsed()).max(Duration::from_millis(1));
+        let mut wait = interval.saturating_sub(flushed_at.elapsed()).max(Duration::from_millis(1));
+        if bounded {
+            wait = wait.min(END_QUIET);
+        }
         let msg = tokio::select! {
             _ = task.cancel.cancelled() => {
                 // Unflushed records are not committed: the next owner reads them again.
@@ -140,6 +150,8 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
                 Err(e) => return Err(broker(e)),
             };
             let tp = (m.topic().to_string(), m.partition());
+            at_end.remove(&tp);
+            last_record = Instant::now();
             let buf = buffers.entry(tp.clone()).or_default();
             if buf.count == 0 {
                 buf.first = m.offset();
@@ -155,7 +167,10 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
         }
         let (count, bytes) = buffers.values().fold((0, 0), |(c, b), x| (c + x.count, b + x.records.len() as u64));
         if count > 0
-            && (count >= max_records || bytes >= max_bytes || flushed_at.elapsed() >= interval || done(&at_end))
+            && (count >= max_records
+                || bytes >= max_bytes
+                || flushed_at.elapsed() >= interval
+                || done(&at_end, last_record))
         {
             flush(&consumer, landing, &mut buffers, &mut tally).await?;
             flushed_at = Instant::now();
