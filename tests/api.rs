@@ -16,8 +16,8 @@ use weir_api_manager::client::Rate;
 use weir_api_manager::ApiSettings;
 use weir_proto::v1::{self, job_service_client::JobServiceClient};
 use weir_tests::{
-    free_port, job, run_manager, spawn_master, step, submit, tasks, wait_finished, wait_master, wait_port, Backend,
-    InProcMaster, Proc, StoreFixture, WireMock,
+    free_port, job, lake_rows, run_manager, spawn_master, step, submit, tasks, wait_finished, wait_master, wait_port,
+    Backend, InProcMaster, Proc, StoreFixture, WireMock,
 };
 
 /// A master, an API manager and the HTTP server it collects from.
@@ -970,27 +970,6 @@ impl Lab {
             "",
         )
     }
-}
-
-/// Rows of every Parquet file in `lake`.
-fn lake_rows(lake: &Path) -> usize {
-    std::fs::read_dir(lake)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-                .map(|e| {
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                        std::fs::File::open(e.path()).expect("open"),
-                    )
-                    .expect("parquet")
-                    .build()
-                    .expect("reader")
-                    .map(|b| b.expect("batch").num_rows())
-                    .sum::<usize>()
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -8,7 +8,6 @@
 //! server that speaks only an older TLS than asked, a next page on another host, a
 //! certificate no trusted CA signed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use arrow_array::Array;
@@ -18,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use weir_api_manager::client::Rate;
 use weir_proto::v1;
 use weir_tests::{
-    credentials_env, job, run_manager, step, submit, tasks, wait_finished, InProcMaster, Pki, StoreFixture, WireMock,
+    credentials_env, job, read_lake, run_manager, step, submit, tasks, wait_finished, InProcMaster, Pki, StoreFixture,
+    WireMock,
 };
 
 /// A master, an API and a batch manager, the HTTPS server and the CA that signed it.
@@ -108,32 +108,6 @@ fn customers() -> Vec<Value> {
             json!({"id": i + 1, "name": n, "email": e, "card": c, "phone": p, "iban": iban, "city": "Berlin"})
         })
         .collect()
-}
-
-/// The batches of every Parquet file under `lake`, read with `decryption` (none: plain).
-fn read_lake(
-    lake: &Path,
-    decryption: Option<&std::sync::Arc<parquet::encryption::decrypt::FileDecryptionProperties>>,
-) -> Result<Vec<arrow_array::RecordBatch>, String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(lake).map_err(|e| e.to_string())?.flatten() {
-        if e.path().extension().is_none_or(|x| x != "parquet") {
-            continue;
-        }
-        let f = std::fs::File::open(e.path()).map_err(|e| e.to_string())?;
-        let mut opts = parquet::arrow::arrow_reader::ArrowReaderOptions::new();
-        if let Some(d) = decryption {
-            opts = opts.with_file_decryption_properties(d.clone());
-        }
-        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(f, opts)
-            .map_err(|e| e.to_string())?
-            .build()
-            .map_err(|e| e.to_string())?;
-        for b in r {
-            out.push(b.map_err(|e| e.to_string())?);
-        }
-    }
-    Ok(out)
 }
 
 fn texts(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<String> {

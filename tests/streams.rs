@@ -21,22 +21,10 @@ fn once(ids: &[i64], n: i64) -> (usize, usize, Option<i64>, Option<i64>) {
 
 fn lake_ids(lake: &Path) -> Vec<i64> {
     let mut ids = Vec::new();
-    for e in std::fs::read_dir(lake).expect("lake").flatten() {
-        if e.path().extension().is_none_or(|x| x != "parquet") {
-            continue;
-        }
-        let f = std::fs::File::open(e.path()).expect("open");
-        for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .expect("parquet")
-            .build()
-            .expect("reader")
-        {
-            let b = b.expect("batch");
-            let col = b.column(b.schema().index_of("id").expect("id"));
-            let col = arrow_cast::cast(col, &arrow_schema::DataType::Int64).expect("int");
-            let col = col.as_any().downcast_ref::<arrow_array::Int64Array>().expect("ints");
-            ids.extend(col.iter().flatten());
-        }
+    for b in read_lake(lake, None).expect("the lake reads") {
+        let col = arrow_cast::cast(b.column(b.schema().index_of("id").expect("id")), &arrow_schema::DataType::Int64)
+            .expect("int");
+        ids.extend(col.as_any().downcast_ref::<arrow_array::Int64Array>().expect("ints").iter().flatten());
     }
     ids.sort_unstable();
     ids

@@ -65,24 +65,9 @@ fn errors(job: &Value) -> Vec<String> {
 
 /// Rows of the Parquet files in `lake`, read with `key` if they are encrypted.
 fn rows(lake: &Path, key: Option<&[u8]>) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(lake).expect("lake").flatten() {
-        if e.path().extension().is_none_or(|x| x != "parquet") {
-            continue;
-        }
-        let mut opts = parquet::arrow::arrow_reader::ArrowReaderOptions::new();
-        if let Some(k) = key {
-            let d = parquet::encryption::decrypt::FileDecryptionProperties::builder(k.to_vec()).build().expect("props");
-            opts = opts.with_file_decryption_properties(d);
-        }
-        let f = std::fs::File::open(e.path()).expect("open");
-        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(f, opts)
-            .expect("parquet")
-            .build()
-            .expect("reader");
-        n += r.map(|b| b.expect("batch").num_rows()).sum::<usize>();
-    }
-    n
+    let decryption = key
+        .map(|k| parquet::encryption::decrypt::FileDecryptionProperties::builder(k.to_vec()).build().expect("props"));
+    read_lake(lake, decryption.as_ref()).expect("the lake reads").iter().map(|b| b.num_rows()).sum()
 }
 
 fn records(ids: &[i64]) -> Value {

@@ -947,3 +947,38 @@ pub async fn cli_submit(url: &str, file: &Path) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Every batch of the Parquet files directly in `lake` (a dataset's files, not its
+/// `_weir` bookkeeping), read with `decryption` when they are encrypted.
+pub fn read_lake(
+    lake: &Path,
+    decryption: Option<&std::sync::Arc<parquet::encryption::decrypt::FileDecryptionProperties>>,
+) -> Result<Vec<arrow_array::RecordBatch>, String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(lake).map_err(|e| e.to_string())?.flatten() {
+        if e.path().extension().is_none_or(|x| x != "parquet") {
+            continue;
+        }
+        let f = std::fs::File::open(e.path()).map_err(|e| e.to_string())?;
+        let mut opts = parquet::arrow::arrow_reader::ArrowReaderOptions::new();
+        if let Some(d) = decryption {
+            opts = opts.with_file_decryption_properties(d.clone());
+        }
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(f, opts)
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| e.to_string())?;
+        for b in r {
+            out.push(b.map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of every Parquet file in `lake` (none while it does not exist).
+pub fn lake_rows(lake: &Path) -> usize {
+    if !lake.exists() {
+        return 0;
+    }
+    read_lake(lake, None).expect("the lake reads").iter().map(|b| b.num_rows()).sum()
+}

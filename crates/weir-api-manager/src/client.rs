@@ -431,7 +431,6 @@ fn unauthorized(api: &str, url: &str) -> CollectError {
     CollectError::Auth(format!("api {api}: {url} answered 401 Unauthorized: the credentials were refused"))
 }
 
-/// The innermost cause of a client error (reqwest's outer message says little).
 /// Whether a connection failed because TLS refused it: a certificate that does not
 /// verify, a protocol version one side will not speak, TLS to a plain port.
 fn tls_refused(message: &str) -> bool {
@@ -446,6 +445,7 @@ fn tls_refused(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
+/// The innermost cause of a client error (reqwest's outer message says little).
 fn cause(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     // reqwest names the URL, query and all (an API key there): the caller shows it masked.

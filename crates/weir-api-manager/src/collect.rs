@@ -125,8 +125,11 @@ impl Collect {
             }
             let circuit = format!("{}#{}", step.api, i + 1);
             let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref()), security).await?;
-            let base_url = f.base_url.clone().unwrap_or_else(|| step.base_url.clone());
-            sources.push(Source { api, base_url, label: source_label(step, i + 1) });
+            sources.push(Source {
+                api,
+                base_url: step.source_base_url(i + 1).to_string(),
+                label: source_label(step, i + 1),
+            });
         }
         Ok((sources, files))
     }

@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use weir_core::api::recovery::RecoveryStep;
 use weir_core::api::template::Values;
-use weir_core::api::CollectStep;
 use weir_core::catalog::RECOVERY_KINDS;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
@@ -35,27 +34,6 @@ use crate::collect::{first_request, rebase, Adopt, Collect};
 /// Runs the recovery kinds with the collector's APIs, limits and circuits.
 pub struct Recovery {
     pub collect: Arc<Collect>,
-}
-
-/// The base URL of a resource's API source `i` (0: the primary).
-fn base_of(step: &CollectStep, i: usize) -> &str {
-    match i {
-        0 => &step.base_url,
-        i => step.fallbacks.get(i - 1).and_then(|f| f.base_url.as_deref()).unwrap_or(&step.base_url),
-    }
-}
-
-/// How many API sources a resource has (the primary and its non-file fallbacks).
-fn api_sources(step: &CollectStep) -> usize {
-    1 + step.fallbacks.iter().filter(|f| f.location.is_none()).count()
-}
-
-/// The upstream output of `step`, resolved.
-async fn upstream(c: &Collect, task: &TaskContext, step: &str) -> Result<Value, StepError> {
-    let all = weir_worker::report::upstream(task, c.staging()).await?;
-    all.into_iter().find(|(s, _)| s == step).map(|(_, v)| v).ok_or_else(|| {
-        StepError::permanent("bad_input", format!("{} needs the output of {step} (depend on it)", task.kind))
-    })
 }
 
 impl Recovery {
@@ -129,7 +107,7 @@ impl Recovery {
     }
 
     async fn plan(&self, task: &TaskContext, step: &RecoveryStep) -> Result<Value, StepError> {
-        let analysis = upstream(&self.collect, task, "failure_analysis").await?;
+        let analysis = weir_worker::report::upstream_of(task, self.collect.staging(), "failure_analysis").await?;
         if analysis["collected"]["state"] == "succeeded" {
             return Ok(json!({"kind": "plan_recovery", "strategy": "staged",
                              "why": "the failed collection finished: its staged records are stored again"}));
@@ -141,22 +119,19 @@ impl Recovery {
             .map_err(|e| StepError::retryable("staging", format!("creating {}: {e}", dir.display())))?;
         let (res, files) = self.collect.resource(r, dir.join(format!(".plan-{}", task.fence)), None).await?;
         // The first missing request: where the failed collection stopped, else the first page.
+        let req0 = first_request(&res, &Values::default())?;
         let (mut url, from) = match analysis["resume_from"]["next"].as_str() {
             Some(next) => {
                 let u = url::Url::parse(next).map_err(|e| StepError::permanent("bad_input", e.to_string()))?;
                 (u, analysis["resume_from"]["source"].as_u64().unwrap_or(0) as usize)
             }
-            None => {
-                let req = first_request(&res, &Values::default())?;
-                (crate::paginate::build(&r.paginator)?.first(req.url), 0)
-            }
+            None => (crate::paginate::build(&r.paginator)?.first(req0.url.clone()), 0),
         };
-        url = rebase(&url, base_of(r, from), base_of(r, 0))?;
-        let req0 = first_request(&res, &Values::default())?;
+        url = rebase(&url, r.source_base_url(from), r.source_base_url(0))?;
         let effort = Effort { max_attempts: 2, ..res.effort.clone() };
         let mut tried = Vec::new();
         for (i, src) in res.sources.iter().enumerate() {
-            let u = rebase(&url, base_of(r, 0), &src.base_url)?;
+            let u = rebase(&url, r.source_base_url(0), &src.base_url)?;
             let req = client::Request { url: u.clone(), ..req0.clone() };
             let mut stats = Stats::default();
             match src.api.fetch(&req, &effort, &task.cancel, &mut stats).await {
@@ -183,7 +158,7 @@ impl Recovery {
     }
 
     async fn recover(&self, task: &TaskContext, step: &RecoveryStep) -> Result<Value, StepError> {
-        let plan = upstream(&self.collect, task, "recovery_strategy").await?;
+        let plan = weir_worker::report::upstream_of(task, self.collect.staging(), "recovery_strategy").await?;
         match plan["strategy"].as_str() {
             Some("api") => {}
             Some("staged") => {
@@ -207,7 +182,7 @@ impl Recovery {
         }
         let r = &step.resource;
         let source = plan["source"].as_u64().unwrap_or(0) as usize;
-        if source >= api_sources(r) {
+        if source >= r.api_sources() {
             return Err(StepError::permanent(
                 "bad_input",
                 format!("recovery_strategy chose source {source}, which is not an API"),
@@ -216,7 +191,7 @@ impl Recovery {
         // What the failed collection fetched, moved to the chosen source.
         let saved = self.checkpoint(step).map(|mut s| {
             if let Ok(u) = url::Url::parse(&s.next) {
-                if let Ok(moved) = rebase(&u, base_of(r, s.source), base_of(r, source)) {
+                if let Ok(moved) = rebase(&u, r.source_base_url(s.source), r.source_base_url(source)) {
                     s.next = moved.to_string();
                 }
             }

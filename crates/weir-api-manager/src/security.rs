@@ -20,7 +20,7 @@ use std::time::Duration;
 use openssl::hash::MessageDigest;
 use openssl::ssl::{SslConnector, SslMethod, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509NameRef, X509};
+use openssl::x509::{X509NameRef, X509Ref, X509};
 use serde_json::{json, Value};
 use weir_core::api::security::{show_pin, SecuritySpec, TlsVersion};
 use weir_core::api::CollectStep;
@@ -71,7 +71,7 @@ fn system_roots() -> Vec<X509> {
 }
 
 /// A certificate's SHA-256 fingerprint (of its DER).
-fn fingerprint(c: &X509) -> Result<[u8; 32], CollectError> {
+fn fingerprint(c: &X509Ref) -> Result<[u8; 32], CollectError> {
     let d = c.digest(MessageDigest::sha256()).map_err(|e| CollectError::Config(format!("fingerprint: {e}")))?;
     let mut out = [0u8; 32];
     out.copy_from_slice(&d);
@@ -114,7 +114,7 @@ impl Collect {
     pub(crate) async fn check_security(&self, step: &CollectStep) -> Result<Value, CollectError> {
         let spec = policy_of(step);
         spec.check().map_err(CollectError::Config)?;
-        let policy = step.url_policy().unwrap_or_else(|| spec.policy(step.urls().into_iter().map(|(_, u)| u)));
+        let policy = spec.policy(step.urls().into_iter().map(|(_, u)| u));
         let mut urls = Vec::new();
         for (field, url) in step.urls() {
             policy.check(url).map_err(|e| CollectError::Insecure(format!("api {}: {field}: {e}", step.api)))?;
@@ -245,12 +245,7 @@ fn handshake(
     let mut matched = None;
     let pins = spec.pins();
     for c in ssl.verified_chain().into_iter().flatten() {
-        let fp = {
-            let d = c.digest(MessageDigest::sha256()).map_err(setup)?;
-            let mut out = [0u8; 32];
-            out.copy_from_slice(&d);
-            out
-        };
+        let fp = fingerprint(c)?;
         if pins.contains(&fp) {
             matched = Some(show_pin(&fp));
         }

@@ -34,11 +34,7 @@ impl StepHandler for Reconcile {
             let c = tokio::task::spawn_blocking(move || weir_data::dedupe::count_keys(&s, &key))
                 .await
                 .map_err(|e| StepError::retryable("crashed", e.to_string()))?
-                .map_err(|e| StepError {
-                    kind: e.kind().into(),
-                    message: e.to_string(),
-                    retryable: e.is_retryable(),
-                })?;
+                .map_err(|e| crate::steps::step_error(&e))?;
             let name = match sink {
                 weir_core::dataset::SinkSpec::Parquet { path, .. } => path.clone(),
                 weir_core::dataset::SinkSpec::Postgres { table, .. } => table.clone(),

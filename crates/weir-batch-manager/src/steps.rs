@@ -45,7 +45,8 @@ impl DataSteps {
     }
 }
 
-fn step_error(e: &DataError) -> StepError {
+/// A data-plane error as the step's error: its kind, and whether a retry may pass.
+pub(crate) fn step_error(e: &DataError) -> StepError {
     StepError { kind: e.kind().into(), message: e.to_string(), retryable: e.is_retryable() }
 }
 

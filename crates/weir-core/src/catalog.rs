@@ -109,11 +109,11 @@ const KINDS: &[Kind] = &[
     Kind { name: "discover", queues: &[Queue::File], check: |_, c| crate::files::DiscoverStep::parse(c).map(|_| ()) },
     Kind { name: "fetch", queues: &[Queue::File], check: |_, c| crate::files::FetchStep::parse(c).map(|_| ()) },
     Kind { name: "archive", queues: &[Queue::File], check: |_, c| crate::files::ArchiveStep::parse(c).map(|_| ()) },
-    Kind { name: "collect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
-    Kind { name: "probe", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
-    Kind { name: "connect", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
-    Kind { name: "check_security", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
-    Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| crate::api::CollectStep::parse(c).map(|_| ()) },
+    Kind { name: "collect", queues: &[Queue::Api], check: |_, c| resource(c) },
+    Kind { name: "probe", queues: &[Queue::Api], check: |_, c| resource(c) },
+    Kind { name: "connect", queues: &[Queue::Api], check: |_, c| resource(c) },
+    Kind { name: "check_security", queues: &[Queue::Api], check: |_, c| resource(c) },
+    Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| resource(c) },
     Kind {
         name: "consume",
         queues: &[Queue::Stream],
@@ -124,6 +124,10 @@ const KINDS: &[Kind] = &[
     Kind { name: "recover", queues: &[Queue::Api], check: |_, c| recovery(c) },
     Kind { name: "recover_files", queues: &[Queue::File], check: |_, c| recovery(c) },
 ];
+
+fn resource(config: Option<&Value>) -> Result<(), String> {
+    crate::api::CollectStep::parse(config).map(|_| ())
+}
 
 fn recovery(config: Option<&Value>) -> Result<(), String> {
     crate::api::recovery::RecoveryStep::parse(config).map(|_| ())

@@ -107,7 +107,7 @@ impl LocationSpec {
         }
         let scheme = self.scheme()?;
         if let Some(CredentialsRef::Env(p)) = &self.credentials {
-            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if !crate::validate::is_env_name(p) {
                 return Err(format!("credentials.env must be an environment variable prefix, got {p:?}"));
             }
         }

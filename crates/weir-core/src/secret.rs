@@ -21,7 +21,7 @@ impl SecretRef {
             SecretRef::File(p) if p.is_empty() || p.contains('\0') => {
                 Err(format!("{field}.file must name a file, got {p:?}"))
             }
-            SecretRef::Env(e) if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            SecretRef::Env(e) if !crate::validate::is_env_name(e) => {
                 Err(format!("{field}.env must name an environment variable, got {e:?}"))
             }
             _ => Ok(()),

@@ -253,13 +253,8 @@ impl StreamStep {
             Ok(())
         };
         let creds = |field: &str, c: &Option<CredentialsRef>| match c {
-            Some(CredentialsRef::Env(p))
-                if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-            {
-                Err(format!("{field}.env must name an environment variable prefix, got {p:?}"))
-            }
-            Some(CredentialsRef::File(p)) if p.is_empty() => Err(format!("{field}.file must name a file")),
-            _ => Ok(()),
+            Some(c) => crate::api::check_credentials(field, c),
+            None => Ok(()),
         };
         match &self.source {
             SourceSpec::Kafka { brokers, topics, pattern, group, protocol, sasl_mechanism, credentials } => {
@@ -300,7 +295,7 @@ impl StreamStep {
                 creds("source.credentials", credentials)?;
             }
             SourceSpec::Rabbitmq { url_env, queue, prefetch } => {
-                if url_env.is_empty() || !url_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if !crate::validate::is_env_name(url_env) {
                     return Err(format!("source.url_env must name an environment variable, got {url_env:?}"));
                 }
                 name("source.queue", queue)?;
@@ -341,7 +336,7 @@ impl StreamStep {
             rules: self.rules.clone(),
             ..Default::default()
         };
-        as_batch.check_as("stream").map_err(|e| e.trim_start_matches("stream config: ").to_string())?;
+        as_batch.check("stream").map_err(|e| e.trim_start_matches("stream config: ").to_string())?;
         let interval = self.flush.interval.as_deref().unwrap_or(DEFAULT_FLUSH_INTERVAL);
         let d = crate::duration::parse(interval).map_err(|e| format!("flush.interval: {e}"))?;
         if d.is_zero() {

@@ -5,8 +5,9 @@
 //! work: the DAG shape and queue routing are real, the work is not, and the README says so.
 //! The file templates have theirs: given `params.location`, `bulk_file` and `standard`
 //! with `source: file` run the file and batch kinds (see [`file_kinds`]); given
-//! `params.api`, `standard` with `source: api` and `secure_api` run the api and batch
-//! kinds ([`api_kinds`]).
+//! `params.api`, `standard` with `source: api`, `secure_api` and `resilient_fetch` (whose
+//! `params.job_id` the master turns into `params.api`) run the api and batch kinds
+//! ([`api_kinds`]).
 //!
 //! Parameters (`params`, a JSON object), all optional:
 //! - `source`: `"api"` (default) or `"file"`: where the `standard` template collects from.
@@ -14,7 +15,8 @@
 //! - `location`, `patterns` (default `["**/*"]`), `watch`, `format`, `schema`, `rules`,
 //!   `sinks`, `max_quarantined_ratio`: the file templates' real work (sinks required).
 //! - `api` (a `collect` config), `schema`, `rules`, `sinks`: `standard`'s API work;
-//!   with `security`, `classify` and `encryption`, `secure_api`'s.
+//!   with `security`, `classify` and `encryption`, `secure_api`'s; with `key` (and
+//!   `job_id`, `fallbacks`, `step`), `resilient_fetch`'s.
 //! - `config`: `{ "<step id>": {...} }`: a step's config (merged over the template's).
 //! - `kind`: `{ "<step id>": "<kind>" }`: run another kind for a step (for tests and drills).
 
@@ -211,20 +213,19 @@ pub fn file_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, S
 /// stored encrypted. `None`: the template runs placeholders.
 pub fn api_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, String> {
     let Some(resource) = params.get("api") else { return Ok(None) };
-    if name == "secure_api" {
-        return secure_api_kinds(resource, params).map(Some);
-    }
-    if name == "resilient_fetch" {
-        return recovery_kinds(resource, params).map(Some);
-    }
     let is_api_standard = name == "standard" && params.get("source").and_then(Value::as_str).unwrap_or("api") == "api";
-    if !is_api_standard {
+    if !(is_api_standard || name == "secure_api" || name == "resilient_fetch") {
         return Err(format!(
             "{name}: params.api applies to standard with source \"api\", secure_api and resilient_fetch"
         ));
     }
-    if !resource.is_object() {
+    let Some(obj) = resource.as_object() else {
         return Err(format!("{name}: params.api must be a collect config (an object), got {resource}"));
+    };
+    match name {
+        "secure_api" => return secure_api_kinds(obj, params).map(Some),
+        "resilient_fetch" => return recovery_kinds(resource, params).map(Some),
+        _ => {}
     }
     let sinks = params
         .get("sinks")
@@ -252,11 +253,8 @@ pub fn api_kinds(name: &str, params: &Value) -> Result<Option<Vec<RealStep>>, St
 /// labels (masks, hashes) personal data (`params.classify`, `params.schema`), and
 /// `store` writes it encrypted: every Parquet sink takes `params.encryption` unless it
 /// has its own, and one without either is refused.
-fn secure_api_kinds(resource: &Value, params: &Value) -> Result<Vec<RealStep>, String> {
-    let Some(obj) = resource.as_object() else {
-        return Err(format!("secure_api: params.api must be a collect config (an object), got {resource}"));
-    };
-    let mut resource = obj.clone();
+fn secure_api_kinds(resource: &serde_json::Map<String, Value>, params: &Value) -> Result<Vec<RealStep>, String> {
+    let mut resource = resource.clone();
     match (params.get("security"), resource.get("security")) {
         (Some(_), Some(_)) => {
             return Err("secure_api: give the policy once, in params.security or in params.api.security".into())

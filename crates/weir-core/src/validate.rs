@@ -41,6 +41,12 @@ fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError(msg.into()))
 }
 
+/// Whether `s` can name an environment variable (or a prefix of several): letters, digits
+/// and `_`, not empty. Secrets are given by such names, never by value.
+pub fn is_env_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Names, keys and ids: short, plain ASCII, safe in URLs, file names and JSON paths.
 pub fn check_name(what: &str, s: &str, max: usize) -> Result<(), SpecError> {
     if s.is_empty() {

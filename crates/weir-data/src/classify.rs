@@ -27,8 +27,7 @@ use crate::DataError;
 pub struct Classified {
     pub column: String,
     pub class: String,
-    /// `label`, `mask` or `hash`.
-    pub action: String,
+    pub action: PiiAction,
     /// `values` (the detectors) or `config` (named in `classify.columns`).
     pub by: String,
     /// Of the first chunk's non-empty values: how many fit the class, and how many there were.
@@ -67,29 +66,23 @@ impl Classifier {
             let decided = match spec.columns.get(field.name()) {
                 Some(class) => Some((class.clone(), "config", non_empty.len() as u64)),
                 None => {
-                    let mut counts: Vec<(String, u64)> = Vec::new();
+                    // Counted in the detector's order, which decides between classes a
+                    // column fits equally.
+                    let mut counts: Vec<(String, u64)> = detector.names().map(|c| (c.to_string(), 0)).collect();
                     for v in &non_empty {
                         for c in detector.classes(v) {
-                            match counts.iter_mut().find(|(k, _)| k == c) {
-                                Some((_, n)) => *n += 1,
-                                None => counts.push((c.to_string(), 1)),
+                            if let Some((_, n)) = counts.iter_mut().find(|(k, _)| k == c) {
+                                *n += 1;
                             }
                         }
                     }
-                    // The detectors' order decides between classes a column fits equally.
-                    let order = |c: &str| {
-                        spec.patterns.keys().position(|p| p == c).unwrap_or(usize::MAX / 2).min(
-                            spec.detect.iter().position(|d| d == c).map_or(usize::MAX, |p| spec.patterns.len() + p),
-                        )
-                    };
-                    counts.sort_by_key(|(c, _)| order(c));
                     decide(&counts, non_empty.len() as u64, min_ratio).map(|(c, n)| (c, "values", n))
                 }
             };
             if let Some((class, by, matched)) = decided {
                 columns.push(Classified {
                     column: field.name().clone(),
-                    action: spec.action(&class).as_str().to_string(),
+                    action: spec.action(&class),
                     class,
                     by: by.to_string(),
                     matched,
@@ -97,7 +90,7 @@ impl Classifier {
                 });
             }
         }
-        let key = if columns.iter().any(|c| c.action == PiiAction::Hash.as_str()) {
+        let key = if columns.iter().any(|c| c.action == PiiAction::Hash) {
             let r = spec.hash_key.as_ref().ok_or_else(|| DataError::Config("classify: hash needs hash_key".into()))?;
             Some(weir_storage::read_secret(r).map_err(|e| DataError::Config(format!("classify.hash_key: {e}")))?)
         } else {
@@ -118,8 +111,7 @@ impl Classifier {
 
     /// The rows with masked and hashed columns replaced (as text).
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, DataError> {
-        let changing: Vec<&Classified> =
-            self.columns.iter().filter(|c| c.action != PiiAction::Label.as_str()).collect();
+        let changing: Vec<&Classified> = self.columns.iter().filter(|c| c.action != PiiAction::Label).collect();
         if changing.is_empty() {
             return Ok(batch.clone());
         }
@@ -132,8 +124,8 @@ impl Classifier {
             let out: StringArray = values
                 .iter()
                 .map(|v| {
-                    v.as_deref().map(|v| match c.action.as_str() {
-                        "hash" => self.hash(v),
+                    v.as_deref().map(|v| match c.action {
+                        PiiAction::Hash => self.hash(v),
                         _ => mask(&c.class, v),
                     })
                 })

@@ -244,15 +244,18 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         Some(spec) => Some(Classifier::new(spec, &first.batch)?),
         None => None,
     };
-    let mut labels = labels_of(&first.batch.schema());
-    let first = match &classifier {
-        Some(c) => {
-            labels.extend(c.labels());
-            report.classified = c.columns().to_vec();
-            Chunk { batch: c.apply(&first.batch)?, ..first }
+    let classified = |chunk: Chunk| -> Result<Chunk, DataError> {
+        match &classifier {
+            Some(c) => Ok(Chunk { batch: c.apply(&chunk.batch)?, ..chunk }),
+            None => Ok(chunk),
         }
-        None => first,
     };
+    let mut labels = labels_of(&first.batch.schema());
+    if let Some(c) = &classifier {
+        labels.extend(c.labels());
+        report.classified = c.columns().to_vec();
+    }
+    let first = classified(first)?;
     let input_columns: Vec<String> = first.batch.schema().fields().iter().map(|f| f.name().clone()).collect();
     let step_nulls = step.format.as_ref().and_then(|f| f.null_values.as_deref());
     let typed_input =
@@ -348,15 +351,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
             break;
         }
         match opened.source.next_chunk() {
-            Ok(Some(chunk)) => {
-                result = match &classifier {
-                    Some(c) => match c.apply(&chunk.batch) {
-                        Ok(batch) => run(Chunk { batch, ..chunk }, &mut writers, &mut quarantine),
-                        Err(e) => Err(e),
-                    },
-                    None => run(chunk, &mut writers, &mut quarantine),
-                }
-            }
+            Ok(Some(chunk)) => result = classified(chunk).and_then(|c| run(c, &mut writers, &mut quarantine)),
             Ok(None) => break,
             Err(e) => result = Err(e),
         }

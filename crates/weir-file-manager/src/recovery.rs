@@ -13,7 +13,7 @@ use weir_core::files::{DEFAULT_CHUNK_BYTES, DEFAULT_FETCH_CONCURRENCY, DEFAULT_V
 use weir_storage::{Location, Patterns};
 use weir_worker::{StepError, StepHandler, TaskContext};
 
-use crate::steps::FileSteps;
+use crate::steps::{storage_error, FileSteps};
 
 /// Runs `recover_files` with the file steps' fetching.
 pub struct Recovery {
@@ -29,11 +29,7 @@ impl StepHandler for Recovery {
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         let step = RecoveryStep::parse(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let staging = self.files.staging();
-        let upstream = weir_worker::report::upstream(task, staging).await?;
-        let plan =
-            upstream.iter().find(|(s, _)| s == "recovery_strategy").map(|(_, v)| v.clone()).ok_or_else(|| {
-                StepError::permanent("bad_input", "recover_files needs the output of recovery_strategy (depend on it)")
-            })?;
+        let plan = weir_worker::report::upstream_of(task, staging, "recovery_strategy").await?;
         if plan["strategy"] != "files" {
             return Ok(json!({"kind": "recover_files", "strategy": plan["strategy"],
                              "skipped": "another source recovers this", "files": []}));
@@ -45,11 +41,7 @@ impl StepHandler for Recovery {
                 "the strategy chose files, but the resource has no files fallback",
             ));
         };
-        let storage = |e: weir_storage::StorageError| StepError {
-            kind: "storage".into(),
-            message: e.to_string(),
-            retryable: e.is_retryable(),
-        };
+        let storage = |e: weir_storage::StorageError| storage_error(&e);
         let loc = Location::open(spec).map_err(storage)?;
         let all = vec!["**/*".to_string()];
         let patterns = Patterns::new(if patterns.is_empty() { &all } else { patterns }).map_err(storage)?;

@@ -44,7 +44,7 @@ impl FileSteps {
     }
 }
 
-fn storage_error(e: &StorageError) -> StepError {
+pub(crate) fn storage_error(e: &StorageError) -> StepError {
     let kind = match e {
         StorageError::Config { .. } | StorageError::Pattern { .. } => "bad_config",
         StorageError::NotFound { .. } => "not_found",
@@ -169,8 +169,7 @@ impl FileSteps {
         let chunk = cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES) as usize;
         let attempts = cfg.verify_attempts.unwrap_or(DEFAULT_VERIFY_ATTEMPTS);
         let concurrency = cfg.concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY);
-        let (mut files, quarantined) = self.fetch_all(task, &loc, &paths, chunk, attempts, concurrency).await?;
-        files.sort_by(|a, b| a["source_path"].as_str().cmp(&b["source_path"].as_str()));
+        let (files, quarantined) = self.fetch_all(task, &loc, &paths, chunk, attempts, concurrency).await?;
         let bytes: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
         let report =
             json!({"location": spec, "count": files.len(), "bytes": bytes, "files": files, "quarantined": quarantined});
@@ -178,7 +177,8 @@ impl FileSteps {
     }
 
     /// Downloads `paths` of `loc` into the task's staging, verified, `concurrency` at once:
-    /// the fetched files and the quarantined ones (a checksum that kept mismatching).
+    /// the fetched files in path order and the quarantined ones (a checksum that kept
+    /// mismatching).
     pub(crate) async fn fetch_all(
         &self,
         task: &TaskContext,
@@ -238,6 +238,7 @@ impl FileSteps {
                 format!("{} of {} files could not be fetched; first: {path}: {first}", failed.len(), paths.len());
             return Err(err);
         }
+        files.sort_by(|a, b| a["source_path"].as_str().cmp(&b["source_path"].as_str()));
         Ok((files, quarantined))
     }
 
@@ -297,7 +298,7 @@ fn base64_to_hex(b64: &str) -> Option<String> {
 }
 
 /// Downloads one file, verifying it; quarantines it when it keeps failing the check.
-pub(crate) async fn fetch_one(
+async fn fetch_one(
     loc: &Location,
     path: &str,
     staging: &Path,

@@ -29,7 +29,7 @@ impl StepHandler for Consume {
     }
 
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
-        let step = StreamStep::parse(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
+        let step = StreamStep::parse_served(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let landing = Landing::open(&step, task, &self.settings.data_dir, &self.pools).await?;
         match &step.source {
             SourceSpec::Kafka { .. } => crate::sources::kafka::run(task, &step, &landing).await,

@@ -26,6 +26,7 @@ pub struct Landing {
     task: TaskContext,
 }
 
+/// A data-plane error as the step's error: its kind, and whether a retry may pass.
 pub fn step_error(e: &DataError) -> StepError {
     StepError { kind: e.kind().into(), message: e.to_string(), retryable: e.is_retryable() }
 }

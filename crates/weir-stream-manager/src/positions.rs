@@ -4,11 +4,13 @@
 //! them — and the ranges a sink holds say where to resume: after the highest landed
 //! position, whatever the broker's committed offset says.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use weir_core::dataset::SinkSpec;
 use weir_data::sink::input_key;
+use weir_data::sink::local::LocalDataset;
+use weir_data::DataError;
 
 /// A partition of a topic.
 pub type Partition = (String, i32);
@@ -34,24 +36,18 @@ pub fn range_of(key: &str, partitions: &[Partition]) -> Option<(Partition, i64, 
 
 /// The highest landed position per partition in the step's local Parquet sinks (other
 /// sinks keep none yet).
-pub fn landed(sinks: &[SinkSpec], partitions: &[Partition]) -> BTreeMap<Partition, i64> {
+pub fn landed(sinks: &[SinkSpec], partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>, DataError> {
     let mut out: BTreeMap<Partition, i64> = BTreeMap::new();
     for s in sinks {
         let SinkSpec::Parquet { path, location: None, .. } = s else { continue };
-        let dir = Path::new(path).join("_weir").join("inputs");
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let keys: HashSet<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
-            .collect();
-        for k in keys {
+        for k in LocalDataset::new(Path::new(path)).input_keys()? {
             if let Some((tp, _, last)) = range_of(&k, partitions) {
                 let e = out.entry(tp).or_insert(last);
                 *e = (*e).max(last);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

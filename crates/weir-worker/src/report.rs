@@ -63,6 +63,15 @@ pub async fn upstream(task: &TaskContext, staging: &Staging) -> Result<Vec<(Stri
     Ok(out)
 }
 
+/// The output of the upstream step `step`, resolved; an error says the task must depend
+/// on it.
+pub async fn upstream_of(task: &TaskContext, staging: &Staging, step: &str) -> Result<Value, StepError> {
+    let text = task.inputs.iter().find(|(s, _)| s == step).map(|(_, t)| t).ok_or_else(|| {
+        StepError::permanent("bad_input", format!("{} needs the output of {step} (depend on it)", task.kind))
+    })?;
+    resolve(text, staging).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

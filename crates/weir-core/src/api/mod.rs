@@ -417,9 +417,10 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), String> {
+/// Checks a credentials reference; the error names `field`.
+pub(crate) fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), String> {
     match c {
-        CredentialsRef::Env(p) if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+        CredentialsRef::Env(p) if !crate::validate::is_env_name(p) => {
             Err(format!("{field}.env must name an environment variable prefix, got {p:?}"))
         }
         CredentialsRef::File(p) if p.is_empty() || p.contains('\0') => {
@@ -632,7 +633,7 @@ impl CollectStep {
         }
         if let Some(sec) = &self.security {
             sec.check()?;
-            let policy = self.url_policy().unwrap_or_else(|| sec.policy([]));
+            let policy = sec.policy(self.urls().into_iter().map(|(_, u)| u));
             for (field, url) in self.urls() {
                 policy.check(url).map_err(|e| format!("{field}: {e}"))?;
             }
@@ -665,6 +666,21 @@ impl CollectStep {
             }
         }
         out
+    }
+
+    /// The base URL of the resource's API source `i`: 0 the primary, then its fallbacks in
+    /// order (a fallback without one uses the primary's; files fallbacks come last).
+    pub fn source_base_url(&self, i: usize) -> &str {
+        match i {
+            0 => &self.base_url,
+            i => self.fallbacks.get(i - 1).and_then(|f| f.base_url.as_deref()).unwrap_or(&self.base_url),
+        }
+    }
+
+    /// How many API sources the resource has: the primary and its fallbacks that are not
+    /// files.
+    pub fn api_sources(&self) -> usize {
+        1 + self.fallbacks.iter().filter(|f| f.location.is_none()).count()
     }
 
     /// The URL policy of a step with `security`: which URLs its requests may go to.

@@ -175,6 +175,12 @@ impl Detector {
         Ok(Detector { detect: spec.detect.clone(), patterns })
     }
 
+    /// Every class it tells, in the order a tie is decided: the user's patterns, then the
+    /// built-ins.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.patterns.iter().map(|(c, _)| c.as_str()).chain(self.detect.iter().map(String::as_str))
+    }
+
     /// Every class `value` fits: the user's patterns first, then the built-ins in order.
     pub fn classes<'a>(&'a self, value: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         let v = value.trim();

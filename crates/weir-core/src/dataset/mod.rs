@@ -296,11 +296,7 @@ impl DataStep {
 
     /// Checks this config as `kind`'s (the stream kinds check their sinks, schema and
     /// rules the same way).
-    pub(crate) fn check_as(&self, kind: &str) -> Result<(), String> {
-        self.check(kind)
-    }
-
-    fn check(&self, kind: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, kind: &str) -> Result<(), String> {
         let bad = |what: String| Err(format!("{kind} config: {what}"));
         for (what, n) in [("inputs", self.inputs.len()), ("sinks", self.sinks.len())] {
             if n > MAX_ITEMS {
@@ -363,15 +359,16 @@ impl DataStep {
                     }
                     if let Some(e) = encryption {
                         e.check("parquet sink encryption").map_err(|e| format!("{kind} config: {e}"))?;
-                        if schema_contract.data_type == contract::TypePolicy::Widen {
-                            return bad(format!(
-                                "parquet sink {path:?}: schema_contract.data_type widen rewrites the dataset's files, which Weir does not do for encrypted datasets (use quarantine, freeze or discard_value)"
-                            ));
-                        }
                     }
-                    if location.is_some() && schema_contract.data_type == contract::TypePolicy::Widen {
+                    // widen rewrites the dataset's files under its lock: local, clear datasets only.
+                    let cannot_widen = match (location, encryption) {
+                        (Some(_), _) => Some("Weir does only on local disk, under the dataset's lock; an object-store dataset cannot take that rewrite atomically"),
+                        (None, Some(_)) => Some("Weir does not do for encrypted datasets"),
+                        (None, None) => None,
+                    };
+                    if let (Some(why), contract::TypePolicy::Widen) = (cannot_widen, schema_contract.data_type) {
                         return bad(format!(
-                            "parquet sink {path:?}: schema_contract.data_type widen rewrites the dataset's files, which Weir does only on local disk, under the dataset's lock; an object-store dataset cannot take that rewrite atomically (use quarantine, freeze or discard_value)"
+                            "parquet sink {path:?}: schema_contract.data_type widen rewrites the dataset's files, which {why} (use quarantine, freeze or discard_value)"
                         ));
                     }
                     if let Some(l) = location {
@@ -395,7 +392,7 @@ impl DataStep {
                     }
                 }
                 SinkSpec::Postgres { url_env, table, key, .. } => {
-                    if url_env.is_empty() || !url_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    if !crate::validate::is_env_name(url_env) {
                         return bad(format!(
                             "postgres sink url_env must name an environment variable, got {url_env:?}"
                         ));

@@ -71,11 +71,29 @@ impl LocalDataset {
         Ok(h)
     }
 
+    /// The keys of the inputs committed to the dataset (its manifests' names), unread.
+    pub fn input_keys(&self) -> Result<Vec<String>, DataError> {
+        let dir = self.root.join("_weir").join("inputs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(DataError::io(&dir, e)),
+        };
+        let mut keys = Vec::new();
+        for e in entries {
+            let p = e.map_err(|e| DataError::io(&dir, e))?.path();
+            if let Some(k) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) {
+                keys.push(k.to_string());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     /// The committed data files, by the input key that wrote them (the manifest's name).
     pub fn files_by_input(&self) -> Result<Vec<(String, PathBuf)>, DataError> {
         let mut out = Vec::new();
-        for (path, m) in self.manifests()? {
-            let key = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        for (key, m) in self.manifests()? {
             out.extend(m.files.iter().map(|f| (key.clone(), self.root.join(f))));
         }
         Ok(out)
@@ -108,24 +126,14 @@ impl LocalDataset {
         }
     }
 
-    /// Every committed input's manifest: (its path, the manifest).
-    fn manifests(&self) -> Result<Vec<(PathBuf, Manifest)>, DataError> {
-        let dir = self.root.join("_weir").join("inputs");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(DataError::io(&dir, e)),
-        };
+    /// Every committed input's manifest: (its input key, the manifest), in key order.
+    fn manifests(&self) -> Result<Vec<(String, Manifest)>, DataError> {
         let mut out = Vec::new();
-        for e in entries {
-            let p = e.map_err(|e| DataError::io(&dir, e))?.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Some(m) = read_manifest(&p)? {
-                    out.push((p, m));
-                }
+        for key in self.input_keys()? {
+            if let Some(m) = read_manifest(&manifest(&self.root, &key))? {
+                out.push((key, m));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 

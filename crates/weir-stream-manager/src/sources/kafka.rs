@@ -87,7 +87,7 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
             tpl.add_partition(t, *p);
         }
         let committed = c.committed_offsets(tpl, BROKER_TIMEOUT).map_err(broker)?;
-        let landed = positions::landed(&sinks, &parts);
+        let landed = positions::landed(&sinks, &parts).map_err(|e| crate::land::step_error(&e))?;
         let mut starts = BTreeMap::new();
         for (t, p) in &parts {
             let (low, _) = c.fetch_watermarks(t, *p, BROKER_TIMEOUT).map_err(broker)?;
@@ -123,6 +123,8 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
         bounded && starts.keys().all(|tp| at_end.contains(tp)) && last_record.elapsed() >= END_QUIET
     };
     let mut buffers: BTreeMap<Partition, Buffer> = BTreeMap::new();
+    // Records and bytes in the buffers (kept as they fill, not summed per message).
+    let mut buffered: (u64, u64) = (0, 0);
     let mut tally = Tally::default();
     let mut flushed_at = Instant::now();
     loop {
@@ -164,8 +166,10 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
             buf.records.push(b'\n');
             tally.records += 1;
             tally.bytes += payload.len() as u64;
+            buffered.0 += 1;
+            buffered.1 += payload.len() as u64 + 1;
         }
-        let (count, bytes) = buffers.values().fold((0, 0), |(c, b), x| (c + x.count, b + x.records.len() as u64));
+        let (count, bytes) = buffered;
         if count > 0
             && (count >= max_records
                 || bytes >= max_bytes
@@ -173,6 +177,7 @@ pub async fn run(task: &TaskContext, step: &StreamStep, landing: &Landing) -> Re
                 || done(&at_end, last_record))
         {
             flush(&consumer, landing, &mut buffers, &mut tally).await?;
+            buffered = (0, 0);
             flushed_at = Instant::now();
         } else if count == 0 && flushed_at.elapsed() >= interval {
             flushed_at = Instant::now();
