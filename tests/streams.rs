@@ -30,6 +30,30 @@ fn lake_ids(lake: &Path) -> Vec<i64> {
     ids
 }
 
+/// A dataset's rows as JSON objects of their values' text.
+fn lake_records(lake: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in read_lake(lake, None).expect("the lake reads") {
+        let opts = arrow_cast::display::FormatOptions::default();
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &opts).expect("formats"))
+            .collect();
+        for i in 0..b.num_rows() {
+            let row: serde_json::Map<String, Value> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(&cols)
+                .map(|(f, c)| (f.name().clone(), json!(c.value(i).to_string())))
+                .collect();
+            out.push(Value::Object(row));
+        }
+    }
+    out
+}
+
 async fn produce(bus: &std::sync::Arc<dyn weir_bus::Bus>, ids: std::ops::Range<i64>) {
     let batch: Vec<Message> = ids
         .map(|i| {
@@ -53,7 +77,7 @@ async fn kafka_records_land_once_and_a_rerun_or_a_restart_reads_nothing_twice() 
     let dir = tempfile::tempdir().expect("tmp");
     let store = StoreFixture::new(Backend::Sqlite).await;
     let master = InProcMaster::start(&store.url).await;
-    let settings = weir_stream_manager::StreamSettings { data_dir: dir.path().join("data") };
+    let settings = weir_stream_manager::StreamSettings { data_dir: dir.path().join("data"), ..Default::default() };
     let (stop, manager) = run_manager(weir_stream_manager::spec_with(settings), &master.url, "stream-1", "");
     let lake = dir.path().join("lake");
     let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]},
@@ -102,13 +126,13 @@ async fn kafka_records_land_once_and_a_rerun_or_a_restart_reads_nothing_twice() 
     assert_eq!(once(&lake_ids(&lake), 450), (450, 450, None, None), "every record once");
 
     // A source type not served yet is refused at submission, naming it.
-    let mut nats = step("consume", "consume", "stream", &[]);
-    nats.config_json =
-        json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": "s", "consumer": "c"},
-                              "sinks": [{"type": "parquet", "path": "/tmp/x"}]})
-        .to_string();
-    let e = jc.submit_job(v1::SubmitJobRequest { spec: Some(job("nats", vec![nats])) }).await.expect_err("refused");
-    assert!(e.message().contains("source type nats is not served yet"), "{}", e.message());
+    let mut kinesis = step("consume", "consume", "stream", &[]);
+    kinesis.config_json = json!({"source": {"type": "kinesis", "stream": "s"},
+                                 "sinks": [{"type": "parquet", "path": "/tmp/x"}]})
+    .to_string();
+    let e =
+        jc.submit_job(v1::SubmitJobRequest { spec: Some(job("kinesis", vec![kinesis])) }).await.expect_err("refused");
+    assert!(e.message().contains("source type kinesis is not served yet"), "{}", e.message());
     stop.cancel();
     manager.await.expect("manager stops");
     master.stop().await;
@@ -165,4 +189,336 @@ async fn a_stream_manager_killed_mid_stream_is_taken_over_with_every_record_once
     assert!(landed_before < n as usize, "killed mid-stream ({landed_before} of {n} landed)");
     assert_eq!(once(&lake_ids(&lake), n), (n as usize, n as usize, None, None), "every record once");
     store.cleanup().await;
+}
+
+/// A stream manager in process with its master, for the tests below.
+struct Rig {
+    dir: tempfile::TempDir,
+    store: StoreFixture,
+    master: InProcMaster,
+    stop: tokio_util::sync::CancellationToken,
+    manager: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    async fn start(settings: impl FnOnce(&mut weir_stream_manager::StreamSettings)) -> Rig {
+        Self::start_listening(settings, "").await
+    }
+
+    /// With the manager's own gRPC service (`StreamService`) on `listen`.
+    async fn start_listening(settings: impl FnOnce(&mut weir_stream_manager::StreamSettings), listen: &str) -> Rig {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StoreFixture::new(Backend::Sqlite).await;
+        let master = InProcMaster::start(&store.url).await;
+        let mut s = weir_stream_manager::StreamSettings { data_dir: dir.path().join("data"), ..Default::default() };
+        settings(&mut s);
+        let (stop, manager) = run_manager(weir_stream_manager::spec_with(s), &master.url, "stream-1", listen);
+        Rig { dir, store, master, stop, manager }
+    }
+
+    fn lake(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs one `consume` step to its end: whether it succeeded, and its output (or error).
+    async fn consume(&self, name: &str, config: &Value) -> (bool, Value) {
+        let mut jc = self.master.jobs();
+        let mut s = step("consume", "consume", "stream", &[]);
+        s.config_json = config.to_string();
+        s.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+        let id = submit(&mut jc, job(name, vec![s])).await;
+        let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
+        let ts = tasks(&mut jc, &id).await;
+        let out = serde_json::from_str(&ts[0].output_json).unwrap_or(json!({"error": ts[0].error_message}));
+        (done.state == v1::JobState::Succeeded as i32, out)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.manager.await.expect("manager stops");
+        self.master.stop().await;
+        self.store.cleanup().await;
+    }
+}
+
+fn counts(o: &Value) -> (Option<u64>, Option<u64>, Option<u64>) {
+    (o["records"].as_u64(), o["rows_written"].as_u64(), o["rows_quarantined"].as_u64())
+}
+
+/// NATS JetStream (the server on this machine) into a dataset: every message once, a
+/// poison message quarantined, a rerun reading nothing, and a new consumer resuming after
+/// the dataset's positions; a stream that does not exist fails the step, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_jetstream_records_land_once_and_a_new_consumer_resumes_after_the_dataset() {
+    let name = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.expect("the NATS server on this machine");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let publish = |ids: std::ops::Range<i64>| {
+        let (js, subject) = (js.clone(), format!("{name}.orders"));
+        async move {
+            for i in ids {
+                let body = json!({"id": i, "amount": i as f64 * 1.5}).to_string();
+                js.publish(subject.clone(), body.into()).await.expect("publish").await.expect("stored");
+            }
+        }
+    };
+    publish(0..250).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let between = weir_core::events::rfc3339(now_ms);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    js.publish(format!("{name}.orders"), "{not json".into()).await.expect("publish").await.expect("stored");
+    publish(250..500).await;
+
+    let rig = Rig::start(|_| {}).await;
+    let lake = rig.lake("lake");
+    let config = |consumer: &str| {
+        json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": name, "consumer": consumer},
+               "until": "now", "flush": {"max_records": 100, "interval": "1s"},
+               "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+    };
+    let (ok, o) = rig.consume("orders", &config("c1")).await;
+    assert!(ok, "{o}");
+    assert_eq!(counts(&o), (Some(501), Some(500), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 500), (500, 500, None, None), "every record once");
+
+    let (ok, o) = rig.consume("orders-again", &config("c1")).await;
+    assert!(ok && o["records"].as_u64() == Some(0), "acknowledged messages are not read again: {o}");
+
+    // A consumer that never acknowledged anything: the dataset says where to go on.
+    publish(500..600).await;
+    let (ok, o) = rig.consume("orders-new-consumer", &config("c2")).await;
+    assert!(ok, "{o}");
+    assert_eq!(o["records"].as_u64(), Some(100), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 600), (600, 600, None, None), "every record once");
+
+    // Backfills into other datasets: a range of sequences (the end exclusive), and
+    // everything up to a time.
+    let range_lake = rig.lake("range");
+    let mut range = config("range");
+    range["sinks"][0]["path"] = json!(range_lake.display().to_string());
+    range["from"] = json!({"offsets": {format!("{name}/0"): 101}});
+    range["until"] = json!({"offsets": {format!("{name}/0"): 201}});
+    let (ok, o) = rig.consume("orders-range", &range).await;
+    assert!(ok && o["records"].as_u64() == Some(100), "{o}");
+    assert_eq!(lake_ids(&range_lake), (100..200).collect::<Vec<i64>>(), "sequences 101..=200");
+    let time_lake = rig.lake("until-time");
+    let mut upto = config("upto");
+    upto["sinks"][0]["path"] = json!(time_lake.display().to_string());
+    upto["until"] = json!({"time": between});
+    let (ok, o) = rig.consume("orders-until", &upto).await;
+    assert!(ok && o["records"].as_u64() == Some(250), "{o}");
+    assert_eq!(once(&lake_ids(&time_lake), 250), (250, 250, None, None), "what was published before the time");
+
+    let mut missing = config("c1");
+    missing["source"]["stream"] = json!("no_such_stream");
+    let (ok, o) = rig.consume("missing", &missing).await;
+    assert!(!ok && o["error"].as_str().is_some_and(|e| e.contains("stream no_such_stream")), "{o}");
+    let _ = js.delete_stream(&name).await;
+    rig.stop().await;
+}
+
+/// RabbitMQ (the broker on this machine) into a dataset with manual acknowledgements:
+/// every message once; a publisher's resent messages dropped by their id against the
+/// ids landed before; an unset URL variable fails the step, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_records_land_once_and_resent_messages_are_dropped_by_id() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let queue = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("the RabbitMQ broker on this machine");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), Default::default()).await.expect("queue");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let publish = |ids: std::ops::Range<i64>| {
+        let (ch, queue) = (ch.clone(), queue.clone());
+        async move {
+            for i in ids {
+                let body = json!({"id": i, "amount": i as f64 * 1.5}).to_string();
+                let props = lapin::BasicProperties::default().with_message_id(format!("m{i}").into());
+                ch.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirmed");
+            }
+        }
+    };
+    publish(0..400).await;
+    ch.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        b"{not json",
+        Default::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirmed");
+
+    let url_env = credentials_env(&[("URL", url)]) + "_URL";
+    let rig = Rig::start(|_| {}).await;
+    let lake = rig.lake("lake");
+    let dead = rig.lake("dead");
+    let config = json!({"source": {"type": "rabbitmq", "url_env": url_env, "queue": queue, "prefetch": 150},
+                        "until": "now", "flush": {"max_records": 100, "interval": "1s"},
+                        "dead_letter": {"type": "parquet", "path": dead.display().to_string()},
+                        "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let (ok, o) = rig.consume("orders", &config).await;
+    assert!(ok, "{o}");
+    assert_eq!((counts(&o), o["dead_letters"].as_u64()), ((Some(401), Some(400), Some(0)), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 400), (400, 400, None, None), "every record once");
+    // The poison message in the dead-letter dataset, with where it came from and why.
+    let letters = lake_records(&dead);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0];
+    assert_eq!(
+        (l["source"].as_str(), l["lane"].as_str(), l["message"].as_str()),
+        (Some("rabbitmq"), Some(format!("{queue}/0").as_str()), Some("{not json")),
+        "{l}"
+    );
+    assert!(l["reason"].as_str().is_some_and(|r| r.starts_with("not JSON")) && l["position"] == "401", "{l}");
+
+    // The publisher resends 300..400 (say, after a lost confirm) and goes on.
+    publish(300..450).await;
+    let (ok, o) = rig.consume("orders-again", &config).await;
+    assert!(ok, "{o}");
+    assert_eq!(
+        (o["records"].as_u64(), o["duplicates"].as_u64(), o["rows_written"].as_u64()),
+        (Some(150), Some(100), Some(50)),
+        "{o}"
+    );
+    assert_eq!(once(&lake_ids(&lake), 450), (450, 450, None, None), "every record once");
+    let q = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .expect("queue");
+    assert_eq!(q.message_count(), 0, "every message acknowledged, the duplicates too");
+
+    let mut unset = config.clone();
+    unset["source"]["url_env"] = json!("WEIR_TEST_NO_SUCH_URL");
+    let (ok, o) = rig.consume("unset", &unset).await;
+    assert!(!ok && o["error"].as_str().is_some_and(|e| e.contains("WEIR_TEST_NO_SUCH_URL")), "{o}");
+    let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
+    rig.stop().await;
+}
+
+/// A manager whose memory budget is far smaller than the backlog: the stream flushes
+/// under the budget's pressure instead of buffering the backlog, the buffers never pass
+/// the budget, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_budget_is_landed_under_the_budget() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    let n = 20_000;
+    for chunk in (0..n).step_by(1000) {
+        produce(&bus, chunk..chunk + 1000).await;
+    }
+    let budget = 256 << 10;
+    let rig = Rig::start(|s| s.budget = budget).await;
+    let lake = rig.lake("lake");
+    // Flushes on size and time set far beyond the backlog: only the budget flushes.
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]},
+                        "until": "now", "flush": {"max_records": 1_000_000, "interval": "10m"},
+                        "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let (ok, o) = rig.consume("orders", &config).await;
+    assert!(ok, "{o}");
+    assert_eq!(counts(&o), (Some(n as u64), Some(n as u64), Some(0)), "{o}");
+    assert!(o["pressure_flushes"].as_u64() > Some(0), "flushed under pressure: {o}");
+    let peak = o["budget"]["peak"].as_u64().expect("peak");
+    assert!(peak <= budget, "buffers peaked at {peak} bytes, over the budget of {budget}: {o}");
+    assert_eq!(once(&lake_ids(&lake), n), (n as usize, n as usize, None, None), "every record once");
+    rig.stop().await;
+}
+
+/// A continuous stream seen through the stream manager's own service (what `weir streams`
+/// shows): its records, each lane's landed position and lag; cancelled, it flushes what
+/// it holds before it stops, so nothing read is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_stream_shows_its_lanes_and_lag_and_a_cancel_flushes_what_it_holds() {
+    let name = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.expect("the NATS server on this machine");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    for i in 0..120 {
+        let body = json!({"id": i}).to_string();
+        js.publish(format!("{name}.orders"), body.into()).await.expect("publish").await.expect("stored");
+    }
+    let port = free_port();
+    let rig = Rig::start_listening(|_| {}, &format!("127.0.0.1:{port}")).await;
+    let lake = rig.lake("lake");
+    // Flushes every 100 records, or after an hour: the last 20 wait in the buffer.
+    let config = json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": name, "consumer": "live"},
+                        "flush": {"max_records": 100, "interval": "1h"},
+                        "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let mut jc = rig.master.jobs();
+    let mut s = step("consume", "consume", "stream", &[]);
+    s.config_json = config.to_string();
+    let id = submit(&mut jc, job("live", vec![s])).await;
+    let mut streams = v1::stream_service_client::StreamServiceClient::new(channel(&format!("http://127.0.0.1:{port}")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let r = streams.list_streams(v1::ListStreamsRequest {}).await.map(|r| r.into_inner());
+        if let Some(s) = r.ok().and_then(|r| r.streams.into_iter().next()) {
+            if s.records == 120 && s.lanes.first().is_some_and(|l| l.lag == 0) {
+                break s;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the stream never showed its 120 records and no lag");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (seen.source.as_str(), seen.job_id.as_str(), seen.buffered_records),
+        ("nats", id.as_str(), 20),
+        "{seen:?}"
+    );
+    let lane = &seen.lanes[0];
+    assert_eq!((lane.name.as_str(), lane.position, lane.landed), (name.as_str(), 120, 100), "{lane:?}");
+    assert!(seen.last_checkpoint.is_some(), "{seen:?}");
+    assert_eq!(once(&lake_ids(&lake), 100), (100, 100, None, None), "the first flush only");
+
+    jc.cancel_job(v1::CancelJobRequest { job_id: id.clone(), reason: "enough".into() }).await.expect("cancel");
+    wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
+    // The stream leaves the list once its final flush is through.
+    let after = loop {
+        let r = streams.list_streams(v1::ListStreamsRequest {}).await.expect("list").into_inner();
+        if r.streams.is_empty() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(30), "the stream never stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.buffered_bytes, 0, "{after:?}");
+    assert_eq!(once(&lake_ids(&lake), 120), (120, 120, None, None), "the buffered 20 flushed on cancel");
+    let _ = js.delete_stream(&name).await;
+    rig.stop().await;
 }

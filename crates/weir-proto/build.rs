@@ -7,7 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read when the script runs, not when it is compiled: checkouts that share one target
     // directory (CI's clean clone and a developer's) share this script's binary.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["weir/v1/job.proto", "weir/v1/master.proto", "weir/v1/files.proto", "weir/v1/datasets.proto"];
+    let files = [
+        "weir/v1/job.proto",
+        "weir/v1/master.proto",
+        "weir/v1/files.proto",
+        "weir/v1/datasets.proto",
+        "weir/v1/streams.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

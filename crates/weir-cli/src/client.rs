@@ -305,3 +305,20 @@ impl DatasetsClient {
         Ok(())
     }
 }
+
+/// What a stream manager's streams are doing (`weir streams`).
+pub async fn streams(url: &str, json: bool) -> anyhow::Result<()> {
+    let channel = weir_runtime::grpc::channel(url)?;
+    let mut c = v1::stream_service_client::StreamServiceClient::new(channel);
+    let r = c
+        .list_streams(v1::ListStreamsRequest {})
+        .await
+        .map_err(|s| explain_manager(s, "stream manager", "127.0.0.1:50054"))?
+        .into_inner();
+    if json {
+        println!("{}", render::streams_value(&r));
+    } else {
+        render::streams_table(&r);
+    }
+    Ok(())
+}

@@ -29,6 +29,9 @@ pub struct DevArgs {
     /// Where the batch manager's own service listens (`weir datasets …`).
     #[arg(long, env = "WEIR_DATASETS_LISTEN", default_value = "127.0.0.1:50053")]
     datasets_listen: String,
+    /// Where the stream manager's own service listens (`weir streams`).
+    #[arg(long, env = "WEIR_STREAMS_LISTEN", default_value = "127.0.0.1:50054")]
+    streams_listen: String,
     /// Events go to the in-process bus unless Kafka brokers are given here.
     #[command(flatten)]
     events: EventsConfig,
@@ -64,7 +67,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         (weir_api_manager::spec().map_err(anyhow::Error::msg)?, ""),
         (weir_file_manager::spec_with(files), &args.files_listen),
         (weir_batch_manager::spec_with(batch), &args.datasets_listen),
-        (weir_stream_manager::spec().map_err(anyhow::Error::msg)?, ""),
+        (weir_stream_manager::spec().map_err(anyhow::Error::msg)?, &args.streams_listen),
     ];
     let mut managers = Vec::new();
     for (spec, listen) in specs {
@@ -84,6 +87,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  events:  {bus_name}");
     println!("  files:   http://{}   (weir files list)", args.files_listen);
     println!("  datasets: http://{}   (weir datasets list)", args.datasets_listen);
+    println!("  streams: http://{}   (weir streams)", args.streams_listen);
     println!("  try:     weir submit tests/fixtures/jobs/hello.yaml --watch");
     println!("Ctrl-C stops it; jobs survive restarts.");
     for m in managers {

@@ -87,6 +87,12 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
+    /// The streams a stream manager runs: each lane's position, lag and what is buffered.
+    Streams {
+        /// The stream manager's gRPC address.
+        #[arg(long, env = "WEIR_STREAMS_URL", default_value = "http://127.0.0.1:50054")]
+        streams_url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,5 +186,6 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 DatasetsCommand::History { dataset } => d.history(&dataset).await.map(|_| ok),
             }
         }
+        Command::Streams { streams_url } => client::streams(&streams_url, json).await.map(|_| ok),
     }
 }

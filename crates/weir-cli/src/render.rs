@@ -218,6 +218,61 @@ pub fn dataset_value(v: &v1::DatasetVersion) -> Value {
     })
 }
 
+fn lag(v: i64) -> String {
+    if v < 0 {
+        "?".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// A stream manager's streams, a line per lane under each.
+pub fn streams_table(r: &v1::ListStreamsResponse) {
+    println!("budget {} bytes, {} buffered now, {} at most", r.budget_bytes, r.buffered_bytes, r.peak_bytes);
+    println!(
+        "{:<36}  {:<9}  {:<8}  {:>10}  {:>9}  {:>10}  {:<24}  JOB/STEP",
+        "TASK", "SOURCE", "STATE", "RECORDS", "REC/S", "BUFFERED", "CHECKPOINT"
+    );
+    for s in &r.streams {
+        println!(
+            "{:<36}  {:<9}  {:<8}  {:>10}  {:>9.0}  {:>10}  {:<24}  {}/{}",
+            s.task_id,
+            s.source,
+            s.state,
+            s.records,
+            s.records_per_second,
+            s.buffered_records,
+            time(&s.last_checkpoint),
+            s.job_name,
+            s.step_id
+        );
+        for l in &s.lanes {
+            println!("    {}/{}  position {}  landed {}  lag {}", l.name, l.index, l.position, l.landed, lag(l.lag));
+        }
+    }
+}
+
+/// A stream manager's streams as JSON.
+pub fn streams_value(r: &v1::ListStreamsResponse) -> Value {
+    let streams: Vec<Value> = r
+        .streams
+        .iter()
+        .map(|s| {
+            json!({
+                "job_id": s.job_id, "task_id": s.task_id, "step_id": s.step_id, "namespace": s.namespace,
+                "job_name": s.job_name, "source": s.source, "fence": s.fence, "state": s.state,
+                "records": s.records, "bytes": s.bytes, "records_per_second": s.records_per_second,
+                "bytes_per_second": s.bytes_per_second, "buffered_records": s.buffered_records,
+                "buffered_bytes": s.buffered_bytes, "flushes": s.flushes, "duplicates": s.duplicates,
+                "dead_letters": s.dead_letters, "dropped": s.dropped, "started": time(&s.started),
+                "last_checkpoint": time(&s.last_checkpoint),
+                "lanes": s.lanes.iter().map(|l| json!({"name": l.name, "index": l.index, "position": l.position, "landed": l.landed, "lag": l.lag})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"budget_bytes": r.budget_bytes, "buffered_bytes": r.buffered_bytes, "peak_bytes": r.peak_bytes, "streams": streams})
+}
+
 /// A table of workers.
 pub fn worker_table(ws: &[v1::Worker]) {
     println!("{:<32}  {:<7}  {:>8}  {:>7}  LAST SEEN", "WORKER", "QUEUE", "CAPACITY", "RUNNING");

@@ -37,8 +37,10 @@ pub mod topic {
     pub const DATASETS: &str = "weir.datasets";
     /// The APIs the API managers call: circuits opened and closed.
     pub const APIS: &str = "weir.apis";
+    /// The streams the stream managers consume: lag, stalls, takeovers (key: the task).
+    pub const STREAMS: &str = "weir.streams";
     /// Every topic Weir creates at start.
-    pub const ALL: [&str; 8] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS];
+    pub const ALL: [&str; 9] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS, STREAMS];
 }
 
 /// Header names, in one place.
@@ -172,20 +174,45 @@ pub mod api_event {
     pub const ALL: [&str; 5] = [CIRCUIT_OPENED, CIRCUIT_HALF_OPEN, CIRCUIT_CLOSED, HEALTH_CHANGED, DEGRADED];
 }
 
-/// An API status change a worker reported, for the outbox. `detail` fields are merged
-/// into `data`, after `api` and `worker_id`.
-pub fn api_status(kind: &str, api: &str, worker: &str, detail: Value, time_ms: Millis) -> OutboxMessage {
+/// Stream status types (topic `weir.streams`, keyed by the stream's task id), reported
+/// by the stream managers over the heartbeat.
+pub mod stream_event {
+    /// Each lane's position and lag, periodically (data: lanes, records_per_second).
+    pub const LAG: &str = "dev.weir.stream.lag";
+    /// Messages wait in the source but none were read for a while (data: lanes, paused).
+    pub const STALLED: &str = "dev.weir.stream.stalled";
+    /// Another owner took the stream's lanes over and resumed them (data: attempt, lanes).
+    pub const REBALANCED: &str = "dev.weir.stream.rebalanced";
+    pub const ALL: [&str; 3] = [LAG, STALLED, REBALANCED];
+}
+
+/// The topic a worker's notice of `kind` goes to, if it is one workers may report.
+pub fn notice_topic(kind: &str) -> Option<&'static str> {
+    if api_event::ALL.contains(&kind) {
+        Some(topic::APIS)
+    } else if stream_event::ALL.contains(&kind) {
+        Some(topic::STREAMS)
+    } else {
+        None
+    }
+}
+
+/// A status change a worker reported about an API (`subject`: its name) or a stream (its
+/// task id), for the outbox. `detail` fields are merged into `data`, after the subject
+/// (`api` or `task_id`) and `worker_id`.
+pub fn notice_message(kind: &str, subject: &str, worker: &str, detail: Value, time_ms: Millis) -> OutboxMessage {
     let mut data = Map::new();
     if let Value::Object(d) = detail {
         data.extend(d);
     }
-    data.insert("api".into(), json!(api));
+    let topic = notice_topic(kind).unwrap_or(topic::APIS);
+    data.insert(if topic == topic::STREAMS { "task_id" } else { "api" }.into(), json!(subject));
     data.insert("worker_id".into(), json!(worker));
     OutboxMessage {
-        topic: topic::APIS.into(),
-        key: api.into(),
+        topic: topic.into(),
+        key: subject.into(),
         kind: kind.into(),
-        subject: api.into(),
+        subject: subject.into(),
         time_ms,
         data: Value::Object(data),
     }

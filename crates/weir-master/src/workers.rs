@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use weir_core::catalog::Queue;
 use weir_core::engine::{EngineError, Failure};
-use weir_core::events::{api_event, api_status, worker_event, worker_status};
+use weir_core::events::{api_event, notice_message, notice_topic, stream_event, worker_event, worker_status};
 use weir_core::model::TaskState;
 use weir_core::quota::Demand;
 use weir_core::validate::{check_name, MAX_CONFIG_BYTES};
@@ -157,8 +157,13 @@ fn notices(worker: &str, ns: &[v1::WorkerNotice]) -> Result<Vec<weir_core::model
     }
     ns.iter()
         .map(|n| {
-            if !api_event::ALL.contains(&n.r#type.as_str()) {
-                return Err(invalid(format!("notice type {:?} is not one of {:?}", n.r#type, api_event::ALL)));
+            if notice_topic(&n.r#type).is_none() {
+                return Err(invalid(format!(
+                    "notice type {:?} is not one of {:?} or {:?}",
+                    n.r#type,
+                    api_event::ALL,
+                    stream_event::ALL
+                )));
             }
             check_name("notice subject", &n.subject, 128).map_err(status::spec)?;
             if n.data_json.len() > MAX_CONFIG_BYTES {
@@ -168,7 +173,7 @@ fn notices(worker: &str, ns: &[v1::WorkerNotice]) -> Result<Vec<weir_core::model
                 .ok()
                 .filter(serde_json::Value::is_object)
                 .ok_or_else(|| invalid("a notice's data_json must be a JSON object"))?;
-            Ok(api_status(&n.r#type, &n.subject, worker, data, n.time_ms))
+            Ok(notice_message(&n.r#type, &n.subject, worker, data, n.time_ms))
         })
         .collect()
 }

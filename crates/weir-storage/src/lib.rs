@@ -170,6 +170,23 @@ pub fn read_secrets(creds: &CredentialsRef, keys: &[&str]) -> Result<HashMap<Str
     Ok(out)
 }
 
+/// [`read_secrets`], failing unless every one of `required` is there; the error names
+/// the variable or the file key that is missing, never a value.
+pub fn require_secrets(
+    creds: &CredentialsRef,
+    keys: &[&str],
+    required: &[&str],
+) -> Result<HashMap<String, String>, String> {
+    let got = read_secrets(creds, keys)?;
+    if let Some(k) = required.iter().find(|k| !got.contains_key(**k)) {
+        return Err(match creds {
+            CredentialsRef::Env(p) => format!("{p}_{} is not set", k.to_ascii_uppercase()),
+            CredentialsRef::File(f) => format!("{k} is not in {f}"),
+        });
+    }
+    Ok(got)
+}
+
 /// Reads one secret a reference names (a file, read whole; an environment variable),
 /// trimmed of surrounding white space. The error names the reference, never a value.
 pub fn read_secret(secret: &weir_core::secret::SecretRef) -> Result<Vec<u8>, String> {

@@ -2,23 +2,31 @@
 
 use async_trait::async_trait;
 use serde_json::Value;
+use std::sync::Arc;
 use weir_core::catalog::STREAM_KINDS;
-use weir_core::stream::{SourceSpec, StreamStep};
+
+use weir_core::stream::StreamStep;
 use weir_data::sink::landing::Pools;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
+use crate::budget::Budget;
 use crate::land::Landing;
+use crate::status::Registry;
 use crate::StreamSettings;
 
-/// Runs `consume`, holding the PostgreSQL sinks' pools across streams.
+/// Runs `consume`, holding the PostgreSQL sinks' pools and the memory budget across
+/// streams.
 pub struct Consume {
     settings: StreamSettings,
     pools: Pools,
+    budget: Arc<Budget>,
+    registry: Registry,
 }
 
 impl Consume {
-    pub fn new(settings: StreamSettings) -> Consume {
-        Consume { settings, pools: Pools::default() }
+    /// Streams sharing `budget`, reporting to `registry`.
+    pub fn new(settings: StreamSettings, budget: Arc<Budget>, registry: Registry) -> Consume {
+        Consume { settings, pools: Pools::default(), budget, registry }
     }
 }
 
@@ -31,12 +39,6 @@ impl StepHandler for Consume {
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         let step = StreamStep::parse_served(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let landing = Landing::open(&step, task, &self.settings.data_dir, &self.pools).await?;
-        match &step.source {
-            SourceSpec::Kafka { .. } => crate::sources::kafka::run(task, &step, &landing).await,
-            other => Err(StepError::permanent(
-                "bad_config",
-                format!("source type {} is not served yet (kafka is)", other.name()),
-            )),
-        }
+        crate::run::run(task, &step, &landing, &self.budget, &self.registry, &self.settings.data_dir).await
     }
 }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use weir_core::dataset::schema::ColumnType;
 use weir_core::dataset::schema::Origin;
-use weir_core::dataset::{DataStep, FormatKind, FormatSpec, SinkSpec};
+use weir_core::dataset::{ColumnSpec, DataStep, FormatKind, FormatSpec, SinkSpec};
 use weir_core::stream::StreamStep;
 use weir_data::pipeline::{convert, Input, Plan};
 use weir_data::sink::landing::{Pools, Sinks};
@@ -32,7 +33,8 @@ pub fn step_error(e: &DataError) -> StepError {
 }
 
 impl Landing {
-    /// Opens the sinks (a bad one fails the step at once) with a scratch folder for flushes.
+    /// Opens the stream's sinks (a bad one fails the step at once) with a scratch folder
+    /// for flushes.
     pub async fn open(
         stream: &StreamStep,
         task: &TaskContext,
@@ -46,8 +48,45 @@ impl Landing {
             format: Some(FormatSpec { kind: Some(FormatKind::Ndjson), ..Default::default() }),
             ..Default::default()
         };
+        Self::open_step(step, task, data_dir, pools, "records").await
+    }
+
+    /// Opens the dead-letter dataset: a message that does not decode, with its source
+    /// coordinates and the reason (see [`crate::run`]).
+    pub async fn dead_letters(path: &str, task: &TaskContext, data_dir: &Path) -> Result<Landing, StepError> {
+        let col = |name: &str, kind: ColumnType, nullable: bool| ColumnSpec {
+            name: name.into(),
+            kind,
+            nullable,
+            null_values: None,
+        };
+        let step = DataStep {
+            sinks: vec![serde_json::from_value(serde_json::json!({"type": "parquet", "path": path}))
+                .map_err(|e| StepError::permanent("bad_config", format!("dead_letter: {e}")))?],
+            schema: Some(vec![
+                col("source", ColumnType::String, false),
+                col("lane", ColumnType::String, false),
+                col("position", ColumnType::Int64, false),
+                col("id", ColumnType::String, true),
+                col("reason", ColumnType::String, false),
+                col("message", ColumnType::String, false),
+                col("received_at", ColumnType::Timestamp, false),
+            ]),
+            format: Some(FormatSpec { kind: Some(FormatKind::Ndjson), ..Default::default() }),
+            ..Default::default()
+        };
+        Self::open_step(step, task, data_dir, &Pools::default(), "dead").await
+    }
+
+    async fn open_step(
+        step: DataStep,
+        task: &TaskContext,
+        data_dir: &Path,
+        pools: &Pools,
+        scratch: &str,
+    ) -> Result<Landing, StepError> {
         let sinks = Sinks::open(&step, pools).await.map_err(|e| step_error(&e))?;
-        let scratch = task.folder(data_dir, weir_worker::STAGING).join(format!("attempt-{}", task.fence));
+        let scratch = task.folder(data_dir, weir_worker::STAGING).join(format!("attempt-{}-{scratch}", task.fence));
         tokio::fs::create_dir_all(&scratch)
             .await
             .map_err(|e| StepError::retryable("staging", format!("creating {}: {e}", scratch.display())))?;
@@ -59,6 +98,17 @@ impl Landing {
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             task: task.clone(),
         })
+    }
+
+    /// Raises the task's fence in the sinks before anything is read (see
+    /// `LocalDataset::claim`).
+    pub async fn claim(&self) -> Result<(), StepError> {
+        self.sinks.claim(&self.fence).await.map_err(|e| step_error(&e))
+    }
+
+    /// The input keys each sink holds (`None`: a sink that does not tell yet).
+    pub async fn input_keys(&self) -> Result<Vec<Vec<String>>, StepError> {
+        Ok(self.sinks.input_keys().await.map_err(|e| step_error(&e))?.into_iter().flatten().collect())
     }
 
     /// Lands `records` (NDJSON) as the input `identity`.

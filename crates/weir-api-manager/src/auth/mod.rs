@@ -54,15 +54,8 @@ pub(crate) fn secrets(
     required: &[&str],
     api: &str,
 ) -> Result<HashMap<String, String>, CollectError> {
-    let got = weir_storage::read_secrets(creds, keys).map_err(|e| CollectError::Config(format!("api {api}: {e}")))?;
-    if let Some(k) = required.iter().find(|k| !got.contains_key(**k)) {
-        let how = match creds {
-            CredentialsRef::Env(p) => format!("{p}_{}", k.to_ascii_uppercase()),
-            CredentialsRef::File(f) => format!("{k} in {f}"),
-        };
-        return Err(CollectError::Config(format!("api {api}: auth needs {how}, which is not set")));
-    }
-    Ok(got)
+    weir_storage::require_secrets(creds, keys, required)
+        .map_err(|e| CollectError::Config(format!("api {api}: auth needs credentials: {e}")))
 }
 
 /// The method an auth spec names, with its secrets read. `data_dir` keeps what must

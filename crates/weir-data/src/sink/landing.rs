@@ -165,6 +165,39 @@ impl Sinks {
             .collect()
     }
 
+    /// The inputs each sink holds committed, by input key: what a stream reads its landed
+    /// positions from. A PostgreSQL table's keys are recorded in the same transaction as
+    /// its rows. `None` for an object-store dataset (not read yet).
+    pub async fn input_keys(&self) -> Result<Vec<Option<Vec<String>>>, DataError> {
+        let mut out = Vec::with_capacity(self.sinks.len());
+        for s in &self.sinks {
+            out.push(match s {
+                Sink::Local(d) => {
+                    let d = d.clone();
+                    Some(tokio::task::spawn_blocking(move || d.input_keys()).await.map_err(join_err)??)
+                }
+                Sink::Object(_) => None,
+                Sink::Postgres { table, pool, .. } => {
+                    let mut conn = pool.acquire().await.map_err(sink_err)?;
+                    Some(postgres::input_keys(&mut conn, &table.table).await?)
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Raises the task's fence in every sink that keeps one per task (local datasets)
+    /// before the task writes: see [`LocalDataset::claim`].
+    pub async fn claim(&self, fence: &WriteFence) -> Result<(), DataError> {
+        for s in &self.sinks {
+            if let Sink::Local(d) = s {
+                let (d, f) = (d.clone(), fence.clone());
+                tokio::task::spawn_blocking(move || d.claim(&f)).await.map_err(join_err)??;
+            }
+        }
+        Ok(())
+    }
+
     /// Each sink's identity and its schema history, for the dataset catalogue.
     pub async fn histories(&self) -> Result<Vec<(SinkId, History)>, DataError> {
         let mut out = Vec::with_capacity(self.sinks.len());
@@ -333,6 +366,11 @@ impl Sinks {
         }
         Ok(())
     }
+}
+
+/// A blocking task that did not finish (it panicked or the runtime is going down).
+fn join_err(e: tokio::task::JoinError) -> DataError {
+    DataError::Sink(format!("a dataset task stopped: {e}"))
 }
 
 /// A local dataset's history, read on a blocking thread.

@@ -126,6 +126,14 @@ impl LocalDataset {
         }
     }
 
+    /// Raises the task's fence to this lease before it writes anything: a stream's new
+    /// owner claims the dataset before it reads where to resume, so a former owner's late
+    /// flush — a range the new owner will read again — is refused from then on, not only
+    /// once the new owner has committed.
+    pub fn claim(&self, fence: &WriteFence) -> Result<(), DataError> {
+        locked(&self.root, || self.check_task_fence(fence))
+    }
+
     /// Every committed input's manifest: (its input key, the manifest), in key order.
     fn manifests(&self) -> Result<Vec<(String, Manifest)>, DataError> {
         let mut out = Vec::new();

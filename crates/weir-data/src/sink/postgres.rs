@@ -129,6 +129,22 @@ pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
     tx.commit().await.map_err(sink_err)
 }
 
+/// The input keys loaded into `table` (none before the first load).
+pub async fn input_keys(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, DataError> {
+    let kept: bool = sqlx::query_scalar("SELECT to_regclass('weir_sink_loads') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sink_err)?;
+    if !kept {
+        return Ok(vec![]);
+    }
+    sqlx::query_scalar("SELECT input_key FROM weir_sink_loads WHERE target = $1 ORDER BY input_key")
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sink_err)
+}
+
 /// The table's columns as a schema (`None`: no such table). `_weir_input` is Weir's
 /// own; a column PostgreSQL fills itself (a default, an identity, a generated column)
 /// counts as nullable, since a load may leave it out.
