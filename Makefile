@@ -5,7 +5,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test lint bench bench-data bench-api fmt build
+.PHONY: run test lint bench bench-data bench-api bench-streams fmt build
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
@@ -47,6 +47,15 @@ bench:
 	$(CARGO_TARGET_DIR)/release/weir-bench
 	$(CARGO_TARGET_DIR)/release/weir-bench data
 	$(CARGO_TARGET_DIR)/release/weir-bench api
+	$(CARGO_TARGET_DIR)/release/weir-bench streams
+
+## Only the stream benchmark.
+bench-streams:
+	./scripts/ensure-postgres.sh
+	./scripts/ensure-tansu.sh
+	./scripts/ensure-bench-peer.sh
+	$(CARGO) build --release -p weir-bench -p weir-master -p weir-stream-manager
+	$(CARGO_TARGET_DIR)/release/weir-bench streams
 
 ## Only the API benchmark.
 bench-api:

@@ -16,10 +16,11 @@
 //!    for each event, the time from the master stamping it to this process reading it.
 //!
 //! `weir-bench data` measures the data path instead (see [`data`]); `weir-bench api` the
-//! API manager (see [`api`]).
+//! API manager (see [`api`]); `weir-bench streams` the stream manager (see [`streams`]).
 
 mod api;
 mod data;
+mod streams;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -65,6 +66,9 @@ enum What {
     Data(data::DataArgs),
     /// HTTP API → Parquet: the API manager against dlt's rest_api; rate-limit accuracy.
     Api(api::ApiArgs),
+    /// Kafka, RabbitMQ and NATS → Parquet/PostgreSQL: the stream manager against a plain
+    /// confluent-kafka + pyarrow consumer; latency; memory with a stalled sink.
+    Streams(streams::StreamArgs),
     /// (internal) Converts one file with Weir's pipeline and prints its figures.
     #[command(hide = true)]
     ConvertOne {
@@ -156,6 +160,10 @@ async fn main() -> anyhow::Result<()> {
         Some(What::Api(a)) => {
             println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
             return api::run(a).await;
+        }
+        Some(What::Streams(s)) => {
+            println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+            return streams::run(s).await;
         }
         Some(What::ConvertOne { input, out, staged }) => return data::convert_one(input, out, *staged),
         None => {}

@@ -55,6 +55,9 @@ impl Kafka {
             .set("queued.max.messages.kbytes", (share / 1024).to_string())
             .set("fetch.max.bytes", share.min(50 << 20).to_string())
             .set("max.partition.fetch.bytes", share.min(1 << 20).to_string())
+            // A caught-up consumer's fetch returns within the flush interval, not after
+            // librdkafka's 500 ms.
+            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 500).to_string())
             .set("log_level", "4");
         let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(cfg.create().map_err(broker)?);
         let (c, names) = (consumer.clone(), topics.clone());

@@ -1,0 +1,436 @@
+//! `weir-bench streams`: the stream manager against the consumer a user would write.
+//!
+//! 1. Kafka → Parquet: `--records` JSON records of about 200 bytes preloaded into a topic
+//!    of the tansu broker; one `consume` job (`until: now`) through the real master and
+//!    `weir-stream-manager` processes into a Parquet dataset, and a plain Python consumer
+//!    (`bench/kafka_parquet.py`: confluent-kafka + pyarrow, 100,000 records a file) on the
+//!    same topic. Prints records/s and MB/s (wall clock, and per core: over the process's
+//!    user+system CPU seconds) and peak RSS for each.
+//! 2. Kafka → PostgreSQL: the same topic into a table (COPY, positions in the same
+//!    transaction).
+//! 3. Latency: records produced at `--latency-rate`/s for `--latency-seconds` into a
+//!    continuous stream flushing every 50 ms into PostgreSQL; for each record, the time
+//!    from its production to this process seeing it in the table (p50/p99).
+//! 4. A stalled sink: the table locked while the topic is consumed under a budget of
+//!    `--stall-budget` MiB; the manager's peak RSS against that budget.
+//! 5. RabbitMQ → Parquet and NATS JetStream → Parquet throughput, `--records` each.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use weir_bus::{Bus, KafkaBus, KafkaConfig, Message, TopicSpec};
+
+use crate::{peak_rss_mb, percentile, spawn, submit, wait, Broker, Master};
+
+/// Settings of the stream benchmark.
+#[derive(Debug, clap::Args)]
+pub struct StreamArgs {
+    /// Records preloaded for each throughput run.
+    #[arg(long, default_value_t = 500_000)]
+    records: u64,
+    /// Records per second produced in the latency run.
+    #[arg(long, default_value_t = 10_000)]
+    latency_rate: u64,
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// The manager's budget while its sink is stalled, in MiB.
+    #[arg(long, default_value_t = 64)]
+    stall_budget: u64,
+    /// The Python with confluent-kafka and pyarrow (scripts/ensure-bench-peer.sh installs it).
+    #[arg(long, env = "WEIR_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+}
+
+/// One record of about 200 bytes.
+fn record(i: u64) -> Vec<u8> {
+    let symbol = ["AAPL", "MSFT", "NVDA", "AMZN"][(i % 4) as usize];
+    json!({
+        "id": i, "ts": 1_790_000_000_000u64 + i, "symbol": symbol,
+        "price": 100.0 + (i % 1000) as f64 / 7.0, "qty": i % 500, "side": if i.is_multiple_of(2) { "buy" } else { "sell" },
+        "venue": "XNAS", "note": "a fill reported by the exchange gateway",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// What one run took.
+struct Run {
+    records: u64,
+    bytes: u64,
+    wall: f64,
+    cpu: f64,
+    rss_mb: f64,
+}
+
+impl Run {
+    fn print(&self, name: &str) {
+        let mb = self.bytes as f64 / (1 << 20) as f64;
+        println!("stream_{name}_records={} records", self.records);
+        println!("stream_{name}_seconds={:.2} s", self.wall);
+        println!("stream_{name}_records_per_s={:.0} records/s", self.records as f64 / self.wall);
+        println!("stream_{name}_mb_per_s={:.1} MB/s", mb / self.wall);
+        println!("stream_{name}_cpu_seconds={:.2} s", self.cpu);
+        println!("stream_{name}_records_per_s_per_core={:.0} records/s", self.records as f64 / self.cpu.max(0.001));
+        println!("stream_{name}_mb_per_s_per_core={:.1} MB/s", mb / self.cpu.max(0.001));
+        println!("stream_{name}_peak_rss={:.0} MB", self.rss_mb);
+    }
+}
+
+/// A `weir-stream-manager` process for one run.
+struct Manager {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl Manager {
+    fn start(m: &Master, work: &Path, extra: &[(&str, &str)]) -> anyhow::Result<Manager> {
+        let data = work.join("data").display().to_string();
+        let mut env = vec![
+            ("WEIR_MASTER_URL", m.url.as_str()),
+            ("WEIR_DATA_DIR", data.as_str()),
+            ("WEIR_POLL_WAIT", "1s"),
+            ("WEIR_BENCH_PG_URL", m.schema.url.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let child = spawn("weir-stream-manager", &[], &env)?;
+        let pid = child.id().context("manager pid")?;
+        // Its start (and first poll for work) is not the stream's time.
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Manager { child, pid })
+    }
+}
+
+/// Runs one `consume` job to its end in a fresh manager; the manager's figures.
+async fn weir(m: &Master, work: &Path, config: Value, records: u64, bytes: u64) -> anyhow::Result<Run> {
+    let manager = Manager::start(m, work, &[])?;
+    let mut jobs = m.jobs.clone();
+    let spec = json!({"name": format!("bench-{}", uuid_ish()), "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
+    let cpu0 = cpu_seconds(manager.pid);
+    let t0 = Instant::now();
+    let id = submit(&mut jobs, spec).await?;
+    wait(&mut jobs, &id).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    let run = Run { records, bytes, wall, cpu: cpu_seconds(manager.pid) - cpu0, rss_mb: peak_rss_mb(manager.pid) };
+    drop(manager.child);
+    Ok(run)
+}
+
+fn uuid_ish() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos())
+}
+
+fn lake_rows(lake: &Path) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for f in walk(lake) {
+        if f.extension().is_some_and(|x| x == "parquet") && !f.components().any(|c| c.as_os_str() == "_weir") {
+            let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&f)?)?;
+            n += parquet::file::reader::FileReader::metadata(&r).file_metadata().num_rows() as u64;
+        }
+    }
+    Ok(n)
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Preloads `n` records into `topic`; their bytes.
+async fn preload(bus: &Arc<dyn Bus>, topic: &str, n: u64) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Message> = (i..(i + 10_000).min(n))
+            .map(|j| {
+                let r = record(j);
+                bytes += r.len() as u64;
+                Message::new(topic, &format!("k{}", j % 16), r)
+            })
+            .collect();
+        bus.publish(&batch).await?;
+        i += 10_000;
+    }
+    Ok(bytes)
+}
+
+async fn kafka(args: &StreamArgs, python: &Path, work: &Path) -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    broker.wait().await?;
+    let bus: Arc<dyn Bus> = Arc::new(KafkaBus::new(KafkaConfig::plaintext(&broker.brokers))?);
+    bus.ensure_topics(&[TopicSpec { name: "trades".into(), partitions: 1, replication: 1 }]).await?;
+    let t0 = Instant::now();
+    let bytes = preload(&bus, "trades", args.records).await?;
+    println!("stream_records={} records", args.records);
+    println!("stream_mb={:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    println!("stream_preload_seconds={:.1} s", t0.elapsed().as_secs_f64());
+    let m = Master::start(None).await?;
+
+    // Kafka → Parquet: Weir, then the Python consumer.
+    let lake = work.join("lake");
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-weir"},
+                        "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let w = weir(&m, work, config, args.records, bytes).await?;
+    let rows = lake_rows(&lake)?;
+    if rows != args.records {
+        bail!("Weir landed {rows} rows of {} records", args.records);
+    }
+    w.print("kafka_parquet_weir");
+    let out = work.join("py");
+    let o = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/kafka_parquet.py"))
+        .args([&broker.brokers, "trades", &out.display().to_string()])
+        .output()
+        .context("the Python consumer (scripts/ensure-bench-peer.sh installs confluent-kafka and pyarrow)")?;
+    if !o.status.success() {
+        bail!("the Python consumer failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let v: Value = serde_json::from_slice(&o.stdout)?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let py = Run {
+        records: f("records") as u64,
+        bytes,
+        wall: f("seconds"),
+        cpu: f("cpu_seconds"),
+        rss_mb: f("peak_rss_mb"),
+    };
+    if py.records != args.records {
+        bail!("the Python consumer read {} records of {}", py.records, args.records);
+    }
+    py.print("kafka_parquet_python");
+    println!("stream_weir_vs_python_per_core={:.1} x", py.cpu / w.cpu.max(0.001));
+    println!("stream_weir_vs_python_wall={:.1} x", py.wall / w.wall.max(0.001));
+
+    // Kafka → PostgreSQL.
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-weir-pg"},
+                        "until": "now", "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "trades", "create": true}]});
+    let pg = weir(&m, work, config, args.records, bytes).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM trades").fetch_one(&m.pool).await?;
+    if n as u64 != args.records {
+        bail!("Weir loaded {n} rows of {} records", args.records);
+    }
+    pg.print("kafka_postgres_weir");
+
+    latency(args, &m, &broker, &bus, work).await?;
+    stalled(args, &m, &broker, work, bytes).await?;
+    m.stop().await
+}
+
+/// Produce-to-visible latency in PostgreSQL at a steady rate.
+async fn latency(
+    args: &StreamArgs,
+    m: &Master,
+    broker: &Broker,
+    bus: &Arc<dyn Bus>,
+    work: &Path,
+) -> anyhow::Result<()> {
+    bus.ensure_topics(&[TopicSpec { name: "ticks".into(), partitions: 1, replication: 1 }]).await?;
+    let manager = Manager::start(m, work, &[])?;
+    let mut jobs = m.jobs.clone();
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["ticks"]},
+                        "flush": {"interval": "50ms"},
+                        "schema": [{"name": "id", "type": "int64"}, {"name": "produced_at", "type": "int64"}, {"name": "note", "type": "string"}],
+                        "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "ticks", "create": true}]});
+    let spec = json!({"name": "bench-latency", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
+    let id = submit(&mut jobs, spec).await?;
+    // Time for the manager to lease the stream and connect: startup is not latency.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now_ms =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let total = args.latency_rate * args.latency_seconds;
+    let producer = {
+        let (bus, rate) = (bus.clone(), args.latency_rate);
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut sent = 0u64;
+            while sent < total {
+                // Every 10 ms, what the rate allows by now.
+                let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+                let batch: Vec<Message> = (sent..due)
+                    .map(|i| {
+                        let body = json!({"id": i, "produced_at": now_ms(), "note": "a tick from the feed handler of the venue"});
+                        Message::new("ticks", "k", body.to_string().into_bytes())
+                    })
+                    .collect();
+                if !batch.is_empty() {
+                    bus.publish(&batch).await?;
+                }
+                sent = due;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut seen: i64 = -1;
+    let mut lat: Vec<f64> = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(args.latency_seconds + 60);
+    while (seen + 1) < total as i64 && Instant::now() < deadline {
+        // The table appears with the first flush: an error until then.
+        let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, produced_at FROM ticks WHERE id > $1 ORDER BY id")
+            .bind(seen)
+            .fetch_all(&m.pool)
+            .await
+            .unwrap_or_default();
+        let now = now_ms();
+        for (id, at) in rows {
+            lat.push((now - at) as f64);
+            seen = seen.max(id);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    producer.await??;
+    jobs.cancel_job(weir_proto::v1::CancelJobRequest { job_id: id, reason: "bench over".into() }).await?;
+    drop(manager.child);
+    if lat.len() as u64 != total {
+        bail!("{} of {total} records became visible", lat.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    println!("stream_latency_rate={} records/s", args.latency_rate);
+    println!("stream_latency_flush_interval=50 ms");
+    println!("stream_latency_p50={:.0} ms", percentile(&lat, 0.5));
+    println!("stream_latency_p99={:.0} ms", percentile(&lat, 0.99));
+    Ok(())
+}
+
+/// The manager's memory while its only sink is locked.
+async fn stalled(args: &StreamArgs, m: &Master, broker: &Broker, work: &Path, bytes: u64) -> anyhow::Result<()> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS stalled (LIKE trades)").execute(&m.pool).await?;
+    let mut lock = m.pool.begin().await?;
+    sqlx::query("LOCK TABLE stalled IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await?;
+    let budget = format!("{}MiB", args.stall_budget);
+    let manager = Manager::start(m, work, &[("WEIR_STREAM_BUDGET", budget.as_str())])?;
+    let mut jobs = m.jobs.clone();
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-stalled"},
+                        "until": "now", "flush": {"max_records": 10_000_000, "max_bytes": 1u64 << 40},
+                        "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "stalled"}]});
+    let spec = json!({"name": "bench-stalled", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
+    let id = submit(&mut jobs, spec).await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let stalled_rss = peak_rss_mb(manager.pid);
+    lock.rollback().await?;
+    wait(&mut jobs, &id).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM stalled").fetch_one(&m.pool).await?;
+    println!("stream_stalled_backlog={:.0} MiB", bytes as f64 / (1 << 20) as f64);
+    println!("stream_stalled_budget={} MiB", args.stall_budget);
+    println!("stream_stalled_peak_rss={stalled_rss:.0} MB");
+    println!("stream_stalled_then_landed={n} records");
+    drop(manager.child);
+    Ok(())
+}
+
+/// RabbitMQ → Parquet and NATS → Parquet.
+async fn brokers(args: &StreamArgs, work: &Path) -> anyhow::Result<()> {
+    let m = Master::start(None).await?;
+    // RabbitMQ: a queue of its own, published with confirms.
+    let queue = format!("weir_bench_{}", uuid_ish());
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .context("RabbitMQ on 127.0.0.1:5672")?;
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(queue.as_str().into(), Default::default(), Default::default()).await?;
+    ch.confirm_select(Default::default()).await?;
+    let mut bytes = 0u64;
+    for chunk in (0..args.records).collect::<Vec<_>>().chunks(5000) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for i in chunk {
+            let body = record(*i);
+            bytes += body.len() as u64;
+            let props = lapin::BasicProperties::default().with_message_id(format!("m{i}").into());
+            confirms.push(ch.basic_publish("".into(), queue.as_str().into(), Default::default(), &body, props).await?);
+        }
+        for c in confirms {
+            c.await?;
+        }
+    }
+    let lake = work.join("rabbit");
+    let config = json!({"source": {"type": "rabbitmq", "url_env": "WEIR_BENCH_AMQP_URL", "queue": queue, "prefetch": 20_000},
+                        "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let manager = Manager::start(&m, work, &[("WEIR_BENCH_AMQP_URL", url)])?;
+    let mut jobs = m.jobs.clone();
+    let spec = json!({"name": "bench-rabbit", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
+    let (cpu0, t0) = (cpu_seconds(manager.pid), Instant::now());
+    let id = submit(&mut jobs, spec).await?;
+    wait(&mut jobs, &id).await?;
+    let r = Run {
+        records: args.records,
+        bytes,
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds(manager.pid) - cpu0,
+        rss_mb: peak_rss_mb(manager.pid),
+    };
+    drop(manager.child);
+    let rows = lake_rows(&lake)?;
+    if rows != args.records {
+        bail!("Weir landed {rows} rows of {} RabbitMQ messages", args.records);
+    }
+    r.print("rabbitmq_parquet_weir");
+    let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
+
+    // NATS JetStream: a stream of its own, publishes pipelined.
+    let name = format!("WEIR_BENCH_{}", uuid_ish());
+    let js = async_nats::jetstream::new(
+        async_nats::connect("nats://127.0.0.1:4222").await.context("NATS on 127.0.0.1:4222")?,
+    );
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await?;
+    for chunk in (0..args.records).collect::<Vec<_>>().chunks(5000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for i in chunk {
+            acks.push(js.publish(format!("{name}.trades"), record(*i).into()).await?);
+        }
+        for a in acks {
+            a.await?;
+        }
+    }
+    let lake = work.join("nats");
+    let config = json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": name, "consumer": "bench"},
+                        "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let r = weir(&m, work, config, args.records, bytes).await?;
+    let rows = lake_rows(&lake)?;
+    if rows != args.records {
+        bail!("Weir landed {rows} rows of {} NATS messages", args.records);
+    }
+    r.print("nats_parquet_weir");
+    let _ = js.delete_stream(&name).await;
+    m.stop().await
+}
+
+pub async fn run(args: &StreamArgs) -> anyhow::Result<()> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let python =
+        args.python.clone().unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/weir/bench-venv/bin/python")));
+    let work = tempfile_dir()?;
+    kafka(args, &python, &work).await?;
+    brokers(args, &work).await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("weir-bench-streams-{}", uuid_ish()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
