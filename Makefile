@@ -20,6 +20,8 @@ test:
 	./scripts/ensure-tansu.sh
 	./scripts/ensure-azurite.sh
 	./scripts/ensure-wiremock.sh
+	./scripts/ensure-pubsub-emulator.sh
+	./scripts/ensure-brokers.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -41,6 +43,7 @@ fmt:
 bench:
 	./scripts/ensure-build-deps.sh
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-brokers.sh
 	./scripts/ensure-tansu.sh
 	./scripts/ensure-bench-peer.sh
 	$(CARGO) build --release --workspace --bins
@@ -52,6 +55,7 @@ bench:
 ## Only the stream benchmark.
 bench-streams:
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-brokers.sh
 	./scripts/ensure-tansu.sh
 	./scripts/ensure-bench-peer.sh
 	$(CARGO) build --release -p weir-bench -p weir-master -p weir-stream-manager

@@ -156,28 +156,37 @@ async fn a_stream_manager_killed_mid_stream_is_taken_over_with_every_record_once
     for chunk in (0..n).step_by(100) {
         produce(&bus, chunk..chunk + 100).await;
     }
-    let dir = tempfile::tempdir().expect("tmp");
     let store = StoreFixture::new(Backend::Sqlite).await;
+    let source = json!({"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]});
+    killed_mid_stream(&store, source, &[], n).await;
+    store.cleanup().await;
+}
+
+/// Runs a stream of `source` (until now, flushes of 100) on the real `weir-stream-manager`,
+/// SIGKILLs it once five flushes landed and starts another: the job succeeds on a later
+/// attempt with every one of the `n` records in the dataset once. The task's id.
+async fn killed_mid_stream(store: &StoreFixture, source: Value, env: &[(&str, &str)], n: i64) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
     let (url, _master) = spawn_master(&store.url);
     let data = dir.path().join("data").display().to_string();
-    let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "1s"), ("WEIR_DATA_DIR", data.as_str())];
+    let mut env = env.to_vec();
+    env.extend([("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "1s"), ("WEIR_DATA_DIR", data.as_str())]);
     let first = Proc::spawn("weir-stream-manager", &[], &env);
     wait_master(&url).await;
     let lake = dir.path().join("lake");
     let mut s = step("consume", "consume", "stream", &[]);
-    s.config_json = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]},
-                           "until": "now", "flush": {"max_records": 100, "interval": "10s"},
+    s.config_json = json!({"source": source, "until": "now", "flush": {"max_records": 100, "interval": "10s"},
                            "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
     .to_string();
     s.timeouts = Some(v1::StepTimeouts { heartbeat: dur(2000), ..Default::default() });
     let mut jc = v1::job_service_client::JobServiceClient::new(channel(&url));
     let id = submit(&mut jc, job("orders", vec![s])).await;
-    // Some ranges landed, not all: then SIGKILL.
+    // Some flushes landed, not all: then SIGKILL.
     let manifests = lake.join("_weir").join("inputs");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::fs::read_dir(&manifests).map(|d| d.count()).unwrap_or(0) < 5 {
-        assert!(std::time::Instant::now() < deadline, "the stream never landed a range");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(std::time::Instant::now() < deadline, "the stream never landed a flush");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.kill9().await;
     let landed_before = lake_ids(&lake).len();
@@ -188,7 +197,7 @@ async fn a_stream_manager_killed_mid_stream_is_taken_over_with_every_record_once
     assert!(ts[0].attempt >= 2, "taken over by another attempt");
     assert!(landed_before < n as usize, "killed mid-stream ({landed_before} of {n} landed)");
     assert_eq!(once(&lake_ids(&lake), n), (n as usize, n as usize, None, None), "every record once");
-    store.cleanup().await;
+    ts[0].id.clone()
 }
 
 /// A stream manager in process with its master, for the tests below.
@@ -250,17 +259,7 @@ fn counts(o: &Value) -> (Option<u64>, Option<u64>, Option<u64>) {
 /// the dataset's positions; a stream that does not exist fails the step, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_jetstream_records_land_once_and_a_new_consumer_resumes_after_the_dataset() {
-    let name = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
-    let client = async_nats::connect("nats://127.0.0.1:4222").await.expect("the NATS server on this machine");
-    let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{name}.>")],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (name, js) = nats_stream().await;
     let publish = |ids: std::ops::Range<i64>| {
         let (js, subject) = (js.clone(), format!("{name}.orders"));
         async move {
@@ -458,21 +457,8 @@ async fn a_backlog_larger_than_the_budget_is_landed_under_the_budget() {
 /// it holds before it stops, so nothing read is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_stream_shows_its_lanes_and_lag_and_a_cancel_flushes_what_it_holds() {
-    let name = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
-    let client = async_nats::connect("nats://127.0.0.1:4222").await.expect("the NATS server on this machine");
-    let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{name}.>")],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
-    for i in 0..120 {
-        let body = json!({"id": i}).to_string();
-        js.publish(format!("{name}.orders"), body.into()).await.expect("publish").await.expect("stored");
-    }
+    let (name, js) = nats_stream().await;
+    nats_publish(&js, &name, 0..120).await;
     let port = free_port();
     let rig = Rig::start_listening(|_| {}, &format!("127.0.0.1:{port}")).await;
     let lake = rig.lake("lake");
@@ -520,5 +506,241 @@ async fn a_running_stream_shows_its_lanes_and_lag_and_a_cancel_flushes_what_it_h
     assert_eq!(after.buffered_bytes, 0, "{after:?}");
     assert_eq!(once(&lake_ids(&lake), 120), (120, 120, None, None), "the buffered 20 flushed on cancel");
     let _ = js.delete_stream(&name).await;
+    rig.stop().await;
+}
+
+/// Kafka into a PostgreSQL table: each flush's rows and its range are committed in one
+/// transaction, so a consumer group that never committed resumes after what the table
+/// holds, and no row is there twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_postgres_resumes_after_what_the_table_holds() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    produce(&bus, 0..200).await;
+    let sink_db = weir_store::testing::TestSchema::create().await.expect("PostgreSQL on 127.0.0.1:5432");
+    let url_env = credentials_env(&[("URL", &sink_db.url)]) + "_URL";
+    let rig = Rig::start(|_| {}).await;
+    let config = |group: &str| {
+        json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"], "group": group},
+               "until": "now", "flush": {"max_records": 50, "interval": "1s"},
+               "sinks": [{"type": "postgres", "url_env": url_env, "table": "orders", "create": true}]})
+    };
+    let (ok, o) = rig.consume("orders", &config("g1")).await;
+    assert!(ok && o["rows_written"].as_u64() == Some(200), "{o}");
+    produce(&bus, 200..300).await;
+    let (ok, o) = rig.consume("orders-new-group", &config("a-group-that-never-committed")).await;
+    assert!(ok && o["records"].as_u64() == Some(100), "the table's positions say where to go on: {o}");
+    let pool = sqlx::PgPool::connect(&sink_db.url).await.expect("sink db");
+    let (rows, distinct, max): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id), max(id) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!((rows, distinct, max), (300, 300, 299), "every record once");
+    pool.close().await;
+    rig.stop().await;
+    sink_db.drop().await.expect("drop");
+}
+
+/// The real `weir-stream-manager` killed with SIGKILL while consuming a RabbitMQ queue:
+/// the broker hands the unacknowledged messages to the next owner, which drops those
+/// whose flush had landed (the ledger of ids) and lands the rest — every message once;
+/// the takeover is reported on `weir.streams`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_stream_killed_mid_stream_is_taken_over_with_every_message_once() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let queue = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), Default::default()).await.expect("queue");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let n = 5_000;
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        let body = json!({"id": i}).to_string();
+        let props = lapin::BasicProperties::default().with_message_id(format!("m{i}").into());
+        confirms.push(
+            ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), body.as_bytes(), props)
+                .await
+                .expect("publish"),
+        );
+    }
+    for c in confirms {
+        c.await.expect("confirmed");
+    }
+    let store = StoreFixture::new(Backend::Postgres).await;
+    let source = json!({"type": "rabbitmq", "url_env": "WEIR_TEST_AMQP_URL", "queue": queue, "prefetch": 300});
+    let task_id = killed_mid_stream(&store, source, &[("WEIR_TEST_AMQP_URL", url)], n).await;
+    // The takeover, on `weir.streams` through the master's outbox.
+    let outbox = store.open().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rebalanced = loop {
+        let all = outbox.messages_after(0, 10_000).await.expect("outbox");
+        let found: Vec<_> = all.into_iter().map(|m| m.1).filter(|m| m.kind == "dev.weir.stream.rebalanced").collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let e = rebalanced.first().expect("a rebalanced event");
+    assert_eq!((e.topic.as_str(), e.key.as_str()), ("weir.streams", task_id.as_str()), "{:?}", e.data);
+    assert!(e.data["attempt"].as_u64() >= Some(2) && e.data["source"] == "rabbitmq", "{}", e.data);
+    let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
+    store.cleanup().await;
+}
+
+/// Two continuous streams on one stream manager; a second replica joins and the first
+/// leaves (shut down as on a deploy): the leaving one flushes what it holds and hands its
+/// leases back, the other resumes both streams after what their datasets hold, and every
+/// message published before, during and after the move is landed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_move_to_another_replica_when_one_leaves_with_every_message_once() {
+    let (a, js) = nats_stream().await;
+    let (b, _) = nats_stream().await;
+    let names = vec![a, b];
+    let publish = |ids: std::ops::Range<i64>| {
+        let (js, names) = (js.clone(), names.clone());
+        async move {
+            for name in &names {
+                nats_publish(&js, name, ids.clone()).await;
+            }
+        }
+    };
+    publish(0..200).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let manager = |id: &str, port: u16| {
+        let s = weir_stream_manager::StreamSettings { data_dir: dir.path().join(id), ..Default::default() };
+        run_manager(weir_stream_manager::spec_with(s), &master.url, id, &format!("127.0.0.1:{port}"))
+    };
+    let running = |port: u16| async move {
+        let mut c = v1::stream_service_client::StreamServiceClient::new(channel(&format!("http://127.0.0.1:{port}")));
+        c.list_streams(v1::ListStreamsRequest {}).await.map(|r| r.into_inner().streams).unwrap_or_default()
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let (stop_a, a) = manager("stream-a", port_a);
+    let mut jc = master.jobs();
+    let mut ids = Vec::new();
+    for name in &names {
+        let mut s = step("consume", "consume", "stream", &[]);
+        s.config_json =
+            json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": name, "consumer": "weir"},
+                               "flush": {"max_records": 50, "interval": "500ms"},
+                               "sinks": [{"type": "parquet", "path": dir.path().join(name).display().to_string()}]})
+            .to_string();
+        ids.push(submit(&mut jc, job(name, vec![s])).await);
+    }
+    let until = |what: &'static str, port: u16, n: usize, records: u64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = running(port).await;
+            if s.len() == n && s.iter().all(|s| s.records >= records) {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until("the first replica runs both streams", port_a, 2, 200).await;
+    let (stop_b, b) = manager("stream-b", port_b);
+    publish(200..300).await;
+    until("the first replica reads what came meanwhile", port_a, 2, 300).await;
+    // A deploy: the first replica leaves.
+    stop_a.cancel();
+    a.await.expect("the first replica stops");
+    publish(300..400).await;
+    let moved = until("the second replica took both streams over", port_b, 2, 1).await;
+    assert!(moved.iter().all(|s| s.fence > 1), "resumed under new leases: {moved:?}");
+    // Everything landed: the moved streams flush on their interval.
+    for name in &names {
+        let lake = dir.path().join(name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while lake_ids(&lake).len() < 400 {
+            assert!(std::time::Instant::now() < deadline, "{name}: {} of 400 landed", lake_ids(&lake).len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(once(&lake_ids(&lake), 400), (400, 400, None, None), "{name}: every message once");
+    }
+    for id in &ids {
+        jc.cancel_job(v1::CancelJobRequest { job_id: id.clone(), reason: "done".into() }).await.expect("cancel");
+    }
+    stop_b.cancel();
+    b.await.expect("the second replica stops");
+    for name in &names {
+        let _ = js.delete_stream(name).await;
+    }
+    master.stop().await;
+    store.cleanup().await;
+}
+
+/// CSV lines as messages: typed like a CSV file under the given columns; a line with the
+/// wrong number of fields goes to the dead-letter dataset and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_messages_land_typed_and_a_malformed_line_is_a_dead_letter() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    bus.ensure_topics(&[TopicSpec { name: "fills".into(), partitions: 1, replication: 1 }]).await.expect("topic");
+    let mut batch: Vec<Message> =
+        (0..100).map(|i| Message::new("fills", "k", format!("{i},\"AAPL, Inc\",{}.5", i * 2).into_bytes())).collect();
+    batch.insert(40, Message::new("fills", "k", b"40,AAPL,1.0,extra".to_vec()));
+    bus.publish(&batch).await.expect("publish");
+    let rig = Rig::start(|_| {}).await;
+    let (lake, dead) = (rig.lake("fills"), rig.lake("fills-dead"));
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["fills"]},
+                        "format": {"type": "csv", "columns": ["id", "name", "price"]}, "until": "now",
+                        "dead_letter": {"type": "parquet", "path": dead.display().to_string()},
+                        "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let (ok, o) = rig.consume("fills", &config).await;
+    assert!(ok, "{o}");
+    assert_eq!((counts(&o), o["dead_letters"].as_u64()), ((Some(101), Some(100), Some(0)), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 100), (100, 100, None, None), "every line once");
+    let batches = read_lake(&lake, None).expect("lake");
+    let schema = batches[0].schema();
+    let types: Vec<String> = schema.fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
+    assert_eq!(types, ["id:Int64", "name:Utf8", "price:Float64"], "typed as a CSV file would be");
+    let letters = lake_records(&dead);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        (letters[0]["position"].as_str(), letters[0]["reason"].as_str()),
+        (Some("40"), Some("4 fields, the columns are 3"))
+    );
+    rig.stop().await;
+}
+
+/// Google Pub/Sub (the Cloud SDK's emulator) into a dataset with StreamingPull: every
+/// message once, a poison one to the dead-letter dataset, a second run reading only what
+/// came since (everything acknowledged), and a subscription that does not exist named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_messages_land_once_through_streaming_pull() {
+    let emulator = PubsubEmulator::start().await;
+    emulator.subscription("weir-test", "orders", "weir-orders").await;
+    let bodies = |ids: std::ops::Range<i64>| ids.map(|i| json!({"id": i}).to_string().into_bytes()).collect::<Vec<_>>();
+    let mut first = bodies(0..300);
+    first.insert(120, b"{not json".to_vec());
+    emulator.publish("weir-test", "orders", first).await;
+    let rig = Rig::start(|_| {}).await;
+    let (lake, dead) = (rig.lake("lake"), rig.lake("dead"));
+    let config = |subscription: &str| {
+        json!({"source": {"type": "pubsub", "project": "weir-test", "subscription": subscription, "endpoint": emulator.url},
+               "until": "now", "flush": {"max_records": 100, "interval": "1s"},
+               "dead_letter": {"type": "parquet", "path": dead.display().to_string()},
+               "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+    };
+    let (ok, o) = rig.consume("orders", &config("weir-orders")).await;
+    assert!(ok, "{o}");
+    assert_eq!((counts(&o), o["dead_letters"].as_u64()), ((Some(301), Some(300), Some(0)), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 300), (300, 300, None, None), "every message once");
+    assert_eq!(lake_records(&dead)[0]["message"], "{not json");
+
+    emulator.publish("weir-test", "orders", bodies(300..400)).await;
+    let (ok, o) = rig.consume("orders-again", &config("weir-orders")).await;
+    assert!(ok && o["records"].as_u64() == Some(100), "only what came since: {o}");
+    assert_eq!(once(&lake_ids(&lake), 400), (400, 400, None, None), "every message once");
+
+    let (ok, o) = rig.consume("missing", &config("no-such-subscription")).await;
+    assert!(!ok && o["error"].as_str().is_some_and(|e| e.contains("subscriptions/no-such-subscription")), "{o}");
     rig.stop().await;
 }

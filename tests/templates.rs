@@ -1,9 +1,11 @@
-//! The three API templates through the five real binaries and the `weir` CLI, against
-//! WireMock (plain HTTP and HTTPS with a test CA on one server): `standard` from a
-//! bearer-protected API into Parquet; `secure_api` over verified, pinned TLS into an
-//! encrypted dataset with its personal data masked; and `resilient_fetch` recovering a job
-//! whose primary failed half way from a fallback, without duplicates. The managers read
-//! their credentials and keys from their own environment, as they would on a cluster.
+//! The API templates and `realtime_stream` through the five real binaries and the `weir`
+//! CLI, against WireMock (plain HTTP and HTTPS with a test CA on one server) and the NATS
+//! server: `standard` from a bearer-protected API into Parquet; `secure_api` over
+//! verified, pinned TLS into an encrypted dataset with its personal data masked;
+//! `resilient_fetch` recovering a job whose primary failed half way from a fallback,
+//! without duplicates; and `realtime_stream` probing a JetStream stream and consuming it
+//! into Parquet with a rule checked per record. The managers read their credentials and
+//! keys from their own environment, as they would on a cluster.
 
 use std::path::Path;
 
@@ -79,7 +81,7 @@ fn records(ids: &[i64]) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_three_api_templates_run_through_the_five_binaries() {
+async fn the_api_and_stream_templates_run_through_the_five_binaries() {
     let store = StoreFixture::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().expect("tmp");
     let pki = Pki::new(dir.path());
@@ -150,6 +152,33 @@ async fn the_three_api_templates_run_through_the_five_binaries() {
         Some(4)
     );
     assert_eq!(rows(&lake("flaky"), None), 4);
+
+    // realtime_stream: the probe, then a stream from NATS JetStream up to what it holds.
+    let (name, js) = nats_stream().await;
+    for i in 0..50 {
+        let body = json!({"id": i, "amount": if i == 7 { Value::Null } else { json!(i) }}).to_string();
+        js.publish(format!("{name}.orders"), body.into()).await.expect("publish").await.expect("stored");
+    }
+    let params = |stream: &str| {
+        json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": stream, "consumer": "weir"},
+               "until": "now", "rules": {"not_null": ["amount"]}, "sinks": sinks("ticks")})
+    };
+    let spec = json!({"namespace": "streams", "name": "ticks", "template": "realtime_stream", "params": params(&name)});
+    let (ok, job) = run(&p, dir.path(), spec).await;
+    assert!(ok, "realtime_stream: {:?}", errors(&job));
+    assert_eq!(output(&job, "connect")["lanes"][0]["lane"], json!(format!("{name}/0")));
+    let o = output(&job, "stream");
+    assert_eq!(
+        (o["records"].as_u64(), o["rows_written"].as_u64(), o["rows_quarantined"].as_u64()),
+        (Some(50), Some(49), Some(1)),
+        "{o}"
+    );
+    assert_eq!(rows(&lake("ticks"), None), 49);
+    // A stream that does not exist fails the probe, naming it; nothing is consumed.
+    let spec = json!({"namespace": "streams", "name": "nowhere", "template": "realtime_stream", "params": params("no_such_stream")});
+    let (ok, job) = run(&p, dir.path(), spec).await;
+    assert!(!ok && errors(&job).iter().any(|e| e.contains("stream no_such_stream")), "{:?}", errors(&job));
+    let _ = js.delete_stream(&name).await;
     drop(p);
     store.cleanup().await;
 }

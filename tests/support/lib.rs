@@ -982,3 +982,87 @@ pub fn lake_rows(lake: &Path) -> usize {
     }
     read_lake(lake, None).expect("the lake reads").iter().map(|b| b.num_rows()).sum()
 }
+
+/// A fresh in-memory JetStream stream `weir_test_<uuid>` on the NATS server of this
+/// machine, taking the subjects `<name>.>`: its name and a JetStream context.
+pub async fn nats_stream() -> (String, async_nats::jetstream::Context) {
+    let name = format!("weir_test_{}", uuid::Uuid::new_v4().simple());
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.expect("the NATS server on this machine");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("a JetStream stream");
+    (name, js)
+}
+
+/// Publishes `{"id": i}` for each id to `<stream>.orders`, each stored before the next.
+pub async fn nats_publish(js: &async_nats::jetstream::Context, stream: &str, ids: std::ops::Range<i64>) {
+    for i in ids {
+        let body = serde_json::json!({"id": i}).to_string();
+        js.publish(format!("{stream}.orders"), body.into()).await.expect("publish").await.expect("stored");
+    }
+}
+
+/// The Google Cloud SDK's Pub/Sub emulator (Java) on a loopback port, killed when dropped.
+pub struct PubsubEmulator {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    _child: tokio::process::Child,
+}
+
+impl PubsubEmulator {
+    pub async fn start() -> PubsubEmulator {
+        let bin = std::env::var("WEIR_PUBSUB_EMULATOR")
+            .unwrap_or_else(|_| "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".into());
+        let port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--host=127.0.0.1", &format!("--port={port}")]).kill_on_drop(true).stdin(Stdio::null());
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let child =
+            cmd.spawn().unwrap_or_else(|e| panic!("{bin}: {e} (scripts/ensure-pubsub-emulator.sh checks for it)"));
+        wait_port(port, "the Pub/Sub emulator").await;
+        PubsubEmulator { url: format!("http://127.0.0.1:{port}"), _child: child }
+    }
+
+    /// Creates `topic` and a subscription `subscription` to it in `project`.
+    pub async fn subscription(&self, project: &str, topic: &str, subscription: &str) {
+        use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
+            publisher_client::PublisherClient, subscriber_client::SubscriberClient, Subscription, Topic,
+        };
+        let ch =
+            tonic::transport::Endpoint::from_shared(self.url.clone()).expect("url").connect().await.expect("emulator");
+        let topic = format!("projects/{project}/topics/{topic}");
+        PublisherClient::new(ch.clone())
+            .create_topic(Topic { name: topic.clone(), ..Default::default() })
+            .await
+            .expect("topic");
+        let s = Subscription {
+            name: format!("projects/{project}/subscriptions/{subscription}"),
+            topic,
+            ack_deadline_seconds: 60,
+            ..Default::default()
+        };
+        SubscriberClient::new(ch).create_subscription(s).await.expect("subscription");
+    }
+
+    /// Publishes `bodies` to `topic`; each message's id is Pub/Sub's.
+    pub async fn publish(&self, project: &str, topic: &str, bodies: Vec<Vec<u8>>) {
+        use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
+            publisher_client::PublisherClient, PublishRequest, PubsubMessage,
+        };
+        let ch =
+            tonic::transport::Endpoint::from_shared(self.url.clone()).expect("url").connect().await.expect("emulator");
+        let mut p = PublisherClient::new(ch);
+        for chunk in bodies.chunks(500) {
+            let messages = chunk.iter().map(|b| PubsubMessage { data: b.clone(), ..Default::default() }).collect();
+            p.publish(PublishRequest { topic: format!("projects/{project}/topics/{topic}"), messages })
+                .await
+                .expect("publish");
+        }
+    }
+}

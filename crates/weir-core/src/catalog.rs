@@ -77,8 +77,9 @@ pub const FILE_KINDS: [&str; 4] = ["probe", "discover", "fetch", "archive"];
 /// The kinds the api queue runs (config: [`crate::api::CollectStep`]).
 pub const API_KINDS: [&str; 5] = ["collect", "probe", "connect", "check_security", "check_tls"];
 
-/// The kinds the stream queue runs (config: [`crate::stream::StreamStep`]).
-pub const STREAM_KINDS: [&str; 1] = ["consume"];
+/// The kinds the stream queue runs (config: [`crate::stream::StreamStep`]): `consume`, and
+/// `probe` (the source and the sinks answer; the lanes and where the sinks stand).
+pub const STREAM_KINDS: [&str; 2] = ["consume", "probe"];
 
 /// The recovery kinds of `resilient_fetch` (config: [`crate::api::recovery::RecoveryStep`]).
 pub const RECOVERY_KINDS: [&str; 3] = ["analyze_failure", "plan_recovery", "recover"];
@@ -116,6 +117,11 @@ const KINDS: &[Kind] = &[
     Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| resource(c) },
     Kind {
         name: "consume",
+        queues: &[Queue::Stream],
+        check: |_, c| crate::stream::StreamStep::parse_served(c).map(|_| ()),
+    },
+    Kind {
+        name: "probe",
         queues: &[Queue::Stream],
         check: |_, c| crate::stream::StreamStep::parse_served(c).map(|_| ()),
     },

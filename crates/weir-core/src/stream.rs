@@ -13,7 +13,7 @@ use crate::dataset::{ColumnSpec, Rules, SinkSpec};
 use crate::files::CredentialsRef;
 
 /// The sources the stream manager serves so far.
-pub const SERVED: [&str; 3] = ["kafka", "nats", "rabbitmq"];
+pub const SERVED: [&str; 4] = ["kafka", "nats", "rabbitmq", "pubsub"];
 
 /// Default most message ids a source without replayable positions remembers, to drop
 /// redeliveries of records already landed.
@@ -121,9 +121,10 @@ pub enum SourceSpec {
     Pubsub {
         project: String,
         subscription: String,
-        /// A custom endpoint (the emulator).
+        /// A custom endpoint: the emulator (`http://127.0.0.1:8085`); default Google's.
         #[serde(default)]
         endpoint: Option<String>,
+        /// An OAuth access token `<PREFIX>_TOKEN`, by reference.
         #[serde(default)]
         credentials: Option<CredentialsRef>,
     },
@@ -261,8 +262,8 @@ impl StreamStep {
                 SERVED.join(", ")
             ));
         }
-        if step.format != MessageFormat::Json {
-            return Err("stream config: formats other than json are not served yet".into());
+        if let MessageFormat::Avro { .. } = step.format {
+            return Err("stream config: format avro is not served yet (json and csv are)".into());
         }
         if !step.source.replayable() {
             if step.from.is_some() {
@@ -352,9 +353,16 @@ impl StreamStep {
                 name("source.stream", stream)?;
                 creds("source.credentials", credentials)?;
             }
-            SourceSpec::Pubsub { project, subscription, credentials, .. } => {
+            SourceSpec::Pubsub { project, subscription, credentials, endpoint } => {
                 name("source.project", project)?;
                 name("source.subscription", subscription)?;
+                if let Some(e) = endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        return Err(format!(
+                            "source.endpoint {e:?}: give http://host:port (the emulator) or https://…"
+                        ));
+                    }
+                }
                 creds("source.credentials", credentials)?;
             }
         }

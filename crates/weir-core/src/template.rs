@@ -99,6 +99,11 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
             s.push(("batch_validation".into(), Queue::Batch, checked));
             s
         }
+        // With a source: the probe, then one long-running `consume` that processes (converts
+        // and types), validates (the rules, per record) and stores (the sinks) each flush.
+        "realtime_stream" if params.get("source").is_some() => {
+            chain(&[("connect", Queue::Stream), ("stream", Queue::Stream)])
+        }
         "realtime_stream" => chain(&[
             ("connect", Queue::Stream),
             ("continuous_processing", Queue::Stream),
@@ -117,7 +122,10 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
     };
     let real = match file_kinds(name, params)? {
         Some(r) => Some(r),
-        None => api_kinds(name, params)?,
+        None => match api_kinds(name, params)? {
+            Some(r) => Some(r),
+            None => stream_kinds(name, params),
+        },
     };
     let per_step = |key: &str| params.get(key).and_then(Value::as_object);
     for key in ["config", "kind"] {
@@ -149,6 +157,33 @@ pub fn expand(name: &str, params: Option<&Value>) -> Result<Vec<StepSpec>, Strin
             Ok(StepSpec { config, id, kind, queue: queue.as_str().to_string(), depends_on, ..StepSpec::default() })
         })
         .collect()
+}
+
+/// The stream config's fields a `realtime_stream` takes from its params.
+const STREAM_PARAMS: [&str; 11] = [
+    "source",
+    "format",
+    "schema",
+    "rules",
+    "sinks",
+    "flush",
+    "from",
+    "until",
+    "dead_letter",
+    "overflow",
+    "dedupe_window",
+];
+
+/// `realtime_stream`'s real kinds, when `params.source` is given: `probe` (the source and
+/// the sinks answer) and `consume`, both with the stream config made of the params.
+fn stream_kinds(name: &str, params: &Value) -> Option<Vec<RealStep>> {
+    if name != "realtime_stream" || params.get("source").is_none() {
+        return None;
+    }
+    let config: serde_json::Map<String, Value> =
+        STREAM_PARAMS.iter().filter_map(|k| params.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
+    let config = Value::Object(config);
+    Some(vec![("connect".into(), "probe", Some(config.clone())), ("stream".into(), "consume", Some(config))])
 }
 
 /// One template step's real work: (step id, kind, config).
@@ -373,6 +408,13 @@ mod tests {
         assert_eq!(bulk[6].depends_on, vec!["process_1", "process_2", "process_3", "standardization", "consolidation"]);
         let stream = expand("realtime_stream", None).expect("stream");
         assert!(stream.iter().all(|s| s.queue == "stream"));
+        let p = json!({"source": {"type": "nats", "servers": "nats://n:4222", "stream": "S", "consumer": "c"},
+                       "sinks": [{"type": "parquet", "path": "/lake"}], "rules": {"not_null": ["id"]}, "until": "now"});
+        let real = expand("realtime_stream", Some(&p)).expect("stream");
+        let kinds: Vec<(&str, &str, Vec<String>)> =
+            real.iter().map(|s| (s.id.as_str(), s.kind.as_str(), s.depends_on.clone())).collect();
+        assert_eq!(kinds, vec![("connect", "probe", vec![]), ("stream", "consume", vec!["connect".to_string()])]);
+        assert_eq!(real[1].config.as_ref().map(|c| c["rules"].clone()), Some(json!({"not_null": ["id"]})));
         let std_file = expand("standard", Some(&json!({"source": "file"}))).expect("std");
         assert_eq!(std_file[2].queue, "file");
         assert_eq!(std_file[3].queue, "batch");

@@ -1,4 +1,7 @@
-//! The `consume` kind: a stream step ([`weir_core::stream::StreamStep`]) run by its source.
+//! The stream kinds: `consume`, a stream step ([`weir_core::stream::StreamStep`]) run by
+//! its source ([`crate::run`]), and `probe`, which connects the same source and sinks — a
+//! wrong address, credential, stream or queue fails it, naming what — and reports the
+//! lanes and where the sinks stand (`realtime_stream`'s `connect`).
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -39,6 +42,21 @@ impl StepHandler for Consume {
     async fn run(&self, task: &TaskContext) -> Result<Value, StepError> {
         let step = StreamStep::parse_served(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let landing = Landing::open(&step, task, &self.settings.data_dir, &self.pools).await?;
+        if task.kind == "probe" {
+            return probe(task, &step, &landing, &self.budget).await;
+        }
         crate::run::run(task, &step, &landing, &self.budget, &self.registry, &self.settings.data_dir).await
     }
+}
+
+/// Connects the source, opens the sinks (done by the caller), and reports what it found.
+async fn probe(task: &TaskContext, step: &StreamStep, landing: &Landing, budget: &Budget) -> Result<Value, StepError> {
+    let source = crate::source::open(step, task, budget).await?;
+    let keys = landing.input_keys().await?;
+    let lanes = source.lanes();
+    let landed =
+        if source.replayable() { crate::positions::landed(source.name(), &keys, lanes) } else { Default::default() };
+    let lanes: Vec<Value> =
+        lanes.iter().enumerate().map(|(i, l)| serde_json::json!({"lane": l.key(), "landed": landed.get(&i)})).collect();
+    Ok(serde_json::json!({"kind": "probe", "source": source.name(), "lanes": lanes, "sinks": step.sinks.len()}))
 }

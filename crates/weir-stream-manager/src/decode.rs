@@ -1,4 +1,5 @@
-//! Whether a message decodes in the step's format, checked as it arrives when the step
+//! Whether a message decodes in the step's format (a JSON object, or one CSV line with the
+//! columns' number of fields), checked as it arrives when the step
 //! names a dead-letter destination: a message that does not goes there with the reason,
 //! instead of into the flush (where the converter would quarantine it without its source
 //! coordinates).
@@ -17,8 +18,20 @@ pub fn check(format: &MessageFormat, payload: &[u8]) -> Result<(), String> {
             }
             serde_json::from_slice::<IgnoredAny>(payload).map(|_| ()).map_err(|e| format!("not JSON: {e}"))
         }
+        MessageFormat::Csv { columns } => {
+            let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(payload);
+            let mut records = r.records();
+            let first = records.next().ok_or("empty message")?.map_err(|e| format!("not CSV: {e}"))?;
+            if records.next().is_some() {
+                return Err("more than one CSV line in one message".into());
+            }
+            if first.len() != columns.len() {
+                return Err(format!("{} fields, the columns are {}", first.len(), columns.len()));
+            }
+            Ok(())
+        }
         // Refused at submission until served.
-        other => Err(format!("{other:?} messages are not decoded yet")),
+        MessageFormat::Avro { .. } => Err("Avro messages are not decoded yet".into()),
     }
 }
 
@@ -33,5 +46,8 @@ mod tests {
         assert_eq!(check(&MessageFormat::Json, b"[1]"), Err("not a JSON object".into()));
         assert_eq!(check(&MessageFormat::Json, b"  "), Err("empty message".into()));
         assert!(check(&MessageFormat::Json, br#"{"a": 1} trailing"#).is_err());
+        let csv = MessageFormat::Csv { columns: vec!["id".into(), "v".into()] };
+        assert_eq!(check(&csv, b"1,\"a, b\""), Ok(()));
+        assert_eq!(check(&csv, b"1,2,3"), Err("3 fields, the columns are 2".into()));
     }
 }

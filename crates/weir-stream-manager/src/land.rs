@@ -10,7 +10,7 @@ use std::sync::Arc;
 use weir_core::dataset::schema::ColumnType;
 use weir_core::dataset::schema::Origin;
 use weir_core::dataset::{ColumnSpec, DataStep, FormatKind, FormatSpec, SinkSpec};
-use weir_core::stream::StreamStep;
+use weir_core::stream::{MessageFormat, StreamStep};
 use weir_data::pipeline::{convert, Input, Plan};
 use weir_data::sink::landing::{Pools, Sinks};
 use weir_data::sink::WriteFence;
@@ -25,6 +25,8 @@ pub struct Landing {
     quarantine: PathBuf,
     fence: WriteFence,
     task: TaskContext,
+    /// Written before the records of each flush (a CSV header).
+    header: Option<Vec<u8>>,
 }
 
 /// A data-plane error as the step's error: its kind, and whether a retry may pass.
@@ -41,14 +43,33 @@ impl Landing {
         data_dir: &Path,
         pools: &Pools,
     ) -> Result<Landing, StepError> {
+        // JSON messages flush as NDJSON; CSV lines as a CSV file under the columns' header.
+        let (format, header) = match &stream.format {
+            MessageFormat::Csv { columns } => {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                w.write_record(columns)
+                    .map_err(|e| StepError::permanent("bad_config", format!("format.columns: {e}")))?;
+                let header = w.into_inner().map_err(|e| StepError::permanent("bad_config", e.to_string()))?;
+                let spec = FormatSpec {
+                    kind: Some(FormatKind::Csv),
+                    header: Some(true),
+                    delimiter: Some(",".into()),
+                    ..Default::default()
+                };
+                (spec, Some(header))
+            }
+            _ => (FormatSpec { kind: Some(FormatKind::Ndjson), ..Default::default() }, None),
+        };
         let step = DataStep {
             sinks: stream.sinks.clone(),
             schema: stream.schema.clone(),
             rules: stream.rules.clone(),
-            format: Some(FormatSpec { kind: Some(FormatKind::Ndjson), ..Default::default() }),
+            format: Some(format),
             ..Default::default()
         };
-        Self::open_step(step, task, data_dir, pools, "records").await
+        let mut landing = Self::open_step(step, task, data_dir, pools, "records").await?;
+        landing.header = header;
+        Ok(landing)
     }
 
     /// Opens the dead-letter dataset: a message that does not decode, with its source
@@ -97,6 +118,7 @@ impl Landing {
             scratch,
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             task: task.clone(),
+            header: None,
         })
     }
 
@@ -112,9 +134,15 @@ impl Landing {
     }
 
     /// Lands `records` (NDJSON) as the input `identity`.
-    pub async fn land(&self, identity: &str, records: Vec<u8>) -> Result<FileReport, StepError> {
+    pub async fn land(&self, identity: &str, mut records: Vec<u8>) -> Result<FileReport, StepError> {
         let key = weir_data::sink::input_key(identity);
-        let path = self.scratch.join(format!("{key}.ndjson"));
+        let path = match &self.header {
+            Some(h) => {
+                records.splice(0..0, h.iter().copied());
+                self.scratch.join(format!("{key}.csv"))
+            }
+            None => self.scratch.join(format!("{key}.ndjson")),
+        };
         tokio::fs::write(&path, &records)
             .await
             .map_err(|e| StepError::retryable("staging", format!("writing {}: {e}", path.display())))?;

@@ -2,12 +2,12 @@
 //!
 //! It serves the `stream` queue: the generic kinds, and `consume` ([`consume`]). One loop
 //! ([`run`]) serves every source: a source is one file under [`sources`] implementing
-//! [`source::Source`] (Kafka, NATS JetStream, RabbitMQ so far). The loop buffers each
+//! [`source::Source`] (Kafka, NATS JetStream, RabbitMQ, Google Pub/Sub so far). The loop buffers each
 //! lane's records under the manager's memory budget ([`budget`]), flushes them through
 //! the data plane ([`land`]) as inputs named by their range ([`positions`]) — so a replay
 //! reproduces them and a restart resumes after what the sinks hold — or, for a source that
-//! does not replay, drops redeliveries by message id ([`dedupe`]). Kinesis and Pub/Sub
-//! are refused at submission until they land here.
+//! does not replay, drops redeliveries by message id ([`dedupe`]). Kinesis is refused at
+//! submission until it lands here.
 
 pub mod budget;
 pub mod consume;
@@ -22,6 +22,7 @@ pub mod sources {
     //! One module per stream source.
     pub mod kafka;
     pub mod nats;
+    pub mod pubsub;
     pub mod rabbitmq;
 }
 

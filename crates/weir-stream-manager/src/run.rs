@@ -179,6 +179,7 @@ pub async fn run(
         tracker,
     };
     let result = s.consume(task, lanes.len()).await;
+    s.source.close().await;
     // Whatever ended the stream, its buffers leave the budget.
     budget.give(s.buffered.1);
     result?;
@@ -368,9 +369,13 @@ impl Stream<'_> {
         self.tally.paused += 1;
         self.source.pause(true)?;
         self.report("paused", true).await;
-        tokio::select! {
-            _ = task.cancel.cancelled() => {}
-            _ = self.budget.relieved() => {}
+        loop {
+            tokio::select! {
+                _ = task.cancel.cancelled() => break,
+                _ = self.budget.relieved() => break,
+                // Paused, the stream still reports (a long pause is a stall).
+                _ = tokio::time::sleep(crate::status::REFRESH) => self.report("paused", false).await,
+            }
         }
         self.source.pause(false)?;
         self.tally.paused_ms += started.elapsed().as_millis() as u64;

@@ -100,6 +100,10 @@ pub trait Source: Send {
         Ok(vec![None; positions.len()])
     }
 
+    /// The stream is over (its end, a cancel): hand back what was received and not taken,
+    /// so another consumer gets it at once.
+    async fn close(&mut self) {}
+
     /// Stops or resumes fetching (backpressure).
     fn pause(&mut self, paused: bool) -> Result<(), StepError>;
 }
@@ -112,6 +116,7 @@ pub async fn open(step: &StreamStep, task: &TaskContext, budget: &Budget) -> Res
         SourceSpec::Rabbitmq { .. } => {
             Ok(Box::new(crate::sources::rabbitmq::Rabbitmq::connect(step, task, budget).await?))
         }
+        SourceSpec::Pubsub { .. } => Ok(Box::new(crate::sources::pubsub::Pubsub::connect(step, task, budget).await?)),
         other => Err(StepError::permanent("bad_config", format!("source type {} is not served yet", other.name()))),
     }
 }

@@ -13,7 +13,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use weir_core::stream::{Bound, SourceSpec, StreamStep};
+use weir_core::files::CredentialsRef;
+use weir_core::stream::{Bound, KafkaProtocol, SourceSpec, StreamStep};
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
@@ -38,7 +39,8 @@ pub struct Kafka {
 impl Kafka {
     /// Connects and reads the topics' partitions.
     pub async fn connect(step: &StreamStep, task: &TaskContext, budget: &Budget) -> Result<Kafka, StepError> {
-        let SourceSpec::Kafka { brokers, topics, group, .. } = &step.source else {
+        let SourceSpec::Kafka { brokers, topics, pattern, group, protocol, sasl_mechanism, credentials } = &step.source
+        else {
             return Err(StepError::permanent("bad_config", "not a kafka source"));
         };
         let group =
@@ -59,18 +61,44 @@ impl Kafka {
             // librdkafka's 500 ms.
             .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 500).to_string())
             .set("log_level", "4");
+        secure(&mut cfg, *protocol, sasl_mechanism.as_deref(), credentials.as_ref())?;
         let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(cfg.create().map_err(broker)?);
-        let (c, names) = (consumer.clone(), topics.clone());
+        let (c, names, pattern) = (consumer.clone(), topics.clone(), pattern.clone());
         let lanes = tokio::task::spawn_blocking(move || -> Result<Vec<Lane>, StepError> {
-            let mut lanes = Vec::new();
-            for t in &names {
-                let md = c.fetch_metadata(Some(t), BROKER_TIMEOUT).map_err(broker)?;
-                for mt in md.topics() {
-                    if let Some(e) = mt.error() {
-                        return Err(StepError::retryable("unavailable", format!("kafka topic {t}: {e:?}")));
-                    }
-                    lanes.extend(mt.partitions().iter().map(|p| Lane { name: t.clone(), index: p.id() }));
+            // A pattern names the topics that match it now (a topic created later joins at
+            // the stream's next start).
+            let md;
+            let topics: Vec<_> = match &pattern {
+                Some(p) => {
+                    let re = pattern_regex(p)?;
+                    md = c.fetch_metadata(None, BROKER_TIMEOUT).map_err(broker)?;
+                    md.topics().iter().filter(|t| re.is_match(t.name())).collect()
                 }
+                None => {
+                    let mut all = Vec::new();
+                    for t in &names {
+                        let md = c.fetch_metadata(Some(t), BROKER_TIMEOUT).map_err(broker)?;
+                        for mt in md.topics() {
+                            if let Some(e) = mt.error() {
+                                return Err(StepError::retryable("unavailable", format!("kafka topic {t}: {e:?}")));
+                            }
+                            all.extend(mt.partitions().iter().map(|p| Lane { name: t.clone(), index: p.id() }));
+                        }
+                    }
+                    return Ok(all);
+                }
+            };
+            let mut lanes: Vec<Lane> = topics
+                .iter()
+                .filter(|t| t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| Lane { name: t.name().to_string(), index: p.id() }))
+                .collect();
+            lanes.sort();
+            if lanes.is_empty() {
+                return Err(StepError::retryable(
+                    "unavailable",
+                    format!("kafka: no topic matches the pattern {:?} yet", pattern.unwrap_or_default()),
+                ));
             }
             Ok(lanes)
         })
@@ -86,6 +114,36 @@ impl Kafka {
         }
         tpl
     }
+}
+
+/// The pattern as a regular expression (checked at submission).
+fn pattern_regex(p: &str) -> Result<regex::Regex, StepError> {
+    regex::Regex::new(p).map_err(|e| StepError::permanent("bad_config", format!("source.pattern: {e}")))
+}
+
+/// TLS and SASL settings, the credentials read from their reference.
+fn secure(
+    cfg: &mut ClientConfig,
+    protocol: KafkaProtocol,
+    mechanism: Option<&str>,
+    credentials: Option<&CredentialsRef>,
+) -> Result<(), StepError> {
+    let name = match protocol {
+        KafkaProtocol::Plaintext => return Ok(()),
+        KafkaProtocol::Ssl => "ssl",
+        KafkaProtocol::SaslPlaintext => "sasl_plaintext",
+        KafkaProtocol::SaslSsl => "sasl_ssl",
+    };
+    cfg.set("security.protocol", name);
+    if matches!(protocol, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl) {
+        let c = credentials.ok_or_else(|| StepError::permanent("bad_config", "source.credentials: SASL needs them"))?;
+        let s = weir_storage::require_secrets(c, &["username", "password"], &["username", "password"])
+            .map_err(|e| StepError::permanent("bad_config", format!("source.credentials: {e}")))?;
+        cfg.set("sasl.mechanism", mechanism.unwrap_or("plain").to_ascii_uppercase())
+            .set("sasl.username", &s["username"])
+            .set("sasl.password", &s["password"]);
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -36,7 +36,8 @@ pub struct Rabbitmq {
     lanes: Vec<Lane>,
     prefetch: u16,
     consumer: Option<Consumer>,
-    fence: u64,
+    /// This lease: the task and its fence (another task's lease may have the same fence).
+    lease: String,
     paused: bool,
 }
 
@@ -72,11 +73,11 @@ impl Rabbitmq {
             _connection: connection,
             channel,
             queue: queue.clone(),
-            tag: format!("weir-{}-{}", task.task_id, task.fence),
+            tag: format!("weir-{}.{}", task.task_id, task.fence),
             lanes: vec![Lane { name: queue.clone(), index: 0 }],
             prefetch,
             consumer: None,
-            fence: task.fence,
+            lease: format!("{}.{}", task.task_id, task.fence),
             paused: false,
         })
     }
@@ -120,7 +121,7 @@ impl Source for Rabbitmq {
 
     /// Named by the lease as well as the tags: another channel's tags start at 1 again.
     fn identity(&self, _lane: usize, first: i64, last: i64) -> String {
-        format!("rabbitmq://{}/l{}/p0_{first}-{last}", self.queue, self.fence)
+        format!("rabbitmq://{}/{}/p0_{first}-{last}", self.queue, self.lease)
     }
 
     async fn start(&mut self, _landed: &BTreeMap<usize, i64>, _from: Option<&Bound>) -> Result<(), StepError> {
