@@ -11,8 +11,9 @@
 //! 3. Latency: records produced at `--latency-rate`/s for `--latency-seconds` into a
 //!    continuous stream flushing every 50 ms into PostgreSQL; for each record, the time
 //!    from its production to this process seeing it in the table (p50/p99).
-//! 4. A stalled sink: the table locked while the topic is consumed under a budget of
-//!    `--stall-budget` MiB; the manager's peak RSS against that budget.
+//! 4. A stalled sink: the table locked while the topic is consumed, under the default
+//!    budget (1 GiB) and under `--stall-budget` MiB (smaller than the backlog); the
+//!    manager's peak RSS against each, then every record landed once the lock goes.
 //! 5. RabbitMQ → Parquet and NATS JetStream → Parquet throughput, `--records` each.
 
 use std::path::{Path, PathBuf};
@@ -309,29 +310,35 @@ async fn latency(
     Ok(())
 }
 
-/// The manager's memory while its only sink is locked.
+/// The manager's memory while its only sink is locked: under the default budget (1 GiB),
+/// and under `--stall-budget`, smaller than the backlog.
 async fn stalled(args: &StreamArgs, m: &Master, broker: &Broker, work: &Path, bytes: u64) -> anyhow::Result<()> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS stalled (LIKE trades)").execute(&m.pool).await?;
-    let mut lock = m.pool.begin().await?;
-    sqlx::query("LOCK TABLE stalled IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await?;
-    let budget = format!("{}MiB", args.stall_budget);
-    let manager = Manager::start(m, work, &[("WEIR_STREAM_BUDGET", budget.as_str())])?;
-    let mut jobs = m.jobs.clone();
-    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-stalled"},
-                        "until": "now", "flush": {"max_records": 10_000_000, "max_bytes": 1u64 << 40},
-                        "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "stalled"}]});
-    let spec = json!({"name": "bench-stalled", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
-    let id = submit(&mut jobs, spec).await?;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let stalled_rss = peak_rss_mb(manager.pid);
-    lock.rollback().await?;
-    wait(&mut jobs, &id).await?;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM stalled").fetch_one(&m.pool).await?;
     println!("stream_stalled_backlog={:.0} MiB", bytes as f64 / (1 << 20) as f64);
-    println!("stream_stalled_budget={} MiB", args.stall_budget);
-    println!("stream_stalled_peak_rss={stalled_rss:.0} MB");
-    println!("stream_stalled_then_landed={n} records");
-    drop(manager.child);
+    for (name, budget_mib) in [("default", 1024), ("small", args.stall_budget)] {
+        let table = format!("stalled_{name}");
+        sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {table} (LIKE trades)")).execute(&m.pool).await?;
+        let mut lock = m.pool.begin().await?;
+        sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).execute(&mut *lock).await?;
+        let budget = format!("{budget_mib}MiB");
+        let manager = Manager::start(m, work, &[("WEIR_STREAM_BUDGET", budget.as_str())])?;
+        let mut jobs = m.jobs.clone();
+        let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": format!("bench-{table}")},
+                            "until": "now", "flush": {"max_records": 10_000_000, "max_bytes": 1u64 << 40},
+                            "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": table}]});
+        let spec = json!({"name": format!("bench-{table}"), "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
+        let id = submit(&mut jobs, spec).await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let stalled_rss = peak_rss_mb(manager.pid);
+        lock.rollback().await?;
+        wait(&mut jobs, &id).await?;
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&m.pool).await?;
+        if n as u64 != args.records {
+            bail!("{n} of {} records landed after the stall", args.records);
+        }
+        println!("stream_stalled_{name}_budget={budget_mib} MiB");
+        println!("stream_stalled_{name}_peak_rss={stalled_rss:.0} MB");
+        drop(manager.child);
+    }
     Ok(())
 }
 

@@ -57,9 +57,12 @@ impl Kafka {
             .set("queued.max.messages.kbytes", (share / 1024).to_string())
             .set("fetch.max.bytes", share.min(50 << 20).to_string())
             .set("max.partition.fetch.bytes", share.min(1 << 20).to_string())
-            // A caught-up consumer's fetch returns within the flush interval, not after
-            // librdkafka's 500 ms.
-            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 500).to_string())
+            // With a queue this small it fills often: fetch again soon after it drains
+            // (librdkafka waits a whole second by default, which would set the pace).
+            .set("fetch.queue.backoff.ms", "10")
+            // A fetch the broker holds back returns within half the flush interval, at
+            // most 100 ms, not librdkafka's 500 ms (tansu holds every fetch to the limit).
+            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 100).to_string())
             .set("log_level", "4");
         secure(&mut cfg, *protocol, sasl_mechanism.as_deref(), credentials.as_ref())?;
         let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(cfg.create().map_err(broker)?);
