@@ -51,7 +51,7 @@ fn record(i: u64) -> Vec<u8> {
     json!({
         "id": i, "ts": 1_790_000_000_000u64 + i, "symbol": symbol,
         "price": 100.0 + (i % 1000) as f64 / 7.0, "qty": i % 500, "side": if i.is_multiple_of(2) { "buy" } else { "sell" },
-        "venue": "XNAS", "note": "a fill reported by the exchange gateway",
+        "venue": "XNAS", "note": "a fill reported by the exchange gateway for the account's order book, settled T+1",
     })
     .to_string()
     .into_bytes()
