@@ -744,3 +744,79 @@ async fn pubsub_messages_land_once_through_streaming_pull() {
     assert!(!ok && o["error"].as_str().is_some_and(|e| e.contains("subscriptions/no-such-subscription")), "{o}");
     rig.stop().await;
 }
+
+/// The broker restarted mid-stream: a NATS server of the test's own (JetStream on disk) is
+/// stopped while a continuous stream reads from it and started again on the same port and
+/// store; the stream fails over to a retry (or reconnects) and every message published
+/// before, during and after the outage lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let store_dir = dir.path().join("js").display().to_string();
+    let server = || {
+        let mut c = tokio::process::Command::new("nats-server");
+        c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &store_dir])
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn().expect("nats-server (scripts/ensure-brokers.sh installs it)")
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nats = server();
+    wait_port(port, "the test's NATS server").await;
+    let connect = || async {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect"));
+        js
+    };
+    let js = connect().await;
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "orders".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    nats_publish(&js, "orders", 0..300).await;
+
+    let rig = Rig::start(|_| {}).await;
+    let lake = rig.lake("lake");
+    let mut jc = rig.master.jobs();
+    let mut s = step("consume", "consume", "stream", &[]);
+    s.config_json = json!({"source": {"type": "nats", "servers": url, "stream": "orders", "consumer": "weir"},
+                           "flush": {"max_records": 50, "interval": "300ms"},
+                           "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+    .to_string();
+    s.retry = Some(v1::RetryPolicy {
+        max_attempts: 20,
+        initial_interval: dur(200),
+        max_interval: dur(1000),
+        ..Default::default()
+    });
+    let id = submit(&mut jc, job("orders", vec![s])).await;
+    let landed = |n: usize| {
+        let lake = lake.clone();
+        async move {
+            // Messages a lost connection held come back after the ack wait (10 s here).
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let count = || if lake.join("_weir").exists() { lake_ids(&lake).len() } else { 0 };
+            while count() < n {
+                assert!(std::time::Instant::now() < deadline, "{} of {n} landed", count());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    landed(300).await;
+    // The outage: the server goes, and comes back on the same port and store.
+    nats.kill().await.expect("stop the server");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats = server();
+    wait_port(port, "the restarted NATS server").await;
+    let js = connect().await;
+    nats_publish(&js, "orders", 300..600).await;
+    landed(600).await;
+    assert_eq!(once(&lake_ids(&lake), 600), (600, 600, None, None), "every message once");
+    jc.cancel_job(v1::CancelJobRequest { job_id: id, reason: "done".into() }).await.expect("cancel");
+    rig.stop().await;
+    drop(nats);
+}

@@ -27,6 +27,13 @@ use crate::DataError;
 /// zstd level of files rewritten by a widening.
 const REWRITE_ZSTD_LEVEL: i32 = 3;
 
+/// Whether a data file is named as Weir names them: `<input key>.parquet`, the key
+/// ending in `-` and 12 hex digits.
+fn weirs(p: &Path) -> bool {
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    stem.rsplit_once('-').is_some_and(|(_, h)| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A local Parquet dataset.
 #[derive(Debug, Clone)]
 pub struct LocalDataset {
@@ -130,8 +137,38 @@ impl LocalDataset {
     /// owner claims the dataset before it reads where to resume, so a former owner's late
     /// flush — a range the new owner will read again — is refused from then on, not only
     /// once the new owner has committed.
+    /// It also removes data files no manifest names: a writer killed between moving its
+    /// files into place and writing its manifest leaves them, and a stream whose next
+    /// owner names its ranges differently (a queue's) would otherwise leave them to any
+    /// reader of the folder as duplicates.
     pub fn claim(&self, fence: &WriteFence) -> Result<(), DataError> {
-        locked(&self.root, || self.check_task_fence(fence))
+        locked(&self.root, || {
+            self.check_task_fence(fence)?;
+            self.sweep_orphans()
+        })
+    }
+
+    /// Removes the `.parquet` files outside `_weir/` that Weir wrote (named by an input
+    /// key) and no manifest names, under the dataset's lock (no commit is between its
+    /// files and its manifest then). Files of a folder Weir adopted are left alone.
+    fn sweep_orphans(&self) -> Result<(), DataError> {
+        let named: std::collections::HashSet<PathBuf> = self.files_by_input()?.into_iter().map(|(_, f)| f).collect();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(d) = dirs.pop() {
+            let Ok(entries) = fs::read_dir(&d) else { continue };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if p.file_name().is_some_and(|n| n != "_weir") {
+                        dirs.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "parquet") && weirs(&p) && !named.contains(&p) {
+                    tracing::warn!(file = %p.display(), "removing a data file no manifest names (a writer died mid-commit)");
+                    fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every committed input's manifest: (its input key, the manifest), in key order.

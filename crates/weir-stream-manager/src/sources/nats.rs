@@ -77,8 +77,10 @@ impl Nats {
             end_due: false,
             max_ack_pending: max_records.min(MAX_ACK_PENDING),
             batch_bytes: budget.client_share() as usize,
-            // A message stays ours through a slow flush: three intervals, at least a minute.
-            ack_wait: (step.flush.interval() * 3).max(Duration::from_secs(60)),
+            // A message stays ours through a slow flush: three intervals, at least 10 s.
+            // Shorter is safe (a redelivery of a message taken is not taken again) and
+            // bounds how long messages a lost connection held wait for a new owner.
+            ack_wait: (step.flush.interval() * 3).max(Duration::from_secs(10)),
             paused: false,
         })
     }
@@ -147,7 +149,10 @@ impl Source for Nats {
             .stream()
             .max_messages_per_batch(self.max_ack_pending.min(10_000) as usize)
             .max_bytes_per_batch(self.batch_bytes)
-            .heartbeat(Duration::from_secs(5))
+            // Pulls expire often, so one lost with a restarted server is replaced within
+            // seconds (a long-lived pull would leave the stream silent until it expired).
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
             .messages()
             .await
             .map_err(|e| unavailable(&format!("consumer {name}"), e))?;
@@ -215,6 +220,18 @@ impl Source for Nats {
         }
         self.landed = self.landed.max(upto);
         Ok(())
+    }
+
+    /// Hands back (NAK) what was delivered and not landed, so the next owner gets it now,
+    /// not after the ack wait.
+    async fn close(&mut self) {
+        self.messages = None;
+        for (_, acker) in std::mem::take(&mut self.unacked) {
+            if let Err(e) = acker.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
+                tracing::info!(error = %e, "nats: could not hand a message back; it returns after the ack wait");
+                break;
+            }
+        }
     }
 
     fn pause(&mut self, paused: bool) -> Result<(), StepError> {
