@@ -820,3 +820,36 @@ async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
     rig.stop().await;
     drop(nats);
 }
+
+/// Dead letters into a Kafka topic of the source's brokers: the message as it came, its
+/// coordinates and the reason in `weir-dlq-*` headers; the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dead_letters_go_to_a_topic_with_their_coordinates() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    let topics = ["raw", "raw.dead"].map(|t| TopicSpec { name: t.into(), partitions: 1, replication: 1 });
+    bus.ensure_topics(&topics).await.expect("topics");
+    let mut batch: Vec<Message> =
+        (0..20).map(|i| Message::new("raw", "k", json!({"id": i}).to_string().into_bytes())).collect();
+    batch.insert(7, Message::new("raw", "k", b"[1, 2]".to_vec()));
+    bus.publish(&batch).await.expect("publish");
+    let rig = Rig::start(|_| {}).await;
+    let lake = rig.lake("raw");
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["raw"]}, "until": "now",
+                        "dead_letter": {"type": "kafka", "topic": "raw.dead"},
+                        "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
+    let (ok, o) = rig.consume("raw", &config).await;
+    assert!(ok, "{o}");
+    assert_eq!((counts(&o), o["dead_letters"].as_u64()), ((Some(21), Some(20), Some(0)), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 20), (20, 20, None, None), "every record once");
+    let mut sub = bus.subscribe("dead-reader", &["raw.dead"]).await.expect("subscribe");
+    let d = tokio::time::timeout(Duration::from_secs(30), sub.next()).await.expect("a dead letter").expect("next");
+    let h =
+        |k: &str| d.message.headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(d.message.payload, b"[1, 2]");
+    assert_eq!(
+        (h("weir-dlq-reason"), h("weir-dlq-topic"), h("weir-dlq-partition"), h("weir-dlq-offset")),
+        (Some("not a JSON object".into()), Some("raw".into()), Some("0".into()), Some("7".into()))
+    );
+    rig.stop().await;
+}

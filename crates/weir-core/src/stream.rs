@@ -279,8 +279,10 @@ impl StreamStep {
                 ));
             }
         }
-        if let Some(DeadLetterSpec::Kafka { .. }) = step.dead_letter {
-            return Err("stream config: dead_letter: a kafka topic is not served yet (parquet is)".into());
+        if let (Some(DeadLetterSpec::Kafka { .. }), false) =
+            (&step.dead_letter, matches!(step.source, SourceSpec::Kafka { .. }))
+        {
+            return Err("stream config: dead_letter: a kafka topic needs a kafka source (its brokers)".into());
         }
         Ok(step)
     }

@@ -13,10 +13,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use weir_core::dataset::SinkSpec;
+use weir_core::events::header;
 use weir_core::stream::{
-    Bound, DeadLetterSpec, Overflow, StreamStep, DEFAULT_DEDUPE_WINDOW, DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_RECORDS,
+    Bound, DeadLetterSpec, Overflow, SourceSpec, StreamStep, DEFAULT_DEDUPE_WINDOW, DEFAULT_FLUSH_BYTES,
+    DEFAULT_FLUSH_RECORDS,
 };
 use weir_worker::{StepError, TaskContext};
 
@@ -91,6 +95,18 @@ struct Taken {
     count: u64,
 }
 
+/// Where undecodable messages go.
+enum Dead {
+    /// A Parquet dataset, one buffer per lane.
+    Parquet(Box<Landing>, Vec<Buffer>),
+    /// A Kafka topic (of the source's brokers): the message as it came, its coordinates
+    /// and the reason in headers.
+    Kafka { producer: FutureProducer, topic: String, pending: Vec<(OwnedHeaders, String, Vec<u8>)>, bytes: u64 },
+}
+
+/// How long a dead letter may take to be acknowledged by Kafka.
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a stream did, for its report.
 #[derive(Default)]
 struct Tally {
@@ -121,8 +137,8 @@ struct Stream<'a> {
     /// The last position delivered per lane, not acknowledged yet.
     seen: BTreeMap<usize, i64>,
     dedupe: Option<Dedupe>,
-    /// Where undecodable messages go, one buffer per lane, when the step names it.
-    dead: Option<(Landing, Vec<Buffer>)>,
+    /// Where undecodable messages go, when the step names it.
+    dead: Option<Dead>,
     tally: Tally,
     /// The last position read per lane (-1: none yet).
     positions: Vec<i64>,
@@ -153,12 +169,21 @@ pub async fn run(
         BTreeMap::new()
     };
     let dead = match &step.dead_letter {
-        Some(DeadLetterSpec::Parquet { path }) => Some((
-            Landing::dead_letters(path, task, data_dir).await?,
+        Some(DeadLetterSpec::Parquet { path }) => Some(Dead::Parquet(
+            Box::new(Landing::dead_letters(path, task, data_dir).await?),
             lanes.iter().map(|_| Buffer::default()).collect(),
         )),
-        Some(DeadLetterSpec::Kafka { .. }) => {
-            return Err(StepError::permanent("bad_config", "dead_letter: a kafka topic is not served yet (parquet is)"))
+        Some(DeadLetterSpec::Kafka { topic }) => {
+            let SourceSpec::Kafka { brokers, .. } = &step.source else {
+                return Err(StepError::permanent("bad_config", "dead_letter: a kafka topic needs a kafka source"));
+            };
+            let producer: FutureProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("message.timeout.ms", DEAD_LETTER_TIMEOUT.as_millis().to_string())
+                .set("log_level", "4")
+                .create()
+                .map_err(|e| StepError::retryable("unavailable", format!("kafka dead-letter producer: {e}")))?;
+            Some(Dead::Kafka { producer, topic: topic.clone(), pending: Vec::new(), bytes: 0 })
         }
         None => None,
     };
@@ -313,17 +338,32 @@ impl Stream<'_> {
         self.positions[lane] = position;
         self.tally.records += 1;
         self.tally.bytes += payload.len() as u64;
-        if let Some((_, dead)) = &mut self.dead {
+        if let Some(dead) = &mut self.dead {
             if let Err(reason) = crate::decode::check(&self.step.format, &payload) {
                 let l = &self.source.lanes()[lane];
-                let line = json!({
-                    "source": self.source.name(), "lane": l.key(),
-                    "position": position, "id": id, "reason": reason,
-                    "message": String::from_utf8_lossy(&payload),
-                    "received_at": weir_core::events::rfc3339(weir_runtime::now_ms()),
-                })
-                .to_string();
-                let n = dead[lane].push(position, line.as_bytes());
+                let n = match dead {
+                    Dead::Parquet(_, buffers) => {
+                        let line = json!({
+                            "source": self.source.name(), "lane": l.key(),
+                            "position": position, "id": id, "reason": reason,
+                            "message": String::from_utf8_lossy(&payload),
+                            "received_at": weir_core::events::rfc3339(weir_runtime::now_ms()),
+                        })
+                        .to_string();
+                        buffers[lane].push(position, line.as_bytes())
+                    }
+                    Dead::Kafka { pending, bytes, .. } => {
+                        let headers = OwnedHeaders::new()
+                            .insert(Header { key: header::DLQ_REASON, value: Some(reason.as_str()) })
+                            .insert(Header { key: header::DLQ_TOPIC, value: Some(l.name.as_str()) })
+                            .insert(Header { key: header::DLQ_PARTITION, value: Some(&l.index.to_string()) })
+                            .insert(Header { key: header::DLQ_OFFSET, value: Some(&position.to_string()) });
+                        let n = (payload.len() + reason.len()) as u64;
+                        *bytes += n;
+                        pending.push((headers, l.key(), payload));
+                        n
+                    }
+                };
                 self.buffered.1 += n;
                 self.budget.take(n);
                 self.tally.dead_letters += 1;
@@ -386,15 +426,48 @@ impl Stream<'_> {
     /// delivered. Dead letters go first: a crash between the two replays both (a dead
     /// letter may then be recorded twice), never loses one.
     async fn flush(&mut self) -> Result<(), StepError> {
-        if let Some((landing, dead)) = &mut self.dead {
-            for (lane, buf) in dead.iter_mut().enumerate() {
-                let Some(t) = buf.take() else { continue };
-                let identity = format!("{}/dead", self.source.identity(lane, t.first, t.last));
-                let landed = landing.land(&identity, t.records).await;
-                self.buffered.1 -= t.bytes;
-                self.budget.give(t.bytes);
-                landed?;
+        match &mut self.dead {
+            Some(Dead::Parquet(landing, buffers)) => {
+                for (lane, buf) in buffers.iter_mut().enumerate() {
+                    let Some(t) = buf.take() else { continue };
+                    let identity = format!("{}/dead", self.source.identity(lane, t.first, t.last));
+                    let landed = landing.land(&identity, t.records).await;
+                    self.buffered.1 -= t.bytes;
+                    self.budget.give(t.bytes);
+                    landed?;
+                }
             }
+            Some(Dead::Kafka { producer, topic, pending, bytes }) if !pending.is_empty() => {
+                let sends: Vec<_> = std::mem::take(pending)
+                    .into_iter()
+                    .map(|(headers, key, payload)| {
+                        let record = FutureRecord::to(topic.as_str()).key(&key).payload(&payload).headers(headers);
+                        producer.send_result(record).map_err(|(e, _)| e)
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StepError::retryable("unavailable", format!("kafka dead letter to {topic}: {e}")))?;
+                let freed = std::mem::take(bytes);
+                self.buffered.1 -= freed;
+                self.budget.give(freed);
+                for s in sends {
+                    match s.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => {
+                            return Err(StepError::retryable(
+                                "unavailable",
+                                format!("kafka dead letter to {topic}: {e}"),
+                            ))
+                        }
+                        Err(_) => {
+                            return Err(StepError::retryable(
+                                "unavailable",
+                                format!("kafka dead letter to {topic}: cancelled"),
+                            ))
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
         for lane in 0..self.buffers.len() {
             let Some(t) = self.buffers[lane].take() else { continue };
