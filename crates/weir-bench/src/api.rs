@@ -24,6 +24,8 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 use weir_proto::v1::{self, job_service_client::JobServiceClient};
 
+use crate::{cpu_seconds, lake_rows};
+
 /// Settings of the API benchmark.
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
@@ -144,52 +146,11 @@ fn pages(root: &Path, dir: &str, pages: u64, per_page: u64, base: &str) -> anyho
 }
 
 /// A process's user+system CPU seconds so far (from /proc; Linux clock ticks of 1/100 s).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 struct Run {
     wall: f64,
     cpu: f64,
     rss_mb: f64,
     rows: u64,
-}
-
-fn lake_rows(lake: &Path) -> u64 {
-    let mut n = 0;
-    for e in walk(lake) {
-        if e.extension().is_some_and(|x| x == "parquet") && !e.to_string_lossy().contains("/_") {
-            if let Ok(r) = std::fs::File::open(&e)
-                .map_err(anyhow::Error::from)
-                .and_then(|f| parquet::file::reader::SerializedFileReader::new(f).map_err(anyhow::Error::from))
-            {
-                use parquet::file::reader::FileReader;
-                n += r.metadata().file_metadata().num_rows() as u64;
-            }
-        }
-    }
-    n
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// One collect → convert → store job through the real processes.

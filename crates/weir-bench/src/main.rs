@@ -22,7 +22,7 @@ mod api;
 mod data;
 mod streams;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,6 +107,49 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// A process's user+system CPU seconds so far.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Rows of the Parquet files under `lake` (Weir's own `_…` folders left out), from their footers.
+pub(crate) fn lake_rows(lake: &Path) -> u64 {
+    let mut n = 0;
+    for e in walk(lake) {
+        if e.extension().is_some_and(|x| x == "parquet") && !e.to_string_lossy().contains("/_") {
+            if let Ok(r) = std::fs::File::open(&e)
+                .map_err(anyhow::Error::from)
+                .and_then(|f| parquet::file::reader::SerializedFileReader::new(f).map_err(anyhow::Error::from))
+            {
+                use parquet::file::reader::FileReader;
+                n += r.metadata().file_metadata().num_rows() as u64;
+            }
+        }
+    }
+    n
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Submits a job spec (JSON) and returns its id.

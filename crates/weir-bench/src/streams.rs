@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use weir_bus::{Bus, KafkaBus, KafkaConfig, Message, TopicSpec};
 
-use crate::{peak_rss_mb, percentile, spawn, submit, wait, Broker, Master};
+use crate::{cpu_seconds, lake_rows, now_ms, peak_rss_mb, percentile, spawn, submit, wait, Broker, Master};
 
 /// Settings of the stream benchmark.
 #[derive(Debug, clap::Args)]
@@ -55,13 +55,6 @@ fn record(i: u64) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// What one run took.
@@ -111,9 +104,17 @@ impl Manager {
     }
 }
 
-/// Runs one `consume` job to its end in a fresh manager; the manager's figures.
-async fn weir(m: &Master, work: &Path, config: Value, records: u64, bytes: u64) -> anyhow::Result<Run> {
-    let manager = Manager::start(m, work, &[])?;
+/// Runs one `consume` job to its end in a fresh manager (with `env` besides the usual);
+/// the manager's figures.
+async fn weir(
+    m: &Master,
+    work: &Path,
+    config: Value,
+    records: u64,
+    bytes: u64,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Run> {
+    let manager = Manager::start(m, work, env)?;
     let mut jobs = m.jobs.clone();
     let spec = json!({"name": format!("bench-{}", uuid_ish()), "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
     let cpu0 = cpu_seconds(manager.pid);
@@ -128,30 +129,6 @@ async fn weir(m: &Master, work: &Path, config: Value, records: u64, bytes: u64) 
 
 fn uuid_ish() -> String {
     format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos())
-}
-
-fn lake_rows(lake: &Path) -> anyhow::Result<u64> {
-    let mut n = 0;
-    for f in walk(lake) {
-        if f.extension().is_some_and(|x| x == "parquet") && !f.components().any(|c| c.as_os_str() == "_weir") {
-            let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&f)?)?;
-            n += parquet::file::reader::FileReader::metadata(&r).file_metadata().num_rows() as u64;
-        }
-    }
-    Ok(n)
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Preloads `n` records into `topic`; their bytes.
@@ -188,8 +165,8 @@ async fn kafka(args: &StreamArgs, python: &Path, work: &Path) -> anyhow::Result<
     let lake = work.join("lake");
     let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-weir"},
                         "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
-    let w = weir(&m, work, config, args.records, bytes).await?;
-    let rows = lake_rows(&lake)?;
+    let w = weir(&m, work, config, args.records, bytes, &[]).await?;
+    let rows = lake_rows(&lake);
     if rows != args.records {
         bail!("Weir landed {rows} rows of {} records", args.records);
     }
@@ -222,7 +199,7 @@ async fn kafka(args: &StreamArgs, python: &Path, work: &Path) -> anyhow::Result<
     // Kafka → PostgreSQL.
     let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-weir-pg"},
                         "until": "now", "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "trades", "create": true}]});
-    let pg = weir(&m, work, config, args.records, bytes).await?;
+    let pg = weir(&m, work, config, args.records, bytes, &[]).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM trades").fetch_one(&m.pool).await?;
     if n as u64 != args.records {
         bail!("Weir loaded {n} rows of {} records", args.records);
@@ -253,8 +230,6 @@ async fn latency(
     let id = submit(&mut jobs, spec).await?;
     // Time for the manager to lease the stream and connect: startup is not latency.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let now_ms =
-        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
     let total = args.latency_rate * args.latency_seconds;
     let producer = {
         let (bus, rate) = (bus.clone(), args.latency_rate);
@@ -370,21 +345,8 @@ async fn brokers(args: &StreamArgs, work: &Path) -> anyhow::Result<()> {
     let lake = work.join("rabbit");
     let config = json!({"source": {"type": "rabbitmq", "url_env": "WEIR_BENCH_AMQP_URL", "queue": queue, "prefetch": 20_000},
                         "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
-    let manager = Manager::start(&m, work, &[("WEIR_BENCH_AMQP_URL", url)])?;
-    let mut jobs = m.jobs.clone();
-    let spec = json!({"name": "bench-rabbit", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
-    let (cpu0, t0) = (cpu_seconds(manager.pid), Instant::now());
-    let id = submit(&mut jobs, spec).await?;
-    wait(&mut jobs, &id).await?;
-    let r = Run {
-        records: args.records,
-        bytes,
-        wall: t0.elapsed().as_secs_f64(),
-        cpu: cpu_seconds(manager.pid) - cpu0,
-        rss_mb: peak_rss_mb(manager.pid),
-    };
-    drop(manager.child);
-    let rows = lake_rows(&lake)?;
+    let r = weir(&m, work, config, args.records, bytes, &[("WEIR_BENCH_AMQP_URL", url)]).await?;
+    let rows = lake_rows(&lake);
     if rows != args.records {
         bail!("Weir landed {rows} rows of {} RabbitMQ messages", args.records);
     }
@@ -415,8 +377,8 @@ async fn brokers(args: &StreamArgs, work: &Path) -> anyhow::Result<()> {
     let lake = work.join("nats");
     let config = json!({"source": {"type": "nats", "servers": "nats://127.0.0.1:4222", "stream": name, "consumer": "bench"},
                         "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
-    let r = weir(&m, work, config, args.records, bytes).await?;
-    let rows = lake_rows(&lake)?;
+    let r = weir(&m, work, config, args.records, bytes, &[]).await?;
+    let rows = lake_rows(&lake);
     if rows != args.records {
         bail!("Weir landed {rows} rows of {} NATS messages", args.records);
     }

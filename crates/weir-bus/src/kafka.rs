@@ -71,8 +71,9 @@ impl KafkaConfig {
         }
     }
 
-    /// The librdkafka settings shared by every client, after checking they fit together.
-    fn client(&self) -> Result<ClientConfig, BusError> {
+    /// The librdkafka settings shared by every client (brokers, TLS, SASL), after checking
+    /// they fit together; a consumer or producer adds its own.
+    pub fn client(&self) -> Result<ClientConfig, BusError> {
         if self.brokers.trim().is_empty() {
             return Err(BusError::Config("no brokers given".into()));
         }

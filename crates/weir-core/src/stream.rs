@@ -186,6 +186,16 @@ pub struct FlushSpec {
 }
 
 impl FlushSpec {
+    /// The most records buffered per stream before a flush.
+    pub fn records(&self) -> u64 {
+        self.max_records.unwrap_or(DEFAULT_FLUSH_RECORDS)
+    }
+
+    /// The most bytes buffered per stream before a flush.
+    pub fn bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or(DEFAULT_FLUSH_BYTES)
+    }
+
     /// The interval (checked at submission).
     pub fn interval(&self) -> std::time::Duration {
         crate::duration::parse(self.interval.as_deref().unwrap_or(DEFAULT_FLUSH_INTERVAL))

@@ -22,6 +22,8 @@ pub struct Landing {
     step: Arc<DataStep>,
     sinks: Sinks,
     scratch: PathBuf,
+    /// Where converted files wait for a PostgreSQL sink's COPY (none without one).
+    staging: Option<PathBuf>,
     quarantine: PathBuf,
     fence: WriteFence,
     task: TaskContext,
@@ -111,10 +113,12 @@ impl Landing {
         tokio::fs::create_dir_all(&scratch)
             .await
             .map_err(|e| StepError::retryable("staging", format!("creating {}: {e}", scratch.display())))?;
+        let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
         Ok(Landing {
             step: Arc::new(step),
             sinks,
             quarantine: task.folder(data_dir, weir_worker::QUARANTINE),
+            staging: has_pg.then(|| scratch.join("staged")),
             scratch,
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             task: task.clone(),
@@ -147,11 +151,10 @@ impl Landing {
             .await
             .map_err(|e| StepError::retryable("staging", format!("writing {}: {e}", path.display())))?;
         let states = self.sinks.states().await.map_err(|e| step_error(&e))?;
-        let has_pg = self.step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
         let plan = Plan {
             step: self.step.clone(),
             sinks: Arc::new(states),
-            staging: has_pg.then(|| self.scratch.join("staged")),
+            staging: self.staging.clone(),
             quarantine: self.quarantine.clone(),
             outgoing: self.scratch.join("outgoing"),
             fence: self.fence.clone(),

@@ -16,6 +16,12 @@ pub fn identity(scheme: &str, name: &str, index: i32, first: i64, last: i64) -> 
     format!("{scheme}://{name}/p{index}_{first}-{last}")
 }
 
+/// The input identity of a range of a source whose positions do not replay (delivery
+/// tags, a count): named by the lease too, since another lease counts from 1 again.
+pub fn leased_identity(scheme: &str, name: &str, lease: &str, index: i32, first: i64, last: i64) -> String {
+    format!("{scheme}://{name}/{lease}/p{index}_{first}-{last}")
+}
+
 /// The range a sink input key holds, if it is one of `lanes`' ranges: the key's stem
 /// carries `p<index>_<first>-<last>`, and the whole key must be that identity's.
 pub fn range_of(scheme: &str, key: &str, lanes: &[Lane]) -> Option<(usize, i64, i64)> {

@@ -13,15 +13,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
+use weir_bus::{Bus, KafkaBus, Message};
 use weir_core::dataset::SinkSpec;
 use weir_core::events::header;
-use weir_core::stream::{
-    Bound, DeadLetterSpec, Overflow, SourceSpec, StreamStep, DEFAULT_DEDUPE_WINDOW, DEFAULT_FLUSH_BYTES,
-    DEFAULT_FLUSH_RECORDS,
-};
+use weir_core::stream::{Bound, DeadLetterSpec, Overflow, StreamStep, DEFAULT_DEDUPE_WINDOW};
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
@@ -99,13 +95,10 @@ struct Taken {
 enum Dead {
     /// A Parquet dataset, one buffer per lane.
     Parquet(Box<Landing>, Vec<Buffer>),
-    /// A Kafka topic (of the source's brokers): the message as it came, its coordinates
-    /// and the reason in headers.
-    Kafka { producer: FutureProducer, topic: String, pending: Vec<(OwnedHeaders, String, Vec<u8>)>, bytes: u64 },
+    /// A Kafka topic of the source's brokers, through the event bus's client: the message
+    /// as it came, its coordinates and the reason in headers.
+    Kafka { bus: Box<KafkaBus>, topic: String, pending: Vec<Message> },
 }
-
-/// How long a dead letter may take to be acknowledged by Kafka.
-const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a stream did, for its report.
 #[derive(Default)]
@@ -139,6 +132,8 @@ struct Stream<'a> {
     dedupe: Option<Dedupe>,
     /// Where undecodable messages go, when the step names it.
     dead: Option<Dead>,
+    /// `<task>.<fence>`: names the flushes of a source whose positions do not replay.
+    lease: String,
     tally: Tally,
     /// The last position read per lane (-1: none yet).
     positions: Vec<i64>,
@@ -174,16 +169,9 @@ pub async fn run(
             lanes.iter().map(|_| Buffer::default()).collect(),
         )),
         Some(DeadLetterSpec::Kafka { topic }) => {
-            let SourceSpec::Kafka { brokers, .. } = &step.source else {
-                return Err(StepError::permanent("bad_config", "dead_letter: a kafka topic needs a kafka source"));
-            };
-            let producer: FutureProducer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("message.timeout.ms", DEAD_LETTER_TIMEOUT.as_millis().to_string())
-                .set("log_level", "4")
-                .create()
+            let bus = KafkaBus::new(crate::sources::kafka::client_settings(step)?)
                 .map_err(|e| StepError::retryable("unavailable", format!("kafka dead-letter producer: {e}")))?;
-            Some(Dead::Kafka { producer, topic: topic.clone(), pending: Vec::new(), bytes: 0 })
+            Some(Dead::Kafka { bus: Box::new(bus), topic: topic.clone(), pending: Vec::new() })
         }
         None => None,
     };
@@ -199,6 +187,7 @@ pub async fn run(
         seen: BTreeMap::new(),
         dedupe,
         dead,
+        lease: format!("{}.{}", task.task_id, task.fence),
         tally: Tally::default(),
         positions: vec![-1; lanes.len()],
         tracker,
@@ -230,9 +219,7 @@ pub async fn run(
 /// first local dataset (so another replica sharing the disk finds it), else in this
 /// manager's data dir.
 fn ledger_dir(step: &StreamStep, data_dir: &Path, source: &str, lane: &str) -> PathBuf {
-    let safe: String =
-        lane.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    let name = format!("{source}-{safe}");
+    let name = format!("{source}-{}", weir_data::sink::safe_name(lane));
     let local = step.sinks.iter().find_map(|s| match s {
         SinkSpec::Parquet { path, location: None, .. } => Some(path),
         _ => None,
@@ -253,12 +240,19 @@ fn beyond(until: &Bound, lane: &crate::source::Lane, d: &Delivery) -> bool {
     }
 }
 
+/// The input identity of a flushed range of a lane: the same range, the same name.
+fn identity(source: &dyn Source, lease: &str, lane: usize, first: i64, last: i64) -> String {
+    let l = &source.lanes()[lane];
+    if source.replayable() {
+        crate::positions::identity(source.name(), &l.name, l.index, first, last)
+    } else {
+        crate::positions::leased_identity(source.name(), &l.name, lease, l.index, first, last)
+    }
+}
+
 impl Stream<'_> {
     async fn consume(&mut self, task: &TaskContext, lanes: usize) -> Result<(), StepError> {
-        let (max_records, max_bytes) = (
-            self.step.flush.max_records.unwrap_or(DEFAULT_FLUSH_RECORDS),
-            self.step.flush.max_bytes.unwrap_or(DEFAULT_FLUSH_BYTES),
-        );
+        let (max_records, max_bytes) = (self.step.flush.records(), self.step.flush.bytes());
         // A source that stops delivering at a number of unacknowledged messages is
         // flushed at that number, or it would wait for the interval.
         let max_records = self.source.window().map_or(max_records, |w| max_records.min(w));
@@ -352,15 +346,15 @@ impl Stream<'_> {
                         .to_string();
                         buffers[lane].push(position, line.as_bytes())
                     }
-                    Dead::Kafka { pending, bytes, .. } => {
-                        let headers = OwnedHeaders::new()
-                            .insert(Header { key: header::DLQ_REASON, value: Some(reason.as_str()) })
-                            .insert(Header { key: header::DLQ_TOPIC, value: Some(l.name.as_str()) })
-                            .insert(Header { key: header::DLQ_PARTITION, value: Some(&l.index.to_string()) })
-                            .insert(Header { key: header::DLQ_OFFSET, value: Some(&position.to_string()) });
-                        let n = (payload.len() + reason.len()) as u64;
-                        *bytes += n;
-                        pending.push((headers, l.key(), payload));
+                    Dead::Kafka { topic, pending, .. } => {
+                        let n = payload.len() as u64;
+                        pending.push(
+                            Message::new(topic, &l.key(), payload)
+                                .header(header::DLQ_REASON, reason)
+                                .header(header::DLQ_TOPIC, l.name.as_str())
+                                .header(header::DLQ_PARTITION, l.index.to_string())
+                                .header(header::DLQ_OFFSET, position.to_string()),
+                        );
                         n
                     }
                 };
@@ -430,49 +424,28 @@ impl Stream<'_> {
             Some(Dead::Parquet(landing, buffers)) => {
                 for (lane, buf) in buffers.iter_mut().enumerate() {
                     let Some(t) = buf.take() else { continue };
-                    let identity = format!("{}/dead", self.source.identity(lane, t.first, t.last));
+                    let identity = format!("{}/dead", identity(&*self.source, &self.lease, lane, t.first, t.last));
                     let landed = landing.land(&identity, t.records).await;
                     self.buffered.1 -= t.bytes;
                     self.budget.give(t.bytes);
                     landed?;
                 }
             }
-            Some(Dead::Kafka { producer, topic, pending, bytes }) if !pending.is_empty() => {
-                let sends: Vec<_> = std::mem::take(pending)
-                    .into_iter()
-                    .map(|(headers, key, payload)| {
-                        let record = FutureRecord::to(topic.as_str()).key(&key).payload(&payload).headers(headers);
-                        producer.send_result(record).map_err(|(e, _)| e)
-                    })
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StepError::retryable("unavailable", format!("kafka dead letter to {topic}: {e}")))?;
-                let freed = std::mem::take(bytes);
-                self.buffered.1 -= freed;
-                self.budget.give(freed);
-                for s in sends {
-                    match s.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => {
-                            return Err(StepError::retryable(
-                                "unavailable",
-                                format!("kafka dead letter to {topic}: {e}"),
-                            ))
-                        }
-                        Err(_) => {
-                            return Err(StepError::retryable(
-                                "unavailable",
-                                format!("kafka dead letter to {topic}: cancelled"),
-                            ))
-                        }
-                    }
-                }
+            Some(Dead::Kafka { bus, topic, pending }) if !pending.is_empty() => {
+                let letters = std::mem::take(pending);
+                let bytes: u64 = letters.iter().map(|m| m.payload.len() as u64).sum();
+                self.buffered.1 -= bytes;
+                self.budget.give(bytes);
+                bus.publish(&letters)
+                    .await
+                    .map_err(|e| StepError::retryable("unavailable", format!("kafka dead letters to {topic}: {e}")))?;
             }
             _ => {}
         }
         for lane in 0..self.buffers.len() {
             let Some(t) = self.buffers[lane].take() else { continue };
             let (first, last) = (t.first, t.last);
-            let identity = self.source.identity(lane, first, last);
+            let identity = identity(&*self.source, &self.lease, lane, first, last);
             if let Some(dd) = &mut self.dedupe {
                 dd.intend(&weir_data::sink::input_key(&identity), t.ids)
                     .map_err(|e| StepError::retryable("staging", e))?;

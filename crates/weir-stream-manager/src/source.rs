@@ -63,14 +63,9 @@ pub trait Source: Send {
     fn lanes(&self) -> &[Lane];
 
     /// Whether positions replay: a restart resumes after the sinks' positions. Otherwise
+    /// they count from 1 again in each lease (so a flush is named by its lease too) and
     /// redeliveries are dropped by message id ([`crate::dedupe`]).
     fn replayable(&self) -> bool;
-
-    /// The input identity of a flushed range of a lane: the same range, the same name.
-    fn identity(&self, lane: usize, first: i64, last: i64) -> String {
-        let l = &self.lanes()[lane];
-        crate::positions::identity(self.name(), &l.name, l.index, first, last)
-    }
 
     /// The most messages it delivers unacknowledged (AMQP prefetch, JetStream's max ack
     /// pending), if it stops there: the loop flushes at that many.
@@ -104,8 +99,33 @@ pub trait Source: Send {
     /// so another consumer gets it at once.
     async fn close(&mut self) {}
 
-    /// Stops or resumes fetching (backpressure).
-    fn pause(&mut self, paused: bool) -> Result<(), StepError>;
+    /// Stops or resumes fetching (backpressure). A source that fetches only when `next`
+    /// asks needs nothing: the loop does not ask while paused, and what the source had
+    /// asked for is bounded by its window.
+    fn pause(&mut self, _paused: bool) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// The secrets `keys` of a source's credentials reference, every one required; the error
+/// names the variable or file key that is missing.
+pub fn secrets(
+    creds: &weir_core::files::CredentialsRef,
+    keys: &[&str],
+) -> Result<std::collections::HashMap<String, String>, StepError> {
+    weir_storage::require_secrets(creds, keys, keys)
+        .map_err(|e| StepError::permanent("bad_config", format!("source.credentials: {e}")))
+}
+
+/// A source that did not answer: retryable, naming the source and what was asked.
+pub fn unavailable(source: &str, what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::retryable("unavailable", format!("{source} {what}: {e}"))
+}
+
+/// Takes the entries at or before `upto` (acknowledgements due once a flush landed).
+pub fn take_upto<V>(pending: &mut BTreeMap<i64, V>, upto: i64) -> Vec<V> {
+    let rest = pending.split_off(&(upto + 1));
+    std::mem::replace(pending, rest).into_values().collect()
 }
 
 /// Connects the step's source.

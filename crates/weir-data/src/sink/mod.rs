@@ -76,17 +76,16 @@ impl WriteFence {
     }
 }
 
+/// `name` with every character but ASCII letters, digits, `-` and `_` made `_`: safe as
+/// a file name.
+pub fn safe_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
 /// The stable file-name key of an input: a readable stem and a hash of its identity, so
 /// the same input always lands in the same files and two inputs never share one.
 pub fn input_key(identity: &str) -> String {
-    let stem: String = identity
-        .rsplit('/')
-        .next()
-        .unwrap_or(identity)
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .take(40)
-        .collect();
+    let stem: String = safe_name(identity.rsplit('/').next().unwrap_or(identity)).chars().take(40).collect();
     format!("{stem}-{}", weir_storage::hex(&Sha256::digest(identity.as_bytes())[..6]))
 }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use weir_core::files::CredentialsRef;
+use weir_bus::KafkaConfig;
 use weir_core::stream::{Bound, KafkaProtocol, SourceSpec, StreamStep};
 use weir_worker::{StepError, TaskContext};
 
@@ -39,16 +39,14 @@ pub struct Kafka {
 impl Kafka {
     /// Connects and reads the topics' partitions.
     pub async fn connect(step: &StreamStep, task: &TaskContext, budget: &Budget) -> Result<Kafka, StepError> {
-        let SourceSpec::Kafka { brokers, topics, pattern, group, protocol, sasl_mechanism, credentials } = &step.source
-        else {
+        let SourceSpec::Kafka { topics, pattern, group, .. } = &step.source else {
             return Err(StepError::permanent("bad_config", "not a kafka source"));
         };
         let group =
             group.clone().unwrap_or_else(|| format!("weir-{}-{}-{}", task.namespace, task.job_name, task.step_id));
         let share = budget.client_share();
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", brokers)
-            .set("group.id", &group)
+        let mut cfg = client_settings(step)?.client().map_err(|e| StepError::permanent("bad_config", e.to_string()))?;
+        cfg.set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
@@ -62,9 +60,7 @@ impl Kafka {
             .set("fetch.queue.backoff.ms", "10")
             // A fetch the broker holds back returns within half the flush interval, at
             // most 100 ms, not librdkafka's 500 ms (tansu holds every fetch to the limit).
-            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 100).to_string())
-            .set("log_level", "4");
-        secure(&mut cfg, *protocol, sasl_mechanism.as_deref(), credentials.as_ref())?;
+            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 100).to_string());
         let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(cfg.create().map_err(broker)?);
         let (c, names, pattern) = (consumer.clone(), topics.clone(), pattern.clone());
         let lanes = tokio::task::spawn_blocking(move || -> Result<Vec<Lane>, StepError> {
@@ -124,29 +120,32 @@ fn pattern_regex(p: &str) -> Result<regex::Regex, StepError> {
     regex::Regex::new(p).map_err(|e| StepError::permanent("bad_config", format!("source.pattern: {e}")))
 }
 
-/// TLS and SASL settings, the credentials read from their reference.
-fn secure(
-    cfg: &mut ClientConfig,
-    protocol: KafkaProtocol,
-    mechanism: Option<&str>,
-    credentials: Option<&CredentialsRef>,
-) -> Result<(), StepError> {
-    let name = match protocol {
-        KafkaProtocol::Plaintext => return Ok(()),
+/// A Kafka source's brokers, TLS and SASL (credentials read from their reference) as the
+/// event bus's client settings, which turn them into librdkafka's: the consumer here and
+/// the dead-letter producer ([`crate::run`]) use them.
+pub fn client_settings(step: &StreamStep) -> Result<KafkaConfig, StepError> {
+    let SourceSpec::Kafka { brokers, protocol, sasl_mechanism, credentials, .. } = &step.source else {
+        return Err(StepError::permanent("bad_config", "not a kafka source"));
+    };
+    let mut cfg = KafkaConfig::plaintext(brokers);
+    cfg.client_id = "weir-stream-manager".into();
+    cfg.security_protocol = match protocol {
+        KafkaProtocol::Plaintext => "plaintext",
         KafkaProtocol::Ssl => "ssl",
         KafkaProtocol::SaslPlaintext => "sasl_plaintext",
         KafkaProtocol::SaslSsl => "sasl_ssl",
-    };
-    cfg.set("security.protocol", name);
-    if matches!(protocol, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl) {
-        let c = credentials.ok_or_else(|| StepError::permanent("bad_config", "source.credentials: SASL needs them"))?;
-        let s = weir_storage::require_secrets(c, &["username", "password"], &["username", "password"])
-            .map_err(|e| StepError::permanent("bad_config", format!("source.credentials: {e}")))?;
-        cfg.set("sasl.mechanism", mechanism.unwrap_or("plain").to_ascii_uppercase())
-            .set("sasl.username", &s["username"])
-            .set("sasl.password", &s["password"]);
     }
-    Ok(())
+    .into();
+    if matches!(protocol, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl) {
+        let c = credentials
+            .as_ref()
+            .ok_or_else(|| StepError::permanent("bad_config", "source.credentials: SASL needs them"))?;
+        let mut s = crate::source::secrets(c, &["username", "password"])?;
+        cfg.sasl_mechanism = Some(sasl_mechanism.as_deref().unwrap_or("plain").to_ascii_uppercase());
+        cfg.sasl_username = s.remove("username");
+        cfg.sasl_password = s.remove("password");
+    }
+    Ok(cfg)
 }
 
 #[async_trait]

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use weir_core::stream::{Bound, SourceSpec, StreamStep, DEFAULT_FLUSH_RECORDS};
+use weir_core::stream::{Bound, SourceSpec, StreamStep};
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
@@ -22,7 +22,7 @@ use crate::source::{Delivery, Event, Lane, Source};
 const MAX_ACK_PENDING: u64 = 100_000;
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StepError {
-    StepError::retryable("unavailable", format!("nats {what}: {e}"))
+    crate::source::unavailable("nats", what, e)
 }
 
 /// A JetStream source, connected.
@@ -32,7 +32,7 @@ pub struct Nats {
     filter: Option<String>,
     lanes: Vec<Lane>,
     /// Pending acks, by stream sequence.
-    unacked: BTreeMap<u64, jetstream::message::Acker>,
+    unacked: BTreeMap<i64, jetstream::message::Acker>,
     messages: Option<consumer::pull::Stream>,
     consumer: Option<consumer::PullConsumer>,
     /// The highest sequence taken; a redelivery at or before it is not taken again.
@@ -44,7 +44,6 @@ pub struct Nats {
     max_ack_pending: u64,
     batch_bytes: usize,
     ack_wait: Duration,
-    paused: bool,
 }
 
 impl Nats {
@@ -55,15 +54,14 @@ impl Nats {
         };
         let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
         if let Some(c) = credentials {
-            let s = weir_storage::require_secrets(c, &["username", "password"], &["username", "password"])
-                .map_err(|e| StepError::permanent("bad_config", format!("source.credentials: {e}")))?;
-            options = options.user_and_password(s["username"].clone(), s["password"].clone());
+            let mut s = crate::source::secrets(c, &["username", "password"])?;
+            options = options
+                .user_and_password(s.remove("username").unwrap_or_default(), s.remove("password").unwrap_or_default());
         }
         let addrs: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).collect();
         let client = options.connect(addrs.as_slice()).await.map_err(|e| unavailable(servers, e))?;
         let js = jetstream::new(client);
         let s = js.get_stream(stream).await.map_err(|e| unavailable(&format!("stream {stream}"), e))?;
-        let max_records = step.flush.max_records.unwrap_or(DEFAULT_FLUSH_RECORDS);
         Ok(Nats {
             stream: s,
             consumer_name: consumer.clone(),
@@ -75,13 +73,12 @@ impl Nats {
             taken: 0,
             landed: 0,
             end_due: false,
-            max_ack_pending: max_records.min(MAX_ACK_PENDING),
+            max_ack_pending: step.flush.records().min(MAX_ACK_PENDING),
             batch_bytes: budget.client_share() as usize,
             // A message stays ours through a slow flush: three intervals, at least 10 s.
             // Shorter is safe (a redelivery of a message taken is not taken again) and
             // bounds how long messages a lost connection held wait for a new owner.
             ack_wait: (step.flush.interval() * 3).max(Duration::from_secs(10)),
-            paused: false,
         })
     }
 }
@@ -173,10 +170,8 @@ impl Source for Nats {
                 self.end_due = false;
                 return Ok(Event::End(vec![0]));
             }
-            let Some(messages) = self.messages.as_mut().filter(|_| !self.paused) else {
-                // Paused: the loop races this with its timers.
-                std::future::pending::<()>().await;
-                continue;
+            let Some(messages) = self.messages.as_mut() else {
+                return Err(unavailable("fetch", "not started"));
             };
             let m = match messages.next().await {
                 Some(Ok(m)) => m,
@@ -194,12 +189,12 @@ impl Source for Nats {
                 if seq <= self.landed {
                     acker.ack().await.map_err(|e| unavailable("ack", e))?;
                 } else {
-                    self.unacked.insert(seq, acker);
+                    self.unacked.insert(seq as i64, acker);
                 }
                 continue;
             }
             self.taken = seq;
-            self.unacked.insert(seq, acker);
+            self.unacked.insert(seq as i64, acker);
             self.end_due = pending == 0;
             return Ok(Event::Message(Delivery {
                 lane: 0,
@@ -213,12 +208,11 @@ impl Source for Nats {
     }
 
     async fn commit(&mut self, upto: &BTreeMap<usize, i64>) -> Result<(), StepError> {
-        let Some(upto) = upto.get(&0).map(|u| *u as u64) else { return Ok(()) };
-        let rest = self.unacked.split_off(&(upto + 1));
-        for (_, acker) in std::mem::replace(&mut self.unacked, rest) {
+        let Some(upto) = upto.get(&0).copied() else { return Ok(()) };
+        for acker in crate::source::take_upto(&mut self.unacked, upto) {
             acker.ack().await.map_err(|e| unavailable("ack", e))?;
         }
-        self.landed = self.landed.max(upto);
+        self.landed = self.landed.max(upto as u64);
         Ok(())
     }
 
@@ -232,11 +226,5 @@ impl Source for Nats {
                 break;
             }
         }
-    }
-
-    fn pause(&mut self, paused: bool) -> Result<(), StepError> {
-        // Not pulling is the pause: what the last pull asked for is bounded by its batch.
-        self.paused = paused;
-        Ok(())
     }
 }

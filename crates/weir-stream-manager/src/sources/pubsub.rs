@@ -19,7 +19,7 @@ use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
 use serde_json::{json, Value};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use weir_core::stream::{Bound, SourceSpec, StreamStep, DEFAULT_FLUSH_RECORDS};
+use weir_core::stream::{Bound, SourceSpec, StreamStep};
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
@@ -38,7 +38,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const MAX_OUTSTANDING: u64 = 100_000;
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StepError {
-    StepError::retryable("unavailable", format!("pubsub {what}: {e}"))
+    crate::source::unavailable("pubsub", what, e)
 }
 
 /// Adds the access token to every call, when there is one.
@@ -61,8 +61,8 @@ pub struct Pubsub {
     client: Client,
     subscription: String,
     lanes: Vec<Lane>,
-    /// This lease: the task and its fence (another task's lease may have the same fence).
-    lease: String,
+    /// `weir-<task>.<fence>`, for the server's view of the stream.
+    client_id: String,
     requests: Option<tokio::sync::mpsc::Sender<StreamingPullRequest>>,
     responses: Option<tonic::Streaming<StreamingPullResponse>>,
     received: VecDeque<ReceivedMessage>,
@@ -72,7 +72,6 @@ pub struct Pubsub {
     max_outstanding: u64,
     max_bytes: u64,
     ack_deadline: i32,
-    paused: bool,
 }
 
 impl Pubsub {
@@ -89,17 +88,14 @@ impl Pubsub {
             ep = ep.tls_config(ClientTlsConfig::new().with_native_roots()).map_err(|e| unavailable(&url, e))?;
         }
         let channel = ep.connect().await.map_err(|e| unavailable(&url, e))?;
-        let token =
-            match credentials {
-                Some(c) => {
-                    let s = weir_storage::require_secrets(c, &["token"], &["token"])
-                        .map_err(|e| StepError::permanent("bad_config", format!("source.credentials: {e}")))?;
-                    Some(format!("Bearer {}", s["token"]).parse().map_err(|_| {
-                        StepError::permanent("bad_config", "source.credentials: the token is not ASCII")
-                    })?)
-                }
-                None => None,
-            };
+        let token = match credentials {
+            Some(c) => Some(
+                format!("Bearer {}", crate::source::secrets(c, &["token"])?["token"])
+                    .parse()
+                    .map_err(|_| StepError::permanent("bad_config", "source.credentials: the token is not ASCII"))?,
+            ),
+            None => None,
+        };
         let mut client = SubscriberClient::with_interceptor(channel, Bearer(token));
         let name = format!("projects/{project}/subscriptions/{subscription}");
         client.get_subscription(GetSubscriptionRequest { subscription: name.clone() }).await.map_err(|s| {
@@ -110,22 +106,20 @@ impl Pubsub {
                 _ => unavailable(&format!("subscription {name}"), s.message()),
             }
         })?;
-        let max_records = step.flush.max_records.unwrap_or(DEFAULT_FLUSH_RECORDS);
         Ok(Pubsub {
             client,
             subscription: name,
             lanes: vec![Lane { name: subscription.clone(), index: 0 }],
-            lease: format!("{}.{}", task.task_id, task.fence),
+            client_id: format!("weir-{}.{}", task.task_id, task.fence),
             requests: None,
             responses: None,
             received: VecDeque::new(),
             seq: 0,
             unacked: BTreeMap::new(),
-            max_outstanding: max_records.min(MAX_OUTSTANDING),
+            max_outstanding: step.flush.records().min(MAX_OUTSTANDING),
             max_bytes: budget.client_share(),
             // A message stays ours through a slow flush: three intervals, 1–10 minutes.
             ack_deadline: (step.flush.interval().as_secs() * 3).clamp(60, 600) as i32,
-            paused: false,
         })
     }
 }
@@ -152,17 +146,12 @@ impl Source for Pubsub {
         json!({"subscription": self.subscription})
     }
 
-    /// Named by the lease as well as the count: another lease counts from 1 again.
-    fn identity(&self, _lane: usize, first: i64, last: i64) -> String {
-        format!("pubsub://{}/{}/p0_{first}-{last}", self.lanes[0].name, self.lease)
-    }
-
     async fn start(&mut self, _landed: &BTreeMap<usize, i64>, _from: Option<&Bound>) -> Result<(), StepError> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tx.send(StreamingPullRequest {
             subscription: self.subscription.clone(),
             stream_ack_deadline_seconds: self.ack_deadline,
-            client_id: format!("weir-{}", self.lease),
+            client_id: self.client_id.clone(),
             max_outstanding_messages: self.max_outstanding as i64,
             max_outstanding_bytes: self.max_bytes as i64,
             ..Default::default()
@@ -182,9 +171,6 @@ impl Source for Pubsub {
 
     async fn next(&mut self) -> Result<Event, StepError> {
         loop {
-            if self.paused {
-                std::future::pending::<()>().await;
-            }
             if let Some(r) = self.received.pop_front() {
                 let Some(m) = r.message else { continue };
                 self.seq += 1;
@@ -212,8 +198,7 @@ impl Source for Pubsub {
 
     async fn commit(&mut self, upto: &BTreeMap<usize, i64>) -> Result<(), StepError> {
         let Some(upto) = upto.get(&0) else { return Ok(()) };
-        let rest = self.unacked.split_off(&(upto + 1));
-        let acks: Vec<String> = std::mem::replace(&mut self.unacked, rest).into_values().collect();
+        let acks = crate::source::take_upto(&mut self.unacked, *upto);
         // Down the stream, which releases its flow control (the emulator counts only
         // those), then unary, confirmed before the flush counts as committed (one sent
         // down the stream could be lost with it).
@@ -252,11 +237,5 @@ impl Source for Pubsub {
                 tracing::info!(error = %s.message(), "pubsub: could not hand messages back; they return after their deadline");
             }
         }
-    }
-
-    fn pause(&mut self, paused: bool) -> Result<(), StepError> {
-        // Not reading is the pause: the stream's flow control bounds what is outstanding.
-        self.paused = paused;
-        Ok(())
     }
 }

@@ -24,7 +24,7 @@ use crate::source::{Delivery, Event, Lane, Source};
 const IDLE: Duration = Duration::from_millis(500);
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StepError {
-    StepError::retryable("unavailable", format!("rabbitmq {what}: {e}"))
+    crate::source::unavailable("rabbitmq", what, e)
 }
 
 /// A RabbitMQ source, connected.
@@ -36,9 +36,6 @@ pub struct Rabbitmq {
     lanes: Vec<Lane>,
     prefetch: u16,
     consumer: Option<Consumer>,
-    /// This lease: the task and its fence (another task's lease may have the same fence).
-    lease: String,
-    paused: bool,
 }
 
 /// The default prefetch: the stream's share of the budget at about 1 KiB a message.
@@ -77,8 +74,6 @@ impl Rabbitmq {
             lanes: vec![Lane { name: queue.clone(), index: 0 }],
             prefetch,
             consumer: None,
-            lease: format!("{}.{}", task.task_id, task.fence),
-            paused: false,
         })
     }
 
@@ -119,11 +114,6 @@ impl Source for Rabbitmq {
         json!({"prefetch": self.prefetch})
     }
 
-    /// Named by the lease as well as the tags: another channel's tags start at 1 again.
-    fn identity(&self, _lane: usize, first: i64, last: i64) -> String {
-        format!("rabbitmq://{}/{}/p0_{first}-{last}", self.queue, self.lease)
-    }
-
     async fn start(&mut self, _landed: &BTreeMap<usize, i64>, _from: Option<&Bound>) -> Result<(), StepError> {
         let c = self
             .channel
@@ -141,9 +131,8 @@ impl Source for Rabbitmq {
 
     async fn next(&mut self) -> Result<Event, StepError> {
         loop {
-            let Some(consumer) = self.consumer.as_mut().filter(|_| !self.paused) else {
-                std::future::pending::<()>().await;
-                continue;
+            let Some(consumer) = self.consumer.as_mut() else {
+                return Err(unavailable("consumer", "not started"));
             };
             match tokio::time::timeout(IDLE, consumer.next()).await {
                 Ok(Some(Ok(d))) => {
@@ -174,10 +163,5 @@ impl Source for Rabbitmq {
     async fn commit(&mut self, upto: &BTreeMap<usize, i64>) -> Result<(), StepError> {
         let Some(tag) = upto.get(&0) else { return Ok(()) };
         self.channel.basic_ack(*tag as u64, BasicAckOptions { multiple: true }).await.map_err(|e| unavailable("ack", e))
-    }
-
-    fn pause(&mut self, paused: bool) -> Result<(), StepError> {
-        self.paused = paused;
-        Ok(())
     }
 }
