@@ -21,6 +21,7 @@ test:
 	./scripts/ensure-azurite.sh
 	./scripts/ensure-wiremock.sh
 	./scripts/ensure-pubsub-emulator.sh
+	./scripts/ensure-kinesalite.sh
 	./scripts/ensure-brokers.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -35,7 +35,7 @@ async fn a_csv_job_converts_checks_and_stores_with_every_row_accounted_for() {
     let args = weir_worker::manager::ManagerArgs {
         master_url: master.url.clone(),
         listen: String::new(),
-        concurrency: 4,
+        concurrency: Some(4),
         poll_wait: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         worker_id: Some("batch-test".into()),

@@ -125,14 +125,14 @@ async fn kafka_records_land_once_and_a_rerun_or_a_restart_reads_nothing_twice() 
     assert_eq!(output(&ts)["records"].as_u64(), Some(150), "{}", output(&ts));
     assert_eq!(once(&lake_ids(&lake), 450), (450, 450, None, None), "every record once");
 
-    // A source type not served yet is refused at submission, naming it.
+    // A position a source does not have is refused at submission, naming the field.
     let mut kinesis = step("consume", "consume", "stream", &[]);
-    kinesis.config_json = json!({"source": {"type": "kinesis", "stream": "s"},
+    kinesis.config_json = json!({"source": {"type": "kinesis", "stream": "s"}, "from": {"offsets": {"s/0": 5}},
                                  "sinks": [{"type": "parquet", "path": "/tmp/x"}]})
     .to_string();
     let e =
         jc.submit_job(v1::SubmitJobRequest { spec: Some(job("kinesis", vec![kinesis])) }).await.expect_err("refused");
-    assert!(e.message().contains("source type kinesis is not served yet"), "{}", e.message());
+    assert!(e.message().contains("from.offsets: kinesis positions are sequence numbers"), "{}", e.message());
     stop.cancel();
     manager.await.expect("manager stops");
     master.stop().await;
@@ -850,6 +850,153 @@ async fn kafka_dead_letters_go_to_a_topic_with_their_coordinates() {
     assert_eq!(
         (h("weir-dlq-reason"), h("weir-dlq-topic"), h("weir-dlq-partition"), h("weir-dlq-offset")),
         (Some("not a JSON object".into()), Some("raw".into()), Some("0".into()), Some("7".into()))
+    );
+    rig.stop().await;
+}
+
+/// Amazon Kinesis (kinesalite, on a loopback port) into a dataset and a PostgreSQL table:
+/// every record once, a poison record a dead letter; then the stream resharded (a shard
+/// split in two) and more records put: a second run reads the closed parent after what
+/// the sinks hold, then its children, and lands only what is new. A run with the table
+/// alone resumes from the sequence numbers the table recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_records_land_once_across_a_reshard_and_resume_after_the_sinks() {
+    let kinesis = Kinesalite::start().await;
+    kinesis.stream("orders", 2).await;
+    let bodies = |ids: std::ops::Range<i64>| ids.map(|i| json!({"id": i}).to_string().into_bytes()).collect::<Vec<_>>();
+    let mut first = bodies(0..300);
+    first.insert(150, b"{not json".to_vec());
+    kinesis.put("orders", &first, |i| format!("k{}", i % 13)).await;
+    let sink_db = weir_store::testing::TestSchema::create().await.expect("PostgreSQL on 127.0.0.1:5432");
+    let url_env = credentials_env(&[("URL", &sink_db.url)]) + "_URL";
+    let rig = Rig::start(|_| {}).await;
+    let (lake, dead) = (rig.lake("lake"), rig.lake("dead"));
+    let table = json!({"type": "postgres", "url_env": url_env, "table": "orders", "create": true});
+    let config = |sinks: Value| {
+        json!({"source": {"type": "kinesis", "stream": "orders", "endpoint": kinesis.url},
+               "until": "now", "flush": {"max_records": 100, "interval": "1s"},
+               "dead_letter": {"type": "parquet", "path": dead.display().to_string()},
+               "sinks": sinks})
+    };
+    let both = json!([{"type": "parquet", "path": lake.display().to_string()}, table]);
+    let (ok, o) = rig.consume("orders", &config(both.clone())).await;
+    assert!(ok, "{o}");
+    assert_eq!((counts(&o), o["dead_letters"].as_u64()), ((Some(301), Some(300), Some(0)), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 300), (300, 300, None, None), "every record once");
+    let letter = &lake_records(&dead)[0];
+    assert_eq!(letter["message"], "{not json");
+    assert!(letter["id"].as_str().is_some_and(|s| s.len() > 20), "the dead letter's sequence number: {letter}");
+
+    kinesis.split("orders", "shardId-000000000000").await;
+    kinesis.put("orders", &bodies(300..600), |i| format!("k{}", i % 13)).await;
+    let (ok, o) = rig.consume("orders-resharded", &config(both)).await;
+    assert!(ok && o["records"].as_u64() == Some(300), "only what came since: {o}");
+    assert_eq!(o["closed_shards"], json!(["shardId-000000000000"]), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 600), (600, 600, None, None), "every record once");
+
+    kinesis.put("orders", &bodies(600..700), |i| format!("k{}", i % 13)).await;
+    let (ok, o) = rig.consume("orders-table", &config(json!([table]))).await;
+    assert!(ok && o["records"].as_u64() == Some(100), "the table's sequence numbers say where to go on: {o}");
+    let pool = sqlx::PgPool::connect(&sink_db.url).await.expect("sink db");
+    let (rows, distinct, max): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id), max(id) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!((rows, distinct, max), (700, 700, 699), "every record once");
+    pool.close().await;
+
+    let mut missing = config(json!([{"type": "parquet", "path": rig.lake("never").display().to_string()}]));
+    missing["source"]["stream"] = json!("no-such-stream");
+    let (ok, o) = rig.consume("missing", &missing).await;
+    assert!(
+        !ok && o["error"].as_str().is_some_and(|e| e.contains("kinesis stream no-such-stream does not exist")),
+        "{o}"
+    );
+    rig.stop().await;
+    sink_db.drop().await.expect("drop");
+}
+
+/// The real `weir-stream-manager` killed with SIGKILL while reading a Kinesis stream:
+/// the next owner resumes each shard after the sequence numbers the dataset recorded,
+/// and every record is in it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_stream_killed_mid_stream_is_taken_over_with_every_record_once() {
+    let kinesis = Kinesalite::start().await;
+    kinesis.stream("orders", 2).await;
+    let n = 3_000;
+    let bodies: Vec<Vec<u8>> = (0..n).map(|i| json!({"id": i}).to_string().into_bytes()).collect();
+    kinesis.put("orders", &bodies, |i| format!("k{i}")).await;
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let source = json!({"type": "kinesis", "stream": "orders", "endpoint": kinesis.url});
+    killed_mid_stream(&store, source, &[], n).await;
+    store.cleanup().await;
+}
+
+/// Avro messages (the Confluent wire format, the writer's schema in a file) from Kafka:
+/// each datum lands as a typed row, one that is not of the schema is a dead letter with
+/// the reason, and a schema file that is not there fails the step, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_messages_land_as_typed_rows_and_a_bad_datum_is_a_dead_letter() {
+    use apache_avro::types::{Record, Value as Avro};
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    bus.ensure_topics(&[TopicSpec { name: "payments".into(), partitions: 1, replication: 1 }]).await.expect("topic");
+    let rig = Rig::start(|_| {}).await;
+    let schema_file = rig.lake("payment.avsc");
+    let text = r#"{"type": "record", "name": "payment", "fields": [
+        {"name": "id", "type": "long"}, {"name": "amount", "type": "double"},
+        {"name": "currency", "type": {"type": "enum", "name": "currency", "symbols": ["EUR", "USD"]}},
+        {"name": "note", "type": ["null", "string"], "default": null}]}"#;
+    std::fs::write(&schema_file, text).expect("schema file");
+    let schema = apache_avro::Schema::parse_str(text).expect("schema");
+    let mut batch: Vec<Message> = (0..200i64)
+        .map(|i| {
+            let mut r = Record::new(&schema).expect("record");
+            r.put("id", i);
+            r.put("amount", i as f64 * 2.5);
+            r.put("currency", Avro::Enum((i % 2) as u32, if i % 2 == 0 { "EUR" } else { "USD" }.into()));
+            let note = if i % 10 == 0 {
+                Avro::Union(1, Box::new(Avro::String(format!("n{i}"))))
+            } else {
+                Avro::Union(0, Box::new(Avro::Null))
+            };
+            r.put("note", note);
+            let mut framed = vec![0u8, 0, 0, 0, 1];
+            let w = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().expect("writer");
+            framed.extend(w.write_value_to_vec(r).expect("datum"));
+            Message::new("payments", "k", framed)
+        })
+        .collect();
+    batch.insert(70, Message::new("payments", "k", vec![0, 0, 0, 0, 1, 0x02]));
+    bus.publish(&batch).await.expect("publish");
+    let (lake, dead) = (rig.lake("payments"), rig.lake("payments-dead"));
+    let config = |schema_file: &Path| {
+        json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["payments"]},
+               "format": {"type": "avro", "schema_file": schema_file.display().to_string(), "confluent": true},
+               "until": "now", "dead_letter": {"type": "parquet", "path": dead.display().to_string()},
+               "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+    };
+    let (ok, o) = rig.consume("payments", &config(&schema_file)).await;
+    assert!(ok, "{o}");
+    assert_eq!((counts(&o), o["dead_letters"].as_u64()), ((Some(201), Some(200), Some(0)), Some(1)), "{o}");
+    assert_eq!(once(&lake_ids(&lake), 200), (200, 200, None, None), "every datum once");
+    let batches = read_lake(&lake, None).expect("lake");
+    let types: Vec<String> =
+        batches[0].schema().fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
+    assert_eq!(types, ["id:Int64", "amount:Float64", "currency:Utf8", "note:Utf8"], "typed from the datums");
+    let rows = lake_records(&lake);
+    let ten = rows.iter().find(|r| r["id"] == "10").expect("row 10");
+    let amount = ten["amount"].as_str().and_then(|a| a.parse::<f64>().ok());
+    assert_eq!((amount, &ten["currency"], &ten["note"]), (Some(25.0), &json!("EUR"), &json!("n10")), "{ten}");
+    let letters = lake_records(&dead);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0]["reason"].as_str().is_some_and(|r| r.starts_with("not Avro of the schema")), "{letters:?}");
+
+    let (ok, o) = rig.consume("payments-no-schema", &config(&rig.lake("missing.avsc"))).await;
+    assert!(
+        !ok && o["error"].as_str().is_some_and(|e| e.contains("format.schema_file") && e.contains("missing.avsc")),
+        "{o}"
     );
     rig.stop().await;
 }

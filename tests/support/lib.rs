@@ -361,7 +361,7 @@ impl InProcManagers {
                 let args = weir_worker::manager::ManagerArgs {
                     master_url: master_url.to_string(),
                     listen: String::new(),
-                    concurrency: 8,
+                    concurrency: Some(8),
                     poll_wait: Duration::from_secs(5),
                     drain_timeout: Duration::from_secs(1),
                     worker_id: Some(format!("{}-inproc", spec.name)),
@@ -518,7 +518,7 @@ pub fn run_manager(
     let args = weir_worker::manager::ManagerArgs {
         master_url: master_url.to_string(),
         listen: listen.to_string(),
-        concurrency: 8,
+        concurrency: Some(8),
         poll_wait: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         worker_id: Some(worker_id.to_string()),
@@ -1064,5 +1064,93 @@ impl PubsubEmulator {
                 .await
                 .expect("publish");
         }
+    }
+}
+
+/// kinesalite, an Amazon Kinesis emulator (the npm registry's `kinesalite`, on Node.js;
+/// `scripts/ensure-kinesalite.sh`), in memory on a loopback port; killed when dropped.
+/// Streams become active at once and reshard at once.
+pub struct Kinesalite {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub client: aws_sdk_kinesis::Client,
+    _child: Child,
+}
+
+impl Kinesalite {
+    pub async fn start() -> Kinesalite {
+        let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+        let dir =
+            std::env::var("WEIR_KINESALITE_DIR").map(PathBuf::from).unwrap_or(home.join(".cache/weir/kinesalite"));
+        let bin = dir.join("node_modules/.bin/kinesalite");
+        assert!(bin.exists(), "{} missing: run scripts/ensure-kinesalite.sh (make test does)", bin.display());
+        let port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port.to_string(), "--createStreamMs", "0", "--deleteStreamMs", "0"]);
+        cmd.args(["--updateStreamMs", "0", "--shardLimit", "50"]);
+        let child = start_peer(cmd, port, "kinesalite").await;
+        let url = format!("http://127.0.0.1:{port}");
+        let creds = aws_credential_types::Credentials::new("test", "test", None, None, "test");
+        let client = weir_stream_manager::sources::kinesis::client("us-east-1", Some(&url), creds);
+        Kinesalite { url, client, _child: child }
+    }
+
+    /// Creates `stream` with `shards` shards and waits until it is active.
+    pub async fn stream(&self, stream: &str, shards: i32) {
+        self.client.create_stream().stream_name(stream).shard_count(shards).send().await.expect("create stream");
+        self.active(stream).await;
+    }
+
+    async fn active(&self, stream: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = self.client.describe_stream_summary().stream_name(stream).send().await.expect("describe");
+            let status = d.stream_description_summary().map(|s| s.stream_status().as_str().to_string());
+            if status.as_deref() == Some("ACTIVE") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "stream {stream} never became active ({status:?})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Puts `bodies` into `stream`, each under partition key `key(i)`, in batches of 500.
+    pub async fn put(&self, stream: &str, bodies: &[Vec<u8>], key: impl Fn(usize) -> String) {
+        use aws_sdk_kinesis::{primitives::Blob, types::PutRecordsRequestEntry};
+        for (n, chunk) in bodies.chunks(500).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    PutRecordsRequestEntry::builder()
+                        .data(Blob::new(b.clone()))
+                        .partition_key(key(n * 500 + i))
+                        .build()
+                        .expect("entry")
+                })
+                .collect();
+            let out =
+                self.client.put_records().stream_name(stream).set_records(Some(entries)).send().await.expect("put");
+            assert_eq!(out.failed_record_count(), Some(0), "every record put");
+        }
+    }
+
+    /// Splits `shard` of `stream` at the middle of its hash key range; the stream's two
+    /// new shards take the records put from then on.
+    pub async fn split(&self, stream: &str, shard: &str) {
+        let shards = self.client.list_shards().stream_name(stream).send().await.expect("shards");
+        let s = shards.shards().iter().find(|s| s.shard_id() == shard).expect("the shard");
+        let range = s.hash_key_range().expect("hash key range");
+        let key = |k: &str| k.parse::<u128>().expect("a 128-bit hash key");
+        let middle = key(range.starting_hash_key()) / 2 + key(range.ending_hash_key()) / 2;
+        self.client
+            .split_shard()
+            .stream_name(stream)
+            .shard_to_split(shard)
+            .new_starting_hash_key(middle.to_string())
+            .send()
+            .await
+            .expect("split");
+        self.active(stream).await;
     }
 }

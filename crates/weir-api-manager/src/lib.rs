@@ -156,6 +156,7 @@ pub fn spec_with(settings: ApiSettings) -> ManagerSpec {
         name: "api-manager",
         binary: "weir-api-manager",
         queue: Queue::Api,
+        concurrency: weir_worker::manager::DEFAULT_CONCURRENCY,
         handlers: vec![Arc::new(Generic), collect, Arc::new(recovery)],
         background: vec![Arc::new(health)],
         quotas,

@@ -124,6 +124,7 @@ pub fn spec_with(settings: BatchSettings) -> ManagerSpec {
         name: "batch-manager",
         binary: "weir-batch-manager",
         queue: Queue::Batch,
+        concurrency: weir_worker::manager::DEFAULT_CONCURRENCY,
         quotas: weir_worker::quota::Quotas::default(),
         notices: weir_worker::notice::Notices::default(),
         handlers: vec![

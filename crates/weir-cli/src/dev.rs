@@ -20,9 +20,9 @@ pub struct DevArgs {
     /// Where state lives (the embedded store by default).
     #[arg(long, env = "WEIR_STORE_URL", default_value = "sqlite://.weir/weir.db")]
     store_url: String,
-    /// Tasks each manager runs at once.
-    #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 16)]
-    concurrency: u32,
+    /// Tasks each manager runs at once (default: each manager's own, 16; streams: 100).
+    #[arg(long, env = "WEIR_WORKER_CONCURRENCY")]
+    concurrency: Option<u32>,
     /// Where the file manager's own service listens (`weir files …`).
     #[arg(long, env = "WEIR_FILES_LISTEN", default_value = "127.0.0.1:50052")]
     files_listen: String,

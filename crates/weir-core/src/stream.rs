@@ -5,7 +5,7 @@
 //! refused at submission naming the field; the consuming lives in `weir-stream-manager`.
 //!
 //! The catalogue's `consume` kind takes it ([`StreamStep::parse_served`]): the sources the
-//! stream manager serves so far (Kafka); the others are refused at submission, naming them.
+//! stream manager serves ([`SERVED`]); any other is refused at submission, naming it.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use crate::dataset::{ColumnSpec, Rules, SinkSpec};
 use crate::files::CredentialsRef;
 
 /// The sources the stream manager serves so far.
-pub const SERVED: [&str; 4] = ["kafka", "nats", "rabbitmq", "pubsub"];
+pub const SERVED: [&str; 5] = ["kafka", "nats", "rabbitmq", "pubsub", "kinesis"];
 
 /// Default most message ids a source without replayable positions remembers, to drop
 /// redeliveries of records already landed.
@@ -169,8 +169,14 @@ pub enum MessageFormat {
     Json,
     /// CSV lines with these column names (messages carry no header).
     Csv { columns: Vec<String> },
-    /// Avro with the writer's schema from a file (the `.avsc`).
-    Avro { schema_file: String },
+    /// One Avro datum a message, written with the schema in a file (the `.avsc`, a
+    /// record); `confluent`: each message starts with the Confluent wire format's five
+    /// bytes (a zero, then the registry's schema id), skipped.
+    Avro {
+        schema_file: String,
+        #[serde(default)]
+        confluent: bool,
+    },
 }
 
 /// When buffered records are written.
@@ -272,9 +278,6 @@ impl StreamStep {
                 SERVED.join(", ")
             ));
         }
-        if let MessageFormat::Avro { .. } = step.format {
-            return Err("stream config: format avro is not served yet (json and csv are)".into());
-        }
         if !step.source.replayable() {
             if step.from.is_some() {
                 return Err(format!(
@@ -287,6 +290,15 @@ impl StreamStep {
                     "stream config: until.offsets: {} has no positions; use now or a time",
                     step.source.name()
                 ));
+            }
+        }
+        if let SourceSpec::Kinesis { .. } = step.source {
+            for (field, b) in [("from", &step.from), ("until", &step.until)] {
+                if let Some(Bound::Offsets(_)) = b {
+                    return Err(format!(
+                        "stream config: {field}.offsets: kinesis positions are sequence numbers; use earliest, now or a time"
+                    ));
+                }
             }
         }
         if let (Some(DeadLetterSpec::Kafka { .. }), false) =
@@ -382,7 +394,7 @@ impl StreamStep {
             MessageFormat::Csv { columns } if columns.is_empty() => {
                 return Err("format.columns: name the CSV columns (messages carry no header)".into())
             }
-            MessageFormat::Avro { schema_file } => name("format.schema_file", schema_file)?,
+            MessageFormat::Avro { schema_file, .. } => name("format.schema_file", schema_file)?,
             _ => {}
         }
         if self.sinks.is_empty() {

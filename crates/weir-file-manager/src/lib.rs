@@ -91,6 +91,7 @@ pub fn spec_with(settings: FileSettings) -> ManagerSpec {
         name: "file-manager",
         binary: "weir-file-manager",
         queue: Queue::File,
+        concurrency: weir_worker::manager::DEFAULT_CONCURRENCY,
         quotas: weir_worker::quota::Quotas::default(),
         notices: weir_worker::notice::Notices::default(),
         handlers: {

@@ -51,11 +51,9 @@ impl StepHandler for Consume {
 
 /// Connects the source, opens the sinks (done by the caller), and reports what it found.
 async fn probe(task: &TaskContext, step: &StreamStep, landing: &Landing, budget: &Budget) -> Result<Value, StepError> {
-    let source = crate::source::open(step, task, budget).await?;
-    let keys = landing.input_keys().await?;
+    let mut source = crate::source::open(step, task, budget).await?;
+    let landed = if source.replayable() { source.landed(landing).await? } else { Default::default() };
     let lanes = source.lanes();
-    let landed =
-        if source.replayable() { crate::positions::landed(source.name(), &keys, lanes) } else { Default::default() };
     let lanes: Vec<Value> =
         lanes.iter().enumerate().map(|(i, l)| serde_json::json!({"lane": l.key(), "landed": landed.get(&i)})).collect();
     Ok(serde_json::json!({"kind": "probe", "source": source.name(), "lanes": lanes, "sinks": step.sinks.len()}))

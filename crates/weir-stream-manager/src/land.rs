@@ -137,6 +137,11 @@ impl Landing {
         Ok(self.sinks.input_keys().await.map_err(|e| step_error(&e))?.into_iter().flatten().collect())
     }
 
+    /// The input identities the sinks recorded (see `Sinks::input_identities`).
+    pub async fn input_identities(&self) -> Result<Vec<Vec<String>>, StepError> {
+        Ok(self.sinks.input_identities().await.map_err(|e| step_error(&e))?.into_iter().flatten().collect())
+    }
+
     /// Lands `records` (NDJSON) as the input `identity`.
     pub async fn land(&self, identity: &str, mut records: Vec<u8>) -> Result<FileReport, StepError> {
         let key = weir_data::sink::input_key(identity);

@@ -2,12 +2,12 @@
 //!
 //! It serves the `stream` queue: the generic kinds, and `consume` ([`consume`]). One loop
 //! ([`run`]) serves every source: a source is one file under [`sources`] implementing
-//! [`source::Source`] (Kafka, NATS JetStream, RabbitMQ, Google Pub/Sub so far). The loop buffers each
-//! lane's records under the manager's memory budget ([`budget`]), flushes them through
-//! the data plane ([`land`]) as inputs named by their range ([`positions`]) — so a replay
-//! reproduces them and a restart resumes after what the sinks hold — or, for a source that
-//! does not replay, drops redeliveries by message id ([`dedupe`]). Kinesis is refused at
-//! submission until it lands here.
+//! [`source::Source`]: Kafka, NATS JetStream, RabbitMQ, Amazon Kinesis and Google Pub/Sub.
+//! The loop buffers each lane's records under the manager's memory budget ([`budget`]),
+//! flushes them through the data plane ([`land`]) as inputs named by their range
+//! ([`positions`]) — so a replay reproduces them and a restart resumes after what the
+//! sinks hold — or, for a source that does not replay, drops redeliveries by message id
+//! ([`dedupe`]).
 
 pub mod budget;
 pub mod consume;
@@ -21,6 +21,7 @@ pub mod status;
 pub mod sources {
     //! One module per stream source.
     pub mod kafka;
+    pub mod kinesis;
     pub mod nats;
     pub mod pubsub;
     pub mod rabbitmq;
@@ -40,7 +41,9 @@ pub struct StreamSettings {
     pub data_dir: PathBuf,
     /// `WEIR_STREAM_BUDGET` (default `1GiB`): the memory all streams may buffer.
     pub budget: u64,
-    /// `WEIR_MAX_STREAMS` (default 100): the streams the budget's client share is split over.
+    /// `WEIR_MAX_STREAMS` (default 100): the streams the manager runs at once (its tasks,
+    /// unless `WEIR_WORKER_CONCURRENCY` says otherwise), the budget's client share split
+    /// over them.
     pub max_streams: usize,
 }
 
@@ -98,6 +101,8 @@ pub fn spec_with(settings: StreamSettings) -> ManagerSpec {
         name: "stream-manager",
         binary: "weir-stream-manager",
         queue: Queue::Stream,
+        // One task a stream: the manager runs as many as its budget is shared over.
+        concurrency: settings.max_streams as u32,
         quotas: weir_worker::quota::Quotas::default(),
         notices,
         handlers: vec![Arc::new(Generic), Arc::new(consume::Consume::new(settings, budget, registry.clone()))],

@@ -21,6 +21,7 @@ use weir_core::stream::{Bound, DeadLetterSpec, Overflow, StreamStep, DEFAULT_DED
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
+use crate::decode::Decoder;
 use crate::dedupe::{self, Dedupe};
 use crate::land::Landing;
 use crate::source::{Delivery, Event, Source};
@@ -130,6 +131,8 @@ struct Stream<'a> {
     /// The last position delivered per lane, not acknowledged yet.
     seen: BTreeMap<usize, i64>,
     dedupe: Option<Dedupe>,
+    /// Checks (and for Avro, decodes) each message.
+    decoder: Decoder,
     /// Where undecodable messages go, when the step names it.
     dead: Option<Dead>,
     /// `<task>.<fence>`: names the flushes of a source whose positions do not replay.
@@ -149,15 +152,15 @@ pub async fn run(
     registry: &Registry,
     data_dir: &Path,
 ) -> Result<Value, StepError> {
+    let decoder = Decoder::new(&step.format)?;
     let mut source = crate::source::open(step, task, budget).await?;
     landing.claim().await?;
-    let keys = landing.input_keys().await?;
     let lanes = source.lanes().to_vec();
     let mut dedupe = None;
     let landed = if source.replayable() {
-        crate::positions::landed(source.name(), &keys, &lanes)
+        source.landed(landing).await?
     } else {
-        let keys: BTreeSet<String> = keys.into_iter().flatten().collect();
+        let keys: BTreeSet<String> = landing.input_keys().await?.into_iter().flatten().collect();
         let dir = ledger_dir(step, data_dir, source.name(), &lanes[0].name);
         let window = step.dedupe_window.unwrap_or(DEFAULT_DEDUPE_WINDOW) as usize;
         dedupe = Some(Dedupe::open(&dir, window, &keys).map_err(|e| StepError::retryable("staging", e))?);
@@ -186,14 +189,17 @@ pub async fn run(
         buffered: (0, 0),
         seen: BTreeMap::new(),
         dedupe,
+        decoder,
         dead,
         lease: format!("{}.{}", task.task_id, task.fence),
         tally: Tally::default(),
         positions: vec![-1; lanes.len()],
         tracker,
     };
-    let result = s.consume(task, lanes.len()).await;
+    let result = s.consume(task).await;
     s.source.close().await;
+    // Lanes may have joined while it ran (the shards of a Kinesis reshard).
+    let lanes = s.source.lanes().to_vec();
     // Whatever ended the stream, its buffers leave the budget.
     budget.give(s.buffered.1);
     result?;
@@ -240,18 +246,8 @@ fn beyond(until: &Bound, lane: &crate::source::Lane, d: &Delivery) -> bool {
     }
 }
 
-/// The input identity of a flushed range of a lane: the same range, the same name.
-fn identity(source: &dyn Source, lease: &str, lane: usize, first: i64, last: i64) -> String {
-    let l = &source.lanes()[lane];
-    if source.replayable() {
-        crate::positions::identity(source.name(), &l.name, l.index, first, last)
-    } else {
-        crate::positions::leased_identity(source.name(), &l.name, lease, l.index, first, last)
-    }
-}
-
 impl Stream<'_> {
-    async fn consume(&mut self, task: &TaskContext, lanes: usize) -> Result<(), StepError> {
+    async fn consume(&mut self, task: &TaskContext) -> Result<(), StepError> {
         let (max_records, max_bytes) = (self.step.flush.records(), self.step.flush.bytes());
         // A source that stops delivering at a number of unacknowledged messages is
         // flushed at that number, or it would wait for the interval.
@@ -266,14 +262,14 @@ impl Stream<'_> {
         let mut at_end: BTreeSet<usize> = BTreeSet::new();
         let mut past: BTreeSet<usize> = BTreeSet::new();
         let mut last_record = Instant::now();
-        let done = |at_end: &BTreeSet<usize>, past: &BTreeSet<usize>, last_record: Instant| {
+        let done = |lanes: usize, at_end: &BTreeSet<usize>, past: &BTreeSet<usize>, last_record: Instant| {
             bounded
                 && (0..lanes).all(|l| past.contains(&l) || at_end.contains(&l))
                 && (at_end.is_subset(past) || last_record.elapsed() >= END_QUIET)
         };
         let mut flushed_at = Instant::now();
         loop {
-            if done(&at_end, &past, last_record) {
+            if done(self.buffers.len(), &at_end, &past, last_record) {
                 break;
             }
             if self.budget.pressed() {
@@ -307,13 +303,18 @@ impl Stream<'_> {
                     }
                 }
                 Ok(Ok(Event::End(ls))) => at_end.extend(ls),
+                Ok(Ok(Event::Grew)) => self.grow(),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {}
             }
             self.report("reading", false).await;
             let (count, bytes) = self.buffered;
             let due = flushed_at.elapsed() >= interval;
-            if (count > 0 && (count >= max_records || bytes >= max_bytes || due || done(&at_end, &past, last_record)))
+            if (count > 0
+                && (count >= max_records
+                    || bytes >= max_bytes
+                    || due
+                    || done(self.buffers.len(), &at_end, &past, last_record)))
                 || (due && !self.seen.is_empty())
             {
                 self.flush().await?;
@@ -325,15 +326,33 @@ impl Stream<'_> {
         self.flush().await
     }
 
-    /// Buffers a delivery, unless it is a duplicate.
+    /// Makes room for the lanes that joined the source.
+    fn grow(&mut self) {
+        let lanes = self.source.lanes();
+        self.buffers.resize_with(lanes.len(), Buffer::default);
+        self.positions.resize(lanes.len(), -1);
+        if let Some(Dead::Parquet(_, buffers)) = &mut self.dead {
+            buffers.resize_with(lanes.len(), Buffer::default);
+        }
+        self.tracker.grow(lanes);
+    }
+
+    /// Buffers a delivery, unless it is a duplicate; one that does not decode goes to the
+    /// dead letters, if the step names them.
     fn take(&mut self, d: Delivery) {
         let Delivery { lane, position, id, redelivered, payload, .. } = d;
         self.seen.insert(lane, position);
         self.positions[lane] = position;
         self.tally.records += 1;
         self.tally.bytes += payload.len() as u64;
-        if let Some(dead) = &mut self.dead {
-            if let Err(reason) = crate::decode::check(&self.step.format, &payload) {
+        let decoded = match self.dead.is_some() || self.decoder.transforms() {
+            true => self.decoder.decode(&payload),
+            false => Ok(std::borrow::Cow::Borrowed(payload.as_slice())),
+        };
+        let record = match (decoded, &mut self.dead) {
+            (Ok(record), _) => record,
+            (Err(reason), None) => std::borrow::Cow::Owned(self.decoder.undecodable(&payload, &reason)),
+            (Err(reason), Some(dead)) => {
                 let l = &self.source.lanes()[lane];
                 let n = match dead {
                     Dead::Parquet(_, buffers) => {
@@ -363,7 +382,7 @@ impl Stream<'_> {
                 self.tally.dead_letters += 1;
                 return;
             }
-        }
+        };
         if let Some(dd) = &mut self.dedupe {
             let key = dedupe::key(id.as_deref(), &payload);
             if (id.is_some() || redelivered) && dd.seen(&key) {
@@ -373,7 +392,7 @@ impl Stream<'_> {
             dd.buffer(&key);
             self.buffers[lane].ids.push_back(key);
         }
-        let n = self.buffers[lane].push(position, &payload);
+        let n = self.buffers[lane].push(position, &record);
         self.buffered.0 += 1;
         self.buffered.1 += n;
         self.budget.take(n);
@@ -424,7 +443,7 @@ impl Stream<'_> {
             Some(Dead::Parquet(landing, buffers)) => {
                 for (lane, buf) in buffers.iter_mut().enumerate() {
                     let Some(t) = buf.take() else { continue };
-                    let identity = format!("{}/dead", identity(&*self.source, &self.lease, lane, t.first, t.last));
+                    let identity = format!("{}/dead", self.source.identity(&self.lease, lane, t.first, t.last));
                     let landed = landing.land(&identity, t.records).await;
                     self.buffered.1 -= t.bytes;
                     self.budget.give(t.bytes);
@@ -445,7 +464,7 @@ impl Stream<'_> {
         for lane in 0..self.buffers.len() {
             let Some(t) = self.buffers[lane].take() else { continue };
             let (first, last) = (t.first, t.last);
-            let identity = identity(&*self.source, &self.lease, lane, first, last);
+            let identity = self.source.identity(&self.lease, lane, first, last);
             if let Some(dd) = &mut self.dedupe {
                 dd.intend(&weir_data::sink::input_key(&identity), t.ids)
                     .map_err(|e| StepError::retryable("staging", e))?;

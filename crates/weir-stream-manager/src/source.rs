@@ -12,6 +12,7 @@ use weir_core::stream::{Bound, SourceSpec, StreamStep};
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
+use crate::land::Landing;
 
 /// A lane: positions are ordered within it (a partition, a shard, a stream, a queue).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,6 +52,9 @@ pub enum Event {
     Message(Delivery),
     /// These lanes reached the end of what they hold now (for `until: now`).
     End(Vec<usize>),
+    /// [`Source::lanes`] grew: lanes that joined while the stream runs (the shards a
+    /// Kinesis reshard created), after the ones there were.
+    Grew,
 }
 
 /// A stream source, connected.
@@ -76,6 +80,25 @@ pub trait Source: Send {
     /// What the report says about the source beyond the loop's counts (a consumer group).
     fn details(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+
+    /// Where each lane stands in the sinks: the highest position landed. By default read
+    /// from the ranges in the sinks' input keys ([`crate::positions`]); a source whose
+    /// positions do not fit a key's name reads the identities the sinks recorded.
+    async fn landed(&mut self, landing: &Landing) -> Result<BTreeMap<usize, i64>, StepError> {
+        Ok(crate::positions::landed(self.name(), &landing.input_keys().await?, self.lanes()))
+    }
+
+    /// The input identity of a flushed range of a lane (positions `first` to `last`): the
+    /// same range, the same name. `lease` (`<task>.<fence>`) names the ranges of a source
+    /// whose positions do not replay, which count from 1 again in each lease.
+    fn identity(&self, lease: &str, lane: usize, first: i64, last: i64) -> String {
+        let l = &self.lanes()[lane];
+        if self.replayable() {
+            crate::positions::identity(self.name(), &l.name, l.index, first, last)
+        } else {
+            crate::positions::leased_identity(self.name(), &l.name, lease, l.index, first, last)
+        }
     }
 
     /// Starts reading, after `landed` (lane → the last position the sinks hold), or, for
@@ -107,13 +130,15 @@ pub trait Source: Send {
     }
 }
 
-/// The secrets `keys` of a source's credentials reference, every one required; the error
-/// names the variable or file key that is missing.
+/// The secrets of a source's credentials reference: every one of `required`, and those
+/// of `optional` that are there; the error names the variable or file key that is missing.
 pub fn secrets(
     creds: &weir_core::files::CredentialsRef,
-    keys: &[&str],
+    required: &[&str],
+    optional: &[&str],
 ) -> Result<std::collections::HashMap<String, String>, StepError> {
-    weir_storage::require_secrets(creds, keys, keys)
+    let keys: Vec<&str> = required.iter().chain(optional).copied().collect();
+    weir_storage::require_secrets(creds, &keys, required)
         .map_err(|e| StepError::permanent("bad_config", format!("source.credentials: {e}")))
 }
 
@@ -137,6 +162,8 @@ pub async fn open(step: &StreamStep, task: &TaskContext, budget: &Budget) -> Res
             Ok(Box::new(crate::sources::rabbitmq::Rabbitmq::connect(step, task, budget).await?))
         }
         SourceSpec::Pubsub { .. } => Ok(Box::new(crate::sources::pubsub::Pubsub::connect(step, task, budget).await?)),
-        other => Err(StepError::permanent("bad_config", format!("source type {} is not served yet", other.name()))),
+        SourceSpec::Kinesis { .. } => {
+            Ok(Box::new(crate::sources::kinesis::Kinesis::connect(step, task, budget).await?))
+        }
     }
 }

@@ -150,6 +150,21 @@ impl Tracker {
         }
     }
 
+    /// Lanes joined the stream (`lanes` is all of them now).
+    pub fn grow(&mut self, lanes: &[Lane]) {
+        let new: Vec<Lane> = lanes[self.lanes.len().min(lanes.len())..].to_vec();
+        self.update(|s| {
+            s.lanes.extend(new.iter().map(|l| wire::LaneStatus {
+                name: l.name.clone(),
+                index: l.index,
+                position: -1,
+                landed: -1,
+                lag: -1,
+            }))
+        });
+        self.lanes = lanes.to_vec();
+    }
+
     fn update(&self, f: impl FnOnce(&mut wire::StreamStatus)) {
         self.registry.with(|m| {
             if let Some(s) = m.get_mut(&self.key) {

@@ -13,6 +13,9 @@ use crate::notice::Notices;
 use crate::quota::Quotas;
 use crate::{StepHandler, Worker, WorkerConfig, WorkerError};
 
+/// Tasks a manager runs at once by default.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+
 /// Settings every manager takes.
 #[derive(Debug, Clone, Args)]
 pub struct ManagerArgs {
@@ -22,9 +25,9 @@ pub struct ManagerArgs {
     /// Address of this manager's own gRPC server (health, reflection); empty = none.
     #[arg(long = "listen", env = "WEIR_MANAGER_LISTEN", default_value = "")]
     pub listen: String,
-    /// Most tasks in flight at once.
-    #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 16)]
-    pub concurrency: u32,
+    /// Most tasks in flight at once (default: the manager's own, [`ManagerSpec::concurrency`]).
+    #[arg(long, env = "WEIR_WORKER_CONCURRENCY")]
+    pub concurrency: Option<u32>,
     /// Longest long poll for work.
     #[arg(long, env = "WEIR_POLL_WAIT", default_value = "20s", value_parser = weir_core::duration::parse)]
     pub poll_wait: Duration,
@@ -44,6 +47,9 @@ pub struct ManagerSpec {
     /// The binary's name, e.g. "weir-file-manager".
     pub binary: &'static str,
     pub queue: Queue,
+    /// Most tasks in flight at once unless `WEIR_WORKER_CONCURRENCY` says
+    /// ([`DEFAULT_CONCURRENCY`]; a stream manager: its streams).
+    pub concurrency: u32,
     pub handlers: Vec<Arc<dyn StepHandler>>,
     /// Work besides leased tasks (the file manager's watches) and domain gRPC services.
     pub background: Vec<Arc<dyn Background>>,
@@ -90,7 +96,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
         master_url: args.master_url,
         queue: spec.queue,
         worker_id,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.unwrap_or(spec.concurrency),
         poll_wait: args.poll_wait,
         drain_timeout: args.drain_timeout,
     };

@@ -169,17 +169,31 @@ impl Sinks {
     /// positions from. A PostgreSQL table's keys are recorded in the same transaction as
     /// its rows. `None` for an object-store dataset (not read yet).
     pub async fn input_keys(&self) -> Result<Vec<Option<Vec<String>>>, DataError> {
+        self.inputs(false).await
+    }
+
+    /// The same inputs by the identities their writers gave (those that recorded one):
+    /// what a stream whose positions do not fit a key's name reads them from.
+    pub async fn input_identities(&self) -> Result<Vec<Option<Vec<String>>>, DataError> {
+        self.inputs(true).await
+    }
+
+    async fn inputs(&self, identities: bool) -> Result<Vec<Option<Vec<String>>>, DataError> {
         let mut out = Vec::with_capacity(self.sinks.len());
         for s in &self.sinks {
             out.push(match s {
                 Sink::Local(d) => {
                     let d = d.clone();
-                    Some(tokio::task::spawn_blocking(move || d.input_keys()).await.map_err(join_err)??)
+                    let read = move || if identities { d.input_identities() } else { d.input_keys() };
+                    Some(tokio::task::spawn_blocking(read).await.map_err(join_err)??)
                 }
                 Sink::Object(_) => None,
                 Sink::Postgres { table, pool, .. } => {
                     let mut conn = pool.acquire().await.map_err(sink_err)?;
-                    Some(postgres::input_keys(&mut conn, &table.table).await?)
+                    Some(match identities {
+                        true => postgres::input_identities(&mut conn, &table.table).await?,
+                        false => postgres::input_keys(&mut conn, &table.table).await?,
+                    })
                 }
             });
         }

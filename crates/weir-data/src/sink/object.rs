@@ -218,6 +218,7 @@ impl ObjectDataset {
             pending: true,
             stale: vec![],
             previous: None,
+            input: None,
         };
         let mut previous = None;
         let mut claimed = false;
@@ -336,6 +337,7 @@ impl ObjectDataset {
                 pending: false,
                 stale,
                 previous: None,
+                input: None,
             };
             let Ok(b) = body(&back) else { break };
             match write(&self.loc, &staged.manifest, b, &Expect::Version(etag)).await {

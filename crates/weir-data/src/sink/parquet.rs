@@ -59,6 +59,11 @@ pub(crate) struct Manifest {
     /// the input's rows until this write commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Vec<String>>,
+    /// The input's identity as the writer named it (a stream's range of positions that
+    /// do not fit a file name, e.g. Kinesis sequence numbers): see
+    /// [`super::landing::Sinks::input_identities`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
 }
 
 /// A data file's path in a dataset: `name` in partition folder `folder` ("" = none).
@@ -296,6 +301,7 @@ impl DatasetWriter {
             pending: false,
             stale: vec![],
             previous: None,
+            input: None,
         };
         let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
         write_atomic(&manifest_path, &body, self.durable)?;

@@ -103,7 +103,7 @@ fn of_pg_type(t: &str) -> ColumnType {
 pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
     let ready: bool = sqlx::query_scalar(
         "SELECT to_regclass('weir_sink_schemas') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
-           WHERE attrelid = to_regclass('weir_sink_loads') AND attname = 'nonce' AND NOT attisdropped)",
+           WHERE attrelid = to_regclass('weir_sink_loads') AND attname = 'input' AND NOT attisdropped)",
     )
     .fetch_one(&mut *conn)
     .await
@@ -120,6 +120,7 @@ pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
             target text NOT NULL, input_key text NOT NULL, task text NOT NULL, fence bigint NOT NULL,
             rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, input_key))",
         "ALTER TABLE weir_sink_loads ADD COLUMN IF NOT EXISTS nonce text",
+        "ALTER TABLE weir_sink_loads ADD COLUMN IF NOT EXISTS input text",
         "CREATE TABLE IF NOT EXISTS weir_sink_schemas (
             target text NOT NULL, version integer NOT NULL, columns jsonb NOT NULL, changes jsonb NOT NULL,
             origin jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, version))",
@@ -131,18 +132,31 @@ pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
 
 /// The input keys loaded into `table` (none before the first load).
 pub async fn input_keys(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, DataError> {
-    let kept: bool = sqlx::query_scalar("SELECT to_regclass('weir_sink_loads') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(sink_err)?;
+    loaded(conn, table, "input_key").await
+}
+
+/// The identities of the inputs loaded into `table` that recorded one (see
+/// [`super::landing::Sinks::input_identities`]).
+pub async fn input_identities(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, DataError> {
+    loaded(conn, table, "input").await
+}
+
+/// One column of the loads recorded for `table` (none before the bookkeeping has it).
+async fn loaded(conn: &mut PgConnection, table: &str, column: &'static str) -> Result<Vec<String>, DataError> {
+    let kept: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+           WHERE attrelid = to_regclass('weir_sink_loads') AND attname = $1 AND NOT attisdropped)",
+    )
+    .bind(column)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(sink_err)?;
     if !kept {
         return Ok(vec![]);
     }
-    sqlx::query_scalar("SELECT input_key FROM weir_sink_loads WHERE target = $1 ORDER BY input_key")
-        .bind(table)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(sink_err)
+    let sql =
+        format!("SELECT {column} FROM weir_sink_loads WHERE target = $1 AND {column} IS NOT NULL ORDER BY input_key");
+    sqlx::query_scalar(&sql).bind(table).fetch_all(&mut *conn).await.map_err(sink_err)
 }
 
 /// The table's columns as a schema (`None`: no such table). `_weir_input` is Weir's
@@ -453,8 +467,10 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
         0
     };
     sqlx::query(
-        "INSERT INTO weir_sink_loads (target, input_key, task, fence, rows, nonce) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (target, input_key) DO UPDATE SET task = $3, fence = $4, rows = $5, nonce = $6, loaded_at = now()",
+        "INSERT INTO weir_sink_loads (target, input_key, task, fence, rows, nonce, input)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (target, input_key) DO UPDATE SET task = $3, fence = $4, rows = $5, nonce = $6, input = $7,
+           loaded_at = now()",
     )
     .bind(&target.table)
     .bind(load.key)
@@ -462,6 +478,7 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
     .bind(load.fence.fence as i64)
     .bind(rows as i64)
     .bind(load.nonce)
+    .bind(&load.origin.input)
     .execute(&mut *tx)
     .await
     .map_err(sink_err)?;

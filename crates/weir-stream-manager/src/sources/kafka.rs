@@ -140,7 +140,7 @@ pub fn client_settings(step: &StreamStep) -> Result<KafkaConfig, StepError> {
         let c = credentials
             .as_ref()
             .ok_or_else(|| StepError::permanent("bad_config", "source.credentials: SASL needs them"))?;
-        let mut s = crate::source::secrets(c, &["username", "password"])?;
+        let mut s = crate::source::secrets(c, &["username", "password"], &[])?;
         cfg.sasl_mechanism = Some(sasl_mechanism.as_deref().unwrap_or("plain").to_ascii_uppercase());
         cfg.sasl_username = s.remove("username");
         cfg.sasl_password = s.remove("password");

@@ -54,7 +54,7 @@ impl Nats {
         };
         let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
         if let Some(c) = credentials {
-            let mut s = crate::source::secrets(c, &["username", "password"])?;
+            let mut s = crate::source::secrets(c, &["username", "password"], &[])?;
             options = options
                 .user_and_password(s.remove("username").unwrap_or_default(), s.remove("password").unwrap_or_default());
         }

@@ -90,7 +90,7 @@ impl Pubsub {
         let channel = ep.connect().await.map_err(|e| unavailable(&url, e))?;
         let token = match credentials {
             Some(c) => Some(
-                format!("Bearer {}", crate::source::secrets(c, &["token"])?["token"])
+                format!("Bearer {}", crate::source::secrets(c, &["token"], &[])?["token"])
                     .parse()
                     .map_err(|_| StepError::permanent("bad_config", "source.credentials: the token is not ASCII"))?,
             ),
