@@ -107,6 +107,9 @@ pub struct Tansu {
     pub brokers: String,
     port: u16,
     child: Option<Child>,
+    /// `memory://tansu/`, or `s3://<bucket>/` with the S3 server's settings in `env`.
+    storage: String,
+    env: Vec<(String, String)>,
 }
 
 impl Tansu {
@@ -121,8 +124,27 @@ impl Tansu {
     }
 
     pub async fn start() -> Tansu {
+        Self::start_with("memory://tansu/", vec![]).await
+    }
+
+    /// A broker keeping its topics in `bucket` of a (moto) S3 server, so they outlive a
+    /// restart.
+    pub async fn start_on_s3(s3: &Moto, bucket: &str) -> Tansu {
+        s3.create_bucket(bucket).await;
+        let env = [
+            ("AWS_ENDPOINT", s3.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ];
+        Self::start_with(&format!("s3://{bucket}/"), env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            .await
+    }
+
+    async fn start_with(storage: &str, env: Vec<(String, String)>) -> Tansu {
         let port = free_port();
-        let mut t = Tansu { brokers: format!("127.0.0.1:{port}"), port, child: None };
+        let mut t = Tansu { brokers: format!("127.0.0.1:{port}"), port, child: None, storage: storage.into(), env };
         t.launch().await;
         t
     }
@@ -131,7 +153,8 @@ impl Tansu {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let mut cmd = Command::new(Self::binary());
         cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &self.storage])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true)
             .stdin(Stdio::null());
         if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
@@ -145,7 +168,8 @@ impl Tansu {
         }
     }
 
-    /// Kills the broker (kill -9): everything it held in memory is gone.
+    /// Kills the broker (kill -9): everything it held in memory is gone (on S3, its topics
+    /// stay).
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
