@@ -173,17 +173,9 @@ impl Lab {
     }
 }
 
-/// What pyarrow and DuckDB read of a dataset (see `tests/python/read_dataset.py`).
+/// What pyarrow and DuckDB read of a dataset.
 async fn read(spec: Value) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/read_dataset.py");
-    let out = tokio::process::Command::new(weir_tests::python())
-        .arg(script)
-        .arg(spec.to_string())
-        .output()
-        .await
-        .expect("python");
-    assert!(out.status.success(), "reading {spec}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("reader's JSON")
+    weir_tests::read_dataset(spec).await
 }
 
 /// A reader's rows as `id|name|amount|currency` lines (as in [`Lab::table`]), sorted by id.

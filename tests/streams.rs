@@ -1054,3 +1054,40 @@ async fn a_kafka_broker_restarted_mid_stream_loses_and_doubles_nothing() {
     jc.cancel_job(v1::CancelJobRequest { job_id: id, reason: "done".into() }).await.expect("cancel");
     rig.stop().await;
 }
+
+/// Kafka into a Parquet dataset on an object store (the moto S3 server): a consumer group
+/// that never committed resumes after the ranges the bucket's manifests hold, and a
+/// user's reader (pyarrow) sees every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_an_s3_dataset_resumes_after_what_the_bucket_holds() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    produce(&bus, 0..200).await;
+    let moto = Moto::start().await;
+    moto.create_bucket("lake").await;
+    let rig = Rig::start(|_| {}).await;
+    let config = |group: &str| {
+        json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"], "group": group},
+               "until": "now", "flush": {"max_records": 50, "interval": "1s"},
+               "sinks": [{"type": "parquet", "path": "orders", "location": moto.location("s3://lake")}]})
+    };
+    let (ok, o) = rig.consume("orders", &config("g1")).await;
+    assert!(ok && o["rows_written"].as_u64() == Some(200), "{o}");
+    produce(&bus, 200..300).await;
+    let (ok, o) = rig.consume("orders-new-group", &config("a-group-that-never-committed")).await;
+    assert!(ok && o["records"].as_u64() == Some(100), "the bucket's positions say where to go on: {o}");
+    let read = read_dataset(json!({"path": "s3://lake/orders", "endpoint": moto.endpoint, "key": "test", "secret": "test"}))
+        .await;
+    let schema = read["pyarrow"]["schema"].as_array().expect("schema").clone();
+    let at = schema.iter().position(|f| f[0] == "id").expect("an id column");
+    let mut ids: Vec<i64> = read["pyarrow"]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r[at].as_str().and_then(|v| v.parse().ok()).expect("an id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(once(&ids, 300), (300, 300, None, None), "every record once");
+    rig.stop().await;
+}

@@ -1178,3 +1178,13 @@ impl Kinesalite {
         self.active(stream).await;
     }
 }
+
+/// What pyarrow and DuckDB read of a dataset, as a user's tools would (see
+/// `tests/python/read_dataset.py`): `{"path": …}` on disk, or an S3 prefix with its
+/// `endpoint`, `key` and `secret`.
+pub async fn read_dataset(spec: serde_json::Value) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/read_dataset.py");
+    let out = Command::new(python()).arg(script).arg(spec.to_string()).output().await.expect("python");
+    assert!(out.status.success(), "reading {spec}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("reader's JSON")
+}

@@ -167,7 +167,7 @@ impl Sinks {
 
     /// The inputs each sink holds committed, by input key: what a stream reads its landed
     /// positions from. A PostgreSQL table's keys are recorded in the same transaction as
-    /// its rows. `None` for an object-store dataset (not read yet).
+    /// its rows; a dataset's are its manifests (on an object store, those committed).
     pub async fn input_keys(&self) -> Result<Vec<Option<Vec<String>>>, DataError> {
         self.inputs(false).await
     }
@@ -187,7 +187,13 @@ impl Sinks {
                     let read = move || if identities { d.input_identities() } else { d.input_keys() };
                     Some(tokio::task::spawn_blocking(read).await.map_err(join_err)??)
                 }
-                Sink::Object(_) => None,
+                Sink::Object(d) => {
+                    let inputs = d.inputs().await?.into_iter();
+                    Some(match identities {
+                        true => inputs.filter_map(|(_, identity)| identity).collect(),
+                        false => inputs.map(|(key, _)| key).collect(),
+                    })
+                }
                 Sink::Postgres { table, pool, .. } => {
                     let mut conn = pool.acquire().await.map_err(sink_err)?;
                     Some(match identities {

@@ -159,16 +159,45 @@ impl ObjectDataset {
     /// The schema of the committed files, for a dataset written before Weir kept its
     /// history: each file's footer, read from its end.
     async fn adopt(&self) -> Result<Option<Schema>, DataError> {
-        let manifests = Patterns::new(&[self.path("_weir/inputs/*.json")]).map_err(storage)?;
-        let listed = self.loc.list(&manifests).await.map_err(storage)?;
         let mut adoption = history::Adoption::default();
-        for f in listed {
-            let Some((m, _)) = read::<Manifest>(&self.loc, &f.path, "manifest").await? else { continue };
+        for (_, m) in self.manifests().await? {
             for rel in &m.files {
                 adoption.add(rel, self.footer_schema(&self.path(rel)).await?)?;
             }
         }
         Ok(adoption.finish())
+    }
+
+    /// The inputs' manifests, by input key.
+    async fn manifests(&self) -> Result<Vec<(String, Manifest)>, DataError> {
+        let pattern = Patterns::new(&[self.path("_weir/inputs/*.json")]).map_err(storage)?;
+        let mut out = Vec::new();
+        for f in self.loc.list(&pattern).await.map_err(storage)? {
+            let Some((m, _)) = read::<Manifest>(&self.loc, &f.path, "manifest").await? else { continue };
+            let key = f.path.rsplit('/').next().and_then(|n| n.strip_suffix(".json")).unwrap_or_default();
+            out.push((key.to_string(), m));
+        }
+        Ok(out)
+    }
+
+    /// The committed inputs, by input key, with the identity their writer gave (recorded
+    /// at commit since Weir records it). An input claimed by a write not committed yet
+    /// counts if an earlier write of it committed (its rows are the claim's `previous`).
+    pub async fn inputs(&self) -> Result<Vec<(String, Option<String>)>, DataError> {
+        let mut out: Vec<(String, Option<String>)> = self
+            .manifests()
+            .await?
+            .into_iter()
+            .filter(|(_, m)| match m.pending {
+                // Claimed by a write not committed yet: an earlier write committed.
+                true => m.input.is_some() || m.previous.as_ref().is_some_and(|f| !f.is_empty()),
+                // A manifest put back after an input's first write failed names neither.
+                false => m.input.is_some() || !m.files.is_empty(),
+            })
+            .map(|(key, m)| (key, m.input))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// A Parquet object's schema, from its footer.
@@ -235,6 +264,7 @@ impl ObjectDataset {
                     claim.stale = stale;
                     // Until this commits, the input's rows are the last committed write's.
                     claim.previous = if m.pending { m.previous.clone() } else { Some(m.files.clone()) };
+                    claim.input = m.input.clone();
                     Expect::Version(etag.clone())
                 }
             };
@@ -337,7 +367,7 @@ impl ObjectDataset {
                 pending: false,
                 stale,
                 previous: None,
-                input: None,
+                input: prev.and_then(|m| m.input.clone()),
             };
             let Ok(b) = body(&back) else { break };
             match write(&self.loc, &staged.manifest, b, &Expect::Version(etag)).await {
@@ -395,6 +425,7 @@ impl Staged {
         done.pending = false;
         done.previous = None;
         done.schema_version = version;
+        done.input = Some(origin.input.clone());
         for _ in 0..CAS_ATTEMPTS {
             let Some((now, etag)) = read::<Manifest>(loc, manifest, "manifest").await? else {
                 return Err(DataError::Sink(format!("{} vanished while this write committed", loc.uri_of(manifest))));
