@@ -170,11 +170,13 @@ fn prepare(dir: &Path, input: &Path, bucket: &Bucket, task: &str, fence: u64) ->
 struct Write {
     prepared: weir_data::sink::parquet::Prepared,
     plan: weir_core::dataset::contract::SinkPlan,
+    /// The input's identity, recorded with its commit.
+    origin: weir_core::dataset::schema::Origin,
 }
 
 /// Stages, commits and finalizes a prepared write to dataset `prefix`.
 async fn publish(loc: &Location, prefix: &str, w: Write) -> Result<Vec<String>, DataError> {
-    object::ObjectDataset::new(loc.clone(), prefix).publish(w.prepared, &w.plan, &Default::default()).await
+    object::ObjectDataset::new(loc.clone(), prefix).publish(w.prepared, &w.plan, &w.origin).await
 }
 
 fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -> Write {
@@ -191,11 +193,13 @@ fn prepare_into(dir: &Path, input: &Path, sink: Value, task: &str, fence: u64) -
         cancel: Arc::new(AtomicBool::new(false)),
         dedupe: None,
     };
-    let mut report = convert(&Input { path: input.to_path_buf(), identity: "s3://landing/trades.csv".into() }, &plan)
-        .expect("convert");
+    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let identity = format!("s3://landing/{name}");
+    let origin = weir_core::dataset::schema::Origin { input: identity.clone(), ..Default::default() };
+    let mut report = convert(&Input { path: input.to_path_buf(), identity }, &plan).expect("convert");
     assert_eq!(report.pending.len(), 1);
     let p = report.pending.remove(0);
-    Write { prepared: p.write.expect("a Parquet write"), plan: p.plan }
+    Write { prepared: p.write.expect("a Parquet write"), plan: p.plan, origin }
 }
 
 #[tokio::test]
@@ -342,4 +346,43 @@ async fn a_gcs_dataset_commits_on_object_generations() {
     let m = bucket.manifests("ds").await.remove(0);
     assert_eq!(m["writer"]["task"], "task-b");
     assert!(m.get("pending").is_none() && m.get("stale").is_none(), "{m}");
+}
+
+/// A stream's new lease claims an object-store dataset before it reads where it stands:
+/// from then on the former lease can commit nothing — neither the input it had claimed
+/// and uploaded when the claim came, nor a range the new lease never writes — while the
+/// new lease and other tasks write as before.
+#[tokio::test]
+async fn a_former_lease_commits_nothing_once_a_new_lease_claims_the_dataset() {
+    let bucket = Bucket::start("claimed").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    std::fs::write(&a, TRADES).expect("input a");
+    std::fs::write(&b, TRADES).expect("input b");
+    let loc = bucket.sink();
+    let ds = object::ObjectDataset::new(loc.clone(), "ds");
+    let old = WriteFence { task: "stream".into(), fence: 1 };
+    ds.claim(&old).await.expect("lease 1 claims");
+
+    // Lease 1 has claimed input a and uploaded its files, not committed, when lease 2
+    // claims the dataset.
+    let in_flight = prepare(dir.path(), &a, &bucket, "stream", 1);
+    let staged = ds.stage(in_flight.prepared).await.expect("staged");
+    assert_eq!(bucket.files("ds").await.len(), 2, "lease 1's files are up");
+    ds.claim(&WriteFence { task: "stream".into(), fence: 2 }).await.expect("lease 2 claims");
+    assert!(ds.inputs().await.expect("inputs").is_empty(), "nothing committed");
+    let e = staged.commit(&in_flight.plan, &in_flight.origin).await.expect_err("refused");
+    assert!(matches!(e, DataError::StaleFence(_) | DataError::Sink(_)), "{e}");
+    let e = publish(&loc, "ds", prepare(dir.path(), &b, &bucket, "stream", 1)).await.expect_err("refused");
+    assert!(matches!(e, DataError::StaleFence(_)), "{e}");
+    assert_eq!(bucket.files("ds").await, Vec::<String>::new(), "nothing of lease 1 stays");
+
+    // Lease 2 writes both inputs; another task's write is not fenced by this task.
+    for input in [&a, &b] {
+        publish(&loc, "ds", prepare(dir.path(), input, &bucket, "stream", 2)).await.expect("lease 2 commits");
+    }
+    publish(&loc, "other", prepare(dir.path(), &a, &bucket, "another-task", 1)).await.expect("another task");
+    let inputs = ds.inputs().await.expect("inputs");
+    let identities: Vec<Option<&str>> = inputs.iter().map(|(_, i)| i.as_deref()).collect();
+    assert_eq!(identities, [Some("s3://landing/a.csv"), Some("s3://landing/b.csv")]);
 }

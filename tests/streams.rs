@@ -1022,8 +1022,12 @@ async fn a_kafka_broker_restarted_mid_stream_loses_and_doubles_nothing() {
                            "flush": {"max_records": 100, "interval": "300ms"},
                            "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
     .to_string();
-    s.retry =
-        Some(v1::RetryPolicy { max_attempts: 20, initial_interval: dur(200), max_interval: dur(1000), ..Default::default() });
+    s.retry = Some(v1::RetryPolicy {
+        max_attempts: 20,
+        initial_interval: dur(200),
+        max_interval: dur(1000),
+        ..Default::default()
+    });
     let id = submit(&mut jc, job("orders", vec![s])).await;
     let landed = |n: usize| {
         let lake = lake.clone();
@@ -1077,8 +1081,9 @@ async fn kafka_into_an_s3_dataset_resumes_after_what_the_bucket_holds() {
     produce(&bus, 200..300).await;
     let (ok, o) = rig.consume("orders-new-group", &config("a-group-that-never-committed")).await;
     assert!(ok && o["records"].as_u64() == Some(100), "the bucket's positions say where to go on: {o}");
-    let read = read_dataset(json!({"path": "s3://lake/orders", "endpoint": moto.endpoint, "key": "test", "secret": "test"}))
-        .await;
+    let read =
+        read_dataset(json!({"path": "s3://lake/orders", "endpoint": moto.endpoint, "key": "test", "secret": "test"}))
+            .await;
     let schema = read["pyarrow"]["schema"].as_array().expect("schema").clone();
     let at = schema.iter().position(|f| f[0] == "id").expect("an id column");
     let mut ids: Vec<i64> = read["pyarrow"]["rows"]

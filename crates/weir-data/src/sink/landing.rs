@@ -206,13 +206,18 @@ impl Sinks {
         Ok(out)
     }
 
-    /// Raises the task's fence in every sink that keeps one per task (local datasets)
-    /// before the task writes: see [`LocalDataset::claim`].
+    /// Raises the task's fence in every sink that keeps one per task (datasets, local or
+    /// on an object store) before the task writes: see [`LocalDataset::claim`] and
+    /// [`ObjectDataset::claim`].
     pub async fn claim(&self, fence: &WriteFence) -> Result<(), DataError> {
         for s in &self.sinks {
-            if let Sink::Local(d) = s {
-                let (d, f) = (d.clone(), fence.clone());
-                tokio::task::spawn_blocking(move || d.claim(&f)).await.map_err(join_err)??;
+            match s {
+                Sink::Local(d) => {
+                    let (d, f) = (d.clone(), fence.clone());
+                    tokio::task::spawn_blocking(move || d.claim(&f)).await.map_err(join_err)??;
+                }
+                Sink::Object(d) => d.claim(fence).await?,
+                Sink::Postgres { .. } => {}
             }
         }
         Ok(())

@@ -171,12 +171,12 @@ impl LocalDataset {
         Ok(())
     }
 
-    /// Every committed input's manifest: (its input key, the manifest), in key order.
     /// The identities of the committed inputs that recorded one (written since they are).
     pub fn input_identities(&self) -> Result<Vec<String>, DataError> {
         Ok(self.manifests()?.into_iter().filter_map(|(_, m)| m.input).collect())
     }
 
+    /// Every committed input's manifest: (its input key, the manifest), in key order.
     fn manifests(&self) -> Result<Vec<(String, Manifest)>, DataError> {
         let mut out = Vec::new();
         for key in self.input_keys()? {
@@ -294,6 +294,7 @@ impl LocalDataset {
             pending: false,
             stale: vec![],
             previous: None,
+            previous_rows: None,
             input: Some(origin.input.clone()),
         };
         let body = serde_json::to_vec(&m).map_err(|e| DataError::Sink(e.to_string()))?;
@@ -416,6 +417,7 @@ impl LocalCommit {
                 pending: false,
                 stale: vec![],
                 previous: None,
+                previous_rows: None,
                 input: prev.as_ref().and_then(|m| m.input.clone()),
             };
             let body = serde_json::to_vec(&back).map_err(|e| DataError::Sink(e.to_string()))?;

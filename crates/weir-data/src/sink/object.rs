@@ -34,6 +34,7 @@ use weir_storage::{Expect, Patterns, StorageError};
 
 use super::history::{self, COMMON_METADATA, HISTORY};
 use super::parquet::{file_path, manifest_path, Manifest, Prepared};
+use super::{safe_name, WriteFence};
 use crate::typing::column_type;
 use crate::DataError;
 
@@ -107,6 +108,12 @@ async fn write(loc: &Location, path: &str, body: Vec<u8>, expect: &Expect) -> Re
 
 fn body(m: &Manifest) -> Result<Vec<u8>, DataError> {
     serde_json::to_vec(m).map_err(|e| DataError::Sink(e.to_string()))
+}
+
+/// The newest lease a task claimed a dataset with.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TaskFence {
+    fence: u64,
 }
 
 /// A Parquet dataset at `prefix` in an object store.
@@ -200,6 +207,94 @@ impl ObjectDataset {
         Ok(out)
     }
 
+    fn fence_path(&self, task: &str) -> String {
+        self.path(&format!("_weir/fences/{}.json", safe_name(task)))
+    }
+
+    /// The newest lease a task claimed the dataset with (see [`Self::claim`]); refuses an
+    /// older one.
+    async fn check_fence(&self, f: &WriteFence) -> Result<Option<(u64, String)>, DataError> {
+        let now = read::<TaskFence>(&self.loc, &self.fence_path(&f.task), "task fence").await?;
+        match now {
+            Some((t, _)) if f.fence < t.fence => Err(DataError::StaleFence(format!(
+                "{}: task {} claimed it with lease {}; this attempt holds lease {}",
+                self.name, f.task, t.fence, f.fence
+            ))),
+            other => Ok(other.map(|(t, etag)| (t.fence, etag))),
+        }
+    }
+
+    /// A task's new lease claims the dataset before it reads where a stream stands, as a
+    /// local dataset's claim does: the task's fence is raised to it
+    /// (`_weir/fences/<task>.json`, a conditional write), and an input a former lease of
+    /// the task has claimed but not committed is given back — its commit is refused, and
+    /// any later write of the former lease is refused once it claims its input (the
+    /// write checks the fence after claiming, so no write slips between).
+    pub async fn claim(&self, f: &WriteFence) -> Result<(), DataError> {
+        let path = self.fence_path(&f.task);
+        let mut raised = false;
+        for _ in 0..CAS_ATTEMPTS {
+            let expect = match self.check_fence(f).await? {
+                Some((n, _)) if n == f.fence => {
+                    raised = true;
+                    break;
+                }
+                Some((_, etag)) => Expect::Version(etag),
+                None => Expect::Absent,
+            };
+            let body = serde_json::to_vec(&TaskFence { fence: f.fence }).map_err(|e| DataError::Sink(e.to_string()))?;
+            if write(&self.loc, &path, body, &expect).await? {
+                raised = true;
+                break;
+            }
+        }
+        if !raised {
+            return Err(DataError::Sink(format!("{}: too many concurrent claims", self.loc.uri_of(&path))));
+        }
+        for (key, m) in self.manifests().await? {
+            if m.pending && m.writer.task == f.task && m.writer.fence < f.fence {
+                self.take_back(&key, f).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts an input claimed by a former lease back to its last committed write, under
+    /// `f`, and deletes the former lease's files.
+    async fn take_back(&self, key: &str, f: &WriteFence) -> Result<(), DataError> {
+        let path = self.path(&manifest_path(key));
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((m, etag)) = read::<Manifest>(&self.loc, &path, "manifest").await? else { return Ok(()) };
+            if !(m.pending && m.writer.task == f.task && m.writer.fence < f.fence) {
+                return Ok(());
+            }
+            let files = m.previous.clone().unwrap_or_default();
+            let mut stale: Vec<String> =
+                m.stale.iter().chain(&m.files).filter(|x| !files.contains(x)).cloned().collect();
+            stale.sort();
+            stale.dedup();
+            let back = Manifest {
+                writer: f.clone(),
+                files,
+                rows: m.previous_rows.unwrap_or(0),
+                schema_version: m.schema_version,
+                pending: false,
+                stale,
+                previous: None,
+                previous_rows: None,
+                input: m.input.clone(),
+            };
+            if write(&self.loc, &path, body(&back)?, &Expect::Version(etag)).await? {
+                tracing::info!(dataset = %self.name, input = key, "gave back an input a former lease had claimed");
+                for rel in m.files.iter().filter(|x| !back.files.contains(x)) {
+                    let _ = self.loc.delete(&self.path(rel)).await;
+                }
+                return Ok(());
+            }
+        }
+        Err(DataError::Sink(format!("{}: too many concurrent writers of this input", self.loc.uri_of(&path))))
+    }
+
     /// A Parquet object's schema, from its footer.
     async fn footer_schema(&self, path: &str) -> Result<Schema, DataError> {
         let bad = |m: String| DataError::Format(format!("{}: {m}", self.loc.uri_of(path)));
@@ -247,6 +342,7 @@ impl ObjectDataset {
             pending: true,
             stale: vec![],
             previous: None,
+            previous_rows: None,
             input: None,
         };
         let mut previous = None;
@@ -264,6 +360,7 @@ impl ObjectDataset {
                     claim.stale = stale;
                     // Until this commits, the input's rows are the last committed write's.
                     claim.previous = if m.pending { m.previous.clone() } else { Some(m.files.clone()) };
+                    claim.previous_rows = if m.pending { m.previous_rows } else { Some(m.rows) };
                     claim.input = m.input.clone();
                     Expect::Version(etag.clone())
                 }
@@ -281,6 +378,12 @@ impl ObjectDataset {
             )));
         }
         let staged = Staged { ds: self.clone(), manifest, claim, previous, wrote: p.schema.clone() };
+        // Claimed: a newer lease of the task that claimed the dataset before now finds
+        // this claim and gives it back; one that claims later is seen here.
+        if let Err(e) = self.check_fence(&p.fence).await {
+            staged.abort().await;
+            return Err(e);
+        }
         for ((_, local), rel) in p.files.iter().zip(&mine) {
             if let Err(e) = self.loc.upload(local, &self.path(rel), UPLOAD_CHUNK).await {
                 staged.abort().await;
@@ -367,6 +470,7 @@ impl ObjectDataset {
                 pending: false,
                 stale,
                 previous: None,
+                previous_rows: None,
                 input: prev.and_then(|m| m.input.clone()),
             };
             let Ok(b) = body(&back) else { break };
@@ -424,6 +528,7 @@ impl Staged {
         let mut done = self.claim.clone();
         done.pending = false;
         done.previous = None;
+        done.previous_rows = None;
         done.schema_version = version;
         done.input = Some(origin.input.clone());
         for _ in 0..CAS_ATTEMPTS {

@@ -59,6 +59,9 @@ pub(crate) struct Manifest {
     /// the input's rows until this write commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Vec<String>>,
+    /// Object stores, while `pending`: the rows of `previous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_rows: Option<u64>,
     /// The input's identity as the writer named it (a stream's range of positions that
     /// do not fit a file name, e.g. Kinesis sequence numbers): see
     /// [`super::landing::Sinks::input_identities`].
@@ -301,6 +304,7 @@ impl DatasetWriter {
             pending: false,
             stale: vec![],
             previous: None,
+            previous_rows: None,
             input: None,
         };
         let body = serde_json::to_vec(&manifest).map_err(|e| DataError::Sink(e.to_string()))?;
