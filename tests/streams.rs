@@ -1096,3 +1096,50 @@ async fn kafka_into_an_s3_dataset_resumes_after_what_the_bucket_holds() {
     assert_eq!(once(&ids, 300), (300, 300, None, None), "every record once");
     rig.stop().await;
 }
+
+/// One Kafka stream split over two steps by partition — each a leased task any replica
+/// may run — into one dataset: each step reads only its partitions, both land together,
+/// and every record is in the dataset once; a partition the topic does not have is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_stream_split_by_partition_over_two_tasks_lands_every_record_once() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    produce(&bus, 0..400).await;
+    let rig = Rig::start(|_| {}).await;
+    let lake = rig.lake("lake");
+    let part = |id: &str, partitions: Value| {
+        let mut s = step(id, "consume", "stream", &[]);
+        s.config_json = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"],
+                                          "partitions": partitions},
+                               "until": "now", "flush": {"max_records": 50, "interval": "1s"},
+                               "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+        .to_string();
+        s.retry = Some(v1::RetryPolicy { max_attempts: 1, ..Default::default() });
+        s
+    };
+    let mut jc = rig.master.jobs();
+    let id = submit(&mut jc, job("orders", vec![part("p0", json!([0])), part("p1", json!([1]))])).await;
+    let done = wait_finished(&mut jc, &id, Duration::from_secs(90)).await;
+    let ts = tasks(&mut jc, &id).await;
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{ts:?}");
+    let mut total = 0;
+    for t in &ts {
+        let o: Value = serde_json::from_str(&t.output_json).expect("output");
+        let lanes: Vec<&String> = o["lanes"].as_object().expect("lanes").keys().collect();
+        let want = if t.step_id == "p0" { "orders/0" } else { "orders/1" };
+        assert_eq!(lanes, [want], "{} reads only its partition: {o}", t.step_id);
+        total += o["records"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(total, 400);
+    assert_eq!(once(&lake_ids(&lake), 400), (400, 400, None, None), "every record once");
+
+    let (ok, o) = rig
+        .consume("orders-p7", &serde_json::from_str::<Value>(&part("p7", json!([7])).config_json).expect("json"))
+        .await;
+    assert!(
+        !ok && o["error"].as_str().is_some_and(|e| e.contains("source.partitions: no partition 7 in orders")),
+        "{o}"
+    );
+    rig.stop().await;
+}

@@ -88,6 +88,10 @@ pub enum SourceSpec {
         /// SASL `<PREFIX>_USERNAME`/`_PASSWORD`, by reference.
         #[serde(default)]
         credentials: Option<CredentialsRef>,
+        /// Only these partitions of the topics: one stream split over several steps,
+        /// each a leased task any replica may run (default: every partition).
+        #[serde(default)]
+        partitions: Option<Vec<i32>>,
     },
     Rabbitmq {
         /// An environment variable holding the `amqp://` URL (it carries the password).
@@ -321,7 +325,24 @@ impl StreamStep {
             None => Ok(()),
         };
         match &self.source {
-            SourceSpec::Kafka { brokers, topics, pattern, group, protocol, sasl_mechanism, credentials } => {
+            SourceSpec::Kafka {
+                brokers,
+                topics,
+                pattern,
+                group,
+                protocol,
+                sasl_mechanism,
+                credentials,
+                partitions,
+            } => {
+                if let Some(ps) = partitions {
+                    if ps.is_empty() {
+                        return Err("source.partitions: name at least one partition, or leave it out for all".into());
+                    }
+                    if let Some(p) = ps.iter().find(|p| **p < 0) {
+                        return Err(format!("source.partitions: {p} is not a partition number"));
+                    }
+                }
                 name("source.brokers", brokers)?;
                 match (topics.is_empty(), pattern) {
                     (true, None) => return Err("source: give topics or a pattern".into()),
@@ -529,6 +550,11 @@ mod tests {
         pattern["source"]["pattern"] = json!("(");
         assert!(bad(pattern).contains("source.pattern"));
         assert!(bad(kafka(json!({"format": {"type": "csv", "columns": []}}))).contains("format.columns"));
+        for partitions in [json!([]), json!([0, -1])] {
+            let mut split = kafka(json!({}));
+            split["source"]["partitions"] = partitions;
+            assert!(bad(split).contains("source.partitions"));
+        }
         assert!(bad(json!({"source": {"type": "rabbitmq", "url_env": "amqp://guest:guest@x", "queue": "q"},
                            "sinks": [{"type": "parquet", "path": "/l"}]}))
         .contains("url_env"));

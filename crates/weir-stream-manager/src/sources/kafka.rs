@@ -39,7 +39,7 @@ pub struct Kafka {
 impl Kafka {
     /// Connects and reads the topics' partitions.
     pub async fn connect(step: &StreamStep, task: &TaskContext, budget: &Budget) -> Result<Kafka, StepError> {
-        let SourceSpec::Kafka { topics, pattern, group, .. } = &step.source else {
+        let SourceSpec::Kafka { topics, pattern, group, partitions, .. } = &step.source else {
             return Err(StepError::permanent("bad_config", "not a kafka source"));
         };
         let group =
@@ -103,6 +103,10 @@ impl Kafka {
         })
         .await
         .map_err(|e| StepError::retryable("crashed", e.to_string()))??;
+        let lanes = match partitions {
+            Some(only) => only_partitions(lanes, only)?,
+            None => lanes,
+        };
         Ok(Kafka { consumer, group, lanes, starts: vec![] })
     }
 
@@ -113,6 +117,18 @@ impl Kafka {
         }
         tpl
     }
+}
+
+/// The lanes of `only`'s partitions; a partition no topic has is named.
+fn only_partitions(lanes: Vec<Lane>, only: &[i32]) -> Result<Vec<Lane>, StepError> {
+    if let Some(p) = only.iter().find(|p| !lanes.iter().any(|l| l.index == **p)) {
+        let topics: std::collections::BTreeSet<&str> = lanes.iter().map(|l| l.name.as_str()).collect();
+        return Err(StepError::permanent(
+            "bad_config",
+            format!("source.partitions: no partition {p} in {}", topics.into_iter().collect::<Vec<_>>().join(", ")),
+        ));
+    }
+    Ok(lanes.into_iter().filter(|l| only.contains(&l.index)).collect())
 }
 
 /// The pattern as a regular expression (checked at submission).
