@@ -90,6 +90,14 @@ fn credentials(
     }
 }
 
+/// How many records one GetRecords call asks for: at most `max`, and, once the records'
+/// size is known, no more than the stream's budget share holds — a call returns up to
+/// 10 MiB, which a backlog would otherwise fill every time.
+fn call_limit(max: u64, share: u64, record_bytes: u64) -> i32 {
+    let fits = share.checked_div(record_bytes).map_or(max, |n| n.max(1));
+    max.min(fits).min(MAX_LIMIT) as i32
+}
+
 /// Compares two sequence numbers (decimal strings without leading zeros).
 fn seq_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
@@ -159,7 +167,12 @@ pub struct Kinesis {
     ends: Vec<usize>,
     /// The round robin's next shard.
     turn: usize,
-    limit: i32,
+    /// The most records one call asks for: the flush size, at most Kinesis's 10,000.
+    limit: u64,
+    /// This stream's share of the manager's budget for what a call returns.
+    share: u64,
+    /// The average record size seen, for the next call's limit.
+    record_bytes: u64,
     /// Highest landed sequence number per shard (the sinks' identities).
     landed: BTreeMap<String, String>,
     from: Option<Bound>,
@@ -175,7 +188,7 @@ fn shard_index(id: &str) -> i32 {
 impl Kinesis {
     /// Connects and lists the stream's shards (a wrong address, credential or stream
     /// fails here, naming it).
-    pub async fn connect(step: &StreamStep, _task: &TaskContext, _budget: &Budget) -> Result<Kinesis, StepError> {
+    pub async fn connect(step: &StreamStep, _task: &TaskContext, budget: &Budget) -> Result<Kinesis, StepError> {
         let SourceSpec::Kinesis { stream, region, endpoint, credentials: creds } = &step.source else {
             return Err(StepError::permanent("bad_config", "not a kinesis source"));
         };
@@ -189,7 +202,9 @@ impl Kinesis {
             ready: VecDeque::new(),
             ends: Vec::new(),
             turn: 0,
-            limit: step.flush.records().clamp(1, MAX_LIMIT) as i32,
+            limit: step.flush.records().clamp(1, MAX_LIMIT),
+            share: budget.client_share(),
+            record_bytes: 0,
             landed: BTreeMap::new(),
             from: None,
             grown: false,
@@ -295,7 +310,8 @@ impl Kinesis {
     /// One GetRecords call on shard `i`.
     async fn read(&mut self, i: usize) -> Result<(), StepError> {
         let Some(it) = self.shards[i].iterator.clone() else { return self.finished(i).await };
-        let sent = self.client.get_records().shard_iterator(it).limit(self.limit).send().await;
+        let limit = call_limit(self.limit, self.share, self.record_bytes);
+        let sent = self.client.get_records().shard_iterator(it).limit(limit).send().await;
         self.shards[i].not_before = Instant::now() + SHARD_CALL_GAP;
         let out = match sent {
             Ok(out) => out,
@@ -333,6 +349,11 @@ impl Kinesis {
             });
         }
         let got = !out.records().is_empty();
+        if got {
+            let bytes: usize = out.records().iter().map(|r| r.data().as_ref().len()).sum();
+            let avg = (bytes / out.records().len()).max(1) as u64;
+            self.record_bytes = if self.record_bytes == 0 { avg } else { (self.record_bytes * 3 + avg) / 4 };
+        }
         s.iterator = out.next_shard_iterator().map(String::from);
         if got {
             s.end_told = false;
@@ -500,5 +521,9 @@ mod tests {
         assert_eq!(got["shardId-000000000001"], "9");
         assert_eq!(seq_cmp("10", "9"), std::cmp::Ordering::Greater);
         assert_eq!(shard_index("shardId-000000000007"), 7);
+        assert_eq!(call_limit(10_000, 2 << 20, 0), 10_000, "sizes not known yet");
+        assert_eq!(call_limit(10_000, 2 << 20, 1024), 2048, "what the share holds");
+        assert_eq!(call_limit(500, 2 << 20, 100), 500, "the flush size");
+        assert_eq!(call_limit(10_000, 100, 1 << 20), 1, "at least one");
     }
 }
