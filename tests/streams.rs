@@ -906,6 +906,24 @@ async fn kinesis_records_land_once_across_a_reshard_and_resume_after_the_sinks()
     assert_eq!((rows, distinct, max), (700, 700, 699), "every record once");
     pool.close().await;
 
+    // A backfill from a time, on a stream of its own: arrival times a second apart on
+    // either side of `since`. (kinesalite never answers AT_TIMESTAMP on a shard with no
+    // record after the time, so its one shard has some.)
+    kinesis.stream("recent", 1).await;
+    kinesis.put("recent", &bodies(0..50), |i| format!("k{i}")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    kinesis.put("recent", &bodies(50..80), |i| format!("k{i}")).await;
+    let window = rig.lake("window");
+    let mut backfill = config(json!([{"type": "parquet", "path": window.display().to_string()}]));
+    backfill["source"]["stream"] = json!("recent");
+    backfill["from"] = json!({"time": since.to_string()});
+    let (ok, o) = rig.consume("recent-since", &backfill).await;
+    assert!(ok, "{o}");
+    let got = lake_ids(&window);
+    assert_eq!((got.first(), got.len()), (Some(&50), 30), "from a time: only what arrived since");
+
     let mut missing = config(json!([{"type": "parquet", "path": rig.lake("never").display().to_string()}]));
     missing["source"]["stream"] = json!("no-such-stream");
     let (ok, o) = rig.consume("missing", &missing).await;
