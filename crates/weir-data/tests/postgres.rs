@@ -123,3 +123,38 @@ async fn a_key_upserts() {
     drop(conn);
     schema.drop().await.expect("drop schema");
 }
+
+/// A stream's new lease claims the table before it reads where it stands: from then on a
+/// load of the former lease is refused whatever input it carries, while the new lease and
+/// other tasks load as before, and an older lease cannot claim it back.
+#[tokio::test]
+async fn a_claimed_table_refuses_a_former_leases_load_of_any_input() {
+    use weir_data::sink::postgres::{bookkeeping, claim};
+    let schema = TestSchema::create().await.expect("schema");
+    let mut conn = PgConnection::connect(&schema.url).await.expect("connect");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (staged(dir.path(), "a.csv", CSV), staged(dir.path(), "b.csv", CSV));
+    let (key_a, key_b) = (input_key("kafka://orders/p0_0-4"), input_key("kafka://orders/p0_5-9"));
+    let target = PgTable { table: "trades".into(), create: true, key: vec![] };
+    let w = |f| WriteFence { task: "stream".into(), fence: f };
+    bookkeeping(&mut conn).await.expect("bookkeeping");
+    claim(&mut conn, "trades", &w(1)).await.expect("lease 1 claims");
+    assert_eq!(load(&mut conn, &target, &a, &key_a, &w(1)).await.expect("lease 1 loads"), 5);
+
+    claim(&mut conn, "trades", &w(2)).await.expect("lease 2 claims");
+    let e = load(&mut conn, &target, &b, &key_b, &w(1)).await.expect_err("a former lease's new input");
+    assert!(matches!(&e, DataError::StaleFence(m) if m.contains("lease 2")), "{e}");
+    let e = claim(&mut conn, "trades", &w(1)).await.expect_err("an older lease claims");
+    assert!(matches!(e, DataError::StaleFence(_)), "{e}");
+
+    assert_eq!(load(&mut conn, &target, &b, &key_b, &w(2)).await.expect("lease 2 loads"), 5);
+    let other = WriteFence { task: "another-task".into(), fence: 1 };
+    let key_c = input_key("s3://b/c.csv");
+    assert_eq!(load(&mut conn, &target, &a, &key_c, &other).await.expect("another task loads"), 5);
+    let inputs = table(&mut conn, "SELECT DISTINCT _weir_input FROM trades ORDER BY 1").await;
+    let mut want = vec![key_a, key_b, key_c];
+    want.sort();
+    assert_eq!(inputs, want);
+    conn.close().await.expect("close");
+    schema.drop().await.expect("drop");
+}

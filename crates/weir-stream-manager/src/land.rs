@@ -126,8 +126,8 @@ impl Landing {
         })
     }
 
-    /// Raises the task's fence in the sinks before anything is read (see
-    /// `LocalDataset::claim`).
+    /// Raises the task's fence in every sink before anything is read (see
+    /// `Sinks::claim`).
     pub async fn claim(&self) -> Result<(), StepError> {
         self.sinks.claim(&self.fence).await.map_err(|e| step_error(&e))
     }

@@ -206,9 +206,8 @@ impl Sinks {
         Ok(out)
     }
 
-    /// Raises the task's fence in every sink that keeps one per task (datasets, local or
-    /// on an object store) before the task writes: see [`LocalDataset::claim`] and
-    /// [`ObjectDataset::claim`].
+    /// Raises the task's fence in every sink before the task writes: see
+    /// [`LocalDataset::claim`], [`ObjectDataset::claim`] and [`postgres::claim`].
     pub async fn claim(&self, fence: &WriteFence) -> Result<(), DataError> {
         for s in &self.sinks {
             match s {
@@ -217,7 +216,11 @@ impl Sinks {
                     tokio::task::spawn_blocking(move || d.claim(&f)).await.map_err(join_err)??;
                 }
                 Sink::Object(d) => d.claim(fence).await?,
-                Sink::Postgres { .. } => {}
+                Sink::Postgres { table, pool, .. } => {
+                    let mut conn = pool.acquire().await.map_err(sink_err)?;
+                    postgres::bookkeeping(&mut conn).await?;
+                    postgres::claim(&mut conn, &table.table, fence).await?;
+                }
             }
         }
         Ok(())

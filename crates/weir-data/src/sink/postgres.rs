@@ -9,7 +9,9 @@
 //!
 //! Idempotent per input and fenced: `weir_sink_loads` records which task and fence last
 //! loaded which input into which table, locked row by row while a load runs. A load whose
-//! fence is older than the recorded one of the same task is refused. With a `key`, rows
+//! fence is older than the recorded one of the same task is refused, and so is any load
+//! of a task's lease older than the one that claimed the table ([`claim`], a stream's new
+//! owner). With a `key`, rows
 //! are upserted on it (a re-load overwrites); without one, the table carries a
 //! `_weir_input` column and a re-load first deletes the rows the input loaded before.
 //! Either way a retried task never duplicates rows. Each load records a nonce, so a
@@ -102,7 +104,7 @@ fn of_pg_type(t: &str) -> ColumnType {
 /// it before loads on a connection; cheap once they exist.
 pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
     let ready: bool = sqlx::query_scalar(
-        "SELECT to_regclass('weir_sink_schemas') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
+        "SELECT to_regclass('weir_sink_fences') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
            WHERE attrelid = to_regclass('weir_sink_loads') AND attname = 'input' AND NOT attisdropped)",
     )
     .fetch_one(&mut *conn)
@@ -121,6 +123,8 @@ pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
             rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, input_key))",
         "ALTER TABLE weir_sink_loads ADD COLUMN IF NOT EXISTS nonce text",
         "ALTER TABLE weir_sink_loads ADD COLUMN IF NOT EXISTS input text",
+        "CREATE TABLE IF NOT EXISTS weir_sink_fences (
+            target text NOT NULL, task text NOT NULL, fence bigint NOT NULL, PRIMARY KEY (target, task))",
         "CREATE TABLE IF NOT EXISTS weir_sink_schemas (
             target text NOT NULL, version integer NOT NULL, columns jsonb NOT NULL, changes jsonb NOT NULL,
             origin jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, version))",
@@ -128,6 +132,32 @@ pub async fn bookkeeping(conn: &mut PgConnection) -> Result<(), DataError> {
         sqlx::query(sql).execute(&mut *tx).await.map_err(sink_err)?;
     }
     tx.commit().await.map_err(sink_err)
+}
+
+/// A task's lease claims `table` before the task reads where a stream stands: the task's
+/// fence is raised to it (never lowered; an older lease is refused), and from then on a
+/// load of a former lease is refused — not only one that replaces an input the new lease
+/// wrote. A load running while the claim comes holds the fence's row, so the claim returns
+/// after it committed. The bookkeeping tables must exist ([`bookkeeping`]).
+pub async fn claim(conn: &mut PgConnection, table: &str, fence: &WriteFence) -> Result<(), DataError> {
+    let newest: i64 = sqlx::query_scalar(
+        "INSERT INTO weir_sink_fences (target, task, fence) VALUES ($1, $2, $3)
+         ON CONFLICT (target, task) DO UPDATE SET fence = GREATEST(weir_sink_fences.fence, EXCLUDED.fence)
+         RETURNING fence",
+    )
+    .bind(table)
+    .bind(&fence.task)
+    .bind(fence.fence as i64)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(sink_err)?;
+    if newest as u64 > fence.fence {
+        return Err(DataError::StaleFence(format!(
+            "table {table}: task {} claimed it with lease {newest}; this attempt holds lease {}",
+            fence.task, fence.fence
+        )));
+    }
+    Ok(())
 }
 
 /// The input keys loaded into `table` (none before the first load).
@@ -395,6 +425,23 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
     if let Some(row) = prev {
         let prev = WriteFence { task: row.get(0), fence: row.get::<i64, _>(1) as u64 };
         load.fence.may_replace(&prev).map_err(DataError::StaleFence)?;
+    }
+    // The task's claim (see [`claim`]), held until this load commits: a newer lease's
+    // claim waits for it, so the new owner reads its positions after this load.
+    let claimed: Option<i64> =
+        sqlx::query_scalar("SELECT fence FROM weir_sink_fences WHERE target = $1 AND task = $2 FOR SHARE")
+            .bind(&target.table)
+            .bind(&load.fence.task)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+    if let Some(n) = claimed.filter(|n| *n as u64 > load.fence.fence) {
+        return Err(DataError::StaleFence(format!(
+            "{}: task {} claimed it with lease {n}; this attempt holds lease {}",
+            target.name(),
+            load.fence.task,
+            load.fence.fence
+        )));
     }
     let cols: Vec<&Column> = load.plan.schema.columns.iter().filter(|c| load.columns.contains(&c.name)).collect();
     let copy_schema = arrow_schema(&Schema { columns: cols.iter().map(|c| (*c).clone()).collect(), partition: None });
