@@ -229,6 +229,22 @@ impl Rig {
         self.dir.path().join(name)
     }
 
+    /// Starts a continuous `consume` step of `source` into dataset `lake` (flushes of
+    /// `max_records` or every 300 ms) that retries through an outage; the job's id.
+    async fn stream(&self, name: &str, source: Value, lake: &Path, max_records: u64) -> String {
+        let mut s = step("consume", "consume", "stream", &[]);
+        s.config_json = json!({"source": source, "flush": {"max_records": max_records, "interval": "300ms"},
+                               "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+        .to_string();
+        s.retry = Some(v1::RetryPolicy {
+            max_attempts: 20,
+            initial_interval: dur(200),
+            max_interval: dur(1000),
+            ..Default::default()
+        });
+        submit(&mut self.master.jobs(), job(name, vec![s])).await
+    }
+
     /// Runs one `consume` step to its end: whether it succeeded, and its output (or error).
     async fn consume(&self, name: &str, config: &Value) -> (bool, Value) {
         let mut jc = self.master.jobs();
@@ -247,6 +263,17 @@ impl Rig {
         self.manager.await.expect("manager stops");
         self.master.stop().await;
         self.store.cleanup().await;
+    }
+}
+
+/// Waits until dataset `lake` holds `n` rows (up to 60 s: messages a lost connection
+/// held may come back only after the broker's ack wait).
+async fn wait_landed(lake: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let count = || if lake.join("_weir").exists() { lake_ids(lake).len() } else { 0 };
+    while count() < n {
+        assert!(std::time::Instant::now() < deadline, "{} of {n} landed", count());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -781,32 +808,9 @@ async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
 
     let rig = Rig::start(|_| {}).await;
     let lake = rig.lake("lake");
-    let mut jc = rig.master.jobs();
-    let mut s = step("consume", "consume", "stream", &[]);
-    s.config_json = json!({"source": {"type": "nats", "servers": url, "stream": "orders", "consumer": "weir"},
-                           "flush": {"max_records": 50, "interval": "300ms"},
-                           "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
-    .to_string();
-    s.retry = Some(v1::RetryPolicy {
-        max_attempts: 20,
-        initial_interval: dur(200),
-        max_interval: dur(1000),
-        ..Default::default()
-    });
-    let id = submit(&mut jc, job("orders", vec![s])).await;
-    let landed = |n: usize| {
-        let lake = lake.clone();
-        async move {
-            // Messages a lost connection held come back after the ack wait (10 s here).
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            let count = || if lake.join("_weir").exists() { lake_ids(&lake).len() } else { 0 };
-            while count() < n {
-                assert!(std::time::Instant::now() < deadline, "{} of {n} landed", count());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    landed(300).await;
+    let source = json!({"type": "nats", "servers": url, "stream": "orders", "consumer": "weir"});
+    let id = rig.stream("orders", source, &lake, 50).await;
+    wait_landed(&lake, 300).await;
     // The outage: the server goes, and comes back on the same port and store.
     nats.kill().await.expect("stop the server");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -814,9 +818,9 @@ async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
     wait_port(port, "the restarted NATS server").await;
     let js = connect().await;
     nats_publish(&js, "orders", 300..600).await;
-    landed(600).await;
+    wait_landed(&lake, 600).await;
     assert_eq!(once(&lake_ids(&lake), 600), (600, 600, None, None), "every message once");
-    jc.cancel_job(v1::CancelJobRequest { job_id: id, reason: "done".into() }).await.expect("cancel");
+    rig.master.jobs().cancel_job(v1::CancelJobRequest { job_id: id, reason: "done".into() }).await.expect("cancel");
     rig.stop().await;
     drop(nats);
 }
@@ -1034,31 +1038,9 @@ async fn a_kafka_broker_restarted_mid_stream_loses_and_doubles_nothing() {
     }
     let rig = Rig::start(|_| {}).await;
     let lake = rig.lake("lake");
-    let mut jc = rig.master.jobs();
-    let mut s = step("consume", "consume", "stream", &[]);
-    s.config_json = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]},
-                           "flush": {"max_records": 100, "interval": "300ms"},
-                           "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
-    .to_string();
-    s.retry = Some(v1::RetryPolicy {
-        max_attempts: 20,
-        initial_interval: dur(200),
-        max_interval: dur(1000),
-        ..Default::default()
-    });
-    let id = submit(&mut jc, job("orders", vec![s])).await;
-    let landed = |n: usize| {
-        let lake = lake.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            let count = || if lake.join("_weir").exists() { lake_ids(&lake).len() } else { 0 };
-            while count() < n {
-                assert!(std::time::Instant::now() < deadline, "{} of {n} landed", count());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    landed(300).await;
+    let source = json!({"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]});
+    let id = rig.stream("orders", source, &lake, 100).await;
+    wait_landed(&lake, 300).await;
     broker.kill().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.restart().await;
@@ -1071,9 +1053,9 @@ async fn a_kafka_broker_restarted_mid_stream_loses_and_doubles_nothing() {
     for chunk in (300..600).step_by(100) {
         produce(&bus, chunk..chunk + 100).await;
     }
-    landed(600).await;
+    wait_landed(&lake, 600).await;
     assert_eq!(once(&lake_ids(&lake), 600), (600, 600, None, None), "every record once");
-    jc.cancel_job(v1::CancelJobRequest { job_id: id, reason: "done".into() }).await.expect("cancel");
+    rig.master.jobs().cancel_job(v1::CancelJobRequest { job_id: id, reason: "done".into() }).await.expect("cancel");
     rig.stop().await;
 }
 
