@@ -162,10 +162,63 @@ async fn a_stream_manager_killed_mid_stream_is_taken_over_with_every_record_once
     store.cleanup().await;
 }
 
+/// Where a stream under test lands: a Parquet dataset in the test's folder, or a topic.
+enum Into<'a> {
+    Lake,
+    Topic(&'a Tansu, &'a str),
+}
+
+impl Into<'_> {
+    fn sink(&self, lake: &Path) -> Value {
+        match self {
+            Into::Lake => json!({"type": "parquet", "path": lake.display().to_string()}),
+            Into::Topic(b, t) => json!({"type": "kafka", "brokers": b.brokers, "topic": t, "key": "id"}),
+        }
+    }
+
+    /// About how many flushes (of 100) landed so far.
+    fn flushes(&self, lake: &Path) -> usize {
+        match self {
+            Into::Lake => std::fs::read_dir(lake.join("_weir").join("inputs")).map(|d| d.count()).unwrap_or(0),
+            Into::Topic(b, t) => (b.topic_ends(t) / 100) as usize,
+        }
+    }
+
+    /// The ids landed, sorted.
+    fn ids(&self, lake: &Path) -> Vec<i64> {
+        match self {
+            Into::Lake => lake_ids(lake),
+            Into::Topic(b, t) => topic_ids(b, t),
+        }
+    }
+}
+
+/// The `id` of every message in `topic`, sorted.
+fn topic_ids(broker: &Tansu, topic: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = broker
+        .read_topic(topic)
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("JSON")["id"].as_i64().expect("an id"))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Runs a stream of `source` (until now, flushes of 100) on the real `weir-stream-manager`,
 /// SIGKILLs it once five flushes landed and starts another: the job succeeds on a later
 /// attempt with every one of the `n` records in the dataset once. The task's id.
 async fn killed_mid_stream(store: &StoreFixture, source: Value, env: &[(&str, &str)], n: i64) -> String {
+    killed_mid_stream_into(store, source, env, n, Into::Lake).await
+}
+
+/// [`killed_mid_stream`] into a dataset or a topic.
+async fn killed_mid_stream_into(
+    store: &StoreFixture,
+    source: Value,
+    env: &[(&str, &str)],
+    n: i64,
+    into: Into<'_>,
+) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let (url, _master) = spawn_master(&store.url);
     let data = dir.path().join("data").display().to_string();
@@ -176,27 +229,26 @@ async fn killed_mid_stream(store: &StoreFixture, source: Value, env: &[(&str, &s
     let lake = dir.path().join("lake");
     let mut s = step("consume", "consume", "stream", &[]);
     s.config_json = json!({"source": source, "until": "now", "flush": {"max_records": 100, "interval": "10s"},
-                           "sinks": [{"type": "parquet", "path": lake.display().to_string()}]})
+                           "sinks": [into.sink(&lake)]})
     .to_string();
     s.timeouts = Some(v1::StepTimeouts { heartbeat: dur(2000), ..Default::default() });
     let mut jc = v1::job_service_client::JobServiceClient::new(channel(&url));
     let id = submit(&mut jc, job("orders", vec![s])).await;
     // Some flushes landed, not all: then SIGKILL.
-    let manifests = lake.join("_weir").join("inputs");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&manifests).map(|d| d.count()).unwrap_or(0) < 5 {
+    while into.flushes(&lake) < 5 {
         assert!(std::time::Instant::now() < deadline, "the stream never landed a flush");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.kill9().await;
-    let landed_before = lake_ids(&lake).len();
+    let landed_before = into.ids(&lake).len();
     let _second = Proc::spawn("weir-stream-manager", &[], &env);
     let done = wait_finished(&mut jc, &id, Duration::from_secs(120)).await;
     let ts = tasks(&mut jc, &id).await;
     assert_eq!(done.state, v1::JobState::Succeeded as i32, "{}", ts[0].error_message);
     assert!(ts[0].attempt >= 2, "taken over by another attempt");
     assert!(landed_before < n as usize, "killed mid-stream ({landed_before} of {n} landed)");
-    assert_eq!(once(&lake_ids(&lake), n), (n as usize, n as usize, None, None), "every record once");
+    assert_eq!(once(&into.ids(&lake), n), (n as usize, n as usize, None, None), "every record once");
     ts[0].id.clone()
 }
 
@@ -1142,4 +1194,123 @@ async fn a_kafka_stream_split_by_partition_over_two_tasks_lands_every_record_onc
         "{o}"
     );
     rig.stop().await;
+}
+
+/// A Kafka topic as the sink, SIGKILLed mid-stream (the real stream manager): after the
+/// takeover the topic holds every record once, read back from the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_into_a_kafka_topic_killed_mid_stream_holds_every_record_once() {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    let topics = [("orders", 1), ("orders.clean", 2)];
+    let topics = topics.map(|(t, p)| TopicSpec { name: t.into(), partitions: p, replication: 1 });
+    bus.ensure_topics(&topics).await.expect("topics");
+    let n = 6_000;
+    for chunk in (0..n).step_by(100) {
+        produce(&bus, chunk..chunk + 100).await;
+    }
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let source = json!({"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]});
+    killed_mid_stream_into(&store, source, &[], n, Into::Topic(&broker, "orders.clean")).await;
+    let msgs = broker.read_topic("orders.clean");
+    let m = msgs.iter().find(|m| m.key.as_deref() == Some("42")).expect("record 42 keyed by its id");
+    assert_eq!(serde_json::from_slice::<Value>(&m.payload).expect("JSON"), json!({"id": 42, "amount": 63.0}));
+    assert!(m.headers.get("weir-input").is_some_and(|i| i.starts_with("kafka://orders/p0_")), "{:?}", m.headers);
+    store.cleanup().await;
+}
+
+/// Writes `ids` as a staged Parquet file (an `id` column), as the pipeline stages a flush.
+fn staged(dir: &Path, ids: std::ops::Range<i64>) -> std::path::PathBuf {
+    use std::sync::Arc;
+    let schema =
+        Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new("id", arrow_schema::DataType::Int64, false)]));
+    let path = dir.join(format!("staged-{}-{}.parquet", ids.start, ids.end));
+    let batch = arrow_array::RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow_array::Int64Array::from_iter_values(ids))],
+    )
+    .expect("batch");
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).expect("file"), schema, None)
+        .expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+    path
+}
+
+/// The Kafka topic sink's own protocol against the broker: a flush a crash cut short
+/// (its first messages in the topic, the rest not) is completed by the next owner's
+/// replay — whose flushes end elsewhere — without a record twice; a whole input landed
+/// again produces nothing; a topic that does not exist is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_topic_sink_completes_a_flush_a_crash_cut_short_without_a_record_twice() {
+    use weir_data::sink::kafka::{partition_of, KafkaTopic};
+    use weir_data::sink::WriteFence;
+    let broker = Tansu::start().await;
+    broker
+        .bus()
+        .ensure_topics(&[TopicSpec { name: "clean".into(), partitions: 3, replication: 1 }])
+        .await
+        .expect("topic");
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec: weir_core::dataset::SinkSpec =
+        serde_json::from_value(json!({"type": "kafka", "brokers": broker.brokers, "topic": "clean", "key": "id"}))
+            .expect("spec");
+    let fence = |f| WriteFence { task: "t1".into(), fence: f };
+    let first = KafkaTopic::open(&spec).await.expect("open");
+    first.claim().await.expect("claim");
+    let whole = "kafka://orders/p0_0-9";
+    assert_eq!(first.land(Some(&staged(dir.path(), 0..10)), whole, &fence(1)).await.expect("land"), 10);
+    // A crash in the middle of the next flush (rows 10..30): its first 7 messages are in.
+    let cut = "kafka://orders/p0_10-29";
+    let partition = partition_of("kafka://orders/p0", 3);
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.brokers).create().expect("producer");
+    for i in 10..17i64 {
+        let (key, payload, row) = (i.to_string(), json!({"id": i}).to_string(), (i - 10).to_string());
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in [("weir-input", cut), ("weir-row", row.as_str()), ("weir-rows", "20"), ("weir-fence", "1")] {
+            headers = headers.insert(rdkafka::message::Header { key: k, value: Some(v) });
+        }
+        let record = rdkafka::producer::FutureRecord::to("clean")
+            .partition(partition)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+    }
+
+    // The next owner reads where the lane stands: the first input whole, the second not.
+    let next = KafkaTopic::open(&spec).await.expect("open");
+    next.claim().await.expect("claim");
+    assert_eq!(next.input_identities().await.expect("inputs"), vec![whole.to_string()]);
+    // The replay starts where the cut flush did but flushes 5 rows (all in already), then
+    // 15 (2 in already); the whole input landed again produces nothing.
+    for (ids, identity) in [(10..15, "kafka://orders/p0_10-14"), (15..30, "kafka://orders/p0_15-29"), (0..10, whole)] {
+        let rows = ids.end - ids.start;
+        let landed = next.land(Some(&staged(dir.path(), ids)), identity, &fence(2)).await.expect("land");
+        assert_eq!(landed, rows as u64, "{identity}");
+    }
+    let msgs = broker.read_topic("clean");
+    let ids: Vec<i64> = msgs
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("JSON")["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, (0..30).collect::<Vec<_>>(), "each record once, in order");
+    assert!(msgs.iter().all(|m| m.partition == partition), "one lane, one partition");
+    let last = msgs.last().expect("messages");
+    assert_eq!(
+        (last.headers["weir-input"].as_str(), last.headers["weir-row"].as_str(), last.headers["weir-fence"].as_str()),
+        ("kafka://orders/p0_15-29", "14", "2")
+    );
+    // A third owner finds the lane whole at 29.
+    let third = KafkaTopic::open(&spec).await.expect("open");
+    let inputs = third.input_identities().await.expect("inputs");
+    assert!(inputs.contains(&"kafka://orders/p0_15-29".to_string()), "{inputs:?}");
+
+    let mut missing = spec.clone();
+    if let weir_core::dataset::SinkSpec::Kafka { topic, .. } = &mut missing {
+        *topic = "nowhere".into();
+    }
+    let e = KafkaTopic::open(&missing).await.err().expect("refused").to_string();
+    assert!(e.contains("topic nowhere does not exist"), "{e}");
 }

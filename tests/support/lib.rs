@@ -194,6 +194,97 @@ impl Tansu {
     }
 }
 
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Tansu {
+    /// Every message `topic` holds now, partition by partition in order (read from each
+    /// partition's start to its high watermark, outside any consumer group).
+    pub fn read_topic(&self, topic: &str) -> Vec<TopicMessage> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        tokio::task::block_in_place(|| {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &self.brokers)
+                .set("group.id", "weir-test-reader")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("kafka consumer");
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+            let parts = md.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            let mut ends = std::collections::BTreeMap::new();
+            for p in 0..parts {
+                let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+                if high > low {
+                    tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low)).expect("partition");
+                    ends.insert(p, high);
+                }
+            }
+            let mut out = Vec::new();
+            if ends.is_empty() {
+                return out;
+            }
+            consumer.assign(&tpl).expect("assign");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut last = Instant::now();
+            // Past the watermarks until nothing comes for a second: tansu answers a
+            // watermark short of a partition's last batch.
+            while !ends.is_empty() || last.elapsed() < Duration::from_secs(1) {
+                assert!(Instant::now() < deadline, "reading {topic} back: partitions {ends:?} not read to their end");
+                let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let m = m.expect("message");
+                last = Instant::now();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&m.partition());
+                }
+                out.push(TopicMessage {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            out
+        })
+    }
+}
+
+impl Tansu {
+    /// The sum of `topic`'s partitions' high watermarks now: how far it has grown (cheap;
+    /// tansu's may be short of a partition's last batch).
+    pub fn topic_ends(&self, topic: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        tokio::task::block_in_place(|| {
+            let consumer: BaseConsumer =
+                rdkafka::ClientConfig::new().set("bootstrap.servers", &self.brokers).create().expect("kafka client");
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+            let parts = md.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+            (0..parts)
+                .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|(_, h)| h).unwrap_or(0))
+                .sum()
+        })
+    }
+}
+
 /// A client channel that connects on first use.
 pub fn channel(url: &str) -> Channel {
     tonic::transport::Endpoint::from_shared(url.to_string()).expect("endpoint").connect_lazy()

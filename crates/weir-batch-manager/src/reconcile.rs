@@ -38,6 +38,7 @@ impl StepHandler for Reconcile {
             let name = match sink {
                 weir_core::dataset::SinkSpec::Parquet { path, .. } => path.clone(),
                 weir_core::dataset::SinkSpec::Postgres { table, .. } => table.clone(),
+                weir_core::dataset::SinkSpec::Kafka { topic, .. } => topic.clone(),
             };
             if let Some(k) = &c.duplicate {
                 return Err(StepError::permanent(

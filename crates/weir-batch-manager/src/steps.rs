@@ -139,14 +139,14 @@ impl DataSteps {
         for (input, path) in inputs.iter_mut().zip(taken) {
             input.path = path?;
         }
-        let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
+        let staged = step.sinks.iter().any(SinkSpec::reads_staged);
         // Staged output is written where the next steps read it, or, with a staging
         // store, in scratch until it is uploaded.
         let staged_dir = match self.staging.remote() {
             Some(_) => self.scratch(task).join("staged"),
             None => self.staging.dir(task),
         };
-        let staging = (task.kind != "store" || has_pg).then_some(staged_dir);
+        let staging = (task.kind != "store" || staged).then_some(staged_dir);
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (token, flag) = (task.cancel.clone(), cancel.clone());

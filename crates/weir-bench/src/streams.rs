@@ -8,6 +8,7 @@
 //!    user+system CPU seconds) and peak RSS for each.
 //! 2. Kafka → PostgreSQL: the same topic into a table (COPY, positions in the same
 //!    transaction).
+//!    Then Kafka → a Kafka topic, read back: every record once.
 //! 3. Latency: records produced at `--latency-rate`/s for `--latency-seconds` into a
 //!    continuous stream flushing every 50 ms into PostgreSQL; for each record, the time
 //!    from its production to this process seeing it in the table (p50/p99).
@@ -206,9 +207,43 @@ async fn kafka(args: &StreamArgs, python: &Path, work: &Path) -> anyhow::Result<
     }
     pg.print("kafka_postgres_weir");
 
+    // Kafka → a Kafka topic (JSON messages keyed by id, the topic its own ledger), read
+    // back: every record once.
+    bus.ensure_topics(&[TopicSpec { name: "trades.clean".into(), partitions: 1, replication: 1 }]).await?;
+    let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-weir-topic"},
+                        "until": "now", "sinks": [{"type": "kafka", "brokers": broker.brokers, "topic": "trades.clean", "key": "id"}]});
+    let kt = weir(&m, work, config, args.records, bytes, &[]).await?;
+    let held = read_back(&bus, "trades.clean", args.records).await?;
+    if held != args.records {
+        bail!("the topic holds {held} distinct records of {}", args.records);
+    }
+    kt.print("kafka_topic_weir");
+
     latency(args, &m, &broker, &bus, work).await?;
     stalled(args, &m, &broker, work, bytes).await?;
     m.stop().await
+}
+
+/// Reads `topic` from its start until `n` distinct ids came (or nothing more for 10 s):
+/// how many distinct ids it holds; a repeated id is an error.
+async fn read_back(bus: &Arc<dyn Bus>, topic: &str, n: u64) -> anyhow::Result<u64> {
+    let mut sub = bus.subscribe(&format!("bench-read-{}", uuid_ish()), &[topic]).await?;
+    let mut seen = vec![false; n as usize];
+    let mut distinct = 0u64;
+    while distinct < n {
+        let Ok(d) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await else { break };
+        let v: Value = serde_json::from_slice(&d?.message.payload)?;
+        let id = v["id"].as_u64().context("a message without an id")?;
+        match seen.get_mut(id as usize) {
+            Some(s) if !*s => {
+                *s = true;
+                distinct += 1;
+            }
+            Some(_) => bail!("record {id} is in {topic} twice"),
+            None => bail!("record {id} is not one produced"),
+        }
+    }
+    Ok(distinct)
 }
 
 /// Produce-to-visible latency in PostgreSQL at a steady rate.

@@ -164,6 +164,34 @@ pub enum KafkaProtocol {
     SaslSsl,
 }
 
+/// Checks how a Kafka client (a source's or a topic sink's) connects: SASL needs a
+/// credentials reference and a known mechanism. `field` prefixes the names in errors.
+pub(crate) fn check_kafka_access(
+    field: &str,
+    protocol: KafkaProtocol,
+    sasl_mechanism: Option<&str>,
+    credentials: Option<&CredentialsRef>,
+) -> Result<(), String> {
+    let sasl = matches!(protocol, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl);
+    if sasl && credentials.is_none() {
+        return Err(format!(
+            "{field}.credentials: SASL needs a credentials reference (<PREFIX>_USERNAME, <PREFIX>_PASSWORD)"
+        ));
+    }
+    if let Some(m) = sasl_mechanism {
+        if !sasl {
+            return Err(format!("{field}.sasl_mechanism applies to sasl_plaintext and sasl_ssl"));
+        }
+        if !["plain", "scram-sha-256", "scram-sha-512"].contains(&m.to_ascii_lowercase().as_str()) {
+            return Err(format!("{field}.sasl_mechanism {m:?}: known are plain, scram-sha-256, scram-sha-512"));
+        }
+    }
+    match credentials {
+        Some(c) => crate::api::check_credentials(&format!("{field}.credentials"), c),
+        None => Ok(()),
+    }
+}
+
 /// How one message reads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -360,24 +388,7 @@ impl StreamStep {
                 if let Some(g) = group {
                     name("source.group", g)?;
                 }
-                let sasl = matches!(protocol, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl);
-                if sasl && credentials.is_none() {
-                    return Err(
-                        "source.credentials: SASL needs a credentials reference (<PREFIX>_USERNAME, <PREFIX>_PASSWORD)"
-                            .into(),
-                    );
-                }
-                if let Some(m) = sasl_mechanism {
-                    if !sasl {
-                        return Err("source.sasl_mechanism applies to sasl_plaintext and sasl_ssl".into());
-                    }
-                    if !["plain", "scram-sha-256", "scram-sha-512"].contains(&m.to_ascii_lowercase().as_str()) {
-                        return Err(format!(
-                            "source.sasl_mechanism {m:?}: known are plain, scram-sha-256, scram-sha-512"
-                        ));
-                    }
-                }
-                creds("source.credentials", credentials)?;
+                check_kafka_access("source", *protocol, sasl_mechanism.as_deref(), credentials.as_ref())?;
             }
             SourceSpec::Rabbitmq { url_env, queue, prefetch } => {
                 if !crate::validate::is_env_name(url_env) {
@@ -429,6 +440,17 @@ impl StreamStep {
             ..Default::default()
         };
         as_batch.check("stream").map_err(|e| e.trim_start_matches("stream config: ").to_string())?;
+        if self.sinks.iter().any(|s| matches!(s, SinkSpec::Kafka { .. })) {
+            if self.sinks.len() > 1 {
+                return Err("sinks: a kafka topic must be the step's only sink (it reads where the stream stands from the topic itself); land the stream elsewhere with a second step".into());
+            }
+            if !self.source.replayable() {
+                return Err(format!(
+                    "sinks: a kafka topic completes a flush a crash cut short by replaying it, which {} cannot (it has no positions); land it in a dataset or a table",
+                    self.source.name()
+                ));
+            }
+        }
         let interval = self.flush.interval.as_deref().unwrap_or(DEFAULT_FLUSH_INTERVAL);
         let d = crate::duration::parse(interval).map_err(|e| format!("flush.interval: {e}"))?;
         if d.is_zero() {
@@ -477,8 +499,14 @@ impl StreamStep {
             }
             _ => {}
         }
-        if let Some(DeadLetterSpec::Parquet { path } | DeadLetterSpec::Kafka { topic: path }) = &self.dead_letter {
-            name("dead_letter", path)?;
+        match &self.dead_letter {
+            Some(DeadLetterSpec::Parquet { path }) => name("dead_letter", path)?,
+            Some(DeadLetterSpec::Kafka { topic }) if !crate::dataset::is_topic_name(topic) => {
+                return Err(format!(
+                    "dead_letter.topic {topic:?} is not a topic name (1 to 249 of letters, digits, '.', '_', '-')"
+                ))
+            }
+            _ => {}
         }
         if self.dedupe_window == Some(0) {
             return Err("dedupe_window must be at least 1".into());
@@ -558,5 +586,30 @@ mod tests {
         assert!(bad(json!({"source": {"type": "rabbitmq", "url_env": "amqp://guest:guest@x", "queue": "q"},
                            "sinks": [{"type": "parquet", "path": "/l"}]}))
         .contains("url_env"));
+    }
+
+    #[test]
+    fn a_kafka_topic_sink_is_a_replayable_streams_only_sink() {
+        let topic = json!({"type": "kafka", "brokers": "127.0.0.1:9092", "topic": "orders.clean", "key": "id"});
+        let ok = StreamStep::parse(Some(&kafka(json!({"sinks": [topic.clone()]})))).expect("valid");
+        assert!(matches!(&ok.sinks[0], SinkSpec::Kafka { topic, .. } if topic == "orders.clean"));
+        let bad = |v: serde_json::Value| StreamStep::parse(Some(&v)).unwrap_err();
+        let two = kafka(json!({"sinks": [topic.clone(), {"type": "parquet", "path": "/l"}]}));
+        assert!(bad(two).contains("only sink"));
+        let rabbit = json!({"source": {"type": "rabbitmq", "url_env": "AMQP_URL", "queue": "q"}, "sinks": [topic]});
+        assert!(bad(rabbit).contains("rabbitmq cannot"));
+        let named = |t: &str| kafka(json!({"sinks": [{"type": "kafka", "brokers": "b:9092", "topic": t}]}));
+        assert!(bad(named("a/b")).contains("kafka sink topic \"a/b\""));
+        let sasl =
+            kafka(json!({"sinks": [{"type": "kafka", "brokers": "b:9092", "topic": "t", "protocol": "sasl_ssl"}]}));
+        assert!(bad(sasl).contains("kafka sink.credentials"));
+        let scan = kafka(json!({"sinks": [{"type": "kafka", "brokers": "b:9092", "topic": "t", "resume_scan": 0}]}));
+        assert!(bad(scan).contains("resume_scan"));
+        assert!(bad(kafka(json!({"dead_letter": {"type": "kafka", "topic": "dead letters"}})))
+            .contains("dead_letter.topic"));
+        // A batch step lands in datasets and tables.
+        let batch = json!({"sinks": [{"type": "kafka", "brokers": "b:9092", "topic": "t"}]});
+        let e = crate::dataset::DataStep::parse("store", Some(&batch)).unwrap_err();
+        assert!(e.contains("stream step's sink"), "{e}");
     }
 }

@@ -153,6 +153,9 @@ pub struct FileReport {
     pub sink_files: Vec<String>,
     /// Rows loaded into each PostgreSQL table.
     pub tables: BTreeMap<String, u64>,
+    /// Per Kafka topic sink: how many of the input's rows the topic holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, u64>,
     /// The schema versions this input's writes created, by sink.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schema_versions: BTreeMap<String, u32>,

@@ -105,7 +105,7 @@ fn sink_root(spec: &SinkSpec, index: usize, outgoing: &Path) -> Option<(PathBuf,
                 Some(_) => (outgoing.join(format!("sink{index}")), level, false),
             })
         }
-        SinkSpec::Postgres { .. } => None,
+        SinkSpec::Postgres { .. } | SinkSpec::Kafka { .. } => None,
     }
 }
 
@@ -146,6 +146,8 @@ fn write_plan(step: &DataStep, states: &[SinkState], input: &InputSchema) -> Res
             let (contract, partition_by) = match spec {
                 SinkSpec::Parquet { schema_contract, partition_by, .. } => (*schema_contract, partition_by.as_deref()),
                 SinkSpec::Postgres { schema_contract, .. } => (*schema_contract, None),
+                // A topic holds no schema: each input's records go as they are typed.
+                SinkSpec::Kafka { .. } => (weir_core::dataset::SchemaContract::default(), None),
             };
             SinkView { name: &st.name, current: st.current.as_ref(), contract, partition_by }
         })
@@ -405,7 +407,7 @@ pub fn convert(input: &Input, plan: &Plan) -> Result<FileReport, DataError> {
         }
     }
     for (i, p) in plans.into_iter().enumerate() {
-        if let Some(p) = p.filter(|_| matches!(step.sinks.get(i), Some(SinkSpec::Postgres { .. }))) {
+        if let Some(p) = p.filter(|_| step.sinks.get(i).is_some_and(SinkSpec::reads_staged)) {
             report.pending.push(Pending { index: i, plan: p, write: None });
         }
     }

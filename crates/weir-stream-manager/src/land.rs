@@ -22,7 +22,8 @@ pub struct Landing {
     step: Arc<DataStep>,
     sinks: Sinks,
     scratch: PathBuf,
-    /// Where converted files wait for a PostgreSQL sink's COPY (none without one).
+    /// Where converted files wait for a PostgreSQL sink's COPY or a Kafka topic's
+    /// messages (none without one).
     staging: Option<PathBuf>,
     quarantine: PathBuf,
     fence: WriteFence,
@@ -113,12 +114,12 @@ impl Landing {
         tokio::fs::create_dir_all(&scratch)
             .await
             .map_err(|e| StepError::retryable("staging", format!("creating {}: {e}", scratch.display())))?;
-        let has_pg = step.sinks.iter().any(|s| matches!(s, SinkSpec::Postgres { .. }));
+        let staged = step.sinks.iter().any(SinkSpec::reads_staged);
         Ok(Landing {
             step: Arc::new(step),
             sinks,
             quarantine: task.folder(data_dir, weir_worker::QUARANTINE),
-            staging: has_pg.then(|| scratch.join("staged")),
+            staging: staged.then(|| scratch.join("staged")),
             scratch,
             fence: WriteFence { task: task.task_id.to_string(), fence: task.fence },
             task: task.clone(),
@@ -144,6 +145,7 @@ impl Landing {
 
     /// Lands `records` (NDJSON) as the input `identity`.
     pub async fn land(&self, identity: &str, mut records: Vec<u8>) -> Result<FileReport, StepError> {
+        let started = std::time::Instant::now();
         let key = weir_data::sink::input_key(identity);
         let path = match &self.header {
             Some(h) => {
@@ -172,6 +174,7 @@ impl Landing {
             .await
             .map_err(|e| StepError::retryable("crashed", e.to_string()))?
             .map_err(|e| step_error(&e))?;
+        let converted = started.elapsed();
         let origin = Origin {
             job_id: self.task.job_id.to_string(),
             task_id: self.task.task_id.to_string(),
@@ -180,6 +183,8 @@ impl Landing {
             time_ms: weir_runtime::now_ms(),
         };
         self.sinks.land(&mut report, &self.fence, &origin).await.map_err(|e| step_error(&e))?;
+        tracing::debug!(input = %identity, rows = report.rows_written, converted_ms = converted.as_secs_f64() * 1e3,
+            landed_ms = started.elapsed().as_secs_f64() * 1e3, "flush landed");
         let _ = tokio::fs::remove_file(&path).await;
         if let Some(o) = &report.output {
             let _ = tokio::fs::remove_file(o).await;

@@ -317,8 +317,11 @@ impl Stream<'_> {
                     || done(self.buffers.len(), &at_end, &past, last_record)))
                 || (due && !self.seen.is_empty())
             {
+                // The interval is a cadence from each flush's start, so a record waits at
+                // most one interval and one landing, not an interval after the landing.
+                let started = Instant::now();
                 self.flush().await?;
-                flushed_at = Instant::now();
+                flushed_at = started;
             } else if due {
                 flushed_at = Instant::now();
             }

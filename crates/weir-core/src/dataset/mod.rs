@@ -245,6 +245,51 @@ pub enum SinkSpec {
         #[serde(default)]
         schema_contract: SchemaContract,
     },
+    /// A Kafka topic (a stream step's only sink): each record one JSON message, each
+    /// flush wholly in one partition chosen by its source lane, with headers naming the
+    /// flush and the record's place in it, so a restart reads from the topic where the
+    /// stream stands and completes a flush a crash cut short instead of writing it again.
+    Kafka {
+        /// `host:port[,host:port…]`.
+        brokers: String,
+        /// The topic; it must exist (Weir does not create topics).
+        topic: String,
+        /// The column whose value is each message's key (default: no key).
+        #[serde(default)]
+        key: Option<String>,
+        /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+        #[serde(default)]
+        protocol: crate::stream::KafkaProtocol,
+        /// SASL: `plain`, `scram-sha-256` or `scram-sha-512`.
+        #[serde(default)]
+        sasl_mechanism: Option<String>,
+        /// SASL `<PREFIX>_USERNAME`/`_PASSWORD`, by reference.
+        #[serde(default)]
+        credentials: Option<crate::files::CredentialsRef>,
+        /// How many of each partition's last messages a new owner reads to find where
+        /// the stream stands (default [`DEFAULT_KAFKA_RESUME_SCAN`]).
+        #[serde(default)]
+        resume_scan: Option<u64>,
+    },
+}
+
+impl SinkSpec {
+    /// Whether the sink lands from the pipeline's staged output (a PostgreSQL table's
+    /// COPY, a Kafka topic's messages) rather than Parquet files of its own.
+    pub fn reads_staged(&self) -> bool {
+        matches!(self, SinkSpec::Postgres { .. } | SinkSpec::Kafka { .. })
+    }
+}
+
+/// Default most messages of each partition a Kafka topic sink's new owner reads back.
+pub const DEFAULT_KAFKA_RESUME_SCAN: u64 = 100_000;
+
+/// Whether `name` is a Kafka topic name: 1 to 249 of letters, digits, `.`, `_` and `-`.
+pub fn is_topic_name(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Parquet modular encryption of a dataset's files: every column and the footer under
@@ -390,6 +435,34 @@ impl DataStep {
                             return bad(format!("parquet sink zstd_level must be 1..=22, got {l}"));
                         }
                     }
+                }
+                SinkSpec::Kafka { brokers, topic, key, protocol, sasl_mechanism, credentials, resume_scan } => {
+                    if kind != "stream" {
+                        return bad(format!(
+                            "kafka sink {topic:?}: a kafka topic is a stream step's sink; a batch step lands in Parquet datasets and PostgreSQL tables"
+                        ));
+                    }
+                    if brokers.trim().is_empty() || brokers.contains('\0') {
+                        return bad("kafka sink brokers must not be empty".into());
+                    }
+                    if !is_topic_name(topic) {
+                        return bad(format!(
+                            "kafka sink topic {topic:?} is not a topic name (1 to 249 of letters, digits, '.', '_', '-')"
+                        ));
+                    }
+                    if let Some(k) = key.as_ref().filter(|k| k.is_empty() || k.contains('\0')) {
+                        return bad(format!("kafka sink key {k:?} is not a column name"));
+                    }
+                    if *resume_scan == Some(0) {
+                        return bad("kafka sink resume_scan must be at least 1".into());
+                    }
+                    crate::stream::check_kafka_access(
+                        "kafka sink",
+                        *protocol,
+                        sasl_mechanism.as_deref(),
+                        credentials.as_ref(),
+                    )
+                    .map_err(|e| format!("{kind} config: {e}"))?;
                 }
                 SinkSpec::Postgres { url_env, table, key, .. } => {
                     if !crate::validate::is_env_name(url_env) {

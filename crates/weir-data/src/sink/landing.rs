@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 use weir_core::dataset::schema::{History, Origin};
 use weir_core::dataset::{DataStep, SinkSpec};
 
+use super::kafka::KafkaTopic;
 use super::local::{LocalCommit, LocalDataset};
 use super::object::{self, ObjectCommit, ObjectDataset, Staged};
 use super::postgres::{self, sink_err, Load, PgTable};
@@ -74,6 +75,7 @@ enum Sink {
     Local(LocalDataset),
     Object(ObjectDataset),
     Postgres { table: PgTable, url_env: String, pool: PgPool },
+    Kafka(std::sync::Arc<KafkaTopic>),
 }
 
 /// A step's sinks, opened.
@@ -110,6 +112,7 @@ impl Sinks {
                     url_env: url_env.clone(),
                     pool: pools.get(url_env).await?,
                 },
+                SinkSpec::Kafka { .. } => Sink::Kafka(std::sync::Arc::new(KafkaTopic::open(s).await?)),
             });
         }
         Ok(Sinks { sinks })
@@ -146,6 +149,8 @@ impl Sinks {
                     let mut conn = pool.acquire().await.map_err(sink_err)?;
                     SinkState { name: table.name(), current: postgres::table_schema(&mut conn, &table.table).await? }
                 }
+                // A topic holds no schema.
+                Sink::Kafka(t) => SinkState { name: t.name(), current: None },
             });
         }
         Ok(out)
@@ -201,6 +206,13 @@ impl Sinks {
                         false => postgres::input_keys(&mut conn, &table.table).await?,
                     })
                 }
+                Sink::Kafka(t) => {
+                    let whole = t.input_identities().await?;
+                    Some(match identities {
+                        true => whole,
+                        false => whole.iter().map(|i| super::input_key(i)).collect(),
+                    })
+                }
             });
         }
         Ok(out)
@@ -221,6 +233,7 @@ impl Sinks {
                     postgres::bookkeeping(&mut conn).await?;
                     postgres::claim(&mut conn, &table.table, fence).await?;
                 }
+                Sink::Kafka(t) => t.claim().await?,
             }
         }
         Ok(())
@@ -245,6 +258,8 @@ impl Sinks {
                     );
                     (SinkId { dataset, kind: "postgres" }, postgres::history(&mut conn, &table.table).await?)
                 }
+                // A topic keeps no schema history.
+                Sink::Kafka(t) => (SinkId { dataset: t.uri(), kind: "kafka" }, History::default()),
             });
         }
         Ok(out)
@@ -276,6 +291,7 @@ impl Sinks {
         let mut local = Vec::new();
         let mut objects = Vec::new();
         let mut tables = Vec::new();
+        let mut topics = Vec::new();
         for p in pending {
             match (self.sinks.get(p.index), p.write) {
                 (Some(Sink::Local(d)), Some(w)) => local.push((p.index, d.clone(), w, p.plan)),
@@ -283,6 +299,7 @@ impl Sinks {
                 (Some(Sink::Postgres { table, url_env, pool }), None) => {
                     tables.push((p.index, table.clone(), url_env.clone(), pool.clone(), p.plan))
                 }
+                (Some(Sink::Kafka(t)), None) => topics.push(t.clone()),
                 (_, w) => {
                     landing.scratch.extend(w.map(|w| w.scratch));
                     return Err(DataError::Sink(format!("sink {} has no prepared write of the right kind", p.index)));
@@ -391,6 +408,11 @@ impl Sinks {
             }
             // Once a database has the input, the Parquet sinks keep it too.
             landing.keep_parquet = true;
+        }
+        // Last, what cannot be taken back: messages (a stream's only sink, so alone).
+        for t in topics {
+            let rows = t.land(report.output.as_deref().map(Path::new), &report.input, fence).await?;
+            report.topics.insert(t.name(), rows);
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! - [`object`]: the same datasets on an object store (S3, Azure Blob, GCS), written
 //!   locally and committed with conditional writes of the input's manifest.
 //! - [`postgres`]: a PostgreSQL table loaded with COPY from a staged Parquet file.
+//! - [`kafka`]: a Kafka topic (a stream's only sink), each record a JSON message, the
+//!   topic read back for where the stream stands.
 //! - [`history`]: a Parquet dataset's schema history and `_common_metadata`.
 //! - [`landing`]: one input into all of a step's sinks or none.
 //! - [`encryption`]: Parquet modular encryption of a sink's files, keys by reference.
@@ -16,6 +18,7 @@
 
 pub mod encryption;
 pub mod history;
+pub mod kafka;
 pub mod landing;
 pub mod local;
 pub mod object;

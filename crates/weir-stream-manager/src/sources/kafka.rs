@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use weir_bus::KafkaConfig;
-use weir_core::stream::{Bound, KafkaProtocol, SourceSpec, StreamStep};
+use weir_core::stream::{Bound, SourceSpec, StreamStep};
 use weir_worker::{StepError, TaskContext};
 
 use crate::budget::Budget;
@@ -143,24 +143,15 @@ pub fn client_settings(step: &StreamStep) -> Result<KafkaConfig, StepError> {
     let SourceSpec::Kafka { brokers, protocol, sasl_mechanism, credentials, .. } = &step.source else {
         return Err(StepError::permanent("bad_config", "not a kafka source"));
     };
-    let mut cfg = KafkaConfig::plaintext(brokers);
+    let mut cfg = weir_data::sink::kafka::client_settings(
+        brokers,
+        *protocol,
+        sasl_mechanism.as_deref(),
+        credentials.as_ref(),
+        "source",
+    )
+    .map_err(|e| crate::land::step_error(&e))?;
     cfg.client_id = "weir-stream-manager".into();
-    cfg.security_protocol = match protocol {
-        KafkaProtocol::Plaintext => "plaintext",
-        KafkaProtocol::Ssl => "ssl",
-        KafkaProtocol::SaslPlaintext => "sasl_plaintext",
-        KafkaProtocol::SaslSsl => "sasl_ssl",
-    }
-    .into();
-    if matches!(protocol, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl) {
-        let c = credentials
-            .as_ref()
-            .ok_or_else(|| StepError::permanent("bad_config", "source.credentials: SASL needs them"))?;
-        let mut s = crate::source::secrets(c, &["username", "password"], &[])?;
-        cfg.sasl_mechanism = Some(sasl_mechanism.as_deref().unwrap_or("plain").to_ascii_uppercase());
-        cfg.sasl_username = s.remove("username");
-        cfg.sasl_password = s.remove("password");
-    }
     Ok(cfg)
 }
 
