@@ -91,7 +91,13 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
 
 pub(crate) fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
     let mut c = Command::new(bin(name)?);
-    c.args(args).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::null()).env("RUST_LOG", "warn");
+    c.args(args).kill_on_drop(true);
+    // WEIR_BENCH_SHOW_LOGS=1: the processes' logs on stderr, at RUST_LOG's level.
+    if std::env::var_os("WEIR_BENCH_SHOW_LOGS").is_some() {
+        c.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    } else {
+        c.stdout(Stdio::null()).stderr(Stdio::null()).env("RUST_LOG", "warn");
+    }
     for (k, v) in env {
         c.env(k, v);
     }

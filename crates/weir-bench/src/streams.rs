@@ -10,7 +10,8 @@
 //!    transaction).
 //!    Then Kafka → a Kafka topic, read back: every record once.
 //! 3. Latency: records produced at `--latency-rate`/s for `--latency-seconds` into a
-//!    continuous stream flushing every 50 ms into PostgreSQL; for each record, the time
+//!    continuous stream flushing every `--latency-flush-ms` (20) into PostgreSQL, and a
+//!    plain consumer of the same topic (the broker's own share); for each record, the time
 //!    from its production to this process seeing it in the table (p50/p99).
 //! 4. A stalled sink: the table locked while the topic is consumed, under the default
 //!    budget (1 GiB) and under `--stall-budget` MiB (smaller than the backlog); the
@@ -38,6 +39,9 @@ pub struct StreamArgs {
     latency_rate: u64,
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
+    /// The latency run's flush interval, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    latency_flush_ms: u64,
     /// The manager's budget while its sink is stalled, in MiB.
     #[arg(long, default_value_t = 64)]
     stall_budget: u64,
@@ -258,14 +262,28 @@ async fn latency(
     let manager = Manager::start(m, work, &[])?;
     let mut jobs = m.jobs.clone();
     let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["ticks"]},
-                        "flush": {"interval": "50ms"},
+                        "flush": {"interval": format!("{}ms", args.latency_flush_ms)},
                         "schema": [{"name": "id", "type": "int64"}, {"name": "produced_at", "type": "int64"}, {"name": "note", "type": "string"}],
                         "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "ticks", "create": true}]});
     let spec = json!({"name": "bench-latency", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
     let id = submit(&mut jobs, spec).await?;
+    let total = args.latency_rate * args.latency_seconds;
+    // The broker's own share: a plain consumer of the same topic (fetches held at most
+    // 5 ms), each record's time from production to its arrival.
+    let mut direct = KafkaConfig::plaintext(&broker.brokers);
+    direct.properties.push(("fetch.wait.max.ms".into(), "5".into()));
+    let mut sub = KafkaBus::new(direct)?.subscribe(&format!("bench-direct-{}", uuid_ish()), &["ticks"]).await?;
+    let direct = tokio::spawn(async move {
+        let mut lat: Vec<f64> = Vec::with_capacity(total as usize);
+        while (lat.len() as u64) < total {
+            let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(60), sub.next()).await else { break };
+            let at = serde_json::from_slice::<Value>(&d.message.payload).ok().and_then(|v| v["produced_at"].as_i64());
+            lat.push((now_ms() - at.unwrap_or_default()) as f64);
+        }
+        lat
+    });
     // Time for the manager to lease the stream and connect: startup is not latency.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let total = args.latency_rate * args.latency_seconds;
     let producer = {
         let (bus, rate) = (bus.clone(), args.latency_rate);
         tokio::spawn(async move {
@@ -313,10 +331,15 @@ async fn latency(
         bail!("{} of {total} records became visible", lat.len());
     }
     lat.sort_by(f64::total_cmp);
+    let mut broker_lat = direct.await?;
+    broker_lat.sort_by(f64::total_cmp);
     println!("stream_latency_rate={} records/s", args.latency_rate);
-    println!("stream_latency_flush_interval=50 ms");
+    println!("stream_latency_flush_interval={} ms", args.latency_flush_ms);
     println!("stream_latency_p50={:.0} ms", percentile(&lat, 0.5));
     println!("stream_latency_p99={:.0} ms", percentile(&lat, 0.99));
+    println!("stream_latency_broker_records={} records", broker_lat.len());
+    println!("stream_latency_broker_p50={:.0} ms", percentile(&broker_lat, 0.5));
+    println!("stream_latency_broker_p99={:.0} ms", percentile(&broker_lat, 0.99));
     Ok(())
 }
 

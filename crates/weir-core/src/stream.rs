@@ -1,4 +1,4 @@
-//! What a stream step's config says (issue #12, in progress): the source — Kafka,
+//! What a stream step's config says: the source — Kafka,
 //! RabbitMQ, NATS JetStream, Kinesis or Pub/Sub — how its messages read, where the
 //! records land, when buffered records are flushed, how long the stream runs and where
 //! an undecodable message goes. Pure data and its validation, so a bad description is

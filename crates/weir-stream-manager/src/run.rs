@@ -317,11 +317,13 @@ impl Stream<'_> {
                     || done(self.buffers.len(), &at_end, &past, last_record)))
                 || (due && !self.seen.is_empty())
             {
-                // The interval is a cadence from each flush's start, so a record waits at
-                // most one interval and one landing, not an interval after the landing.
+                // The interval counts from each flush's start, so a record waits about one
+                // interval and one landing, not an interval after the landing; but a
+                // landing slower than the interval leaves at least half an interval of
+                // reading before the next, or flushes would shrink to a record each.
                 let started = Instant::now();
                 self.flush().await?;
-                flushed_at = started;
+                flushed_at = Instant::now().checked_sub(interval / 2).map_or(started, |t| started.max(t));
             } else if due {
                 flushed_at = Instant::now();
             }

@@ -58,9 +58,10 @@ impl Kafka {
             // With a queue this small it fills often: fetch again soon after it drains
             // (librdkafka waits a whole second by default, which would set the pace).
             .set("fetch.queue.backoff.ms", "10")
-            // A fetch the broker holds back returns within half the flush interval, at
-            // most 100 ms, not librdkafka's 500 ms (tansu holds every fetch to the limit).
-            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 2).clamp(10, 100).to_string());
+            // A fetch the broker holds back returns within a tenth of the flush interval
+            // (5 to 100 ms), not librdkafka's 500 ms: tansu holds every fetch to the limit,
+            // so this wait is part of every record's latency.
+            .set("fetch.wait.max.ms", (step.flush.interval().as_millis() as u64 / 10).clamp(5, 100).to_string());
         let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(cfg.create().map_err(broker)?);
         let (c, names, pattern) = (consumer.clone(), topics.clone(), pattern.clone());
         let lanes = tokio::task::spawn_blocking(move || -> Result<Vec<Lane>, StepError> {
