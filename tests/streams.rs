@@ -54,6 +54,16 @@ fn lake_records(lake: &Path) -> Vec<Value> {
     out
 }
 
+/// A tansu broker with `topics` (name, partitions) made, and a bus client for it.
+async fn broker_with(topics: &[(&str, i32)]) -> (Tansu, std::sync::Arc<dyn weir_bus::Bus>) {
+    let broker = Tansu::start().await;
+    let bus = broker.bus();
+    let specs: Vec<TopicSpec> =
+        topics.iter().map(|(t, p)| TopicSpec { name: t.to_string(), partitions: *p, replication: 1 }).collect();
+    bus.ensure_topics(&specs).await.expect("topics");
+    (broker, bus)
+}
+
 async fn produce(bus: &std::sync::Arc<dyn weir_bus::Bus>, ids: std::ops::Range<i64>) {
     let batch: Vec<Message> = ids
         .map(|i| {
@@ -69,9 +79,7 @@ async fn produce(bus: &std::sync::Arc<dyn weir_bus::Bus>, ids: std::ops::Range<i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_records_land_once_and_a_rerun_or_a_restart_reads_nothing_twice() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 3, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("orders", 3)]).await;
     produce(&bus, 0..300).await;
     bus.publish(&[Message::new("orders", "k1", b"{not json".to_vec())]).await.expect("poison");
     let dir = tempfile::tempdir().expect("tmp");
@@ -149,9 +157,7 @@ async fn kafka_records_land_once_and_a_rerun_or_a_restart_reads_nothing_twice() 
 /// not have); aligned, every resume starts at a batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_manager_killed_mid_stream_is_taken_over_with_every_record_once() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 1, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("orders", 1)]).await;
     let n = 6_000;
     for chunk in (0..n).step_by(100) {
         produce(&bus, chunk..chunk + 100).await;
@@ -163,32 +169,32 @@ async fn a_stream_manager_killed_mid_stream_is_taken_over_with_every_record_once
 }
 
 /// Where a stream under test lands: a Parquet dataset in the test's folder, or a topic.
-enum Into<'a> {
+enum Target<'a> {
     Lake,
     Topic(&'a Tansu, &'a str),
 }
 
-impl Into<'_> {
+impl Target<'_> {
     fn sink(&self, lake: &Path) -> Value {
         match self {
-            Into::Lake => json!({"type": "parquet", "path": lake.display().to_string()}),
-            Into::Topic(b, t) => json!({"type": "kafka", "brokers": b.brokers, "topic": t, "key": "id"}),
+            Target::Lake => json!({"type": "parquet", "path": lake.display().to_string()}),
+            Target::Topic(b, t) => json!({"type": "kafka", "brokers": b.brokers, "topic": t, "key": "id"}),
         }
     }
 
     /// About how many flushes (of 100) landed so far.
     fn flushes(&self, lake: &Path) -> usize {
         match self {
-            Into::Lake => std::fs::read_dir(lake.join("_weir").join("inputs")).map(|d| d.count()).unwrap_or(0),
-            Into::Topic(b, t) => (b.topic_ends(t) / 100) as usize,
+            Target::Lake => std::fs::read_dir(lake.join("_weir").join("inputs")).map(|d| d.count()).unwrap_or(0),
+            Target::Topic(b, t) => (b.topic_ends(t) / 100) as usize,
         }
     }
 
     /// The ids landed, sorted.
     fn ids(&self, lake: &Path) -> Vec<i64> {
         match self {
-            Into::Lake => lake_ids(lake),
-            Into::Topic(b, t) => topic_ids(b, t),
+            Target::Lake => lake_ids(lake),
+            Target::Topic(b, t) => topic_ids(b, t),
         }
     }
 }
@@ -208,7 +214,7 @@ fn topic_ids(broker: &Tansu, topic: &str) -> Vec<i64> {
 /// SIGKILLs it once five flushes landed and starts another: the job succeeds on a later
 /// attempt with every one of the `n` records in the dataset once. The task's id.
 async fn killed_mid_stream(store: &StoreFixture, source: Value, env: &[(&str, &str)], n: i64) -> String {
-    killed_mid_stream_into(store, source, env, n, Into::Lake).await
+    killed_mid_stream_into(store, source, env, n, Target::Lake).await
 }
 
 /// [`killed_mid_stream`] into a dataset or a topic.
@@ -217,7 +223,7 @@ async fn killed_mid_stream_into(
     source: Value,
     env: &[(&str, &str)],
     n: i64,
-    into: Into<'_>,
+    into: Target<'_>,
 ) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let (url, _master) = spawn_master(&store.url);
@@ -507,9 +513,7 @@ async fn rabbitmq_records_land_once_and_resent_messages_are_dropped_by_id() {
 /// the budget, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_larger_than_the_budget_is_landed_under_the_budget() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("orders", 2)]).await;
     let n = 20_000;
     for chunk in (0..n).step_by(1000) {
         produce(&bus, chunk..chunk + 1000).await;
@@ -593,9 +597,7 @@ async fn a_running_stream_shows_its_lanes_and_lag_and_a_cancel_flushes_what_it_h
 /// holds, and no row is there twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_into_postgres_resumes_after_what_the_table_holds() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("orders", 2)]).await;
     produce(&bus, 0..200).await;
     let sink_db = weir_store::testing::TestSchema::create().await.expect("PostgreSQL on 127.0.0.1:5432");
     let url_env = credentials_env(&[("URL", &sink_db.url)]) + "_URL";
@@ -759,9 +761,7 @@ async fn streams_move_to_another_replica_when_one_leaves_with_every_message_once
 /// wrong number of fields goes to the dead-letter dataset and the stream goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_messages_land_typed_and_a_malformed_line_is_a_dead_letter() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "fills".into(), partitions: 1, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("fills", 1)]).await;
     let mut batch: Vec<Message> =
         (0..100).map(|i| Message::new("fills", "k", format!("{i},\"AAPL, Inc\",{}.5", i * 2).into_bytes())).collect();
     batch.insert(40, Message::new("fills", "k", b"40,AAPL,1.0,extra".to_vec()));
@@ -881,10 +881,7 @@ async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
 /// coordinates and the reason in `weir-dlq-*` headers; the stream goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_dead_letters_go_to_a_topic_with_their_coordinates() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    let topics = ["raw", "raw.dead"].map(|t| TopicSpec { name: t.into(), partitions: 1, replication: 1 });
-    bus.ensure_topics(&topics).await.expect("topics");
+    let (broker, bus) = broker_with(&[("raw", 1), ("raw.dead", 1)]).await;
     let mut batch: Vec<Message> =
         (0..20).map(|i| Message::new("raw", "k", json!({"id": i}).to_string().into_bytes())).collect();
     batch.insert(7, Message::new("raw", "k", b"[1, 2]".to_vec()));
@@ -1013,9 +1010,7 @@ async fn a_kinesis_stream_killed_mid_stream_is_taken_over_with_every_record_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_messages_land_as_typed_rows_and_a_bad_datum_is_a_dead_letter() {
     use apache_avro::types::{Record, Value as Avro};
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "payments".into(), partitions: 1, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("payments", 1)]).await;
     let rig = Rig::start(|_| {}).await;
     let schema_file = rig.lake("payment.avsc");
     let text = r#"{"type": "record", "name": "payment", "fields": [
@@ -1116,9 +1111,7 @@ async fn a_kafka_broker_restarted_mid_stream_loses_and_doubles_nothing() {
 /// user's reader (pyarrow) sees every record once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_into_an_s3_dataset_resumes_after_what_the_bucket_holds() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("orders", 2)]).await;
     produce(&bus, 0..200).await;
     let moto = Moto::start().await;
     moto.create_bucket("lake").await;
@@ -1154,9 +1147,7 @@ async fn kafka_into_an_s3_dataset_resumes_after_what_the_bucket_holds() {
 /// and every record is in the dataset once; a partition the topic does not have is named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_stream_split_by_partition_over_two_tasks_lands_every_record_once() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    bus.ensure_topics(&[TopicSpec { name: "orders".into(), partitions: 2, replication: 1 }]).await.expect("topic");
+    let (broker, bus) = broker_with(&[("orders", 2)]).await;
     produce(&bus, 0..400).await;
     let rig = Rig::start(|_| {}).await;
     let lake = rig.lake("lake");
@@ -1200,18 +1191,14 @@ async fn a_kafka_stream_split_by_partition_over_two_tasks_lands_every_record_onc
 /// takeover the topic holds every record once, read back from the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_into_a_kafka_topic_killed_mid_stream_holds_every_record_once() {
-    let broker = Tansu::start().await;
-    let bus = broker.bus();
-    let topics = [("orders", 1), ("orders.clean", 2)];
-    let topics = topics.map(|(t, p)| TopicSpec { name: t.into(), partitions: p, replication: 1 });
-    bus.ensure_topics(&topics).await.expect("topics");
+    let (broker, bus) = broker_with(&[("orders", 1), ("orders.clean", 2)]).await;
     let n = 6_000;
     for chunk in (0..n).step_by(100) {
         produce(&bus, chunk..chunk + 100).await;
     }
     let store = StoreFixture::new(Backend::Sqlite).await;
     let source = json!({"type": "kafka", "brokers": broker.brokers, "topics": ["orders"]});
-    killed_mid_stream_into(&store, source, &[], n, Into::Topic(&broker, "orders.clean")).await;
+    killed_mid_stream_into(&store, source, &[], n, Target::Topic(&broker, "orders.clean")).await;
     let msgs = broker.read_topic("orders.clean");
     let m = msgs.iter().find(|m| m.key.as_deref() == Some("42")).expect("record 42 keyed by its id");
     assert_eq!(serde_json::from_slice::<Value>(&m.payload).expect("JSON"), json!({"id": 42, "amount": 63.0}));
@@ -1245,12 +1232,7 @@ fn staged(dir: &Path, ids: std::ops::Range<i64>) -> std::path::PathBuf {
 async fn a_kafka_topic_sink_completes_a_flush_a_crash_cut_short_without_a_record_twice() {
     use weir_data::sink::kafka::{partition_of, KafkaTopic};
     use weir_data::sink::WriteFence;
-    let broker = Tansu::start().await;
-    broker
-        .bus()
-        .ensure_topics(&[TopicSpec { name: "clean".into(), partitions: 3, replication: 1 }])
-        .await
-        .expect("topic");
+    let (broker, _) = broker_with(&[("clean", 3)]).await;
     let dir = tempfile::tempdir().expect("tmp");
     let spec: weir_core::dataset::SinkSpec =
         serde_json::from_value(json!({"type": "kafka", "brokers": broker.brokers, "topic": "clean", "key": "id"}))

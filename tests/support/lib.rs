@@ -205,20 +205,27 @@ pub struct TopicMessage {
 }
 
 impl Tansu {
+    /// A consumer outside any group's commits, and how many partitions `topic` has.
+    fn reader(&self, topic: &str) -> (rdkafka::consumer::BaseConsumer, i32) {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", "weir-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("kafka consumer");
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let parts = md.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+        (consumer, parts)
+    }
+
     /// Every message `topic` holds now, partition by partition in order (read from each
     /// partition's start to its high watermark, outside any consumer group).
     pub fn read_topic(&self, topic: &str) -> Vec<TopicMessage> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::consumer::Consumer;
         use rdkafka::message::{Headers, Message};
         tokio::task::block_in_place(|| {
-            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &self.brokers)
-                .set("group.id", "weir-test-reader")
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("kafka consumer");
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-            let parts = md.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+            let (consumer, parts) = self.reader(topic);
             let mut tpl = rdkafka::TopicPartitionList::new();
             let mut ends = std::collections::BTreeMap::new();
             for p in 0..parts {
@@ -266,18 +273,13 @@ impl Tansu {
             out
         })
     }
-}
 
-impl Tansu {
     /// The sum of `topic`'s partitions' high watermarks now: how far it has grown (cheap;
     /// tansu's may be short of a partition's last batch).
     pub fn topic_ends(&self, topic: &str) -> i64 {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::consumer::Consumer;
         tokio::task::block_in_place(|| {
-            let consumer: BaseConsumer =
-                rdkafka::ClientConfig::new().set("bootstrap.servers", &self.brokers).create().expect("kafka client");
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-            let parts = md.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+            let (consumer, parts) = self.reader(topic);
             (0..parts)
                 .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|(_, h)| h).unwrap_or(0))
                 .sum()

@@ -114,7 +114,7 @@ pub fn partition_of(lane: &str, partitions: i32) -> i32 {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Ledger {
     /// Inputs whose last row is in the topic.
-    pub whole: Vec<String>,
+    pub whole: HashSet<String>,
     /// Per lane, the input a crash cut short: its first position and how many of its
     /// first rows are in the topic.
     pub cut: HashMap<String, Cut>,
@@ -150,12 +150,11 @@ fn read_headers(m: &impl Message) -> Option<(String, u64, u64)> {
 impl Ledger {
     /// Folds messages read back, in each partition's order.
     fn fold(messages: impl IntoIterator<Item = (String, u64, u64)>) -> Ledger {
-        let mut whole = Vec::new();
-        let mut seen_whole = HashSet::new();
+        let mut whole = HashSet::new();
         let mut last: HashMap<String, (String, u64, u64)> = HashMap::new();
         for (input, row, rows) in messages {
-            if row + 1 == rows && seen_whole.insert(input.clone()) {
-                whole.push(input.clone());
+            if row + 1 == rows {
+                whole.insert(input.clone());
             }
             last.insert(lane_of(&input).0.to_string(), (input, row, rows));
         }
@@ -257,7 +256,7 @@ impl KafkaTopic {
         let mut st = self.state();
         st.read = true;
         st.skip = ledger.cut;
-        st.whole = ledger.whole.into_iter().collect();
+        st.whole = ledger.whole;
         Ok(())
     }
 
@@ -341,17 +340,12 @@ impl KafkaTopic {
                 return Ok(total);
             }
             match st.skip.remove(lane) {
-                // The cut input's first rows: the replay starts where it started.
-                Some(c) if c.identity == identity || (c.first.is_some() && c.first.as_deref() == first) => {
+                // The cut input's first rows — the replay starts where it started — or
+                // what is left of them after the lane's earlier inputs took their share
+                // (`first: None`), which the lane's next input takes on.
+                Some(c) if c.identity == identity || c.first.is_none() || c.first.as_deref() == first => {
                     if c.present > total {
                         st.skip.insert(lane.to_string(), Cut { present: c.present - total, first: None, ..c });
-                    }
-                    c.present.min(total)
-                }
-                // What is left of it after earlier inputs of this lane took their share.
-                Some(c) if c.first.is_none() => {
-                    if c.present > total {
-                        st.skip.insert(lane.to_string(), Cut { present: c.present - total, ..c });
                     }
                     c.present.min(total)
                 }
@@ -505,7 +499,7 @@ mod tests {
             m("kafka://o/p0_3-9", 0, 5),
             m("kafka://o/p0_3-9", 1, 5),
         ]);
-        assert_eq!(l.whole, vec!["kafka://o/p0_0-2".to_string(), "kafka://o/p1_0-1".to_string()]);
+        assert_eq!(l.whole, HashSet::from(["kafka://o/p0_0-2".to_string(), "kafka://o/p1_0-1".to_string()]));
         assert_eq!(
             l.cut.get("kafka://o/p0"),
             Some(&Cut { identity: "kafka://o/p0_3-9".into(), first: Some("3".into()), present: 2 })

@@ -66,6 +66,18 @@ impl WriteFence {
         weir_storage::hex(&Sha256::digest(format!("{}:{}", self.task, self.fence).as_bytes())[..5])
     }
 
+    /// Refuses this write if its task claimed `target` with a newer lease (`claimed`): a
+    /// stream's new owner claims its sinks, and its former leases write there no more.
+    pub fn within_claim(&self, target: &str, claimed: u64) -> Result<(), crate::DataError> {
+        if claimed > self.fence {
+            return Err(crate::DataError::StaleFence(format!(
+                "{target}: task {} claimed it with lease {claimed}; this attempt holds lease {}",
+                self.task, self.fence
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether a write by `self` may replace one committed by `prev`: another task may
     /// (a later run of the same input), the same task only with the same or a newer lease.
     pub fn may_replace(&self, prev: &WriteFence) -> Result<(), String> {

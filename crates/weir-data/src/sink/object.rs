@@ -215,13 +215,10 @@ impl ObjectDataset {
     /// older one.
     async fn check_fence(&self, f: &WriteFence) -> Result<Option<(u64, String)>, DataError> {
         let now = read::<TaskFence>(&self.loc, &self.fence_path(&f.task), "task fence").await?;
-        match now {
-            Some((t, _)) if f.fence < t.fence => Err(DataError::StaleFence(format!(
-                "{}: task {} claimed it with lease {}; this attempt holds lease {}",
-                self.name, f.task, t.fence, f.fence
-            ))),
-            other => Ok(other.map(|(t, etag)| (t.fence, etag))),
+        if let Some((t, _)) = &now {
+            f.within_claim(&self.name, t.fence)?;
         }
+        Ok(now.map(|(t, etag)| (t.fence, etag)))
     }
 
     /// A task's new lease claims the dataset before it reads where a stream stands, as a

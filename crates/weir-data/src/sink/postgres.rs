@@ -151,13 +151,7 @@ pub async fn claim(conn: &mut PgConnection, table: &str, fence: &WriteFence) -> 
     .fetch_one(&mut *conn)
     .await
     .map_err(sink_err)?;
-    if newest as u64 > fence.fence {
-        return Err(DataError::StaleFence(format!(
-            "table {table}: task {} claimed it with lease {newest}; this attempt holds lease {}",
-            fence.task, fence.fence
-        )));
-    }
-    Ok(())
+    fence.within_claim(&format!("table {table}"), newest as u64)
 }
 
 /// The input keys loaded into `table` (none before the first load).
@@ -435,13 +429,8 @@ pub async fn prepare(tx: &mut PgConnection, load: &Load<'_>) -> Result<Loaded, D
             .fetch_optional(&mut *tx)
             .await
             .map_err(sink_err)?;
-    if let Some(n) = claimed.filter(|n| *n as u64 > load.fence.fence) {
-        return Err(DataError::StaleFence(format!(
-            "{}: task {} claimed it with lease {n}; this attempt holds lease {}",
-            target.name(),
-            load.fence.task,
-            load.fence.fence
-        )));
+    if let Some(n) = claimed {
+        load.fence.within_claim(&target.name(), n as u64)?;
     }
     let cols: Vec<&Column> = load.plan.schema.columns.iter().filter(|c| load.columns.contains(&c.name)).collect();
     let copy_schema = arrow_schema(&Schema { columns: cols.iter().map(|c| (*c).clone()).collect(), partition: None });
