@@ -5,7 +5,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test lint bench bench-data bench-api bench-streams fmt build
+.PHONY: run test lint bench bench-data bench-api bench-streams fmt build fuzz
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
@@ -29,6 +29,26 @@ test:
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## Fuzz the job-spec parser and the file readers with cargo-fuzz (libFuzzer), each for
+## FUZZ_SECONDS; a crash's input is kept in fuzz/regressions/<target>/, which `make test`
+## replays (tests/fuzz.rs). Not part of `make test`: the sanitizer build is a build of its own.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= job_spec readers
+fuzz:
+	./scripts/ensure-build-deps.sh
+	./scripts/ensure-cargo-fuzz.sh
+	@set -e; export PATH="$(HOME)/.cache/weir/tools/bin:$$PATH" CARGO_TARGET_DIR="$(HOME)/.cache/weir/fuzz-target"; \
+	if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=+nightly; else tc=; export RUSTC_BOOTSTRAP=1; fi; \
+	cd fuzz; for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t regressions/$$t artifacts/$$t; \
+		work=$$(mktemp -d); cp corpus/$$t/* $$work/ 2>/dev/null || true; \
+		if cargo $$tc fuzz run $$t $$work -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+			-artifact_prefix=artifacts/$$t/; then echo "fuzz $$t: no crash in $(FUZZ_SECONDS) s"; \
+		else cp artifacts/$$t/* regressions/$$t/ 2>/dev/null || true; \
+			echo "fuzz $$t: a crash, kept in fuzz/regressions/$$t (replayed by make test)"; exit 1; fi; \
+		rm -rf $$work; \
+	done
 
 ## Formatting and lints, as required for every change.
 lint:

@@ -33,12 +33,11 @@ async fn a_csv_job_converts_checks_and_stores_with_every_row_accounted_for() {
     let cancel = CancellationToken::new();
     let settings = BatchSettings { data_dir: dir.path().join("data"), ..BatchSettings::default() };
     let args = weir_worker::manager::ManagerArgs {
-        master_url: master.url.clone(),
-        listen: String::new(),
         concurrency: Some(4),
         poll_wait: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         worker_id: Some("batch-test".into()),
+        ..weir_worker::manager::ManagerArgs::local(&master.url)
     };
     let manager =
         tokio::spawn(weir_worker::manager::run(weir_batch_manager::spec_with(settings), args, cancel.clone()));

@@ -371,6 +371,8 @@ async fn worker_status_is_published(rig: Rig) {
         concurrency: 1,
         poll_wait: Duration::from_millis(500),
         drain_timeout: Duration::from_secs(1),
+        security: Default::default(),
+        sandbox: Arc::new(weir_core::sandbox::Policy::allow_all()),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = weir_worker::Worker::new(cfg, vec![Arc::new(weir_worker::generic::Generic)]).expect("worker");

@@ -52,6 +52,8 @@ fn start_worker(
         concurrency: 1,
         poll_wait: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(1),
+        security: Default::default(),
+        sandbox: Arc::new(weir_core::sandbox::Policy::allow_all()),
     };
     let cancel = CancellationToken::new();
     let worker = Worker::new(cfg, handlers).expect("worker");

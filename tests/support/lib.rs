@@ -70,16 +70,27 @@ impl InProcMaster {
         bus: Option<std::sync::Arc<dyn weir_bus::Bus>>,
         events: weir_master::config::EventsConfig,
     ) -> InProcMaster {
+        let m = Self::start_configured(store_url, bus, |c| c.events = events).await;
+        m.wait_ready().await;
+        m
+    }
+
+    /// A master with its settings changed by `configure` (security, sandbox); the caller
+    /// waits for it to lead (its probe may need a token).
+    pub async fn start_configured(
+        store_url: &str,
+        bus: Option<std::sync::Arc<dyn weir_bus::Bus>>,
+        configure: impl FnOnce(&mut weir_master::MasterConfig),
+    ) -> InProcMaster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = weir_master::MasterConfig::new(&addr.to_string(), store_url);
         config.heartbeat_interval = Duration::from_millis(200);
-        config.events = events;
+        configure(&mut config);
+        let scheme = if config.tls.tls_cert.is_some() { "https" } else { "http" };
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(weir_master::serve_with_bus(config, listener, bus, cancel.clone()));
-        let m = InProcMaster { url: format!("http://{addr}"), cancel, handle };
-        m.wait_ready().await;
-        m
+        InProcMaster { url: format!("{scheme}://{addr}"), cancel, handle }
     }
 
     async fn wait_ready(&self) {
@@ -320,6 +331,9 @@ impl Proc {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         cmd.env("RUST_LOG", "info");
+        // As `weir dev` allows: the temporary directory (every test's files) and this one.
+        let local = weir_runtime::security::SandboxArgs::local().allowed_paths.join(",");
+        cmd.env("WEIR_ALLOWED_PATHS", local);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -476,12 +490,11 @@ impl InProcManagers {
             .map(|spec| {
                 let spec = spec().expect("manager settings");
                 let args = weir_worker::manager::ManagerArgs {
-                    master_url: master_url.to_string(),
-                    listen: String::new(),
                     concurrency: Some(8),
                     poll_wait: Duration::from_secs(5),
                     drain_timeout: Duration::from_secs(1),
                     worker_id: Some(format!("{}-inproc", spec.name)),
+                    ..weir_worker::manager::ManagerArgs::local(master_url)
                 };
                 let c = cancel.clone();
                 tokio::spawn(async move {
@@ -633,12 +646,12 @@ pub fn run_manager(
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let cancel = CancellationToken::new();
     let args = weir_worker::manager::ManagerArgs {
-        master_url: master_url.to_string(),
         listen: listen.to_string(),
         concurrency: Some(8),
         poll_wait: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         worker_id: Some(worker_id.to_string()),
+        ..weir_worker::manager::ManagerArgs::local(master_url)
     };
     let c = cancel.clone();
     let h = tokio::spawn(async move {
@@ -974,6 +987,12 @@ pub struct Pki {
     pub ca_sha256: String,
     pub keystore: PathBuf,
     pub password: String,
+    /// The server's certificate chain and key as PEM (what Weir's services read).
+    pub server_pem: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate the CA signed (CN `weir-client`, clientAuth) and its key.
+    pub client_pem: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Pki {
@@ -983,7 +1002,7 @@ impl Pki {
         use openssl::hash::MessageDigest;
         use openssl::pkey::PKey;
         use openssl::rsa::Rsa;
-        use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
+        use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName};
         use openssl::x509::{X509NameBuilder, X509};
         let key = || PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("key");
         let name = |cn: &str| {
@@ -1037,7 +1056,29 @@ impl Pki {
         std::fs::write(&ca_pem, ca.to_pem().expect("pem")).expect("ca");
         let fp = ca.digest(MessageDigest::sha256()).expect("digest");
         let ca_sha256 = format!("sha256:{}", fp.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        Pki { ca_pem, ca_sha256, keystore, password }
+        let client_key = key();
+        let mut client = cert(3);
+        client.set_subject_name(&name("weir-client")).expect("subject");
+        client.set_issuer_name(ca.subject_name()).expect("issuer");
+        client.set_pubkey(&client_key).expect("pubkey");
+        client.append_extension(ExtendedKeyUsage::new().client_auth().build().expect("eku")).expect("ext");
+        client.sign(&ca_key, MessageDigest::sha256()).expect("sign");
+        let client = client.build();
+        let pem = |file: &str, bytes: Vec<u8>| {
+            let p = dir.join(file);
+            std::fs::write(&p, bytes).expect("pem");
+            p
+        };
+        Pki {
+            ca_pem,
+            ca_sha256,
+            keystore,
+            password,
+            server_pem: pem("server.pem", [server.to_pem().expect("pem"), ca.to_pem().expect("pem")].concat()),
+            server_key: pem("server.key", server_key.private_key_to_pem_pkcs8().expect("pem")),
+            client_pem: pem("client.pem", client.to_pem().expect("pem")),
+            client_key: pem("client.key", client_key.private_key_to_pem_pkcs8().expect("pem")),
+        }
     }
 
     pub fn keystore(&self) -> Keystore<'_> {

@@ -170,7 +170,7 @@ async fn weir(nginx: &Nginx, work: &Path) -> anyhow::Result<Run> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let lake = work.join("weir-lake");
-    let channel = tonic::transport::Endpoint::from_shared(master.url.clone())?.connect_lazy();
+    let channel = weir_runtime::grpc::channel(&master.url, &weir_runtime::security::ClientSecurity::none())?;
     let mut jobs = JobServiceClient::new(channel);
     let t0 = Instant::now();
     let id = super::submit(
@@ -236,7 +236,7 @@ async fn accuracy(args: &ApiArgs, nginx: &Nginx, work: &Path) -> anyhow::Result<
     ];
     let replicas: Vec<Child> =
         (0..3).map(|_| super::spawn("weir-api-manager", &[], &env)).collect::<anyhow::Result<_>>()?;
-    let channel = tonic::transport::Endpoint::from_shared(master.url.clone())?.connect_lazy();
+    let channel = weir_runtime::grpc::channel(&master.url, &weir_runtime::security::ClientSecurity::none())?;
     let mut jobs = JobServiceClient::new(channel);
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
     let mut ids = vec![];

@@ -293,7 +293,7 @@ async fn small_files(n: usize) -> anyhow::Result<()> {
         .map(|q| super::spawn(&format!("weir-{q}-manager"), &[], &env))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let lake = work.join("lake");
-    let channel = tonic::transport::Endpoint::from_shared(master.url.clone())?.connect_lazy();
+    let channel = weir_runtime::grpc::channel(&master.url, &weir_runtime::security::ClientSecurity::none())?;
     let mut jobs = JobServiceClient::new(channel);
     let t0 = Instant::now();
     let id = super::submit(

@@ -20,6 +20,7 @@
 
 mod api;
 mod data;
+mod secure;
 mod streams;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +31,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 use weir_bus::{Bus, KafkaBus, KafkaConfig};
 use weir_core::events::{topic, CloudEvent};
 use weir_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+use weir_runtime::grpc::AuthedChannel as Channel;
+use weir_runtime::security::ClientSecurity;
 
 #[derive(Debug, Parser)]
 #[command(name = "weir-bench", about = "Weir engine benchmark (prints name=value unit lines)")]
@@ -98,6 +100,10 @@ pub(crate) fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::
     } else {
         c.stdout(Stdio::null()).stderr(Stdio::null()).env("RUST_LOG", "warn");
     }
+    // The benchmark's files: the temporary and working directories, and its own cache.
+    let mut roots = weir_runtime::security::SandboxArgs::local().allowed_paths;
+    roots.push(format!("{}/.cache/weir/bench", std::env::var("HOME").unwrap_or_default()));
+    c.env("WEIR_ALLOWED_PATHS", roots.join(","));
     for (k, v) in env {
         c.env(k, v);
     }
@@ -225,6 +231,13 @@ async fn main() -> anyhow::Result<()> {
     let off = engine(&m, &args, "").await?;
     m.stop().await?;
 
+    // Security on: JWT on every call, mTLS between every process and the master.
+    let secure = std::sync::Arc::new(secure::Secure::new()?);
+    let m = Master::start_with(None, Some(secure)).await?;
+    let on = engine(&m, &args, "secure_").await?;
+    println!("throughput_change_with_security={:+.1} %", (on - off) / off * 100.0);
+    m.stop().await?;
+
     // Events on: the same run with every event going through the outbox and the relay into
     // a real Kafka-protocol broker, then commit-to-publish latency at a steady rate.
     let broker = Broker::start()?;
@@ -253,24 +266,39 @@ pub(crate) struct Master {
     jobs: JobServiceClient<Channel>,
     workers: WorkerServiceClient<Channel>,
     pool: sqlx::PgPool,
+    secure: Option<std::sync::Arc<secure::Secure>>,
 }
 
 impl Master {
     pub(crate) async fn start(kafka: Option<&str>) -> anyhow::Result<Master> {
+        Master::start_with(kafka, None).await
+    }
+
+    /// A master with tokens and mTLS when `secure` is given.
+    async fn start_with(kafka: Option<&str>, secure: Option<std::sync::Arc<secure::Secure>>) -> anyhow::Result<Master> {
         let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut env = vec![("WEIR_STORE_URL", schema.url.as_str())];
+        let scheme = if secure.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let mut env: Vec<(&str, String)> = vec![("WEIR_STORE_URL", schema.url.clone())];
         if let Some(k) = kafka {
-            env.push(("WEIR_KAFKA_BROKERS", k));
+            env.push(("WEIR_KAFKA_BROKERS", k.to_string()));
         }
+        let client = match &secure {
+            Some(s) => {
+                env.extend(s.master_env());
+                s.client()?
+            }
+            None => ClientSecurity::none(),
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let child = spawn("weir-master", &["--listen", &format!("127.0.0.1:{port}")], &env)?;
         let pid = child.id().context("master pid")?;
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect_lazy();
+        let channel = weir_runtime::grpc::channel(&url, &client)?;
         let mut workers = WorkerServiceClient::new(channel.clone());
         wait_ready(&mut workers).await?;
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&schema.url).await?;
-        Ok(Master { child, pid, url, schema, jobs: JobServiceClient::new(channel), workers, pool })
+        Ok(Master { child, pid, url, schema, jobs: JobServiceClient::new(channel), workers, pool, secure })
     }
 
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
@@ -282,11 +310,15 @@ impl Master {
 
     fn managers(&self, concurrency: u32) -> anyhow::Result<Vec<Child>> {
         let conc = concurrency.to_string();
-        let env = [
-            ("WEIR_MASTER_URL", self.url.as_str()),
-            ("WEIR_WORKER_CONCURRENCY", conc.as_str()),
-            ("WEIR_POLL_WAIT", "1s"),
+        let mut env: Vec<(&str, String)> = vec![
+            ("WEIR_MASTER_URL", self.url.clone()),
+            ("WEIR_WORKER_CONCURRENCY", conc),
+            ("WEIR_POLL_WAIT", "1s".into()),
         ];
+        if let Some(s) = &self.secure {
+            env.extend(s.manager_env());
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         QUEUES.iter().map(|q| spawn(&format!("weir-{q}-manager"), &[], &env)).collect()
     }
 

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tonic::transport::Channel;
 use weir_core::spec::JobSpec;
 use weir_proto::convert;
 use weir_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+use weir_runtime::grpc::AuthedChannel as Channel;
+use weir_runtime::security::ClientSecurity;
 
 use crate::render;
 
@@ -38,7 +39,75 @@ pub struct ListArgs {
 pub struct Client {
     jobs: JobServiceClient<Channel>,
     workers: WorkerServiceClient<Channel>,
+    audit: v1::audit_service_client::AuditServiceClient<Channel>,
     json: bool,
+}
+
+/// Filters of `weir audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this caller (a token's subject).
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only this call, e.g. SubmitJob.
+    #[arg(long)]
+    action: Option<String>,
+    /// ok, unauthenticated, denied, invalid, limited or failed.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only records of this recent past, e.g. 1h.
+    #[arg(long)]
+    since: Option<String>,
+    /// Records per page.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Continue from a previous page.
+    #[arg(long)]
+    page_token: Option<String>,
+}
+
+/// `weir token`: what to sign.
+#[derive(Debug, Args)]
+pub struct TokenMint {
+    /// The token's subject (who it names).
+    #[arg(long)]
+    subject: String,
+    /// `namespace:role` grants ("finance:write,*:read"); roles: read, write, admin, worker.
+    #[arg(long, value_delimiter = ',')]
+    permissions: Vec<String>,
+    /// How long it is valid.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// The shared secret (at least 32 bytes).
+    #[arg(long = "auth-hs256-secret", env = "WEIR_AUTH_HS256_SECRET", hide_env_values = true)]
+    secret: String,
+    /// `iss`, if the master requires one.
+    #[arg(long = "auth-issuer", env = "WEIR_AUTH_ISSUER")]
+    issuer: Option<String>,
+    /// `aud`, if the master requires one.
+    #[arg(long = "auth-audience", env = "WEIR_AUTH_AUDIENCE")]
+    audience: Option<String>,
+}
+
+/// Prints a signed token.
+pub fn mint(args: TokenMint) -> anyhow::Result<()> {
+    let grants = weir_auth::Grants::parse(args.permissions.iter().map(String::as_str)).map_err(anyhow::Error::msg)?;
+    let ttl = weir_core::duration::parse(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl {:?}: {e}", args.ttl))?;
+    if args.secret.len() < 32 {
+        bail!("the HS256 secret has {} bytes; give at least 32", args.secret.len());
+    }
+    let token = weir_auth::token::mint(
+        args.secret.as_bytes(),
+        &args.subject,
+        &grants,
+        ttl,
+        args.issuer.as_deref(),
+        args.audience.as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
 }
 
 /// Turns a gRPC error into a message a person can act on.
@@ -62,9 +131,50 @@ pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
 }
 
 impl Client {
-    pub fn connect(url: &str, json: bool) -> anyhow::Result<Client> {
-        let ch = weir_runtime::grpc::channel(url)?;
-        Ok(Client { jobs: JobServiceClient::new(ch.clone()), workers: WorkerServiceClient::new(ch), json })
+    pub fn connect(url: &str, json: bool, security: &ClientSecurity) -> anyhow::Result<Client> {
+        let ch = weir_runtime::grpc::channel(url, security)?;
+        Ok(Client {
+            jobs: JobServiceClient::new(ch.clone()),
+            workers: WorkerServiceClient::new(ch.clone()),
+            audit: v1::audit_service_client::AuditServiceClient::new(ch),
+            json,
+        })
+    }
+
+    /// `weir audit`: one page of the audit trail.
+    pub async fn audit(&mut self, args: AuditArgs) -> anyhow::Result<()> {
+        if let Some(o) = &args.outcome {
+            o.parse::<weir_core::audit::Outcome>().map_err(anyhow::Error::msg)?;
+        }
+        let since = match &args.since {
+            None => None,
+            Some(s) => {
+                let ago = weir_core::duration::parse(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
+                let at = weir_runtime::now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+                Some(convert::timestamp(at))
+            }
+        };
+        let req = v1::ListAuditRequest {
+            subject: args.subject.unwrap_or_default(),
+            namespace: args.namespace.unwrap_or_default(),
+            action: args.action.unwrap_or_default(),
+            outcome: args.outcome.unwrap_or_default(),
+            since,
+            page_size: args.limit,
+            page_token: args.page_token.unwrap_or_default(),
+        };
+        let r = self.audit.list_audit(req).await.map_err(explain)?.into_inner();
+        if self.json {
+            for a in &r.records {
+                println!("{}", render::audit_value(a));
+            }
+        } else {
+            render::audit_table(&r.records);
+            if !r.next_page_token.is_empty() {
+                println!("more: --page-token {}", r.next_page_token);
+            }
+        }
+        Ok(())
     }
 
     pub async fn submit(&mut self, file: &Path) -> anyhow::Result<String> {
@@ -232,8 +342,8 @@ fn explain_files(s: tonic::Status) -> anyhow::Error {
 }
 
 impl FilesClient {
-    pub fn connect(url: &str, json: bool) -> anyhow::Result<FilesClient> {
-        let channel = weir_runtime::grpc::channel(url)?;
+    pub fn connect(url: &str, json: bool, security: &ClientSecurity) -> anyhow::Result<FilesClient> {
+        let channel = weir_runtime::grpc::channel(url, security)?;
         Ok(FilesClient { files: v1::file_service_client::FileServiceClient::new(channel), json })
     }
 
@@ -274,8 +384,8 @@ fn explain_datasets(s: tonic::Status) -> anyhow::Error {
 }
 
 impl DatasetsClient {
-    pub fn connect(url: &str, json: bool) -> anyhow::Result<DatasetsClient> {
-        let channel = weir_runtime::grpc::channel(url)?;
+    pub fn connect(url: &str, json: bool, security: &ClientSecurity) -> anyhow::Result<DatasetsClient> {
+        let channel = weir_runtime::grpc::channel(url, security)?;
         Ok(DatasetsClient { datasets: v1::dataset_service_client::DatasetServiceClient::new(channel), json })
     }
 
@@ -307,8 +417,8 @@ impl DatasetsClient {
 }
 
 /// What a stream manager's streams are doing (`weir streams`).
-pub async fn streams(url: &str, json: bool) -> anyhow::Result<()> {
-    let channel = weir_runtime::grpc::channel(url)?;
+pub async fn streams(url: &str, json: bool, security: &ClientSecurity) -> anyhow::Result<()> {
+    let channel = weir_runtime::grpc::channel(url, security)?;
     let mut c = v1::stream_service_client::StreamServiceClient::new(channel);
     let r = c
         .list_streams(v1::ListStreamsRequest {})

@@ -35,6 +35,11 @@ pub struct DevArgs {
     /// Events go to the in-process bus unless Kafka brokers are given here.
     #[command(flatten)]
     events: EventsConfig,
+    /// Off by default (plaintext on loopback, every caller allowed). With `--auth` and an
+    /// HS256 secret, every call needs a token (`weir token` signs one); the managers get
+    /// theirs from the same secret.
+    #[command(flatten)]
+    auth: weir_runtime::security::AuthArgs,
     #[command(flatten)]
     telemetry: weir_runtime::telemetry::TelemetryArgs,
 }
@@ -47,6 +52,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let master_url = format!("http://{addr}");
     let mut config = MasterConfig::new(&args.listen, &args.store_url);
     config.events = args.events.clone();
+    config.auth = args.auth.clone();
+    let managers_token = managers_token(&args.auth)?;
     let bus_name = match &args.events.kafka_brokers {
         Some(b) => format!("Kafka at {b}"),
         None => "in-process".to_string(),
@@ -72,12 +79,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut managers = Vec::new();
     for (spec, listen) in specs {
         let args = ManagerArgs {
-            master_url: master_url.clone(),
             listen: listen.to_string(),
             concurrency: args.concurrency,
-            poll_wait: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(5),
             worker_id: Some(format!("{}-dev", spec.name)),
+            token: weir_runtime::security::TokenArgs { token: managers_token.clone(), token_file: None },
+            auth: args.auth.clone(),
+            ..ManagerArgs::local(&master_url)
         };
         managers.push(tokio::spawn(manager::run(spec, args, cancel.clone())));
     }
@@ -85,6 +93,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  master:  {master_url}   (grpcurl -plaintext {addr} list)");
     println!("  store:   {}", args.store_url);
     println!("  events:  {bus_name}");
+    if args.auth.enabled {
+        println!("  auth:    on (a token: export WEIR_TOKEN=$(weir token --subject you --permissions '*:admin'))");
+    }
     println!("  files:   http://{}   (weir files list)", args.files_listen);
     println!("  datasets: http://{}   (weir datasets list)", args.datasets_listen);
     println!("  streams: http://{}   (weir streams)", args.streams_listen);
@@ -95,4 +106,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     master.await??;
     Ok(())
+}
+
+/// With authentication on, the in-process managers' token: the worker role and write on
+/// every namespace (the file manager's watches submit jobs), signed with the HS256 secret.
+fn managers_token(auth: &weir_runtime::security::AuthArgs) -> anyhow::Result<Option<String>> {
+    if !auth.enabled {
+        return Ok(None);
+    }
+    let Some(secret) = auth.hs256_secret.clone().or_else(|| {
+        auth.hs256_secret_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|s| s.trim_end().to_string())
+    }) else {
+        anyhow::bail!("weir dev --auth signs its managers' token with the HS256 secret: set WEIR_AUTH_HS256_SECRET");
+    };
+    let grants = weir_auth::Grants::parse(["*:worker", "*:write"]).map_err(anyhow::Error::msg)?;
+    let ttl = Duration::from_secs(365 * 24 * 3600);
+    let token = weir_auth::token::mint(
+        secret.as_bytes(),
+        "weir-dev-managers",
+        &grants,
+        ttl,
+        auth.issuer.as_deref(),
+        auth.audience.as_deref(),
+    )?;
+    Ok(Some(token))
 }

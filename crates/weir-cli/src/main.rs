@@ -21,6 +21,12 @@ struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The token sent with every call (`WEIR_TOKEN` or `WEIR_TOKEN_FILE`).
+    #[command(flatten)]
+    token: weir_runtime::security::TokenArgs,
+    /// TLS to the services (`WEIR_TLS_CA`, and a client certificate under mTLS).
+    #[command(flatten)]
+    tls: weir_runtime::security::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +99,11 @@ enum Command {
         #[arg(long, env = "WEIR_STREAMS_URL", default_value = "http://127.0.0.1:50054")]
         streams_url: String,
     },
+    /// The audit trail: mutating and refused calls, newest first (needs admin).
+    Audit(client::AuditArgs),
+    /// Sign a token with the HS256 secret (`WEIR_AUTH_HS256_SECRET`), for setups without
+    /// an identity provider.
+    Token(client::TokenMint),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,7 +155,8 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     let json = cli.json;
-    let c = || client::Client::connect(&cli.master, json);
+    let security = weir_runtime::security::ClientSecurity::from_args(&cli.token, &cli.tls)?;
+    let c = || client::Client::connect(&cli.master, json, &security);
     match cli.command {
         Command::Dev(args) => dev::run(*args).await.map(|_| ok),
         Command::Submit { file, watch } => {
@@ -173,19 +185,21 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Apis => c()?.apis().await.map(|_| ok),
         Command::Watermarks { namespace } => c()?.watermarks(&namespace).await.map(|_| ok),
         Command::Files { files_url, command } => {
-            let mut files = client::FilesClient::connect(&files_url, json)?;
+            let mut files = client::FilesClient::connect(&files_url, json, &security)?;
             match command {
                 FilesCommand::List { watch, limit } => files.list(watch, limit).await.map(|_| ok),
                 FilesCommand::Redrive { watch, path } => files.redrive(&watch, &path).await.map(|_| ok),
             }
         }
         Command::Datasets { datasets_url, command } => {
-            let mut d = client::DatasetsClient::connect(&datasets_url, json)?;
+            let mut d = client::DatasetsClient::connect(&datasets_url, json, &security)?;
             match command {
                 DatasetsCommand::List { limit } => d.list(limit).await.map(|_| ok),
                 DatasetsCommand::History { dataset } => d.history(&dataset).await.map(|_| ok),
             }
         }
-        Command::Streams { streams_url } => client::streams(&streams_url, json).await.map(|_| ok),
+        Command::Streams { streams_url } => client::streams(&streams_url, json, &security).await.map(|_| ok),
+        Command::Audit(args) => c()?.audit(args).await.map(|_| ok),
+        Command::Token(args) => client::mint(args).map(|_| ok),
     }
 }

@@ -470,3 +470,30 @@ impl Progress {
         }
     }
 }
+
+/// The audit trail, newest first.
+pub fn audit_table(records: &[v1::AuditRecord]) {
+    println!(
+        "{:<24}  {:<16}  {:<12}  {:<14}  {:<15}  {:<36}  MESSAGE",
+        "TIME", "SUBJECT", "NAMESPACE", "ACTION", "OUTCOME", "TARGET"
+    );
+    for a in records {
+        println!(
+            "{:<24}  {:<16}  {:<12}  {:<14}  {:<15}  {:<36}  {}",
+            time(&a.at),
+            if a.subject.is_empty() { "-" } else { &a.subject },
+            a.namespace,
+            a.action,
+            a.outcome,
+            a.target,
+            a.message
+        );
+    }
+}
+
+/// One audit record as JSON.
+pub fn audit_value(a: &v1::AuditRecord) -> Value {
+    serde_json::json!({"id": a.id, "at": time(&a.at), "subject": a.subject, "namespace": a.namespace,
+        "action": a.action, "target": a.target, "outcome": a.outcome, "code": a.code, "message": a.message,
+        "trace_id": a.trace_id, "peer": a.peer})
+}

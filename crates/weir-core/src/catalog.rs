@@ -13,13 +13,16 @@
 //! the batch queue the data kinds `convert`, `quality`, `store`, `classify` ([`crate::dataset`]) and
 //! `reconcile`; the api queue `collect`, `probe`, `connect`, `check_security` and
 //! `check_tls` ([`crate::api`]). The table
-//! of kinds is `KINDS`.
+//! of kinds is `KINDS`: for each, how its config is checked ([`check_kind`]) and what it
+//! reaches outside the platform ([`step_reach`], for [`crate::sandbox`]).
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::sandbox::Reach;
 
 /// A work queue; each is served by one manager service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,59 +87,72 @@ pub const STREAM_KINDS: [&str; 2] = ["consume", "probe"];
 /// The recovery kinds of `resilient_fetch` (config: [`crate::api::recovery::RecoveryStep`]).
 pub const RECOVERY_KINDS: [&str; 3] = ["analyze_failure", "plan_recovery", "recover"];
 
-/// A step kind: the queues that run it and how its config is checked at submission.
+/// A step kind: the queues that run it, and how its config is read at submission —
+/// checked, and what it reaches outside the platform found (for the sandbox).
 struct Kind {
     name: &'static str,
     queues: &'static [Queue],
-    check: fn(&str, Option<&Value>) -> Result<(), String>,
+    reach: fn(&str, Option<&Value>) -> Result<Reach, String>,
 }
 
 /// Every kind Weir knows, in one place: a manager's new kind is one line here and its
 /// config's own module.
 const KINDS: &[Kind] = &[
-    Kind { name: "noop", queues: &Queue::ALL, check: |_, _| Ok(()) },
-    Kind { name: "sleep", queues: &Queue::ALL, check: |_, c| sleep_duration(c).map(|_| ()) },
-    Kind { name: "fail", queues: &Queue::ALL, check: |_, c| fail_config(c).map(|_| ()) },
-    Kind { name: "convert", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
-    Kind { name: "quality", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
-    Kind { name: "store", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
-    Kind { name: "classify", queues: &[Queue::Batch], check: |k, c| crate::dataset::DataStep::parse(k, c).map(|_| ()) },
+    Kind { name: "noop", queues: &Queue::ALL, reach: nothing },
+    Kind { name: "sleep", queues: &Queue::ALL, reach: |_, c| sleep_duration(c).map(|_| Reach::default()) },
+    Kind { name: "fail", queues: &Queue::ALL, reach: |_, c| fail_config(c).map(|_| Reach::default()) },
+    Kind { name: "convert", queues: &[Queue::Batch], reach: data_reach },
+    Kind { name: "quality", queues: &[Queue::Batch], reach: data_reach },
+    Kind { name: "store", queues: &[Queue::Batch], reach: data_reach },
+    Kind { name: "classify", queues: &[Queue::Batch], reach: data_reach },
     Kind {
         name: "reconcile",
         queues: &[Queue::Batch],
-        check: |_, c| crate::dataset::ReconcileStep::parse(c).map(|_| ()),
+        reach: |_, c| crate::dataset::ReconcileStep::parse(c).map(|s| s.reach()),
     },
-    Kind { name: "probe", queues: &[Queue::File], check: |_, c| crate::files::ProbeStep::parse(c).map(|_| ()) },
-    Kind { name: "discover", queues: &[Queue::File], check: |_, c| crate::files::DiscoverStep::parse(c).map(|_| ()) },
-    Kind { name: "fetch", queues: &[Queue::File], check: |_, c| crate::files::FetchStep::parse(c).map(|_| ()) },
-    Kind { name: "archive", queues: &[Queue::File], check: |_, c| crate::files::ArchiveStep::parse(c).map(|_| ()) },
-    Kind { name: "collect", queues: &[Queue::Api], check: |_, c| resource(c) },
-    Kind { name: "probe", queues: &[Queue::Api], check: |_, c| resource(c) },
-    Kind { name: "connect", queues: &[Queue::Api], check: |_, c| resource(c) },
-    Kind { name: "check_security", queues: &[Queue::Api], check: |_, c| resource(c) },
-    Kind { name: "check_tls", queues: &[Queue::Api], check: |_, c| resource(c) },
+    Kind { name: "probe", queues: &[Queue::File], reach: |_, c| crate::files::ProbeStep::parse(c).map(|s| s.reach()) },
     Kind {
-        name: "consume",
-        queues: &[Queue::Stream],
-        check: |_, c| crate::stream::StreamStep::parse_served(c).map(|_| ()),
+        name: "discover",
+        queues: &[Queue::File],
+        reach: |_, c| crate::files::DiscoverStep::parse(c).map(|s| s.reach()),
     },
+    Kind { name: "fetch", queues: &[Queue::File], reach: |_, c| crate::files::FetchStep::parse(c).map(|s| s.reach()) },
     Kind {
-        name: "probe",
-        queues: &[Queue::Stream],
-        check: |_, c| crate::stream::StreamStep::parse_served(c).map(|_| ()),
+        name: "archive",
+        queues: &[Queue::File],
+        reach: |_, c| crate::files::ArchiveStep::parse(c).map(|s| s.reach()),
     },
-    Kind { name: "analyze_failure", queues: &[Queue::Api], check: |_, c| recovery(c) },
-    Kind { name: "plan_recovery", queues: &[Queue::Api], check: |_, c| recovery(c) },
-    Kind { name: "recover", queues: &[Queue::Api], check: |_, c| recovery(c) },
-    Kind { name: "recover_files", queues: &[Queue::File], check: |_, c| recovery(c) },
+    Kind { name: "collect", queues: &[Queue::Api], reach: resource_reach },
+    Kind { name: "probe", queues: &[Queue::Api], reach: resource_reach },
+    Kind { name: "connect", queues: &[Queue::Api], reach: resource_reach },
+    Kind { name: "check_security", queues: &[Queue::Api], reach: resource_reach },
+    Kind { name: "check_tls", queues: &[Queue::Api], reach: resource_reach },
+    Kind { name: "consume", queues: &[Queue::Stream], reach: stream_reach },
+    Kind { name: "probe", queues: &[Queue::Stream], reach: stream_reach },
+    Kind { name: "analyze_failure", queues: &[Queue::Api], reach: recovery_reach },
+    Kind { name: "plan_recovery", queues: &[Queue::Api], reach: recovery_reach },
+    Kind { name: "recover", queues: &[Queue::Api], reach: recovery_reach },
+    Kind { name: "recover_files", queues: &[Queue::File], reach: recovery_reach },
 ];
 
-fn resource(config: Option<&Value>) -> Result<(), String> {
-    crate::api::CollectStep::parse(config).map(|_| ())
+fn nothing(_: &str, _: Option<&Value>) -> Result<Reach, String> {
+    Ok(Reach::default())
 }
 
-fn recovery(config: Option<&Value>) -> Result<(), String> {
-    crate::api::recovery::RecoveryStep::parse(config).map(|_| ())
+fn data_reach(kind: &str, config: Option<&Value>) -> Result<Reach, String> {
+    crate::dataset::DataStep::parse(kind, config).map(|s| s.reach())
+}
+
+fn resource_reach(_: &str, config: Option<&Value>) -> Result<Reach, String> {
+    crate::api::CollectStep::parse(config).map(|s| s.reach())
+}
+
+fn stream_reach(_: &str, config: Option<&Value>) -> Result<Reach, String> {
+    crate::stream::StreamStep::parse_served(config).map(|s| s.reach())
+}
+
+fn recovery_reach(_: &str, config: Option<&Value>) -> Result<Reach, String> {
+    crate::api::recovery::RecoveryStep::parse(config).map(|s| s.reach())
 }
 
 /// The kinds a queue accepts.
@@ -167,8 +183,15 @@ pub fn bind_to_job(step: &mut crate::spec::StepSpec, params: Option<&Value>) -> 
 
 /// Checks that `kind` runs on `queue` and that `config` suits it; the error names the problem.
 pub fn check_kind(kind: &str, queue: Queue, config: Option<&Value>) -> Result<(), String> {
+    step_reach(kind, queue, config).map(|_| ())
+}
+
+/// What a step of `kind` on `queue` reaches outside the platform (local paths, remote
+/// endpoints), read from its config, for [`crate::sandbox::Policy::check`]; the config
+/// is checked as at submission (give it bound, as [`bind_to_job`] leaves it).
+pub fn step_reach(kind: &str, queue: Queue, config: Option<&Value>) -> Result<Reach, String> {
     match KINDS.iter().find(|k| k.name == kind && k.queues.contains(&queue)) {
-        Some(k) => (k.check)(kind, config),
+        Some(k) => (k.reach)(kind, config),
         None => Err(format!("unknown kind {kind:?} for queue {queue} (known: {})", kinds_for(queue).join(", "))),
     }
 }
@@ -256,5 +279,54 @@ mod tests {
         assert!(BATCH_KINDS.iter().chain(&GENERIC_KINDS).all(|k| kinds_for(Queue::Batch).contains(k)));
         let f = fail_config(Some(&json!({"attempts": 2, "error_kind": "boom"}))).expect("valid");
         assert_eq!((f.attempts, f.error_kind.as_str(), f.retryable), (Some(2), "boom", true));
+    }
+
+    /// A config for each kind that names every place it can, so a new kind must say
+    /// what it reaches before this test passes.
+    fn sample(name: &str, queue: Queue) -> Option<Value> {
+        let collect = json!({"api": "shop", "base_url": "https://api.shop.test/v2", "path": "/orders",
+            "auth": {"type": "oauth2_client_credentials", "token_url": "https://auth.shop.test/token", "credentials": {"env": "SHOP"}},
+            "fallbacks": [{"location": {"uri": "s3://exports/shop"}}]});
+        let location = json!({"uri": "sftp://bob@files.partner.net:2222/upload", "key_file": "/keys/partner"});
+        Some(match (name, queue) {
+            ("noop" | "sleep" | "fail", _) => return None,
+            ("convert" | "quality" | "store" | "classify", _) => json!({
+                "inputs": ["/data/in/a.csv"], "rules": {"not_null": ["id"]},
+                "sinks": [{"type": "parquet", "path": "/lake/trades"}]}),
+            ("reconcile", _) => json!({"key": ["id"], "sinks": [{"type": "parquet", "path": "/lake/trades"}]}),
+            ("probe" | "archive" | "fetch", Queue::File) => json!({"location": location}),
+            ("discover", _) => json!({"location": location, "patterns": ["*.csv"]}),
+            ("collect" | "probe" | "connect" | "check_security" | "check_tls", Queue::Api) => collect,
+            ("analyze_failure" | "plan_recovery" | "recover" | "recover_files", _) => {
+                json!({"resource": collect, "key": ["id"]})
+            }
+            ("consume" | "probe", Queue::Stream) => json!({
+                "source": {"type": "kafka", "brokers": "k1.test:9092", "topics": ["orders"]},
+                "sinks": [{"type": "parquet", "path": "/lake/orders"}]}),
+            _ => panic!("kind {name} on {queue} has no sample: add one that names every place it reaches"),
+        })
+    }
+
+    #[test]
+    fn every_kind_says_what_it_reaches() {
+        for k in KINDS {
+            for &q in k.queues {
+                // The generic kinds reach nothing (a sleep still needs its duration).
+                let config = if k.name == "sleep" { Some(json!({"duration": "1s"})) } else { sample(k.name, q) };
+                let reach = step_reach(k.name, q, config.as_ref()).unwrap_or_else(|e| panic!("{} on {q}: {e}", k.name));
+                assert_eq!(reach.is_empty(), GENERIC_KINDS.contains(&k.name), "{} on {q}: {reach:?}", k.name);
+            }
+        }
+        assert!(step_reach("teleport", Queue::Api, None).unwrap_err().contains("teleport"));
+        let store = sample("store", Queue::Batch);
+        let fields: Vec<String> = step_reach("store", Queue::Batch, store.as_ref())
+            .expect("reach")
+            .iter()
+            .map(|t| t.field().to_string())
+            .collect();
+        assert_eq!(fields, ["inputs[0]", "sinks[0].path"]);
+        let recover = sample("recover_files", Queue::File);
+        let reach = step_reach("recover_files", Queue::File, recover.as_ref()).expect("reach");
+        assert!(reach.iter().any(|t| t.field() == "resource.fallbacks[0].location.uri"), "{reach:?}");
     }
 }

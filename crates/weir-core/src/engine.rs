@@ -107,6 +107,8 @@ pub struct Changes {
     /// Watermarks proposed by the steps of jobs that succeeded in this batch (the store
     /// writes each unless it would move a mark back).
     pub watermarks: Vec<Watermark>,
+    /// Audited calls (added by the master, never by the engine), written with what they did.
+    pub audit: Vec<crate::audit::AuditRecord>,
 }
 
 impl Changes {
@@ -119,6 +121,7 @@ impl Changes {
             && self.events.is_empty()
             && self.messages.is_empty()
             && self.watermarks.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -895,6 +898,7 @@ impl Engine {
             events: std::mem::take(&mut self.events),
             messages: Vec::new(),
             watermarks: std::mem::take(&mut self.watermarks),
+            audit: Vec::new(),
         };
         for id in touched {
             self.evict_if_done(id, now);

@@ -11,6 +11,7 @@
 //! | `weir.dlq`      | as read   | triggers that could not be used, reason in headers    |
 //! | `weir.files`    | watch     | files a watch discovered (`dev.weir.file.discovered`)  |
 //! | `weir.datasets` | dataset   | a dataset's or table's schema changed (`dev.weir.dataset.schema_changed`) |
+//! | `weir.audit`    | subject   | a mutating or refused call (`dev.weir.audit.recorded`) |
 //!
 //! Keying by job id puts every event of one job on one partition of its topic, in order.
 
@@ -39,8 +40,10 @@ pub mod topic {
     pub const APIS: &str = "weir.apis";
     /// The streams the stream managers consume: lag, stalls, takeovers (key: the task).
     pub const STREAMS: &str = "weir.streams";
+    /// Audited calls: mutations and refusals (key: the caller's subject).
+    pub const AUDIT: &str = "weir.audit";
     /// Every topic Weir creates at start.
-    pub const ALL: [&str; 9] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS, STREAMS];
+    pub const ALL: [&str; 10] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS, STREAMS, AUDIT];
 }
 
 /// Header names, in one place.

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::events::CloudEvent;
+use crate::sandbox::Reach;
 
 /// Longest list of paths or patterns a step config may carry.
 pub const MAX_PATHS: usize = 100_000;
@@ -87,6 +88,43 @@ impl LocationSpec {
             return Err(format!("location uri {:?} names no bucket or host", self.uri));
         }
         Ok(scheme)
+    }
+
+    /// What the location reaches, fields relative to it (`uri`, `endpoint`, `key_file`,
+    /// `credentials.file`), read as `weir-storage` opens it: a `file://` URI is the local
+    /// folder (`file://x` is `/x`); `s3`, `azblob`, `gcs` the bucket or container; `sftp`
+    /// and `ftp` the host and port (without `user@`); a custom `endpoint` its URL's scheme,
+    /// host and port; the SFTP key and a credentials file are local paths.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        match self.uri.split_once("://") {
+            Some(("file", rest)) => {
+                r.path("uri", if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") });
+            }
+            Some((scheme, rest)) => {
+                let authority = rest.split('/').next().unwrap_or("");
+                match scheme {
+                    "sftp" | "ftp" => r.authority("uri", scheme, authority),
+                    // The bucket or container, whole: a name that is not a plain one is refused.
+                    _ => r.push(crate::sandbox::Touch::Endpoint {
+                        field: "uri".into(),
+                        scheme: scheme.to_ascii_lowercase(),
+                        host: authority.to_ascii_lowercase(),
+                        port: None,
+                    }),
+                }
+            }
+            // No scheme (refused by `check`): a relative path, which a policy refuses too.
+            None => r.path("uri", self.uri.clone()),
+        }
+        if let Some(e) = &self.endpoint {
+            r.url("endpoint", e);
+        }
+        if let Some(k) = &self.key_file {
+            r.path("key_file", k.clone());
+        }
+        crate::sandbox::credentials_file(&mut r, "credentials", self.credentials.as_ref());
+        r
     }
 
     /// Checks the spec; the error names the problem.
@@ -213,6 +251,14 @@ impl WatchSpec {
         obj.insert("name".into(), json!(self.name));
         obj.insert("on".into(), json!(FILE_DISCOVERED));
         crate::trigger::TriggerRules::from_value(json!({ "rules": [start] }))
+    }
+
+    /// What the watch's listing reaches (`location.*`); the jobs it starts are checked
+    /// at their submission like any other.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        r.merge("location", self.location.reach());
+        r
     }
 
     /// The poll interval in force.
@@ -354,6 +400,20 @@ impl ProbeStep {
         s.location.check().map_err(|e| format!("probe config: {e}"))?;
         Ok(s)
     }
+
+    /// What the step reaches: its `location`.
+    pub fn reach(&self) -> Reach {
+        location_reach(Some(&self.location))
+    }
+}
+
+/// A step's `location.*`, if it names one (without one, the upstream step's, checked there).
+fn location_reach(location: Option<&LocationSpec>) -> Reach {
+    let mut r = Reach::default();
+    if let Some(l) = location {
+        r.merge("location", l.reach());
+    }
+    r
 }
 
 impl DiscoverStep {
@@ -365,6 +425,11 @@ impl DiscoverStep {
         }
         check_paths("discover", &s.patterns)?;
         Ok(s)
+    }
+
+    /// What the step reaches: its `location` (the patterns are below it).
+    pub fn reach(&self) -> Reach {
+        location_reach(Some(&self.location))
     }
 }
 
@@ -391,6 +456,12 @@ impl FetchStep {
         }
         Ok(s)
     }
+
+    /// What the step reaches: its `location` if given (its `paths` are below it, without
+    /// `..`); without one, the location the upstream step reported, checked there.
+    pub fn reach(&self) -> Reach {
+        location_reach(self.location.as_ref())
+    }
 }
 
 impl ArchiveStep {
@@ -408,6 +479,12 @@ impl ArchiveStep {
             check_paths("archive", std::slice::from_ref(p))?;
         }
         Ok(s)
+    }
+
+    /// What the step reaches: its `location` if given (its `paths` and `prefix` are
+    /// below it, without `..`).
+    pub fn reach(&self) -> Reach {
+        location_reach(self.location.as_ref())
     }
 }
 

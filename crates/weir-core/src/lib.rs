@@ -12,9 +12,12 @@
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
 //! - [`stream`]: a stream step's config (source, format, sinks, flush, bounds); in progress.
 //! - [`retry`]: backoff with deterministic jitter.
+//! - [`sandbox`]: what a job's steps touch outside the platform (local paths, remote
+//!   endpoints) and the per-namespace policy that allows it, checked at submission.
 //! - [`secret`]: one secret (a key, a CA bundle) by reference.
 //! - [`quota`]: fleet-wide rate limits divided into shares over the heartbeat.
 //! - [`model`]: job, task and event records, as stored.
+//! - [`audit`]: audit records of mutating and refused calls.
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
 //! - [`text`]: text cut short for messages.
 //! - [`trace`]: W3C trace context carried from a submission into every event.
@@ -26,6 +29,7 @@
 //! No tokio, no database, no network here: those live in `weir-store` and `weir-master`.
 
 pub mod api;
+pub mod audit;
 pub mod calendar;
 pub mod catalog;
 pub mod dataset;
@@ -36,6 +40,7 @@ pub mod files;
 pub mod model;
 pub mod quota;
 pub mod retry;
+pub mod sandbox;
 pub mod secret;
 pub mod spec;
 pub mod stream;

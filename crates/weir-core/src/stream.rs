@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{ColumnSpec, Rules, SinkSpec};
 use crate::files::CredentialsRef;
+use crate::sandbox::Reach;
 
 /// The sources the stream manager serves so far.
 pub const SERVED: [&str; 5] = ["kafka", "nats", "rabbitmq", "pubsub", "kinesis"];
@@ -339,6 +340,62 @@ impl StreamStep {
             return Err("stream config: dead_letter: a kafka topic needs a kafka source (its brokers)".into());
         }
         Ok(step)
+    }
+
+    /// What the step reaches: its source (`source.brokers` as `kafka://host:port`,
+    /// `source.servers` as `nats://host:port`, a Kinesis `source.stream` as
+    /// `kinesis://<stream>`, a Pub/Sub `source.project` as `pubsub://<project>`, a custom
+    /// `source.endpoint` as its URL's scheme and host, `source.credentials.file`), an Avro
+    /// `format.schema_file`, each of `sinks` ([`SinkSpec::reach`]) and a Parquet
+    /// `dead_letter.path` (a Kafka dead letter goes to the source's brokers). A RabbitMQ
+    /// source's URL is only known to the stream manager (`url_env`), which checks it.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        match &self.source {
+            SourceSpec::Kafka { brokers, credentials, .. } => {
+                r.servers("source.brokers", "kafka", brokers);
+                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+            }
+            SourceSpec::Rabbitmq { .. } => {}
+            SourceSpec::Nats { servers, credentials, .. } => {
+                r.servers("source.servers", "nats", servers);
+                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+            }
+            SourceSpec::Kinesis { stream, endpoint, credentials, .. } => {
+                r.push(crate::sandbox::Touch::Endpoint {
+                    field: "source.stream".into(),
+                    scheme: "kinesis".into(),
+                    host: stream.to_ascii_lowercase(),
+                    port: None,
+                });
+                if let Some(e) = endpoint {
+                    r.url("source.endpoint", e);
+                }
+                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+            }
+            SourceSpec::Pubsub { project, endpoint, credentials, .. } => {
+                r.push(crate::sandbox::Touch::Endpoint {
+                    field: "source.project".into(),
+                    scheme: "pubsub".into(),
+                    host: project.to_ascii_lowercase(),
+                    port: None,
+                });
+                if let Some(e) = endpoint {
+                    r.url("source.endpoint", e);
+                }
+                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+            }
+        }
+        if let MessageFormat::Avro { schema_file, .. } = &self.format {
+            r.path("format.schema_file", schema_file.clone());
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            r.merge(&format!("sinks[{i}]"), sink.reach());
+        }
+        if let Some(DeadLetterSpec::Parquet { path }) = &self.dead_letter {
+            r.path("dead_letter.path", path.clone());
+        }
+        r
     }
 
     fn check(&self) -> Result<(), String> {

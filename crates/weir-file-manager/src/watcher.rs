@@ -67,7 +67,7 @@ impl Background for Watcher {
                 Err(e) => tracing::error!(watch = %spec.name, error = %e, "watch not started"),
             }
         }
-        let channel = match weir_runtime::grpc::channel(&ctx.master_url) {
+        let channel = match weir_runtime::grpc::channel(&ctx.master_url, &ctx.security) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "watches not started: bad master URL");
@@ -123,7 +123,7 @@ pub fn retry_wait(failures: u32, interval: Duration) -> Duration {
 async fn round(
     w: &Watch,
     store: &Arc<dyn Store>,
-    master: &mut JobServiceClient<tonic::transport::Channel>,
+    master: &mut JobServiceClient<weir_runtime::grpc::AuthedChannel>,
     holder: &str,
 ) -> Result<(), String> {
     let name = &w.spec.name;
@@ -148,7 +148,7 @@ async fn round(
 async fn start(
     w: &Watch,
     store: &Arc<dyn Store>,
-    master: &mut JobServiceClient<tonic::transport::Channel>,
+    master: &mut JobServiceClient<weir_runtime::grpc::AuthedChannel>,
     c: &ClaimedFile,
 ) -> Result<(), String> {
     let now = now_ms();

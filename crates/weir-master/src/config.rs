@@ -7,6 +7,7 @@ use clap::Args;
 use weir_bus::KafkaConfig;
 use weir_core::catalog::Queue;
 use weir_core::trigger::TriggerRules;
+use weir_runtime::security::{AuthArgs, SandboxArgs, TlsArgs};
 
 /// Settings of the ingestion master.
 #[derive(Debug, Clone, Args)]
@@ -31,6 +32,19 @@ pub struct MasterConfig {
     pub id: String,
     #[command(flatten)]
     pub events: EventsConfig,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Submissions per caller (token subject), e.g. "100/min", with authentication on;
+    /// "off" for none. Over it, SubmitJob answers RESOURCE_EXHAUSTED with a retry delay.
+    #[arg(long, env = "WEIR_SUBMISSION_LIMIT", default_value = weir_auth::limit::DEFAULT_SUBMISSION_LIMIT)]
+    pub submission_limit: String,
+    /// Days an audit record is kept.
+    #[arg(long, env = "WEIR_AUDIT_RETENTION_DAYS", default_value_t = weir_core::audit::DEFAULT_RETENTION_DAYS)]
+    pub audit_retention_days: u32,
 }
 
 /// Where lifecycle events go and which events start jobs.
@@ -133,7 +147,18 @@ impl EventsConfig {
 }
 
 impl MasterConfig {
-    /// Defaults for the given listen address and store, as tests and `weir dev` use.
+    /// The submission limits (none with authentication off, unless set, or with "off").
+    pub fn limits(&self) -> Result<Option<weir_auth::SubmissionLimits>, String> {
+        let s = self.submission_limit.trim();
+        if s == "off" || (!self.auth.enabled && s == weir_auth::limit::DEFAULT_SUBMISSION_LIMIT) {
+            return Ok(None);
+        }
+        weir_auth::SubmissionLimits::parse(s).map(Some)
+    }
+
+    /// Defaults for the given listen address and store, as tests and `weir dev` use:
+    /// authentication off, plaintext, local paths under the temporary and working
+    /// directories.
     pub fn new(listen: &str, store_url: &str) -> Self {
         MasterConfig {
             listen: listen.to_string(),
@@ -143,6 +168,11 @@ impl MasterConfig {
             heartbeat_interval: Duration::from_secs(5),
             id: default_id(),
             events: EventsConfig::default(),
+            auth: AuthArgs::default(),
+            tls: TlsArgs::default(),
+            sandbox: SandboxArgs::local(),
+            submission_limit: weir_auth::limit::DEFAULT_SUBMISSION_LIMIT.into(),
+            audit_retention_days: weir_core::audit::DEFAULT_RETENTION_DAYS,
         }
     }
 }

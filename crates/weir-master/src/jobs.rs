@@ -11,6 +11,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
+use weir_auth::{Principal, Role, Scope};
+use weir_core::audit::{AuditRecord, Outcome};
 use weir_core::events::header;
 use weir_core::model::{EventRecord, JobRecord};
 use weir_core::trace::TraceParent;
@@ -19,6 +21,9 @@ use weir_proto::convert;
 use weir_proto::v1::{self, job_service_server::JobService};
 use weir_store::{Cursor, JobFilter};
 
+use weir_runtime::auth::caller;
+
+use crate::scheduler::Audit;
 use crate::status::{self, invalid, parse_id};
 use crate::Shared;
 
@@ -44,23 +49,26 @@ impl JobService for Jobs {
     #[tracing::instrument(name = "submit_job", skip_all, fields(trace_id))]
     async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
         self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = record(&req, &who, "SubmitJob");
         let parent = req.metadata().get(header::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let wire = req.into_inner().spec.ok_or_else(|| invalid("spec is required"))?;
-        let mut spec = convert::spec_from_wire(&wire).map_err(invalid)?;
-        self.bind_recovery(&mut spec).await?;
-        let mut valid = validate(spec).map_err(status::spec)?;
-        valid.trace_parent = Some(trace_for(parent.as_deref()));
-        let (job, created) = submit(&self.0, valid).await?;
-        Ok(Response::new(v1::SubmitJobResponse { job: Some(convert::job(&job)), created }))
+        match self.submit_as(&who, &mut audit, parent, req.into_inner()).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(status) => Err(self.0.refused(audit, status).await),
+        }
     }
 
     async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::GetJobResponse>, Status> {
+        let who = caller(&req);
+        let audit = record(&req, &who, "GetJob");
         let id = parse_id("job_id", &req.into_inner().job_id)?;
-        let job = self.job(id).await?;
+        let job = self.visible(&who, audit, id).await?;
         Ok(Response::new(v1::GetJobResponse { job: Some(convert::job(&job)) }))
     }
 
     async fn list_jobs(&self, req: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let who = caller(&req);
+        let mut audit = record(&req, &who, "ListJobs");
         let r = req.into_inner();
         let limit = match r.page_size {
             0 => DEFAULT_PAGE,
@@ -84,8 +92,21 @@ impl JobService for Jobs {
                 return Err(invalid(format!("{what} filter contains a NUL character")));
             }
         }
+        if !r.namespace.is_empty() && !who.may(&r.namespace, Role::Read) {
+            audit.namespace = r.namespace.clone();
+            let status = Status::permission_denied(format!(
+                "{} may not read namespace {:?} (needs {}:read)",
+                who.subject, r.namespace, r.namespace
+            ));
+            return Err(self.0.refused(audit, status).await);
+        }
+        let within = match who.grants.scope(Role::Read) {
+            Scope::All => None,
+            Scope::Only(set) => Some(set.into_iter().collect()),
+        };
         let filter = JobFilter {
             namespace: (!r.namespace.is_empty()).then_some(r.namespace),
+            within,
             state,
             name: (!r.name.is_empty()).then_some(r.name),
             labels: r.labels.into_iter().collect(),
@@ -101,8 +122,10 @@ impl JobService for Jobs {
         &self,
         req: Request<v1::GetJobTasksRequest>,
     ) -> Result<Response<v1::GetJobTasksResponse>, Status> {
+        let who = caller(&req);
+        let audit = record(&req, &who, "GetJobTasks");
         let id = parse_id("job_id", &req.into_inner().job_id)?;
-        let job = self.job(id).await?;
+        let job = self.visible(&who, audit, id).await?;
         let mut tasks = self.0.store.job_tasks(id).await.map_err(status::store)?;
         // Steps in dependency order, compensation tasks after them.
         let order = |step: &str| job.spec.steps.iter().position(|s| s.id == step).unwrap_or(usize::MAX);
@@ -113,11 +136,13 @@ impl JobService for Jobs {
     type WatchJobStream = WatchStream;
 
     async fn watch_job(&self, req: Request<v1::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
+        let who = caller(&req);
+        let audit = record(&req, &who, "WatchJob");
         let r = req.into_inner();
         let id = parse_id("job_id", &r.job_id)?;
         // Subscribe before reading history, so nothing falls between the two.
         let live = self.0.scheduler.subscribe();
-        self.job(id).await?;
+        self.visible(&who, audit, id).await?;
         let (tx, rx) = mpsc::channel(256);
         let shared = self.0.clone();
         tokio::spawn(async move {
@@ -130,8 +155,8 @@ impl JobService for Jobs {
 
     async fn pause_job(&self, req: Request<v1::PauseJobRequest>) -> Result<Response<v1::PauseJobResponse>, Status> {
         self.0.check_ready()?;
-        let id = parse_id("job_id", &req.into_inner().job_id)?;
-        if let Err(e) = self.0.scheduler.pause(id).await {
+        let (id, audit) = self.steering(&req, "PauseJob", &req.get_ref().job_id).await?;
+        if let Err(e) = self.0.scheduler.pause(id, audit).await {
             return Err(self.refusal(e, id).await);
         }
         Ok(Response::new(v1::PauseJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
@@ -139,8 +164,8 @@ impl JobService for Jobs {
 
     async fn resume_job(&self, req: Request<v1::ResumeJobRequest>) -> Result<Response<v1::ResumeJobResponse>, Status> {
         self.0.check_ready()?;
-        let id = parse_id("job_id", &req.into_inner().job_id)?;
-        if let Err(e) = self.0.scheduler.resume(id).await {
+        let (id, audit) = self.steering(&req, "ResumeJob", &req.get_ref().job_id).await?;
+        if let Err(e) = self.0.scheduler.resume(id, audit).await {
             return Err(self.refusal(e, id).await);
         }
         Ok(Response::new(v1::ResumeJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
@@ -148,9 +173,8 @@ impl JobService for Jobs {
 
     async fn cancel_job(&self, req: Request<v1::CancelJobRequest>) -> Result<Response<v1::CancelJobResponse>, Status> {
         self.0.check_ready()?;
-        let r = req.into_inner();
-        let id = parse_id("job_id", &r.job_id)?;
-        if let Err(e) = self.0.scheduler.cancel(id, r.reason).await {
+        let (id, audit) = self.steering(&req, "CancelJob", &req.get_ref().job_id).await?;
+        if let Err(e) = self.0.scheduler.cancel(id, req.into_inner().reason, audit).await {
             return Err(self.refusal(e, id).await);
         }
         tracing::info!(job_id = %id, "job cancelled");
@@ -159,16 +183,111 @@ impl JobService for Jobs {
 
     async fn retry_job(&self, req: Request<v1::RetryJobRequest>) -> Result<Response<v1::RetryJobResponse>, Status> {
         self.0.check_ready()?;
-        let id = parse_id("job_id", &req.into_inner().job_id)?;
+        let (id, audit) = self.steering(&req, "RetryJob", &req.get_ref().job_id).await?;
         let stored = self.0.store.load_job(id).await.map_err(status::store)?;
         if stored.is_none() {
             return Err(Status::not_found(format!("job {id} not found")));
         }
-        self.0.scheduler.retry(id, stored).await.map_err(status::sched)?;
+        self.0.scheduler.retry(id, stored, audit).await.map_err(status::sched)?;
         tracing::info!(job_id = %id, "job retried");
         Ok(Response::new(v1::RetryJobResponse { job: Some(convert::job(&self.job(id).await?)) }))
     }
 }
+
+/// The audit record of a call, with the caller, its address and its trace.
+pub(crate) fn record<T>(req: &Request<T>, who: &Principal, action: &str) -> AuditRecord {
+    let mut r = AuditRecord::new(crate::now_ms(), &who.subject, action);
+    r.trace_id = req
+        .metadata()
+        .get(header::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<TraceParent>().ok())
+        .map(|t| t.trace_id_hex())
+        .unwrap_or_default();
+    r.peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    r
+}
+
+impl Jobs {
+    async fn submit_as(
+        &self,
+        who: &Principal,
+        audit: &mut AuditRecord,
+        parent: Option<String>,
+        req: v1::SubmitJobRequest,
+    ) -> Result<v1::SubmitJobResponse, Status> {
+        if let Some(limits) = &self.0.limits {
+            if let Err(wait) = limits.check(&who.subject) {
+                let mut status = Status::resource_exhausted(format!(
+                    "{} is over its submission limit ({}); retry in {:.1}s",
+                    who.subject,
+                    self.0.config.submission_limit,
+                    wait.as_secs_f64()
+                ));
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                if let Ok(v) = ms.to_string().parse() {
+                    status.metadata_mut().insert(RETRY_AFTER_MS, v);
+                }
+                return Err(status);
+            }
+        }
+        let wire = req.spec.ok_or_else(|| invalid("spec is required"))?;
+        let mut spec = convert::spec_from_wire(&wire).map_err(invalid)?;
+        if spec.namespace.is_empty() {
+            spec.namespace = weir_core::validate::DEFAULT_NAMESPACE.to_string();
+        }
+        audit.namespace = spec.namespace.clone();
+        audit.target = spec.name.clone();
+        if !who.may(&spec.namespace, Role::Write) {
+            return Err(Status::permission_denied(format!(
+                "{} may not submit jobs to namespace {:?} (needs {}:write)",
+                who.subject, spec.namespace, spec.namespace
+            )));
+        }
+        self.bind_recovery(&mut spec, who).await?;
+        let mut valid = validate(spec).map_err(status::spec)?;
+        valid.trace_parent = Some(trace_for(parent.as_deref()));
+        let (job, created) = submit(&self.0, valid, Some(Box::new(audit.clone()))).await?;
+        Ok(v1::SubmitJobResponse { job: Some(convert::job(&job)), created })
+    }
+
+    /// The job, if the caller may read its namespace; another namespace's job is not
+    /// found (its existence does not leak), and the refusal is audited.
+    async fn visible(&self, who: &Principal, mut audit: AuditRecord, id: Uuid) -> Result<JobRecord, Status> {
+        let job = self.job(id).await?;
+        if who.may(&job.spec.namespace, Role::Read) {
+            return Ok(job);
+        }
+        audit.namespace = job.spec.namespace.clone();
+        audit.target = id.to_string();
+        let shown = Status::not_found(format!("job {id} not found"));
+        let why = format!("{} may not read namespace {:?}", who.subject, job.spec.namespace);
+        self.0.audit(audit.with_outcome(Outcome::Denied, "NOT_FOUND", &why)).await;
+        Err(shown)
+    }
+
+    /// The job a steering call names and its audit record, if the caller may write in its
+    /// namespace: NOT_FOUND without read, PERMISSION_DENIED with read only (both audited).
+    async fn steering<T>(&self, req: &Request<T>, action: &str, job_id: &str) -> Result<(Uuid, Audit), Status> {
+        let who = caller(req);
+        let mut audit = record(req, &who, action);
+        let id = parse_id("job_id", job_id)?;
+        audit.target = id.to_string();
+        let job = self.visible(&who, audit.clone(), id).await?;
+        audit.namespace = job.spec.namespace.clone();
+        if !who.may(&job.spec.namespace, Role::Write) {
+            let status = Status::permission_denied(format!(
+                "{} may not change jobs of namespace {:?} (needs {}:write)",
+                who.subject, job.spec.namespace, job.spec.namespace
+            ));
+            return Err(self.0.refused(audit, status).await);
+        }
+        Ok((id, Some(Box::new(audit))))
+    }
+}
+
+/// Metadata of a RESOURCE_EXHAUSTED answer: milliseconds until a retry may succeed.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// The trace a submission joins: the caller's (a `traceparent` it sent) or a new one, with
 /// a fresh span for this submission. The trace id goes on the current span for the logs.
@@ -184,14 +303,20 @@ pub(crate) fn trace_for(parent: Option<&str>) -> String {
 
 /// Submits a validated job, or finds the one with the same namespace/name/run id (in the
 /// store, or in memory if it was submitted a moment ago). Used by SubmitJob and triggers.
-pub(crate) async fn submit(shared: &Shared, valid: ValidJob) -> Result<(JobRecord, bool), Status> {
+/// The sandbox is checked here, for both.
+pub(crate) async fn submit(shared: &Shared, valid: ValidJob, audit: Audit) -> Result<(JobRecord, bool), Status> {
     let s = &valid.spec;
+    shared.sandbox.check_job(s).map_err(|r| invalid(r.to_string()))?;
     if !s.run_id.is_empty() {
         if let Some(id) = shared.store.find_job(&s.namespace, &s.name, &s.run_id).await.map_err(status::store)? {
+            if let Some(mut a) = audit {
+                a.target = id.to_string();
+                shared.audit(*a).await;
+            }
             return Ok((stored_job(shared, id).await?, false));
         }
     }
-    let (id, created) = shared.scheduler.submit(valid).await.map_err(status::sched)?;
+    let (id, created) = shared.scheduler.submit(valid, audit).await.map_err(status::sched)?;
     tracing::info!(job_id = %id, created, "job submitted");
     Ok((stored_job(shared, id).await?, created))
 }
@@ -210,7 +335,7 @@ impl Jobs {
     /// and sinks, and what its steps ended as, into its parameters before it is expanded
     /// (`weir_core::api::recovery::bind_failed_job`). The failed job must be in the same
     /// namespace; another namespace's is not found.
-    async fn bind_recovery(&self, spec: &mut weir_core::spec::JobSpec) -> Result<(), Status> {
+    async fn bind_recovery(&self, spec: &mut weir_core::spec::JobSpec, who: &Principal) -> Result<(), Status> {
         if spec.template.as_deref() != Some("resilient_fetch") {
             return Ok(());
         }
@@ -218,7 +343,7 @@ impl Jobs {
         let Some(job_id) = params.get("job_id") else { return Ok(()) };
         let id = parse_id("params.job_id", job_id.as_str().unwrap_or_default())?;
         let job = self.job(id).await?;
-        if job.spec.namespace != spec.namespace {
+        if job.spec.namespace != spec.namespace || !who.may(&job.spec.namespace, Role::Read) {
             return Err(Status::not_found(format!("job {id} not found")));
         }
         let tasks = self.0.store.job_tasks(id).await.map_err(status::store)?;

@@ -8,10 +8,16 @@
 //! - [`status`]: the one place errors become gRPC statuses.
 //! - [`relay`]: publishes committed events (the outbox) to the bus, in commit order.
 //! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
+//! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`,
+//!   retention.
+//!
+//! Every call passes the runtime's guard ([`weir_runtime::auth`]); handlers then check the
+//! caller's role on the job's namespace ([`access`] says what each method needs first).
 //!
 //! [`serve`] wires them together: open the store, become leader, load unfinished jobs,
 //! serve until the cancellation token fires.
 
+pub mod audit;
 pub mod config;
 pub mod jobs;
 pub mod relay;
@@ -27,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_bus::{Bus, KafkaBus};
 use weir_core::engine::{Engine, EngineConfig};
+use weir_proto::v1::audit_service_server::AuditServiceServer;
 use weir_proto::v1::job_service_server::JobServiceServer;
 use weir_proto::v1::worker_service_server::WorkerServiceServer;
 use weir_store::{Store, StoreError};
@@ -57,6 +64,10 @@ pub(crate) struct Shared {
     /// Each worker's last reported circuit per API.
     pub circuits: workers::Circuits,
     pub config: MasterConfig,
+    /// Submissions per caller.
+    pub limits: Option<weir_auth::SubmissionLimits>,
+    /// What jobs may touch.
+    pub sandbox: weir_core::sandbox::Policy,
 }
 
 impl Shared {
@@ -107,6 +118,10 @@ pub async fn serve_with_store(
         return Err(MasterError::Config("trigger rules are set but no event bus is (set WEIR_KAFKA_BROKERS)".into()));
     }
     tracing::info!(backend = store.backend(), "store open");
+    let sandbox = config.sandbox.policy()?;
+    let limits = config.limits().map_err(|e| MasterError::Config(format!("WEIR_SUBMISSION_LIMIT: {e}")))?;
+    let security =
+        weir_runtime::security::ServerSecurity::from_args(&config.auth, &config.tls, Arc::new(access)).await?;
     let (scheduler, inbox) = scheduler::Handle::new(config.max_batch);
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -116,15 +131,22 @@ pub async fn serve_with_store(
         quotas: std::sync::Mutex::new(weir_core::quota::Quotas::new(now_ms(), workers::quota_ttl(&config))),
         circuits: workers::Circuits::default(),
         config: config.clone(),
+        limits,
+        sandbox,
     });
+    let security = weir_runtime::security::ServerSecurity {
+        guard: security.guard.with_refusals(Arc::new(audit::AuditRefusals(shared.clone()))),
+        tls: security.tls,
+    };
     let (reporter, mut routes) = weir_runtime::grpc::base_routes()?;
     reporter.set_not_serving::<JobServiceServer<jobs::Jobs>>().await;
     reporter.set_not_serving::<WorkerServiceServer<workers::Workers>>().await;
     routes
         .add_service(JobServiceServer::new(jobs::Jobs(shared.clone())))
-        .add_service(WorkerServiceServer::new(workers::Workers(shared.clone())));
+        .add_service(WorkerServiceServer::new(workers::Workers(shared.clone())))
+        .add_service(AuditServiceServer::new(audit::Audit(shared.clone())));
     let server_cancel = cancel.child_token();
-    let server = tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), server_cancel.clone()));
+    let server = tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), security, server_cancel.clone()));
 
     let epoch = tokio::select! {
         e = store.acquire_leadership(&config.id, now_ms()) => e?,
@@ -167,6 +189,7 @@ pub async fn serve_with_store(
         }
     }
     side.push(tokio::spawn(workers::sweep(shared.clone(), side_cancel.clone())));
+    side.push(tokio::spawn(audit::purge(shared.clone(), side_cancel.clone())));
 
     let result =
         scheduler::run(engine, store, epoch, inbox, shared.scheduler.events(), cancel.clone(), config.max_batch).await;
@@ -183,4 +206,20 @@ pub async fn serve_with_store(
 /// The engine settings a master config implies.
 pub fn engine_config(config: &MasterConfig) -> EngineConfig {
     EngineConfig { queue_limits: config.queue_limits.iter().cloned().collect() }
+}
+
+/// What each of the master's methods needs before its handler runs: the lease protocol
+/// needs the worker role on every namespace, the fleet views read on every namespace;
+/// the rest need a valid token, and their handlers check the job's namespace.
+pub fn access(path: &str) -> weir_runtime::auth::Access {
+    use weir_auth::Role;
+    use weir_runtime::auth::Access;
+    let Some(rest) = path.strip_prefix("/weir.v1.WorkerService/") else { return Access::Authenticated };
+    match rest {
+        "RegisterWorker" | "AcquireTasks" | "Heartbeat" | "CompleteTask" | "FailTask" | "ReleaseTasks"
+        | "DeregisterWorker" => Access::Everywhere(Role::Worker),
+        "ListWorkers" | "ListQuotas" => Access::Everywhere(Role::Read),
+        // GetWatermark and ListWatermarks check the namespace they name.
+        _ => Access::Authenticated,
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use weir_core::audit::AuditRecord;
 use weir_core::engine::{Engine, EngineError, Failure, Lease, LeaseStatus};
 use weir_core::model::{EventRecord, JobRecord, OutboxMessage, TaskRecord};
 use weir_core::validate::ValidJob;
@@ -36,12 +37,12 @@ type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
 
 /// What handlers ask of the engine.
 pub(crate) enum Command {
-    Submit(Box<ValidJob>, Reply<(Uuid, bool)>),
-    Pause(Uuid, Reply<()>),
-    Resume(Uuid, Reply<()>),
-    Cancel(Uuid, String, Reply<()>),
+    Submit(Box<ValidJob>, Audit, Reply<(Uuid, bool)>),
+    Pause(Uuid, Audit, Reply<()>),
+    Resume(Uuid, Audit, Reply<()>),
+    Cancel(Uuid, String, Audit, Reply<()>),
     /// Retry; carries the stored job in case it already left memory.
-    Retry(Uuid, Option<Box<(JobRecord, Vec<TaskRecord>)>>, Reply<()>),
+    Retry(Uuid, Option<Box<(JobRecord, Vec<TaskRecord>)>>, Audit, Reply<()>),
     Acquire {
         queue: String,
         worker: String,
@@ -77,7 +78,13 @@ pub(crate) enum Command {
     },
     /// Events outside any job (worker status), written with the next commit.
     Publish(Vec<OutboxMessage>, Reply<()>),
+    /// Audit records of refused calls, written with the next commit.
+    Audit(Vec<AuditRecord>, Reply<()>),
 }
+
+/// The audit record of a client's call, completed with its outcome and written in the
+/// commit of what the call changed.
+pub(crate) type Audit = Option<Box<AuditRecord>>;
 
 /// Committed events, for WatchJob streams.
 pub type EventBatch = Arc<Vec<EventRecord>>;
@@ -116,20 +123,29 @@ impl Handle {
         rx.await.map_err(|_| SchedError::Unavailable("the master is stopping".into()))?
     }
 
-    pub(crate) async fn submit(&self, job: ValidJob) -> Result<(Uuid, bool), SchedError> {
-        self.ask(|r| Command::Submit(Box::new(job), r)).await
+    pub(crate) async fn submit(&self, job: ValidJob, audit: Audit) -> Result<(Uuid, bool), SchedError> {
+        self.ask(|r| Command::Submit(Box::new(job), audit, r)).await
     }
-    pub(crate) async fn pause(&self, id: Uuid) -> Result<(), SchedError> {
-        self.ask(|r| Command::Pause(id, r)).await
+    pub(crate) async fn pause(&self, id: Uuid, audit: Audit) -> Result<(), SchedError> {
+        self.ask(|r| Command::Pause(id, audit, r)).await
     }
-    pub(crate) async fn resume(&self, id: Uuid) -> Result<(), SchedError> {
-        self.ask(|r| Command::Resume(id, r)).await
+    pub(crate) async fn resume(&self, id: Uuid, audit: Audit) -> Result<(), SchedError> {
+        self.ask(|r| Command::Resume(id, audit, r)).await
     }
-    pub(crate) async fn cancel(&self, id: Uuid, reason: String) -> Result<(), SchedError> {
-        self.ask(|r| Command::Cancel(id, reason, r)).await
+    pub(crate) async fn cancel(&self, id: Uuid, reason: String, audit: Audit) -> Result<(), SchedError> {
+        self.ask(|r| Command::Cancel(id, reason, audit, r)).await
     }
-    pub(crate) async fn retry(&self, id: Uuid, stored: Option<(JobRecord, Vec<TaskRecord>)>) -> Result<(), SchedError> {
-        self.ask(|r| Command::Retry(id, stored.map(Box::new), r)).await
+    pub(crate) async fn retry(
+        &self,
+        id: Uuid,
+        stored: Option<(JobRecord, Vec<TaskRecord>)>,
+        audit: Audit,
+    ) -> Result<(), SchedError> {
+        self.ask(|r| Command::Retry(id, stored.map(Box::new), audit, r)).await
+    }
+    /// Makes audit records of refused calls durable (and published on `weir.audit`).
+    pub(crate) async fn audit(&self, records: Vec<AuditRecord>) -> Result<(), SchedError> {
+        self.ask(|reply| Command::Audit(records, reply)).await
     }
     pub(crate) async fn acquire(
         &self,
@@ -193,6 +209,8 @@ struct Scheduler {
     events: broadcast::Sender<EventBatch>,
     /// Messages to write with the next commit.
     messages: Vec<OutboxMessage>,
+    /// Audit records to write with the next commit.
+    audit: Vec<AuditRecord>,
 }
 
 /// Runs the scheduler until `cancel` fires. Returns an error only when the store refused
@@ -206,7 +224,8 @@ pub async fn run(
     cancel: CancellationToken,
     max_batch: usize,
 ) -> Result<(), StoreError> {
-    let mut s = Scheduler { engine, store, epoch, waiters: HashMap::new(), events, messages: Vec::new() };
+    let mut s =
+        Scheduler { engine, store, epoch, waiters: HashMap::new(), events, messages: Vec::new(), audit: Vec::new() };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
     loop {
@@ -226,6 +245,8 @@ pub async fn run(
         s.serve_waiters(now, &mut replies);
         let mut changes = s.engine.take_changes(now);
         changes.messages.append(&mut s.messages);
+        changes.messages.extend(s.audit.iter().map(AuditRecord::message));
+        changes.audit.append(&mut s.audit);
         if changes.is_empty() {
             replies.into_iter().for_each(|r| r(None));
             continue;
@@ -273,12 +294,30 @@ impl Scheduler {
     fn apply(&mut self, cmd: Command, now: i64, replies: &mut Vec<Pending>) {
         let e = &mut self.engine;
         match cmd {
-            Command::Submit(job, r) => replies.push(pending(r, Ok(e.submit(*job, now)))),
-            Command::Pause(id, r) => replies.push(pending(r, e.pause(id, now).map_err(Into::into))),
-            Command::Resume(id, r) => replies.push(pending(r, e.resume(id, now).map_err(Into::into))),
-            Command::Cancel(id, why, r) => replies.push(pending(r, e.cancel(id, &why, now).map_err(Into::into))),
-            Command::Retry(id, stored, r) => {
-                replies.push(pending(r, e.retry_stored(id, stored.map(|b| *b), now).map_err(Into::into)));
+            Command::Submit(job, audit, r) => {
+                let (id, created) = e.submit(*job, now);
+                self.note(audit, &Ok(()), Some(id));
+                replies.push(pending(r, Ok((id, created))));
+            }
+            Command::Pause(id, audit, r) => {
+                let res = e.pause(id, now).map_err(Into::into);
+                self.note(audit, &res, None);
+                replies.push(pending(r, res));
+            }
+            Command::Resume(id, audit, r) => {
+                let res = e.resume(id, now).map_err(Into::into);
+                self.note(audit, &res, None);
+                replies.push(pending(r, res));
+            }
+            Command::Cancel(id, why, audit, r) => {
+                let res = e.cancel(id, &why, now).map_err(Into::into);
+                self.note(audit, &res, None);
+                replies.push(pending(r, res));
+            }
+            Command::Retry(id, stored, audit, r) => {
+                let res = e.retry_stored(id, stored.map(|b| *b), now).map_err(Into::into);
+                self.note(audit, &res, None);
+                replies.push(pending(r, res));
             }
             Command::Acquire { queue, worker, max, wait, reply } => {
                 let leases = e.acquire(&queue, &worker, max, now);
@@ -308,7 +347,28 @@ impl Scheduler {
                 self.messages.append(&mut messages);
                 replies.push(pending(reply, Ok(())));
             }
+            Command::Audit(mut records, reply) => {
+                self.audit.append(&mut records);
+                replies.push(pending(reply, Ok(())));
+            }
         }
+    }
+
+    /// Completes a call's audit record with what came of it (and the job it created).
+    fn note(&mut self, audit: Audit, result: &Result<(), SchedError>, created: Option<Uuid>) {
+        let Some(mut a) = audit else { return };
+        if let Some(id) = created {
+            a.target = id.to_string();
+        }
+        if let Err(e) = result {
+            let status = crate::status::sched(e.clone());
+            *a = (*a).with_outcome(
+                weir_runtime::auth::outcome(status.code()),
+                weir_runtime::auth::code_name(status.code()),
+                status.message(),
+            );
+        }
+        self.audit.push(*a);
     }
 
     /// Hands newly ready tasks to parked workers, oldest waiter first; answers expired waits.

@@ -111,7 +111,7 @@ async fn handle(shared: &Shared, rules: &TriggerRules, m: &Message) -> Outcome {
         .map(str::to_string)
         .or_else(|| event.extensions.get("traceparent").and_then(|v| v.as_str()).map(str::to_string));
     valid.trace_parent = Some(crate::jobs::trace_for(parent.as_deref()));
-    match crate::jobs::submit(shared, valid).await {
+    match crate::jobs::submit(shared, valid, None).await {
         Ok((job, created)) => {
             tracing::info!(job_id = %job.id, created, event_id = %event.id, event_type = %event.ty, "trigger handled");
             Outcome::Job

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
+use weir_auth::Role;
 use weir_core::catalog::Queue;
 use weir_core::engine::{EngineError, Failure};
 use weir_core::events::{api_event, notice_message, notice_topic, stream_event, worker_event, worker_status};
@@ -207,6 +208,21 @@ fn demands(qs: &[v1::QuotaDemand]) -> Result<Vec<Demand>, Status> {
             })
         })
         .collect()
+}
+
+impl Workers {
+    /// A manager refused to run a task outside its sandbox (the job got past the master's
+    /// check, e.g. through a symbolic link): that is a refused call as well, audited.
+    async fn sandbox_refused(&self, mut audit: weir_core::audit::AuditRecord, task: Uuid, message: &str) {
+        audit.target = task.to_string();
+        if let Ok(Some(t)) = self.0.store.get_task(task).await {
+            if let Ok(Some(job)) = self.0.store.get_job(t.job_id).await {
+                audit.namespace = job.spec.namespace.clone();
+            }
+        }
+        let refused = audit.with_outcome(weir_core::audit::Outcome::Invalid, "INVALID_ARGUMENT", message);
+        self.0.audit(refused).await;
+    }
 }
 
 /// Publishes `dev.weir.worker.gone` for workers that stopped heartbeating, every heartbeat
@@ -431,12 +447,15 @@ impl WorkerService for Workers {
     #[tracing::instrument(name = "fail_task", skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn fail_task(&self, req: Request<v1::FailTaskRequest>) -> Result<Response<v1::FailTaskResponse>, Status> {
         self.0.check_ready()?;
+        let who = weir_runtime::auth::caller(&req);
+        let audit = crate::jobs::record(&req, &who, "RunTask");
         let r = req.into_inner();
         let task = parse_id("task_id", &r.task_id)?;
         if r.error_kind.is_empty() {
             return Err(invalid("error_kind is required (e.g. \"io\", \"bad_input\")"));
         }
         check_name("error_kind", &r.error_kind, 64).map_err(status::spec)?;
+        let refused = (r.error_kind == weir_core::sandbox::REFUSED_KIND).then(|| r.message.clone());
         let failure = Failure { kind: r.error_kind, message: error_message(r.message), retryable: r.retryable };
         let will_retry = match self.0.scheduler.fail(task, r.fence_token, failure).await {
             Ok(w) => w,
@@ -446,6 +465,9 @@ impl WorkerService for Workers {
             }
             Err(e) => return Err(status::sched(e)),
         };
+        if let Some(why) = refused {
+            self.sandbox_refused(audit, task, &why).await;
+        }
         Ok(Response::new(v1::FailTaskResponse { will_retry }))
     }
 
@@ -522,12 +544,18 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::GetWatermarkRequest>,
     ) -> Result<Response<v1::GetWatermarkResponse>, Status> {
+        let who = weir_runtime::auth::caller(&req);
+        let audit = crate::jobs::record(&req, &who, "GetWatermark");
         let r = req.into_inner();
         if r.key.is_empty() {
             return Err(Status::invalid_argument("key: name the watermark (<job name>/<resource>)"));
         }
         let namespace =
             if r.namespace.is_empty() { weir_core::validate::DEFAULT_NAMESPACE } else { r.namespace.as_str() };
+        if !who.grants.allows_everywhere(Role::Worker) && !who.may(namespace, Role::Read) {
+            let status = Status::permission_denied(format!("{} may not read namespace {namespace:?}", who.subject));
+            return Err(self.0.refused(audit, status).await);
+        }
         let w = self.0.store.watermark(namespace, &r.key).await.map_err(status::store)?;
         Ok(Response::new(v1::GetWatermarkResponse { watermark: w.as_ref().map(convert::watermark) }))
     }
@@ -536,7 +564,22 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::ListWatermarksRequest>,
     ) -> Result<Response<v1::ListWatermarksResponse>, Status> {
+        let who = weir_runtime::auth::caller(&req);
+        let audit = crate::jobs::record(&req, &who, "ListWatermarks");
         let r = req.into_inner();
+        let allowed = if r.namespace.is_empty() {
+            who.grants.allows_everywhere(Role::Read)
+        } else {
+            who.may(&r.namespace, Role::Read)
+        };
+        if !allowed {
+            let needs = if r.namespace.is_empty() { "*" } else { r.namespace.as_str() };
+            let status = Status::permission_denied(format!(
+                "{} may not list these watermarks (needs {needs}:read)",
+                who.subject
+            ));
+            return Err(self.0.refused(audit, status).await);
+        }
         let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) };
         let all = self.0.store.list_watermarks(&r.namespace, limit).await.map_err(status::store)?;
         Ok(Response::new(v1::ListWatermarksResponse { watermarks: all.iter().map(convert::watermark).collect() }))

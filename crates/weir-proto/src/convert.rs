@@ -302,6 +302,23 @@ pub fn watermark(w: &Watermark) -> v1::Watermark {
     }
 }
 
+/// An audit record on the wire.
+pub fn audit(a: &weir_core::audit::AuditRecord) -> v1::AuditRecord {
+    v1::AuditRecord {
+        id: a.id.to_string(),
+        at: Some(timestamp(a.at_ms)),
+        subject: a.subject.clone(),
+        namespace: a.namespace.clone(),
+        action: a.action.clone(),
+        target: a.target.clone(),
+        outcome: a.outcome.as_str().to_string(),
+        code: a.code.clone(),
+        message: a.message.clone(),
+        trace_id: a.trace_id.clone(),
+        peer: a.peer.clone(),
+    }
+}
+
 /// A watermark's mark from the wire; the error says what is wrong.
 pub fn mark_from_wire(w: &v1::Watermark) -> Result<Mark, String> {
     serde_json::from_str(&w.mark_json).map_err(|e| format!("watermark {}: its mark is not JSON: {e}", w.key))

@@ -1,17 +1,23 @@
 //! gRPC plumbing shared by the services: a listener, the standard health service
 //! (`grpc.health.v1`) and server reflection so `grpcurl` works, graceful shutdown, and
-//! client channels.
+//! client channels, each with its security (a guard, TLS, a token).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{Credentials, Guard, GuardLayer};
+use crate::security::{ClientSecurity, ServerSecurity};
+use crate::tls::ServerTls;
 use crate::RuntimeError;
 
 /// Binds a TCP listener (with SO_REUSEADDR, so a restarted process gets its port back at
@@ -47,27 +53,124 @@ pub fn base_routes() -> Result<(HealthReporter, RoutesBuilder), RuntimeError> {
     Ok((reporter, routes))
 }
 
-/// Serves `routes` on `listener` until `cancel` fires, then drains in-flight calls.
-pub async fn serve(listener: TcpListener, routes: Routes, cancel: CancellationToken) -> Result<(), RuntimeError> {
+/// Serves `routes` on `listener` until `cancel` fires, then drains in-flight calls. Every
+/// call passes `security`'s guard first; with its TLS, connections are TLS (client
+/// certificates required when it has a CA), each handshake on its own task so a slow
+/// client holds up no other.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    security: ServerSecurity,
+    cancel: CancellationToken,
+) -> Result<(), RuntimeError> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "gRPC listening");
-    Server::builder()
+    tracing::info!(?addr, tls = security.tls.is_some(), auth = security.guard.enabled(), "gRPC listening");
+    let builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
-        .await?;
+        .layer(GuardLayer(security.guard.clone()))
+        .add_routes(routes);
+    match security.tls {
+        None => {
+            builder.serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned()).await?;
+        }
+        Some(tls) => {
+            let (tx, rx) = mpsc::channel(64);
+            let accept = tokio::spawn(accept_tls(listener, tls, security.guard, tx, cancel.clone()));
+            builder.serve_with_incoming_shutdown(ReceiverStream::new(rx), cancel.cancelled_owned()).await?;
+            accept.abort();
+        }
+    }
     Ok(())
 }
 
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+async fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    guard: Guard,
+    tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        tls.reload_if_changed();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let (tx, guard) = (tx.clone(), guard.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => guard.handshake_refused(&peer.to_string(), &e.to_string()).await,
+                Err(_) => guard.handshake_refused(&peer.to_string(), "the TLS handshake timed out").await,
+            }
+        });
+    }
+}
+
+/// A client channel: the gRPC channel with the caller's token on every call.
+pub type AuthedChannel = InterceptedService<Channel, Credentials>;
+
 /// A client channel to `url` (e.g. `http://127.0.0.1:50051`) that connects on first use and
-/// reconnects after failures, so a service can start before the one it calls.
-pub fn channel(url: &str) -> Result<Channel, RuntimeError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// reconnects after failures, so a service can start before the one it calls. With
+/// `security`'s TLS the URL must be `https://`; each new connection takes the newest
+/// certificates.
+pub fn channel(url: &str, security: &ClientSecurity) -> Result<AuthedChannel, RuntimeError> {
+    let https = url.starts_with("https://");
+    let plain_url = match (&security.tls, https) {
+        (Some(_), true) => url.replacen("https://", "http://", 1),
+        (Some(_), false) => {
+            return Err(RuntimeError::Endpoint(
+                url.to_string(),
+                "TLS is configured (WEIR_TLS_CA), so use https://".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(RuntimeError::Endpoint(
+                url.to_string(),
+                "an https:// URL needs WEIR_TLS_CA to check the server".into(),
+            ))
+        }
+        (None, false) => url.to_string(),
+    };
+    let endpoint = Endpoint::from_shared(plain_url.clone())
         .map_err(|e| RuntimeError::Endpoint(url.to_string(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    let channel = match &security.tls {
+        None => endpoint.connect_lazy(),
+        Some(tls) => {
+            let tls = tls.clone();
+            // tonic sees plain HTTP/2 over a stream this connector has already secured.
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+                let tls = tls.clone();
+                async move {
+                    let host = uri.host().unwrap_or_default().to_string();
+                    let port = uri.port_u16().unwrap_or(443);
+                    tls.reload_if_changed();
+                    let conn = crate::tls::connect(&tls, &host, port).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(conn))
+                }
+            }))
+        }
+    };
+    Ok(InterceptedService::new(channel, security.credentials.clone()))
 }

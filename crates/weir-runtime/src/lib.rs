@@ -1,9 +1,15 @@
 //! What every Weir binary needs, written once: logging ([`telemetry`]), stopping on
-//! SIGTERM/SIGINT ([`shutdown`]) and a gRPC server with health and reflection ([`grpc`]).
+//! SIGTERM/SIGINT ([`shutdown`]), a gRPC server with health and reflection and client
+//! channels ([`grpc`]), and their security: tokens checked on every call ([`auth`]), TLS
+//! between services with reloadable certificates ([`tls`]), and the settings for both
+//! ([`security`]).
 
+pub mod auth;
 pub mod grpc;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch, the one clock unit of the engine, the stores and
 /// the managers' records.
@@ -27,4 +33,8 @@ pub enum RuntimeError {
     Endpoint(String, String),
     #[error("logging setup failed: {0}")]
     Telemetry(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("bad setting: {0}")]
+    Config(String),
 }

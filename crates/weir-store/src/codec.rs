@@ -274,3 +274,43 @@ pub(crate) fn watermark(r: &impl Cols) -> Result<weir_core::watermark::Watermark
         updated_ms: r.int("updated_ms")?,
     })
 }
+
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, at_ms, subject, namespace, action, target, outcome, code, message, trace_id, peer";
+
+pub(crate) fn audit(r: &impl Cols) -> Result<weir_core::audit::AuditRecord, StoreError> {
+    Ok(weir_core::audit::AuditRecord {
+        id: uuid("audit id", &r.text("id")?)?,
+        at_ms: r.int("at_ms")?,
+        subject: r.text("subject")?,
+        namespace: r.text("namespace")?,
+        action: r.text("action")?,
+        target: r.text("target")?,
+        outcome: r.text("outcome")?.parse().map_err(StoreError::Corrupt)?,
+        code: r.text("code")?,
+        message: r.text("message")?,
+        trace_id: r.text("trace_id")?,
+        peer: r.text("peer")?,
+    })
+}
+
+/// The `AND …` conditions of an audit listing shared by both backends (the page cursor,
+/// stored differently by each, is the caller's).
+pub(crate) fn audit_conditions<'a, DB>(q: &mut sqlx::QueryBuilder<'a, DB>, f: &weir_core::audit::AuditFilter)
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    for (col, v) in [("subject", &f.subject), ("namespace", &f.namespace), ("action", &f.action)] {
+        if let Some(v) = v {
+            q.push(format!(" AND {col} = ")).push_bind(v.clone());
+        }
+    }
+    if let Some(o) = f.outcome {
+        q.push(" AND outcome = ").push_bind(o.as_str().to_string());
+    }
+    if let Some(t) = f.since_ms {
+        q.push(" AND at_ms >= ").push_bind(t);
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use uuid::Uuid;
+use weir_core::audit::{AuditFilter, AuditRecord};
 use weir_core::engine::Changes;
 use weir_core::files::SeenFile;
 use weir_core::model::{
@@ -65,6 +66,8 @@ impl StoreError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobFilter {
     pub namespace: Option<String>,
+    /// Only these namespaces (the caller's scope); `None` = any.
+    pub within: Option<Vec<String>>,
     pub state: Option<JobState>,
     pub name: Option<String>,
     /// Every pair must be among the job's labels.
@@ -213,6 +216,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The watermarks of a namespace (every namespace's for `""`), by namespace and key.
     async fn list_watermarks(&self, namespace: &str, limit: u32) -> Result<Vec<Watermark>, StoreError>;
+
+    /// Audit records matching `filter`, newest first (written by [`Store::commit`]).
+    async fn audit(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Deletes the audit records older than `before` (the retention sweep); returns how many.
+    async fn purge_audit(&self, before: Millis) -> Result<u64, StoreError>;
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

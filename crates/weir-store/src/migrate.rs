@@ -34,6 +34,7 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0006_dataset_catalogue.sql"),
     },
     Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/postgres/0007_watermarks.sql") },
+    Migration { version: 8, name: "audit", sql: include_str!("../../../migrations/postgres/0008_audit.sql") },
 ];
 
 /// SQLite migrations, oldest first.
@@ -61,14 +62,64 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../../migrations/sqlite/0006_dataset_catalogue.sql"),
     },
     Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/sqlite/0007_watermarks.sql") },
+    Migration { version: 8, name: "audit", sql: include_str!("../../../migrations/sqlite/0008_audit.sql") },
 ];
 
 /// Table that records applied migrations.
 pub const TABLE: &str = "weir_schema_migrations";
 
 /// Splits a migration into statements: comment lines dropped first, then split on ';'
-/// (our statements have no semicolons inside literals).
+/// outside `$$ … $$` bodies (PostgreSQL functions) and outside a `CREATE TRIGGER … BEGIN
+/// … END` (SQLite triggers). Literals hold no semicolons.
 pub fn statements(sql: &str) -> Vec<String> {
     let code: Vec<&str> = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect();
-    code.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    let code = code.join("\n");
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut in_dollar = false;
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find([';', '$']) {
+        let (head, tail) = rest.split_at(i);
+        current.push_str(head);
+        if let Some(after) = tail.strip_prefix("$$") {
+            in_dollar = !in_dollar;
+            current.push_str("$$");
+            rest = after;
+            continue;
+        }
+        let c = &tail[..1];
+        rest = &tail[1..];
+        let upper = current.trim().to_ascii_uppercase();
+        let open_trigger = upper.starts_with("CREATE TRIGGER") && upper.contains("BEGIN") && !upper.ends_with("END");
+        if c == ";" && !in_dollar && !open_trigger {
+            let stmt = current.trim();
+            if !stmt.is_empty() {
+                out.push(stmt.to_string());
+            }
+            current.clear();
+        } else {
+            current.push_str(c);
+        }
+    }
+    current.push_str(rest);
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_bodies_and_trigger_bodies_stay_whole() {
+        let pg = statements(include_str!("../../../migrations/postgres/0008_audit.sql"));
+        assert_eq!(pg.len(), 5, "{pg:#?}");
+        assert!(pg[3].starts_with("CREATE FUNCTION") && pg[3].ends_with("$$"), "{}", pg[3]);
+        let lite = statements(include_str!("../../../migrations/sqlite/0008_audit.sql"));
+        assert_eq!(lite.len(), 4, "{lite:#?}");
+        assert!(lite[3].starts_with("CREATE TRIGGER") && lite[3].ends_with("END"), "{}", lite[3]);
+        assert_eq!(statements("SELECT $1;\n-- x\nSELECT 2;"), vec!["SELECT $1", "SELECT 2"]);
+    }
 }

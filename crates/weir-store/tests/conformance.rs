@@ -427,6 +427,56 @@ async fn watermarks_advance_with_the_job_and_never_move_back(s: Arc<dyn Store>) 
     assert!(s.list_watermarks("other", 10).await.expect("list").is_empty());
 }
 
+async fn audit_records_land_with_their_commit_newest_first_and_past_retention_go(s: Arc<dyn Store>) {
+    use weir_core::audit::{AuditFilter, AuditRecord, Outcome};
+    let epoch = s.acquire_leadership("test", 0).await.expect("leadership");
+    let rec = |i: u128, subject: &str, ns: &str, outcome: Outcome| {
+        let mut r = AuditRecord::new(1_000 + i as i64, subject, "SubmitJob").with_outcome(outcome, "X", "why");
+        // UUIDv7-like: the order of the ids is the order of the records.
+        r.id = Uuid::from_u128((1u128 << 100) + i);
+        r.namespace = ns.into();
+        r.target = format!("job-{i}");
+        r
+    };
+    let all = vec![
+        rec(0, "ada", "finance", Outcome::Ok),
+        rec(1, "bob", "marketing", Outcome::Denied),
+        rec(2, "", "", Outcome::Unauthenticated),
+        rec(3, "ada", "finance", Outcome::Limited),
+        rec(4, "ada", "marketing", Outcome::Denied),
+    ];
+    s.commit(epoch, &Changes { audit: all.clone(), ..Default::default() }).await.expect("commit");
+    let got = s.audit(&AuditFilter::default(), 100).await.expect("list");
+    let mut newest_first = all.clone();
+    newest_first.reverse();
+    assert_eq!(got, newest_first, "every field kept, newest first");
+    let ids = |f: AuditFilter, limit: u32| {
+        let s = s.clone();
+        async move { s.audit(&f, limit).await.expect("list").iter().map(|r| r.target.clone()).collect::<Vec<_>>() }
+    };
+    assert_eq!(
+        ids(AuditFilter { subject: Some("ada".into()), ..Default::default() }, 100).await,
+        ["job-4", "job-3", "job-0"]
+    );
+    assert_eq!(
+        ids(AuditFilter { namespace: Some("marketing".into()), ..Default::default() }, 100).await,
+        ["job-4", "job-1"]
+    );
+    assert_eq!(
+        ids(AuditFilter { outcome: Some(Outcome::Denied), ..Default::default() }, 100).await,
+        ["job-4", "job-1"]
+    );
+    assert_eq!(ids(AuditFilter { since_ms: Some(1_003), ..Default::default() }, 100).await, ["job-4", "job-3"]);
+    // Pages: the last id of one page is where the next starts.
+    assert_eq!(ids(AuditFilter::default(), 2).await, ["job-4", "job-3"]);
+    assert_eq!(ids(AuditFilter { before: Some(all[3].id), ..Default::default() }, 2).await, ["job-2", "job-1"]);
+    // The same record twice is refused (append-only: a record is written once).
+    assert!(s.commit(epoch, &Changes { audit: vec![all[0].clone()], ..Default::default() }).await.is_err());
+    // Retention: what is older goes, the rest stays.
+    assert_eq!(s.purge_audit(1_002).await.expect("purge"), 2);
+    assert_eq!(ids(AuditFilter::default(), 100).await, ["job-4", "job-3", "job-2"]);
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -448,8 +498,27 @@ conformance!(
     large_batches,
     file_inventory_claims_each_version_once,
     dataset_versions_are_recorded_once_with_their_event,
-    watermarks_advance_with_the_job_and_never_move_back
+    watermarks_advance_with_the_job_and_never_move_back,
+    audit_records_land_with_their_commit_newest_first_and_past_retention_go
 );
+
+/// PostgreSQL only (SQLite's trigger is the same rule): an audit row cannot be changed.
+#[tokio::test]
+async fn postgres_audit_rows_cannot_be_updated() {
+    let subject = Subject::postgres().await;
+    let epoch = subject.store.acquire_leadership("test", 0).await.expect("leadership");
+    let r = weir_core::audit::AuditRecord::new(1, "ada", "SubmitJob");
+    subject.store.commit(epoch, &Changes { audit: vec![r], ..Default::default() }).await.expect("commit");
+    let url = subject.schema.as_ref().map(|s| s.url.clone()).expect("schema");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+    let e = sqlx::query("UPDATE weir_audit SET outcome = 'ok', subject = 'someone-else'")
+        .execute(&pool)
+        .await
+        .expect_err("append-only");
+    assert!(e.to_string().contains("append-only"), "{e}");
+    pool.close().await;
+    subject.finish().await;
+}
 
 /// PostgreSQL only: a second master blocks until the first one's session ends.
 #[tokio::test]

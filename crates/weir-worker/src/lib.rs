@@ -16,6 +16,7 @@ pub mod manager;
 pub mod notice;
 pub mod quota;
 pub mod report;
+pub mod sandbox;
 pub mod staging;
 pub mod store;
 pub mod watermark;
@@ -50,7 +51,7 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// The master's worker service, for what a step reads from the master while it runs
     /// ([`watermark`]); none in unit tests.
-    pub master: Option<weir_proto::v1::worker_service_client::WorkerServiceClient<tonic::transport::Channel>>,
+    pub master: Option<weir_proto::v1::worker_service_client::WorkerServiceClient<weir_runtime::grpc::AuthedChannel>>,
 }
 
 /// Where the managers keep data on local disk unless `WEIR_DATA_DIR` says otherwise.

@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use weir_auth::Role;
 use weir_core::catalog::Queue;
+use weir_runtime::auth::Access;
+use weir_runtime::security::{AuthArgs, ClientSecurity, SandboxArgs, ServerSecurity, TlsArgs, TokenArgs};
 
 use crate::notice::Notices;
 use crate::quota::Quotas;
@@ -38,6 +41,54 @@ pub struct ManagerArgs {
     /// container's process is pid 1.
     #[arg(long, env = "WEIR_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// How callers of this manager's own services are checked.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The token this manager sends to the master (it needs `*:worker`; a file manager
+    /// whose watches submit jobs also needs write on their namespaces).
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// TLS: this manager's certificate serves its own services and is presented to the
+    /// master; the CA checks both ways.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// What tasks may touch, checked again before each runs.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+impl ManagerArgs {
+    /// Settings for a manager of the master at `master_url` on this machine: no server of
+    /// its own, plaintext, no token, the local sandbox (`weir dev`, tests).
+    pub fn local(master_url: &str) -> ManagerArgs {
+        ManagerArgs {
+            master_url: master_url.to_string(),
+            listen: String::new(),
+            concurrency: None,
+            poll_wait: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(10),
+            worker_id: None,
+            auth: AuthArgs::default(),
+            token: TokenArgs::default(),
+            tls: TlsArgs::default(),
+            sandbox: SandboxArgs::local(),
+        }
+    }
+}
+
+/// What a manager's own methods need: its views (`List…`, `Get…`, `Describe…`) read on
+/// every namespace, anything that changes state (a re-drive) admin on every namespace —
+/// they show fleet-wide state, not one namespace's.
+pub fn access(path: &str) -> Access {
+    if path.starts_with("/grpc.reflection.") {
+        return Access::Authenticated;
+    }
+    let method = weir_runtime::auth::method(path);
+    if ["List", "Get", "Describe", "Watch"].iter().any(|p| method.starts_with(p)) {
+        Access::Everywhere(Role::Read)
+    } else {
+        Access::Everywhere(Role::Admin)
+    }
 }
 
 /// What makes one manager different from another.
@@ -66,6 +117,8 @@ pub struct BackgroundContext {
     pub worker_id: String,
     /// Fires on shutdown.
     pub cancel: CancellationToken,
+    /// The token and TLS of calls to the master.
+    pub security: ClientSecurity,
 }
 
 /// Work a manager does besides running leased tasks, and the gRPC services it serves
@@ -81,6 +134,8 @@ pub trait Background: Send + Sync + 'static {
 /// Runs a manager until `cancel` fires.
 pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken) -> Result<(), WorkerError> {
     let worker_id = args.worker_id.clone().unwrap_or_else(|| default_worker_id(spec.name));
+    let security = ClientSecurity::from_args(&args.token, &args.tls)?;
+    let sandbox = Arc::new(args.sandbox.policy()?);
     let server = if args.listen.is_empty() {
         None
     } else {
@@ -90,7 +145,8 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
             b.add_routes(&mut routes);
         }
         reporter.set_service_status("", ServingStatus::Serving).await;
-        Some(tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), cancel.clone())))
+        let server_security = ServerSecurity::from_args(&args.auth, &args.tls, Arc::new(access)).await?;
+        Some(tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), server_security, cancel.clone())))
     };
     let cfg = WorkerConfig {
         master_url: args.master_url,
@@ -99,11 +155,14 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
         concurrency: args.concurrency.unwrap_or(spec.concurrency),
         poll_wait: args.poll_wait,
         drain_timeout: args.drain_timeout,
+        security: security.clone(),
+        sandbox,
     };
     let ctx = BackgroundContext {
         master_url: cfg.master_url.clone(),
         worker_id: cfg.worker_id.clone(),
         cancel: cancel.clone(),
+        security,
     };
     let background: Vec<_> = spec
         .background

@@ -9,12 +9,12 @@ use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
 use weir_core::catalog::Queue;
 use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use weir_runtime::grpc::AuthedChannel as Channel;
 
 use crate::notice::Notices;
 use crate::quota::Quotas;
@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// On shutdown, how long running tasks may finish before they are handed back.
     pub drain_timeout: Duration,
+    /// The token and TLS of calls to the master.
+    pub security: weir_runtime::security::ClientSecurity,
+    /// What a task may touch, checked again here before it runs (the master checked it at
+    /// submission): a task outside it fails without being run.
+    pub sandbox: Arc<weir_core::sandbox::Policy>,
 }
 
 /// Why a running task's token was cancelled.
@@ -79,7 +84,7 @@ impl Worker {
         if cfg.concurrency == 0 {
             return Err(WorkerError::Config("concurrency must be at least 1".into()));
         }
-        let channel = weir_runtime::grpc::channel(&cfg.master_url)?;
+        let channel = weir_runtime::grpc::channel(&cfg.master_url, &cfg.security)?;
         let mut by_kind = HashMap::new();
         for h in handlers {
             for k in h.kinds() {
@@ -237,8 +242,9 @@ impl Worker {
                 };
                 let handler = self.handlers.get(ctx.kind.as_str()).cloned();
                 let (client, table, worker) = (self.client.clone(), self.table.clone(), self.cfg.worker_id.clone());
+                let (sandbox, queue) = (self.cfg.sandbox.clone(), self.cfg.queue);
                 tracker.spawn(async move {
-                    execute(client, table, worker, handler, ctx).await;
+                    execute(client, table, worker, handler, (&sandbox, queue), ctx).await;
                     drop(permit);
                 });
             }
@@ -281,9 +287,16 @@ async fn execute(
     table: Table,
     worker: String,
     handler: Option<Arc<dyn crate::StepHandler>>,
+    (sandbox, queue): (&weir_core::sandbox::Policy, weir_core::catalog::Queue),
     ctx: TaskContext,
 ) {
+    let outside = crate::sandbox::check(sandbox, queue, &ctx).err();
     let result = match &handler {
+        _ if outside.is_some() => {
+            let why = outside.unwrap_or_default();
+            tracing::warn!(error = %why, "task refused by the sandbox");
+            Err(crate::StepError::permanent(weir_core::sandbox::REFUSED_KIND, why))
+        }
         // A panicking handler fails its attempt instead of leaving a lease heartbeating forever.
         Some(h) => match AssertUnwindSafe(h.run(&ctx)).catch_unwind().await {
             Ok(r) => r,

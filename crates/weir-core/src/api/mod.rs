@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::files::CredentialsRef;
+use crate::sandbox::{Reach, Touch};
 use template::{Template, Var};
 
 /// Default most records in one staged file.
@@ -398,6 +399,20 @@ pub fn check_json_path(field: &str, path: &str) -> Result<(), String> {
     serde_json_path::JsonPath::parse(path).map(|_| ()).map_err(|e| format!("{field} {path:?} is not a JSONPath: {e}"))
 }
 
+/// The endpoint a request to `base` + `path` goes to (the API manager joins them as
+/// `base` without its trailing `/`, then `path`). When `path` changes the authority (a
+/// `path` of `@other.host/…`), the field is `<field> + path` and the host the joined one;
+/// a placeholder left in it makes a host no policy accepts.
+fn request_touch(field: &str, base: &str, path: &str) -> Touch {
+    let joined = format!("{}{path}", base.trim_end_matches('/'));
+    let touch = Touch::url(field, &joined);
+    if touch == Touch::url(field, base) {
+        touch
+    } else {
+        Touch::url(format!("{field} + path"), &joined)
+    }
+}
+
 /// Checks an http(s) URL without credentials in it.
 pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
     let rest = url
@@ -666,6 +681,46 @@ impl CollectStep {
             }
         }
         out
+    }
+
+    /// What the step reaches: each API source's base URL joined with `path` as the
+    /// requests are (`base_url`, `fallbacks[i].base_url`; a `path` that moves the request
+    /// to another host shows as `… + path` with that host), each auth's `token_url` and
+    /// credentials file, a files fallback's `location`, and `security.ca.file`. Next-page
+    /// URLs and redirects come from the server: the API manager checks each it requests.
+    pub fn reach(&self) -> Reach {
+        fn auth_reach(r: &mut Reach, field: &str, auth: Option<&AuthSpec>) {
+            let Some(a) = auth else { return };
+            match a {
+                AuthSpec::Oauth2ClientCredentials { token_url, credentials, .. }
+                | AuthSpec::Oauth2RefreshToken { token_url, credentials } => {
+                    r.url(format!("{field}.token_url"), token_url);
+                    crate::sandbox::credentials_file(r, &format!("{field}.credentials"), Some(credentials));
+                }
+                AuthSpec::ApiKey { credentials, .. }
+                | AuthSpec::Basic { credentials }
+                | AuthSpec::Bearer { credentials } => {
+                    crate::sandbox::credentials_file(r, &format!("{field}.credentials"), Some(credentials));
+                }
+            }
+        }
+        let mut r = Reach::default();
+        r.push(request_touch("base_url", &self.base_url, &self.path));
+        auth_reach(&mut r, "auth", self.auth.as_ref());
+        for (i, f) in self.fallbacks.iter().enumerate() {
+            let at = format!("fallbacks[{i}]");
+            if let Some(u) = &f.base_url {
+                r.push(request_touch(&format!("{at}.base_url"), u, &self.path));
+            }
+            auth_reach(&mut r, &format!("{at}.auth"), f.auth.as_ref());
+            if let Some(l) = &f.location {
+                r.merge(&format!("{at}.location"), l.reach());
+            }
+        }
+        if let Some(ca) = self.security.as_ref().and_then(|s| s.ca.as_ref()) {
+            crate::sandbox::secret_file(&mut r, "security.ca", ca);
+        }
+        r
     }
 
     /// The base URL of the resource's API source `i`: 0 the primary, then its fallbacks in

@@ -76,6 +76,14 @@ impl RecoveryStep {
         }
         Ok(step)
     }
+
+    /// What the step reaches: its resource's (`resource.*`, see [`CollectStep::reach`]),
+    /// its files fallback included (`recover_files` reads that).
+    pub fn reach(&self) -> crate::sandbox::Reach {
+        let mut r = crate::sandbox::Reach::default();
+        r.merge("resource", self.resource.reach());
+        r
+    }
 }
 
 const INCREMENTAL: &str = "an incremental resource needs no resilient_fetch: its mark moves only when a job succeeds, \

@@ -28,6 +28,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::sandbox::Reach;
+
 pub use contract::SchemaContract;
 pub use schema::ColumnType;
 
@@ -281,6 +283,37 @@ impl SinkSpec {
     }
 }
 
+impl SinkSpec {
+    /// What the sink reaches, fields relative to it: a Parquet `path` (a local directory)
+    /// or, with a `location`, the location's (`path` is a prefix inside it, without `..`);
+    /// a Kafka topic's `brokers` (scheme `kafka`) and `credentials.file`; the encryption
+    /// key files. A PostgreSQL sink reaches nothing known at submission (`url_env` names
+    /// a variable of the manager's), so its manager checks the URL when it reads it.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        match self {
+            SinkSpec::Parquet { path, location, encryption, .. } => {
+                match location {
+                    Some(l) => r.merge("location", l.reach()),
+                    None => r.path("path", path.clone()),
+                }
+                if let Some(e) = encryption {
+                    crate::sandbox::secret_file(&mut r, "encryption.key", &e.key);
+                    for (col, k) in &e.column_keys {
+                        crate::sandbox::secret_file(&mut r, &format!("encryption.column_keys.{col}"), k);
+                    }
+                }
+            }
+            SinkSpec::Postgres { .. } => {}
+            SinkSpec::Kafka { brokers, credentials, .. } => {
+                r.servers("brokers", "kafka", brokers);
+                crate::sandbox::credentials_file(&mut r, "credentials", credentials.as_ref());
+            }
+        }
+        r
+    }
+}
+
 /// Default most messages of each partition a Kafka topic sink's new owner reads back.
 pub const DEFAULT_KAFKA_RESUME_SCAN: u64 = 100_000;
 
@@ -337,6 +370,35 @@ impl DataStep {
         };
         step.check(kind)?;
         Ok(step)
+    }
+
+    /// What the step reaches: each of `inputs` (a plain path or a `file://` URI is a
+    /// local path; another URI, a staged object on the staging store, is its scheme and
+    /// bucket), each of `sinks` ([`SinkSpec::reach`]) and `classify.hash_key.file`.
+    /// Without `inputs`, the files upstream steps report are the managers' to check.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        for (i, input) in self.inputs.iter().enumerate() {
+            let field = format!("inputs[{i}]");
+            match input.split_once("://") {
+                // As the batch manager reads it: the rest is the path.
+                Some(("file", rest)) => r.path(field, rest.to_string()),
+                Some((scheme, rest)) => r.push(crate::sandbox::Touch::Endpoint {
+                    field,
+                    scheme: scheme.to_ascii_lowercase(),
+                    host: rest.split('/').next().unwrap_or("").to_ascii_lowercase(),
+                    port: None,
+                }),
+                None => r.path(field, input.clone()),
+            }
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            r.merge(&format!("sinks[{i}]"), sink.reach());
+        }
+        if let Some(k) = self.classify.as_ref().and_then(|c| c.hash_key.as_ref()) {
+            crate::sandbox::secret_file(&mut r, "classify.hash_key", k);
+        }
+        r
     }
 
     /// Checks this config as `kind`'s (the stream kinds check their sinks, schema and
@@ -581,6 +643,15 @@ impl ReconcileStep {
             return Err("reconcile config: key and sinks go together (the sinks whose keys are checked)".into());
         }
         Ok(s)
+    }
+
+    /// What the step reaches: the `sinks` whose keys it reads.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            r.merge(&format!("sinks[{i}]"), sink.reach());
+        }
+        r
     }
 }
 

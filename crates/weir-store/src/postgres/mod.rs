@@ -1,6 +1,7 @@
 //! The production store on PostgreSQL. Each commit is one transaction of at most six
 //! statements whatever its size (arrays bound once and expanded with `UNNEST`).
 
+mod audit;
 mod datasets;
 mod watermarks;
 
@@ -306,6 +307,7 @@ impl Store for PgStore {
             .await?;
         }
         watermarks::advance(&mut tx, &c.watermarks).await?;
+        audit::append(&mut tx, &c.audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -354,6 +356,9 @@ impl Store for PgStore {
         let mut q = QueryBuilder::new(format!("SELECT {} FROM weir_jobs WHERE TRUE", pg_job_cols()));
         if let Some(ns) = &f.namespace {
             q.push(" AND namespace = ").push_bind(ns.clone());
+        }
+        if let Some(within) = &f.within {
+            q.push(" AND namespace = ANY(").push_bind(within.clone()).push(")");
         }
         if let Some(s) = f.state {
             q.push(" AND state = ").push_bind(s.as_str());
@@ -601,6 +606,18 @@ impl Store for PgStore {
 
     async fn list_watermarks(&self, namespace: &str, limit: u32) -> Result<Vec<Watermark>, StoreError> {
         watermarks::list(&self.pool, namespace, limit).await
+    }
+
+    async fn audit(
+        &self,
+        filter: &weir_core::audit::AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<weir_core::audit::AuditRecord>, StoreError> {
+        audit::list(&self.pool, filter, limit).await
+    }
+
+    async fn purge_audit(&self, before: weir_core::Millis) -> Result<u64, StoreError> {
+        audit::purge(&self.pool, before).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! The file is opened in exclusive locking mode, so one master process owns it; a second
 //! process gets "database is locked" instead of a split brain.
 
+mod audit;
 mod datasets;
 mod watermarks;
 
@@ -240,6 +241,7 @@ impl Store for SqliteStore {
             insert_message(&mut tx, m).await?;
         }
         watermarks::advance(&mut tx, &c.watermarks).await?;
+        audit::append(&mut tx, &c.audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -286,6 +288,11 @@ impl Store for SqliteStore {
         let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE 1 = 1"));
         if let Some(ns) = &f.namespace {
             q.push(" AND namespace = ").push_bind(ns.clone());
+        }
+        if let Some(within) = &f.within {
+            q.push(" AND namespace IN (SELECT value FROM json_each(")
+                .push_bind(serde_json::to_string(within).unwrap_or_default())
+                .push("))");
         }
         if let Some(s) = f.state {
             q.push(" AND state = ").push_bind(s.as_str());
@@ -533,6 +540,18 @@ impl Store for SqliteStore {
 
     async fn list_watermarks(&self, namespace: &str, limit: u32) -> Result<Vec<Watermark>, StoreError> {
         watermarks::list(&self.pool, namespace, limit).await
+    }
+
+    async fn audit(
+        &self,
+        filter: &weir_core::audit::AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<weir_core::audit::AuditRecord>, StoreError> {
+        audit::list(&self.pool, filter, limit).await
+    }
+
+    async fn purge_audit(&self, before: weir_core::Millis) -> Result<u64, StoreError> {
+        audit::purge(&self.pool, before).await
     }
 }
 
