@@ -389,12 +389,12 @@ async fn every_auth_style_authenticates_and_tokens_renew_once() {
             "unset",
             lab.resource(
                 "/t",
-                json!({"api": "unset", "auth": {"type": "bearer", "credentials": {"env": "WEIR_TEST_NOT_SET"}}}),
+                json!({"api": "unset", "auth": {"type": "bearer", "credentials": {"env": "JOB_TEST_NOT_SET"}}}),
             ),
         )
         .await;
     assert_eq!((r.kind.as_str(), r.attempts), ("bad_config", 1));
-    assert!(r.error.contains("WEIR_TEST_NOT_SET"), "{}", r.error);
+    assert!(r.error.contains("JOB_TEST_NOT_SET"), "{}", r.error);
 
     // OAuth2 client credentials: the first token is refused, renewed once, the second works.
     let token = |state: &str, next: &str, tok: &str| {

@@ -23,7 +23,7 @@ fn manager(name: &str, url: &str, data: &Path, sink_url: &str) -> Proc {
         ("WEIR_POLL_WAIT", "1s"),
         ("WEIR_DRAIN_TIMEOUT", "500ms"),
         ("WEIR_DATA_DIR", data.as_str()),
-        ("WEIR_TEST_SINK_URL", sink_url),
+        ("JOB_TEST_SINK_URL", sink_url),
     ];
     Proc::spawn(&format!("weir-{name}-manager"), &[], &env)
 }
@@ -64,7 +64,7 @@ async fn the_bulk_file_template_ingests_a_folder_through_five_binaries() {
             "patterns": ["**/*.csv"], "parallelism": 3,
             "rules": {"ranges": {"amount": {"min": 0}}, "not_null": ["customer"]},
             "sinks": [{"type": "parquet", "path": lake.display().to_string(), "partition_by": "placed"},
-                      {"type": "postgres", "url_env": "WEIR_TEST_SINK_URL", "table": "orders", "create": true, "key": ["order_id"]}],
+                      {"type": "postgres", "url_env": "JOB_TEST_SINK_URL", "table": "orders", "create": true, "key": ["order_id"]}],
             "max_quarantined_ratio": 0.05
         }
     });
@@ -130,7 +130,7 @@ async fn a_batch_manager_killed_mid_load_leaves_no_duplicate_rows() {
     let mut jobs = v1::job_service_client::JobServiceClient::new(channel(&p.url));
     let mut s = step("load", "convert", "batch", &[]);
     s.config_json = json!({"inputs": [input.display().to_string()],
-                           "sinks": [{"type": "postgres", "url_env": "WEIR_TEST_SINK_URL", "table": "events", "create": true}]})
+                           "sinks": [{"type": "postgres", "url_env": "JOB_TEST_SINK_URL", "table": "events", "create": true}]})
     .to_string();
     s.timeouts = Some(v1::StepTimeouts { heartbeat: dur(2000), ..Default::default() });
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -22,7 +22,7 @@ async fn a_csv_job_converts_checks_and_stores_with_every_row_accounted_for() {
     let store = StoreFixture::new(Backend::Sqlite).await;
     let master = InProcMaster::start(&store.url).await;
     let sink_db = TestSchema::create().await.expect("postgres");
-    let url_env = format!("WEIR_TEST_SINK_{}", uuid::Uuid::new_v4().simple());
+    let url_env = format!("JOB_TEST_SINK_{}", uuid::Uuid::new_v4().simple());
     std::env::set_var(&url_env, &sink_db.url);
     let dir = tempfile::tempdir().expect("tmp");
     let input = dir.path().join("orders.csv");

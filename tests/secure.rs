@@ -143,9 +143,9 @@ async fn secure_api_collects_over_verified_tls_classifies_and_stores_encrypted()
 
     // The lake's key: 32 bytes, by reference (base64 in an environment variable).
     let key = *b"weir-lake-key-0123456789abcdef!!";
-    let key_env = format!("WEIR_TEST_LAKE_KEY_{}", uuid::Uuid::new_v4().simple());
+    let key_env = format!("JOB_TEST_LAKE_KEY_{}", uuid::Uuid::new_v4().simple());
     std::env::set_var(&key_env, base64::engine::general_purpose::STANDARD.encode(key));
-    let hash_env = format!("WEIR_TEST_PII_KEY_{}", uuid::Uuid::new_v4().simple());
+    let hash_env = format!("JOB_TEST_PII_KEY_{}", uuid::Uuid::new_v4().simple());
     std::env::set_var(&hash_env, "pepper");
     let lake = lab.dir.path().join("lake");
     let mut resource = lab.resource(Value::Null);

@@ -501,9 +501,9 @@ async fn rabbitmq_records_land_once_and_resent_messages_are_dropped_by_id() {
     assert_eq!(q.message_count(), 0, "every message acknowledged, the duplicates too");
 
     let mut unset = config.clone();
-    unset["source"]["url_env"] = json!("WEIR_TEST_NO_SUCH_URL");
+    unset["source"]["url_env"] = json!("JOB_TEST_NO_SUCH_URL");
     let (ok, o) = rig.consume("unset", &unset).await;
-    assert!(!ok && o["error"].as_str().is_some_and(|e| e.contains("WEIR_TEST_NO_SUCH_URL")), "{o}");
+    assert!(!ok && o["error"].as_str().is_some_and(|e| e.contains("JOB_TEST_NO_SUCH_URL")), "{o}");
     let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
     rig.stop().await;
 }
@@ -652,8 +652,8 @@ async fn a_rabbitmq_stream_killed_mid_stream_is_taken_over_with_every_message_on
         c.await.expect("confirmed");
     }
     let store = StoreFixture::new(Backend::Postgres).await;
-    let source = json!({"type": "rabbitmq", "url_env": "WEIR_TEST_AMQP_URL", "queue": queue, "prefetch": 300});
-    let task_id = killed_mid_stream(&store, source, &[("WEIR_TEST_AMQP_URL", url)], n).await;
+    let source = json!({"type": "rabbitmq", "url_env": "JOB_TEST_AMQP_URL", "queue": queue, "prefetch": 300});
+    let task_id = killed_mid_stream(&store, source, &[("JOB_TEST_AMQP_URL", url)], n).await;
     // The takeover, on `weir.streams` through the master's outbox.
     let outbox = store.open().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

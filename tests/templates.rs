@@ -103,7 +103,7 @@ async fn the_api_and_stream_templates_run_through_the_five_binaries() {
 
     let key = *b"weir-lake-key-0123456789abcdef!!";
     let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    let env = [("SHOP_TOKEN", "s3cret"), ("WEIR_TEST_LAKE_KEY", key_b64.as_str()), ("WEIR_TEST_PII_KEY", "pepper")];
+    let env = [("SHOP_TOKEN", "s3cret"), ("JOB_TEST_LAKE_KEY", key_b64.as_str()), ("JOB_TEST_PII_KEY", "pepper")];
     let p = start(&store.url, dir.path(), &env);
     let auth = json!({"type": "bearer", "credentials": {"env": "SHOP"}});
     let lake = |name: &str| dir.path().join(name);
@@ -123,8 +123,8 @@ async fn the_api_and_stream_templates_run_through_the_five_binaries() {
     let spec = json!({"namespace": "api", "name": "customers", "template": "secure_api", "params": {
         "api": resource,
         "security": {"ca": {"file": pki.ca_pem.display().to_string()}, "ca_pin": [pki.ca_sha256]},
-        "classify": {"actions": {"card": "mask", "email": "hash"}, "hash_key": {"env": "WEIR_TEST_PII_KEY"}},
-        "encryption": {"key": {"env": "WEIR_TEST_LAKE_KEY"}},
+        "classify": {"actions": {"card": "mask", "email": "hash"}, "hash_key": {"env": "JOB_TEST_PII_KEY"}},
+        "encryption": {"key": {"env": "JOB_TEST_LAKE_KEY"}},
         "sinks": sinks("customers")}});
     let (ok, job) = run(&p, dir.path(), spec).await;
     assert!(ok, "secure_api: {:?}", errors(&job));

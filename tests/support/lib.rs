@@ -547,7 +547,7 @@ async fn start_peer(mut cmd: Command, port: u16, what: &str) -> Child {
 /// Credentials by reference for one test: sets `<PREFIX>_<KEY>` for each pair under a
 /// fresh prefix and returns the prefix (`credentials: {env: PREFIX}`).
 pub fn credentials_env(pairs: &[(&str, &str)]) -> String {
-    let prefix = format!("WEIR_TEST_CREDS_{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("JOB_TEST_CREDS_{}", uuid::Uuid::new_v4().simple());
     for (k, v) in pairs {
         std::env::set_var(format!("{prefix}_{k}"), v);
     }

@@ -22,6 +22,9 @@ pub struct Jwks {
     urls: Vec<String>,
     http: reqwest::Client,
     keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    /// The key set as fetched (each key's JSON, sorted): a key replaced under the same
+    /// `kid` (a compromised key revoked) is a change too.
+    fingerprint: RwLock<Vec<String>>,
     /// Grows each time the key set changes (verified tokens are then checked afresh).
     generation: AtomicU64,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
@@ -47,6 +50,7 @@ impl Jwks {
             urls,
             http,
             keys: RwLock::new(HashMap::new()),
+            fingerprint: RwLock::new(Vec::new()),
             generation: AtomicU64::new(0),
             last_fetch: tokio::sync::Mutex::new(None),
             min_interval,
@@ -73,6 +77,7 @@ impl Jwks {
     async fn fetch_now(&self, last: &mut Option<Instant>) -> Result<usize, AuthError> {
         *last = Some(Instant::now());
         let mut keys = HashMap::new();
+        let mut fingerprint = Vec::new();
         for url in &self.urls {
             let err = |reason: String| AuthError::Jwks { url: url.clone(), reason };
             let resp = self.http.get(url).send().await.map_err(|e| err(e.to_string()))?;
@@ -90,18 +95,17 @@ impl Jwks {
                 }
                 let Some(alg) = algorithm(jwk) else { continue };
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {:?}: {e}", jwk.common.key_id)))?;
+                fingerprint.push(serde_json::to_string(jwk).unwrap_or_default());
                 keys.insert(jwk.common.key_id.clone().unwrap_or_default(), (key, alg));
             }
         }
         let n = keys.len();
+        fingerprint.sort();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         let changed = {
-            let mut held = self.keys.write().unwrap_or_else(|p| p.into_inner());
-            let mut old: Vec<&String> = held.keys().collect();
-            let mut new: Vec<&String> = keys.keys().collect();
-            old.sort();
-            new.sort();
-            let changed = old != new;
-            *held = keys;
+            let mut held = self.fingerprint.write().unwrap_or_else(|p| p.into_inner());
+            let changed = *held != fingerprint;
+            *held = fingerprint;
             changed
         };
         if changed {

@@ -12,6 +12,8 @@ use crate::Millis;
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 /// Longest message kept in a record.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Longest subject, namespace, action, target, code, trace id or peer kept in a record.
+pub const MAX_FIELD_BYTES: usize = 256;
 /// The CloudEvent type of an audit record on `weir.audit`.
 pub const RECORDED: &str = "dev.weir.audit.recorded";
 
@@ -111,6 +113,27 @@ impl AuditRecord {
         self
     }
 
+    /// The record with every field fit for the store: control characters (a NUL, which
+    /// PostgreSQL refuses in text, would fail the whole commit it rides in) replaced, and
+    /// each field cut short — they come from callers, valid or not.
+    pub fn cleaned(mut self) -> AuditRecord {
+        let clean = |s: &mut String, max: usize| {
+            if s.chars().any(char::is_control) {
+                *s = s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+            }
+            if s.len() > max {
+                *s = crate::text::shorten(std::mem::take(s), max);
+            }
+        };
+        for f in [&mut self.subject, &mut self.namespace, &mut self.action, &mut self.target, &mut self.code] {
+            clean(f, MAX_FIELD_BYTES);
+        }
+        clean(&mut self.trace_id, MAX_FIELD_BYTES);
+        clean(&mut self.peer, MAX_FIELD_BYTES);
+        clean(&mut self.message, MAX_MESSAGE_BYTES);
+        self
+    }
+
     /// The record as an outbox message for `weir.audit`, keyed by subject so one caller's
     /// records stay in order.
     pub fn message(&self) -> OutboxMessage {
@@ -153,6 +176,12 @@ mod tests {
         let m = r.message();
         assert_eq!((m.topic.as_str(), m.key.as_str(), m.kind.as_str()), ("weir.audit", "ada", RECORDED));
         assert_eq!(m.data["outcome"], "denied");
+        let mut bad = AuditRecord::new(1, "ada\0", "SubmitJob");
+        bad.target = "x".repeat(10_000);
+        bad.message = "malformed: unknown variant `\0`".into();
+        let c = bad.cleaned();
+        assert!(!c.subject.contains('\0') && !c.message.contains('\0'));
+        assert!(c.target.len() <= MAX_FIELD_BYTES + '…'.len_utf8());
         for o in Outcome::ALL {
             assert_eq!(o.as_str().parse::<Outcome>(), Ok(o));
         }

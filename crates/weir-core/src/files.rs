@@ -146,7 +146,10 @@ impl LocationSpec {
         let scheme = self.scheme()?;
         if let Some(CredentialsRef::Env(p)) = &self.credentials {
             if !crate::validate::is_env_name(p) {
-                return Err(format!("credentials.env must be an environment variable prefix, got {p:?}"));
+                return Err(format!(
+                    "credentials.env must be an environment variable prefix, got {p:?} ({})",
+                    crate::validate::ENV_NAME_RULE
+                ));
             }
         }
         match self.known_hosts.as_deref() {

@@ -21,9 +21,10 @@ impl SecretRef {
             SecretRef::File(p) if p.is_empty() || p.contains('\0') => {
                 Err(format!("{field}.file must name a file, got {p:?}"))
             }
-            SecretRef::Env(e) if !crate::validate::is_env_name(e) => {
-                Err(format!("{field}.env must name an environment variable, got {e:?}"))
-            }
+            SecretRef::Env(e) if !crate::validate::is_env_name(e) => Err(format!(
+                "{field}.env must name an environment variable, got {e:?} ({})",
+                crate::validate::ENV_NAME_RULE
+            )),
             _ => Ok(()),
         }
     }

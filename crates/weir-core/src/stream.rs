@@ -449,7 +449,10 @@ impl StreamStep {
             }
             SourceSpec::Rabbitmq { url_env, queue, prefetch } => {
                 if !crate::validate::is_env_name(url_env) {
-                    return Err(format!("source.url_env must name an environment variable, got {url_env:?}"));
+                    return Err(format!(
+                        "source.url_env must name an environment variable, got {url_env:?} ({})",
+                        crate::validate::ENV_NAME_RULE
+                    ));
                 }
                 name("source.queue", queue)?;
                 if *prefetch == Some(0) {

@@ -41,11 +41,21 @@ fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError(msg.into()))
 }
 
-/// Whether `s` can name an environment variable (or a prefix of several): letters, digits
-/// and `_`, not empty. Secrets are given by such names, never by value.
+/// Whether `s` can name an environment variable (or a prefix of several) a job may read:
+/// letters, digits and `_`, not empty, and not one of Weir's own settings (`WEIR`,
+/// `WEIR_…`: the managers' tokens and secrets live there, and a job naming them as its
+/// credentials would send them to its own server). Secrets are given by such names,
+/// never by value.
 pub fn is_env_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    let upper = s.to_ascii_uppercase();
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && upper != "WEIR"
+        && !upper.starts_with("WEIR_")
 }
+
+/// Said with every refused environment variable name.
+pub const ENV_NAME_RULE: &str = "letters, digits and _; not WEIR or WEIR_…, Weir's own settings";
 
 /// Names, keys and ids: short, plain ASCII, safe in URLs, file names and JSON paths.
 pub fn check_name(what: &str, s: &str, max: usize) -> Result<(), SpecError> {
@@ -297,6 +307,15 @@ fn topological_order(steps: &[StepSpec], index: &HashMap<&str, usize>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weirs_own_settings_are_not_a_jobs_environment_variables() {
+        assert!(is_env_name("SHOP") && is_env_name("WEIRD_API") && is_env_name("shop_token"));
+        for reserved in ["WEIR", "weir", "WEIR_TOKEN", "Weir_Auth_HS256_SECRET"] {
+            assert!(!is_env_name(reserved), "{reserved}");
+        }
+        assert!(!is_env_name("") && !is_env_name("A-B"));
+    }
     use serde_json::json;
 
     fn step(id: &str, deps: &[&str]) -> StepSpec {

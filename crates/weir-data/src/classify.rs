@@ -221,17 +221,17 @@ mod tests {
 
     #[test]
     fn hashing_is_keyed_and_a_named_column_must_exist() {
-        std::env::set_var("WEIR_TEST_CLASSIFY_KEY", "k1");
+        std::env::set_var("JOB_TEST_CLASSIFY_KEY", "k1");
         let b = batch(&[("phone", vec![Some("+49 30 1234567"), Some("+1 212 555 0123")])]);
         let spec: ClassifySpec = serde_json::from_value(serde_json::json!({
-            "actions": {"phone": "hash"}, "hash_key": {"env": "WEIR_TEST_CLASSIFY_KEY"}
+            "actions": {"phone": "hash"}, "hash_key": {"env": "JOB_TEST_CLASSIFY_KEY"}
         }))
         .expect("spec");
         let out = Classifier::new(&spec, &b).expect("c").apply(&b).expect("apply");
         let h = out.column(0).as_any().downcast_ref::<StringArray>().expect("text").value(0).to_string();
         assert_eq!(h.len(), 64);
         assert!(!h.contains("1234567"));
-        std::env::set_var("WEIR_TEST_CLASSIFY_KEY", "k2");
+        std::env::set_var("JOB_TEST_CLASSIFY_KEY", "k2");
         let again = Classifier::new(&spec, &b).expect("c").apply(&b).expect("apply");
         assert_ne!(again.column(0).as_any().downcast_ref::<StringArray>().expect("text").value(0), h);
         let named: ClassifySpec = serde_json::from_value(serde_json::json!({"columns": {"nope": "x"}})).expect("spec");

@@ -84,7 +84,7 @@ impl AuditService for Audit {
             namespace: text(r.namespace),
             action: text(r.action),
             outcome: if r.outcome.is_empty() { None } else { Some(r.outcome.parse().map_err(invalid)?) },
-            since_ms: r.since.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
+            since_ms: r.since.map(|t| t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000)),
             before: if r.page_token.is_empty() {
                 None
             } else {

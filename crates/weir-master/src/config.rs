@@ -43,7 +43,8 @@ pub struct MasterConfig {
     #[arg(long, env = "WEIR_SUBMISSION_LIMIT", default_value = weir_auth::limit::DEFAULT_SUBMISSION_LIMIT)]
     pub submission_limit: String,
     /// Days an audit record is kept.
-    #[arg(long, env = "WEIR_AUDIT_RETENTION_DAYS", default_value_t = weir_core::audit::DEFAULT_RETENTION_DAYS)]
+    #[arg(long, env = "WEIR_AUDIT_RETENTION_DAYS", default_value_t = weir_core::audit::DEFAULT_RETENTION_DAYS,
+        value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_retention_days: u32,
 }
 

@@ -347,8 +347,8 @@ impl Scheduler {
                 self.messages.append(&mut messages);
                 replies.push(pending(reply, Ok(())));
             }
-            Command::Audit(mut records, reply) => {
-                self.audit.append(&mut records);
+            Command::Audit(records, reply) => {
+                self.audit.extend(records.into_iter().map(AuditRecord::cleaned));
                 replies.push(pending(reply, Ok(())));
             }
         }
@@ -368,7 +368,7 @@ impl Scheduler {
                 status.message(),
             );
         }
-        self.audit.push(*a);
+        self.audit.push((*a).cleaned());
     }
 
     /// Hands newly ready tasks to parked workers, oldest waiter first; answers expired waits.

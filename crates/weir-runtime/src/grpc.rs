@@ -86,6 +86,8 @@ pub async fn serve(
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes under way at once; connections past it wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
 
 type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
@@ -96,7 +98,9 @@ async fn accept_tls(
     tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
     cancel: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             a = listener.accept() => match a {
@@ -113,9 +117,15 @@ async fn accept_tls(
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let (tx, guard) = (tx.clone(), guard.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(slot);
+            match result {
                 Ok(Ok(conn)) => {
                     let _ = tx.send(Ok(conn)).await;
+                }
+                // Closed before saying anything (a TCP probe, a port scan): not a caller.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, "connection closed before its TLS handshake");
                 }
                 Ok(Err(e)) => guard.handshake_refused(&peer.to_string(), &e.to_string()).await,
                 Err(_) => guard.handshake_refused(&peer.to_string(), "the TLS handshake timed out").await,

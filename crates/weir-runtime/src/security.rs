@@ -97,6 +97,12 @@ impl AuthArgs {
             let j = Arc::new(Jwks::new(self.jwks_urls.clone(), JWKS_MIN_INTERVAL).map_err(config)?);
             let n = j.refresh().await.map_err(config)?;
             tracing::info!(keys = n, urls = ?self.jwks_urls, "JWKS keys loaded");
+            if self.audience.is_none() {
+                tracing::warn!(
+                    "WEIR_AUTH_AUDIENCE is not set: any token the identity provider signs, for any application, is \
+                     accepted; set the audience Weir's tokens carry"
+                );
+            }
             j.spawn_refresh(self.jwks_refresh.max(Duration::from_secs(1)));
             Some(j)
         };

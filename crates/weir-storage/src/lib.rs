@@ -701,10 +701,10 @@ mod tests {
     fn missing_credentials_are_named_without_values() {
         let spec = LocationSpec {
             uri: "s3://bucket".into(),
-            credentials: Some(CredentialsRef::Env("WEIR_TEST_NOPE_UNSET".into())),
+            credentials: Some(CredentialsRef::Env("JOB_TEST_NOPE_UNSET".into())),
             ..Default::default()
         };
         let e = Location::open(&spec).expect_err("no creds");
-        assert!(e.to_string().contains("WEIR_TEST_NOPE_UNSET_*"), "{e}");
+        assert!(e.to_string().contains("JOB_TEST_NOPE_UNSET_*"), "{e}");
     }
 }

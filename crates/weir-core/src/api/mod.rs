@@ -435,9 +435,10 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
 /// Checks a credentials reference; the error names `field`.
 pub(crate) fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), String> {
     match c {
-        CredentialsRef::Env(p) if !crate::validate::is_env_name(p) => {
-            Err(format!("{field}.env must name an environment variable prefix, got {p:?}"))
-        }
+        CredentialsRef::Env(p) if !crate::validate::is_env_name(p) => Err(format!(
+            "{field}.env must name an environment variable prefix, got {p:?} ({})",
+            crate::validate::ENV_NAME_RULE
+        )),
         CredentialsRef::File(p) if p.is_empty() || p.contains('\0') => {
             Err(format!("{field}.file must name a file, got {p:?}"))
         }
@@ -687,7 +688,8 @@ impl CollectStep {
     /// requests are (`base_url`, `fallbacks[i].base_url`; a `path` that moves the request
     /// to another host shows as `… + path` with that host), each auth's `token_url` and
     /// credentials file, a files fallback's `location`, and `security.ca.file`. Next-page
-    /// URLs and redirects come from the server: the API manager checks each it requests.
+    /// URLs and redirects come from the server and are not checked yet (a
+    /// `secure_api` policy's host list is what holds them today).
     pub fn reach(&self) -> Reach {
         fn auth_reach(r: &mut Reach, field: &str, auth: Option<&AuthSpec>) {
             let Some(a) = auth else { return };

@@ -288,7 +288,8 @@ impl SinkSpec {
     /// or, with a `location`, the location's (`path` is a prefix inside it, without `..`);
     /// a Kafka topic's `brokers` (scheme `kafka`) and `credentials.file`; the encryption
     /// key files. A PostgreSQL sink reaches nothing known at submission (`url_env` names
-    /// a variable of the manager's), so its manager checks the URL when it reads it.
+    /// a variable of the manager's, which the operator sets; a job may not name Weir's own
+    /// `WEIR_…` variables).
     pub fn reach(&self) -> Reach {
         let mut r = Reach::default();
         match self {
@@ -529,7 +530,8 @@ impl DataStep {
                 SinkSpec::Postgres { url_env, table, key, .. } => {
                     if !crate::validate::is_env_name(url_env) {
                         return bad(format!(
-                            "postgres sink url_env must name an environment variable, got {url_env:?}"
+                            "postgres sink url_env must name an environment variable, got {url_env:?} ({})",
+                            crate::validate::ENV_NAME_RULE
                         ));
                     }
                     let parts: Vec<&str> = table.split('.').collect();
