@@ -7,7 +7,7 @@ pub fn job_spec(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(spec) = serde_yaml_ng::from_str::<weir_core::spec::JobSpec>(text) else { return };
     if let Ok(valid) = weir_core::validate::validate(spec) {
-        let policy = weir_core::sandbox::Policy::with_default(vec!["/srv/weir".into()], vec!["*".into()]);
+        let policy = weir_core::sandbox::Policy::with_default(vec!["/srv/weir".into()], vec!["*".into()], vec!["*".into()]);
         if let Ok(policy) = policy {
             let _ = policy.check_job(&valid.spec);
         }

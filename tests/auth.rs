@@ -91,9 +91,11 @@ fn workers_as(url: &str, token: &str) -> v1::worker_service_client::WorkerServic
 async fn wait_leading(jobs: &mut JobServiceClient<AuthedChannel>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match jobs.list_jobs(v1::ListJobsRequest::default()).await {
-            Ok(_) => return,
-            Err(s) => assert!(Instant::now() < deadline, "master never answered: {s:?}"),
+        // PauseJob asks for leadership first: a bad id is INVALID_ARGUMENT only once it
+        // leads (ListJobs answers before, from the store).
+        match jobs.pause_job(v1::PauseJobRequest { job_id: String::new() }).await {
+            Err(s) if s.code() == tonic::Code::InvalidArgument => return,
+            other => assert!(Instant::now() < deadline, "master never led: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -470,9 +472,18 @@ async fn under_mtls_a_manager_runs_jobs_and_a_client_without_a_trusted_certifica
         let r = JobServiceClient::new(channel(tls)).list_jobs(v1::ListJobsRequest::default()).await;
         assert!(r.is_err(), "{what}: {r:?}");
     }
-    let records = audit(&master.url, &security(Some(&ops), Some(client_tls(&pki)))).await;
-    let handshakes = records.iter().filter(|r| r.action == "TlsHandshake" && r.outcome == "unauthenticated").count();
-    assert!(handshakes >= 2, "each refused handshake is audited: {records:#?}");
+    // A refused handshake is audited from its own task, after the client saw the refusal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = audit(&master.url, &security(Some(&ops), Some(client_tls(&pki)))).await;
+        let handshakes =
+            records.iter().filter(|r| r.action == "TlsHandshake" && r.outcome == "unauthenticated").count();
+        if handshakes >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "each refused handshake is audited: {records:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The certificates rotate (a new CA, a new server certificate): the master serves the
     // new ones to new connections without a restart, and the old CA's clients are refused.
@@ -495,4 +506,195 @@ async fn under_mtls_a_manager_runs_jobs_and_a_client_without_a_trusted_certifica
     manager.await.expect("manager stops");
     master.stop().await;
     store.cleanup().await;
+}
+
+fn connections_as(url: &str, token: &str) -> v1::connection_service_client::ConnectionServiceClient<AuthedChannel> {
+    v1::connection_service_client::ConnectionServiceClient::new(
+        weir_runtime::grpc::channel(url, &security(Some(token), None)).expect("channel"),
+    )
+}
+
+fn put(ns: &str, name: &str, config: Value) -> v1::PutConnectionRequest {
+    v1::PutConnectionRequest {
+        connection: Some(v1::Connection {
+            namespace: ns.into(),
+            name: name.into(),
+            description: format!("{name} of {ns}"),
+            config_json: config.to_string(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn configured(ns: &str, name: &str, config: Value) -> v1::JobSpec {
+    let mut s = step("convert", "convert", "batch", &[]);
+    s.config_json = config.to_string();
+    in_namespace(ns, job(name, vec![s]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_name_an_admins_connections_and_neither_a_connection_nor_a_variable_opens_the_sandbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("finance");
+    std::fs::create_dir(&root).expect("mkdir");
+    std::fs::write(root.join("orders.csv"), "id,amount\n1,9.5\n2,3.25\n").expect("csv");
+    let policy = dir.path().join("sandbox.yaml");
+    let r = root.display().to_string();
+    std::fs::write(
+        &policy,
+        format!(
+            "namespaces:\n  finance: {{paths: [{r}], hosts: ['*'], env: ['FINANCE_*']}}\n  marketing: {{paths: [{r}], hosts: ['*']}}\n"
+        ),
+    )
+    .expect("policy");
+    let sandbox =
+        || SandboxArgs { sandbox_file: Some(policy.clone()), allowed_paths: vec![], ..SandboxArgs::default() };
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start_configured(&store.url, None, |c| {
+        c.auth = AuthArgs { enabled: true, hs256_secret: Some(SECRET.into()), ..AuthArgs::default() };
+        c.sandbox = sandbox();
+    })
+    .await;
+    let token =
+        |sub: &str, grants: &[&str]| hs256(&json!({"sub": sub, "exp": now() + 600, "permissions": grants}), SECRET);
+    let (ops, ada, bob) =
+        (token("ops", &["finance:admin"]), token("ada", &["finance:write"]), token("bob", &["marketing:write"]));
+    let mut as_ada = jobs_as(&master.url, Some(&ada));
+    wait_leading(&mut as_ada).await;
+    let (stop, manager) = batch_manager(&master.url, sandbox(), &token("batch", &["*:worker"]), TlsArgs::default());
+
+    // Only an admin of the namespace defines its connections.
+    let orders = json!({"inputs": [root.join("orders.csv").display().to_string()]});
+    let lake = json!({"type": "parquet", "path": root.join("lake").display().to_string()});
+    let e =
+        connections_as(&master.url, &ada).put_connection(put("finance", "orders", orders.clone())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("needs finance:admin"), "{e:?}");
+    let e = connections_as(&master.url, &bob)
+        .get_connection(v1::GetConnectionRequest { namespace: "finance".into(), name: "orders".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "another namespace's connections do not show: {e:?}");
+    let mut as_ops = connections_as(&master.url, &ops);
+    let made = as_ops.put_connection(put("finance", "orders", orders.clone())).await.expect("admin puts").into_inner();
+    assert!(made.created);
+    let c = made.connection.expect("connection");
+    assert_eq!((c.updated_by.as_str(), c.namespace.as_str()), ("ops", "finance"));
+    assert!(c.updated.is_some());
+    let again = as_ops.put_connection(put("finance", "orders", orders.clone())).await.expect("replace");
+    assert!(!again.into_inner().created, "a put of the same name replaces it");
+    let e = as_ops.put_connection(put("finance", "bad", json!({"a": {"$connection": "orders"}}))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("config.a names a connection"), "{e:?}");
+
+    // The CLI puts one from a YAML file and lists them.
+    let yaml = dir.path().join("lake.yaml");
+    std::fs::write(&yaml, format!("type: parquet\npath: {}\n", root.join("lake").display())).expect("yaml");
+    let weir = |args: &[&str]| {
+        std::process::Command::new(bin("weir"))
+            .args(args)
+            .env("WEIR_MASTER_URL", &master.url)
+            .env("WEIR_TOKEN", &ops)
+            .output()
+            .expect("run weir")
+    };
+    let out = weir(&["connections", "put", "lake", "-n", "finance", "--config", yaml.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connection finance/lake created"));
+    let out = weir(&["--json", "connections", "list", "-n", "finance"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(listed.iter().map(|c| c["name"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["lake", "orders"]);
+    assert_eq!(listed[0]["config"], lake);
+
+    // A job names them; it runs with the admin's config, and the stored job shows it expanded.
+    let by_name = json!({"$connection": "orders", "sinks": [{"$connection": "lake"}]});
+    let ok = submit(&mut as_ada, configured("finance", "orders", by_name.clone())).await.expect("accepted");
+    let (job, tasks) = finished(&mut as_ada, &ok.id).await;
+    assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:?} {tasks:?}");
+    let stored: Value = serde_json::from_str(&job.spec.expect("spec").steps[0].config_json).expect("config");
+    assert_eq!(stored, json!({"inputs": orders["inputs"], "sinks": [lake]}));
+    let written = walk(&root.join("lake"));
+    assert!(written.iter().any(|p| p.extension().is_some_and(|e| e == "parquet")), "{written:?}");
+
+    // The job may add what the connection leaves open, never change what it sets.
+    let e =
+        submit(&mut as_ada, configured("finance", "x", json!({"$connection": "orders", "inputs": ["/etc/shadow"]})))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("step \"convert\" inputs: set by connection \"orders\""), "{e:?}");
+    // Another namespace cannot name finance's connections.
+    let e =
+        submit(&mut jobs_as(&master.url, Some(&bob)), configured("marketing", "x", by_name.clone())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("connection \"orders\" not found in namespace \"marketing\""), "{e:?}");
+
+    // Variables: finance reads FINANCE_*, not another team's; through a connection neither.
+    let pg =
+        |var: &str| json!({"$connection": "orders", "sinks": [{"type": "postgres", "url_env": var, "table": "t"}]});
+    let e = submit(&mut as_ada, configured("finance", "x", pg("MARKETING_PG_URL"))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("sinks[0].url_env: environment variable MARKETING_PG_URL is not among"), "{e:?}");
+    assert!(e.message().contains("sandbox.namespaces.\"finance\".env"), "{e:?}");
+    as_ops
+        .put_connection(put("finance", "warehouse", json!({"type": "postgres", "url_env": "MARKETING_PG_URL"})))
+        .await
+        .expect("an admin may write it; the sandbox still holds");
+    let e = submit(
+        &mut as_ada,
+        configured(
+            "finance",
+            "x",
+            json!({"$connection": "orders", "sinks": [{"$connection": "warehouse", "table": "t"}]}),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().contains("environment variable MARKETING_PG_URL is not among"), "{e:?}");
+
+    // Deleted: new jobs cannot name it, the finished job keeps what it ran with.
+    as_ops
+        .delete_connection(v1::DeleteConnectionRequest { namespace: "finance".into(), name: "orders".into() })
+        .await
+        .expect("delete");
+    let e = submit(&mut as_ada, configured("finance", "later", by_name)).await.unwrap_err();
+    assert!(e.message().contains("connection \"orders\" not found in namespace \"finance\""), "{e:?}");
+    let e = as_ops
+        .delete_connection(v1::DeleteConnectionRequest { namespace: "finance".into(), name: "orders".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // Every change and every refusal is in the audit trail.
+    let records = audit(&master.url, &security(Some(&token("root", &["*:admin"])), None)).await;
+    let seen = |subject: &str, action: &str, target: &str, outcome: &str| {
+        records.iter().any(|r| r.subject == subject && r.action == action && r.target == target && r.outcome == outcome)
+    };
+    assert!(seen("ada", "PutConnection", "orders", "denied"));
+    assert!(seen("bob", "GetConnection", "orders", "denied"));
+    assert!(seen("ops", "PutConnection", "orders", "ok"));
+    assert!(seen("ops", "PutConnection", "bad", "invalid"));
+    assert!(seen("ops", "PutConnection", "lake", "ok"), "the CLI's put");
+    assert!(seen("ops", "DeleteConnection", "orders", "ok"));
+    assert!(records.iter().any(|r| r.action == "DeleteConnection" && r.code == "NOT_FOUND" && r.outcome == "failed"));
+
+    stop.cancel();
+    manager.await.expect("manager stops");
+    master.stop().await;
+    store.cleanup().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

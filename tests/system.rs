@@ -102,6 +102,13 @@ async fn five_binaries_run_every_template() {
     assert!(!bad.status.success(), "a file that is not a spec is refused");
     let workers = weir(&p.url, &["workers"]);
     assert!(String::from_utf8_lossy(&workers.stdout).contains("stream-manager-"));
+    let workers = weir(&p.url, &["--json", "workers"]);
+    let queues: std::collections::BTreeSet<String> = String::from_utf8_lossy(&workers.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object a line"))
+        .map(|w| w["queue"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(queues.into_iter().collect::<Vec<_>>(), ["api", "batch", "file", "stream"]);
     drop(p);
     store.cleanup().await;
 }
@@ -181,6 +188,13 @@ async fn python_client_generated_from_proto() {
     assert_eq!(seen["state"], "JOB_STATE_SUCCEEDED");
     assert_eq!(seen["last_event"], "dev.weir.job.succeeded");
     assert_eq!(seen["listed"], serde_json::json!([seen["job_id"].clone()]));
+    // grpcio-reflection asks v1alpha: the master answers it as well as v1.
+    let reflected: Vec<&str> = seen["reflected"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+    for service in ["weir.v1.JobService", "weir.v1.WorkerService", "weir.v1.ConnectionService", "grpc.health.v1.Health"]
+    {
+        assert!(reflected.contains(&service), "{service} not reflected: {reflected:?}");
+    }
+    assert_eq!(seen["reflected_package"], "weir.v1");
     let mut jobs = m.jobs();
     let t = tasks(&mut jobs, seen["job_id"].as_str().unwrap_or_default()).await;
     assert_eq!(t[1].output_json, r#"{"by":"python"}"#);

@@ -12,6 +12,9 @@ sys.path.insert(0, sys.argv[1])
 
 import grpc  # noqa: E402
 from google.protobuf import duration_pb2  # noqa: E402
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: E402
+    ProtoReflectionDescriptorDatabase,
+)
 from weir.v1 import job_pb2, master_pb2, master_pb2_grpc  # noqa: E402
 
 channel = grpc.insecure_channel(sys.argv[2])
@@ -53,6 +56,10 @@ for _ in range(2):
 events = [e.event.type for e in jobs.WatchJob(master_pb2.WatchJobRequest(job_id=job_id))]
 job = jobs.GetJob(master_pb2.GetJobRequest(job_id=job_id)).job
 listed = jobs.ListJobs(master_pb2.ListJobsRequest(namespace="py", labels={"lang": "python"})).jobs
+# What grpcio-reflection (v1alpha) finds: the services and one method's input type.
+reflection = ProtoReflectionDescriptorDatabase(channel)
+reflected = sorted(reflection.get_services())
+submit_input = reflection.FindFileContainingSymbol("weir.v1.JobService").package
 print(json.dumps({
     "created": submitted.created,
     "created_again": again.created,
@@ -63,4 +70,6 @@ print(json.dumps({
     "listed": [j.id for j in listed],
     "job_id": job_id,
     "last_event": events[-1] if events else None,
+    "reflected": reflected,
+    "reflected_package": submit_input,
 }))

@@ -98,7 +98,7 @@ impl Manager {
             ("WEIR_MASTER_URL", m.url.as_str()),
             ("WEIR_DATA_DIR", data.as_str()),
             ("WEIR_POLL_WAIT", "1s"),
-            ("WEIR_BENCH_PG_URL", m.schema.url.as_str()),
+            ("BENCH_PG_URL", m.schema.url.as_str()),
         ];
         env.extend_from_slice(extra);
         let child = spawn("weir-stream-manager", &[], &env)?;
@@ -203,7 +203,7 @@ async fn kafka(args: &StreamArgs, python: &Path, work: &Path) -> anyhow::Result<
 
     // Kafka → PostgreSQL.
     let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": "bench-weir-pg"},
-                        "until": "now", "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "trades", "create": true}]});
+                        "until": "now", "sinks": [{"type": "postgres", "url_env": "BENCH_PG_URL", "table": "trades", "create": true}]});
     let pg = weir(&m, work, config, args.records, bytes, &[]).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM trades").fetch_one(&m.pool).await?;
     if n as u64 != args.records {
@@ -264,7 +264,7 @@ async fn latency(
     let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["ticks"]},
                         "flush": {"interval": format!("{}ms", args.latency_flush_ms)},
                         "schema": [{"name": "id", "type": "int64"}, {"name": "produced_at", "type": "int64"}, {"name": "note", "type": "string"}],
-                        "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": "ticks", "create": true}]});
+                        "sinks": [{"type": "postgres", "url_env": "BENCH_PG_URL", "table": "ticks", "create": true}]});
     let spec = json!({"name": "bench-latency", "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
     let id = submit(&mut jobs, spec).await?;
     let total = args.latency_rate * args.latency_seconds;
@@ -357,7 +357,7 @@ async fn stalled(args: &StreamArgs, m: &Master, broker: &Broker, work: &Path, by
         let mut jobs = m.jobs.clone();
         let config = json!({"source": {"type": "kafka", "brokers": broker.brokers, "topics": ["trades"], "group": format!("bench-{table}")},
                             "until": "now", "flush": {"max_records": 10_000_000, "max_bytes": 1u64 << 40},
-                            "sinks": [{"type": "postgres", "url_env": "WEIR_BENCH_PG_URL", "table": table}]});
+                            "sinks": [{"type": "postgres", "url_env": "BENCH_PG_URL", "table": table}]});
         let spec = json!({"name": format!("bench-{table}"), "steps": [{"id": "consume", "kind": "consume", "queue": "stream", "config": config}]});
         let id = submit(&mut jobs, spec).await?;
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -401,9 +401,9 @@ async fn brokers(args: &StreamArgs, work: &Path) -> anyhow::Result<()> {
         }
     }
     let lake = work.join("rabbit");
-    let config = json!({"source": {"type": "rabbitmq", "url_env": "WEIR_BENCH_AMQP_URL", "queue": queue, "prefetch": 20_000},
+    let config = json!({"source": {"type": "rabbitmq", "url_env": "BENCH_AMQP_URL", "queue": queue, "prefetch": 20_000},
                         "until": "now", "sinks": [{"type": "parquet", "path": lake.display().to_string()}]});
-    let r = weir(&m, work, config, args.records, bytes, &[("WEIR_BENCH_AMQP_URL", url)]).await?;
+    let r = weir(&m, work, config, args.records, bytes, &[("BENCH_AMQP_URL", url)]).await?;
     let rows = lake_rows(&lake);
     if rows != args.records {
         bail!("Weir landed {rows} rows of {} RabbitMQ messages", args.records);

@@ -40,7 +40,42 @@ pub struct Client {
     jobs: JobServiceClient<Channel>,
     workers: WorkerServiceClient<Channel>,
     audit: v1::audit_service_client::AuditServiceClient<Channel>,
+    connections: v1::connection_service_client::ConnectionServiceClient<Channel>,
     json: bool,
+}
+
+/// `weir connections`: a namespace's named connections.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConnectionsCommand {
+    /// The connections of a namespace (default: every namespace you may read).
+    List {
+        #[arg(long, short = 'n', default_value = "")]
+        namespace: String,
+    },
+    /// One connection, its config whole.
+    Get {
+        name: String,
+        #[arg(long, short = 'n', default_value = weir_core::validate::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Create or replace a connection (needs admin on the namespace).
+    Put {
+        name: String,
+        #[arg(long, short = 'n', default_value = weir_core::validate::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// The step config it stands for, as YAML or JSON ("-": standard input); credentials
+        /// by reference ({env: PREFIX_} or {file: /path}), never their values.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a connection (needs admin; jobs already submitted keep their config).
+    Delete {
+        name: String,
+        #[arg(long, short = 'n', default_value = weir_core::validate::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
 }
 
 /// Filters of `weir audit`.
@@ -136,9 +171,65 @@ impl Client {
         Ok(Client {
             jobs: JobServiceClient::new(ch.clone()),
             workers: WorkerServiceClient::new(ch.clone()),
-            audit: v1::audit_service_client::AuditServiceClient::new(ch),
+            audit: v1::audit_service_client::AuditServiceClient::new(ch.clone()),
+            connections: v1::connection_service_client::ConnectionServiceClient::new(ch),
             json,
         })
+    }
+
+    /// `weir connections …`.
+    pub async fn connections(&mut self, command: ConnectionsCommand) -> anyhow::Result<()> {
+        let shown = match command {
+            ConnectionsCommand::List { namespace } => {
+                let r = self.connections.list_connections(v1::ListConnectionsRequest { namespace }).await;
+                r.map_err(explain)?.into_inner().connections
+            }
+            ConnectionsCommand::Get { name, namespace } => {
+                let r = self.connections.get_connection(v1::GetConnectionRequest { namespace, name }).await;
+                r.map_err(explain)?.into_inner().connection.into_iter().collect()
+            }
+            ConnectionsCommand::Put { name, namespace, config, description } => {
+                let text = if config == Path::new("-") {
+                    std::io::read_to_string(std::io::stdin()).context("reading the config from standard input")?
+                } else {
+                    std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?
+                };
+                let value: serde_json::Value = serde_yaml_ng::from_str(&text)
+                    .with_context(|| format!("{} is not YAML or JSON", config.display()))?;
+                let wire = v1::Connection {
+                    namespace,
+                    name,
+                    description,
+                    config_json: value.to_string(),
+                    ..Default::default()
+                };
+                let r = self.connections.put_connection(v1::PutConnectionRequest { connection: Some(wire) }).await;
+                let r = r.map_err(explain)?.into_inner();
+                if !self.json {
+                    let c = r.connection.as_ref().context("master returned no connection")?;
+                    let verb = if r.created { "created" } else { "replaced" };
+                    println!("connection {}/{} {verb}", c.namespace, c.name);
+                    return Ok(());
+                }
+                r.connection.into_iter().collect()
+            }
+            ConnectionsCommand::Delete { name, namespace } => {
+                let req = v1::DeleteConnectionRequest { namespace: namespace.clone(), name: name.clone() };
+                self.connections.delete_connection(req).await.map_err(explain)?;
+                if !self.json {
+                    println!("connection {namespace}/{name} deleted");
+                }
+                return Ok(());
+            }
+        };
+        if self.json {
+            for c in &shown {
+                println!("{}", render::connection_value(c));
+            }
+        } else {
+            render::connection_table(&shown);
+        }
+        Ok(())
     }
 
     /// `weir audit`: one page of the audit trail.
@@ -277,7 +368,7 @@ impl Client {
 
     pub async fn workers(&mut self) -> anyhow::Result<()> {
         let r = self.workers.list_workers(v1::ListWorkersRequest {}).await.map_err(explain)?.into_inner();
-        render::worker_table(&r.workers);
+        render::worker_table(&r.workers, self.json);
         Ok(())
     }
 

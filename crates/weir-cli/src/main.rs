@@ -101,6 +101,12 @@ enum Command {
     },
     /// The audit trail: mutating and refused calls, newest first (needs admin).
     Audit(client::AuditArgs),
+    /// Named connections: locations, APIs and sinks an admin defines per namespace, which
+    /// jobs name with `{$connection: <name>}`.
+    Connections {
+        #[command(subcommand)]
+        command: client::ConnectionsCommand,
+    },
     /// Sign a token with the HS256 secret (`WEIR_AUTH_HS256_SECRET`), for setups without
     /// an identity provider.
     Token(client::TokenMint),
@@ -200,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Streams { streams_url } => client::streams(&streams_url, json, &security).await.map(|_| ok),
         Command::Audit(args) => c()?.audit(args).await.map(|_| ok),
+        Command::Connections { command } => c()?.connections(command).await.map(|_| ok),
         Command::Token(args) => client::mint(args).map(|_| ok),
     }
 }

@@ -274,7 +274,18 @@ pub fn streams_value(r: &v1::ListStreamsResponse) -> Value {
 }
 
 /// A table of workers.
-pub fn worker_table(ws: &[v1::Worker]) {
+pub fn worker_table(ws: &[v1::Worker], json: bool) {
+    if json {
+        for w in ws {
+            println!(
+                "{}",
+                json!({"worker_id": w.worker_id, "queue": w.queue, "capacity": w.capacity, "running": w.running,
+                       "registered_at": time(&w.registered_at), "last_seen_at": time(&w.last_seen_at),
+                       "version": w.version})
+            );
+        }
+        return;
+    }
     println!("{:<32}  {:<7}  {:>8}  {:>7}  LAST SEEN", "WORKER", "QUEUE", "CAPACITY", "RUNNING");
     for w in ws {
         println!("{:<32}  {:<7}  {:>8}  {:>7}  {}", w.worker_id, w.queue, w.capacity, w.running, time(&w.last_seen_at));
@@ -496,4 +507,27 @@ pub fn audit_value(a: &v1::AuditRecord) -> Value {
     serde_json::json!({"id": a.id, "at": time(&a.at), "subject": a.subject, "namespace": a.namespace,
         "action": a.action, "target": a.target, "outcome": a.outcome, "code": a.code, "message": a.message,
         "trace_id": a.trace_id, "peer": a.peer})
+}
+
+/// Named connections, one a line, their config as JSON.
+pub fn connection_table(connections: &[v1::Connection]) {
+    println!("{:<12}  {:<20}  {:<24}  {:<16}  {:<30}  CONFIG", "NAMESPACE", "NAME", "UPDATED", "BY", "DESCRIPTION");
+    for c in connections {
+        println!(
+            "{:<12}  {:<20}  {:<24}  {:<16}  {:<30}  {}",
+            c.namespace,
+            c.name,
+            time(&c.updated),
+            c.updated_by,
+            c.description,
+            c.config_json
+        );
+    }
+}
+
+/// One named connection as JSON (its config as an object).
+pub fn connection_value(c: &v1::Connection) -> Value {
+    let config = serde_json::from_str::<Value>(&c.config_json).unwrap_or_else(|_| Value::String(c.config_json.clone()));
+    serde_json::json!({"namespace": c.namespace, "name": c.name, "description": c.description, "config": config,
+        "updated": time(&c.updated), "updated_by": c.updated_by})
 }

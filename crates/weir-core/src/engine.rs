@@ -109,6 +109,8 @@ pub struct Changes {
     pub watermarks: Vec<Watermark>,
     /// Audited calls (added by the master, never by the engine), written with what they did.
     pub audit: Vec<crate::audit::AuditRecord>,
+    /// Named connections an admin put or deleted (added by the master).
+    pub connections: Vec<crate::connection::ConnectionChange>,
 }
 
 impl Changes {
@@ -122,6 +124,7 @@ impl Changes {
             && self.messages.is_empty()
             && self.watermarks.is_empty()
             && self.audit.is_empty()
+            && self.connections.is_empty()
     }
 }
 
@@ -899,6 +902,7 @@ impl Engine {
             messages: Vec::new(),
             watermarks: std::mem::take(&mut self.watermarks),
             audit: Vec::new(),
+            connections: Vec::new(),
         };
         for id in touched {
             self.evict_if_done(id, now);

@@ -123,7 +123,7 @@ impl LocationSpec {
         if let Some(k) = &self.key_file {
             r.path("key_file", k.clone());
         }
-        crate::sandbox::credentials_file(&mut r, "credentials", self.credentials.as_ref());
+        crate::sandbox::credentials_ref(&mut r, "credentials", self.credentials.as_ref());
         r
     }
 

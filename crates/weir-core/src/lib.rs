@@ -7,6 +7,7 @@
 //! - [`dataset`]: a batch step's config (format, schema, quality rules, sinks), sinks'
 //!   schemas and their history ([`dataset::schema`]), and the contracts that reconcile an
 //!   input with them ([`dataset::contract`]).
+//! - [`connection`]: named connections an admin defines per namespace, referenced by jobs.
 //! - [`files`]: locations, watches and the file kinds' configs; discovery events.
 //! - [`api`]: the api kind's config: a resource, its pagination, records and auth.
 //! - [`template`]: the five built-in workflow templates, expanded into DAGs.
@@ -32,6 +33,7 @@ pub mod api;
 pub mod audit;
 pub mod calendar;
 pub mod catalog;
+pub mod connection;
 pub mod dataset;
 pub mod duration;
 pub mod engine;

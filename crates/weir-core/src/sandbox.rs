@@ -30,11 +30,14 @@
 //! `encryption.column_keys.<column>.file`.
 //!
 //! Secret files (`credentials: {file: …}`, `{file: …}` keys, CA bundles) are paths like
-//! any other: a namespace reads only the secrets under its roots.
+//! any other: a namespace reads only the secrets under its roots. Secrets and URLs in the
+//! managers' environment (`credentials: {env: PREFIX_}`, `{env: NAME}` keys, `url_env`)
+//! are [`Touch::Env`]: a namespace reads only the variables its rule's `env` patterns
+//! allow, so one team cannot name another's credentials.
 //!
 //! Each manager checks a task's reach again before running it, with symbolic links
-//! resolved (`weir_worker::sandbox`). Not known from the config, so not checked yet: a
-//! PostgreSQL sink's and a RabbitMQ source's URL (`url_env` names a variable); files that
+//! resolved (`weir_worker::sandbox`). Not known from the config, so not checked yet: the
+//! host in a PostgreSQL sink's and a RabbitMQ source's URL (the operator's variable); files that
 //! upstream steps report (a step without `inputs` or `location`, staged by Weir itself);
 //! next-page URLs (`next_url`, `link_header`) and redirects.
 //! Watches ([`crate::files::WatchSpec::reach`]) and API profiles are the operator's
@@ -74,6 +77,17 @@ pub enum Touch {
         /// The port, when the config names one.
         port: Option<u16>,
     },
+    /// An environment variable of the manager a credential or URL is read from (another
+    /// team's secrets live in the same process's environment).
+    Env {
+        /// Where the step's config names it (`credentials.env`, `url_env`).
+        field: String,
+        /// The variable, or the prefix of the variables read (`FINANCE_S3_` for
+        /// `FINANCE_S3_ACCESS_KEY_ID` …).
+        name: String,
+        /// Whether `name` is a prefix.
+        prefix: bool,
+    },
 }
 
 impl Touch {
@@ -103,7 +117,7 @@ impl Touch {
     /// Where the step's config names it.
     pub fn field(&self) -> &str {
         match self {
-            Touch::Path { field, .. } | Touch::Endpoint { field, .. } => field,
+            Touch::Path { field, .. } | Touch::Endpoint { field, .. } | Touch::Env { field, .. } => field,
         }
     }
 
@@ -115,6 +129,7 @@ impl Touch {
             Touch::Endpoint { field, scheme, host, port } => {
                 Touch::Endpoint { field: under(field), scheme, host, port }
             }
+            Touch::Env { field, name, prefix } => Touch::Env { field: under(field), name, prefix },
         }
     }
 }
@@ -124,6 +139,8 @@ impl fmt::Display for Touch {
         match self {
             Touch::Path { path, .. } => write!(f, "path {path:?}"),
             Touch::Endpoint { scheme, host, port, .. } => f.write_str(&show_endpoint(scheme, host, *port)),
+            Touch::Env { name, prefix: false, .. } => write!(f, "environment variable {name}"),
+            Touch::Env { name, prefix: true, .. } => write!(f, "environment variables {name}*"),
         }
     }
 }
@@ -215,6 +232,11 @@ impl Reach {
         self.0.push(Touch::path(field, path));
     }
 
+    /// Adds an environment variable (or, with `prefix`, the variables it begins).
+    pub fn env(&mut self, field: impl Into<String>, name: &str, prefix: bool) {
+        self.0.push(Touch::Env { field: field.into(), name: name.to_string(), prefix });
+    }
+
     /// Adds the endpoint of a URL (see [`Touch::url`]).
     pub fn url(&mut self, field: impl Into<String>, url: &str) {
         self.0.push(Touch::url(field, url));
@@ -252,16 +274,20 @@ impl Reach {
 }
 
 /// The file a secret reference reads, if it is a file (its field is `<field>.file`).
-pub(crate) fn secret_file(reach: &mut Reach, field: &str, secret: &crate::secret::SecretRef) {
-    if let crate::secret::SecretRef::File(p) = secret {
-        reach.path(format!("{field}.file"), p.clone());
+pub(crate) fn secret_ref(reach: &mut Reach, field: &str, secret: &crate::secret::SecretRef) {
+    match secret {
+        crate::secret::SecretRef::File(p) => reach.path(format!("{field}.file"), p.clone()),
+        crate::secret::SecretRef::Env(e) => reach.env(format!("{field}.env"), e, false),
     }
 }
 
-/// The file a credentials reference reads, if it is a file (its field is `<field>.file`).
-pub(crate) fn credentials_file(reach: &mut Reach, field: &str, credentials: Option<&crate::files::CredentialsRef>) {
-    if let Some(crate::files::CredentialsRef::File(p)) = credentials {
-        reach.path(format!("{field}.file"), p.clone());
+/// The file or the variables a credentials reference reads (its field is `<field>.file`
+/// or `<field>.env`, a prefix).
+pub(crate) fn credentials_ref(reach: &mut Reach, field: &str, credentials: Option<&crate::files::CredentialsRef>) {
+    match credentials {
+        Some(crate::files::CredentialsRef::File(p)) => reach.path(format!("{field}.file"), p.clone()),
+        Some(crate::files::CredentialsRef::Env(e)) => reach.env(format!("{field}.env"), e, true),
+        None => {}
     }
 }
 
@@ -305,6 +331,31 @@ pub struct Rule {
     /// (subdomains, not the domain itself), `kafka://broker:9092` (that port only),
     /// `kafka://*`, `api.example.com` (any scheme), `*` (anything).
     pub hosts: Vec<String>,
+    /// The managers' environment variables a job may read credentials and URLs from:
+    /// `FINANCE_PG_URL` (that one), `FINANCE_*` (those beginning so), `*` (any). `WEIR_…`
+    /// variables are never a job's, whatever the rule.
+    pub env: Vec<String>,
+}
+
+/// Whether an environment pattern allows `name` (a prefix reference is allowed when every
+/// variable it could read is: the pattern is `*` or a prefix of it).
+fn env_allows(pattern: &str, name: &str, prefix: bool) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(p) => name.starts_with(p),
+        None => !prefix && pattern == name,
+    }
+}
+
+fn check_env_pattern(p: &str) -> Result<(), String> {
+    let body = p.strip_suffix('*').unwrap_or(p);
+    if body.is_empty()
+        || (body.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !body.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        Ok(())
+    } else {
+        Err("is not a variable name, NAME_PREFIX* or *".into())
+    }
 }
 
 /// A parsed host pattern.
@@ -473,9 +524,9 @@ impl Policy {
     }
 
     /// A policy of one `*` rule (from flags).
-    pub fn with_default(paths: Vec<String>, hosts: Vec<String>) -> Result<Policy, String> {
+    pub fn with_default(paths: Vec<String>, hosts: Vec<String>, env: Vec<String>) -> Result<Policy, String> {
         let mut rules = BTreeMap::new();
-        rules.insert(ANY_NAMESPACE.to_string(), compile(ANY_NAMESPACE, Rule { paths, hosts })?);
+        rules.insert(ANY_NAMESPACE.to_string(), compile(ANY_NAMESPACE, Rule { paths, hosts, env })?);
         Ok(Policy { rules, everything: false })
     }
 
@@ -531,6 +582,16 @@ impl Policy {
                 let roots = if c.rule.paths.is_empty() { "none".to_string() } else { c.rule.paths.join(", ") };
                 Err(refuse(format!(
                     "{shown} is outside the allowed roots of namespace {namespace:?} ({roots}) — {rule}"
+                )))
+            }
+            Touch::Env { name, prefix, .. } => {
+                if c.rule.env.iter().any(|p| env_allows(p, name, *prefix)) {
+                    return Ok(());
+                }
+                let allowed = if c.rule.env.is_empty() { "none".to_string() } else { c.rule.env.join(", ") };
+                Err(refuse(format!(
+                    "{touch} is not among the variables allowed for namespace {namespace:?} ({allowed}) — \
+                     rule sandbox.namespaces.{key:?}.env"
                 )))
             }
             Touch::Endpoint { scheme, host, port, .. } => {
@@ -600,7 +661,10 @@ fn compile(ns: &str, rule: Rule) -> Result<Compiled, String> {
     for (i, h) in rule.hosts.iter().enumerate() {
         patterns.push(HostPattern::parse(h).map_err(|e| format!("sandbox.namespaces.{ns:?}.hosts[{i}] {h:?}: {e}"))?);
     }
-    Ok(Compiled { rule: Rule { paths, hosts: rule.hosts }, patterns })
+    for (i, e) in rule.env.iter().enumerate() {
+        check_env_pattern(e).map_err(|m| format!("sandbox.namespaces.{ns:?}.env[{i}] {e:?}: {m}"))?;
+    }
+    Ok(Compiled { rule: Rule { paths, hosts: rule.hosts, env: rule.env }, patterns })
 }
 
 #[cfg(test)]
@@ -630,8 +694,12 @@ mod tests {
     }
 
     fn data_root() -> Policy {
-        Policy::with_default(vec!["/srv/weir/data".into()], vec!["s3://lake".into(), "https://*.shop.test".into()])
-            .expect("policy")
+        Policy::with_default(
+            vec!["/srv/weir/data".into()],
+            vec!["s3://lake".into(), "https://*.shop.test".into()],
+            vec!["*".into()],
+        )
+        .expect("policy")
     }
 
     fn reach(touches: Vec<Touch>) -> Reach {
@@ -690,7 +758,7 @@ mod tests {
 
     #[test]
     fn a_root_holds_its_components_not_a_longer_name() {
-        let p = Policy::with_default(vec!["/data/".into()], vec![]).expect("policy");
+        let p = Policy::with_default(vec!["/data/".into()], vec![], vec!["*".into()]).expect("policy");
         for ok in ["/data", "/data/x", "/data/x/y.csv"] {
             assert!(p.check("default", &reach(vec![Touch::path("x", ok)])).is_ok(), "{ok}");
         }
@@ -713,10 +781,49 @@ mod tests {
         assert_eq!(e.field, "sinks[0].location.uri");
         assert!(e.message.contains("s3://other-lake is not among the hosts allowed") && e.message.contains(".hosts"));
         assert!(e.message.contains("(s3://lake, https://*.shop.test)"), "{e}");
-        // A PostgreSQL sink's URL is only known to the manager.
+        // A PostgreSQL sink's URL is the manager's: the job names its variable.
         assert!(p
             .check_job(&store(json!({"type": "postgres", "url_env": "PG_URL", "table": "public.trades"})))
             .is_ok());
+    }
+
+    #[test]
+    fn a_namespace_reads_only_the_variables_its_rule_allows() {
+        let p = Policy::from_value(json!({"namespaces": {
+            "finance": {"paths": ["/srv/finance"], "hosts": ["*"], "env": ["FINANCE_*", "SHARED_PG_URL"]},
+            "ops": {"hosts": ["*"]},
+        }}))
+        .expect("policy");
+        let pg = |ns: &str, var: &str| {
+            let j = job(
+                ns,
+                vec![("s", "store", "batch", json!({"sinks": [{"type": "postgres", "url_env": var, "table": "t"}]}))],
+            );
+            p.check_job(&j)
+        };
+        assert!(pg("finance", "FINANCE_PG_URL").is_ok());
+        assert!(pg("finance", "SHARED_PG_URL").is_ok());
+        let e = pg("finance", "OPS_PG_URL").expect_err("another team's variable");
+        assert_eq!(e.field, "sinks[0].url_env");
+        assert!(e.message.contains("environment variable OPS_PG_URL is not among the variables allowed for namespace \"finance\" (FINANCE_*, SHARED_PG_URL)"), "{e}");
+        assert!(e.message.contains("sandbox.namespaces.\"finance\".env"), "{e}");
+        let e = pg("ops", "OPS_PG_URL").expect_err("no env in the rule: none");
+        assert!(e.message.contains("(none)"), "{e}");
+        // A prefix reference reads every variable it begins: allowed only under a prefix pattern.
+        let s3 = |prefix: &str| {
+            let j = job(
+                "finance",
+                vec![("p", "probe", "file", json!({"location": {"uri": "s3://lake", "credentials": {"env": prefix}}}))],
+            );
+            p.check_job(&j)
+        };
+        assert!(s3("FINANCE_S3_").is_ok());
+        let e = s3("SHARED_PG_URL").expect_err("an exact pattern does not cover a prefix");
+        assert!(e.message.contains("environment variables SHARED_PG_URL*"), "{e}");
+        assert_eq!(e.field, "location.credentials.env");
+        assert!(Policy::from_value(json!({"namespaces": {"x": {"env": ["A-B*"]}}}))
+            .unwrap_err()
+            .contains("sandbox.namespaces.\"x\".env[0] \"A-B*\": is not a variable name"));
     }
 
     #[test]
@@ -729,6 +836,7 @@ mod tests {
                 "api.partner.net".into(),
                 "sftp://files.partner.net".into(),
             ],
+            vec!["*".into()],
         )
         .expect("policy");
         let ok = |u: &str| p.check("default", &endpoint(u)).is_ok();
@@ -745,9 +853,9 @@ mod tests {
         assert!(ok("sftp://bob@files.partner.net:2222/upload"));
         assert!(!ok("https://evil.net\\@api.example.com/"), "a backslash ends the authority");
         assert!(!ok("https://evil.net%2F.example.com/"), "escapes are refused");
-        let any = Policy::with_default(vec![], vec!["*".into()]).expect("policy");
+        let any = Policy::with_default(vec![], vec!["*".into()], vec!["*".into()]).expect("policy");
         assert!(any.check("default", &endpoint("kafka://anything:1")).is_ok());
-        let kafka = Policy::with_default(vec![], vec!["kafka://*".into()]).expect("policy");
+        let kafka = Policy::with_default(vec![], vec!["kafka://*".into()], vec!["*".into()]).expect("policy");
         assert!(kafka.check("default", &endpoint("kafka://b1:9092")).is_ok());
         assert!(kafka.check("default", &endpoint("https://b1")).is_err());
     }
@@ -757,6 +865,7 @@ mod tests {
         let p = Policy::with_default(
             vec![],
             vec!["kafka://broker:9092".into(), "https://api.x.test:8443".into(), "http://[::1]:8080".into()],
+            vec!["*".into()],
         )
         .expect("policy");
         let ok = |u: &str| p.check("default", &endpoint(u)).is_ok();
@@ -863,7 +972,7 @@ mod tests {
                 k("sinks[0].brokers", "out.kafka.test", 9092)
             ]
         );
-        let p = Policy::with_default(vec![], vec!["kafka://*.kafka.test".into()]).expect("policy");
+        let p = Policy::with_default(vec![], vec!["kafka://*.kafka.test".into()], vec!["*".into()]).expect("policy");
         let e = p.check("default", &r).expect_err("10.0.0.1");
         assert_eq!(e.field, "source.brokers");
         let avro = json!({"source": {"type": "nats", "servers": "nats://n1.test:4222,tls://n2.test", "stream": "s", "consumer": "c"},
@@ -899,7 +1008,9 @@ mod tests {
                 Touch::path("location.key_file", "/etc/weir/keys/partner"),
             ]
         );
-        let p = Policy::with_default(vec!["/srv/weir".into()], vec!["sftp://files.partner.net".into()]).expect("p");
+        let p =
+            Policy::with_default(vec!["/srv/weir".into()], vec!["sftp://files.partner.net".into()], vec!["*".into()])
+                .expect("p");
         assert_eq!(p.check("default", &r).expect_err("key outside").field, "location.key_file");
         let minio = json!({"location": {"uri": "s3://lake/in", "endpoint": "http://minio.local:9000"}});
         let r = step_reach("probe", Queue::File, Some(&minio)).expect("reach");

@@ -348,18 +348,18 @@ impl StreamStep {
     /// `source.endpoint` as its URL's scheme and host, `source.credentials.file`), an Avro
     /// `format.schema_file`, each of `sinks` ([`SinkSpec::reach`]) and a Parquet
     /// `dead_letter.path` (a Kafka dead letter goes to the source's brokers). A RabbitMQ
-    /// source's URL is only known to the stream manager (`url_env`), which checks it.
+    /// source reaches the variable its `url_env` names (the URL is the operator's).
     pub fn reach(&self) -> Reach {
         let mut r = Reach::default();
         match &self.source {
             SourceSpec::Kafka { brokers, credentials, .. } => {
                 r.servers("source.brokers", "kafka", brokers);
-                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+                crate::sandbox::credentials_ref(&mut r, "source.credentials", credentials.as_ref());
             }
-            SourceSpec::Rabbitmq { .. } => {}
+            SourceSpec::Rabbitmq { url_env, .. } => r.env("source.url_env", url_env, false),
             SourceSpec::Nats { servers, credentials, .. } => {
                 r.servers("source.servers", "nats", servers);
-                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+                crate::sandbox::credentials_ref(&mut r, "source.credentials", credentials.as_ref());
             }
             SourceSpec::Kinesis { stream, endpoint, credentials, .. } => {
                 r.push(crate::sandbox::Touch::Endpoint {
@@ -371,7 +371,7 @@ impl StreamStep {
                 if let Some(e) = endpoint {
                     r.url("source.endpoint", e);
                 }
-                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+                crate::sandbox::credentials_ref(&mut r, "source.credentials", credentials.as_ref());
             }
             SourceSpec::Pubsub { project, endpoint, credentials, .. } => {
                 r.push(crate::sandbox::Touch::Endpoint {
@@ -383,7 +383,7 @@ impl StreamStep {
                 if let Some(e) = endpoint {
                     r.url("source.endpoint", e);
                 }
-                crate::sandbox::credentials_file(&mut r, "source.credentials", credentials.as_ref());
+                crate::sandbox::credentials_ref(&mut r, "source.credentials", credentials.as_ref());
             }
         }
         if let MessageFormat::Avro { schema_file, .. } = &self.format {

@@ -184,8 +184,19 @@ fn check_step(s: &StepSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Checks a spec and returns it normalized, or the first problem found.
-pub fn validate(mut spec: JobSpec) -> Result<ValidJob, SpecError> {
+/// Checks a spec and returns it normalized, or the first problem found. A job that names
+/// a connection is refused here: the master gives the namespace's with [`validate_with`].
+pub fn validate(spec: JobSpec) -> Result<ValidJob, SpecError> {
+    validate_with(spec, &crate::connection::NoConnections)
+}
+
+/// [`validate`], with `{$connection: …}` references in the steps' configs (also those a
+/// template received through params) replaced by the namespace's `connections`
+/// ([`crate::connection::expand`]) before the steps are bound and checked.
+pub fn validate_with(
+    mut spec: JobSpec,
+    connections: &dyn crate::connection::Connections,
+) -> Result<ValidJob, SpecError> {
     if spec.namespace.is_empty() {
         spec.namespace = DEFAULT_NAMESPACE.to_string();
     }
@@ -225,6 +236,13 @@ pub fn validate(mut spec: JobSpec) -> Result<ValidJob, SpecError> {
         }
     }
     for s in &mut spec.steps {
+        let at = |e: String| SpecError(format!("step {:?} {e}", s.id));
+        if let Some(c) = s.config.as_mut() {
+            crate::connection::expand(c, &spec.namespace, connections).map_err(at)?;
+        }
+        if let Some(c) = s.compensation.as_mut().and_then(|c| c.config.as_mut()) {
+            crate::connection::expand(c, &spec.namespace, connections).map_err(|e| at(format!("compensation {e}")))?;
+        }
         crate::catalog::bind_to_job(s, spec.params.as_ref()).map_err(|e| SpecError(format!("step {:?}: {e}", s.id)))?;
     }
     if spec.steps.len() > MAX_STEPS {
@@ -295,9 +313,10 @@ fn topological_order(steps: &[StepSpec], index: &HashMap<&str, usize>) -> Result
             return err("dependency cycle");
         };
         if let Some(pos) = path.iter().position(|&p| p == next) {
-            let mut cycle: Vec<&str> = path[pos..].iter().rev().map(|&i| steps[i].id.as_str()).collect();
+            // The walk follows depends_on, so each step named depends on the next.
+            let mut cycle: Vec<&str> = path[pos..].iter().map(|&i| steps[i].id.as_str()).collect();
             cycle.push(steps[next].id.as_str());
-            return err(format!("dependency cycle: {}", cycle.join(" -> ")));
+            return err(format!("dependency cycle: {} (each step depends on the next)", cycle.join(" -> ")));
         }
         path.push(next);
         cur = next;
@@ -372,8 +391,11 @@ mod tests {
     #[test]
     fn every_bad_spec_is_named() {
         rejects(job(vec![]), "no steps");
-        rejects(job(vec![step("a", &["b"]), step("b", &["a"])]), "cycle: ");
-        rejects(job(vec![step("a", &[]), step("b", &["c"]), step("c", &["d"]), step("d", &["b"])]), "cycle");
+        rejects(job(vec![step("a", &["b"]), step("b", &["a"])]), "dependency cycle: a -> b -> a (");
+        rejects(
+            job(vec![step("a", &[]), step("b", &["c"]), step("c", &["d"]), step("d", &["b"])]),
+            "dependency cycle: b -> c -> d -> b (",
+        );
         rejects(job(vec![step("a", &[]), step("a", &[])]), "duplicate step id \"a\"");
         rejects(job(vec![step("a", &["zz"])]), "unknown step \"zz\"");
         rejects(job(vec![step("a", &["a"])]), "itself");

@@ -16,7 +16,7 @@ use weir_core::audit::{AuditRecord, Outcome};
 use weir_core::events::header;
 use weir_core::model::{EventRecord, JobRecord};
 use weir_core::trace::TraceParent;
-use weir_core::validate::{check_name, validate, ValidJob};
+use weir_core::validate::{check_name, ValidJob};
 use weir_proto::convert;
 use weir_proto::v1::{self, job_service_server::JobService};
 use weir_store::{Cursor, JobFilter};
@@ -245,7 +245,7 @@ impl Jobs {
             )));
         }
         self.bind_recovery(&mut spec, who).await?;
-        let mut valid = validate(spec).map_err(status::spec)?;
+        let mut valid = crate::connections::validate(&self.0, spec).await?;
         valid.trace_parent = Some(trace_for(parent.as_deref()));
         let (job, created) = submit(&self.0, valid, Some(Box::new(audit.clone()))).await?;
         Ok(v1::SubmitJobResponse { job: Some(convert::job(&job)), created })

@@ -10,6 +10,8 @@
 //! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
 //! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`,
 //!   retention.
+//! - [`connections`]: named connections (`ConnectionService`) and their expansion into
+//!   the jobs that name them.
 //!
 //! Every call passes the runtime's guard ([`weir_runtime::auth`]); handlers then check the
 //! caller's role on the job's namespace ([`access`] says what each method needs first).
@@ -19,6 +21,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod connections;
 pub mod jobs;
 pub mod relay;
 pub mod scheduler;
@@ -34,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use weir_bus::{Bus, KafkaBus};
 use weir_core::engine::{Engine, EngineConfig};
 use weir_proto::v1::audit_service_server::AuditServiceServer;
+use weir_proto::v1::connection_service_server::ConnectionServiceServer;
 use weir_proto::v1::job_service_server::JobServiceServer;
 use weir_proto::v1::worker_service_server::WorkerServiceServer;
 use weir_store::{Store, StoreError};
@@ -144,7 +148,8 @@ pub async fn serve_with_store(
     routes
         .add_service(JobServiceServer::new(jobs::Jobs(shared.clone())))
         .add_service(WorkerServiceServer::new(workers::Workers(shared.clone())))
-        .add_service(AuditServiceServer::new(audit::Audit(shared.clone())));
+        .add_service(AuditServiceServer::new(audit::Audit(shared.clone())))
+        .add_service(ConnectionServiceServer::new(connections::Connections(shared.clone())));
     let server_cancel = cancel.child_token();
     let server = tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), security, server_cancel.clone()));
 

@@ -80,6 +80,8 @@ pub(crate) enum Command {
     Publish(Vec<OutboxMessage>, Reply<()>),
     /// Audit records of refused calls, written with the next commit.
     Audit(Vec<AuditRecord>, Reply<()>),
+    /// A named connection put or deleted, written with its audit record.
+    Connection(weir_core::connection::ConnectionChange, AuditRecord, Reply<()>),
 }
 
 /// The audit record of a client's call, completed with its outcome and written in the
@@ -147,6 +149,14 @@ impl Handle {
     pub(crate) async fn audit(&self, records: Vec<AuditRecord>) -> Result<(), SchedError> {
         self.ask(|reply| Command::Audit(records, reply)).await
     }
+    /// Puts or deletes a named connection, durable with its audit record when this returns.
+    pub(crate) async fn connection(
+        &self,
+        change: weir_core::connection::ConnectionChange,
+        audit: AuditRecord,
+    ) -> Result<(), SchedError> {
+        self.ask(|reply| Command::Connection(change, audit, reply)).await
+    }
     pub(crate) async fn acquire(
         &self,
         queue: String,
@@ -211,6 +221,8 @@ struct Scheduler {
     messages: Vec<OutboxMessage>,
     /// Audit records to write with the next commit.
     audit: Vec<AuditRecord>,
+    /// Connection changes to write with the next commit.
+    connections: Vec<weir_core::connection::ConnectionChange>,
 }
 
 /// Runs the scheduler until `cancel` fires. Returns an error only when the store refused
@@ -224,8 +236,16 @@ pub async fn run(
     cancel: CancellationToken,
     max_batch: usize,
 ) -> Result<(), StoreError> {
-    let mut s =
-        Scheduler { engine, store, epoch, waiters: HashMap::new(), events, messages: Vec::new(), audit: Vec::new() };
+    let mut s = Scheduler {
+        engine,
+        store,
+        epoch,
+        waiters: HashMap::new(),
+        events,
+        messages: Vec::new(),
+        audit: Vec::new(),
+        connections: Vec::new(),
+    };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
     loop {
@@ -247,6 +267,7 @@ pub async fn run(
         changes.messages.append(&mut s.messages);
         changes.messages.extend(s.audit.iter().map(AuditRecord::message));
         changes.audit.append(&mut s.audit);
+        changes.connections.append(&mut s.connections);
         if changes.is_empty() {
             replies.into_iter().for_each(|r| r(None));
             continue;
@@ -349,6 +370,11 @@ impl Scheduler {
             }
             Command::Audit(records, reply) => {
                 self.audit.extend(records.into_iter().map(AuditRecord::cleaned));
+                replies.push(pending(reply, Ok(())));
+            }
+            Command::Connection(change, audit, reply) => {
+                self.connections.push(change);
+                self.audit.push(audit.cleaned());
                 replies.push(pending(reply, Ok(())));
             }
         }

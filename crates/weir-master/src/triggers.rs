@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use weir_bus::{Bus, Delivery, Message};
 use weir_core::events::{header, topic, CloudEvent};
 use weir_core::trigger::TriggerRules;
-use weir_core::validate::validate;
 
 use crate::Shared;
 
@@ -101,9 +100,12 @@ async fn handle(shared: &Shared, rules: &TriggerRules, m: &Message) -> Outcome {
         Ok(s) => s,
         Err(e) => return Outcome::Poison(e),
     };
-    let mut valid = match validate(spec) {
+    let mut valid = match crate::connections::validate(shared, spec).await {
         Ok(v) => v,
-        Err(e) => return Outcome::Poison(format!("the job for event {:?} is invalid: {e}", event.id)),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            return Outcome::Poison(format!("the job for event {:?} is invalid: {}", event.id, s.message()))
+        }
+        Err(s) => return Outcome::Retry(s.message().to_string()),
     };
     // The event's trace (header first, then the CloudEvents tracing extension) goes on.
     let parent = m

@@ -320,6 +320,31 @@ pub fn audit(a: &weir_core::audit::AuditRecord) -> v1::AuditRecord {
 }
 
 /// A watermark's mark from the wire; the error says what is wrong.
+/// A named connection for the wire.
+pub fn connection(c: &weir_core::connection::Connection) -> v1::Connection {
+    v1::Connection {
+        namespace: c.namespace.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        config_json: c.config.to_string(),
+        updated: (c.updated_ms > 0).then(|| timestamp(c.updated_ms)),
+        updated_by: c.updated_by.clone(),
+    }
+}
+
+/// A named connection from the wire (its time and author are the master's to fill).
+pub fn connection_from_wire(c: &v1::Connection) -> Result<weir_core::connection::Connection, String> {
+    let config = json("config_json", &c.config_json)?.ok_or("config_json is required (a JSON object)")?;
+    Ok(weir_core::connection::Connection {
+        namespace: c.namespace.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        config,
+        updated_ms: 0,
+        updated_by: String::new(),
+    })
+}
+
 pub fn mark_from_wire(w: &v1::Watermark) -> Result<Mark, String> {
     serde_json::from_str(&w.mark_json).map_err(|e| format!("watermark {}: its mark is not JSON: {e}", w.key))
 }

@@ -41,15 +41,17 @@ pub async fn bind(addr: &str) -> Result<TcpListener, RuntimeError> {
 }
 
 /// The health reporter and the routes every service serves besides its own: health and
-/// reflection over Weir's protos and the health proto.
+/// reflection (v1 and v1alpha) over Weir's protos and the health proto.
 pub fn base_routes() -> Result<(HealthReporter, RoutesBuilder), RuntimeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     let mut routes = RoutesBuilder::default();
-    routes.add_service(health).add_service(reflection);
+    // Both reflection versions: grpcurl asks v1, grpcio-reflection and older tools v1alpha.
+    routes.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
     Ok((reporter, routes))
 }
 

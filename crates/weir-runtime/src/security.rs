@@ -251,7 +251,7 @@ impl ServerSecurity {
 /// manager again before a task runs.
 #[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
-    /// A sandbox policy file (YAML): `namespaces: {"*": {paths: [...], hosts: [...]}, team: {...}}`.
+    /// A sandbox policy file (YAML): `namespaces: {"*": {paths: [...], hosts: [...], env: [...]}, team: {...}}`.
     #[arg(long = "sandbox-file", env = "WEIR_SANDBOX_FILE")]
     pub sandbox_file: Option<PathBuf>,
     /// Directories every namespace's jobs may read and write under ("dir,dir"); none by
@@ -261,11 +261,20 @@ pub struct SandboxArgs {
     /// Hosts every namespace's jobs may reach ("s3://bucket,https://*.example.com"; `*` = any).
     #[arg(long = "allowed-hosts", env = "WEIR_ALLOWED_HOSTS", value_delimiter = ',', default_value = "*")]
     pub allowed_hosts: Vec<String>,
+    /// The managers' environment variables every namespace's jobs may read credentials and
+    /// URLs from ("TEAM_*,SHARED_PG_URL"; `*` = any but Weir's own `WEIR_…`).
+    #[arg(long = "allowed-env", env = "WEIR_ALLOWED_ENV", value_delimiter = ',', default_value = "*")]
+    pub allowed_env: Vec<String>,
 }
 
 impl Default for SandboxArgs {
     fn default() -> Self {
-        SandboxArgs { sandbox_file: None, allowed_paths: Vec::new(), allowed_hosts: vec!["*".into()] }
+        SandboxArgs {
+            sandbox_file: None,
+            allowed_paths: Vec::new(),
+            allowed_hosts: vec!["*".into()],
+            allowed_env: vec!["*".into()],
+        }
     }
 }
 
@@ -293,8 +302,12 @@ impl SandboxArgs {
                     serde_yaml_ng::from_str(&text).map_err(|e| bad(format!("{}: {e}", f.display())))?;
                 weir_core::sandbox::Policy::from_value(value).map_err(|e| bad(format!("{}: {e}", f.display())))
             }
-            None => weir_core::sandbox::Policy::with_default(self.allowed_paths.clone(), self.allowed_hosts.clone())
-                .map_err(bad),
+            None => weir_core::sandbox::Policy::with_default(
+                self.allowed_paths.clone(),
+                self.allowed_hosts.clone(),
+                self.allowed_env.clone(),
+            )
+            .map_err(bad),
         }
     }
 }

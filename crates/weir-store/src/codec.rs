@@ -314,3 +314,17 @@ where
         q.push(" AND at_ms >= ").push_bind(t);
     }
 }
+
+pub(crate) const CONNECTION_COLUMNS: &str = "namespace, name, description, config, updated_ms, updated_by";
+
+pub(crate) fn connection(r: &impl Cols) -> Result<weir_core::connection::Connection, StoreError> {
+    Ok(weir_core::connection::Connection {
+        namespace: r.text("namespace")?,
+        name: r.text("name")?,
+        description: r.text("description")?,
+        config: serde_json::from_str(&r.text("config")?)
+            .map_err(|e| StoreError::Corrupt(format!("connection config: {e}")))?,
+        updated_ms: r.int("updated_ms")?,
+        updated_by: r.text("updated_by")?,
+    })
+}

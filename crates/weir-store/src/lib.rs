@@ -222,6 +222,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the audit records older than `before` (the retention sweep); returns how many.
     async fn purge_audit(&self, before: Millis) -> Result<u64, StoreError>;
+
+    /// The named connections of `namespace` (every namespace's for `""`), by namespace and
+    /// name (written by [`Store::commit`]).
+    async fn connections(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> Result<Vec<weir_core::connection::Connection>, StoreError>;
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

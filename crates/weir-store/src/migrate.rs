@@ -35,6 +35,11 @@ pub const POSTGRES: &[Migration] = &[
     },
     Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/postgres/0007_watermarks.sql") },
     Migration { version: 8, name: "audit", sql: include_str!("../../../migrations/postgres/0008_audit.sql") },
+    Migration {
+        version: 9,
+        name: "connections",
+        sql: include_str!("../../../migrations/postgres/0009_connections.sql"),
+    },
 ];
 
 /// SQLite migrations, oldest first.
@@ -63,6 +68,7 @@ pub const SQLITE: &[Migration] = &[
     },
     Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/sqlite/0007_watermarks.sql") },
     Migration { version: 8, name: "audit", sql: include_str!("../../../migrations/sqlite/0008_audit.sql") },
+    Migration { version: 9, name: "connections", sql: include_str!("../../../migrations/sqlite/0009_connections.sql") },
 ];
 
 /// Table that records applied migrations.

@@ -477,6 +477,42 @@ async fn audit_records_land_with_their_commit_newest_first_and_past_retention_go
     assert_eq!(ids(AuditFilter::default(), 100).await, ["job-4", "job-3", "job-2"]);
 }
 
+async fn connections_are_put_replaced_and_deleted_with_their_commit(s: Arc<dyn Store>) {
+    use weir_core::connection::{Connection, ConnectionChange};
+    let epoch = s.acquire_leadership("test", 0).await.expect("leadership");
+    let conn = |ns: &str, name: &str, uri: &str, at: i64| Connection {
+        namespace: ns.into(),
+        name: name.into(),
+        description: format!("{name} of {ns}"),
+        config: serde_json::json!({"uri": uri, "credentials": {"env": "FINANCE_S3_"}}),
+        updated_ms: at,
+        updated_by: "ada".into(),
+    };
+    let put = |c: Connection| Changes { connections: vec![ConnectionChange::Put(c)], ..Default::default() };
+    s.commit(epoch, &put(conn("finance", "lake", "s3://a", 1))).await.expect("put");
+    s.commit(epoch, &put(conn("finance", "archive", "s3://b", 2))).await.expect("put");
+    s.commit(epoch, &put(conn("ops", "lake", "s3://c", 3))).await.expect("put");
+    let finance = s.connections("finance", 100).await.expect("list");
+    assert_eq!(finance, vec![conn("finance", "archive", "s3://b", 2), conn("finance", "lake", "s3://a", 1)]);
+    // A put of the same name replaces it, whole.
+    s.commit(epoch, &put(conn("finance", "lake", "s3://z", 4))).await.expect("replace");
+    let lake = s.connections("finance", 100).await.expect("list").into_iter().find(|c| c.name == "lake");
+    assert_eq!(lake, Some(conn("finance", "lake", "s3://z", 4)));
+    let delete = Changes {
+        connections: vec![ConnectionChange::Delete { namespace: "finance".into(), name: "lake".into() }],
+        ..Default::default()
+    };
+    s.commit(epoch, &delete).await.expect("delete");
+    let names = |v: Vec<Connection>| v.into_iter().map(|c| format!("{}/{}", c.namespace, c.name)).collect::<Vec<_>>();
+    assert_eq!(names(s.connections("", 100).await.expect("all")), ["finance/archive", "ops/lake"]);
+    assert_eq!(names(s.connections("", 1).await.expect("one")), ["finance/archive"]);
+    // A stale leader writes no connection.
+    let next = s.acquire_leadership("successor", 1).await.expect("takeover");
+    assert!(next > epoch);
+    assert!(s.commit(epoch, &put(conn("ops", "late", "s3://d", 5))).await.is_err());
+    assert_eq!(names(s.connections("ops", 100).await.expect("ops")), ["ops/lake"]);
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -499,7 +535,8 @@ conformance!(
     file_inventory_claims_each_version_once,
     dataset_versions_are_recorded_once_with_their_event,
     watermarks_advance_with_the_job_and_never_move_back,
-    audit_records_land_with_their_commit_newest_first_and_past_retention_go
+    audit_records_land_with_their_commit_newest_first_and_past_retention_go,
+    connections_are_put_replaced_and_deleted_with_their_commit
 );
 
 /// PostgreSQL only (SQLite's trigger is the same rule): an audit row cannot be changed.

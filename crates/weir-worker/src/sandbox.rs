@@ -87,7 +87,8 @@ mod tests {
         std::fs::create_dir(&root).expect("mkdir");
         std::fs::write(root.join("ok.csv"), "a\n1\n").expect("write");
         std::os::unix::fs::symlink("/etc", root.join("escape")).expect("symlink");
-        let policy = Policy::with_default(vec![root.display().to_string()], vec!["*".into()]).expect("policy");
+        let policy =
+            Policy::with_default(vec![root.display().to_string()], vec!["*".into()], vec!["*".into()]).expect("policy");
         let input = |p: &Path| ctx(json!({"inputs": [p.display().to_string()]}));
         assert_eq!(check(&policy, Queue::Batch, &input(&root.join("ok.csv"))), Ok(()));
         // A sink directory that does not exist yet is judged by what exists of it.

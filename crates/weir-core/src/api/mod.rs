@@ -697,12 +697,12 @@ impl CollectStep {
                 AuthSpec::Oauth2ClientCredentials { token_url, credentials, .. }
                 | AuthSpec::Oauth2RefreshToken { token_url, credentials } => {
                     r.url(format!("{field}.token_url"), token_url);
-                    crate::sandbox::credentials_file(r, &format!("{field}.credentials"), Some(credentials));
+                    crate::sandbox::credentials_ref(r, &format!("{field}.credentials"), Some(credentials));
                 }
                 AuthSpec::ApiKey { credentials, .. }
                 | AuthSpec::Basic { credentials }
                 | AuthSpec::Bearer { credentials } => {
-                    crate::sandbox::credentials_file(r, &format!("{field}.credentials"), Some(credentials));
+                    crate::sandbox::credentials_ref(r, &format!("{field}.credentials"), Some(credentials));
                 }
             }
         }
@@ -720,7 +720,7 @@ impl CollectStep {
             }
         }
         if let Some(ca) = self.security.as_ref().and_then(|s| s.ca.as_ref()) {
-            crate::sandbox::secret_file(&mut r, "security.ca", ca);
+            crate::sandbox::secret_ref(&mut r, "security.ca", ca);
         }
         r
     }

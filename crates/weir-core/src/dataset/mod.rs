@@ -287,9 +287,8 @@ impl SinkSpec {
     /// What the sink reaches, fields relative to it: a Parquet `path` (a local directory)
     /// or, with a `location`, the location's (`path` is a prefix inside it, without `..`);
     /// a Kafka topic's `brokers` (scheme `kafka`) and `credentials.file`; the encryption
-    /// key files. A PostgreSQL sink reaches nothing known at submission (`url_env` names
-    /// a variable of the manager's, which the operator sets; a job may not name Weir's own
-    /// `WEIR_…` variables).
+    /// key files. A PostgreSQL sink reaches the variable its `url_env` names (the URL
+    /// itself is the operator's, set on the manager).
     pub fn reach(&self) -> Reach {
         let mut r = Reach::default();
         match self {
@@ -299,16 +298,16 @@ impl SinkSpec {
                     None => r.path("path", path.clone()),
                 }
                 if let Some(e) = encryption {
-                    crate::sandbox::secret_file(&mut r, "encryption.key", &e.key);
+                    crate::sandbox::secret_ref(&mut r, "encryption.key", &e.key);
                     for (col, k) in &e.column_keys {
-                        crate::sandbox::secret_file(&mut r, &format!("encryption.column_keys.{col}"), k);
+                        crate::sandbox::secret_ref(&mut r, &format!("encryption.column_keys.{col}"), k);
                     }
                 }
             }
-            SinkSpec::Postgres { .. } => {}
+            SinkSpec::Postgres { url_env, .. } => r.env("url_env", url_env, false),
             SinkSpec::Kafka { brokers, credentials, .. } => {
                 r.servers("brokers", "kafka", brokers);
-                crate::sandbox::credentials_file(&mut r, "credentials", credentials.as_ref());
+                crate::sandbox::credentials_ref(&mut r, "credentials", credentials.as_ref());
             }
         }
         r
@@ -397,7 +396,7 @@ impl DataStep {
             r.merge(&format!("sinks[{i}]"), sink.reach());
         }
         if let Some(k) = self.classify.as_ref().and_then(|c| c.hash_key.as_ref()) {
-            crate::sandbox::secret_file(&mut r, "classify.hash_key", k);
+            crate::sandbox::secret_ref(&mut r, "classify.hash_key", k);
         }
         r
     }

@@ -2,6 +2,7 @@
 //! statements whatever its size (arrays bound once and expanded with `UNNEST`).
 
 mod audit;
+mod connections;
 mod datasets;
 mod watermarks;
 
@@ -308,6 +309,7 @@ impl Store for PgStore {
         }
         watermarks::advance(&mut tx, &c.watermarks).await?;
         audit::append(&mut tx, &c.audit).await?;
+        connections::apply(&mut tx, &c.connections).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -618,6 +620,14 @@ impl Store for PgStore {
 
     async fn purge_audit(&self, before: weir_core::Millis) -> Result<u64, StoreError> {
         audit::purge(&self.pool, before).await
+    }
+
+    async fn connections(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> Result<Vec<weir_core::connection::Connection>, StoreError> {
+        connections::list(&self.pool, namespace, limit).await
     }
 }
 

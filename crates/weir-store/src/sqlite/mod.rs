@@ -3,6 +3,7 @@
 //! process gets "database is locked" instead of a split brain.
 
 mod audit;
+mod connections;
 mod datasets;
 mod watermarks;
 
@@ -242,6 +243,7 @@ impl Store for SqliteStore {
         }
         watermarks::advance(&mut tx, &c.watermarks).await?;
         audit::append(&mut tx, &c.audit).await?;
+        connections::apply(&mut tx, &c.connections).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -552,6 +554,14 @@ impl Store for SqliteStore {
 
     async fn purge_audit(&self, before: weir_core::Millis) -> Result<u64, StoreError> {
         audit::purge(&self.pool, before).await
+    }
+
+    async fn connections(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> Result<Vec<weir_core::connection::Connection>, StoreError> {
+        connections::list(&self.pool, namespace, limit).await
     }
 }
 
