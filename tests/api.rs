@@ -1451,7 +1451,8 @@ async fn managers_sharing_a_data_dir_follow_each_others_rotated_refresh_token() 
         "credentials": {"env": weir_tests::credentials_env(&[("REFRESH_TOKEN", "r1")])}
     }))
     .expect("auth spec");
-    let http = weir_api_manager::client::http_client(Default::default(), None).expect("client");
+    let http = weir_api_manager::client::http_client(Default::default(), None, weir_worker::sandbox::Guard::open())
+        .expect("client");
     // Both start from r1; the first rotates it to r2 (kept on the shared dir).
     let first = weir_api_manager::auth::build(&spec, "shared", &http, dir.path()).expect("first");
     let second = weir_api_manager::auth::build(&spec, "shared", &http, dir.path()).expect("second");

@@ -698,3 +698,92 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An API manager in this process holding tasks to `sandbox`.
+fn api_manager(
+    master_url: &str,
+    data: &std::path::Path,
+    sandbox: SandboxArgs,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let args = weir_worker::manager::ManagerArgs {
+        concurrency: Some(2),
+        poll_wait: Duration::from_secs(2),
+        drain_timeout: Duration::from_secs(1),
+        worker_id: Some(format!("api-{}", uuid::Uuid::new_v4().simple())),
+        sandbox,
+        ..weir_worker::manager::ManagerArgs::local(master_url)
+    };
+    let settings = weir_api_manager::ApiSettings { data_dir: data.to_path_buf(), ..Default::default() };
+    let spec = weir_api_manager::spec_with(settings);
+    let c = cancel.clone();
+    (cancel, tokio::spawn(async move { weir_worker::manager::run(spec, args, c).await.expect("manager runs") }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_or_a_redirect_outside_the_namespaces_hosts_is_refused_on_the_manager() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = WireMock::start().await;
+    let port = server.url.rsplit(':').next().expect("port").trim_end_matches('/').to_string();
+    // 127.0.0.1 on the server's port is allowed; `localhost`, the same server by another
+    // name, is not — as a metadata endpoint or an internal host would not be.
+    let sandbox = || SandboxArgs { allowed_hosts: vec![server.url.clone()], ..SandboxArgs::local() };
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start_configured(&store.url, None, |c| c.sandbox = sandbox()).await;
+    let mut jobs = master.jobs();
+    weir_tests::wait_master(&master.url).await;
+    let (stop, manager) = api_manager(&master.url, &dir.path().join("data"), sandbox());
+    let page = |ids: &[i64], next: Option<String>| json!({"status": 200, "jsonBody": {"items": ids.iter().map(|i| json!({"id": i})).collect::<Vec<_>>(), "next": next}});
+    let stub =
+        |path: &str, response: Value| json!({"request": {"method": "GET", "urlPath": path}, "response": response});
+    let here = |p: &str| format!("{}{p}", server.url);
+    let elsewhere = |p: &str| format!("http://localhost:{port}{p}");
+    server.stub(stub("/inside", page(&[1], Some(here("/last"))))).await;
+    server.stub(stub("/outside", page(&[1], Some(elsewhere("/last"))))).await;
+    server.stub(stub("/moved", json!({"status": 302, "headers": {"Location": elsewhere("/last")}}))).await;
+    server.stub(stub("/last", page(&[2], None))).await;
+    let collect = |path: &str| {
+        let mut s = step("collect", "collect", "api", &[]);
+        s.config_json = json!({"api": "shop", "base_url": server.url, "path": path, "records": "$.items[*]",
+                               "paginator": {"type": "next_url", "path": "$.next"}})
+        .to_string();
+        s.retry = Some(v1::RetryPolicy { max_attempts: 3, ..Default::default() });
+        job(&format!("collect{}", path.replace('/', "-")), vec![s])
+    };
+    let run = |spec: v1::JobSpec| {
+        let mut jobs = jobs.clone();
+        async move {
+            let id = weir_tests::submit(&mut jobs, spec).await;
+            let done = weir_tests::wait_finished(&mut jobs, &id, Duration::from_secs(60)).await;
+            (done, weir_tests::tasks(&mut jobs, &id).await.remove(0))
+        }
+    };
+
+    let (done, t) = run(collect("/inside")).await;
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{t:?}");
+    let (done, t) = run(collect("/outside")).await;
+    assert_eq!(done.state, v1::JobState::Failed as i32);
+    assert_eq!((t.error_kind.as_str(), t.attempt), ("sandbox", 1), "refused once, not retried: {t:?}");
+    assert!(
+        t.error_message.contains(&format!("url: http://localhost:{port} is not among the hosts allowed")),
+        "{}",
+        t.error_message
+    );
+    let (done, t) = run(collect("/moved")).await;
+    assert_eq!(done.state, v1::JobState::Failed as i32);
+    assert_eq!(t.error_kind, "sandbox", "{t:?}");
+    assert!(t.error_message.contains("redirect: http://localhost"), "{}", t.error_message);
+    // Neither refused URL was requested: /last was asked once, by the job inside.
+    let asked: Vec<String> =
+        server.requests().await.into_iter().map(|r| r.1).filter(|u| u.starts_with("/last")).collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    // Each refusal is in the audit trail.
+    let records = audit(&master.url, &ClientSecurity::default()).await;
+    assert_eq!(records.iter().filter(|r| r.action == "RunTask" && r.outcome == "invalid").count(), 2, "{records:#?}");
+
+    let _ = &mut jobs;
+    stop.cancel();
+    manager.await.expect("manager stops");
+    master.stop().await;
+    store.cleanup().await;
+}

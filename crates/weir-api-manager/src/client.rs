@@ -28,6 +28,7 @@ use weir_core::api::profile::Sessions;
 use weir_core::api::security::{SecuritySpec, TlsVersion, UrlPolicy};
 use weir_core::spec::RetryPolicy;
 use weir_worker::quota::Bucket;
+use weir_worker::sandbox::Guard;
 
 use crate::auth::Auth;
 use crate::breaker::Breaker;
@@ -60,37 +61,40 @@ pub struct Api {
 }
 
 /// An API's client with its sessions (a request's timeout is the step's, set per
-/// request), held to a step's security policy if it has one ([`crate::security`]):
-/// HTTPS only, its TLS version at least, redirects only to allowed hosts, and only the
-/// policy's CAs trusted.
+/// request), redirects held to the namespace's sandbox (`guard`), and to a step's
+/// security policy if it has one ([`crate::security`]): HTTPS only, its TLS version at
+/// least, redirects only to allowed hosts, and only the policy's CAs trusted.
 pub fn http_client(
     sessions: Sessions,
     security: Option<(&SecuritySpec, &UrlPolicy)>,
+    guard: Guard,
 ) -> Result<reqwest::Client, CollectError> {
     let mut b = reqwest::Client::builder()
         .pool_max_idle_per_host(sessions.max_idle as usize)
         .pool_idle_timeout(sessions.idle_timeout)
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")));
+    let policy = security.map(|(_, p)| p.clone());
+    b = b.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        let to = attempt.url().as_str().to_string();
+        if let Err(why) = guard.url("redirect", &to) {
+            return attempt.error(format!("{OUTSIDE_SANDBOX}{why}"));
+        }
+        match policy.as_ref().map(|p| p.check(&to)) {
+            Some(Err(why)) => attempt.error(format!("redirect refused: {why}")),
+            _ => attempt.follow(),
+        }
+    }));
     match security {
-        None => b = b.redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS)),
-        Some((spec, policy)) => {
-            let policy = policy.clone();
-            b = b
-                .https_only(spec.https_only)
-                .tls_version_min(match spec.min_tls {
-                    TlsVersion::Tls12 => reqwest::tls::Version::TLS_1_2,
-                    TlsVersion::Tls13 => reqwest::tls::Version::TLS_1_3,
-                })
-                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                    if attempt.previous().len() >= MAX_REDIRECTS {
-                        return attempt.error("too many redirects");
-                    }
-                    match policy.check(attempt.url().as_str()) {
-                        Ok(()) => attempt.follow(),
-                        Err(why) => attempt.error(format!("redirect refused: {why}")),
-                    }
-                }));
+        None => {}
+        Some((spec, _)) => {
+            b = b.https_only(spec.https_only).tls_version_min(match spec.min_tls {
+                TlsVersion::Tls12 => reqwest::tls::Version::TLS_1_2,
+                TlsVersion::Tls13 => reqwest::tls::Version::TLS_1_3,
+            });
             if let Some(roots) = crate::security::trusted_roots(spec)? {
                 let certs = roots
                     .iter()
@@ -106,6 +110,9 @@ pub fn http_client(
 
 /// Redirects a request may follow.
 pub const MAX_REDIRECTS: usize = 10;
+
+/// How a redirect the sandbox refused is told apart in the client's error.
+const OUTSIDE_SANDBOX: &str = "redirect outside the sandbox: ";
 
 /// One request, before credentials.
 #[derive(Debug, Clone)]
@@ -188,6 +195,9 @@ pub struct Effort {
     pub timeout: Duration,
     /// The file a body over [`IN_MEMORY`] is spooled to.
     pub spool: PathBuf,
+    /// What the task may reach: every URL is checked before it is requested (a server's
+    /// next-page URL among them).
+    pub guard: Guard,
 }
 
 /// `url` with its secret query parameters masked, for messages.
@@ -298,6 +308,10 @@ impl Api {
         cancel: &CancellationToken,
         stats: &mut Stats,
     ) -> Result<Fetched, CollectError> {
+        effort
+            .guard
+            .url("url", req.url.as_str())
+            .map_err(|why| CollectError::Sandbox(format!("api {}: {why}", self.name)))?;
         if let Some(p) = &self.policy {
             p.check(req.url.as_str()).map_err(|why| CollectError::Insecure(format!("api {}: {why}", self.name)))?;
         }
@@ -330,6 +344,10 @@ impl Api {
             let failure = match b.send().await {
                 Err(e) if e.is_redirect() => {
                     let why = cause(&e);
+                    if let Some(at) = why.find(OUTSIDE_SANDBOX) {
+                        let rest = &why[at + OUTSIDE_SANDBOX.len()..];
+                        return Err(CollectError::Sandbox(format!("api {}: {shown_url}: {rest}", self.name)));
+                    }
                     return Err(match why.find("redirect refused: ") {
                         Some(at) => CollectError::Insecure(format!("api {}: {shown_url}: {}", self.name, &why[at..])),
                         None => CollectError::Refused(format!("api {}: {shown_url}: too many redirects", self.name)),

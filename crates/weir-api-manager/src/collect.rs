@@ -32,6 +32,7 @@ use weir_core::catalog::API_KINDS;
 use weir_core::events::api_event;
 use weir_worker::notice::Notices;
 use weir_worker::quota::Quotas;
+use weir_worker::sandbox::Guard;
 use weir_worker::{StepError, StepHandler, TaskContext};
 
 use crate::breaker::Breakers;
@@ -83,13 +84,19 @@ impl Collect {
         api: &str,
         auth: Option<&AuthSpec>,
         security: Option<(&SecuritySpec, &UrlPolicy)>,
+        guard: &Guard,
     ) -> Result<Arc<Api>, CollectError> {
-        let key = format!("{circuit} {} {security:?}", serde_json::to_string(&auth).unwrap_or_default());
+        // Per namespace too: the client's redirects are held to the namespace's sandbox.
+        let key = format!(
+            "{circuit} {} {security:?} {}",
+            serde_json::to_string(&auth).unwrap_or_default(),
+            guard.namespace()
+        );
         let mut apis = self.apis.lock().await;
         if let Some(a) = apis.get(&key) {
             return Ok(a.clone());
         }
-        let http = client::http_client(self.settings.sessions_of(api), security)?;
+        let http = client::http_client(self.settings.sessions_of(api), security, guard.clone())?;
         let auth = match auth {
             Some(spec) => Some(crate::auth::build(spec, circuit, &http, &self.settings.data_dir)?),
             None => None,
@@ -112,10 +119,11 @@ impl Collect {
     async fn sources<'a>(
         &self,
         step: &'a CollectStep,
+        guard: &Guard,
     ) -> Result<(Vec<Source>, Option<(usize, &'a FallbackSpec)>), CollectError> {
         let policy = step.url_policy();
         let security = step.security.as_ref().zip(policy.as_ref());
-        let primary = self.api(&step.api, &step.api, step.auth.as_ref(), security).await?;
+        let primary = self.api(&step.api, &step.api, step.auth.as_ref(), security, guard).await?;
         let mut sources = vec![Source { api: primary, base_url: step.base_url.clone(), label: source_label(step, 0) }];
         let mut files = None;
         for (i, f) in step.fallbacks.iter().enumerate() {
@@ -124,7 +132,7 @@ impl Collect {
                 continue;
             }
             let circuit = format!("{}#{}", step.api, i + 1);
-            let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref()), security).await?;
+            let api = self.api(&circuit, &step.api, f.auth.as_ref().or(step.auth.as_ref()), security, guard).await?;
             sources.push(Source {
                 api,
                 base_url: step.source_base_url(i + 1).to_string(),
@@ -135,14 +143,17 @@ impl Collect {
     }
 
     /// What every request of a step needs: its sources, its parsed templates, how hard to
-    /// try; and its files fallback. A body too large for memory is spooled to `spool`.
+    /// try; and its files fallback. A body too large for memory is spooled to `spool`;
+    /// every URL is held to `task`'s sandbox.
     pub(crate) async fn resource<'a>(
         &self,
+        task: &TaskContext,
         step: &'a CollectStep,
         spool: std::path::PathBuf,
         cursor: Option<String>,
     ) -> Result<(Resource<'a>, Option<(usize, &'a FallbackSpec)>), CollectError> {
-        let (sources, files_fallback) = self.sources(step).await?;
+        let guard = task.guard();
+        let (sources, files_fallback) = self.sources(step, &guard).await?;
         let templates =
             |m: &std::collections::BTreeMap<String, String>| -> Result<Vec<(String, Template)>, CollectError> {
                 m.iter()
@@ -158,6 +169,7 @@ impl Collect {
                 max_attempts: step.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
                 timeout: step.timeout(),
                 spool,
+                guard,
             },
             path: Template::parse(&step.path).map_err(CollectError::Config)?,
             headers: templates(&step.headers)?,
@@ -227,7 +239,7 @@ impl Collect {
                 Output::new(&dir, per_file)?
             }
         };
-        let (resource, files_fallback) = self.resource(step, dir.join(".page"), cursor).await?;
+        let (resource, files_fallback) = self.resource(task, step, dir.join(".page"), cursor).await?;
         let landing = Arc::new(std::sync::Mutex::new(Landing { out, incremental }));
         let start = Start { checkpoints: checkpoints.clone(), resumed, source: start_source };
         let (tally, parents, landing) = match self.collect_apis(task, &resource, &landing, &dir, start).await {
@@ -819,7 +831,7 @@ impl StepHandler for Collect {
         let step = CollectStep::parse(task.config.as_ref()).map_err(|e| StepError::permanent("bad_config", e))?;
         let report = match task.kind.as_str() {
             "probe" => self.probe(task, &step).await?,
-            "connect" => self.connect(&step).await?,
+            "connect" => self.connect(task, &step).await?,
             "check_security" => self.check_security(&step).await?,
             "check_tls" => self.check_tls(&step).await?,
             _ => self.collect(task, &step, None).await?,

@@ -27,6 +27,9 @@ pub enum CollectError {
     /// host not on the list, an old TLS version, a certificate not pinned).
     #[error("{0}")]
     Insecure(String),
+    /// A URL the server gave (a next page, a redirect) outside the namespace's sandbox.
+    #[error("{0}")]
+    Sandbox(String),
     /// Writing the records to staging failed.
     #[error("{0}")]
     Staging(String),
@@ -46,6 +49,7 @@ impl CollectError {
             CollectError::Transient(_) => "unavailable",
             CollectError::CircuitOpen(_) => "circuit_open",
             CollectError::Insecure(_) => "insecure",
+            CollectError::Sandbox(_) => weir_core::sandbox::REFUSED_KIND,
             CollectError::Staging(_) => "staging",
             CollectError::Cancelled => "cancelled",
         }

@@ -39,7 +39,7 @@ async fn check(http: &reqwest::Client, h: &HealthCheck) -> (bool, String) {
 }
 
 async fn watch(api: String, h: HealthCheck, breaker: Arc<Breaker>, notices: Notices, cancel: CancellationToken) {
-    let http = match crate::client::http_client(Default::default(), None) {
+    let http = match crate::client::http_client(Default::default(), None, weir_worker::sandbox::Guard::open()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(api = %api, error = %e, "health checks cannot start");

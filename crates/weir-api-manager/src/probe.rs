@@ -27,7 +27,7 @@ impl Collect {
             .map_err(|e| CollectError::Staging(format!("creating {}: {e}", dir.display())))?;
         let spool = dir.join(format!(".probe-{}", task.fence));
         let cursor = step.incremental.as_ref().and_then(|i| i.initial.as_ref()).map(incremental::as_param);
-        let (r, _) = self.resource(step, spool, cursor.clone()).await?;
+        let (r, _) = self.resource(task, step, spool, cursor.clone()).await?;
         let auth = step.auth.as_ref().map_or("none", |a| a.name());
         let needs_parent = step.parent.is_some();
         if needs_parent {
@@ -59,10 +59,10 @@ impl Collect {
         Ok(out)
     }
 
-    pub(crate) async fn connect(&self, step: &CollectStep) -> Result<Value, CollectError> {
+    pub(crate) async fn connect(&self, task: &TaskContext, step: &CollectStep) -> Result<Value, CollectError> {
         let policy = step.url_policy();
-        let api =
-            self.api(&step.api, &step.api, step.auth.as_ref(), step.security.as_ref().zip(policy.as_ref())).await?;
+        let security = step.security.as_ref().zip(policy.as_ref());
+        let api = self.api(&step.api, &step.api, step.auth.as_ref(), security, &task.guard()).await?;
         let Some(auth) = &api.auth else {
             return Ok(json!({"kind": "connect", "api": step.api, "auth": "none"}));
         };

@@ -117,7 +117,7 @@ impl Recovery {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| StepError::retryable("staging", format!("creating {}: {e}", dir.display())))?;
-        let (res, files) = self.collect.resource(r, dir.join(format!(".plan-{}", task.fence)), None).await?;
+        let (res, files) = self.collect.resource(task, r, dir.join(format!(".plan-{}", task.fence)), None).await?;
         // The first missing request: where the failed collection stopped, else the first page.
         let req0 = first_request(&res, &Values::default())?;
         let (mut url, from) = match analysis["resume_from"]["next"].as_str() {

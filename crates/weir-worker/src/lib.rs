@@ -52,6 +52,9 @@ pub struct TaskContext {
     /// The master's worker service, for what a step reads from the master while it runs
     /// ([`watermark`]); none in unit tests.
     pub master: Option<weir_proto::v1::worker_service_client::WorkerServiceClient<weir_runtime::grpc::AuthedChannel>>,
+    /// The manager's sandbox policy (checked before the task ran; [`TaskContext::guard`]
+    /// holds what it finds while running to it too).
+    pub sandbox: std::sync::Arc<weir_core::sandbox::Policy>,
 }
 
 /// Where the managers keep data on local disk unless `WEIR_DATA_DIR` says otherwise.
@@ -65,6 +68,11 @@ impl TaskContext {
     /// This task's folder in an area of the data dir: `<root>/<area>/<job>/<step>`.
     pub fn folder(&self, root: &std::path::Path, area: &str) -> std::path::PathBuf {
         root.join(area).join(self.job_id.to_string()).join(&self.step_id)
+    }
+
+    /// What this task may reach of what it learns as it runs (next pages, redirects).
+    pub fn guard(&self) -> sandbox::Guard {
+        sandbox::Guard::new(self.sandbox.clone(), &self.namespace)
     }
 
     /// A context for unit tests of step code: a fresh job, step `step_id`, no inputs.
@@ -84,6 +92,7 @@ impl TaskContext {
             heartbeat_timeout: Duration::from_secs(30),
             cancel: CancellationToken::new(),
             master: None,
+            sandbox: std::sync::Arc::new(weir_core::sandbox::Policy::allow_all()),
         }
     }
 }

@@ -4,9 +4,10 @@
 //! which only the machine holding the files can tell.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use weir_core::catalog::Queue;
-use weir_core::sandbox::{normalize, under_roots, Policy, Touch};
+use weir_core::sandbox::{normalize, under_roots, Policy, Reach, Touch};
 
 use crate::TaskContext;
 
@@ -34,6 +35,38 @@ pub fn check(policy: &Policy, queue: Queue, ctx: &TaskContext) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// What a running task may reach, for what it learns only as it runs — a server's
+/// next-page URL, a redirect: the manager's policy and the task's namespace.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    policy: Arc<Policy>,
+    namespace: String,
+}
+
+impl Guard {
+    pub fn new(policy: Arc<Policy>, namespace: &str) -> Guard {
+        Guard { policy, namespace: namespace.to_string() }
+    }
+
+    /// A guard that allows everything (tools, tests).
+    pub fn open() -> Guard {
+        Guard::new(Arc::new(Policy::allow_all()), "")
+    }
+
+    /// The namespace it holds tasks to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Whether the task may send a request to `url`; the refusal names `field` and the rule.
+    pub fn url(&self, field: &str, url: &str) -> Result<(), String> {
+        if self.policy.allows_everything() {
+            return Ok(());
+        }
+        self.policy.check(&self.namespace, &Reach(vec![Touch::url(field, url)])).map_err(|r| r.to_string())
+    }
 }
 
 /// `path` with symbolic links resolved as far as it exists (the rest appended as written:
@@ -76,7 +109,19 @@ mod tests {
             heartbeat_timeout: std::time::Duration::from_secs(30),
             cancel: Default::default(),
             master: None,
+            sandbox: Arc::new(Policy::allow_all()),
         }
+    }
+
+    #[test]
+    fn a_guard_holds_urls_found_at_run_time_to_the_namespaces_hosts() {
+        let policy =
+            Policy::from_value(json!({"namespaces": {"shop": {"hosts": ["https://api.shop.test"]}}})).expect("policy");
+        let guard = Guard::new(Arc::new(policy), "shop");
+        assert_eq!(guard.url("next page", "https://api.shop.test/v1/orders?page=2"), Ok(()));
+        let e = guard.url("next page", "http://169.254.169.254/latest/meta-data").expect_err("metadata");
+        assert!(e.starts_with("next page: http://169.254.169.254 is not among the hosts allowed"), "{e}");
+        assert_eq!(Guard::open().url("redirect", "http://anything.test"), Ok(()));
     }
 
     #[cfg(unix)]

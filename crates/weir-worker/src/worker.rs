@@ -276,6 +276,7 @@ impl Worker {
             heartbeat_timeout,
             cancel: token,
             master: Some(self.client.clone()),
+            sandbox: self.cfg.sandbox.clone(),
         })
     }
 }
