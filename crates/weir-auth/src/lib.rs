@@ -15,7 +15,7 @@ pub mod token;
 
 pub use grant::{Grant, Grants, Role, Scope};
 pub use jwks::Jwks;
-pub use limit::SubmissionLimits;
+pub use limit::KeyedLimits;
 pub use token::{TokenRules, Verifier};
 
 /// Who made a call, as the token said.

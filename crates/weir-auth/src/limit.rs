@@ -1,5 +1,6 @@
-//! How often one subject may submit: a token bucket per subject (governor's keyed
-//! limiter), so one runaway script cannot crowd out a team.
+//! How often one caller may do something: a token bucket per key (governor's keyed
+//! limiter) — submissions per subject, so one runaway script cannot crowd out a team;
+//! recorded refusals per peer address.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,20 +12,20 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 /// The platform's default: 100 submissions per minute per subject.
 pub const DEFAULT_SUBMISSION_LIMIT: &str = "100/min";
 
-/// Submissions per subject.
-pub struct SubmissionLimits {
+/// Calls per key (a subject, a peer address).
+pub struct KeyedLimits {
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     checks: AtomicU64,
 }
 
-impl SubmissionLimits {
+impl KeyedLimits {
     /// `n` per `per`, with a burst of `n`.
-    pub fn new(n: NonZeroU32, per: Duration) -> Result<SubmissionLimits, String> {
+    pub fn new(n: NonZeroU32, per: Duration) -> Result<KeyedLimits, String> {
         let quota = Quota::with_period(per / n.get())
-            .ok_or_else(|| format!("submission limit {n} per {per:?} is too fine"))?
+            .ok_or_else(|| format!("limit {n} per {per:?} is too fine"))?
             .allow_burst(n);
-        Ok(SubmissionLimits {
+        Ok(KeyedLimits {
             limiter: RateLimiter::keyed(quota),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
@@ -32,26 +33,26 @@ impl SubmissionLimits {
     }
 
     /// Parses `N/s`, `N/min` or `N/h` (e.g. `100/min`), naming what is wrong.
-    pub fn parse(s: &str) -> Result<SubmissionLimits, String> {
-        let (n, unit) = s.split_once('/').ok_or_else(|| format!("submission limit {s:?} must look like 100/min"))?;
-        let n: u32 = n.trim().parse().map_err(|_| format!("submission limit {s:?}: {n:?} is not a whole number"))?;
-        let n = NonZeroU32::new(n).ok_or_else(|| format!("submission limit {s:?} must be at least 1"))?;
+    pub fn parse(s: &str) -> Result<KeyedLimits, String> {
+        let (n, unit) = s.split_once('/').ok_or_else(|| format!("limit {s:?} must look like 100/min"))?;
+        let n: u32 = n.trim().parse().map_err(|_| format!("limit {s:?}: {n:?} is not a whole number"))?;
+        let n = NonZeroU32::new(n).ok_or_else(|| format!("limit {s:?} must be at least 1"))?;
         let per = match unit.trim() {
             "s" | "sec" | "second" => Duration::from_secs(1),
             "m" | "min" | "minute" => Duration::from_secs(60),
             "h" | "hour" => Duration::from_secs(3600),
-            u => return Err(format!("submission limit {s:?}: unknown unit {u:?} (s, min or h)")),
+            u => return Err(format!("limit {s:?}: unknown unit {u:?} (s, min or h)")),
         };
-        SubmissionLimits::new(n, per)
+        KeyedLimits::new(n, per)
     }
 
-    /// Takes one submission of `subject`'s, or says how long until the next is allowed.
-    pub fn check(&self, subject: &str) -> Result<(), Duration> {
-        // Forget subjects whose buckets are full again, now and then, so the map stays small.
+    /// Takes one call of `key`'s, or says how long until the next is allowed.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        // Forget keys whose buckets are full again, now and then, so the map stays small.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
             self.limiter.retain_recent();
         }
-        self.limiter.check_key(&subject.to_string()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        self.limiter.check_key(&key.to_string()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
 
@@ -61,7 +62,7 @@ mod tests {
 
     #[test]
     fn each_subject_has_its_own_bucket() {
-        let l = SubmissionLimits::parse("3/min").expect("valid");
+        let l = KeyedLimits::parse("3/min").expect("valid");
         for _ in 0..3 {
             assert!(l.check("ada").is_ok());
         }
@@ -72,8 +73,8 @@ mod tests {
 
     #[test]
     fn bad_limits_are_named() {
-        assert!(SubmissionLimits::parse("100").err().unwrap_or_default().contains("100/min"));
-        assert!(SubmissionLimits::parse("0/min").err().unwrap_or_default().contains("at least 1"));
-        assert!(SubmissionLimits::parse("5/week").err().unwrap_or_default().contains("unknown unit"));
+        assert!(KeyedLimits::parse("100").err().unwrap_or_default().contains("100/min"));
+        assert!(KeyedLimits::parse("0/min").err().unwrap_or_default().contains("at least 1"));
+        assert!(KeyedLimits::parse("5/week").err().unwrap_or_default().contains("unknown unit"));
     }
 }

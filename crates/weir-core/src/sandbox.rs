@@ -36,10 +36,11 @@
 //! allow, so one team cannot name another's credentials.
 //!
 //! Each manager checks a task's reach again before running it, with symbolic links
-//! resolved (`weir_worker::sandbox`). Not known from the config, so not checked yet: the
-//! host in a PostgreSQL sink's and a RabbitMQ source's URL (the operator's variable); files that
-//! upstream steps report (a step without `inputs` or `location`, staged by Weir itself);
-//! next-page URLs (`next_url`, `link_header`) and redirects.
+//! resolved (`weir_worker::sandbox`), and the API manager holds every request it sends to
+//! the same rule as it runs — a server's next-page URL (`next_url`, `link_header`) and
+//! each redirect (`weir_worker::sandbox::Guard`). Not checked: the host in a PostgreSQL
+//! sink's and a RabbitMQ source's URL (the operator's variable, which the `env` rule
+//! guards); files that upstream steps report (staged by Weir itself).
 //! Watches ([`crate::files::WatchSpec::reach`]) and API profiles are the operator's
 //! configuration, not a job's; the jobs a watch starts are checked like any other.
 

@@ -42,6 +42,11 @@ pub struct MasterConfig {
     /// "off" for none. Over it, SubmitJob answers RESOURCE_EXHAUSTED with a retry delay.
     #[arg(long, env = "WEIR_SUBMISSION_LIMIT", default_value = weir_auth::limit::DEFAULT_SUBMISSION_LIMIT)]
     pub submission_limit: String,
+    /// Refusals of one caller address recorded in the audit trail, e.g. "20/s"; past it
+    /// they are counted, and the next record says how many were left out ("off": every one).
+    /// A flood of calls without a token then costs the store nothing.
+    #[arg(long, env = "WEIR_AUDIT_REFUSALS_PER_PEER", default_value = weir_runtime::auth::DEFAULT_REFUSALS_PER_PEER)]
+    pub audit_refusals_per_peer: String,
     /// Days an audit record is kept.
     #[arg(long, env = "WEIR_AUDIT_RETENTION_DAYS", default_value_t = weir_core::audit::DEFAULT_RETENTION_DAYS,
         value_parser = clap::value_parser!(u32).range(1..))]
@@ -149,12 +154,12 @@ impl EventsConfig {
 
 impl MasterConfig {
     /// The submission limits (none with authentication off, unless set, or with "off").
-    pub fn limits(&self) -> Result<Option<weir_auth::SubmissionLimits>, String> {
+    pub fn limits(&self) -> Result<Option<weir_auth::KeyedLimits>, String> {
         let s = self.submission_limit.trim();
         if s == "off" || (!self.auth.enabled && s == weir_auth::limit::DEFAULT_SUBMISSION_LIMIT) {
             return Ok(None);
         }
-        weir_auth::SubmissionLimits::parse(s).map(Some)
+        weir_auth::KeyedLimits::parse(s).map(Some)
     }
 
     /// Defaults for the given listen address and store, as tests and `weir dev` use:
@@ -173,6 +178,7 @@ impl MasterConfig {
             tls: TlsArgs::default(),
             sandbox: SandboxArgs::local(),
             submission_limit: weir_auth::limit::DEFAULT_SUBMISSION_LIMIT.into(),
+            audit_refusals_per_peer: weir_runtime::auth::DEFAULT_REFUSALS_PER_PEER.into(),
             audit_retention_days: weir_core::audit::DEFAULT_RETENTION_DAYS,
         }
     }

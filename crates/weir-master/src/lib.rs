@@ -69,7 +69,7 @@ pub(crate) struct Shared {
     pub circuits: workers::Circuits,
     pub config: MasterConfig,
     /// Submissions per caller.
-    pub limits: Option<weir_auth::SubmissionLimits>,
+    pub limits: Option<weir_auth::KeyedLimits>,
     /// What jobs may touch.
     pub sandbox: weir_core::sandbox::Policy,
 }
@@ -138,10 +138,13 @@ pub async fn serve_with_store(
         limits,
         sandbox,
     });
-    let security = weir_runtime::security::ServerSecurity {
-        guard: security.guard.with_refusals(Arc::new(audit::AuditRefusals(shared.clone()))),
-        tls: security.tls,
-    };
+    let refusals = weir_runtime::auth::Throttled::wrap(
+        Arc::new(audit::AuditRefusals(shared.clone())),
+        &config.audit_refusals_per_peer,
+    )
+    .map_err(|e| MasterError::Config(format!("WEIR_AUDIT_REFUSALS_PER_PEER: {e}")))?;
+    let security =
+        weir_runtime::security::ServerSecurity { guard: security.guard.with_refusals(refusals), tls: security.tls };
     let (reporter, mut routes) = weir_runtime::grpc::base_routes()?;
     reporter.set_not_serving::<JobServiceServer<jobs::Jobs>>().await;
     reporter.set_not_serving::<WorkerServiceServer<workers::Workers>>().await;

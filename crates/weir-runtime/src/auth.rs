@@ -51,6 +51,64 @@ impl Refusals for LogRefusals {
     }
 }
 
+/// The default of [`Throttled`]: refusals of one address recorded per second.
+pub const DEFAULT_REFUSALS_PER_PEER: &str = "20/s";
+
+/// Most addresses whose left-out refusals are counted at once (then the counts restart).
+const MAX_COUNTED_PEERS: usize = 10_000;
+
+/// Refusals past a rate per caller address are counted rather than each recorded, so calls
+/// without a token cannot make the store write a row apiece; the next record admitted
+/// from that address says how many were left out. A decorator of any [`Refusals`].
+pub struct Throttled {
+    inner: Arc<dyn Refusals>,
+    per_peer: weir_auth::KeyedLimits,
+    rate: String,
+    left_out: Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Throttled {
+    /// `rate` as `N/s`, `N/min` or `N/h`; "off": no decorator.
+    pub fn wrap(inner: Arc<dyn Refusals>, rate: &str) -> Result<Arc<dyn Refusals>, String> {
+        if rate.trim() == "off" {
+            return Ok(inner);
+        }
+        let per_peer = weir_auth::KeyedLimits::parse(rate.trim())?;
+        Ok(Arc::new(Throttled { inner, per_peer, rate: rate.trim().to_string(), left_out: Mutex::default() }))
+    }
+
+    /// The record to write, or none when `r`'s address is over the rate (counted).
+    fn admit(&self, mut r: AuditRecord) -> Option<AuditRecord> {
+        // The address without its port: a client opens as many ports as it likes.
+        let peer = match r.peer.parse::<std::net::SocketAddr>() {
+            Ok(a) => a.ip().to_string(),
+            Err(_) => r.peer.clone(),
+        };
+        let mut left_out = self.left_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.per_peer.check(&peer).is_err() {
+            if left_out.len() >= MAX_COUNTED_PEERS && !left_out.contains_key(&peer) {
+                tracing::warn!(peers = left_out.len(), "too many refused addresses to count; counts restart");
+                left_out.clear();
+            }
+            *left_out.entry(peer).or_default() += 1;
+            return None;
+        }
+        if let Some(n) = left_out.remove(&peer) {
+            r.message = format!("{} (and {n} earlier refusals of {peer} not recorded: over {})", r.message, self.rate);
+        }
+        Some(r)
+    }
+}
+
+impl Refusals for Throttled {
+    fn refused(&self, record: AuditRecord) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        match self.admit(record) {
+            Some(r) => self.inner.refused(r),
+            None => Box::pin(async {}),
+        }
+    }
+}
+
 /// The gRPC health service stays open, so probes need no token.
 pub const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -375,6 +433,64 @@ impl tonic::service::Interceptor for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keeps what it is given.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<AuditRecord>>);
+
+    impl Refusals for Kept {
+        fn refused(&self, r: AuditRecord) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            self.0.lock().expect("lock").push(r);
+            Box::pin(async {})
+        }
+    }
+
+    fn from(peer: &str) -> AuditRecord {
+        let mut r = AuditRecord::new(1, "", "ListJobs");
+        r.peer = peer.into();
+        r.message = "no bearer token".into();
+        r
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_refusals_from_one_address_is_counted_not_recorded_one_by_one() {
+        let kept = Arc::new(Kept::default());
+        let throttled = Throttled::wrap(kept.clone(), "5/min").expect("rate");
+        // Any port of the same address is the same caller.
+        for port in 0..12 {
+            throttled.refused(from(&format!("10.0.0.7:{}", 40000 + port))).await;
+        }
+        throttled.refused(from("10.0.0.8:1")).await;
+        throttled.refused(from("[::1]:9")).await;
+        let peers: Vec<String> = kept.0.lock().expect("lock").iter().map(|r| r.peer.clone()).collect();
+        assert_eq!(peers.len(), 7, "5 of the flood, then one of each other address: {peers:?}");
+        assert_eq!(peers.iter().filter(|p| p.starts_with("10.0.0.7:")).count(), 5);
+        assert!(Throttled::wrap(kept.clone(), "off").is_ok());
+        assert!(Throttled::wrap(kept, "many").err().unwrap_or_default().contains("100/min"));
+    }
+
+    #[test]
+    fn the_next_record_admitted_says_how_many_were_left_out() {
+        let kept: Arc<dyn Refusals> = Arc::new(Kept::default());
+        let t = Throttled {
+            inner: kept,
+            per_peer: weir_auth::KeyedLimits::parse("2/min").expect("rate"),
+            rate: "2/min".into(),
+            left_out: Mutex::default(),
+        };
+        assert!(t.admit(from("10.0.0.7:1")).is_some());
+        assert!(t.admit(from("10.0.0.7:2")).is_some());
+        assert!(t.admit(from("10.0.0.7:3")).is_none());
+        assert!(t.admit(from("10.0.0.7:4")).is_none());
+        // Another address is its own bucket, and carries no count.
+        let other = t.admit(from("10.0.0.8:1")).expect("admitted");
+        assert_eq!(other.message, "no bearer token");
+        // Once the address may be recorded again, its record carries the count.
+        let fresh = Throttled { per_peer: weir_auth::KeyedLimits::parse("1000/s").expect("rate"), ..t };
+        let next = fresh.admit(from("10.0.0.7:5")).expect("admitted");
+        assert_eq!(next.message, "no bearer token (and 2 earlier refusals of 10.0.0.7 not recorded: over 2/min)");
+        assert!(fresh.admit(from("10.0.0.7:6")).expect("admitted").message.ends_with("token"), "counted once");
+    }
 
     #[test]
     fn a_token_file_is_read_again_when_it_changes() {
