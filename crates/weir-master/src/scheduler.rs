@@ -81,7 +81,7 @@ pub(crate) enum Command {
     /// Audit records of refused calls, written with the next commit.
     Audit(Vec<AuditRecord>, Reply<()>),
     /// A named connection put or deleted, written with its audit record.
-    Connection(weir_core::connection::ConnectionChange, AuditRecord, Reply<()>),
+    Connection(Box<(weir_core::connection::ConnectionChange, AuditRecord)>, Reply<()>),
 }
 
 /// The audit record of a client's call, completed with its outcome and written in the
@@ -155,7 +155,7 @@ impl Handle {
         change: weir_core::connection::ConnectionChange,
         audit: AuditRecord,
     ) -> Result<(), SchedError> {
-        self.ask(|reply| Command::Connection(change, audit, reply)).await
+        self.ask(|reply| Command::Connection(Box::new((change, audit)), reply)).await
     }
     pub(crate) async fn acquire(
         &self,
@@ -372,7 +372,8 @@ impl Scheduler {
                 self.audit.extend(records.into_iter().map(AuditRecord::cleaned));
                 replies.push(pending(reply, Ok(())));
             }
-            Command::Connection(change, audit, reply) => {
+            Command::Connection(change, reply) => {
+                let (change, audit) = *change;
                 self.connections.push(change);
                 self.audit.push(audit.cleaned());
                 replies.push(pending(reply, Ok(())));
