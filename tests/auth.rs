@@ -329,8 +329,9 @@ async fn tokens_are_checked_namespaces_scope_every_call_and_each_refusal_is_audi
     store.cleanup().await;
 }
 
-/// A batch manager in this process with its own sandbox and security.
-fn batch_manager(
+/// A manager in this process with its own sandbox and security (no token: `""`).
+fn manager(
+    spec: weir_worker::manager::ManagerSpec,
     master_url: &str,
     sandbox: SandboxArgs,
     token: &str,
@@ -341,15 +342,24 @@ fn batch_manager(
         concurrency: Some(2),
         poll_wait: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(1),
-        worker_id: Some(format!("batch-{}", uuid::Uuid::new_v4().simple())),
-        token: TokenArgs { token: Some(token.into()), token_file: None },
+        worker_id: Some(format!("manager-{}", uuid::Uuid::new_v4().simple())),
+        token: TokenArgs { token: (!token.is_empty()).then(|| token.into()), token_file: None },
         tls,
         sandbox,
         ..weir_worker::manager::ManagerArgs::local(master_url)
     };
-    let spec = weir_batch_manager::spec().expect("settings");
     let c = cancel.clone();
     (cancel, tokio::spawn(async move { weir_worker::manager::run(spec, args, c).await.expect("manager runs") }))
+}
+
+/// A batch manager in this process with its own sandbox and security.
+fn batch_manager(
+    master_url: &str,
+    sandbox: SandboxArgs,
+    token: &str,
+    tls: TlsArgs,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    manager(weir_batch_manager::spec().expect("settings"), master_url, sandbox, token, tls)
 }
 
 async fn finished(c: &mut JobServiceClient<AuthedChannel>, id: &str) -> (v1::Job, Vec<v1::Task>) {
@@ -705,19 +715,8 @@ fn api_manager(
     data: &std::path::Path,
     sandbox: SandboxArgs,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cancel = CancellationToken::new();
-    let args = weir_worker::manager::ManagerArgs {
-        concurrency: Some(2),
-        poll_wait: Duration::from_secs(2),
-        drain_timeout: Duration::from_secs(1),
-        worker_id: Some(format!("api-{}", uuid::Uuid::new_v4().simple())),
-        sandbox,
-        ..weir_worker::manager::ManagerArgs::local(master_url)
-    };
     let settings = weir_api_manager::ApiSettings { data_dir: data.to_path_buf(), ..Default::default() };
-    let spec = weir_api_manager::spec_with(settings);
-    let c = cancel.clone();
-    (cancel, tokio::spawn(async move { weir_worker::manager::run(spec, args, c).await.expect("manager runs") }))
+    manager(weir_api_manager::spec_with(settings), master_url, sandbox, "", TlsArgs::default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
