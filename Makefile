@@ -23,6 +23,7 @@ test:
 	./scripts/ensure-pubsub-emulator.sh
 	./scripts/ensure-kinesalite.sh
 	./scripts/ensure-brokers.sh
+	./scripts/ensure-prometheus.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

@@ -660,6 +660,14 @@ pub fn run_manager(
     (cancel, h)
 }
 
+/// Debian's `promtool`, unpacked by `scripts/ensure-prometheus.sh` (make test runs it).
+pub fn promtool() -> PathBuf {
+    let p =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weir/tools/prometheus/usr/bin/promtool");
+    assert!(p.exists(), "{} missing: run scripts/ensure-prometheus.sh (make test does)", p.display());
+    p
+}
+
 /// The real `weir-master` binary on a free loopback port; returns its URL and process.
 pub fn spawn_master(store_url: &str) -> (String, Proc) {
     let port = free_port();

@@ -32,6 +32,10 @@ pub struct DevArgs {
     /// Where the stream manager's own service listens (`weir streams`).
     #[arg(long, env = "WEIR_STREAMS_LISTEN", default_value = "127.0.0.1:50054")]
     streams_listen: String,
+    /// Where `/metrics` is served, for the master and the four managers at once (one
+    /// process, one registry); empty: none.
+    #[arg(long = "metrics-listen", env = "WEIR_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
     /// Events go to the in-process bus unless Kafka brokers are given here.
     #[command(flatten)]
     events: EventsConfig,
@@ -53,6 +57,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut config = MasterConfig::new(&args.listen, &args.store_url);
     config.events = args.events.clone();
     config.auth = args.auth.clone();
+    config.metrics.metrics_listen = args.metrics_listen.clone();
     let managers_token = managers_token(&args.auth)?;
     let bus_name = match &args.events.kafka_brokers {
         Some(b) => format!("Kafka at {b}"),
@@ -92,6 +97,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Weir is running (embedded).");
     println!("  master:  {master_url}   (grpcurl -plaintext {addr} list)");
     println!("  store:   {}", args.store_url);
+    if !args.metrics_listen.is_empty() {
+        println!("  metrics: http://{}/metrics", args.metrics_listen);
+    }
     println!("  events:  {bus_name}");
     if args.auth.enabled {
         println!("  auth:    on (a token: export WEIR_TOKEN=$(weir token --subject you --permissions '*:admin'))");

@@ -266,6 +266,18 @@ impl Engine {
         self.ready.get(queue).is_some_and(|s| !s.is_empty()) && self.queue_room(queue) > 0
     }
 
+    /// Each queue's ready tasks: how many, and when the longest-waiting became ready (for
+    /// the backlog-age metric; a walk of the queue, so call it now and then, not per task).
+    pub fn ready_stats(&self) -> Vec<(String, usize, Option<Millis>)> {
+        let mut out: Vec<_> = self
+            .ready
+            .iter()
+            .map(|(q, set)| (q.clone(), set.len(), set.iter().map(|(_, at, _, _)| *at).min()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.timers.first().map(|(t, _)| *t)

@@ -38,6 +38,8 @@ pub struct MasterConfig {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub metrics: weir_runtime::metrics::MetricsArgs,
     /// Submissions per caller (token subject), e.g. "100/min", with authentication on;
     /// "off" for none. Over it, SubmitJob answers RESOURCE_EXHAUSTED with a retry delay.
     #[arg(long, env = "WEIR_SUBMISSION_LIMIT", default_value = weir_auth::limit::DEFAULT_SUBMISSION_LIMIT)]
@@ -177,6 +179,7 @@ impl MasterConfig {
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
             sandbox: SandboxArgs::local(),
+            metrics: Default::default(),
             submission_limit: weir_auth::limit::DEFAULT_SUBMISSION_LIMIT.into(),
             audit_refusals_per_peer: weir_runtime::auth::DEFAULT_REFUSALS_PER_PEER.into(),
             audit_retention_days: weir_core::audit::DEFAULT_RETENTION_DAYS,

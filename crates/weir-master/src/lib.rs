@@ -10,6 +10,7 @@
 //! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
 //! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`,
 //!   retention.
+//! - [`metrics`]: the master's Prometheus metrics, read off each commit.
 //! - [`connections`]: named connections (`ConnectionService`) and their expansion into
 //!   the jobs that name them.
 //!
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod config;
 pub mod connections;
 pub mod jobs;
+pub mod metrics;
 pub mod relay;
 pub mod scheduler;
 pub mod status;
@@ -122,6 +124,7 @@ pub async fn serve_with_store(
         return Err(MasterError::Config("trigger rules are set but no event bus is (set WEIR_KAFKA_BROKERS)".into()));
     }
     tracing::info!(backend = store.backend(), "store open");
+    config.metrics.start(cancel.clone()).await?;
     let sandbox = config.sandbox.policy()?;
     let limits = config.limits().map_err(|e| MasterError::Config(format!("WEIR_SUBMISSION_LIMIT: {e}")))?;
     let security =

@@ -19,6 +19,7 @@ use weir_core::audit::AuditRecord;
 use weir_core::engine::{Engine, EngineError, Failure, Lease, LeaseStatus};
 use weir_core::model::{EventRecord, JobRecord, OutboxMessage, TaskRecord};
 use weir_core::validate::ValidJob;
+use weir_core::Millis;
 use weir_store::{Store, StoreError};
 
 use crate::now_ms;
@@ -225,6 +226,9 @@ struct Scheduler {
     connections: Vec<weir_core::connection::ConnectionChange>,
 }
 
+/// How often the queue-depth and backlog-age gauges are read off the engine.
+const QUEUE_STATS_EVERY_MS: Millis = 1_000;
+
 /// Runs the scheduler until `cancel` fires. Returns an error only when the store refused
 /// this master (leadership lost), which must stop the process.
 pub async fn run(
@@ -248,6 +252,7 @@ pub async fn run(
     };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
+    let mut queues_seen: Millis = 0;
     loop {
         let wake = s.next_wake();
         tokio::select! {
@@ -262,6 +267,10 @@ pub async fn run(
             s.apply(cmd, now, &mut replies);
         }
         s.engine.tick(now);
+        if now - queues_seen >= QUEUE_STATS_EVERY_MS {
+            crate::metrics::MASTER.queues(&s.engine.ready_stats(), now);
+            queues_seen = now;
+        }
         s.serve_waiters(now, &mut replies);
         let mut changes = s.engine.take_changes(now);
         changes.messages.append(&mut s.messages);
@@ -272,8 +281,10 @@ pub async fn run(
             replies.into_iter().for_each(|r| r(None));
             continue;
         }
+        let started = std::time::Instant::now();
         match s.store.commit(s.epoch, &changes).await {
             Ok(()) => {
+                crate::metrics::MASTER.observe(&changes, started.elapsed());
                 replies.into_iter().for_each(|r| r(None));
                 if !changes.events.is_empty() || !changes.messages.is_empty() {
                     // Also wakes the relay, which reads what was committed from the store.

@@ -70,6 +70,8 @@ pub async fn serve(
     let builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Outermost, so the guard's refusals are counted too.
+        .layer(crate::metrics::MetricsLayer)
         .layer(GuardLayer(security.guard.clone()))
         .add_routes(routes);
     match security.tls {

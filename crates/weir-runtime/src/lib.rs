@@ -2,10 +2,11 @@
 //! SIGTERM/SIGINT ([`shutdown`]), a gRPC server with health and reflection and client
 //! channels ([`grpc`]), and their security: tokens checked on every call ([`auth`]), TLS
 //! between services with reloadable certificates ([`tls`]), and the settings for both
-//! ([`security`]).
+//! ([`security`]); Prometheus metrics and `/metrics` ([`metrics`]).
 
 pub mod auth;
 pub mod grpc;
+pub mod metrics;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;

@@ -55,6 +55,9 @@ pub struct ManagerArgs {
     /// What tasks may touch, checked again before each runs.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Where `/metrics` is served.
+    #[command(flatten)]
+    pub metrics: weir_runtime::metrics::MetricsArgs,
 }
 
 impl ManagerArgs {
@@ -72,6 +75,7 @@ impl ManagerArgs {
             token: TokenArgs::default(),
             tls: TlsArgs::default(),
             sandbox: SandboxArgs::local(),
+            metrics: Default::default(),
         }
     }
 }
@@ -136,6 +140,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
     let worker_id = args.worker_id.clone().unwrap_or_else(|| default_worker_id(spec.name));
     let security = ClientSecurity::from_args(&args.token, &args.tls)?;
     let sandbox = Arc::new(args.sandbox.policy()?);
+    args.metrics.start(cancel.clone()).await?;
     let server = if args.listen.is_empty() {
         None
     } else {

@@ -607,3 +607,18 @@ fn watermarks_are_proposed_only_when_the_job_succeeds() {
     assert_eq!((w[0].key.as_str(), w[0].mark.value.clone(), w[0].updated_ms), ("orders/collect", json!(7), 200));
     assert_eq!(w[0].namespace, h.jobs[&w[0].job_id].spec.namespace);
 }
+
+#[test]
+fn ready_stats_give_each_queues_depth_and_its_longest_wait() {
+    let mut h = Harness::new();
+    h.submit(job("a", vec![step("x", "api", &[]), step("y", "api", &[]), step("z", "batch", &[])]), 1_000);
+    h.submit(job("b", vec![step("x", "api", &[])]), 5_000);
+    assert_eq!(
+        h.engine.ready_stats(),
+        vec![("api".to_string(), 3, Some(1_000)), ("batch".to_string(), 1, Some(1_000))]
+    );
+    let leased = h.acquire("batch", 1, 6_000);
+    assert_eq!(leased.len(), 1);
+    let batch: Vec<_> = h.engine.ready_stats().into_iter().filter(|(q, _, _)| q == "batch").collect();
+    assert!(batch.iter().all(|(_, n, oldest)| *n == 0 && oldest.is_none()), "{batch:?}");
+}
