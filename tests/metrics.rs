@@ -101,3 +101,65 @@ async fn the_masters_metrics_count_the_jobs_tasks_calls_and_commits_that_ran() {
     master.stop().await;
     store.cleanup().await;
 }
+
+/// The five binaries, each with `/metrics` on its own port, scraped by a real Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_five_binaries_and_finds_what_a_job_did() {
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let metrics_port = |_: &str| free_port();
+    let master_port = free_port();
+    let master_metrics = format!("127.0.0.1:{}", metrics_port("master"));
+    let url = format!("http://127.0.0.1:{master_port}");
+    let _master = weir_tests::Proc::spawn(
+        "weir-master",
+        &["--listen", &format!("127.0.0.1:{master_port}"), "--heartbeat-interval", "200ms"],
+        &[("WEIR_STORE_URL", store.url.as_str()), ("WEIR_METRICS_LISTEN", master_metrics.as_str())],
+    );
+    let mut targets = vec![("master", master_metrics.clone())];
+    let mut managers = Vec::new();
+    for q in ["api", "file", "batch", "stream"] {
+        let addr = format!("127.0.0.1:{}", metrics_port(q));
+        let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "2s"), ("WEIR_METRICS_LISTEN", addr.as_str())];
+        managers.push(weir_tests::Proc::spawn(&format!("weir-{q}-manager"), &[], &env));
+        targets.push((q, addr));
+    }
+    weir_tests::wait_master(&url).await;
+    let prometheus = weir_tests::Prometheus::start(&targets).await;
+
+    // One job with a step on each manager's queue.
+    let mut jobs = v1::job_service_client::JobServiceClient::new(weir_tests::channel(&url));
+    let steps = ["api", "file", "batch", "stream"].iter().map(|q| step(q, "noop", q, &[])).collect();
+    let id = submit(&mut jobs, job("scraped", steps)).await;
+    let done = wait_finished(&mut jobs, &id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, v1::JobState::Succeeded as i32);
+
+    // What Prometheus holds once it has scraped after the job: every target up, the job
+    // finished on the master, each manager's task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = prometheus.query("up == 1").await.len();
+        let finished = prometheus.query(r#"weir_jobs_finished_total{namespace="test",state="succeeded"}"#).await;
+        let tasks = prometheus.query(r#"weir_manager_tasks_total{kind="noop",outcome="succeeded"}"#).await;
+        if up == 5 && finished.iter().map(|s| s.1).sum::<f64>() == 1.0 && tasks.len() == 4 {
+            // Each manager's series comes from its own scrape target and names its own queue.
+            for (labels, value) in &tasks {
+                assert_eq!(labels["job"], labels["queue"], "{labels}");
+                assert_eq!(*value, 1.0, "{labels}");
+            }
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let jobs = prometheus.query(r#"{job="master",__name__=~"weir_jobs.*"}"#).await;
+            panic!(
+                "prometheus never saw it: up {up}, finished {finished:?}, tasks {tasks:?}; the master's jobs: {jobs:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let calls = prometheus.query(r#"sum(weir_grpc_server_requests_total{job="master",method="CompleteTask"})"#).await;
+    assert_eq!(calls.first().map(|s| s.1), Some(4.0), "{calls:?}");
+    let depth = prometheus.query(r#"weir_queue_depth{job="master"}"#).await;
+    assert_eq!(depth.len(), 4, "one series per queue: {depth:?}");
+    drop(managers);
+    store.cleanup().await;
+}

@@ -324,6 +324,18 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A program that is not Weir's (a test peer), by path, its output hidden unless
+    /// `WEIR_TEST_SHOW_LOGS` is set.
+    pub fn spawn_path(path: &Path, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(path);
+        cmd.args(args).kill_on_drop(true).stdin(Stdio::null());
+        if std::env::var_os("WEIR_TEST_SHOW_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", path.display()));
+        Proc { name: path.display().to_string(), child }
+    }
+
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(bin(name));
         cmd.args(args).kill_on_drop(true).stdin(Stdio::null());
@@ -666,6 +678,59 @@ pub fn promtool() -> PathBuf {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weir/tools/prometheus/usr/bin/promtool");
     assert!(p.exists(), "{} missing: run scripts/ensure-prometheus.sh (make test does)", p.display());
     p
+}
+
+/// A real Prometheus server (Debian's, unpacked by `scripts/ensure-prometheus.sh`) scraping
+/// `targets` every second, on a free loopback port, with its data in a temporary folder;
+/// killed when dropped.
+pub struct Prometheus {
+    pub url: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// `targets`: `(job, host:port)` pairs.
+    pub async fn start(targets: &[(&str, String)]) -> Prometheus {
+        let bin = promtool().with_file_name("prometheus");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = String::from("global: {scrape_interval: 1s, scrape_timeout: 900ms}\nscrape_configs:\n");
+        for (job, addr) in targets {
+            config.push_str(&format!("  - job_name: {job}\n    static_configs: [{{targets: ['{addr}']}}]\n"));
+        }
+        let file = dir.path().join("prometheus.yml");
+        std::fs::write(&file, config).expect("config");
+        let port = free_port();
+        let proc = Proc::spawn_path(
+            &bin,
+            &[
+                &format!("--config.file={}", file.display()),
+                &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+            ],
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{url}/-/ready")).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Prometheus { url, _proc: proc, _dir: dir }
+    }
+
+    /// An instant query's result vector: each sample's labels and value.
+    pub async fn query(&self, expr: &str) -> Vec<(serde_json::Value, f64)> {
+        let at = url::Url::parse_with_params(&format!("{}/api/v1/query", self.url), [("query", expr)]).expect("url");
+        let body = reqwest::get(at.as_str()).await.expect("query").text().await.expect("body");
+        let r: serde_json::Value = serde_json::from_str(&body).expect("a JSON answer");
+        assert_eq!(r["status"], "success", "{expr}: {r}");
+        r["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (s["metric"].clone(), s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)))
+            .collect()
+    }
 }
 
 /// The real `weir-master` binary on a free loopback port; returns its URL and process.

@@ -9,10 +9,11 @@
 //! and [`notice`] carries status changes for the master to publish; [`watermark`] reads
 //! where an incremental resource stands.
 //! [`generic`] holds the engine-proving kinds (`noop`, `sleep`, `fail`);
-//! [`manager`] is the `main` every manager binary shares.
+//! [`manager`] is the `main` every manager binary shares; [`metrics`] counts the tasks it runs.
 
 pub mod generic;
 pub mod manager;
+pub mod metrics;
 pub mod notice;
 pub mod quota;
 pub mod report;

@@ -291,6 +291,11 @@ async fn execute(
     (sandbox, queue): (&weir_core::sandbox::Policy, weir_core::catalog::Queue),
     ctx: TaskContext,
 ) {
+    let metrics = &crate::metrics::WORKER;
+    let running =
+        metrics.in_flight.get_or_create(&crate::metrics::QueueLabels { queue: queue.as_str().into() }).clone();
+    running.inc();
+    let started = std::time::Instant::now();
     let outside = crate::sandbox::check(sandbox, queue, &ctx).err();
     let result = match &handler {
         _ if outside.is_some() => {
@@ -317,6 +322,17 @@ async fn execute(
         )),
     };
     let stop = lock(&table).remove(&(ctx.task_id, ctx.fence)).and_then(|f| f.stop);
+    running.dec();
+    let outcome = match (&stop, &result) {
+        (Some(Stop::Lost), _) => "lost",
+        (Some(Stop::Cancelled) | Some(Stop::Shutdown), Err(_)) => "released",
+        (_, Ok(_)) => "succeeded",
+        (_, Err(_)) => "failed",
+    };
+    let labels =
+        crate::metrics::TaskLabels { queue: queue.as_str().into(), kind: ctx.kind.clone(), outcome: outcome.into() };
+    metrics.tasks.get_or_create(&labels).inc();
+    metrics.run_time.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let (task_id, fence_token) = (ctx.task_id.to_string(), ctx.fence);
     match (stop, result) {
         (Some(Stop::Lost), _) => tracing::warn!("lease lost; result dropped"),
