@@ -574,6 +574,14 @@ async fn a_running_stream_shows_its_lanes_and_lag_and_a_cancel_flushes_what_it_h
     assert_eq!((lane.name.as_str(), lane.position, lane.landed), (name.as_str(), 120, 100), "{lane:?}");
     assert!(seen.last_checkpoint.is_some(), "{seen:?}");
     assert_eq!(once(&lake_ids(&lake), 100), (100, 100, None, None), "the first flush only");
+    // The same, as Prometheus reads it (the manager runs in this process).
+    let metrics = weir_runtime::metrics::encode();
+    for series in [
+        r#"weir_stream_records_total{stream="test/live/consume"} 120"#,
+        r#"weir_stream_lag_records{stream="test/live/consume"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} not in:\n{metrics}");
+    }
 
     jc.cancel_job(v1::CancelJobRequest { job_id: id.clone(), reason: "enough".into() }).await.expect("cancel");
     wait_finished(&mut jc, &id, Duration::from_secs(60)).await;
@@ -587,6 +595,9 @@ async fn a_running_stream_shows_its_lanes_and_lag_and_a_cancel_flushes_what_it_h
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(after.buffered_bytes, 0, "{after:?}");
+    let metrics = weir_runtime::metrics::encode();
+    assert!(!metrics.contains(r#"weir_stream_lag_records{stream="test/live/consume"}"#), "a stopped stream has no lag");
+    assert!(metrics.lines().any(|l| l == "weir_stream_buffered_bytes 0"), "{metrics}");
     assert_eq!(once(&lake_ids(&lake), 120), (120, 120, None, None), "the buffered 20 flushed on cancel");
     let _ = js.delete_stream(&name).await;
     rig.stop().await;

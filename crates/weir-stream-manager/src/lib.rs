@@ -1,4 +1,4 @@
-//! The stream manager: consumes streams into the step's sinks (issue #12, in progress).
+//! The stream manager: consumes streams into the step's sinks.
 //!
 //! It serves the `stream` queue: the generic kinds, and `consume` ([`consume`]). One loop
 //! ([`run`]) serves every source: a source is one file under [`sources`] implementing
@@ -7,13 +7,15 @@
 //! flushes them through the data plane ([`land`]) as inputs named by their range
 //! ([`positions`]) — so a replay reproduces them and a restart resumes after what the
 //! sinks hold — or, for a source that does not replay, drops redeliveries by message id
-//! ([`dedupe`]).
+//! ([`dedupe`]). [`status`] tracks what each stream does (`weir streams`, events) and
+//! [`metrics`] exports it to Prometheus.
 
 pub mod budget;
 pub mod consume;
 pub mod decode;
 pub mod dedupe;
 pub mod land;
+pub mod metrics;
 pub mod positions;
 pub mod run;
 pub mod source;

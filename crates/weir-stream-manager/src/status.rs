@@ -76,6 +76,8 @@ pub struct Counts {
 pub struct Tracker {
     registry: Registry,
     key: String,
+    /// The stream's metric label: `<namespace>/<job name>/<step>` (stable across attempts).
+    label: crate::metrics::StreamLabels,
     lanes: Vec<Lane>,
     refreshed: Instant,
     last: Counts,
@@ -136,9 +138,12 @@ impl Tracker {
             );
         }
         let now = Instant::now();
+        let label =
+            crate::metrics::StreamLabels { stream: format!("{}/{}/{}", task.namespace, task.job_name, task.step_id) };
         Tracker {
             registry: registry.clone(),
             key,
+            label,
             lanes: lanes.to_vec(),
             refreshed: now,
             last: Counts::default(),
@@ -187,6 +192,10 @@ impl Tracker {
     pub fn refresh(&mut self, c: Counts, state: &str, positions: &[i64]) {
         let secs = self.refreshed.elapsed().as_secs_f64().max(1e-3);
         let (records, bytes) = (c.records - self.last.records, c.bytes - self.last.bytes);
+        let m = &crate::metrics::STREAMS;
+        m.records.get_or_create(&self.label).inc_by(records);
+        m.bytes.get_or_create(&self.label).inc_by(bytes);
+        m.buffered_bytes.set(i64::try_from(self.registry.budget.used().0).unwrap_or(i64::MAX));
         if records > 0 {
             self.last_read = Instant::now();
         }
@@ -226,6 +235,8 @@ impl Tracker {
     /// The source's answer to the lag: sends the periodic event, and the stall's.
     pub fn lag(&mut self, lag: &[Option<i64>], paused: bool) {
         self.lag_asked = Some(Instant::now());
+        let known: i64 = lag.iter().flatten().sum();
+        crate::metrics::STREAMS.lag.get_or_create(&self.label).set(known);
         self.update(|s| {
             for (l, v) in s.lanes.iter_mut().zip(lag) {
                 l.lag = v.unwrap_or(-1);
@@ -269,6 +280,9 @@ impl Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
+        let m = &crate::metrics::STREAMS;
+        m.lag.remove(&self.label);
+        m.buffered_bytes.set(i64::try_from(self.registry.budget.used().0).unwrap_or(i64::MAX));
         self.registry.with(|m| m.remove(&self.key));
     }
 }
