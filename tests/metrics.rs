@@ -115,15 +115,16 @@ async fn a_real_prometheus_scrapes_the_five_binaries_and_finds_what_a_job_did() 
         &["--listen", &format!("127.0.0.1:{master_port}"), "--heartbeat-interval", "200ms"],
         &[("WEIR_STORE_URL", store.url.as_str()), ("WEIR_METRICS_LISTEN", master_metrics.as_str())],
     );
-    let mut targets = vec![("master", master_metrics.clone())];
+    let mut targets = vec![("weir-master".to_string(), master_metrics.clone())];
     let mut managers = Vec::new();
     for q in ["api", "file", "batch", "stream"] {
         let addr = format!("127.0.0.1:{}", metrics_port(q));
         let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "2s"), ("WEIR_METRICS_LISTEN", addr.as_str())];
         managers.push(weir_tests::Proc::spawn(&format!("weir-{q}-manager"), &[], &env));
-        targets.push((q, addr));
+        targets.push((format!("weir-{q}-manager"), addr));
     }
     weir_tests::wait_master(&url).await;
+    let targets: Vec<(&str, String)> = targets.iter().map(|(j, a)| (j.as_str(), a.clone())).collect();
     let prometheus = weir_tests::Prometheus::start(&targets).await;
 
     // One job with a step on each manager's queue.
@@ -137,29 +138,57 @@ async fn a_real_prometheus_scrapes_the_five_binaries_and_finds_what_a_job_did() 
     // finished on the master, each manager's task.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let up = prometheus.query("up == 1").await.len();
+        // The job names the alert rules expect (deploy/prometheus/weir-alerts.yaml).
+        let up = prometheus.query(r#"up{job=~"weir-.*"} == 1"#).await.len();
         let finished = prometheus.query(r#"weir_jobs_finished_total{namespace="test",state="succeeded"}"#).await;
         let tasks = prometheus.query(r#"weir_manager_tasks_total{kind="noop",outcome="succeeded"}"#).await;
         if up == 5 && finished.iter().map(|s| s.1).sum::<f64>() == 1.0 && tasks.len() == 4 {
             // Each manager's series comes from its own scrape target and names its own queue.
             for (labels, value) in &tasks {
-                assert_eq!(labels["job"], labels["queue"], "{labels}");
+                assert_eq!(
+                    labels["job"],
+                    format!("weir-{}-manager", labels["queue"].as_str().unwrap_or("")),
+                    "{labels}"
+                );
                 assert_eq!(*value, 1.0, "{labels}");
             }
             break;
         }
         if std::time::Instant::now() >= deadline {
-            let jobs = prometheus.query(r#"{job="master",__name__=~"weir_jobs.*"}"#).await;
+            let jobs = prometheus.query(r#"{job="weir-master",__name__=~"weir_jobs.*"}"#).await;
             panic!(
                 "prometheus never saw it: up {up}, finished {finished:?}, tasks {tasks:?}; the master's jobs: {jobs:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let calls = prometheus.query(r#"sum(weir_grpc_server_requests_total{job="master",method="CompleteTask"})"#).await;
+    let calls =
+        prometheus.query(r#"sum(weir_grpc_server_requests_total{job="weir-master",method="CompleteTask"})"#).await;
     assert_eq!(calls.first().map(|s| s.1), Some(4.0), "{calls:?}");
-    let depth = prometheus.query(r#"weir_queue_depth{job="master"}"#).await;
+    let depth = prometheus.query(r#"weir_queue_depth{job="weir-master"}"#).await;
     assert_eq!(depth.len(), 4, "one series per queue: {depth:?}");
     drop(managers);
     store.cleanup().await;
+}
+
+/// The alert rules in `deploy/prometheus/` are valid and their unit tests pass under
+/// Prometheus' own `promtool` (each alert fires when it should, not before its `for`, not
+/// under its threshold).
+#[test]
+fn the_alert_rules_pass_their_promtool_unit_tests() {
+    let dir = format!("{}/../deploy/prometheus", env!("CARGO_MANIFEST_DIR"));
+    for args in [["check", "rules", "weir-alerts.yaml"], ["test", "rules", "weir-alerts.test.yaml"]] {
+        let out = std::process::Command::new(weir_tests::promtool())
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
