@@ -39,7 +39,9 @@ async fn scrape(url: &str) -> String {
 async fn the_masters_metrics_count_the_jobs_tasks_calls_and_commits_that_ran() {
     let store = StoreFixture::new(Backend::Sqlite).await;
     let port = free_port();
-    let master = InProcMaster::start_configured(&store.url, None, |c| {
+    // The in-process bus of `weir dev`, so the outbox relay runs too.
+    let bus: std::sync::Arc<dyn weir_bus::Bus> = std::sync::Arc::new(weir_bus::MemoryBus::default());
+    let master = InProcMaster::start_configured(&store.url, Some(bus.clone()), |c| {
         c.metrics.metrics_listen = format!("127.0.0.1:{port}");
     })
     .await;
@@ -76,6 +78,10 @@ async fn the_masters_metrics_count_the_jobs_tasks_calls_and_commits_that_ran() {
     assert_eq!(v(r#"weir_queue_depth{queue="batch"}"#), 0.0);
     assert_eq!(v(r#"weir_queue_backlog_age_seconds{queue="api"}"#), 0.0);
     assert!(v("weir_store_commit_duration_seconds_count") >= 3.0);
+    // Every job event went out: created, started, each task's events, the end.
+    assert!(v("weir_relay_published_events_total") >= 12.0, "{text}");
+    assert_eq!(v("weir_outbox_backlog_events"), 0.0);
+    assert_eq!(v("weir_relay_lag_seconds"), 0.0, "idle");
     assert_eq!(v(r#"weir_grpc_server_requests_total{service="weir.v1.JobService",method="SubmitJob",code="OK"}"#), 2.0);
     assert_eq!(
         v(

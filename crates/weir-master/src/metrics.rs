@@ -69,6 +69,9 @@ pub struct Master {
     pub backlog_age: Family<QueueLabels, Gauge<f64, AtomicU64>>,
     pub commit_duration: Histogram,
     pub commit_records: Histogram,
+    pub relay_published: Counter,
+    pub relay_lag: Gauge<f64, AtomicU64>,
+    pub outbox_backlog: Gauge,
 }
 
 /// The process's master metrics, registered on first use.
@@ -86,6 +89,9 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
         backlog_age: Family::default(),
         commit_duration: seconds_histogram(),
         commit_records: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+        relay_published: Counter::default(),
+        relay_lag: Gauge::default(),
+        outbox_backlog: Gauge::default(),
     };
     register("jobs_created", "Jobs created, by namespace and template", m.jobs_created.clone());
     register("jobs_finished", "Jobs finished, by namespace, template and final state", m.jobs_finished.clone());
@@ -107,6 +113,13 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
     register("queue_backlog_age_seconds", "How long the longest-waiting ready task has waited", m.backlog_age.clone());
     register("store_commit_duration_seconds", "One group commit to the store", m.commit_duration.clone());
     register("store_commit_records", "Jobs, tasks, events and messages written per commit", m.commit_records.clone());
+    register("relay_published_events", "Events the outbox relay published to the bus", m.relay_published.clone());
+    register(
+        "relay_lag_seconds",
+        "How long the oldest event of the relay's last batch waited in the outbox (0 when idle)",
+        m.relay_lag.clone(),
+    );
+    register("outbox_backlog_events", "Job events committed and not yet published", m.outbox_backlog.clone());
     m
 });
 

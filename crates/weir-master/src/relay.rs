@@ -84,7 +84,7 @@ pub async fn run(
             r = read_batch(&*store, pos, settings.batch) => r,
             _ = cancel.cancelled() => return Ok(()),
         };
-        let (batch, next) = match read {
+        let (batch, next, oldest) = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "relay cannot read the outbox; retrying");
@@ -94,7 +94,10 @@ pub async fn run(
                 continue;
             }
         };
+        let metrics = &crate::metrics::MASTER;
         if batch.is_empty() {
+            metrics.relay_lag.set(0.0);
+            metrics.outbox_backlog.set(0);
             // Nothing new: wait for the next commit (or a second, in case a wake was missed).
             tokio::select! {
                 _ = wake.recv() => {}
@@ -140,6 +143,13 @@ pub async fn run(
                 }
             }
         }
+        metrics.relay_published.inc_by(batch.len() as u64);
+        if let Some(at) = oldest {
+            metrics.relay_lag.set((crate::now_ms() - at).max(0) as f64 / 1000.0);
+        }
+        if let Ok(tail) = store.outbox_tail().await {
+            metrics.outbox_backlog.set((tail - next.events).max(0));
+        }
         pos = next;
     }
 }
@@ -157,16 +167,23 @@ impl Names {
 }
 
 /// The next batch from both sources, and the position after it.
-async fn read_batch(store: &dyn Store, pos: Position, limit: u32) -> Result<(Vec<Message>, Position), StoreError> {
+/// The next batch, where the relay will stand after it, and when its oldest event was
+/// committed.
+async fn read_batch(
+    store: &dyn Store,
+    pos: Position,
+    limit: u32,
+) -> Result<(Vec<Message>, Position, Option<weir_core::Millis>), StoreError> {
     let events = store.outbox_after(pos.events, limit).await?;
     let messages = store.messages_after(pos.messages, limit).await?;
+    let oldest = events.iter().map(|e| e.event.time_ms).chain(messages.iter().map(|(_, m)| m.time_ms)).min();
     let next = Position {
         events: events.last().map_or(pos.events, |e| e.id),
         messages: messages.last().map_or(pos.messages, |m| m.0),
     };
     let mut batch: Vec<Message> = events.iter().map(message).collect();
     batch.extend(messages.iter().map(|(id, m)| to_bus(events::message_event(*id, m))));
-    Ok((batch, next))
+    Ok((batch, next, oldest))
 }
 
 async fn start_position(store: &dyn Store, names: &Names, durable: bool) -> Result<Position, StoreError> {
