@@ -131,6 +131,11 @@ impl Lab {
     }
 }
 
+/// The value of the sample `series` (name and labels as written) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
 /// The `id` of every record in a collect output's staged files, in order.
 fn ids(output: &Value) -> Vec<i64> {
     let mut out = Vec::new();
@@ -522,6 +527,23 @@ async fn what_the_server_says_is_honoured_and_what_cannot_work_fails_naming_it()
     let r = lab.collect("big", lab.resource("/big", json!({"max_page_bytes": 1000, "records": "$..id"}))).await;
     assert_eq!((r.kind.as_str(), r.attempts), ("bad_format", 1));
     assert!(r.error.contains("5000 bytes, over max_page_bytes (1000)") && r.error.contains("streams"), "{}", r.error);
+    // As Prometheus reads it: each answer by status, the timeouts as `error`, every
+    // request's wait for the limits.
+    let m = weir_runtime::metrics::encode();
+    let requests = |status: &str| sample(&m, &format!(r#"weir_api_requests_total{{api="test",status="{status}"}}"#));
+    assert_eq!(
+        (requests("429"), requests("404"), requests("500"), requests("502")),
+        (Some(1.0), Some(1.0), Some(1.0), Some(1.0)),
+        "{m}"
+    );
+    assert_eq!(requests("error"), Some(2.0), "the two timeouts: {m}");
+    assert_eq!(requests("redirect"), Some(1.0), "the redirect loop: {m}");
+    let sent: f64 = m
+        .lines()
+        .filter(|l| l.starts_with(r#"weir_api_requests_total{api="test","#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sample(&m, r#"weir_api_rate_limit_wait_seconds_count{api="test"}"#), Some(sent), "{m}");
     lab.stop().await;
 }
 
@@ -600,6 +622,11 @@ async fn an_apis_circuit_opens_after_failures_fails_fast_and_a_probe_closes_it()
         assert!(std::time::Instant::now() < deadline, "the open circuit never reached the master: {:?}", r.circuits);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // As Prometheus reads it (the manager runs in this process): the circuit open, three 500s.
+    let m = weir_runtime::metrics::encode();
+    assert_eq!(sample(&m, r#"weir_api_circuit_state{api="test",state="open"}"#), Some(1.0), "{m}");
+    assert_eq!(sample(&m, r#"weir_api_circuit_state{api="test",state="closed"}"#), Some(0.0), "{m}");
+    assert_eq!(sample(&m, r#"weir_api_requests_total{api="test",status="500"}"#), Some(3.0), "{m}");
     // While open, the API's other resources fail at once, with nothing sent.
     let r = lab.collect("fine-while-open", lab.resource("/fine", json!({}))).await;
     assert_eq!(r.kind, "circuit_open", "{}", r.error);
@@ -628,6 +655,9 @@ async fn an_apis_circuit_opens_after_failures_fails_fast_and_a_probe_closes_it()
     let opened = &events[0].data;
     assert!(opened["reason"].as_str().is_some_and(|r| r.contains("3 failures in a row")), "{opened}");
     assert!(opened["open_until"].is_string(), "{opened}");
+    let m = weir_runtime::metrics::encode();
+    assert_eq!(sample(&m, r#"weir_api_circuit_state{api="test",state="closed"}"#), Some(1.0), "{m}");
+    assert_eq!(sample(&m, r#"weir_api_requests_total{api="test",status="200"}"#), Some(1.0), "the probe: {m}");
     lab.stop().await;
 }
 

@@ -21,6 +21,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(api: &str, config: CircuitConfig, notices: Notices) -> Breaker {
+        crate::metrics::APIS.circuit(api, CircuitState::Closed);
         Breaker { api: api.into(), circuit: Mutex::new(Circuit::new(config)), notices }
     }
 
@@ -85,6 +86,7 @@ impl Breaker {
 
     /// Logs a change of the circuit and reports it for `weir.apis`.
     fn changed(&self, t: &Transition, open_until: Option<i64>) {
+        crate::metrics::APIS.circuit(&self.api, t.to);
         let kind = match t.to {
             CircuitState::Open => api_event::CIRCUIT_OPENED,
             CircuitState::HalfOpen => api_event::CIRCUIT_HALF_OPEN,

@@ -320,7 +320,10 @@ impl Api {
         let seed = seed_of(req.url.as_str());
         loop {
             attempt += 1;
+            let waited = Instant::now();
             self.turn(cancel).await?;
+            let api_labels = crate::metrics::ApiLabels { api: self.name.clone() };
+            crate::metrics::APIS.rate_limit_wait.get_or_create(&api_labels).observe(waited.elapsed().as_secs_f64());
             self.breaker.admit()?;
             let creds = match &self.auth {
                 Some(a) => a.credentials().await?,
@@ -343,6 +346,7 @@ impl Api {
             stats.requests += 1;
             let failure = match b.send().await {
                 Err(e) if e.is_redirect() => {
+                    crate::metrics::APIS.answered(&self.name, "redirect");
                     let why = cause(&e);
                     if let Some(at) = why.find(OUTSIDE_SANDBOX) {
                         let rest = &why[at + OUTSIDE_SANDBOX.len()..];
@@ -354,6 +358,7 @@ impl Api {
                     });
                 }
                 Err(e) => {
+                    crate::metrics::APIS.answered(&self.name, "error");
                     let m = format!("api {}: {shown_url}: {}", self.name, cause(&e));
                     if tls_refused(&m) {
                         // No retry makes a certificate verify or an old protocol new.
@@ -364,6 +369,7 @@ impl Api {
                 }
                 Ok(resp) => {
                     let status = resp.status();
+                    crate::metrics::APIS.answered(&self.name, status.as_str());
                     if status.as_u16() >= 300 {
                         // Any answer the API gave on purpose is a sign of health; a 5xx is not.
                         self.breaker.outcome(status.is_server_error(), &format!("{shown_url} answered {status}"));

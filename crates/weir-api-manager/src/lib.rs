@@ -11,7 +11,8 @@
 //! A step with a `security` policy is held to it, and `check_security`/`check_tls`
 //! check the policy and each host's TLS before a secure collection ([`security`]).
 //! `resilient_fetch`'s api steps find what a failed job fetched, pick a source that
-//! answers and fetch only what is missing ([`recovery`]).
+//! answers and fetch only what is missing ([`recovery`]). [`metrics`]: requests by status,
+//! rate-limit waits, circuits.
 
 pub mod auth;
 pub mod breaker;
@@ -21,6 +22,7 @@ pub mod collect;
 pub mod error;
 pub mod health;
 pub mod incremental;
+pub mod metrics;
 pub mod output;
 pub mod paginate;
 pub mod parent;
