@@ -72,6 +72,14 @@ async fn a_csv_job_converts_checks_and_stores_with_every_row_accounted_for() {
     assert_eq!(counts(&out("convert")), (Some(5), Some(4), Some(1)), "the short row is quarantined");
     assert_eq!(counts(&out("quality")), (Some(4), Some(2), Some(2)), "a negative amount and a missing customer");
     assert_eq!(counts(&out("store")), (Some(2), Some(2), Some(0)));
+    // The same rows, as Prometheus reads them (the manager runs in this process).
+    let m = weir_runtime::metrics::encode();
+    for (kind, outcome, n) in
+        [("convert", "read", 5), ("convert", "quarantined", 1), ("quality", "written", 2), ("store", "written", 2)]
+    {
+        let series = format!(r#"weir_batch_rows_total{{kind="{kind}",outcome="{outcome}"}} {n}"#);
+        assert!(m.lines().any(|l| l == series), "{series} not in:\n{m}");
+    }
     assert_eq!(out("store")["files"][0]["input"], json!(input.display().to_string()), "identity kept along the chain");
     assert_eq!(out("store")["files"][0]["tables"]["orders"], json!(2));
     let quarantine = out("quality")["files"][0]["quarantine"].as_str().expect("quarantine file").to_string();

@@ -382,6 +382,16 @@ async fn sftp_files_are_discovered_fetched_and_archived() {
     // Archived on the server: moved under archive/.
     assert!(remote.path().join("upload/archive/x.csv").exists() && !remote.path().join("upload/x.csv").exists());
     assert_eq!(output(&outs, "archive")["archived"].as_array().map(Vec::len), Some(2));
+    // The same, as Prometheus reads it (the managers run in this process).
+    let m = weir_runtime::metrics::encode();
+    let bytes = output(&outs, "fetch")["bytes"].as_u64().expect("bytes");
+    for series in [
+        r#"weir_files_fetched_total{scheme="sftp"} 2"#.to_string(),
+        format!(r#"weir_files_fetched_bytes_total{{scheme="sftp"}} {bytes}"#),
+        r#"weir_files_quarantined_total{scheme="sftp"} 0"#.to_string(),
+    ] {
+        assert!(m.lines().any(|l| l == series), "{series} not in:\n{m}");
+    }
     rig.stop().await;
 }
 

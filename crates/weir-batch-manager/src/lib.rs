@@ -7,8 +7,10 @@
 //! `WEIR_BATCH_SLOTS` batches run at once across all tasks, each under a timeout. Every
 //! schema version its sinks record is copied into the dataset catalogue, with a
 //! `dev.weir.dataset.schema_changed` event; its own gRPC service ([`service`]) shows it.
+//! [`metrics`] counts rows, files and bytes.
 
 pub mod batches;
+pub mod metrics;
 pub mod reconcile;
 pub mod service;
 pub mod steps;

@@ -273,6 +273,17 @@ impl DataSteps {
         for c in reports.iter().flat_map(|r| &r.classified) {
             classified.entry(c.column.clone()).or_insert_with(|| json!({"class": c.class, "action": c.action}));
         }
+        crate::metrics::BATCH.step(
+            &task.kind,
+            [
+                ("read", sum(|r| r.rows_read)),
+                ("written", sum(|r| r.rows_written)),
+                ("quarantined", sum(|r| r.rows_quarantined)),
+                ("duplicate", sum(|r| r.rows_duplicate)),
+            ],
+            reports.len() as u64,
+            sum(|r| r.bytes_read),
+        );
         let mut report = json!({
             "kind": task.kind,
             "rows_read": sum(|r| r.rows_read),

@@ -7,9 +7,10 @@
 //! inventory (once across replicas), and starts one job per file version through the
 //! master, publishing a `dev.weir.file.discovered` event with it. Its own gRPC service
 //! ([`service`]) lists the inventory and re-drives a file. Staged files older than the
-//! retention are removed on a schedule ([`cleanup`]).
+//! retention are removed on a schedule ([`cleanup`]). [`metrics`] counts what is fetched.
 
 pub mod cleanup;
+pub mod metrics;
 pub mod recovery;
 pub mod service;
 pub mod steps;

@@ -171,6 +171,11 @@ impl FileSteps {
         let concurrency = cfg.concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY);
         let (files, quarantined) = self.fetch_all(task, &loc, &paths, chunk, attempts, concurrency).await?;
         let bytes: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
+        let scheme = crate::metrics::SchemeLabels { scheme: loc.scheme().to_string() };
+        let m = &crate::metrics::FILES;
+        m.fetched.get_or_create(&scheme).inc_by(files.len() as u64);
+        m.bytes.get_or_create(&scheme).inc_by(bytes);
+        m.quarantined.get_or_create(&scheme).inc_by(quarantined.len() as u64);
         let report =
             json!({"location": spec, "count": files.len(), "bytes": bytes, "files": files, "quarantined": quarantined});
         weir_worker::report::publish(report, &self.staging, task).await
