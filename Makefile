@@ -24,6 +24,7 @@ test:
 	./scripts/ensure-kinesalite.sh
 	./scripts/ensure-brokers.sh
 	./scripts/ensure-prometheus.sh
+	./scripts/prune-target.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
