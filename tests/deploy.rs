@@ -155,3 +155,24 @@ fn dev_runs_one_of_each_with_its_own_postgresql() {
     let store = master["env"].as_array().expect("env").iter().find(|e| e["name"] == "WEIR_STORE_URL").expect("env");
     assert_eq!(store["valueFrom"]["secretKeyRef"]["name"], name);
 }
+
+#[test]
+fn the_prometheusrule_holds_the_same_alerts_as_the_rules_file() {
+    let dir = format!("{}/../deploy/prometheus", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(venv_bin("kubectl")).args(["kustomize", &dir]).output().expect("run kubectl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rule: Value = serde_yaml_ng::from_slice(&out.stdout).expect("yaml");
+    assert_eq!(
+        (rule["apiVersion"].as_str(), rule["kind"].as_str()),
+        (Some("monitoring.coreos.com/v1"), Some("PrometheusRule"))
+    );
+    let file: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(format!("{dir}/weir-alerts.yaml")).expect("rules"))
+            .expect("yaml");
+    assert_eq!(
+        rule["spec"]["groups"], file["groups"],
+        "edit weir-alerts.yaml, then copy its groups into prometheusrule.yaml"
+    );
+    let alerts = file["groups"][0]["rules"].as_array().map_or(0, Vec::len);
+    assert_eq!(alerts, 6);
+}

@@ -173,6 +173,22 @@ async fn a_real_prometheus_scrapes_the_five_binaries_and_finds_what_a_job_did() 
     assert_eq!(calls.first().map(|s| s.1), Some(4.0), "{calls:?}");
     let depth = prometheus.query(r#"weir_queue_depth{job="weir-master"}"#).await;
     assert_eq!(depth.len(), 4, "one series per queue: {depth:?}");
+    // Every panel of the Grafana dashboard is valid PromQL against these series (the query
+    // helper asserts success), and the gauges' panels already show data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/../deploy/grafana/weir-dashboard.json", env!("CARGO_MANIFEST_DIR")))
+            .expect("dashboard"),
+    )
+    .expect("JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let expr = panel["targets"][0]["expr"].as_str().expect("expr");
+        let found = prometheus.query(expr).await;
+        let title = panel["title"].as_str().unwrap_or_default();
+        // (A rate needs two samples of a series, which the job's just-born counters lack yet.)
+        if ["Ready tasks by queue", "Tasks in flight by queue"].contains(&title) {
+            assert!(!found.is_empty(), "panel {title:?} ({expr}) shows nothing");
+        }
+    }
     drop(managers);
     store.cleanup().await;
 }
