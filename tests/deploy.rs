@@ -98,9 +98,15 @@ fn production_runs_the_platforms_replicas_and_resources_locked_down() {
         assert!(find(&objs, "Service", name)["spec"]["ports"].is_array());
         assert_eq!(find(&objs, "PodDisruptionBudget", name)["spec"]["maxUnavailable"], 1);
     }
-    // Only the leader is ready: the master's readiness asks for the JobService.
+    // Only the leader is ready: the master's readiness asks for the JobService; a manager
+    // is ready while it reaches the master.
     let master = &find(&objs, "Deployment", "weir-master")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(master["readinessProbe"]["grpc"]["service"], "weir.v1.JobService");
+    for q in ["api", "batch", "file", "stream"] {
+        let d = find(&objs, "Deployment", &format!("weir-{q}-manager"));
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"]["grpc"]["service"], weir_worker::manager::READY_SERVICE);
+    }
     // The store's URL is a Secret reference; production brings the Secret itself.
     let env = master["env"].as_array().expect("env");
     let store = env.iter().find(|e| e["name"] == "WEIR_STORE_URL").expect("WEIR_STORE_URL");

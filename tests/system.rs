@@ -206,3 +206,32 @@ async fn python_client_generated_from_proto() {
 fn ran_on(worker_id: &str, queue: &str, pid: u32) -> bool {
     worker_id.starts_with(&format!("{queue}-manager-")) && worker_id.contains(&format!("-{pid}-"))
 }
+
+/// A manager is alive on its own but ready only while it is in touch with the master:
+/// what Kubernetes' liveness ("") and readiness ("ready") probes ask of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_is_ready_only_while_it_reaches_the_master() {
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master_port = free_port();
+    let master_url = format!("http://127.0.0.1:{master_port}");
+    let port = free_port();
+    let manager_url = format!("http://127.0.0.1:{port}");
+    let _manager = spawn_manager("batch", &master_url, port);
+    wait_serving(&manager_url, "").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!serving(&manager_url, "ready").await, "no master yet: not ready");
+    let master = Proc::spawn(
+        "weir-master",
+        &["--listen", &format!("127.0.0.1:{master_port}"), "--heartbeat-interval", "200ms"],
+        &[("WEIR_STORE_URL", store.url.as_str())],
+    );
+    wait_serving(&manager_url, "ready").await;
+    drop(master);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while serving(&manager_url, "ready").await {
+        assert!(std::time::Instant::now() < deadline, "still ready with the master gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving(&manager_url, "").await, "alive all along");
+    store.cleanup().await;
+}

@@ -30,7 +30,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use worker::{Worker, WorkerConfig};
+pub use worker::{Readiness, Worker, WorkerConfig};
 
 /// What a step handler gets: the lease, and a token cancelled when it must stop.
 #[derive(Debug, Clone)]

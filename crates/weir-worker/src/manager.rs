@@ -13,6 +13,10 @@ use weir_runtime::auth::Access;
 use weir_runtime::security::{AuthArgs, ClientSecurity, SandboxArgs, ServerSecurity, TlsArgs, TokenArgs};
 
 use crate::notice::Notices;
+
+/// The health-protocol service a manager reports SERVING while it is in touch with the
+/// master (Kubernetes' readiness probe asks for it; liveness asks for the server, "").
+pub const READY_SERVICE: &str = "ready";
 use crate::quota::Quotas;
 use crate::{StepHandler, Worker, WorkerConfig, WorkerError};
 
@@ -141,6 +145,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
     let security = ClientSecurity::from_args(&args.token, &args.tls)?;
     let sandbox = Arc::new(args.sandbox.policy()?);
     args.metrics.start(cancel.clone()).await?;
+    let ready = crate::Readiness::default();
     let server = if args.listen.is_empty() {
         None
     } else {
@@ -150,6 +155,18 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
             b.add_routes(&mut routes);
         }
         reporter.set_service_status("", ServingStatus::Serving).await;
+        reporter.set_service_status(READY_SERVICE, ServingStatus::NotServing).await;
+        // Ready while the worker is in touch with the master.
+        let mut watch = ready.watch();
+        tokio::spawn(async move {
+            loop {
+                let now = if *watch.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+                reporter.set_service_status(READY_SERVICE, now).await;
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let server_security = ServerSecurity::from_args(&args.auth, &args.tls, Arc::new(access)).await?;
         Some(tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), server_security, cancel.clone())))
     };
@@ -177,7 +194,12 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
             tokio::spawn(async move { b.run(ctx).await })
         })
         .collect();
-    Worker::new(cfg, spec.handlers)?.with_quotas(spec.quotas).with_notices(spec.notices).run(cancel).await?;
+    Worker::new(cfg, spec.handlers)?
+        .with_quotas(spec.quotas)
+        .with_notices(spec.notices)
+        .with_readiness(ready)
+        .run(cancel)
+        .await?;
     for b in background {
         let _ = b.await;
     }

@@ -76,6 +76,30 @@ pub struct Worker {
     table: Table,
     quotas: Quotas,
     notices: Notices,
+    ready: Readiness,
+}
+
+/// Whether the worker is in touch with the master: true once it registered and while its
+/// calls to the master succeed, false while they fail (a manager's readiness probe).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Readiness {
+    /// Changes it (waking watchers only on a change).
+    pub fn set(&self, ready: bool) {
+        self.0.send_if_modified(|r| std::mem::replace(r, ready) != ready);
+    }
+
+    /// Follows its changes.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+/// Who heartbeats: the worker's id and its readiness.
+struct Me {
+    id: String,
+    ready: Readiness,
 }
 
 impl Worker {
@@ -98,7 +122,14 @@ impl Worker {
             table: Arc::default(),
             quotas: Quotas::local(),
             notices: Notices::default(),
+            ready: Readiness::default(),
         })
+    }
+
+    /// Reports whether the worker is in touch with the master to `ready`.
+    pub fn with_readiness(mut self, ready: Readiness) -> Worker {
+        self.ready = ready;
+        self
     }
 
     /// Carries `notices` to the master on this worker's heartbeats.
@@ -124,7 +155,7 @@ impl Worker {
         let hb_stop = CancellationToken::new();
         let hb = tokio::spawn(heartbeats(
             self.client.clone(),
-            self.cfg.worker_id.clone(),
+            Me { id: self.cfg.worker_id.clone(), ready: self.ready.clone() },
             self.table.clone(),
             self.quotas.clone(),
             self.notices.clone(),
@@ -181,11 +212,13 @@ impl Worker {
             };
             match client.register_worker(req).await {
                 Ok(r) => {
+                    self.ready.set(true);
                     let i = r.into_inner().heartbeat_interval.map(|d| convert::from_duration("heartbeat_interval", &d));
                     return Ok(Some(i.and_then(Result::ok).unwrap_or(Duration::from_secs(5))));
                 }
                 Err(s) if s.code() == Code::InvalidArgument => return Err(s.into()),
                 Err(s) => {
+                    self.ready.set(false);
                     tracing::warn!(error = %s.message(), "master not reachable yet; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -221,10 +254,12 @@ impl Worker {
             };
             let leases = match leases {
                 Ok(r) => {
+                    self.ready.set(true);
                     delay = Duration::from_millis(100);
                     r.into_inner().leases
                 }
                 Err(s) => {
+                    self.ready.set(false);
                     tracing::warn!(code = ?s.code(), error = %s.message(), "acquire failed; backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -400,7 +435,7 @@ where
 /// Heartbeats every in-flight task in one call, often enough for the shortest timeout.
 async fn heartbeats(
     mut client: WorkerServiceClient<Channel>,
-    worker: String,
+    me: Me,
     table: Table,
     quotas: Quotas,
     notices: Notices,
@@ -425,7 +460,7 @@ async fn heartbeats(
             let asked = std::time::Instant::now();
             let sent = notices.take();
             let req = v1::HeartbeatRequest {
-                worker_id: worker.clone(),
+                worker_id: me.id.clone(),
                 tasks,
                 draining: false,
                 quotas: quotas.demands(),
@@ -433,6 +468,7 @@ async fn heartbeats(
             };
             match client.heartbeat(req).await {
                 Ok(r) => {
+                    me.ready.set(true);
                     let r = r.into_inner();
                     if quotas.apply(&r.quotas, asked) {
                         wait = wait.min(interval / 5);
@@ -455,6 +491,7 @@ async fn heartbeats(
                     }
                 }
                 Err(s) => {
+                    me.ready.set(false);
                     tracing::warn!(error = %s.message(), "heartbeat failed");
                     // Refused as invalid, they would be refused again.
                     if s.code() != Code::InvalidArgument {
