@@ -137,7 +137,7 @@ fn production_runs_the_platforms_replicas_and_resources_locked_down() {
     assert_eq!(ports("weir-master", "ingress"), [9464, 50051]);
     assert_eq!(ports("weir-master", "egress"), [53, 5432, 9092]);
     assert_eq!(ports("weir-managers", "ingress"), [9464, 50052]);
-    assert_eq!(ports("weir-managers", "egress"), [21, 22, 53, 80, 443, 5432, 9092, 50051]);
+    assert_eq!(ports("weir-managers", "egress"), [21, 22, 53, 80, 443, 4222, 5432, 5671, 5672, 9092, 50051]);
 }
 
 #[test]

@@ -225,7 +225,7 @@ mod tests {
 
     fn lake() -> BTreeMap<String, Value> {
         let mut m = BTreeMap::new();
-        m.insert("lake".to_string(), json!({"uri": "s3://finance-lake/raw", "credentials": {"env": "FINANCE_S3_"}}));
+        m.insert("lake".to_string(), json!({"uri": "s3://finance-lake/raw", "credentials": {"env": "FINANCE_S3"}}));
         m.insert("warehouse".to_string(), json!({"type": "postgres", "url_env": "FINANCE_PG_URL"}));
         m
     }
@@ -238,7 +238,7 @@ mod tests {
         expand(&mut c, "finance", &lake()).expect("expands");
         assert_eq!(
             c,
-            json!({"location": {"uri": "s3://finance-lake/raw", "credentials": {"env": "FINANCE_S3_"}},
+            json!({"location": {"uri": "s3://finance-lake/raw", "credentials": {"env": "FINANCE_S3"}},
                    "sinks": [{"type": "postgres", "url_env": "FINANCE_PG_URL", "table": "t"}]})
         );
         assert!(!mentions(&c));

@@ -31,7 +31,7 @@
 //!
 //! Secret files (`credentials: {file: …}`, `{file: …}` keys, CA bundles) are paths like
 //! any other: a namespace reads only the secrets under its roots. Secrets and URLs in the
-//! managers' environment (`credentials: {env: PREFIX_}`, `{env: NAME}` keys, `url_env`)
+//! managers' environment (`credentials: {env: PREFIX}` for `PREFIX_<KEY>`, `{env: NAME}` keys, `url_env`)
 //! are [`Touch::Env`]: a namespace reads only the variables its rule's `env` patterns
 //! allow, so one team cannot name another's credentials.
 //!
@@ -83,8 +83,8 @@ pub enum Touch {
     Env {
         /// Where the step's config names it (`credentials.env`, `url_env`).
         field: String,
-        /// The variable, or the prefix of the variables read (`FINANCE_S3_` for
-        /// `FINANCE_S3_ACCESS_KEY_ID` …).
+        /// The variable, or the prefix of the variables read (`FINANCE_S3` for
+        /// `FINANCE_S3_ACCESS_KEY_ID` …: `<name>_<KEY>`).
         name: String,
         /// Whether `name` is a prefix.
         prefix: bool,
@@ -141,7 +141,7 @@ impl fmt::Display for Touch {
             Touch::Path { path, .. } => write!(f, "path {path:?}"),
             Touch::Endpoint { scheme, host, port, .. } => f.write_str(&show_endpoint(scheme, host, *port)),
             Touch::Env { name, prefix: false, .. } => write!(f, "environment variable {name}"),
-            Touch::Env { name, prefix: true, .. } => write!(f, "environment variables {name}*"),
+            Touch::Env { name, prefix: true, .. } => write!(f, "environment variables {name}_*"),
         }
     }
 }
@@ -338,11 +338,12 @@ pub struct Rule {
     pub env: Vec<String>,
 }
 
-/// Whether an environment pattern allows `name` (a prefix reference is allowed when every
-/// variable it could read is: the pattern is `*` or a prefix of it).
+/// Whether an environment pattern allows `name` (a prefix reference reads `<name>_<KEY>`,
+/// so it is allowed when every such variable is: the pattern is `*` or a prefix of `<name>_`).
 fn env_allows(pattern: &str, name: &str, prefix: bool) -> bool {
+    let read = if prefix { format!("{name}_") } else { name.to_string() };
     match pattern.strip_suffix('*') {
-        Some(p) => name.starts_with(p),
+        Some(p) => read.starts_with(p),
         None => !prefix && pattern == name,
     }
 }
@@ -818,9 +819,11 @@ mod tests {
             );
             p.check_job(&j)
         };
-        assert!(s3("FINANCE_S3_").is_ok());
+        assert!(s3("FINANCE_S3").is_ok(), "reads FINANCE_S3_<KEY>, under FINANCE_*");
+        assert!(s3("FINANCE").is_ok(), "reads FINANCE_<KEY>, under FINANCE_*");
+        assert!(s3("FIN").is_err(), "FIN_<KEY> is not under FINANCE_*");
         let e = s3("SHARED_PG_URL").expect_err("an exact pattern does not cover a prefix");
-        assert!(e.message.contains("environment variables SHARED_PG_URL*"), "{e}");
+        assert!(e.message.contains("environment variables SHARED_PG_URL_*"), "{e}");
         assert_eq!(e.field, "location.credentials.env");
         assert!(Policy::from_value(json!({"namespaces": {"x": {"env": ["A-B*"]}}}))
             .unwrap_err()

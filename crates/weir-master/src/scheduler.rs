@@ -321,6 +321,8 @@ impl Scheduler {
             Some(at) => Duration::from_millis(u64::try_from((at - now).max(0)).unwrap_or(0)),
             None => Duration::from_secs(3600),
         }
+        // Idle or not, the queue gauges are read off the engine each second.
+        .min(Duration::from_millis(QUEUE_STATS_EVERY_MS as u64))
     }
 
     fn apply(&mut self, cmd: Command, now: i64, replies: &mut Vec<Pending>) {

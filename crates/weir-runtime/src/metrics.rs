@@ -79,10 +79,19 @@ impl MetricsArgs {
     }
 }
 
-/// Serves `GET /metrics` (and 404 for anything else) on `listener` until `cancel`.
+/// Most scrapes served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a scraper has to send its request, and to read the answer.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `GET /metrics` (and 404 for anything else) on `listener` until `cancel`: at most
+/// [`MAX_CONNECTIONS`] at once, one request each, each within [`SCRAPE_TIMEOUT`], so slow
+/// or idle clients cannot hold the process's sockets.
 pub async fn serve(listener: TcpListener, cancel: CancellationToken) {
     tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
             a = listener.accept() => match a {
@@ -94,6 +103,7 @@ pub async fn serve(listener: TcpListener, cancel: CancellationToken) {
             },
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                 let (status, body) = if req.uri().path() == "/metrics" {
                     (http::StatusCode::OK, encode())
@@ -109,8 +119,15 @@ pub async fn serve(listener: TcpListener, cancel: CancellationToken) {
                 Ok::<_, std::convert::Infallible>(resp)
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
-                tracing::debug!(error = %e, "metrics connection ended");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(SCRAPE_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(io, service);
+            match tokio::time::timeout(SCRAPE_TIMEOUT, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended"),
+                Err(_) => tracing::debug!("metrics connection timed out"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -144,11 +161,32 @@ static GRPC: LazyLock<Arc<GrpcMetrics>> = LazyLock::new(|| {
     m
 });
 
-/// The service and method of a gRPC path (`/weir.v1.JobService/SubmitJob`); an unknown
-/// route (answered UNIMPLEMENTED) is `unknown`, so callers cannot mint labels.
-fn route(path: &str, code: &str) -> (String, String) {
+/// Every method Weir's servers serve, `/<service>/<method>`, read from the compiled
+/// protos (Weir's and health's) and the reflection services.
+static KNOWN: LazyLock<std::collections::HashSet<String>> = LazyLock::new(|| {
+    use prost::Message;
+    let mut known = std::collections::HashSet::new();
+    for set in [weir_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        let Ok(files) = prost_types::FileDescriptorSet::decode(set) else { continue };
+        for f in &files.file {
+            for s in &f.service {
+                for m in &s.method {
+                    known.insert(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
+                }
+            }
+        }
+    }
+    for v in ["v1", "v1alpha"] {
+        known.insert(format!("/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo"));
+    }
+    known
+});
+
+/// The service and method of a gRPC path (`/weir.v1.JobService/SubmitJob`); any path no
+/// server serves is `unknown`, so callers (even refused ones) cannot mint labels.
+fn route(path: &str) -> (String, String) {
     match path.trim_start_matches('/').split_once('/') {
-        Some((s, m)) if code != "UNIMPLEMENTED" && s.len() <= 128 && m.len() <= 128 => (s.to_string(), m.to_string()),
+        Some((s, m)) if KNOWN.contains(path) => (s.to_string(), m.to_string()),
         _ => ("unknown".into(), "unknown".into()),
     }
 }
@@ -199,7 +237,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or("OK", |c| crate::auth::code_name(tonic::Code::from(c)));
-            let (service, method) = route(&path, code);
+            let (service, method) = route(&path);
             let labels = GrpcLabels { service, method, code: code.to_string() };
             GRPC.requests.get_or_create(&labels).inc();
             GRPC.duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
@@ -214,9 +252,11 @@ mod tests {
 
     #[test]
     fn a_route_is_its_service_and_method_and_an_unknown_one_mints_no_label() {
-        assert_eq!(route("/weir.v1.JobService/SubmitJob", "OK"), ("weir.v1.JobService".into(), "SubmitJob".into()));
-        assert_eq!(route("/made.up/Anything", "UNIMPLEMENTED"), ("unknown".into(), "unknown".into()));
-        assert_eq!(route("/no-method", "OK"), ("unknown".into(), "unknown".into()));
+        assert_eq!(route("/weir.v1.JobService/SubmitJob"), ("weir.v1.JobService".into(), "SubmitJob".into()));
+        assert_eq!(route("/grpc.health.v1.Health/Check"), ("grpc.health.v1.Health".into(), "Check".into()));
+        assert_eq!(route("/weir.v1.JobService/Made-up"), ("unknown".into(), "unknown".into()));
+        assert_eq!(route("/made.up/Anything"), ("unknown".into(), "unknown".into()));
+        assert_eq!(route("/no-method"), ("unknown".into(), "unknown".into()));
     }
 
     #[tokio::test]

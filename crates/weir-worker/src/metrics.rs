@@ -43,3 +43,20 @@ pub static WORKER: LazyLock<Worker> = LazyLock::new(|| {
     register("manager_task_run_seconds", "How long a task attempt ran on this manager", w.run_time.clone());
     w
 });
+
+/// One task counted in `in_flight` while this lives.
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    pub fn start(queue: &str) -> InFlight {
+        let g = WORKER.in_flight.get_or_create(&QueueLabels { queue: queue.to_string() }).clone();
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -327,9 +327,8 @@ async fn execute(
     ctx: TaskContext,
 ) {
     let metrics = &crate::metrics::WORKER;
-    let running =
-        metrics.in_flight.get_or_create(&crate::metrics::QueueLabels { queue: queue.as_str().into() }).clone();
-    running.inc();
+    // Counted down when this future ends, however it ends.
+    let _running = crate::metrics::InFlight::start(queue.as_str());
     let started = std::time::Instant::now();
     let outside = crate::sandbox::check(sandbox, queue, &ctx).err();
     let result = match &handler {
@@ -357,7 +356,6 @@ async fn execute(
         )),
     };
     let stop = lock(&table).remove(&(ctx.task_id, ctx.fence)).and_then(|f| f.stop);
-    running.dec();
     let outcome = match (&stop, &result) {
         (Some(Stop::Lost), _) => "lost",
         (Some(Stop::Cancelled) | Some(Stop::Shutdown), Err(_)) => "released",
