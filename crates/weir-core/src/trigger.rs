@@ -165,7 +165,15 @@ fn attribute(e: &CloudEvent, path: &str) -> Result<Value, String> {
 fn substitute(v: &Value, e: &CloudEvent) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) => match s.strip_prefix('$') {
-            Some(path) if !path.is_empty() && !path.starts_with('$') => attribute(e, path)?,
+            Some(path) if !path.is_empty() && !path.starts_with('$') => {
+                let found = attribute(e, path)?;
+                // What an event carries is data, never a reference to a namespace's
+                // connection (whoever can publish an event is not its admin).
+                if crate::connection::mentions(&found) {
+                    return Err(format!("${path} names a connection ({}); an event may not", crate::connection::KEY));
+                }
+                found
+            }
             // "$$x" is a literal "$x".
             Some(path) if path.starts_with('$') => Value::String(path.to_string()),
             _ => v.clone(),
@@ -236,6 +244,8 @@ mod tests {
         assert!(TriggerRules::from_value(dup).expect_err("dup").contains("already answers"));
         let neither = json!({"rules": [{"name": "a", "on": "t", "job_name": "j"}]});
         assert!(TriggerRules::from_value(neither).expect_err("neither").contains("template or steps"));
+        let smuggled = rules().job_for(&event("e-1", json!({"file": {"path": {"$connection": "lake"}}})));
+        assert!(smuggled.expect_err("a connection from an event").contains("names a connection"));
         let typo = json!({"rules": [{"name": "a", "on": "t", "job_name": "j", "template": "standard", "parms": {}}]});
         assert!(TriggerRules::from_value(typo).expect_err("typo").contains("unknown field `parms`"));
     }
