@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use weir_api_manager::client::Rate;
 use weir_api_manager::ApiSettings;
 use weir_proto::v1::{self, job_service_client::JobServiceClient};
+use weir_tests::metric_sample as sample;
 use weir_tests::{
     free_port, job, lake_rows, run_manager, spawn_master, step, submit, tasks, wait_finished, wait_master, wait_port,
     Backend, InProcMaster, Proc, StoreFixture, WireMock,
@@ -129,11 +130,6 @@ impl Lab {
         self.master.stop().await;
         self.store.cleanup().await;
     }
-}
-
-/// The value of the sample `series` (name and labels as written) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
 /// The `id` of every record in a collect output's staged files, in order.

@@ -7,10 +7,7 @@ use serde_json::json;
 use weir_proto::v1;
 use weir_tests::{free_port, job, run_manager, step, submit, wait_finished, Backend, InProcMaster, StoreFixture};
 
-/// The value of the sample `name{labels}` (labels as written, in order), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
+use weir_tests::metric_sample as sample;
 
 /// What `promtool check metrics` says of `text` (empty: nothing).
 fn promtool_check(text: &str) -> String {
@@ -112,9 +109,8 @@ async fn the_masters_metrics_count_the_jobs_tasks_calls_and_commits_that_ran() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_five_binaries_and_finds_what_a_job_did() {
     let store = StoreFixture::new(Backend::Sqlite).await;
-    let metrics_port = |_: &str| free_port();
     let master_port = free_port();
-    let master_metrics = format!("127.0.0.1:{}", metrics_port("master"));
+    let master_metrics = format!("127.0.0.1:{}", free_port());
     let url = format!("http://127.0.0.1:{master_port}");
     let _master = weir_tests::Proc::spawn(
         "weir-master",
@@ -124,7 +120,7 @@ async fn a_real_prometheus_scrapes_the_five_binaries_and_finds_what_a_job_did() 
     let mut targets = vec![("weir-master".to_string(), master_metrics.clone())];
     let mut managers = Vec::new();
     for q in ["api", "file", "batch", "stream"] {
-        let addr = format!("127.0.0.1:{}", metrics_port(q));
+        let addr = format!("127.0.0.1:{}", free_port());
         let env = [("WEIR_MASTER_URL", url.as_str()), ("WEIR_POLL_WAIT", "2s"), ("WEIR_METRICS_LISTEN", addr.as_str())];
         managers.push(weir_tests::Proc::spawn(&format!("weir-{q}-manager"), &[], &env));
         targets.push((format!("weir-{q}-manager"), addr));

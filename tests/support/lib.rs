@@ -672,6 +672,12 @@ pub fn run_manager(
     (cancel, h)
 }
 
+/// The value of the sample `series` (name and labels as written, in order) in
+/// Prometheus' text format, if present.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
 /// Debian's `promtool`, unpacked by `scripts/ensure-prometheus.sh` (make test runs it).
 pub fn promtool() -> PathBuf {
     let p =

@@ -64,7 +64,7 @@ pub enum ConnectionsCommand {
         #[arg(long, short = 'n', default_value = weir_core::validate::DEFAULT_NAMESPACE)]
         namespace: String,
         /// The step config it stands for, as YAML or JSON ("-": standard input); credentials
-        /// by reference ({env: PREFIX_} or {file: /path}), never their values.
+        /// by reference ({env: PREFIX} or {file: /path}), never their values.
         #[arg(long)]
         config: std::path::PathBuf,
         #[arg(long, default_value = "")]
@@ -157,12 +157,18 @@ fn explain(s: tonic::Status) -> anyhow::Error {
 
 /// Reads a job spec from YAML or JSON; errors carry the file name and position.
 pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
+    read_yaml(path, "a valid job spec")
+}
+
+/// Reads YAML or JSON from a file, or standard input for `-`; an error says the file is
+/// not `what`, with the parser's position.
+fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
     let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading the spec from standard input")?
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     };
-    serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not a valid job spec", path.display()))
+    serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not {what}", path.display()))
 }
 
 impl Client {
@@ -189,13 +195,7 @@ impl Client {
                 r.map_err(explain)?.into_inner().connection.into_iter().collect()
             }
             ConnectionsCommand::Put { name, namespace, config, description } => {
-                let text = if config == Path::new("-") {
-                    std::io::read_to_string(std::io::stdin()).context("reading the config from standard input")?
-                } else {
-                    std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?
-                };
-                let value: serde_json::Value = serde_yaml_ng::from_str(&text)
-                    .with_context(|| format!("{} is not YAML or JSON", config.display()))?;
+                let value: serde_json::Value = read_yaml(&config, "YAML or JSON")?;
                 let wire = v1::Connection {
                     namespace,
                     name,

@@ -19,7 +19,7 @@
 //! Pure: the master fetches the namespace's connections ([`Connections`]) and calls
 //! [`expand`] through [`crate::validate::validate_with`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -73,7 +73,7 @@ impl Connection {
         if let Some(at) = find_key(&self.config, "") {
             return Err(format!("config{at} names a connection ({KEY}); a connection may not name another"));
         }
-        if let Some(at) = find_nul(&self.config, "") {
+        if let Some(at) = crate::validate::nul_at(&self.config, "") {
             return Err(format!("config{at} contains a NUL character"));
         }
         Ok(())
@@ -114,26 +114,6 @@ impl Connections for NoConnections {
 /// for a job that uses one).
 pub fn mentions(v: &Value) -> bool {
     find_key(v, "").is_some()
-}
-
-/// The connection names `v` refers to, in order.
-pub fn names(v: &Value) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    walk_names(v, &mut out);
-    out
-}
-
-fn walk_names(v: &Value, out: &mut BTreeSet<String>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(Value::String(n)) = m.get(KEY) {
-                out.insert(n.clone());
-            }
-            m.values().for_each(|c| walk_names(c, out));
-        }
-        Value::Array(a) => a.iter().for_each(|c| walk_names(c, out)),
-        _ => {}
-    }
 }
 
 /// Replaces every `{$connection: name, …}` object in `config` with the connection's config
@@ -202,22 +182,6 @@ fn find_key(v: &Value, at: &str) -> Option<String> {
     }
 }
 
-fn find_nul(v: &Value, at: &str) -> Option<String> {
-    match v {
-        Value::String(s) if s.contains('\0') => Some(at.to_string()),
-        Value::Object(m) => m.iter().find_map(|(k, c)| {
-            let here = format!("{at}.{k}");
-            if k.contains('\0') {
-                Some(here)
-            } else {
-                find_nul(c, &here)
-            }
-        }),
-        Value::Array(a) => a.iter().enumerate().find_map(|(i, c)| find_nul(c, &format!("{at}[{i}]"))),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,7 +198,6 @@ mod tests {
     fn a_reference_becomes_the_connections_config_plus_the_jobs_fields() {
         let mut c = json!({"location": {"$connection": "lake"}, "sinks": [{"$connection": "warehouse", "table": "t"}]});
         assert!(mentions(&c));
-        assert_eq!(names(&c).into_iter().collect::<Vec<_>>(), vec!["lake", "warehouse"]);
         expand(&mut c, "finance", &lake()).expect("expands");
         assert_eq!(
             c,

@@ -97,22 +97,28 @@ fn check_duration(what: &str, d: Option<Duration>, max: Duration) -> Result<(), 
 /// PostgreSQL cannot store a NUL character in text or JSON, so it is refused up front
 /// rather than failing a whole commit later.
 fn check_no_nul(what: &str, v: &Value) -> Result<(), SpecError> {
-    let bad = match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => return a.iter().try_for_each(|x| check_no_nul(what, x)),
-        Value::Object(o) => {
-            if o.keys().any(|k| k.contains('\0')) {
-                true
-            } else {
-                return o.values().try_for_each(|x| check_no_nul(what, x));
-            }
-        }
-        _ => false,
-    };
-    if bad {
-        return err(format!("{what} contains a NUL character"));
+    match nul_at(v, "") {
+        Some(_) => err(format!("{what} contains a NUL character")),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Where `v` holds a NUL character (in a string or a key), as a path below `at`
+/// (`.a[0]`), if anywhere.
+pub(crate) fn nul_at(v: &Value, at: &str) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(at.to_string()),
+        Value::Object(m) => m.iter().find_map(|(k, c)| {
+            let here = format!("{at}.{k}");
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_at(c, &here)
+            }
+        }),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, c)| nul_at(c, &format!("{at}[{i}]"))),
+        _ => None,
+    }
 }
 
 fn check_config(what: &str, config: Option<&Value>) -> Result<(), SpecError> {

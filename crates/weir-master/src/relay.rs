@@ -84,7 +84,7 @@ pub async fn run(
             r = read_batch(&*store, pos, settings.batch) => r,
             _ = cancel.cancelled() => return Ok(()),
         };
-        let (batch, next, oldest) = match read {
+        let Read { batch, next, oldest, more } = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "relay cannot read the outbox; retrying");
@@ -147,7 +147,11 @@ pub async fn run(
         if let Some(at) = oldest {
             metrics.relay_lag.set((crate::now_ms() - at).max(0) as f64 / 1000.0);
         }
-        if let Ok(tail) = store.outbox_tail().await {
+        // A page that was not full held every event there was: only after a full one is the
+        // store asked how many wait.
+        if !more {
+            metrics.outbox_backlog.set(0);
+        } else if let Ok(tail) = store.outbox_tail().await {
             metrics.outbox_backlog.set((tail - next.events).max(0));
         }
         pos = next;
@@ -167,23 +171,27 @@ impl Names {
 }
 
 /// The next batch from both sources, and the position after it.
-/// The next batch, where the relay will stand after it, and when its oldest event was
-/// committed.
-async fn read_batch(
-    store: &dyn Store,
-    pos: Position,
-    limit: u32,
-) -> Result<(Vec<Message>, Position, Option<weir_core::Millis>), StoreError> {
+/// What the relay read: the batch, where it will stand after it, when the batch's oldest
+/// event was committed, and whether job events were left behind it (a full page).
+struct Read {
+    batch: Vec<Message>,
+    next: Position,
+    oldest: Option<weir_core::Millis>,
+    more: bool,
+}
+
+async fn read_batch(store: &dyn Store, pos: Position, limit: u32) -> Result<Read, StoreError> {
     let events = store.outbox_after(pos.events, limit).await?;
     let messages = store.messages_after(pos.messages, limit).await?;
     let oldest = events.iter().map(|e| e.event.time_ms).chain(messages.iter().map(|(_, m)| m.time_ms)).min();
+    let more = events.len() as u64 >= u64::from(limit);
     let next = Position {
         events: events.last().map_or(pos.events, |e| e.id),
         messages: messages.last().map_or(pos.messages, |m| m.0),
     };
     let mut batch: Vec<Message> = events.iter().map(message).collect();
     batch.extend(messages.iter().map(|(id, m)| to_bus(events::message_event(*id, m))));
-    Ok((batch, next, oldest))
+    Ok(Read { batch, next, oldest, more })
 }
 
 async fn start_position(store: &dyn Store, names: &Names, durable: bool) -> Result<Position, StoreError> {

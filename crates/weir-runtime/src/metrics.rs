@@ -45,14 +45,9 @@ pub fn encode() -> String {
     out
 }
 
-/// Histogram buckets for durations in seconds: 1 ms to about 9 minutes.
-pub fn seconds_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.001, 2.0, 20)
-}
-
-/// A histogram with [`seconds_buckets`], for families.
+/// A histogram of durations in seconds, 1 ms to about 9 minutes (a family's constructor).
 pub fn seconds_histogram() -> Histogram {
-    Histogram::new(seconds_buckets())
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
 }
 
 /// Where `/metrics` is served.
@@ -70,9 +65,7 @@ impl MetricsArgs {
         if self.metrics_listen.trim().is_empty() {
             return Ok(None);
         }
-        let listener = TcpListener::bind(self.metrics_listen.trim()).await.map_err(|e| {
-            RuntimeError::Config(format!("WEIR_METRICS_LISTEN {:?}: cannot listen: {e}", self.metrics_listen))
-        })?;
+        let listener = crate::grpc::bind(self.metrics_listen.trim()).await?;
         let addr = listener.local_addr().ok();
         tokio::spawn(serve(listener, cancel));
         Ok(addr)

@@ -277,9 +277,9 @@ impl Worker {
                 };
                 let handler = self.handlers.get(ctx.kind.as_str()).cloned();
                 let (client, table, worker) = (self.client.clone(), self.table.clone(), self.cfg.worker_id.clone());
-                let (sandbox, queue) = (self.cfg.sandbox.clone(), self.cfg.queue);
+                let queue = self.cfg.queue;
                 tracker.spawn(async move {
-                    execute(client, table, worker, handler, (&sandbox, queue), ctx).await;
+                    execute(client, table, worker, handler, queue, ctx).await;
                     drop(permit);
                 });
             }
@@ -323,14 +323,14 @@ async fn execute(
     table: Table,
     worker: String,
     handler: Option<Arc<dyn crate::StepHandler>>,
-    (sandbox, queue): (&weir_core::sandbox::Policy, weir_core::catalog::Queue),
+    queue: weir_core::catalog::Queue,
     ctx: TaskContext,
 ) {
     let metrics = &crate::metrics::WORKER;
     // Counted down when this future ends, however it ends.
     let _running = crate::metrics::InFlight::start(queue.as_str());
     let started = std::time::Instant::now();
-    let outside = crate::sandbox::check(sandbox, queue, &ctx).err();
+    let outside = crate::sandbox::check(&ctx.sandbox, queue, &ctx).err();
     let result = match &handler {
         _ if outside.is_some() => {
             let why = outside.unwrap_or_default();
