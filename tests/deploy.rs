@@ -182,3 +182,58 @@ fn the_prometheusrule_holds_the_same_alerts_as_the_rules_file() {
     let alerts = file["groups"][0]["rules"].as_array().map_or(0, Vec::len);
     assert_eq!(alerts, 6);
 }
+
+#[test]
+fn the_operator_and_its_crd_are_installed_with_least_privilege() {
+    let objs = render("production");
+    let crd = find(&objs, "CustomResourceDefinition", "ingestionjobs.weir.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["versions"][0]["subresources"]["status"], serde_json::json!({}));
+
+    let d = find(&objs, "Deployment", "weir-operator");
+    assert_eq!(d["spec"]["replicas"], 2, "one leads through the Lease, one stands by");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "weir-operator");
+    assert_eq!(pod["automountServiceAccountToken"], true, "it calls the Kubernetes API");
+    let c = &pod["containers"][0];
+    assert_eq!(c["command"], serde_json::json!(["weir-operator"]));
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let env: Vec<&Value> = c["env"].as_array().expect("env").iter().map(|e| &e["name"]).collect();
+    for name in ["POD_NAME", "POD_NAMESPACE", "WEIR_OPERATOR_LISTEN"] {
+        assert!(env.contains(&&Value::from(name)), "{name}");
+    }
+
+    // IngestionJobs: read, watch, patch (the finalizer) and their status; nothing else.
+    let role = find(&objs, "ClusterRole", "weir-operator");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            {"apiGroups": ["weir.dev"], "resources": ["ingestionjobs"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["weir.dev"], "resources": ["ingestionjobs/status"], "verbs": ["patch"]},
+        ])
+    );
+    let binding = find(&objs, "ClusterRoleBinding", "weir-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], "weir", "the ServiceAccount of the overlay's namespace");
+    // The Lease only in its own namespace.
+    let lease = find(&objs, "Role", "weir-operator-lease");
+    assert_eq!(lease["metadata"]["namespace"], "weir");
+    assert_eq!(lease["rules"][0]["resources"], serde_json::json!(["leases"]));
+    let lease_binding = find(&objs, "RoleBinding", "weir-operator-lease");
+    assert_eq!(lease_binding["subjects"][0]["namespace"], "weir");
+
+    let egress: Vec<i64> = find(&objs, "NetworkPolicy", "weir-operator")["spec"]["egress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["port"].as_i64())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(egress, [53, 443, 6443, 50051]);
+
+    // dev: one operator, its bindings in dev's namespace.
+    let dev = render("dev");
+    assert_eq!(find(&dev, "Deployment", "weir-operator")["spec"]["replicas"], 1);
+    assert_eq!(find(&dev, "ClusterRoleBinding", "weir-operator")["subjects"][0]["namespace"], "weir-dev");
+}

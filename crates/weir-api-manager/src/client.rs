@@ -300,7 +300,18 @@ impl Api {
         }
     }
 
-    /// Sends one request until it succeeds or fails for good.
+    /// Sends one request until it succeeds or fails for good (one span, its retries in it).
+    #[tracing::instrument(
+        name = "http_request",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            api = %self.name,
+            http.request.method = if req.post { "POST" } else { "GET" },
+            server.address = req.url.host_str().unwrap_or_default(),
+            url.path = req.url.path(),
+        )
+    )]
     pub async fn fetch(
         &self,
         req: &Request,

@@ -184,16 +184,25 @@ impl DataSteps {
         let n_batches = groups.len();
 
         let mut running = tokio::task::JoinSet::new();
+        // Each file's conversion is a span of the task's (its trace, when exported).
+        let task_span = tracing::Span::current();
         for (b, group) in groups.into_iter().enumerate() {
             let files: Vec<(usize, Input)> = group.into_iter().map(|i| (i, inputs[i].clone())).collect();
             let (plan, slots, timeout) = (plan.clone(), self.slots.clone(), self.settings.batch_timeout);
+            let parent = task_span.clone();
             running.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return vec![];
                 };
                 let stop = plan.cancel.clone();
                 let work = tokio::task::spawn_blocking(move || {
-                    files.into_iter().map(|(i, input)| (i, pipeline::convert(&input, &plan), input)).collect::<Vec<_>>()
+                    files
+                        .into_iter()
+                        .map(|(i, input)| {
+                            let span = tracing::info_span!(parent: &parent, "convert", input = %input.identity);
+                            (i, span.in_scope(|| pipeline::convert(&input, &plan)), input)
+                        })
+                        .collect::<Vec<_>>()
                 });
                 match tokio::time::timeout(timeout, work).await {
                     Ok(Ok(done)) => done,

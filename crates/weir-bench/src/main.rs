@@ -12,7 +12,9 @@
 //! 4. the same again with events on: a real Kafka-protocol broker (tansu) and the master
 //!    publishing every event through the outbox relay — throughput, the change against (3),
 //!    and relay events/s until every event of the run is published;
-//! 5. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
+//! 5. the same as (3) with telemetry on: `/metrics` served and scraped each second, and
+//!    every span exported over OTLP to a receiver on loopback — throughput and the change;
+//! 6. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
 //!    for each event, the time from the master stamping it to this process reading it.
 //!
 //! `weir-bench data` measures the data path instead (see [`data`]); `weir-bench api` the
@@ -20,6 +22,7 @@
 
 mod api;
 mod data;
+mod observe;
 mod secure;
 mod streams;
 
@@ -233,10 +236,23 @@ async fn main() -> anyhow::Result<()> {
 
     // Security on: JWT on every call, mTLS between every process and the master.
     let secure = std::sync::Arc::new(secure::Secure::new()?);
-    let m = Master::start_with(None, Some(secure)).await?;
+    let m = Master::start_with(None, Some(secure), None).await?;
     let on = engine(&m, &args, "secure_").await?;
     println!("throughput_change_with_security={:+.1} %", (on - off) / off * 100.0);
     m.stop().await?;
+
+    // Telemetry on: metrics scraped, every span exported to a receiver on loopback.
+    let python =
+        PathBuf::from(format!("{}/.cache/weir/bench-venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    let observe = Arc::new(observe::Observe::start(&python).await?);
+    let m = Master::start_observed(observe.clone()).await?;
+    let on = engine(&m, &args, "telemetry_on_").await?;
+    let (spans, scrapes) = observe.counts();
+    println!("telemetry_spans_exported={spans} spans");
+    println!("telemetry_scrapes={scrapes} scrapes");
+    println!("throughput_change_with_telemetry={:+.1} %", (on - off) / off * 100.0);
+    m.stop().await?;
+    drop(observe);
 
     // Events on: the same run with every event going through the outbox and the relay into
     // a real Kafka-protocol broker, then commit-to-publish latency at a steady rate.
@@ -267,15 +283,25 @@ pub(crate) struct Master {
     workers: WorkerServiceClient<Channel>,
     pool: sqlx::PgPool,
     secure: Option<std::sync::Arc<secure::Secure>>,
+    observe: Option<Arc<observe::Observe>>,
 }
 
 impl Master {
     pub(crate) async fn start(kafka: Option<&str>) -> anyhow::Result<Master> {
-        Master::start_with(kafka, None).await
+        Master::start_with(kafka, None, None).await
     }
 
-    /// A master with tokens and mTLS when `secure` is given.
-    async fn start_with(kafka: Option<&str>, secure: Option<std::sync::Arc<secure::Secure>>) -> anyhow::Result<Master> {
+    /// A master, and later its managers, with telemetry on.
+    async fn start_observed(observe: Arc<observe::Observe>) -> anyhow::Result<Master> {
+        Master::start_with(None, None, Some(observe)).await
+    }
+
+    /// A master with tokens and mTLS when `secure` is given, telemetry with `observe`.
+    async fn start_with(
+        kafka: Option<&str>,
+        secure: Option<std::sync::Arc<secure::Secure>>,
+        observe: Option<Arc<observe::Observe>>,
+    ) -> anyhow::Result<Master> {
         let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let scheme = if secure.is_some() { "https" } else { "http" };
@@ -291,6 +317,9 @@ impl Master {
             }
             None => ClientSecurity::none(),
         };
+        if let Some(o) = &observe {
+            env.extend(o.env()?);
+        }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let child = spawn("weir-master", &["--listen", &format!("127.0.0.1:{port}")], &env)?;
         let pid = child.id().context("master pid")?;
@@ -298,7 +327,7 @@ impl Master {
         let mut workers = WorkerServiceClient::new(channel.clone());
         wait_ready(&mut workers).await?;
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&schema.url).await?;
-        Ok(Master { child, pid, url, schema, jobs: JobServiceClient::new(channel), workers, pool, secure })
+        Ok(Master { child, pid, url, schema, jobs: JobServiceClient::new(channel), workers, pool, secure, observe })
     }
 
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
@@ -318,8 +347,17 @@ impl Master {
         if let Some(s) = &self.secure {
             env.extend(s.manager_env());
         }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        QUEUES.iter().map(|q| spawn(&format!("weir-{q}-manager"), &[], &env)).collect()
+        QUEUES
+            .iter()
+            .map(|q| {
+                let mut env = env.clone();
+                if let Some(o) = &self.observe {
+                    env.extend(o.env()?);
+                }
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                spawn(&format!("weir-{q}-manager"), &[], &env)
+            })
+            .collect()
     }
 
     async fn succeeded(&self, prefix: &str) -> anyhow::Result<usize> {

@@ -49,7 +49,7 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    weir_runtime::telemetry::init(&args.telemetry)?;
+    let telemetry = weir_runtime::telemetry::init("weir-dev", &args.telemetry)?;
     let cancel = weir_runtime::shutdown::on_signal();
     let listener = weir_runtime::grpc::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
@@ -109,11 +109,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  streams: http://{}   (weir streams)", args.streams_listen);
     println!("  try:     weir submit tests/fixtures/jobs/hello.yaml --watch");
     println!("Ctrl-C stops it; jobs survive restarts.");
+    let mut result = Ok(());
     for m in managers {
-        m.await??;
+        result = result.and(m.await?.map_err(anyhow::Error::from));
     }
-    master.await??;
-    Ok(())
+    result = result.and(master.await?.map_err(anyhow::Error::from));
+    telemetry.shutdown().await;
+    result
 }
 
 /// With authentication on, the in-process managers' token: the worker role and write on

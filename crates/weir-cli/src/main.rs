@@ -149,13 +149,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(traced(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client verb in a span of its own, exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+/// set, so a job's trace starts at the command that submitted it. (`weir dev` sets up its
+/// own telemetry.)
+async fn traced(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    use tracing::Instrument;
+    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|e| !e.trim().is_empty());
+    if matches!(cli.command, Command::Dev(_)) || !exporting {
+        return run(cli).await;
+    }
+    let telemetry = weir_runtime::telemetry::init("weir-cli", &Default::default())?;
+    let debug = format!("{:?}", cli.command);
+    let verb = debug.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("command").to_lowercase();
+    let span = tracing::info_span!("weir", otel.name = %format!("weir {verb}"), otel.kind = "client");
+    let result = run(cli).instrument(span).await;
+    telemetry.shutdown().await;
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {

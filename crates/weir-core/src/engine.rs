@@ -69,6 +69,8 @@ pub struct Lease {
     pub priority: i32,
     pub namespace: String,
     pub job_name: String,
+    /// The job's W3C `traceparent`, so the work joins the job's trace.
+    pub trace_parent: Option<String>,
 }
 
 /// What a heartbeat tells a worker about one lease.
@@ -499,6 +501,7 @@ impl Engine {
             priority: e.rec.spec.priority,
             namespace: e.rec.spec.namespace.clone(),
             job_name: e.rec.spec.name.clone(),
+            trace_parent: e.rec.trace_parent.clone(),
         })
     }
 

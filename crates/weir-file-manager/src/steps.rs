@@ -303,6 +303,7 @@ fn base64_to_hex(b64: &str) -> Option<String> {
 }
 
 /// Downloads one file, verifying it; quarantines it when it keeps failing the check.
+#[tracing::instrument(name = "transfer", skip_all, fields(uri = %uri, path = %path))]
 async fn fetch_one(
     loc: &Location,
     path: &str,

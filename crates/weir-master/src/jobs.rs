@@ -10,6 +10,7 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use uuid::Uuid;
 use weir_auth::{Principal, Role, Scope};
 use weir_core::audit::{AuditRecord, Outcome};
@@ -292,6 +293,15 @@ pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 /// The trace a submission joins: the caller's (a `traceparent` it sent) or a new one, with
 /// a fresh span for this submission. The trace id goes on the current span for the logs.
 pub(crate) fn trace_for(parent: Option<&str>) -> String {
+    // With trace export on, the submission's own span (a child of the caller's) is the
+    // job's parent, so the job's work and events hang under the call that asked for it.
+    // (A trigger's parent is the event's trace, not the current span's: that one wins.)
+    let parsed = parent.and_then(|p| p.parse::<TraceParent>().ok());
+    let current = weir_runtime::telemetry::current_traceparent().and_then(|c| c.parse::<TraceParent>().ok());
+    if let Some(c) = current.filter(|c| parsed.is_none_or(|p| p.trace_id == c.trace_id)) {
+        tracing::Span::current().record("trace_id", c.trace_id_hex());
+        return c.to_string();
+    }
     let span = (Uuid::new_v4().as_u128() & u128::from(u64::MAX)) as u64;
     let t = match parent.and_then(|p| p.parse::<TraceParent>().ok()) {
         Some(p) => p.child(span),
@@ -316,7 +326,8 @@ pub(crate) async fn submit(shared: &Shared, valid: ValidJob, audit: Audit) -> Re
             return Ok((stored_job(shared, id).await?, false));
         }
     }
-    let (id, created) = shared.scheduler.submit(valid, audit).await.map_err(status::sched)?;
+    let commit = tracing::info_span!("commit", otel.name = "commit job");
+    let (id, created) = shared.scheduler.submit(valid, audit).instrument(commit).await.map_err(status::sched)?;
     tracing::info!(job_id = %id, created, "job submitted");
     Ok((stored_job(shared, id).await?, created))
 }

@@ -17,9 +17,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    weir_runtime::telemetry::init(&cli.telemetry)?;
+    let telemetry = weir_runtime::telemetry::init("weir-master", &cli.telemetry)?;
     let cancel = weir_runtime::shutdown::on_signal();
     let listener = weir_runtime::grpc::bind(&cli.master.listen).await?;
-    weir_master::serve(cli.master, listener, cancel).await?;
+    let served = weir_master::serve(cli.master, listener, cancel).await;
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }

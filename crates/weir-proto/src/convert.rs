@@ -273,6 +273,7 @@ pub fn lease(l: &Lease) -> v1::TaskLease {
         priority: l.priority,
         namespace: l.namespace.clone(),
         job_name: l.job_name.clone(),
+        traceparent: l.trace_parent.clone().unwrap_or_default(),
     }
 }
 

@@ -426,6 +426,8 @@ impl tonic::service::Interceptor for Credentials {
             let v = current(source).map_err(Status::unauthenticated)?;
             req.metadata_mut().insert("authorization", v);
         }
+        // Every client channel carries the caller's trace (when traces are exported).
+        crate::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }

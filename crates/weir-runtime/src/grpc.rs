@@ -70,6 +70,8 @@ pub async fn serve(
     let builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A span per call, a child of the caller's trace (only when traces are exported).
+        .trace_fn(crate::telemetry::server_span)
         // Outermost, so the guard's refusals are counted too.
         .layer(crate::metrics::MetricsLayer)
         .layer(GuardLayer(security.guard.clone()))

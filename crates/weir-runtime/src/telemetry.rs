@@ -1,8 +1,28 @@
-//! Structured logs through `tracing`: `RUST_LOG` filters (default `info`), and
-//! `--log-format json` (`WEIR_LOG_FORMAT=json`) switches to one JSON object per line.
+//! Structured logs and traces through `tracing`.
+//!
+//! Logs: `RUST_LOG` filters (default `info`); `--log-format json` (`WEIR_LOG_FORMAT=json`)
+//! writes one JSON object per line.
+//!
+//! Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set (e.g. `http://collector:4317`), spans are
+//! exported over OTLP/gRPC with the service's name (`OTEL_SERVICE_NAME` overrides it) and
+//! `OTEL_RESOURCE_ATTRIBUTES`; sampling follows `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, always on; e.g.
+//! `parentbased_traceidratio` and `0.1` keeps one trace in ten). W3C `traceparent` carries
+//! the trace across gRPC calls ([`inject`], [`extract`]), task leases and Kafka events.
+//! Without the endpoint nothing of this runs: no spans per call, no propagation.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use clap::{Args, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::RuntimeError;
 
@@ -16,25 +36,148 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging settings shared by every binary.
-#[derive(Debug, Clone, Args)]
+/// Logging settings shared by every binary (tracing's are OpenTelemetry's own `OTEL_*`
+/// variables, read by the SDK).
+#[derive(Debug, Clone, Args, Default)]
 pub struct TelemetryArgs {
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
-/// Installs the global subscriber once; later calls are no-ops (tests start many services).
-pub fn init(args: &TelemetryArgs) -> Result<(), RuntimeError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+/// Whether this process exports traces (set once, by [`init`]).
+static TRACING: OnceLock<bool> = OnceLock::new();
+
+/// True when spans are exported: only then are spans made per call and contexts carried.
+pub fn tracing_enabled() -> bool {
+    TRACING.get().copied().unwrap_or(false)
+}
+
+/// The trace exporter of a process; [`Telemetry::shutdown`] sends what is buffered.
+#[must_use = "call shutdown() before exiting, or buffered spans are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered and stops the exporter (on a blocking thread: the
+    /// SDK's flush waits for the export).
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "the trace exporter did not shut down cleanly");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber once (later calls are no-ops: tests and `weir dev` start
+/// many services in one process), with trace export for `service` when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call it inside the Tokio runtime: the exporter's
+/// gRPC channel lives there.
+pub fn init(service: &str, args: &TelemetryArgs) -> Result<Telemetry, RuntimeError> {
+    if TRACING.get().is_some() {
+        return Ok(Telemetry { provider: None });
+    }
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+    let provider = if endpoint.trim().is_empty() { None } else { Some(provider(service)?) };
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match args.log_format {
+        LogFormat::Text => fmt.with_filter(filter()).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_filter(filter()).boxed(),
     };
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.to_string().contains("already") => Ok(()),
+    // Spans go to the exporter from `info` on whatever RUST_LOG says about log lines.
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("weir"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    match tracing_subscriber::registry().with(logs).with(traces).try_init() {
+        Ok(()) => {
+            let _ = TRACING.set(provider.is_some());
+            if provider.is_some() {
+                tracing::debug!(%endpoint, service, "exporting traces over OTLP");
+            }
+            Ok(Telemetry { provider })
+        }
+        Err(e) if e.to_string().contains("already") => Ok(Telemetry { provider: None }),
         Err(e) => Err(RuntimeError::Telemetry(e.to_string())),
     }
+}
+
+fn provider(service: &str) -> Result<SdkTracerProvider, RuntimeError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| RuntimeError::Telemetry(format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}")))?;
+    let mut resource = opentelemetry_sdk::Resource::builder()
+        .with_attribute(opentelemetry::KeyValue::new("service.namespace", "weir"))
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |s| s.is_empty()) {
+        resource = resource.with_service_name(service.to_string());
+    }
+    // The sampler comes from OTEL_TRACES_SAMPLER(_ARG), read by the SDK's builder.
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+}
+
+/// The current span's context as a W3C `traceparent`, when traces are exported and the
+/// span is part of one.
+pub fn current_traceparent() -> Option<String> {
+    if !tracing_enabled() {
+        return None;
+    }
+    let cx = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the W3C `traceparent` given (a lease's, an event's), when traces
+/// are exported; a malformed one is ignored.
+pub fn set_parent(span: &tracing::Span, traceparent: &str) {
+    if !tracing_enabled() || traceparent.is_empty() {
+        return;
+    }
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Adds the current span's `traceparent` to outgoing gRPC metadata, when traces are
+/// exported and the caller did not set one itself.
+pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    if metadata.contains_key("traceparent") {
+        return;
+    }
+    if let Some(tp) = current_traceparent() {
+        if let Ok(v) = tp.parse() {
+            metadata.insert("traceparent", v);
+        }
+    }
+}
+
+/// The span a gRPC server runs one call in: named after the method, a child of the
+/// caller's `traceparent` if it sent one. Without trace export, no span at all.
+pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    if !tracing_enabled() {
+        return tracing::Span::none();
+    }
+    let path = request.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    if let Some(tp) = request.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        set_parent(&span, tp);
+    }
+    span
 }

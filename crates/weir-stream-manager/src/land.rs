@@ -143,7 +143,8 @@ impl Landing {
         Ok(self.sinks.input_identities().await.map_err(|e| step_error(&e))?.into_iter().flatten().collect())
     }
 
-    /// Lands `records` (NDJSON) as the input `identity`.
+    /// Lands `records` (NDJSON) as the input `identity`: one flush of the stream.
+    #[tracing::instrument(name = "flush", skip_all, fields(input = %identity, bytes = records.len()))]
     pub async fn land(&self, identity: &str, mut records: Vec<u8>) -> Result<FileReport, StepError> {
         let started = std::time::Instant::now();
         let key = weir_data::sink::input_key(identity);

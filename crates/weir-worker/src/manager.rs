@@ -229,9 +229,11 @@ pub fn main(spec: fn() -> Result<ManagerSpec, String>) -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        weir_runtime::telemetry::init(&cli.telemetry)?;
+        let telemetry = weir_runtime::telemetry::init(spec.binary, &cli.telemetry)?;
         let cancel = weir_runtime::shutdown::on_signal();
-        run(spec, cli.manager, cancel).await?;
+        let ran = run(spec, cli.manager, cancel).await;
+        telemetry.shutdown().await;
+        ran?;
         Ok(())
     })
 }

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
+use tracing::Instrument;
 use uuid::Uuid;
 use weir_core::catalog::Queue;
 use weir_proto::convert;
@@ -278,10 +279,24 @@ impl Worker {
                 let handler = self.handlers.get(ctx.kind.as_str()).cloned();
                 let (client, table, worker) = (self.client.clone(), self.table.clone(), self.cfg.worker_id.clone());
                 let queue = self.cfg.queue;
-                tracker.spawn(async move {
-                    execute(client, table, worker, handler, queue, ctx).await;
-                    drop(permit);
-                });
+                let span = tracing::info_span!(
+                    "run_task",
+                    otel.name = %format!("{} {}", queue.as_str(), ctx.kind),
+                    task_id = %ctx.task_id,
+                    job_id = %ctx.job_id,
+                    step = %ctx.step_id,
+                    kind = %ctx.kind,
+                    attempt = ctx.attempt,
+                );
+                // The work is a span of the job's trace (when traces are exported).
+                weir_runtime::telemetry::set_parent(&span, &lease.traceparent);
+                tracker.spawn(
+                    async move {
+                        execute(client, table, worker, handler, queue, ctx).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
         }
     }
@@ -316,8 +331,8 @@ impl Worker {
     }
 }
 
-/// Runs one task and reports its outcome with the lease's fence token.
-#[tracing::instrument(name = "run_task", skip_all, fields(task_id = %ctx.task_id, job_id = %ctx.job_id, step = %ctx.step_id, kind = %ctx.kind, attempt = ctx.attempt))]
+/// Runs one task and reports its outcome with the lease's fence token (in the task's
+/// `run_task` span, made by the caller).
 async fn execute(
     client: WorkerServiceClient<Channel>,
     table: Table,

@@ -1,0 +1,147 @@
+//! The controller: watches IngestionJobs, asks the master what `reconcile` plans, writes
+//! the status back, and cancels a deleted object's job before its finalizer goes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{finalizer, Event};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tonic::Code;
+use weir_proto::v1::job_service_client::JobServiceClient;
+use weir_proto::v1::{self, CancelJobRequest, GetJobRequest, ListJobsRequest, SubmitJobRequest};
+use weir_runtime::grpc::AuthedChannel;
+
+use crate::crd::{IngestionJob, FINALIZER};
+use crate::metrics::OPERATOR;
+use crate::reconcile::{self, Cleanup, MasterView, Plan};
+use crate::OperatorError;
+
+/// The field manager the operator's writes are recorded under.
+pub const FIELD_MANAGER: &str = "weir-operator";
+
+/// What every reconciliation needs.
+pub struct Context {
+    /// The Kubernetes API.
+    pub kube: kube::Client,
+    /// The master's job service.
+    pub master: JobServiceClient<AuthedChannel>,
+    /// How often an unfinished job is looked at again.
+    pub resync: Duration,
+}
+
+/// Brings one object's status up to date with its job, submitting or cancelling as
+/// needed. Errors are the Kubernetes API's; the master's answers land in the status.
+pub async fn reconcile(obj: Arc<IngestionJob>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<IngestionJob> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(obj) => apply(&api, &obj, &ctx).await,
+            Event::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| OperatorError::Finalizer(Box::new(e)));
+    OPERATOR.reconciled(if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+/// After a failed reconciliation (the Kubernetes API refused a write, or a cancel could
+/// not reach the master): try again shortly.
+pub fn error_policy(obj: Arc<IngestionJob>, error: &OperatorError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(object = %obj.name_any(), namespace = ?obj.namespace(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply(api: &Api<IngestionJob>, obj: &IngestionJob, ctx: &Context) -> Result<Action, OperatorError> {
+    let mut master = ctx.master.clone();
+    let view = match reconcile::plan(obj) {
+        Plan::Refuse(message) => MasterView::Refused(Code::InvalidArgument, message),
+        Plan::Submit(spec) => {
+            let request = SubmitJobRequest { spec: Some(weir_proto::convert::spec_to_wire(&spec)) };
+            let answer = master.submit_job(request).await.map(|r| r.into_inner().job);
+            view_of(answer)
+        }
+        Plan::Follow(job_id) => view_of(master.get_job(GetJobRequest { job_id }).await.map(|r| r.into_inner().job)),
+    };
+    if let MasterView::Job(job) = &view {
+        tracing::debug!(object = %obj.name_any(), job_id = %job.id, state = job.state, "job seen");
+    }
+    let now = jiff::Timestamp::now().to_string();
+    let next = reconcile::status(obj, &view, &now);
+    if obj.status.as_ref() != Some(&next) {
+        let patch = Patch::Merge(serde_json::json!({ "status": next }));
+        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER), &patch).await?;
+    }
+    Ok(reconcile::requeue(&next, ctx.resync).map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The master's answer as a view: refusals it means (a bad spec, a missing permission)
+/// are final for this attempt; anything else is worth another try.
+fn view_of(answer: Result<Option<v1::Job>, tonic::Status>) -> MasterView {
+    match answer {
+        Ok(Some(job)) => MasterView::Job(Box::new(job)),
+        Ok(None) => MasterView::Unreachable("the master answered without a job".into()),
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::ResourceExhausted
+                    | Code::FailedPrecondition
+            ) =>
+        {
+            MasterView::Refused(s.code(), s.message().to_string())
+        }
+        Err(s) => MasterView::Unreachable(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+async fn cleanup(obj: &IngestionJob, ctx: &Context) -> Result<Action, OperatorError> {
+    let mut master = ctx.master.clone();
+    let job_id = match reconcile::cleanup(obj) {
+        Cleanup::Nothing => return Ok(Action::await_change()),
+        Cleanup::Cancel(job_id) => job_id,
+        Cleanup::FindAndCancel { namespace, name, run_id } => {
+            let request = ListJobsRequest { namespace, name, page_size: 1000, ..Default::default() };
+            let jobs = master.list_jobs(request).await.map_err(OperatorError::master)?.into_inner().jobs;
+            match jobs.into_iter().find(|j| j.spec.as_ref().is_some_and(|s| s.run_id == run_id)) {
+                Some(job) => job.id,
+                None => return Ok(Action::await_change()),
+            }
+        }
+    };
+    let reason = format!("IngestionJob {}/{} deleted", obj.namespace().unwrap_or_default(), obj.name_any());
+    match master.cancel_job(CancelJobRequest { job_id: job_id.clone(), reason }).await {
+        Ok(_) => tracing::info!(object = %obj.name_any(), %job_id, "job cancelled: its IngestionJob was deleted"),
+        // Finished meanwhile, or gone: nothing left to undo.
+        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {}
+        Err(s) => return Err(OperatorError::master(s)),
+    }
+    Ok(Action::await_change())
+}
+
+/// Runs the controller over `api`'s IngestionJobs until `stop` resolves, letting
+/// reconciliations under way finish.
+pub async fn run(
+    api: Api<IngestionJob>,
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        })
+        .await;
+}

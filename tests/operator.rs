@@ -1,0 +1,429 @@
+//! The IngestionJob operator, scenario by scenario: a real master (embedded store) with
+//! real in-process managers on one side, and on the other kube's **mocked** API server
+//! (tower-test) — no Kubernetes cluster can run here. The mock is kept honest: each test
+//! asserts the exact requests the controller makes (method, path, content type, body, as a
+//! real API server receives them) and answers them as the API server would (the object
+//! after the patch).
+//!
+//! Also here: the committed CRD is the one the Rust types generate, and the example
+//! IngestionJob passes the CRD's schema (checked by Python's jsonschema) and is a valid job.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Resource;
+use serde_json::{json, Value};
+use weir_operator::controller::{self, Context};
+use weir_operator::crd::{IngestionJob, IngestionJobSpec, Step, FINALIZER};
+use weir_proto::v1::job_service_client::JobServiceClient;
+use weir_proto::v1::{self, ListJobsRequest};
+use weir_runtime::security::ClientSecurity;
+use weir_tests::{free_port, python, wait_finished, Backend, InProcManagers, InProcMaster, StoreFixture};
+
+const RESYNC: Duration = Duration::from_millis(200);
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One request the mocked API server received.
+#[derive(Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    content_type: String,
+    body: Value,
+}
+
+/// The master, its managers and the mocked API server.
+struct Lab {
+    store: StoreFixture,
+    master: InProcMaster,
+    managers: InProcManagers,
+    ctx: Arc<Context>,
+    api: Handle,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let store = StoreFixture::new(Backend::Sqlite).await;
+        let master = InProcMaster::start(&store.url).await;
+        let managers = InProcManagers::start(&master.url);
+        let (ctx, api) = context(&master.url);
+        Lab { store, master, managers, ctx, api }
+    }
+
+    async fn stop(self) {
+        self.managers.stop().await;
+        self.master.stop().await;
+        self.store.cleanup().await;
+    }
+
+    /// Runs one reconciliation of `obj`, answering the API requests it makes as the API
+    /// server would; returns its result, the requests, and the object as it now stands.
+    async fn reconcile(&mut self, obj: &IngestionJob) -> (Result<Action, String>, Vec<Seen>, IngestionJob) {
+        reconcile_with(&mut self.api, &self.ctx, obj).await
+    }
+
+    fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
+        self.master.jobs()
+    }
+}
+
+/// A controller context over the mocked API server and the master at `master_url`.
+fn context(master_url: &str) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let kube = kube::Client::new(service, "default");
+    let channel = weir_runtime::grpc::channel(master_url, &ClientSecurity::none()).expect("channel");
+    let ctx = Context { kube, master: JobServiceClient::new(channel), resync: RESYNC };
+    (Arc::new(ctx), handle)
+}
+
+async fn reconcile_with(
+    api: &mut Handle,
+    ctx: &Arc<Context>,
+    obj: &IngestionJob,
+) -> (Result<Action, String>, Vec<Seen>, IngestionJob) {
+    let mut current = obj.clone();
+    let mut seen = Vec::new();
+    let run = controller::reconcile(Arc::new(obj.clone()), ctx.clone());
+    tokio::pin!(run);
+    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            result = &mut run => return (result.map_err(|e| e.to_string()), seen, current),
+            request = api.next_request() => {
+                let (request, respond) = request.expect("the client is there");
+                let s = read(request).await;
+                current = answer(&current, &s);
+                let body = serde_json::to_vec(&current).expect("json");
+                respond.send_response(
+                    Response::builder().status(200).header("content-type", "application/json").body(Body::from(body)).expect("response"),
+                );
+                seen.push(s);
+            }
+            _ = &mut deadline => panic!("the reconciliation did not finish in 30 s"),
+        }
+    }
+}
+
+async fn read(request: Request<Body>) -> Seen {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect_bytes().await.expect("body");
+    Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        content_type: parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+        body: if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("a JSON body") },
+    }
+}
+
+/// The object after the request, as the API server would return it: finalizer patches
+/// (JSON patch) and status patches (merge patch) are the only writes the operator makes.
+fn answer(obj: &IngestionJob, s: &Seen) -> IngestionJob {
+    let mut next = obj.clone();
+    match s.content_type.as_str() {
+        "application/json-patch+json" => {
+            for op in s.body.as_array().expect("a JSON patch is a list") {
+                match (op["op"].as_str(), op["path"].as_str()) {
+                    (Some("add"), Some("/metadata/finalizers")) => {
+                        next.metadata.finalizers = serde_json::from_value(op["value"].clone()).ok();
+                    }
+                    (Some("remove"), Some(path)) if path.starts_with("/metadata/finalizers/") => {
+                        let i: usize = path.rsplit('/').next().and_then(|i| i.parse().ok()).expect("an index");
+                        next.metadata.finalizers.as_mut().expect("finalizers").remove(i);
+                    }
+                    (Some("test"), _) => {}
+                    other => panic!("an unexpected patch operation {other:?}"),
+                }
+            }
+        }
+        "application/merge-patch+json" => {
+            next.status = Some(serde_json::from_value(s.body["status"].clone()).expect("a whole status"));
+        }
+        other => panic!("an unexpected write ({other}): {s:?}"),
+    }
+    next
+}
+
+fn object(name: &str, spec: IngestionJobSpec) -> IngestionJob {
+    let mut obj = IngestionJob::new(name, spec);
+    obj.metadata.namespace = Some("finance".into());
+    obj.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    obj.metadata.generation = Some(1);
+    obj.metadata.resource_version = Some("1".into());
+    obj
+}
+
+fn with_finalizer(mut obj: IngestionJob) -> IngestionJob {
+    obj.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    obj
+}
+
+fn step(id: &str, kind: &str, deps: &[&str], config: Option<Value>) -> Step {
+    Step {
+        id: id.into(),
+        kind: kind.into(),
+        queue: "batch".into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        config,
+        ..Default::default()
+    }
+}
+
+fn state(obj: &IngestionJob) -> Option<&str> {
+    obj.status.as_ref().and_then(|s| s.state.as_deref())
+}
+
+fn condition<'a>(obj: &'a IngestionJob, type_: &str) -> (&'a str, &'a str) {
+    let c = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", obj.status));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+async fn jobs_named(lab: &Lab, name: &str) -> Vec<v1::Job> {
+    let request = ListJobsRequest { namespace: "finance".into(), name: name.into(), ..Default::default() };
+    lab.jobs().list_jobs(request).await.expect("list").into_inner().jobs
+}
+
+const STATUS_PATH: &str =
+    "/apis/weir.dev/v1alpha1/namespaces/finance/ingestionjobs/orders/status?&fieldManager=weir-operator";
+
+#[tokio::test]
+async fn an_ingestion_job_is_submitted_once_followed_and_finished() {
+    let mut lab = Lab::start().await;
+    let spec = IngestionJobSpec {
+        priority: 3,
+        labels: [("team".to_string(), "finance".to_string())].into(),
+        steps: vec![step("extract", "noop", &[], None), step("load", "noop", &["extract"], None)],
+        ..Default::default()
+    };
+    let obj = object("orders", spec);
+
+    // A new object first gets the finalizer, and nothing is submitted yet.
+    let (result, seen, obj) = lab.reconcile(&obj).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "PATCH");
+    assert_eq!(seen[0].path, "/apis/weir.dev/v1alpha1/namespaces/finance/ingestionjobs/orders?");
+    assert_eq!(seen[0].content_type, "application/json-patch+json");
+    assert_eq!(
+        seen[0].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    );
+    assert!(jobs_named(&lab, "orders").await.is_empty());
+
+    // With the finalizer: submitted, and the status says so.
+    let (result, seen, mut obj) = lab.reconcile(&obj).await;
+    assert_eq!(result, Ok(Action::requeue(RESYNC)));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("PATCH", STATUS_PATH));
+    assert_eq!(seen[0].content_type, "application/merge-patch+json");
+    let status = &seen[0].body["status"];
+    let job_id = status["jobId"].as_str().expect("the job id in the status").to_string();
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(&obj, "Submitted"), ("True", "Accepted"));
+    let jobs = jobs_named(&lab, "orders").await;
+    assert_eq!(jobs.len(), 1);
+    let submitted = jobs[0].spec.clone().expect("spec");
+    assert_eq!(jobs[0].id, job_id);
+    assert_eq!(submitted.run_id, obj.meta().uid.clone().expect("uid"), "the object's uid is the run id");
+    assert_eq!((submitted.priority, submitted.labels.get("team").map(String::as_str)), (3, Some("finance")));
+
+    // Followed until it succeeds; every read reports, none submits again.
+    let started = Instant::now();
+    while state(&obj) != Some("Succeeded") {
+        assert!(started.elapsed() < Duration::from_secs(30), "not finished: {:?}", obj.status);
+        tokio::time::sleep(RESYNC).await;
+        let (result, seen, next) = lab.reconcile(&obj).await;
+        assert!(seen.iter().all(|s| s.path == STATUS_PATH), "{seen:?}");
+        obj = next;
+        let expected = if state(&obj) == Some("Succeeded") { Action::await_change() } else { Action::requeue(RESYNC) };
+        assert_eq!(result, Ok(expected));
+    }
+    let status = obj.status.clone().expect("status");
+    assert_eq!(status.tasks.map(|t| (t.total, t.succeeded)), Some((2, 2)));
+    assert_eq!(condition(&obj, "Complete"), ("True", "Succeeded"));
+    assert_eq!(condition(&obj, "Failed"), ("False", "Succeeded"));
+
+    // Settled: a further reconciliation writes nothing and the master still has one job.
+    let (result, seen, _) = lab.reconcile(&obj).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert!(seen.is_empty(), "an unchanged status is not written again: {seen:?}");
+    assert_eq!(jobs_named(&lab, "orders").await.len(), 1);
+
+    // The same object seen without its status (a status write lost): the same job again.
+    let mut lost = obj.clone();
+    lost.status = None;
+    let (_, seen, again) = lab.reconcile(&lost).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(again.status.and_then(|s| s.job_id), Some(job_id));
+    assert_eq!(jobs_named(&lab, "orders").await.len(), 1, "submission is idempotent by uid");
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_spec_the_master_refuses_is_reported_and_not_retried() {
+    let mut lab = Lab::start().await;
+    let obj = with_finalizer(object(
+        "orders",
+        IngestionJobSpec { steps: vec![step("extract", "teleport", &[], None)], ..Default::default() },
+    ));
+    let (result, seen, obj) = lab.reconcile(&obj).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(state(&obj), Some("Invalid"));
+    assert_eq!(condition(&obj, "Submitted"), ("False", "Invalid"));
+    let message = obj.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default();
+    assert!(message.contains("teleport"), "the refusal names the problem: {message}");
+    assert!(jobs_named(&lab, "orders").await.is_empty());
+
+    // Looked at again: refused again without asking the master, nothing written.
+    let (result, seen, _) = lab.reconcile(&obj).await;
+    assert_eq!((result, seen.len()), (Ok(Action::await_change()), 0));
+
+    // A spec Kubernetes accepts but the job model does not: refused by the operator.
+    let mut bad = with_finalizer(object("orders", IngestionJobSpec::default()));
+    bad.spec.timeout = Some("whenever".into());
+    bad.spec.steps = vec![step("extract", "noop", &[], None)];
+    let (_, _, bad) = lab.reconcile(&bad).await;
+    assert_eq!(state(&bad), Some("Invalid"));
+    assert!(bad.status.and_then(|s| s.message).is_some_and(|m| m.contains("whenever")));
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_an_ingestion_job_cancels_its_job_then_lets_it_go() {
+    let mut lab = Lab::start().await;
+    let spec = IngestionJobSpec {
+        steps: vec![step("wait", "sleep", &[], Some(json!({"duration": "10m"})))],
+        ..Default::default()
+    };
+    let obj = with_finalizer(object("orders", spec.clone()));
+    let (_, _, obj) = lab.reconcile(&obj).await;
+    let job_id = obj.status.clone().and_then(|s| s.job_id).expect("submitted");
+
+    let mut deleting = obj.clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let (result, seen, after) = lab.reconcile(&deleting).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/apis/weir.dev/v1alpha1/namespaces/finance/ingestionjobs/orders?");
+    assert_eq!(
+        seen[0].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+    assert_eq!(after.metadata.finalizers, Some(vec![]));
+    let job = wait_finished(&mut lab.jobs(), &job_id, Duration::from_secs(10)).await;
+    assert_eq!(job.state(), v1::JobState::Cancelled);
+    assert!(job.error.contains("IngestionJob finance/orders deleted"), "{}", job.error);
+
+    // Deleted before its status was written: the job is found by its run id and cancelled.
+    let mut early = with_finalizer(object("early", spec));
+    let uid = early.meta().uid.clone().expect("uid");
+    let submitted = weir_operator::reconcile::job_spec(&early).expect("spec");
+    assert_eq!(submitted.run_id, uid);
+    let wire = weir_proto::convert::spec_to_wire(&submitted);
+    let job_id = weir_tests::submit(&mut lab.jobs(), wire).await;
+    early.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
+    let (result, seen, _) = lab.reconcile(&early).await;
+    assert_eq!((result, seen.len()), (Ok(Action::await_change()), 1));
+    let job = wait_finished(&mut lab.jobs(), &job_id, Duration::from_secs(10)).await;
+    assert_eq!(job.state(), v1::JobState::Cancelled);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_master_shows_in_the_status_and_holds_a_deletion() {
+    let (ctx, mut api) = context(&format!("http://127.0.0.1:{}", free_port()));
+    let obj = with_finalizer(object(
+        "orders",
+        IngestionJobSpec { steps: vec![step("extract", "noop", &[], None)], ..Default::default() },
+    ));
+    let (result, seen, obj) = reconcile_with(&mut api, &ctx, &obj).await;
+    assert_eq!(result, Ok(Action::requeue(RESYNC)));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(condition(&obj, "Submitted"), ("Unknown", "MasterUnavailable"));
+    assert!(obj.status.as_ref().and_then(|s| s.message.clone()).is_some_and(|m| m.contains("unreachable")));
+
+    // Deleting it now cannot cancel anything yet: the finalizer stays (no write).
+    let mut deleting = obj.clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let (result, seen, _) = reconcile_with(&mut api, &ctx, &deleting).await;
+    assert!(result.is_err_and(|e| e.contains("master")), "the error names the master");
+    assert!(seen.is_empty(), "the finalizer is not removed: {seen:?}");
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+#[test]
+fn the_committed_crd_is_the_generated_one() {
+    let generated = weir_operator::crd::crd_yaml().expect("crd");
+    let committed = std::fs::read_to_string(repo("deploy/base/crds/ingestionjobs.weir.dev.yaml")).expect("committed");
+    assert!(
+        committed == generated,
+        "deploy/base/crds/ingestionjobs.weir.dev.yaml is stale: run `cargo run -p weir-operator -- crd > deploy/base/crds/ingestionjobs.weir.dev.yaml`"
+    );
+    let crd: Value = serde_yaml_ng::from_str(&generated).expect("yaml");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let step = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["steps"]["items"];
+    assert_eq!(step["required"], json!(["id", "kind", "queue"]));
+    assert_eq!(step["properties"]["config"]["x-kubernetes-preserve-unknown-fields"], true);
+}
+
+/// Checks `object` (YAML) against the CRD's schema with Python's jsonschema (which the
+/// test venv has for kubernetes-validate); returns its complaint, if any.
+fn schema_check(object: &str) -> Option<String> {
+    let crd: Value = serde_yaml_ng::from_str(&weir_operator::crd::crd_yaml().expect("crd")).expect("yaml");
+    let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    let doc: Value = serde_yaml_ng::from_str(object).expect("yaml");
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("schema.json"), schema.to_string()).expect("write");
+    std::fs::write(dir.path().join("doc.json"), doc.to_string()).expect("write");
+    let out = std::process::Command::new(python())
+        .current_dir(dir.path())
+        .args([
+            "-c",
+            "import json, jsonschema\n\
+             s = json.load(open('schema.json')); d = json.load(open('doc.json'))\n\
+             errors = [e.message for e in jsonschema.Draft7Validator(s).iter_errors(d)]\n\
+             print('\\n'.join(errors))",
+        ])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+#[test]
+fn the_example_ingestion_job_fits_the_schema_and_is_a_valid_job() {
+    let text = std::fs::read_to_string(repo("deploy/examples/ingestionjob.yaml")).expect("example");
+    assert_eq!(schema_check(&text), None);
+    let mut obj: IngestionJob = serde_yaml_ng::from_str(&text).expect("an IngestionJob");
+    obj.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    let spec = weir_operator::reconcile::job_spec(&obj).expect("a job spec");
+    weir_core::validate::validate(spec).expect("a valid job");
+
+    // What the schema refuses: a step without a kind, a priority that is not a number.
+    let broken = text.replacen("kind: convert", "", 1);
+    assert!(schema_check(&broken).is_some_and(|e| e.contains("'kind' is a required property")));
+    let broken = text.replacen("priority: 5", "priority: high", 1);
+    assert!(schema_check(&broken).is_some_and(|e| e.contains("'high' is not of type 'integer'")));
+}
