@@ -979,6 +979,7 @@ impl Lab {
         let settings = weir_file_manager::FileSettings {
             data_dir: self.dir.path().join("data"),
             watches: Default::default(),
+            watches_file: None,
             retention: Duration::from_secs(24 * 3600),
             store: weir_file_manager::Inventory::url(&store),
             staging: None,

@@ -186,9 +186,11 @@ fn the_prometheusrule_holds_the_same_alerts_as_the_rules_file() {
 #[test]
 fn the_operator_and_its_crd_are_installed_with_least_privilege() {
     let objs = render("production");
-    let crd = find(&objs, "CustomResourceDefinition", "ingestionjobs.weir.dev");
-    assert_eq!(crd["spec"]["scope"], "Namespaced");
-    assert_eq!(crd["spec"]["versions"][0]["subresources"]["status"], serde_json::json!({}));
+    for name in ["ingestionjobs.weir.dev", "filewatches.weir.dev"] {
+        let crd = find(&objs, "CustomResourceDefinition", name);
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["versions"][0]["subresources"]["status"], serde_json::json!({}));
+    }
 
     let d = find(&objs, "Deployment", "weir-operator");
     assert_eq!(d["spec"]["replicas"], 2, "one leads through the Lease, one stands by");
@@ -203,23 +205,31 @@ fn the_operator_and_its_crd_are_installed_with_least_privilege() {
         assert!(env.contains(&&Value::from(name)), "{name}");
     }
 
-    // IngestionJobs: read, watch, patch (the finalizer) and their status; nothing else.
+    // Its resources: read, watch, patch (the finalizers) and their status; nothing else.
     let role = find(&objs, "ClusterRole", "weir-operator");
     assert_eq!(
         role["rules"],
         serde_json::json!([
-            {"apiGroups": ["weir.dev"], "resources": ["ingestionjobs"], "verbs": ["get", "list", "watch", "patch"]},
-            {"apiGroups": ["weir.dev"], "resources": ["ingestionjobs/status"], "verbs": ["patch"]},
+            {"apiGroups": ["weir.dev"], "resources": ["ingestionjobs", "filewatches"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["weir.dev"], "resources": ["ingestionjobs/status", "filewatches/status"], "verbs": ["patch"]},
         ])
     );
     let binding = find(&objs, "ClusterRoleBinding", "weir-operator");
     assert_eq!(binding["subjects"][0]["namespace"], "weir", "the ServiceAccount of the overlay's namespace");
-    // The Lease only in its own namespace.
-    let lease = find(&objs, "Role", "weir-operator-lease");
-    assert_eq!(lease["metadata"]["namespace"], "weir");
-    assert_eq!(lease["rules"][0]["resources"], serde_json::json!(["leases"]));
-    let lease_binding = find(&objs, "RoleBinding", "weir-operator-lease");
-    assert_eq!(lease_binding["subjects"][0]["namespace"], "weir");
+    // The Lease and the watches' ConfigMap only in its own namespace.
+    let own = find(&objs, "Role", "weir-operator");
+    assert_eq!(own["metadata"]["namespace"], "weir");
+    assert_eq!(own["rules"][0]["resources"], serde_json::json!(["leases"]));
+    assert_eq!(own["rules"][1]["resources"], serde_json::json!(["configmaps"]));
+    let own_binding = find(&objs, "RoleBinding", "weir-operator");
+    assert_eq!(own_binding["subjects"][0]["namespace"], "weir");
+    // The file managers read the watches the operator writes, and start without them.
+    let fm = &find(&objs, "Deployment", "weir-file-manager")["spec"]["template"]["spec"];
+    let env = fm["containers"][0]["env"].as_array().expect("env");
+    let file = env.iter().find(|e| e["name"] == "WEIR_WATCHES_FILE").expect("WEIR_WATCHES_FILE");
+    assert_eq!(file["value"], "/etc/weir/watches/watches.yaml");
+    let volume = fm["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == "watches").expect("watches");
+    assert_eq!(volume["configMap"], serde_json::json!({"name": "weir-watches", "optional": true}));
 
     let egress: Vec<i64> = find(&objs, "NetworkPolicy", "weir-operator")["spec"]["egress"]
         .as_array()

@@ -24,6 +24,7 @@ fn file_settings(data: &Path, store_url: &str, watches: Value) -> FileSettings {
     FileSettings {
         data_dir: data.to_path_buf(),
         watches: Watches::from_value(watches).expect("valid watches"),
+        watches_file: None,
         retention: Duration::from_secs(3600),
         store: Inventory::url(store_url),
         staging: None,
@@ -623,4 +624,77 @@ async fn gcs_files_are_discovered_fetched_and_archived() {
     assert!(bucket.stat("archive/g.csv").await.is_ok() && bucket.stat("archive/sub/h.csv").await.is_ok());
     assert!(bucket.stat("g.csv").await.is_err());
     rig.stop().await;
+}
+
+/// FileWatch objects as the operator writes them (its rendering, as in the ConfigMap),
+/// into a watches file that a running file manager reads again: a watch added later
+/// starts its jobs without a restart, a broken edit keeps it running, and a watch taken
+/// out starts nothing more.
+#[tokio::test]
+async fn a_running_file_manager_follows_its_watches_file_as_the_operator_writes_it() {
+    use weir_operator::crd::{FileWatch, FileWatchSpec};
+    let store = StoreFixture::new(Backend::Sqlite).await;
+    let master = InProcMaster::start(&store.url).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inbox = dir.path().join("in");
+    std::fs::create_dir_all(&inbox).expect("mkdir");
+    std::fs::write(inbox.join("a.csv"), "id,v\n1,10\n").expect("a");
+    let lake = dir.path().join("lake");
+    let data = dir.path().join("data");
+    let watches_file = dir.path().join("watches/watches.yaml");
+    // The file is not there yet (the ConfigMap not written): the manager starts anyway.
+    let inventory = format!("sqlite://{}", dir.path().join("files.db").display());
+    let settings =
+        FileSettings { watches_file: Some(watches_file.clone()), ..file_settings(&data, &inventory, json!({})) };
+    let files = run_manager(weir_file_manager::spec_with(settings), &master.url, "files-reload", "");
+    let batch = run_manager(
+        weir_batch_manager::spec_with(BatchSettings { data_dir: data.clone(), ..BatchSettings::default() }),
+        &master.url,
+        "batch-reload",
+        "",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(jobs_in(&master, "files").await.is_empty());
+
+    // The operator's rendering of one FileWatch in namespace "files".
+    let mut start = ingest(&lake);
+    start.as_object_mut().expect("object").remove("namespace");
+    let mut fw = FileWatch::new(
+        "inbox",
+        FileWatchSpec {
+            location: json!({"uri": format!("file://{}", inbox.display())}),
+            patterns: vec!["*.csv".into()],
+            poll_interval: Some("1s".into()),
+            start,
+        },
+    );
+    fw.metadata.namespace = Some("files".into());
+    let (text, verdicts) = weir_operator::watches::render(std::slice::from_ref(&fw));
+    assert_eq!(verdicts[&("files".to_string(), "inbox".to_string())], Ok("files.inbox".to_string()));
+    std::fs::create_dir_all(watches_file.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&watches_file, &text).expect("write");
+    let jobs = wait_jobs(&master, "files", 1, Duration::from_secs(60)).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(state(&jobs[0]), "succeeded");
+
+    // A broken edit: the watch goes on (a new file still starts its job).
+    std::fs::write(&watches_file, "watches: [{name: broken").expect("write");
+    std::fs::write(inbox.join("b.csv"), "id,v\n2,20\n").expect("b");
+    let jobs = wait_jobs(&master, "files", 2, Duration::from_secs(60)).await;
+    assert_eq!(jobs.len(), 2);
+
+    // The FileWatch deleted: the operator writes a file without it; nothing more starts.
+    let (empty, _) = weir_operator::watches::render(&[]);
+    std::fs::write(&watches_file, empty).expect("write");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    std::fs::write(inbox.join("c.csv"), "id,v\n3,30\n").expect("c");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(jobs_in(&master, "files").await.len(), 2, "an unwatched location starts nothing");
+
+    for (stop, handle) in [files, batch] {
+        stop.cancel();
+        handle.await.expect("manager stops");
+    }
+    master.stop().await;
+    store.cleanup().await;
 }

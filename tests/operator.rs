@@ -1,12 +1,12 @@
-//! The IngestionJob operator, scenario by scenario: a real master (embedded store) with
+//! The operator (IngestionJobs and FileWatches), scenario by scenario: a real master (embedded store) with
 //! real in-process managers on one side, and on the other kube's **mocked** API server
 //! (tower-test) — no Kubernetes cluster can run here. The mock is kept honest: each test
 //! asserts the exact requests the controller makes (method, path, content type, body, as a
 //! real API server receives them) and answers them as the API server would (the object
 //! after the patch).
 //!
-//! Also here: the committed CRD is the one the Rust types generate, and the example
-//! IngestionJob passes the CRD's schema (checked by Python's jsonschema) and is a valid job.
+//! Also here: the committed CRDs are the ones the Rust types generate, and the example
+//! objects pass their CRD's schema (checked by Python's jsonschema) and Weir's own checks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use kube::runtime::controller::Action;
 use kube::Resource;
 use serde_json::{json, Value};
 use weir_operator::controller::{self, Context};
-use weir_operator::crd::{IngestionJob, IngestionJobSpec, Step, FINALIZER};
+use weir_operator::crd::{FileWatch, FileWatchSpec, IngestionJob, IngestionJobSpec, Step, FINALIZER, WATCH_FINALIZER};
 use weir_proto::v1::job_service_client::JobServiceClient;
 use weir_proto::v1::{self, ListJobsRequest};
 use weir_runtime::security::ClientSecurity;
@@ -76,29 +76,33 @@ fn context(master_url: &str) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let kube = kube::Client::new(service, "default");
     let channel = weir_runtime::grpc::channel(master_url, &ClientSecurity::none()).expect("channel");
-    let ctx = Context { kube, master: JobServiceClient::new(channel), resync: RESYNC };
+    let ctx = Context {
+        kube,
+        master: JobServiceClient::new(channel),
+        resync: RESYNC,
+        scope: None,
+        watches: ("weir".into(), "weir-watches".into()),
+    };
     (Arc::new(ctx), handle)
 }
 
-async fn reconcile_with(
+/// Runs `run` while answering each API request it makes with `answer`'s object (status 200).
+async fn serve<T>(
     api: &mut Handle,
-    ctx: &Arc<Context>,
-    obj: &IngestionJob,
-) -> (Result<Action, String>, Vec<Seen>, IngestionJob) {
-    let mut current = obj.clone();
+    run: impl std::future::Future<Output = T>,
+    mut answer: impl FnMut(&Seen) -> Value,
+) -> (T, Vec<Seen>) {
     let mut seen = Vec::new();
-    let run = controller::reconcile(Arc::new(obj.clone()), ctx.clone());
     tokio::pin!(run);
     let deadline = tokio::time::sleep(Duration::from_secs(30));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            result = &mut run => return (result.map_err(|e| e.to_string()), seen, current),
+            result = &mut run => return (result, seen),
             request = api.next_request() => {
                 let (request, respond) = request.expect("the client is there");
                 let s = read(request).await;
-                current = answer(&current, &s);
-                let body = serde_json::to_vec(&current).expect("json");
+                let body = serde_json::to_vec(&answer(&s)).expect("json");
                 respond.send_response(
                     Response::builder().status(200).header("content-type", "application/json").body(Body::from(body)).expect("response"),
                 );
@@ -107,6 +111,21 @@ async fn reconcile_with(
             _ = &mut deadline => panic!("the reconciliation did not finish in 30 s"),
         }
     }
+}
+
+async fn reconcile_with(
+    api: &mut Handle,
+    ctx: &Arc<Context>,
+    obj: &IngestionJob,
+) -> (Result<Action, String>, Vec<Seen>, IngestionJob) {
+    let mut current = obj.clone();
+    let run = controller::reconcile(Arc::new(obj.clone()), ctx.clone());
+    let (result, seen) = serve(api, run, |s| {
+        current = answer(&current, s);
+        serde_json::to_value(&current).expect("json")
+    })
+    .await;
+    (result.map_err(|e| e.to_string()), seen, current)
 }
 
 async fn read(request: Request<Body>) -> Seen {
@@ -374,12 +393,12 @@ fn repo(path: &str) -> std::path::PathBuf {
 #[test]
 fn the_committed_crd_is_the_generated_one() {
     let generated = weir_operator::crd::crd_yaml().expect("crd");
-    let committed = std::fs::read_to_string(repo("deploy/base/crds/ingestionjobs.weir.dev.yaml")).expect("committed");
+    let committed = std::fs::read_to_string(repo("deploy/base/crds.yaml")).expect("committed");
     assert!(
         committed == generated,
-        "deploy/base/crds/ingestionjobs.weir.dev.yaml is stale: run `cargo run -p weir-operator -- crd > deploy/base/crds/ingestionjobs.weir.dev.yaml`"
+        "deploy/base/crds.yaml is stale: run `cargo run -p weir-operator -- crd > deploy/base/crds.yaml`"
     );
-    let crd: Value = serde_yaml_ng::from_str(&generated).expect("yaml");
+    let crd = first_crd(&generated);
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["subresources"]["status"], json!({}));
     let step = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["steps"]["items"];
@@ -387,10 +406,24 @@ fn the_committed_crd_is_the_generated_one() {
     assert_eq!(step["properties"]["config"]["x-kubernetes-preserve-unknown-fields"], true);
 }
 
-/// Checks `object` (YAML) against the CRD's schema with Python's jsonschema (which the
-/// test venv has for kubernetes-validate); returns its complaint, if any.
+/// The IngestionJob CRD, the first document of the generated YAML.
+fn first_crd(yaml: &str) -> Value {
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .collect();
+    assert_eq!(docs.len(), 2, "IngestionJob and FileWatch");
+    assert_eq!(docs[1]["metadata"]["name"], "filewatches.weir.dev");
+    docs[0].clone()
+}
+
+/// Checks `object` (YAML) against its kind's CRD schema with Python's jsonschema (which
+/// the test venv has for kubernetes-validate); returns its complaint, if any.
 fn schema_check(object: &str) -> Option<String> {
-    let crd: Value = serde_yaml_ng::from_str(&weir_operator::crd::crd_yaml().expect("crd")).expect("yaml");
+    let kind: Value = serde_yaml_ng::from_str(object).expect("yaml");
+    let crd = serde_yaml_ng::Deserializer::from_str(&weir_operator::crd::crd_yaml().expect("crd"))
+        .map(|d| -> Value { serde::Deserialize::deserialize(d).expect("a YAML document") })
+        .find(|c| c["spec"]["names"]["kind"] == kind["kind"])
+        .expect("a CRD for the object's kind");
     let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
     let doc: Value = serde_yaml_ng::from_str(object).expect("yaml");
     let dir = tempfile::tempdir().expect("tmp");
@@ -426,4 +459,121 @@ fn the_example_ingestion_job_fits_the_schema_and_is_a_valid_job() {
     assert!(schema_check(&broken).is_some_and(|e| e.contains("'kind' is a required property")));
     let broken = text.replacen("priority: 5", "priority: high", 1);
     assert!(schema_check(&broken).is_some_and(|e| e.contains("'high' is not of type 'integer'")));
+}
+
+fn file_watch(name: &str, patterns: &[&str]) -> FileWatch {
+    let mut w = FileWatch::new(
+        name,
+        FileWatchSpec {
+            location: json!({"uri": "file:///srv/landing"}),
+            patterns: patterns.iter().map(|p| p.to_string()).collect(),
+            poll_interval: Some("30s".into()),
+            start: json!({"job_name": "ingest", "steps": [{"id": "fetch", "kind": "fetch", "queue": "file",
+                "config": {"location": "$data.location", "paths": ["$data.path"]}}]}),
+        },
+    );
+    w.metadata.namespace = Some("sales".into());
+    w.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    w.metadata.generation = Some(1);
+    w.metadata.finalizers = Some(vec![WATCH_FINALIZER.to_string()]);
+    w
+}
+
+/// What the mocked API server answers for the FileWatch controller: the cluster's
+/// FileWatches for a list, the applied ConfigMap for an apply, the object for its status.
+fn watch_answers<'a>(cluster: &'a [FileWatch], obj: &'a FileWatch) -> impl FnMut(&Seen) -> Value + 'a {
+    move |s: &Seen| match (s.method.as_str(), s.content_type.as_str()) {
+        ("GET", _) => json!({"apiVersion": "weir.dev/v1alpha1", "kind": "FileWatchList",
+            "metadata": {"resourceVersion": "7"}, "items": cluster}),
+        ("PATCH", "application/apply-patch+yaml") => s.body.clone(),
+        ("PATCH", "application/merge-patch+json") => {
+            let mut o = serde_json::to_value(obj).expect("json");
+            o["status"] = s.body["status"].clone();
+            o
+        }
+        ("PATCH", "application/json-patch+json") => serde_json::to_value(obj).expect("json"),
+        other => panic!("an unexpected request {other:?}: {s:?}"),
+    }
+}
+
+/// The watches file in an applied ConfigMap, read by the file manager's own reader.
+fn watches_in(config_map: &Value) -> Vec<(String, Value)> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("watches.yaml");
+    std::fs::write(&path, config_map["data"]["watches.yaml"].as_str().expect("watches.yaml")).expect("write");
+    let w = weir_file_manager::read_watches(&path).expect("a watches file the file manager reads");
+    w.watches.into_iter().map(|w| (w.name, w.start)).collect()
+}
+
+const CONFIG_MAP_PATH: &str = "/api/v1/namespaces/weir/configmaps/weir-watches?&force=true&fieldManager=weir-operator";
+
+#[tokio::test]
+async fn file_watches_become_the_file_managers_watches_file_and_leave_it_when_deleted() {
+    let (ctx, mut api) = context(&format!("http://127.0.0.1:{}", free_port()));
+    let orders = file_watch("orders", &["*.csv"]);
+    let broken = file_watch("broken", &[]);
+    let cluster = vec![orders.clone(), broken.clone()];
+
+    // One object reconciled: every FileWatch listed, the file applied, its status written.
+    let run = controller::reconcile_watch(Arc::new(orders.clone()), ctx.clone());
+    let (result, seen) = serve(&mut api, run, watch_answers(&cluster, &orders)).await;
+    assert_eq!(result.map_err(|e| e.to_string()), Ok(Action::await_change()));
+    let calls: Vec<(&str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.path.as_str())).collect();
+    assert_eq!(
+        calls,
+        [
+            ("GET", "/apis/weir.dev/v1alpha1/filewatches?"),
+            ("PATCH", CONFIG_MAP_PATH),
+            ("PATCH", "/apis/weir.dev/v1alpha1/namespaces/sales/filewatches/orders/status?&fieldManager=weir-operator"),
+        ]
+    );
+    assert_eq!(seen[1].content_type, "application/apply-patch+yaml", "server-side apply");
+    let watches = watches_in(&seen[1].body);
+    assert_eq!(watches.len(), 1, "the broken one is left out");
+    assert_eq!(watches[0].0, "sales.orders");
+    assert_eq!(watches[0].1["namespace"], "sales", "jobs start in the object's namespace");
+    let status = &seen[2].body["status"];
+    assert_eq!(status["watch"], "sales.orders");
+    assert_eq!(status["conditions"][0]["type"], "Accepted");
+    assert_eq!(status["conditions"][0]["status"], "True");
+
+    // The broken one is told why.
+    let run = controller::reconcile_watch(Arc::new(broken.clone()), ctx.clone());
+    let (_, seen) = serve(&mut api, run, watch_answers(&cluster, &broken)).await;
+    let status = &seen[2].body["status"];
+    assert_eq!(
+        (&status["conditions"][0]["status"], &status["conditions"][0]["reason"]),
+        (&json!("False"), &json!("Invalid"))
+    );
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("pattern")), "{status}");
+
+    // orders deleted: the file without it, then its finalizer goes.
+    let mut deleting = orders.clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let cluster = vec![deleting.clone(), broken.clone()];
+    let run = controller::reconcile_watch(Arc::new(deleting.clone()), ctx.clone());
+    let (result, seen) = serve(&mut api, run, watch_answers(&cluster, &deleting)).await;
+    assert_eq!(result.map_err(|e| e.to_string()), Ok(Action::await_change()));
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[1].path, CONFIG_MAP_PATH);
+    assert!(watches_in(&seen[1].body).is_empty());
+    assert_eq!(
+        seen[2].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": WATCH_FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+}
+
+#[test]
+fn the_example_file_watch_fits_the_schema_and_the_file_managers_checks() {
+    let text = std::fs::read_to_string(repo("deploy/examples/filewatch.yaml")).expect("example");
+    assert_eq!(schema_check(&text), None);
+    let obj: FileWatch = serde_yaml_ng::from_str(&text).expect("a FileWatch");
+    let (_, verdicts) = weir_operator::watches::render(std::slice::from_ref(&obj));
+    assert_eq!(verdicts[&("finance".to_string(), "trades".to_string())], Ok("finance.trades".to_string()));
+    let broken = text.replacen("patterns: [\"*.csv.gz\"]", "", 1);
+    assert!(schema_check(&broken).is_some_and(|e| e.contains("'patterns' is a required property")));
 }

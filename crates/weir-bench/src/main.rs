@@ -12,8 +12,9 @@
 //! 4. the same again with events on: a real Kafka-protocol broker (tansu) and the master
 //!    publishing every event through the outbox relay — throughput, the change against (3),
 //!    and relay events/s until every event of the run is published;
-//! 5. the same as (3) with telemetry on: `/metrics` served and scraped each second, and
-//!    every span exported over OTLP to a receiver on loopback — throughput and the change;
+//! 5. the same as (3) with telemetry off and on, alternating twice (fresh schemas): on is
+//!    `/metrics` served and scraped each second and every span exported over OTLP to a
+//!    receiver on loopback — throughputs and the change;
 //! 6. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
 //!    for each event, the time from the master stamping it to this process reading it.
 //!
@@ -241,18 +242,32 @@ async fn main() -> anyhow::Result<()> {
     println!("throughput_change_with_security={:+.1} %", (on - off) / off * 100.0);
     m.stop().await?;
 
-    // Telemetry on: metrics scraped, every span exported to a receiver on loopback.
+    // Telemetry on: metrics scraped, every span exported to a receiver on loopback. Off
+    // and on alternate twice, each on a fresh schema, so run order (a warming PostgreSQL)
+    // weighs on both sides alike; the change is of the sums.
     let python =
         PathBuf::from(format!("{}/.cache/weir/bench-venv/bin/python", std::env::var("HOME").unwrap_or_default()));
-    let observe = Arc::new(observe::Observe::start(&python).await?);
-    let m = Master::start_observed(observe.clone()).await?;
-    let on = engine(&m, &args, "telemetry_on_").await?;
-    let (spans, scrapes) = observe.counts();
-    println!("telemetry_spans_exported={spans} spans");
-    println!("telemetry_scrapes={scrapes} scrapes");
-    println!("throughput_change_with_telemetry={:+.1} %", (on - off) / off * 100.0);
-    m.stop().await?;
-    drop(observe);
+    // Two samplings: every trace, and one in ten (deploy/base/config.yaml's suggestion).
+    let (mut sum_off, mut sum_all, mut sum_tenth) = (0.0, 0.0, 0.0);
+    for round in 1..=2 {
+        let m = Master::start(None).await?;
+        sum_off += engine(&m, &args, &format!("telemetry_off_{round}_")).await?;
+        m.stop().await?;
+        for (ratio, name, sum) in [(None, "all", &mut sum_all), (Some(0.1), "tenth", &mut sum_tenth)] {
+            let observe = Arc::new(observe::Observe::start(&python, ratio).await?);
+            let m = Master::start_observed(observe.clone()).await?;
+            let label = format!("telemetry_{name}_{round}_");
+            *sum += engine(&m, &args, &label).await?;
+            let (spans, scrapes, cpu) = observe.counts();
+            println!("{label}spans_exported={spans} spans");
+            println!("{label}scrapes={scrapes} scrapes");
+            println!("{label}receiver_cpu={cpu:.1} s");
+            m.stop().await?;
+        }
+    }
+    let change = |on: f64| (on - sum_off) / sum_off * 100.0;
+    println!("throughput_change_with_telemetry_all_traces={:+.1} %", change(sum_all));
+    println!("throughput_change_with_telemetry_tenth_of_traces={:+.1} %", change(sum_tenth));
 
     // Events on: the same run with every event going through the outbox and the relay into
     // a real Kafka-protocol broker, then commit-to-publish latency at a steady rate.
@@ -451,7 +466,7 @@ async fn engine(m: &Master, args: &Args, label: &str) -> anyhow::Result<f64> {
     println!("{label}drain_seconds={secs:.1} s");
     println!("{label}master_peak_rss={:.1} MB", peak_rss_mb(m.pid));
     drop(managers);
-    if !label.is_empty() {
+    if label.starts_with("events_on") {
         // The relay started with the run; wait until it has published up to the newest event.
         let tail: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::int8 FROM weir_events").fetch_one(&m.pool).await?;

@@ -1,6 +1,7 @@
 //! Telemetry on, for the engine benchmark: every process serves `/metrics`, scraped each
-//! second as Prometheus would, and exports every span over OTLP/gRPC (sampling always on)
-//! to a real receiver on loopback (oteltest's GrpcSink, `tests/python/otlp_sink.py`).
+//! second as Prometheus would, and exports its spans over OTLP/gRPC (every trace, or a
+//! sampled share) to a real receiver on loopback (oteltest's GrpcSink,
+//! `tests/python/otlp_sink.py`), whose CPU time is reported too.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Observe {
     endpoint: String,
+    /// Traces kept: `None` every one, else this share (parent-based).
+    ratio: Option<f64>,
     spans: std::path::PathBuf,
     targets: Arc<Mutex<Vec<String>>>,
     scrapes: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
-    _sink: Child,
+    sink: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -25,8 +28,9 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Observe {
-    /// Starts the receiver (with `python`, the bench venv's) and the scraper.
-    pub(crate) async fn start(python: &Path) -> anyhow::Result<Observe> {
+    /// Starts the receiver (with `python`, the bench venv's) and the scraper; traces are
+    /// sampled at `ratio` (`None`: all).
+    pub(crate) async fn start(python: &Path, ratio: Option<f64>) -> anyhow::Result<Observe> {
         let dir = tempfile::tempdir()?;
         let spans = dir.path().join("spans.jsonl");
         let port = free_port()?;
@@ -50,31 +54,37 @@ impl Observe {
         tokio::spawn(scrape(targets.clone(), scrapes.clone(), stop.clone()));
         Ok(Observe {
             endpoint: format!("http://127.0.0.1:{port}"),
+            ratio,
             spans,
             targets,
             scrapes,
             stop,
-            _sink: sink,
+            sink,
             _dir: dir,
         })
     }
 
-    /// The environment of one more process: trace export, and `/metrics` on a port of its
-    /// own that the scraper then reads.
+    /// The environment of one more process: trace export with the run's sampling, and
+    /// `/metrics` on a port of its own that the scraper then reads.
     pub(crate) fn env(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
         let metrics = format!("127.0.0.1:{}", free_port()?);
         self.targets.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(metrics.clone());
-        Ok(vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone()),
-            ("OTEL_TRACES_SAMPLER", "always_on".into()),
-            ("WEIR_METRICS_LISTEN", metrics),
-        ])
+        let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone()), ("WEIR_METRICS_LISTEN", metrics)];
+        match self.ratio {
+            None => env.push(("OTEL_TRACES_SAMPLER", "always_on".into())),
+            Some(r) => {
+                env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+                env.push(("OTEL_TRACES_SAMPLER_ARG", r.to_string()));
+            }
+        }
+        Ok(env)
     }
 
-    /// Spans the receiver got so far, and scrapes made.
-    pub(crate) fn counts(&self) -> (usize, u64) {
+    /// Spans the receiver got so far, scrapes made, and the receiver's CPU seconds.
+    pub(crate) fn counts(&self) -> (usize, u64, f64) {
         let spans = std::fs::read_to_string(&self.spans).map(|t| t.lines().count()).unwrap_or(0);
-        (spans, self.scrapes.load(std::sync::atomic::Ordering::Relaxed))
+        let cpu = self.sink.id().map(crate::cpu_seconds).unwrap_or_default();
+        (spans, self.scrapes.load(std::sync::atomic::Ordering::Relaxed), cpu)
     }
 }
 

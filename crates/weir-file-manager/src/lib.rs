@@ -31,8 +31,11 @@ pub struct FileSettings {
     /// `WEIR_DATA_DIR` (default `.weir/data`): downloads under `staging/`, quarantined
     /// files under `quarantine/files/`.
     pub data_dir: PathBuf,
-    /// `WEIR_WATCHES_FILE`: the watches (YAML); none = no watches run.
+    /// The watches to run (from `WEIR_WATCHES_FILE`, YAML; none = no watches run).
     pub watches: Watches,
+    /// `WEIR_WATCHES_FILE` itself: read again when it changes (a ConfigMap the operator
+    /// writes from FileWatch objects, say), so watches come and go without a restart.
+    pub watches_file: Option<PathBuf>,
     /// `WEIR_STAGING_RETENTION` (default 24h): staged files older than this are removed.
     pub retention: Duration,
     /// Where the inventory lives.
@@ -50,14 +53,12 @@ impl FileSettings {
     /// Reads the settings from the environment; the error names the setting.
     pub fn from_env() -> Result<Self, String> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let watches = match get("WEIR_WATCHES_FILE") {
+        let watches_file = get("WEIR_WATCHES_FILE").map(PathBuf::from);
+        let watches = match &watches_file {
             None => Watches::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("WEIR_WATCHES_FILE {path}: {e}"))?;
-                let v: serde_json::Value =
-                    serde_yaml_ng::from_str(&text).map_err(|e| format!("WEIR_WATCHES_FILE {path}: {e}"))?;
-                Watches::from_value(v).map_err(|e| format!("WEIR_WATCHES_FILE {path}: {e}"))?
-            }
+            // Not there yet (an optional ConfigMap not written yet): no watches until it is.
+            Some(path) if !path.exists() => Watches::default(),
+            Some(path) => read_watches(path)?,
         };
         let retention = match get("WEIR_STAGING_RETENTION") {
             None => Duration::from_secs(24 * 3600),
@@ -66,6 +67,7 @@ impl FileSettings {
         Ok(FileSettings {
             data_dir: PathBuf::from(get("WEIR_DATA_DIR").unwrap_or_else(|| weir_worker::DEFAULT_DATA_DIR.into())),
             watches,
+            watches_file,
             retention,
             store: Inventory::url(&get("WEIR_FILES_STORE_URL").unwrap_or_else(|| "sqlite://.weir/files.db".into())),
             staging: weir_worker::staging::location_from_env()?,
@@ -76,6 +78,18 @@ impl FileSettings {
     pub fn staging(&self) -> weir_worker::staging::Staging {
         weir_worker::staging::Staging::new(&self.data_dir, self.staging.clone())
     }
+}
+
+/// Reads and checks a watches file; the error names the file (as `WEIR_WATCHES_FILE`).
+pub fn read_watches(path: &std::path::Path) -> Result<Watches, String> {
+    let bad = |e: String| format!("WEIR_WATCHES_FILE {}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    // An empty file (a ConfigMap with no FileWatch yet) means no watches.
+    if v.is_null() {
+        return Ok(Watches::default());
+    }
+    Watches::from_value(v).map_err(bad)
 }
 
 /// Now, in epoch milliseconds (the inventory's time unit).

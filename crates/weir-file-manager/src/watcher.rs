@@ -7,7 +7,8 @@
 //! of each claimed version not started yet: the job's run id comes from the version's
 //! discovery event, so a retry after a crash names the same job and the master starts it
 //! once; marking the version started writes its `dev.weir.file.discovered` event to the
-//! outbox in the same transaction.
+//! outbox in the same transaction. The watches file (`WEIR_WATCHES_FILE`) is read again
+//! every few seconds; a changed one replaces the set of watches without a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,27 +47,39 @@ impl Watcher {
     }
 }
 
+/// How often the watches file is read again for changes (a mounted ConfigMap is itself
+/// refreshed by the kubelet about once a minute).
+const RELOAD: Duration = Duration::from_secs(5);
+
+/// The watches that open; one that does not is logged and left out.
+fn open_all(specs: &[WatchSpec]) -> Vec<Watch> {
+    let mut watches = Vec::new();
+    for spec in specs {
+        let opened = (|| -> Result<Watch, String> {
+            Ok(Watch {
+                rules: spec.rule()?,
+                location: Location::open(&spec.location).map_err(|e| e.to_string())?,
+                patterns: Patterns::new(&spec.patterns).map_err(|e| e.to_string())?,
+                spec: spec.clone(),
+            })
+        })();
+        match opened {
+            Ok(w) => watches.push(w),
+            Err(e) => tracing::error!(watch = %spec.name, error = %e, "watch not started"),
+        }
+    }
+    watches
+}
+
 #[async_trait]
 impl Background for Watcher {
     async fn run(&self, ctx: BackgroundContext) {
-        if self.settings.watches.watches.is_empty() {
+        let file = self.settings.watches_file.clone();
+        if self.settings.watches.watches.is_empty() && file.is_none() {
             return;
         }
-        let mut watches = Vec::new();
-        for spec in &self.settings.watches.watches {
-            let opened = (|| -> Result<Watch, String> {
-                Ok(Watch {
-                    rules: spec.rule()?,
-                    location: Location::open(&spec.location).map_err(|e| e.to_string())?,
-                    patterns: Patterns::new(&spec.patterns).map_err(|e| e.to_string())?,
-                    spec: spec.clone(),
-                })
-            })();
-            match opened {
-                Ok(w) => watches.push(w),
-                Err(e) => tracing::error!(watch = %spec.name, error = %e, "watch not started"),
-            }
-        }
+        let mut current = self.settings.watches.clone();
+        let mut watches = open_all(&current.watches);
         let channel = match weir_runtime::grpc::channel(&ctx.master_url, &ctx.security) {
             Ok(c) => c,
             Err(e) => {
@@ -77,15 +90,43 @@ impl Background for Watcher {
         let mut master = JobServiceClient::new(channel);
         tracing::info!(watches = watches.len(), "watching");
         // Per watch: when it may run again, and how many rounds in a row failed.
-        let mut backoff: Vec<(std::time::Instant, u32)> =
-            watches.iter().map(|_| (std::time::Instant::now(), 0)).collect();
+        let fresh = |n: usize| vec![(std::time::Instant::now(), 0u32); n];
+        let mut backoff = fresh(watches.len());
+        let mut read_at = std::time::Instant::now();
+        let mut complaint = None;
+        if let Some(path) = file.as_deref().filter(|p| !p.exists()) {
+            tracing::warn!(file = %path.display(), "WEIR_WATCHES_FILE does not exist (yet): no watches until it does");
+        }
         loop {
-            let store = match self.settings.store.get().await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "inventory unavailable; retrying");
-                    None
+            if let Some(path) = file.as_deref().filter(|_| read_at.elapsed() >= RELOAD) {
+                read_at = std::time::Instant::now();
+                match crate::read_watches(path) {
+                    Ok(w) => {
+                        complaint = None;
+                        if w != current {
+                            watches = open_all(&w.watches);
+                            backoff = fresh(watches.len());
+                            tracing::info!(watches = watches.len(), "watches file changed: watching the new set");
+                            current = w;
+                        }
+                    }
+                    // A broken edit keeps the watches that run; said once per problem.
+                    Err(e) if path.exists() && complaint.as_ref() != Some(&e) => {
+                        tracing::warn!(error = %e, "watches file not reloaded; the watches that run go on");
+                        complaint = Some(e);
+                    }
+                    Err(_) => {}
                 }
+            }
+            let store = match watches.is_empty() {
+                true => None,
+                false => match self.settings.store.get().await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inventory unavailable; retrying");
+                        None
+                    }
+                },
             };
             if let Some(store) = store {
                 for (w, b) in watches.iter().zip(backoff.iter_mut()) {
@@ -159,7 +200,7 @@ async fn start(
         Ok(r) => r.into_inner().job.map(|j| j.id).unwrap_or_default(),
         Err(s) if s.code() == tonic::Code::InvalidArgument => {
             // The watch's job spec is wrong for this file: say so loudly; the version
-            // stays pending and is tried again next round (fix the watch and restart).
+            // stays pending and is tried again next round (fix the watch; a changed watches file is read again).
             return Err(format!("the master refused the job for {}: {}", c.file.path, s.message()));
         }
         Err(s) => return Err(format!("submitting the job for {}: {}", c.file.path, s.message())),

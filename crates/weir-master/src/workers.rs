@@ -357,7 +357,8 @@ impl WorkerService for Workers {
         }))
     }
 
-    #[tracing::instrument(name = "acquire_tasks", skip_all)]
+    // Debug spans: the call's own gRPC span is what a trace shows (one span per call, not two).
+    #[tracing::instrument(name = "acquire_tasks", level = "debug", skip_all)]
     async fn acquire_tasks(
         &self,
         req: Request<v1::AcquireTasksRequest>,
@@ -425,7 +426,7 @@ impl WorkerService for Workers {
         Ok(Response::new(v1::HeartbeatResponse { tasks, quotas }))
     }
 
-    #[tracing::instrument(name = "complete_task", skip_all, fields(task_id = %req.get_ref().task_id))]
+    #[tracing::instrument(name = "complete_task", level = "debug", skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn complete_task(
         &self,
         req: Request<v1::CompleteTaskRequest>,
@@ -444,7 +445,7 @@ impl WorkerService for Workers {
         Ok(Response::new(v1::CompleteTaskResponse {}))
     }
 
-    #[tracing::instrument(name = "fail_task", skip_all, fields(task_id = %req.get_ref().task_id))]
+    #[tracing::instrument(name = "fail_task", level = "debug", skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn fail_task(&self, req: Request<v1::FailTaskRequest>) -> Result<Response<v1::FailTaskResponse>, Status> {
         self.0.check_ready()?;
         let who = weir_runtime::auth::caller(&req);

@@ -1,11 +1,13 @@
-//! The controller: watches IngestionJobs, asks the master what `reconcile` plans, writes
-//! the status back, and cancels a deleted object's job before its finalizer goes.
+//! The controllers. IngestionJobs: ask the master what `reconcile` plans, write the status
+//! back, cancel a deleted object's job before its finalizer goes. FileWatches: write every
+//! accepted one into the watches file's ConfigMap (server-side apply), then each status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event};
 use kube::runtime::watcher;
@@ -15,7 +17,7 @@ use weir_proto::v1::job_service_client::JobServiceClient;
 use weir_proto::v1::{self, CancelJobRequest, GetJobRequest, ListJobsRequest, SubmitJobRequest};
 use weir_runtime::grpc::AuthedChannel;
 
-use crate::crd::{IngestionJob, FINALIZER};
+use crate::crd::{FileWatch, IngestionJob, FINALIZER, WATCH_FINALIZER};
 use crate::metrics::OPERATOR;
 use crate::reconcile::{self, Cleanup, MasterView, Plan};
 use crate::OperatorError;
@@ -31,6 +33,17 @@ pub struct Context {
     pub master: JobServiceClient<AuthedChannel>,
     /// How often an unfinished job is looked at again.
     pub resync: Duration,
+    /// The namespace whose objects are served; `None`: every namespace's.
+    pub scope: Option<String>,
+    /// The ConfigMap (namespace, name) the file managers read their watches from.
+    pub watches: (String, String),
+}
+
+impl Context {
+    /// The ConfigMap holding the watches file, as `namespace/name`.
+    pub fn watches_map(&self) -> String {
+        format!("{}/{}", self.watches.0, self.watches.1)
+    }
 }
 
 /// Brings one object's status up to date with its job, submitting or cancelling as
@@ -127,21 +140,105 @@ async fn cleanup(obj: &IngestionJob, ctx: &Context) -> Result<Action, OperatorEr
     Ok(Action::await_change())
 }
 
-/// Runs the controller over `api`'s IngestionJobs until `stop` resolves, letting
-/// reconciliations under way finish.
+/// Writes the watches file of every FileWatch into its ConfigMap, then this object's
+/// status; a deleted object is taken out of the file before its finalizer goes.
+pub async fn reconcile_watch(obj: Arc<FileWatch>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<FileWatch> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let result = finalizer(&api, WATCH_FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(obj) => apply_watch(&api, &obj, &ctx).await,
+            Event::Cleanup(obj) => {
+                publish_watches(&ctx, obj.uid().as_deref()).await?;
+                tracing::info!(watch = %crate::watches::watch_name(&obj), "FileWatch deleted: out of the watches file");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| OperatorError::Finalizer(Box::new(e)));
+    OPERATOR.reconciled(if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+async fn apply_watch(api: &Api<FileWatch>, obj: &FileWatch, ctx: &Context) -> Result<Action, OperatorError> {
+    let verdicts = publish_watches(ctx, None).await?;
+    let key = (obj.namespace().unwrap_or_else(|| "default".into()), obj.name_any());
+    // Not in the list it just read (created a moment ago): the next event brings it.
+    let Some(verdict) = verdicts.get(&key) else { return Ok(Action::requeue(Duration::from_secs(1))) };
+    let now = jiff::Timestamp::now().to_string();
+    let next = crate::watches::status(obj, verdict, &ctx.watches_map(), &now);
+    if obj.status.as_ref() != Some(&next) {
+        let patch = Patch::Merge(serde_json::json!({ "status": next }));
+        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER), &patch).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Lists every FileWatch in scope (but `leaving`), writes their watches file into the
+/// ConfigMap, and returns each object's verdict.
+async fn publish_watches(
+    ctx: &Context,
+    leaving: Option<&str>,
+) -> Result<std::collections::BTreeMap<crate::watches::Key, Result<String, String>>, OperatorError> {
+    let all: Api<FileWatch> = match &ctx.scope {
+        Some(ns) => Api::namespaced(ctx.kube.clone(), ns),
+        None => Api::all(ctx.kube.clone()),
+    };
+    let objs: Vec<FileWatch> = all
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| leaving.is_none() || o.uid().as_deref() != leaving)
+        .collect();
+    let (file, verdicts) = crate::watches::render(&objs);
+    let (map_namespace, map_name) = &ctx.watches;
+    let map = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": map_name,
+            "labels": {"app.kubernetes.io/part-of": "weir", "app.kubernetes.io/managed-by": FIELD_MANAGER},
+        },
+        "data": { crate::watches::FILE_KEY: file },
+    });
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.kube.clone(), map_namespace);
+    maps.patch(map_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&map)).await?;
+    Ok(verdicts)
+}
+
+/// Runs the controllers over `jobs`' IngestionJobs and `watches`' FileWatches until `stop`
+/// is cancelled, letting reconciliations under way finish.
 pub async fn run(
-    api: Api<IngestionJob>,
+    jobs: Api<IngestionJob>,
+    watches: Api<FileWatch>,
     ctx: Arc<Context>,
-    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
+    let jobs = Controller::new(jobs, watcher::Config::default())
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            match r {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile did not complete"),
             }
-        })
-        .await;
+        });
+    let watches = Controller::new(watches, watcher::Config::default())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile_watch, watch_error_policy, ctx)
+        .for_each(|r| async move {
+            match r {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        });
+    tokio::join!(jobs, watches);
+}
+
+/// After a failed FileWatch reconciliation: try again shortly.
+pub fn watch_error_policy(obj: Arc<FileWatch>, error: &OperatorError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(watch = %crate::watches::watch_name(&obj), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
 }

@@ -12,7 +12,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{self, Context};
-use crate::crd::IngestionJob;
+use crate::crd::{FileWatch, IngestionJob};
 use crate::metrics::OPERATOR;
 use crate::OperatorError;
 
@@ -28,11 +28,12 @@ pub struct Election {
     pub grace: Duration,
 }
 
-/// Runs the controller over `api` whenever this replica holds the Lease, until `cancel`;
-/// then hands the Lease back.
+/// Runs the controllers over `jobs` and `watches` whenever this replica holds the Lease,
+/// until `cancel`; then hands the Lease back.
 pub async fn run(
     election: Election,
-    api: Api<IngestionJob>,
+    jobs: Api<IngestionJob>,
+    watches: Api<FileWatch>,
     ctx: Arc<Context>,
     cancel: CancellationToken,
 ) -> Result<(), OperatorError> {
@@ -52,16 +53,19 @@ pub async fn run(
         }
         tracing::info!(identity = %election.identity, "leading: the controller runs");
         OPERATOR.leader.set(1);
-        let stop = {
-            let (mut leading, cancel) = (leading.clone(), cancel.clone());
-            async move {
+        let stop = CancellationToken::new();
+        let stopper = {
+            let (mut leading, cancel, stop) = (leading.clone(), cancel.clone(), stop.clone());
+            tokio::spawn(async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = leading.wait_for(|l| !*l) => {}
                 }
-            }
+                stop.cancel();
+            })
         };
-        controller::run(api.clone(), ctx.clone(), stop).await;
+        controller::run(jobs.clone(), watches.clone(), ctx.clone(), stop).await;
+        stopper.abort();
         OPERATOR.leader.set(0);
         if cancel.is_cancelled() {
             break;

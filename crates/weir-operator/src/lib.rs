@@ -1,11 +1,14 @@
-//! The Kubernetes side of Weir: the `IngestionJob` custom resource and the operator that
-//! turns each object into a job on the master.
+//! The Kubernetes side of Weir: the `IngestionJob` and `FileWatch` custom resources and
+//! the operator that turns each IngestionJob into a job on the master and every FileWatch
+//! into a watch of the file managers.
 //!
-//! - [`crd`]: the resource's Rust types; the CRD YAML under `deploy/base/crds/` is
+//! - [`crd`]: the resources' Rust types; the CRD YAML in `deploy/base/crds.yaml` is
 //!   generated from them (`weir-operator crd`).
-//! - [`reconcile`]: the decisions, pure (what to submit, what status follows, when to look
-//!   again, what a deletion cancels), unit-tested in microseconds.
-//! - [`controller`]: kube-runtime's controller with a finalizer, calling the master.
+//! - [`reconcile`]: the IngestionJob decisions, pure (what to submit, what status follows,
+//!   when to look again, what a deletion cancels), unit-tested in microseconds.
+//! - [`watches`]: FileWatch objects as the file managers' watches file, pure.
+//! - [`controller`]: kube-runtime's controllers with finalizers, calling the master and
+//!   writing the watches file's ConfigMap.
 //! - [`leader`]: one replica at a time runs the controller, elected through a Lease.
 //!
 //! The operator is its own Deployment and a gRPC client of the master like the CLI: it
@@ -16,6 +19,7 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod watches;
 
 /// What can go wrong while reconciling or leading.
 #[derive(Debug, thiserror::Error)]

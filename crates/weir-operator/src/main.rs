@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kube::Api;
 use weir_operator::controller::Context;
-use weir_operator::crd::IngestionJob;
+use weir_operator::crd::{FileWatch, IngestionJob};
 use weir_operator::leader::{self, Election};
 use weir_proto::v1::job_service_client::JobServiceClient;
 use weir_runtime::security::{ClientSecurity, ServerSecurity, TlsArgs, TokenArgs};
@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Prints the IngestionJob CustomResourceDefinition (YAML), for `kubectl apply -f -`.
+    /// Prints the CustomResourceDefinitions (IngestionJob, FileWatch) as YAML, for
+    /// `kubectl apply -f -`.
     Crd,
 }
 
@@ -54,6 +55,10 @@ struct OperatorArgs {
     /// A leader that has not renewed within this is replaced.
     #[arg(long, env = "WEIR_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
+    /// The ConfigMap (in the operator's namespace) the FileWatches are written into, as
+    /// `watches.yaml`; the file managers mount it as WEIR_WATCHES_FILE.
+    #[arg(long, env = "WEIR_OPERATOR_WATCHES_CONFIGMAP", default_value = "weir-watches")]
+    watches_configmap: String,
     /// Address of the gRPC health service (liveness probes); empty: none.
     #[arg(long = "listen", env = "WEIR_OPERATOR_LISTEN", default_value = "")]
     listen: String,
@@ -99,10 +104,10 @@ async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let listener = weir_runtime::grpc::bind(&args.listen).await?;
         tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), ServerSecurity::open(), cancel.clone()));
     }
-    let api: Api<IngestionJob> = if args.watch_namespace.is_empty() {
-        Api::all(kube.clone())
-    } else {
-        Api::namespaced(kube.clone(), &args.watch_namespace)
+    let scope = (!args.watch_namespace.is_empty()).then(|| args.watch_namespace.clone());
+    let (jobs, watches): (Api<IngestionJob>, Api<FileWatch>) = match &scope {
+        None => (Api::all(kube.clone()), Api::all(kube.clone())),
+        Some(ns) => (Api::namespaced(kube.clone(), ns), Api::namespaced(kube.clone(), ns)),
     };
     let identity = args
         .identity
@@ -116,7 +121,13 @@ async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         duration: args.lease_duration,
         grace: args.lease_duration / 3,
     };
-    let ctx = Arc::new(Context { kube, master, resync: args.resync });
-    leader::run(election, api, ctx, cancel).await?;
+    let ctx = Arc::new(Context {
+        kube,
+        master,
+        resync: args.resync,
+        scope,
+        watches: (args.lease_namespace.clone(), args.watches_configmap.clone()),
+    });
+    leader::run(election, jobs, watches, ctx, cancel).await?;
     Ok(())
 }

@@ -88,13 +88,7 @@ pub fn plan(obj: &IngestionJob) -> Plan {
 pub fn status(obj: &IngestionJob, view: &MasterView, now: &str) -> IngestionJobStatus {
     let old = obj.status.clone().unwrap_or_default();
     let mut next = old.clone();
-    let cond = |type_: &str, status: &str, reason: &str, message: &str| Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: now.into(),
-    };
+    let cond = |type_: &str, status: &str, reason: &str, message: &str| condition(type_, status, reason, message, now);
     let mut conditions: Vec<Condition> = Vec::new();
     match view {
         MasterView::Job(job) => {
@@ -159,24 +153,36 @@ pub fn status(obj: &IngestionJob, view: &MasterView, now: &str) -> IngestionJobS
             ));
         }
     }
-    // A condition of the old status that is not decided now stays as it was.
-    for c in &old.conditions {
-        if !conditions.iter().any(|n| n.type_ == c.type_) {
-            conditions.push(c.clone());
-        }
-    }
-    for c in &mut conditions {
-        if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_ && p.status == c.status) {
-            c.last_transition_time = prev.last_transition_time.clone();
-        }
-    }
-    conditions.sort_by_key(|c| condition_rank(&c.type_));
-    next.conditions = conditions;
+    next.conditions = settle(&old.conditions, conditions, &["Submitted", "Complete", "Failed", "SpecIgnored"]);
     next
 }
 
-fn condition_rank(type_: &str) -> usize {
-    ["Submitted", "Complete", "Failed", "SpecIgnored"].iter().position(|t| *t == type_).unwrap_or(usize::MAX)
+/// A condition decided at `now`.
+pub fn condition(type_: &str, status: &str, reason: &str, message: &str, now: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: now.into(),
+    }
+}
+
+/// The conditions after `decided`: one whose status stays keeps its transition time, one
+/// not decided now stays as it was; in `order`.
+pub fn settle(old: &[Condition], mut decided: Vec<Condition>, order: &[&str]) -> Vec<Condition> {
+    for c in old {
+        if !decided.iter().any(|n| n.type_ == c.type_) {
+            decided.push(c.clone());
+        }
+    }
+    for c in &mut decided {
+        if let Some(prev) = old.iter().find(|p| p.type_ == c.type_ && p.status == c.status) {
+            c.last_transition_time = prev.last_transition_time.clone();
+        }
+    }
+    decided.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(usize::MAX));
+    decided
 }
 
 /// When to look at the object again: after `resync` while the job can still change or

@@ -160,13 +160,21 @@ pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
     }
 }
 
+/// Services whose calls without a caller's trace start none: a manager's polls and
+/// heartbeats are not worth a trace each, its reports carry the task's.
+const UNTRACED_ROOTS: [&str; 1] = ["weir.v1.WorkerService"];
+
 /// The span a gRPC server runs one call in: named after the method, a child of the
 /// caller's `traceparent` if it sent one. Without trace export, no span at all.
 pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     if !tracing_enabled() {
         return tracing::Span::none();
     }
+    let parent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
     let path = request.uri().path();
+    if parent.is_none() && UNTRACED_ROOTS.iter().any(|s| path.trim_start_matches('/').starts_with(s)) {
+        return tracing::Span::none();
+    }
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc",
@@ -176,7 +184,7 @@ pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span
         rpc.service = %service,
         rpc.method = %method,
     );
-    if let Some(tp) = request.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+    if let Some(tp) = parent {
         set_parent(&span, tp);
     }
     span
