@@ -46,21 +46,35 @@ impl Context {
     }
 }
 
+/// One reconciliation of `obj` behind the finalizer `name` (added before the first
+/// apply, removed after a successful cleanup), counted by outcome.
+async fn finalized<K, Fut>(
+    api: &Api<K>,
+    name: &str,
+    obj: Arc<K>,
+    reconcile: impl FnOnce(Event<K>) -> Fut,
+) -> Result<Action, OperatorError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    Fut: std::future::Future<Output = Result<Action, OperatorError>>,
+{
+    let result = finalizer(api, name, obj, reconcile).await.map_err(|e| OperatorError::Finalizer(Box::new(e)));
+    OPERATOR.reconciled(if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
 /// Brings one object's status up to date with its job, submitting or cancelling as
 /// needed. Errors are the Kubernetes API's; the master's answers land in the status.
 pub async fn reconcile(obj: Arc<IngestionJob>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
-    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<IngestionJob> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
+    let api: Api<IngestionJob> =
+        Api::namespaced(ctx.kube.clone(), &obj.namespace().unwrap_or_else(|| "default".into()));
+    finalized(&api, FINALIZER, obj, |event| async {
         match event {
             Event::Apply(obj) => apply(&api, &obj, &ctx).await,
             Event::Cleanup(obj) => cleanup(&obj, &ctx).await,
         }
     })
     .await
-    .map_err(|e| OperatorError::Finalizer(Box::new(e)));
-    OPERATOR.reconciled(if result.is_ok() { "ok" } else { "error" });
-    result
 }
 
 /// After a failed reconciliation (the Kubernetes API refused a write, or a cancel could
@@ -143,9 +157,8 @@ async fn cleanup(obj: &IngestionJob, ctx: &Context) -> Result<Action, OperatorEr
 /// Writes the watches file of every FileWatch into its ConfigMap, then this object's
 /// status; a deleted object is taken out of the file before its finalizer goes.
 pub async fn reconcile_watch(obj: Arc<FileWatch>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
-    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<FileWatch> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let result = finalizer(&api, WATCH_FINALIZER, obj, |event| async {
+    let api: Api<FileWatch> = Api::namespaced(ctx.kube.clone(), &obj.namespace().unwrap_or_else(|| "default".into()));
+    finalized(&api, WATCH_FINALIZER, obj, |event| async {
         match event {
             Event::Apply(obj) => apply_watch(&api, &obj, &ctx).await,
             Event::Cleanup(obj) => {
@@ -156,9 +169,6 @@ pub async fn reconcile_watch(obj: Arc<FileWatch>, ctx: Arc<Context>) -> Result<A
         }
     })
     .await
-    .map_err(|e| OperatorError::Finalizer(Box::new(e)));
-    OPERATOR.reconciled(if result.is_ok() { "ok" } else { "error" });
-    result
 }
 
 async fn apply_watch(api: &Api<FileWatch>, obj: &FileWatch, ctx: &Context) -> Result<Action, OperatorError> {
@@ -219,22 +229,20 @@ pub async fn run(
     let jobs = Controller::new(jobs, watcher::Config::default())
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|r| async move {
-            match r {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-            }
-        });
+        .for_each(logged);
     let watches = Controller::new(watches, watcher::Config::default())
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile_watch, watch_error_policy, ctx)
-        .for_each(|r| async move {
-            match r {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-            }
-        });
+        .for_each(logged);
     tokio::join!(jobs, watches);
+}
+
+/// A controller's result, at debug (failures are logged by the error policies).
+async fn logged<T: std::fmt::Display, E: std::fmt::Display>(result: Result<(T, Action), E>) {
+    match result {
+        Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+        Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+    }
 }
 
 /// After a failed FileWatch reconciliation: try again shortly.
