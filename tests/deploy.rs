@@ -135,9 +135,9 @@ fn production_runs_the_platforms_replicas_and_resources_locked_down() {
         v
     };
     assert_eq!(ports("weir-master", "ingress"), [9464, 50051]);
-    assert_eq!(ports("weir-master", "egress"), [53, 5432, 9092]);
+    assert_eq!(ports("weir-master", "egress"), [53, 4317, 5432, 9092]);
     assert_eq!(ports("weir-managers", "ingress"), [9464, 50052]);
-    assert_eq!(ports("weir-managers", "egress"), [21, 22, 53, 80, 443, 4222, 5432, 5671, 5672, 9092, 50051]);
+    assert_eq!(ports("weir-managers", "egress"), [21, 22, 53, 80, 443, 4222, 4317, 5432, 5671, 5672, 9092, 50051]);
 }
 
 #[test]
@@ -240,7 +240,7 @@ fn the_operator_and_its_crd_are_installed_with_least_privilege() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(egress, [53, 443, 6443, 50051]);
+    assert_eq!(egress, [53, 443, 4317, 6443, 50051]);
 
     // dev: one operator, its bindings in dev's namespace.
     let dev = render("dev");

@@ -677,8 +677,10 @@ async fn a_running_file_manager_follows_its_watches_file_as_the_operator_writes_
     assert_eq!(jobs.len(), 1);
     assert_eq!(state(&jobs[0]), "succeeded");
 
-    // A broken edit: the watch goes on (a new file still starts its job).
+    // A broken edit: the watch goes on (a new file, written once the file was read
+    // again, still starts its job).
     std::fs::write(&watches_file, "watches: [{name: broken").expect("write");
+    tokio::time::sleep(Duration::from_secs(6)).await;
     std::fs::write(inbox.join("b.csv"), "id,v\n2,20\n").expect("b");
     let jobs = wait_jobs(&master, "files", 2, Duration::from_secs(60)).await;
     assert_eq!(jobs.len(), 2);

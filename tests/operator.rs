@@ -82,6 +82,7 @@ fn context(master_url: &str) -> (Arc<Context>, Handle) {
         resync: RESYNC,
         scope: None,
         watches: ("weir".into(), "weir-watches".into()),
+        publishing: Default::default(),
     };
     (Arc::new(ctx), handle)
 }
@@ -517,7 +518,7 @@ async fn file_watches_become_the_file_managers_watches_file_and_leave_it_when_de
     // One object reconciled: every FileWatch listed, the file applied, its status written.
     let run = controller::reconcile_watch(Arc::new(orders.clone()), ctx.clone());
     let (result, seen) = serve(&mut api, run, watch_answers(&cluster, &orders)).await;
-    assert_eq!(result.map_err(|e| e.to_string()), Ok(Action::await_change()));
+    assert_eq!(result.map_err(|e| e.to_string()), Ok(Action::requeue(controller::WATCHES_RESYNC)));
     let calls: Vec<(&str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.path.as_str())).collect();
     assert_eq!(
         calls,

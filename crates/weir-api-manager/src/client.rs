@@ -333,8 +333,7 @@ impl Api {
             attempt += 1;
             let waited = Instant::now();
             self.turn(cancel).await?;
-            let api_labels = crate::metrics::ApiLabels { api: self.name.clone() };
-            crate::metrics::APIS.rate_limit_wait.get_or_create(&api_labels).observe(waited.elapsed().as_secs_f64());
+            crate::metrics::APIS.waited(&self.name, waited.elapsed().as_secs_f64());
             self.breaker.admit()?;
             let creds = match &self.auth {
                 Some(a) => a.credentials().await?,

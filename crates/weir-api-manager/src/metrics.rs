@@ -40,6 +40,8 @@ pub struct Apis {
     pub requests: Family<RequestLabels, Counter>,
     pub rate_limit_wait: Family<ApiLabels, Histogram, fn() -> Histogram>,
     pub circuit: Family<CircuitLabels, Gauge>,
+    /// API names come from jobs: bounded.
+    pub names: weir_runtime::metrics::Bounded,
 }
 
 /// The process's API metrics, registered on first use.
@@ -48,6 +50,7 @@ pub static APIS: LazyLock<Apis> = LazyLock::new(|| {
         requests: Family::default(),
         rate_limit_wait: Family::new_with_constructor(seconds_histogram),
         circuit: Family::default(),
+        names: weir_runtime::metrics::Bounded::new(),
     };
     register("api_requests", "HTTP requests sent, by API and the status answered (error: none)", a.requests.clone());
     register(
@@ -62,13 +65,18 @@ pub static APIS: LazyLock<Apis> = LazyLock::new(|| {
 impl Apis {
     /// Counts one request's answer: its status code, `error` or `redirect`.
     pub fn answered(&self, api: &str, status: &str) {
-        self.requests.get_or_create(&RequestLabels { api: api.to_string(), status: status.to_string() }).inc();
+        self.requests.get_or_create(&RequestLabels { api: self.names.label(api), status: status.to_string() }).inc();
+    }
+
+    /// Records how long a request to `api` waited for its limits.
+    pub fn waited(&self, api: &str, seconds: f64) {
+        self.rate_limit_wait.get_or_create(&ApiLabels { api: self.names.label(api) }).observe(seconds);
     }
 
     /// Sets `api`'s circuit to `now`.
     pub fn circuit(&self, api: &str, now: CircuitState) {
         for s in [CircuitState::Closed, CircuitState::Open, CircuitState::HalfOpen] {
-            let labels = CircuitLabels { api: api.to_string(), state: s.as_str().to_string() };
+            let labels = CircuitLabels { api: self.names.label(api), state: s.as_str().to_string() };
             self.circuit.get_or_create(&labels).set(i64::from(s == now));
         }
     }

@@ -51,11 +51,14 @@ impl Watcher {
 /// refreshed by the kubelet about once a minute).
 const RELOAD: Duration = Duration::from_secs(5);
 
-/// The watches that open; one that does not is logged and left out.
-fn open_all(specs: &[WatchSpec]) -> Vec<Watch> {
+/// The watches that open and that the sandbox allows (their location, judged for the
+/// namespace their jobs go to); one that does not is logged and left out.
+fn open_all(specs: &[WatchSpec], sandbox: &weir_core::sandbox::Policy) -> Vec<Watch> {
     let mut watches = Vec::new();
     for spec in specs {
         let opened = (|| -> Result<Watch, String> {
+            let namespace = spec.start.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+            sandbox.check(namespace, &spec.reach()).map_err(|r| r.to_string())?;
             Ok(Watch {
                 rules: spec.rule()?,
                 location: Location::open(&spec.location).map_err(|e| e.to_string())?,
@@ -79,7 +82,7 @@ impl Background for Watcher {
             return;
         }
         let mut current = self.settings.watches.clone();
-        let mut watches = open_all(&current.watches);
+        let mut watches = open_all(&current.watches, &ctx.sandbox);
         let channel = match weir_runtime::grpc::channel(&ctx.master_url, &ctx.security) {
             Ok(c) => c,
             Err(e) => {
@@ -100,18 +103,20 @@ impl Background for Watcher {
         loop {
             if let Some(path) = file.as_deref().filter(|_| read_at.elapsed() >= RELOAD) {
                 read_at = std::time::Instant::now();
-                match crate::read_watches(path) {
+                // Gone (its ConfigMap deleted): no watches, as at a start without it.
+                let read = if path.exists() { crate::read_watches(path) } else { Ok(Default::default()) };
+                match read {
                     Ok(w) => {
                         complaint = None;
                         if w != current {
-                            watches = open_all(&w.watches);
+                            watches = open_all(&w.watches, &ctx.sandbox);
                             backoff = fresh(watches.len());
                             tracing::info!(watches = watches.len(), "watches file changed: watching the new set");
                             current = w;
                         }
                     }
                     // A broken edit keeps the watches that run; said once per problem.
-                    Err(e) if path.exists() && complaint.as_ref() != Some(&e) => {
+                    Err(e) if complaint.as_ref() != Some(&e) => {
                         tracing::warn!(error = %e, "watches file not reloaded; the watches that run go on");
                         complaint = Some(e);
                     }
@@ -234,5 +239,23 @@ mod tests {
         let waits: Vec<u64> = (0..12).map(|f| retry_wait(f, five_min).as_secs()).collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         assert_eq!(retry_wait(40, Duration::from_millis(10)), ROUND);
+    }
+
+    #[test]
+    fn a_watch_outside_the_sandbox_is_left_out() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().display().to_string();
+        let watch = |name: &str, path: &str| {
+            serde_json::json!({"name": name, "location": {"uri": format!("file://{path}")}, "patterns": ["*.csv"],
+                "start": {"namespace": "sales", "job_name": "j", "steps": [{"id": "a", "kind": "noop", "queue": "file"}]}})
+        };
+        let w = weir_core::files::Watches::from_value(serde_json::json!({
+            "watches": [watch("inside", &root), watch("outside", "/etc")]
+        }))
+        .expect("watches");
+        let policy = weir_core::sandbox::Policy::with_default(vec![root], vec![], vec![]).expect("policy");
+        let opened: Vec<String> = open_all(&w.watches, &policy).into_iter().map(|w| w.spec.name).collect();
+        assert_eq!(opened, ["inside"]);
+        assert_eq!(open_all(&w.watches, &weir_core::sandbox::Policy::allow_all()).len(), 2);
     }
 }

@@ -72,6 +72,8 @@ pub struct Master {
     pub relay_published: Counter,
     pub relay_lag: Gauge<f64, AtomicU64>,
     pub outbox_backlog: Gauge,
+    /// Namespaces come from jobs (any name, without auth): bounded.
+    pub namespaces: weir_runtime::metrics::Bounded,
 }
 
 /// The process's master metrics, registered on first use.
@@ -92,6 +94,7 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
         relay_published: Counter::default(),
         relay_lag: Gauge::default(),
         outbox_backlog: Gauge::default(),
+        namespaces: weir_runtime::metrics::Bounded::new(),
     };
     register("jobs_created", "Jobs created, by namespace and template", m.jobs_created.clone());
     register("jobs_finished", "Jobs finished, by namespace, template and final state", m.jobs_finished.clone());
@@ -139,7 +142,10 @@ impl Master {
         self.commit_records.observe(records as f64);
         for j in &c.new_jobs {
             self.jobs_created
-                .get_or_create(&JobLabels { namespace: j.spec.namespace.clone(), template: template(j) })
+                .get_or_create(&JobLabels {
+                    namespace: self.namespaces.label(&j.spec.namespace),
+                    template: template(j),
+                })
                 .inc();
         }
         if c.events.is_empty() {
@@ -153,7 +159,7 @@ impl Master {
                 ev::JOB_SUCCEEDED | ev::JOB_FAILED | ev::JOB_CANCELLED | ev::JOB_COMPENSATED => {
                     let Some(j) = jobs.get(&e.job_id) else { continue };
                     let labels = JobEndLabels {
-                        namespace: j.spec.namespace.clone(),
+                        namespace: self.namespaces.label(&j.spec.namespace),
                         template: template(j),
                         state: e.job_state.as_str().to_string(),
                     };
@@ -163,7 +169,7 @@ impl Master {
                 ev::JOB_COMPENSATING => {
                     if let Some(j) = jobs.get(&e.job_id) {
                         self.compensations
-                            .get_or_create(&NamespaceLabels { namespace: j.spec.namespace.clone() })
+                            .get_or_create(&NamespaceLabels { namespace: self.namespaces.label(&j.spec.namespace) })
                             .inc();
                     }
                 }

@@ -112,7 +112,13 @@ async fn handle(shared: &Shared, rules: &TriggerRules, m: &Message) -> Outcome {
         .header_text(header::TRACEPARENT)
         .map(str::to_string)
         .or_else(|| event.extensions.get("traceparent").and_then(|v| v.as_str()).map(str::to_string));
-    valid.trace_parent = Some(crate::jobs::trace_for(parent.as_deref()));
+    // A span of its own (in the event's trace, if it has one), so that with trace export
+    // on the job's trace is one the sampler decided on, not a made-up root.
+    let span = tracing::info_span!("trigger", otel.name = "trigger job", event_type = %event.ty);
+    if let Some(p) = &parent {
+        weir_runtime::telemetry::set_parent(&span, p);
+    }
+    valid.trace_parent = Some(span.in_scope(|| crate::jobs::trace_for(parent.as_deref())));
     match crate::jobs::submit(shared, valid, None).await {
         Ok((job, created)) => {
             tracing::info!(job_id = %job.id, created, event_id = %event.id, event_type = %event.ty, "trigger handled");

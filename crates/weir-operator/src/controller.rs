@@ -37,6 +37,9 @@ pub struct Context {
     pub scope: Option<String>,
     /// The ConfigMap (namespace, name) the file managers read their watches from.
     pub watches: (String, String),
+    /// One list-and-write of the watches file at a time: two overlapping ones could
+    /// finish in the wrong order and write a stale list last.
+    pub publishing: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -136,10 +139,8 @@ async fn cleanup(obj: &IngestionJob, ctx: &Context) -> Result<Action, OperatorEr
         Cleanup::Nothing => return Ok(Action::await_change()),
         Cleanup::Cancel(job_id) => job_id,
         Cleanup::FindAndCancel { namespace, name, run_id } => {
-            let request = ListJobsRequest { namespace, name, page_size: 1000, ..Default::default() };
-            let jobs = master.list_jobs(request).await.map_err(OperatorError::master)?.into_inner().jobs;
-            match jobs.into_iter().find(|j| j.spec.as_ref().is_some_and(|s| s.run_id == run_id)) {
-                Some(job) => job.id,
+            match find_job(&mut master, namespace, name, &run_id).await? {
+                Some(job_id) => job_id,
                 None => return Ok(Action::await_change()),
             }
         }
@@ -176,14 +177,19 @@ async fn apply_watch(api: &Api<FileWatch>, obj: &FileWatch, ctx: &Context) -> Re
     let key = (obj.namespace().unwrap_or_else(|| "default".into()), obj.name_any());
     // Not in the list it just read (created a moment ago): the next event brings it.
     let Some(verdict) = verdicts.get(&key) else { return Ok(Action::requeue(Duration::from_secs(1))) };
+    // Written again now and then whatever happens, so a file changed by hand, or a write
+    // lost while leadership moved, is repaired.
     let now = jiff::Timestamp::now().to_string();
     let next = crate::watches::status(obj, verdict, &ctx.watches_map(), &now);
     if obj.status.as_ref() != Some(&next) {
         let patch = Patch::Merge(serde_json::json!({ "status": next }));
         api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER), &patch).await?;
     }
-    Ok(Action::await_change())
+    Ok(Action::requeue(WATCHES_RESYNC))
 }
+
+/// How often an accepted FileWatch writes the watches file again.
+pub const WATCHES_RESYNC: Duration = Duration::from_secs(300);
 
 /// Lists every FileWatch in scope (but `leaving`), writes their watches file into the
 /// ConfigMap, and returns each object's verdict.
@@ -191,6 +197,7 @@ async fn publish_watches(
     ctx: &Context,
     leaving: Option<&str>,
 ) -> Result<std::collections::BTreeMap<crate::watches::Key, Result<String, String>>, OperatorError> {
+    let _one_at_a_time = ctx.publishing.lock().await;
     let all: Api<FileWatch> = match &ctx.scope {
         Some(ns) => Api::namespaced(ctx.kube.clone(), ns),
         None => Api::all(ctx.kube.clone()),
@@ -216,6 +223,41 @@ async fn publish_watches(
     let maps: Api<ConfigMap> = Api::namespaced(ctx.kube.clone(), map_namespace);
     maps.patch(map_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&map)).await?;
     Ok(verdicts)
+}
+
+/// The job of `namespace`/`name` with this run id, page after page. A caller that may
+/// not read the namespace could not have submitted there either: nothing to cancel.
+async fn find_job(
+    master: &mut JobServiceClient<AuthedChannel>,
+    namespace: String,
+    name: String,
+    run_id: &str,
+) -> Result<Option<String>, OperatorError> {
+    let mut page_token = String::new();
+    loop {
+        let request = ListJobsRequest {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
+        let page = match master.list_jobs(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated) => {
+                tracing::warn!(%namespace, %name, error = %s.message(), "cannot read the namespace's jobs; nothing to cancel");
+                return Ok(None);
+            }
+            Err(s) => return Err(OperatorError::master(s)),
+        };
+        if let Some(job) = page.jobs.into_iter().find(|j| j.spec.as_ref().is_some_and(|s| s.run_id == run_id)) {
+            return Ok(Some(job.id));
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(None);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Runs the controllers over `jobs`' IngestionJobs and `watches`' FileWatches until `stop`

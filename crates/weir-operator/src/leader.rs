@@ -1,8 +1,9 @@
 //! One replica at a time runs the controller: the holder of a Kubernetes Lease, kept by
 //! kube-lease-manager. A replica that loses the Lease stops its controller (letting
-//! reconciliations under way finish) and waits to lead again; two controllers at once
-//! would still be safe (submission is idempotent by run id, cancellation by job), only
-//! wasteful.
+//! reconciliations under way finish) and waits to lead again. Two controllers at once,
+//! while leadership moves, submit nothing twice (submission is idempotent by run id) and
+//! cancel nothing twice; the watches file they might write out of order is written again
+//! every few minutes (`controller::WATCHES_RESYNC`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -127,6 +127,7 @@ async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         resync: args.resync,
         scope,
         watches: (args.lease_namespace.clone(), args.watches_configmap.clone()),
+        publishing: Default::default(),
     });
     leader::run(election, jobs, watches, ctx, cancel).await?;
     Ok(())

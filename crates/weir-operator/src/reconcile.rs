@@ -74,8 +74,13 @@ pub fn plan(obj: &IngestionJob) -> Plan {
     if let Some(job_id) = obj.status.as_ref().and_then(|s| s.job_id.clone()) {
         return Plan::Follow(job_id);
     }
-    if obj.status.as_ref().and_then(|s| s.state.as_deref()) == Some(INVALID) {
-        return Plan::Refuse(obj.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default());
+    // Refused as it stands; an edit (a newer generation) is submitted again: nothing was
+    // created, so the uid is still free as the run id.
+    let status = obj.status.as_ref();
+    if status.and_then(|s| s.state.as_deref()) == Some(INVALID)
+        && obj.metadata.generation <= status.and_then(|s| s.observed_generation)
+    {
+        return Plan::Refuse(status.and_then(|s| s.message.clone()).unwrap_or_default());
     }
     match job_spec(obj) {
         Ok(spec) => Plan::Submit(Box::new(spec)),
@@ -129,7 +134,11 @@ pub fn status(obj: &IngestionJob, view: &MasterView, now: &str) -> IngestionJobS
             } else if reason == LOST {
                 next.state = Some(LOST.into());
             }
-            conditions.push(cond("Submitted", "False", reason, message));
+            // Refused a read of a job it did submit (a permission withdrawn): it was
+            // submitted all the same; the message says what is in the way.
+            if old.job_id.is_none() || reason == LOST {
+                conditions.push(cond("Submitted", "False", reason, message));
+            }
         }
         MasterView::Unreachable(message) => {
             next.message = Some(format!("the master is unreachable: {message}"));
@@ -375,6 +384,28 @@ mod tests {
         assert_eq!(s.job_id.as_deref(), Some("j-1"));
         assert_eq!(condition(&s, "Submitted").status, "True");
         assert!(s.message.as_deref().is_some_and(|m| m.contains("unreachable")));
+    }
+
+    #[test]
+    fn an_edited_invalid_object_is_submitted_again() {
+        let refused = status(&object(None), &MasterView::Refused(Code::InvalidArgument, "bad kind".into()), "t");
+        let mut obj = object(Some(refused));
+        assert!(matches!(plan(&obj), Plan::Refuse(_)), "unchanged: refused without asking");
+        obj.metadata.generation = Some(2);
+        assert!(matches!(plan(&obj), Plan::Submit(_)), "edited: tried again");
+    }
+
+    #[test]
+    fn a_withdrawn_read_permission_does_not_unsay_the_submission() {
+        let running = status(&object(None), &job(v1::JobState::Running, ""), "t");
+        let s = status(
+            &object(Some(running)),
+            &MasterView::Refused(Code::PermissionDenied, "needs finance:read".into()),
+            "t2",
+        );
+        assert_eq!(condition(&s, "Submitted").status, "True");
+        assert_eq!(s.message.as_deref(), Some("needs finance:read"));
+        assert_eq!(s.state.as_deref(), Some("Running"));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! HTTP ([`serve`], on `WEIR_METRICS_LISTEN`).
 //!
 //! Names follow Prometheus' conventions: `weir_` first, the unit in the name, counters
-//! ending `_total` (the encoder adds it). Labels are bounded: methods, queues, namespaces,
-//! states — never a job or task id.
+//! ending `_total` (the encoder adds it). Labels are bounded: methods, queues, states —
+//! never a job or task id; values that jobs choose (namespaces, API names, streams) pass
+//! through a [`Bounded`] set, so no job can grow a family without limit.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +44,57 @@ pub fn encode() -> String {
         tracing::warn!(error = %e, "cannot encode the metrics");
     }
     out
+}
+
+/// How many distinct values a label chosen by jobs takes in one process
+/// (`WEIR_METRICS_MAX_LABEL_VALUES`, default 200); later values count as [`Bounded::OTHER`].
+pub fn max_label_values() -> usize {
+    static MAX: LazyLock<usize> = LazyLock::new(|| {
+        std::env::var("WEIR_METRICS_MAX_LABEL_VALUES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(200)
+    });
+    *MAX
+}
+
+/// The values one label has taken: the first [`max_label_values`] are kept as they are,
+/// later ones are reported as [`Bounded::OTHER`] (the series a scrape holds, and the
+/// registry's memory, stay bounded whatever jobs name).
+pub struct Bounded {
+    max: usize,
+    seen: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Bounded {
+    /// What a value past the limit is reported as.
+    pub const OTHER: &'static str = "_other";
+
+    /// A set taking up to [`max_label_values`] values.
+    pub fn new() -> Bounded {
+        Bounded::with_max(max_label_values())
+    }
+
+    /// A set taking up to `max` values.
+    pub fn with_max(max: usize) -> Bounded {
+        Bounded { max, seen: Mutex::default() }
+    }
+
+    /// `value` if it has been seen or there is room for it, else [`Bounded::OTHER`].
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        Bounded::OTHER.to_string()
+    }
+}
+
+impl Default for Bounded {
+    fn default() -> Self {
+        Bounded::new()
+    }
 }
 
 /// A histogram of durations in seconds, 1 ms to about 9 minutes (a family's constructor).
@@ -241,6 +293,15 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_label_takes_its_first_values_then_other() {
+        let b = super::Bounded::with_max(2);
+        assert_eq!(b.label("a"), "a");
+        assert_eq!(b.label("b"), "b");
+        assert_eq!(b.label("c"), super::Bounded::OTHER);
+        assert_eq!(b.label("a"), "a", "a value seen before keeps its series");
+    }
+
     use super::*;
 
     #[test]

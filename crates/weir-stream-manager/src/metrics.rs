@@ -21,6 +21,8 @@ pub struct Streams {
     pub bytes: Family<StreamLabels, Counter>,
     pub lag: Family<StreamLabels, Gauge>,
     pub buffered_bytes: Gauge,
+    /// Stream names come from jobs: bounded.
+    pub names: weir_runtime::metrics::Bounded,
 }
 
 /// The process's stream metrics, registered on first use.
@@ -30,6 +32,7 @@ pub static STREAMS: LazyLock<Streams> = LazyLock::new(|| {
         bytes: Family::default(),
         lag: Family::default(),
         buffered_bytes: Gauge::default(),
+        names: weir_runtime::metrics::Bounded::new(),
     };
     register("stream_records", "Records a stream read from its source", s.records.clone());
     register("stream_read_bytes", "Bytes a stream read from its source", s.bytes.clone());

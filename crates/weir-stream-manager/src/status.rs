@@ -138,8 +138,11 @@ impl Tracker {
             );
         }
         let now = Instant::now();
-        let label =
-            crate::metrics::StreamLabels { stream: format!("{}/{}/{}", task.namespace, task.job_name, task.step_id) };
+        let label = crate::metrics::StreamLabels {
+            stream: crate::metrics::STREAMS
+                .names
+                .label(&format!("{}/{}/{}", task.namespace, task.job_name, task.step_id)),
+        };
         Tracker {
             registry: registry.clone(),
             key,

@@ -127,6 +127,8 @@ pub struct BackgroundContext {
     pub cancel: CancellationToken,
     /// The token and TLS of calls to the master.
     pub security: ClientSecurity,
+    /// What this manager may touch (background work such as watches is checked too).
+    pub sandbox: std::sync::Arc<weir_core::sandbox::Policy>,
 }
 
 /// Work a manager does besides running leased tasks, and the gRPC services it serves
@@ -185,6 +187,7 @@ pub async fn run(spec: ManagerSpec, args: ManagerArgs, cancel: CancellationToken
         worker_id: cfg.worker_id.clone(),
         cancel: cancel.clone(),
         security,
+        sandbox: cfg.sandbox.clone(),
     };
     let background: Vec<_> = spec
         .background
