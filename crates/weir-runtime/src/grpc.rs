@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Routes, RoutesBuilder};
@@ -78,7 +78,10 @@ pub async fn serve(
         .add_routes(routes);
     match security.tls {
         None => {
-            builder.serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned()).await?;
+            // tonic ignores the builder's tcp_nodelay for a listener it did not bind, so it
+            // is set here: with Nagle on, a small answer can wait for the peer's delayed ACK.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            builder.serve_with_incoming_shutdown(incoming, cancel.cancelled_owned()).await?;
         }
         Some(tls) => {
             let (tx, rx) = mpsc::channel(64);

@@ -45,6 +45,12 @@ pub struct TelemetryArgs {
     pub log_format: LogFormat,
 }
 
+/// Whether a W3C `traceparent` says its trace is sampled (flags bit 0); a malformed one
+/// is not.
+pub fn sampled(traceparent: &str) -> bool {
+    traceparent.parse::<weir_core::trace::TraceParent>().is_ok_and(|t| t.flags & 1 == 1)
+}
+
 /// Whether this process exports traces (set once, by [`init`]).
 static TRACING: OnceLock<bool> = OnceLock::new();
 
@@ -88,10 +94,13 @@ pub fn init(service: &str, args: &TelemetryArgs) -> Result<Telemetry, RuntimeErr
         LogFormat::Text => fmt.with_filter(filter()).boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_filter(filter()).boxed(),
     };
-    // Spans go to the exporter from `info` on whatever RUST_LOG says about log lines.
+    // Spans go to the exporter from `info` on whatever RUST_LOG says about log lines;
+    // without source locations and thread ids, which every span would otherwise carry.
     let traces = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("weir"))
+            .with_location(false)
+            .with_threads(false)
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     match tracing_subscriber::registry().with(logs).with(traces).try_init() {
@@ -173,6 +182,10 @@ pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span
     let parent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
     let path = request.uri().path();
     if parent.is_none() && UNTRACED_ROOTS.iter().any(|s| path.trim_start_matches('/').starts_with(s)) {
+        return tracing::Span::none();
+    }
+    // A call in a trace the sampler dropped: its span would be dropped too.
+    if parent.is_some_and(|p| !sampled(p)) {
         return tracing::Span::none();
     }
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
