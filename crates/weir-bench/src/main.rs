@@ -12,7 +12,7 @@
 //! 4. the same again with events on: a real Kafka-protocol broker (tansu) and the master
 //!    publishing every event through the outbox relay — throughput, the change against (3),
 //!    and relay events/s until every event of the run is published;
-//! 5. the same as (3) with telemetry off and on, alternating twice (fresh schemas): on is
+//! 5. the same as (3) with telemetry off and on, alternating three times (fresh schemas): on is
 //!    `/metrics` served and scraped each second and every span exported over OTLP to a
 //!    receiver on loopback — throughputs and the change;
 //! 6. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
@@ -243,13 +243,13 @@ async fn main() -> anyhow::Result<()> {
     m.stop().await?;
 
     // Telemetry on: metrics scraped, every span exported to a receiver on loopback. Off
-    // and on alternate twice, each on a fresh schema, so run order (a warming PostgreSQL)
+    // and on alternate three times, each on a fresh schema, so run order (a warming PostgreSQL)
     // weighs on both sides alike; the change is of the sums.
     let python =
         PathBuf::from(format!("{}/.cache/weir/bench-venv/bin/python", std::env::var("HOME").unwrap_or_default()));
     // Two samplings: every trace, and one in ten (deploy/base/config.yaml's suggestion).
     let (mut sum_off, mut sum_all, mut sum_tenth) = (0.0, 0.0, 0.0);
-    for round in 1..=2 {
+    for round in 1..=3 {
         let m = Master::start(None).await?;
         sum_off += engine(&m, &args, &format!("telemetry_off_{round}_")).await?;
         m.stop().await?;

@@ -95,12 +95,16 @@ pub fn init(service: &str, args: &TelemetryArgs) -> Result<Telemetry, RuntimeErr
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_filter(filter()).boxed(),
     };
     // Spans go to the exporter from `info` on whatever RUST_LOG says about log lines;
-    // without source locations and thread ids, which every span would otherwise carry.
+    // without source locations and thread ids, which every span would otherwise carry,
+    // and without work at every poll of a future in a span (busy/idle times, activating
+    // the OpenTelemetry context: Weir reads a span's context from the span itself).
     let traces = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("weir"))
             .with_location(false)
             .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     match tracing_subscriber::registry().with(logs).with(traces).try_init() {
