@@ -57,7 +57,7 @@ struct Nginx {
 
 impl Nginx {
     async fn start(root: &Path, work: &Path) -> anyhow::Result<Nginx> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::free_port()?;
         let conf = work.join("nginx.conf");
         let log = work.join("access.log");
         let tmp = work.join("nginx-tmp");

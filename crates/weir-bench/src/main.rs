@@ -95,6 +95,11 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A free loopback port (bound and released).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 pub(crate) fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
     let mut c = Command::new(bin(name)?);
     c.args(args).kill_on_drop(true);
@@ -318,7 +323,7 @@ impl Master {
         observe: Option<Arc<observe::Observe>>,
     ) -> anyhow::Result<Master> {
         let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let scheme = if secure.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
         let mut env: Vec<(&str, String)> = vec![("WEIR_STORE_URL", schema.url.clone())];
@@ -577,7 +582,7 @@ impl Broker {
     fn start() -> anyhow::Result<Broker> {
         let home = std::env::var("HOME").unwrap_or_default();
         let bin = std::env::var("WEIR_TANSU_BIN").unwrap_or_else(|_| format!("{home}/.cache/weir/tools/bin/tansu"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args([

@@ -23,17 +23,13 @@ pub(crate) struct Observe {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Observe {
     /// Starts the receiver (with `python`, the bench venv's) and the scraper; traces are
     /// sampled at `ratio` (`None`: all).
     pub(crate) async fn start(python: &Path, ratio: Option<f64>) -> anyhow::Result<Observe> {
         let dir = tempfile::tempdir()?;
         let spans = dir.path().join("spans.jsonl");
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/otlp_sink.py");
         let sink = Command::new(python)
             .arg(&script)
@@ -67,7 +63,7 @@ impl Observe {
     /// The environment of one more process: trace export with the run's sampling, and
     /// `/metrics` on a port of its own that the scraper then reads.
     pub(crate) fn env(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
-        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let metrics = format!("127.0.0.1:{}", crate::free_port()?);
         self.targets.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(metrics.clone());
         let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone()), ("WEIR_METRICS_LISTEN", metrics)];
         match self.ratio {

@@ -297,13 +297,13 @@ pub(crate) fn trace_for(parent: Option<&str>) -> String {
     // job's parent, so the job's work and events hang under the call that asked for it.
     // (A trigger's parent is the event's trace, not the current span's: that one wins.)
     let parsed = parent.and_then(|p| p.parse::<TraceParent>().ok());
-    let current = weir_runtime::telemetry::current_traceparent().and_then(|c| c.parse::<TraceParent>().ok());
+    let current = weir_runtime::telemetry::current_trace();
     if let Some(c) = current.filter(|c| parsed.is_none_or(|p| p.trace_id == c.trace_id)) {
         tracing::Span::current().record("trace_id", c.trace_id_hex());
         return c.to_string();
     }
     let span = (Uuid::new_v4().as_u128() & u128::from(u64::MAX)) as u64;
-    let t = match parent.and_then(|p| p.parse::<TraceParent>().ok()) {
+    let t = match parsed {
         Some(p) => p.child(span),
         None => TraceParent::new(Uuid::new_v4().as_u128(), span),
     };

@@ -11,18 +11,18 @@
 //! the trace across gRPC calls ([`inject`], [`extract`]), task leases and Kafka events.
 //! Without the endpoint nothing of this runs: no spans per call, no propagation.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use clap::{Args, ValueEnum};
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+use weir_core::trace::TraceParent;
 
 use crate::RuntimeError;
 
@@ -48,7 +48,7 @@ pub struct TelemetryArgs {
 /// Whether a W3C `traceparent` says its trace is sampled (flags bit 0); a malformed one
 /// is not.
 pub fn sampled(traceparent: &str) -> bool {
-    traceparent.parse::<weir_core::trace::TraceParent>().is_ok_and(|t| t.flags & 1 == 1)
+    traceparent.parse::<TraceParent>().is_ok_and(|t| t.flags & 1 == 1)
 }
 
 /// Whether this process exports traces (set once, by [`init`]).
@@ -135,29 +135,37 @@ fn provider(service: &str) -> Result<SdkTracerProvider, RuntimeError> {
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
 }
 
-/// The current span's context as a W3C `traceparent`, when traces are exported and the
-/// span is part of one.
-pub fn current_traceparent() -> Option<String> {
+/// The current span's trace context, when traces are exported and the span is part of
+/// one (Weir's own [`TraceParent`], which every hop — calls, leases, events — carries).
+pub fn current_trace() -> Option<TraceParent> {
     if !tracing_enabled() {
         return None;
     }
     let cx = tracing::Span::current().context();
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| TraceParent {
+        trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+        flags: sc.trace_flags().to_u8(),
+    })
 }
 
 /// Makes `span` a child of the W3C `traceparent` given (a lease's, an event's), when traces
 /// are exported; a malformed one is ignored.
 pub fn set_parent(span: &tracing::Span, traceparent: &str) {
-    if !tracing_enabled() || traceparent.is_empty() {
+    if !tracing_enabled() {
         return;
     }
-    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
-    }
+    let Ok(t) = traceparent.parse::<TraceParent>() else { return };
+    let remote = SpanContext::new(
+        TraceId::from_bytes(t.trace_id.to_be_bytes()),
+        SpanId::from_bytes(t.span_id.to_be_bytes()),
+        TraceFlags::new(t.flags),
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
 /// Adds the current span's `traceparent` to outgoing gRPC metadata, when traces are
@@ -166,8 +174,8 @@ pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
     if metadata.contains_key("traceparent") {
         return;
     }
-    if let Some(tp) = current_traceparent() {
-        if let Ok(v) = tp.parse() {
+    if let Some(t) = current_trace() {
+        if let Ok(v) = t.to_string().parse() {
             metadata.insert("traceparent", v);
         }
     }
