@@ -5,7 +5,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test lint bench bench-data bench-api bench-streams fmt build fuzz
+.PHONY: run test lint bench bench-limits bench-data bench-api bench-streams fmt build fuzz
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
@@ -69,11 +69,21 @@ bench:
 	./scripts/ensure-brokers.sh
 	./scripts/ensure-tansu.sh
 	./scripts/ensure-bench-peer.sh
+	./scripts/ensure-bench-node.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/weir-bench
+	$(CARGO_TARGET_DIR)/release/weir-bench limits
 	$(CARGO_TARGET_DIR)/release/weir-bench data
 	$(CARGO_TARGET_DIR)/release/weir-bench api
 	$(CARGO_TARGET_DIR)/release/weir-bench streams
+
+## Only the engine-limits benchmark (step-to-step latency, chained steps, store size).
+bench-limits:
+	./scripts/ensure-build-deps.sh
+	./scripts/ensure-postgres.sh
+	./scripts/ensure-bench-node.sh
+	$(CARGO) build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/weir-bench limits
 
 ## Only the stream benchmark.
 bench-streams:

@@ -459,3 +459,70 @@ async fn restart_postgres() {
 async fn restart_sqlite() {
     restart(Backend::Sqlite).await;
 }
+
+/// Retention end to end: a finished job past its namespace's retention is purged with its
+/// tasks and history (and its run id may run again); another namespace's longer retention
+/// keeps its job; an unfinished job is never purged.
+async fn retention_purges_finished_jobs(backend: Backend) {
+    let store = StoreFixture::new(backend).await;
+    let m = InProcMaster::start_configured(&store.url, None, |c| {
+        c.retention = "1s".into();
+        c.retention_namespaces = vec!["keep=1h".into()];
+        c.purge_interval = Duration::from_millis(200);
+    })
+    .await;
+    wait_master(&m.url).await;
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let with = |ns: &str, name: &str| {
+        let mut spec = job(name, vec![step("a", "noop", "api", &[])]);
+        spec.namespace = ns.into();
+        spec.run_id = "2026-12-07".into();
+        spec
+    };
+    let short = submit(&mut jobs, with("team", "short")).await;
+    let kept = submit(&mut jobs, with("keep", "kept")).await;
+    for l in acquire(&mut w, "api", 10, 1000).await {
+        complete(&mut w, &l).await.expect("complete");
+    }
+    wait_finished(&mut jobs, &short, Duration::from_secs(5)).await;
+    wait_finished(&mut jobs, &kept, Duration::from_secs(5)).await;
+    let open = submit(&mut jobs, job("open", vec![step("a", "noop", "file", &[])])).await;
+    let reader = jobs.clone();
+    let get = |id: &str| {
+        let mut jobs = reader.clone();
+        let id = id.to_string();
+        async move { jobs.get_job(v1::GetJobRequest { job_id: id }).await.map(|r| r.into_inner()) }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match get(&short).await {
+            Err(s) if s.code() == tonic::Code::NotFound => break,
+            Ok(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("the finished job was not purged within 15 s: {other:?}"),
+        }
+    }
+    let tasks = jobs.get_job_tasks(v1::GetJobTasksRequest { job_id: short.clone() }).await;
+    assert_eq!(tasks.expect_err("its tasks went with it").code(), tonic::Code::NotFound);
+    assert!(get(&kept).await.is_ok(), "namespace keep keeps its job for an hour");
+    assert!(get(&open).await.is_ok(), "an unfinished job is never purged");
+    // Past retention the run id is free: the same submission starts a new job.
+    let again = jobs.submit_job(v1::SubmitJobRequest { spec: Some(with("team", "short")) }).await.expect("submit");
+    let again = again.into_inner();
+    assert!(again.created, "a new job after the old one was purged");
+    assert_ne!(again.job.expect("job").id, short);
+    // Within retention it is still the same job.
+    let kept_again = jobs.submit_job(v1::SubmitJobRequest { spec: Some(with("keep", "kept")) }).await.expect("submit");
+    assert!(!kept_again.into_inner().created);
+    m.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_finished_jobs_postgres() {
+    retention_purges_finished_jobs(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_finished_jobs_sqlite() {
+    retention_purges_finished_jobs(Backend::Sqlite).await;
+}

@@ -18,11 +18,13 @@
 //! 6. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
 //!    for each event, the time from the master stamping it to this process reading it.
 //!
-//! `weir-bench data` measures the data path instead (see [`data`]); `weir-bench api` the
+//! `weir-bench limits` measures the engine at its limits (see [`limits`]); `weir-bench data`
+//! the data path (see [`data`]); `weir-bench api` the
 //! API manager (see [`api`]); `weir-bench streams` the stream manager (see [`streams`]).
 
 mod api;
 mod data;
+mod limits;
 mod observe;
 mod secure;
 mod streams;
@@ -75,6 +77,9 @@ enum What {
     /// Kafka, RabbitMQ and NATS → Parquet/PostgreSQL: the stream manager against a plain
     /// confluent-kafka + pyarrow consumer; latency; memory with a stalled sink.
     Streams(streams::StreamArgs),
+    /// The engine at its limits: step-to-step latency, chained-steps throughput, the
+    /// store's size per million tasks and under retention.
+    Limits(limits::LimitsArgs),
     /// (internal) Converts one file with Weir's pipeline and prints its figures.
     #[command(hide = true)]
     ConvertOne {
@@ -229,6 +234,10 @@ async fn main() -> anyhow::Result<()> {
             println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
             return streams::run(s).await;
         }
+        Some(What::Limits(l)) => {
+            println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+            return limits::run(l, &args).await;
+        }
         Some(What::ConvertOne { input, out, staged }) => return data::convert_one(input, out, *staged),
         None => {}
     }
@@ -242,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Security on: JWT on every call, mTLS between every process and the master.
     let secure = std::sync::Arc::new(secure::Secure::new()?);
-    let m = Master::start_with(None, Some(secure), None).await?;
+    let m = Master::start_with(None, Some(secure), None, &[]).await?;
     let on = engine(&m, &args, "secure_").await?;
     println!("throughput_change_with_security={:+.1} %", (on - off) / off * 100.0);
     m.stop().await?;
@@ -308,12 +317,17 @@ pub(crate) struct Master {
 
 impl Master {
     pub(crate) async fn start(kafka: Option<&str>) -> anyhow::Result<Master> {
-        Master::start_with(kafka, None, None).await
+        Master::start_with(kafka, None, None, &[]).await
+    }
+
+    /// A master with these settings added to its environment.
+    pub(crate) async fn start_env(env: &[(&str, String)]) -> anyhow::Result<Master> {
+        Master::start_with(None, None, None, env).await
     }
 
     /// A master, and later its managers, with telemetry on.
     async fn start_observed(observe: Arc<observe::Observe>) -> anyhow::Result<Master> {
-        Master::start_with(None, None, Some(observe)).await
+        Master::start_with(None, None, Some(observe), &[]).await
     }
 
     /// A master with tokens and mTLS when `secure` is given, telemetry with `observe`.
@@ -321,12 +335,14 @@ impl Master {
         kafka: Option<&str>,
         secure: Option<std::sync::Arc<secure::Secure>>,
         observe: Option<Arc<observe::Observe>>,
+        extra: &[(&str, String)],
     ) -> anyhow::Result<Master> {
         let schema = weir_store::testing::TestSchema::create().await.context("PostgreSQL for the benchmark")?;
         let port = free_port()?;
         let scheme = if secure.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
         let mut env: Vec<(&str, String)> = vec![("WEIR_STORE_URL", schema.url.clone())];
+        env.extend(extra.iter().cloned());
         if let Some(k) = kafka {
             env.push(("WEIR_KAFKA_BROKERS", k.to_string()));
         }
@@ -381,7 +397,16 @@ impl Master {
     }
 
     async fn succeeded(&self, prefix: &str) -> anyhow::Result<usize> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM weir_jobs WHERE state = 'succeeded' AND name LIKE $1")
+        self.count(prefix, "state = 'succeeded'").await
+    }
+
+    async fn unfinished(&self, prefix: &str) -> anyhow::Result<usize> {
+        self.count(prefix, "state IN ('pending', 'running', 'paused', 'compensating')").await
+    }
+
+    /// Jobs named `prefix…` matching `condition`.
+    async fn count(&self, prefix: &str, condition: &str) -> anyhow::Result<usize> {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM weir_jobs WHERE {condition} AND name LIKE $1"))
             .bind(format!("{prefix}%"))
             .fetch_one(&self.pool)
             .await?;
@@ -459,11 +484,17 @@ async fn engine(m: &Master, args: &Args, label: &str) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let managers = m.managers(args.concurrency)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
-    while m.succeeded("bench-").await? < n_jobs {
+    // Until no job of the run is unfinished: with a short retention (the limits run) the
+    // first to succeed are purged before the last.
+    while m.unfinished("bench-").await? > 0 {
         if Instant::now() > deadline {
             bail!("drain did not finish in 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = m.count("bench-", "state <> 'succeeded'").await?;
+    if failed > 0 {
+        bail!("{failed} jobs of the run did not succeed");
     }
     let secs = t0.elapsed().as_secs_f64();
     let rate = queued as f64 / secs;

@@ -933,6 +933,13 @@ impl Engine {
         changes
     }
 
+    /// Forgets the keys of finished jobs that were deleted from the store (the retention
+    /// purge): the same namespace/name/run id then starts a new job.
+    pub fn forget_finished(&mut self, purged: &[Uuid]) {
+        let purged: HashSet<&Uuid> = purged.iter().collect();
+        self.recent_keys.retain(|_, id| !purged.contains(id));
+    }
+
     fn evict_if_done(&mut self, id: Uuid, now: Millis) {
         let Some(e) = self.jobs.get(&id) else { return };
         if !e.rec.state.is_terminal() {

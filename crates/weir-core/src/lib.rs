@@ -17,6 +17,7 @@
 //!   endpoints) and the per-namespace policy that allows it, checked at submission.
 //! - [`secret`]: one secret (a key, a CA bundle) by reference.
 //! - [`quota`]: fleet-wide rate limits divided into shares over the heartbeat.
+//! - [`retention`]: how long finished jobs are kept, per namespace, and the purge's sweeps.
 //! - [`model`]: job, task and event records, as stored.
 //! - [`audit`]: audit records of mutating and refused calls.
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
@@ -41,6 +42,7 @@ pub mod events;
 pub mod files;
 pub mod model;
 pub mod quota;
+pub mod retention;
 pub mod retry;
 pub mod sandbox;
 pub mod secret;

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use weir_auth::Role;
@@ -102,30 +101,5 @@ impl AuditService for Audit {
             records: records.iter().map(convert::audit).collect(),
             next_page_token: next,
         }))
-    }
-}
-
-/// How often the retention sweep runs.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Deletes audit records past the retention period, at start and hourly, while this
-/// master leads.
-pub(crate) async fn purge(shared: Arc<Shared>, cancel: tokio_util::sync::CancellationToken) {
-    let keep = Duration::from_secs(u64::from(shared.config.audit_retention_days) * 24 * 3600);
-    loop {
-        let before = crate::now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-        match shared.store.purge_audit(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                deleted = n,
-                days = shared.config.audit_retention_days,
-                "audit records past retention deleted"
-            ),
-            Err(e) => tracing::warn!(error = %e, "audit retention sweep failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PURGE_EVERY) => {}
-            _ = cancel.cancelled() => return,
-        }
     }
 }

@@ -53,6 +53,20 @@ pub struct MasterConfig {
     #[arg(long, env = "WEIR_AUDIT_RETENTION_DAYS", default_value_t = weir_core::audit::DEFAULT_RETENTION_DAYS,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_retention_days: u32,
+    /// How long a finished job (its tasks and history) is kept, e.g. "30d"; after it, the
+    /// purge deletes it and its run id may start a new job.
+    #[arg(long, env = "WEIR_RETENTION", default_value = weir_core::retention::DEFAULT_RETENTION)]
+    pub retention: String,
+    /// Per-namespace retention, e.g. "finance=400d,scratch=1d" (others: WEIR_RETENTION).
+    #[arg(long, env = "WEIR_RETENTION_NAMESPACES", value_delimiter = ',')]
+    pub retention_namespaces: Vec<String>,
+    /// How often the retention purge runs (at start, then at this interval).
+    #[arg(long, env = "WEIR_PURGE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub purge_interval: Duration,
+    /// Most jobs (or messages) deleted in one purge transaction.
+    #[arg(long, env = "WEIR_PURGE_BATCH", default_value_t = weir_core::retention::DEFAULT_PURGE_BATCH,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub purge_batch: u32,
 }
 
 /// Where lifecycle events go and which events start jobs.
@@ -155,6 +169,11 @@ impl EventsConfig {
 }
 
 impl MasterConfig {
+    /// The retention settings, checked.
+    pub fn retention(&self) -> Result<weir_core::retention::Retention, String> {
+        weir_core::retention::Retention::parse(&self.retention, &self.retention_namespaces)
+    }
+
     /// The submission limits (none with authentication off, unless set, or with "off").
     pub fn limits(&self) -> Result<Option<weir_auth::KeyedLimits>, String> {
         let s = self.submission_limit.trim();
@@ -183,6 +202,10 @@ impl MasterConfig {
             submission_limit: weir_auth::limit::DEFAULT_SUBMISSION_LIMIT.into(),
             audit_refusals_per_peer: weir_runtime::auth::DEFAULT_REFUSALS_PER_PEER.into(),
             audit_retention_days: weir_core::audit::DEFAULT_RETENTION_DAYS,
+            retention: weir_core::retention::DEFAULT_RETENTION.into(),
+            retention_namespaces: Vec::new(),
+            purge_interval: Duration::from_secs(300),
+            purge_batch: weir_core::retention::DEFAULT_PURGE_BATCH,
         }
     }
 }

@@ -8,8 +8,8 @@
 //! - [`status`]: the one place errors become gRPC statuses.
 //! - [`relay`]: publishes committed events (the outbox) to the bus, in commit order.
 //! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
-//! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`,
-//!   retention.
+//! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`.
+//! - [`retention`]: the purge of finished jobs, relayed messages and old audit records.
 //! - [`metrics`]: the master's Prometheus metrics, read off each commit.
 //! - [`connections`]: named connections (`ConnectionService`) and their expansion into
 //!   the jobs that name them.
@@ -26,6 +26,7 @@ pub mod connections;
 pub mod jobs;
 pub mod metrics;
 pub mod relay;
+pub mod retention;
 pub mod scheduler;
 pub mod status;
 pub mod triggers;
@@ -127,6 +128,7 @@ pub async fn serve_with_store(
     config.metrics.start(cancel.clone()).await?;
     let sandbox = config.sandbox.policy()?;
     let limits = config.limits().map_err(|e| MasterError::Config(format!("WEIR_SUBMISSION_LIMIT: {e}")))?;
+    let retention = config.retention().map_err(|e| MasterError::Config(format!("WEIR_RETENTION: {e}")))?;
     let security =
         weir_runtime::security::ServerSecurity::from_args(&config.auth, &config.tls, Arc::new(access)).await?;
     let (scheduler, inbox) = scheduler::Handle::new(config.max_batch);
@@ -200,7 +202,13 @@ pub async fn serve_with_store(
         }
     }
     side.push(tokio::spawn(workers::sweep(shared.clone(), side_cancel.clone())));
-    side.push(tokio::spawn(audit::purge(shared.clone(), side_cancel.clone())));
+    let (purge_shared, c, stop) = (shared.clone(), side_cancel.clone(), cancel.clone());
+    side.push(tokio::spawn(async move {
+        if let Err(e) = retention::run(purge_shared, retention, epoch, c).await {
+            tracing::error!(error = %e, "retention purge stopped: leadership lost");
+            stop.cancel();
+        }
+    }));
 
     let result =
         scheduler::run(engine, store, epoch, inbox, shared.scheduler.events(), cancel.clone(), config.max_batch).await;

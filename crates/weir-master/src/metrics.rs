@@ -49,6 +49,12 @@ pub struct QueueLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurgeLabels {
+    /// jobs, tasks, events, messages or audit.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabels {
     pub namespace: String,
 }
@@ -72,6 +78,7 @@ pub struct Master {
     pub relay_published: Counter,
     pub relay_lag: Gauge<f64, AtomicU64>,
     pub outbox_backlog: Gauge,
+    pub purged: Family<PurgeLabels, Counter>,
     /// Namespaces come from jobs (any name, without auth): bounded.
     pub namespaces: weir_runtime::metrics::Bounded,
 }
@@ -94,6 +101,7 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
         relay_published: Counter::default(),
         relay_lag: Gauge::default(),
         outbox_backlog: Gauge::default(),
+        purged: Family::default(),
         namespaces: weir_runtime::metrics::Bounded::new(),
     };
     register("jobs_created", "Jobs created, by namespace and template", m.jobs_created.clone());
@@ -123,6 +131,11 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
         m.relay_lag.clone(),
     );
     register("outbox_backlog_events", "Job events committed and not yet published", m.outbox_backlog.clone());
+    register(
+        "purged_records",
+        "Rows the retention purge deleted, by kind (jobs, tasks, events, messages, audit)",
+        m.purged.clone(),
+    );
     m
 });
 

@@ -164,10 +164,24 @@ struct Names {
     messages: String,
 }
 
+/// The suffix that tells a bus's messages position from its events position.
+const MESSAGES_SUFFIX: &str = ":messages";
+
 impl Names {
     fn of(kind: &str) -> Names {
-        Names { events: kind.to_string(), messages: format!("{kind}:messages") }
+        Names { events: kind.to_string(), messages: format!("{kind}{MESSAGES_SUFFIX}") }
     }
+}
+
+/// How far every relay that ever ran on this store has published, as (job events,
+/// messages): what the retention purge may delete is at or behind both. `None` where no
+/// relay keeps a position (no durable bus ever ran): nothing waits to be published, and a
+/// first relay starts at the tail.
+pub(crate) fn published(positions: &[(String, i64)]) -> (Option<i64>, Option<i64>) {
+    let lowest = |messages: bool| {
+        positions.iter().filter(|(name, _)| name.ends_with(MESSAGES_SUFFIX) == messages).map(|(_, p)| *p).min()
+    };
+    (lowest(false), lowest(true))
 }
 
 /// The next batch from both sources, and the position after it.
@@ -237,5 +251,24 @@ where
             return None;
         }
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_waits_for_the_slowest_relay_of_each_source() {
+        assert_eq!(published(&[]), (None, None));
+        let names = Names::of("kafka");
+        let positions = vec![
+            (names.events.clone(), 90),
+            (names.messages.clone(), 7),
+            (Names::of("kafka-eu").events, 40),
+            (Names::of("kafka-eu").messages, 12),
+        ];
+        assert_eq!(published(&positions), (Some(40), Some(7)));
+        assert_eq!(published(&positions[..1]), (Some(90), None));
     }
 }

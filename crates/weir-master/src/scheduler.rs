@@ -83,6 +83,8 @@ pub(crate) enum Command {
     Audit(Vec<AuditRecord>, Reply<()>),
     /// A named connection put or deleted, written with its audit record.
     Connection(Box<(weir_core::connection::ConnectionChange, AuditRecord)>, Reply<()>),
+    /// Jobs the retention purge deleted: their keys are free again.
+    Forget(Vec<Uuid>, Reply<()>),
 }
 
 /// The audit record of a client's call, completed with its outcome and written in the
@@ -185,6 +187,10 @@ impl Handle {
     }
     pub(crate) async fn release_worker(&self, worker: String) -> Result<u32, SchedError> {
         self.ask(|reply| Command::ReleaseWorker { worker, reply }).await
+    }
+    /// Forgets purged jobs' keys, so their run ids start new jobs.
+    pub(crate) async fn forget(&self, jobs: Vec<Uuid>) -> Result<(), SchedError> {
+        self.ask(|reply| Command::Forget(jobs, reply)).await
     }
     /// Makes `messages` durable in the outbox (the relay publishes them).
     pub(crate) async fn publish(&self, messages: Vec<OutboxMessage>) -> Result<(), SchedError> {
@@ -383,6 +389,10 @@ impl Scheduler {
             }
             Command::Audit(records, reply) => {
                 self.audit.extend(records.into_iter().map(AuditRecord::cleaned));
+                replies.push(pending(reply, Ok(())));
+            }
+            Command::Forget(jobs, reply) => {
+                e.forget_finished(&jobs);
                 replies.push(pending(reply, Ok(())));
             }
             Command::Connection(change, reply) => {

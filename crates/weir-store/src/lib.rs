@@ -18,6 +18,7 @@ use weir_core::files::SeenFile;
 use weir_core::model::{
     ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord,
 };
+use weir_core::retention::Sweep;
 use weir_core::watermark::Watermark;
 use weir_core::Millis;
 
@@ -223,6 +224,40 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the audit records older than `before` (the retention sweep); returns how many.
     async fn purge_audit(&self, before: Millis) -> Result<u64, StoreError>;
 
+    // Retention (see `weir_core::retention`): the master's purge, in bounded batches, each
+    // in its own transaction fenced like a commit.
+
+    /// Every relay's position, by name (what the purge may delete is behind them).
+    async fn relay_positions(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Deletes at most `limit` jobs of `sweep` (oldest finished first) with their tasks and
+    /// events: jobs in a final state that finished before `sweep.before`, with no task
+    /// still leased and, when `published` is given, no event after it (not yet relayed).
+    /// Refused with [`StoreError::Fenced`] unless `epoch` is current.
+    async fn purge_jobs(
+        &self,
+        epoch: i64,
+        sweep: &Sweep,
+        published: Option<i64>,
+        limit: u32,
+    ) -> Result<Purged, StoreError>;
+
+    /// Deletes at most `limit` outbox messages, oldest first: those at or behind
+    /// `published` (relayed), or with no relay (`None`) those written before `before`.
+    /// Fenced like [`Store::purge_jobs`]; returns how many.
+    async fn purge_messages(
+        &self,
+        epoch: i64,
+        published: Option<i64>,
+        before: Millis,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// After a purge deleted rows: makes their space reusable where the database would not
+    /// do it on its own — on PostgreSQL with autovacuum off, a plain `VACUUM` (no lock that
+    /// blocks writes) of the purged tables. Returns whether it ran one.
+    async fn reclaim(&self) -> Result<bool, StoreError>;
+
     /// The named connections of `namespace` (every namespace's for `""`), by namespace and
     /// name (written by [`Store::commit`]).
     async fn connections(
@@ -230,6 +265,20 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         limit: u32,
     ) -> Result<Vec<weir_core::connection::Connection>, StoreError>;
+}
+
+/// What one purge batch deleted: the jobs (the engine forgets their keys), and how many
+/// tasks and events went with them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub jobs: Vec<Uuid>,
+    pub tasks: u64,
+    pub events: u64,
+}
+
+/// The job states a purge may delete, as stored.
+pub(crate) fn final_states() -> Vec<&'static str> {
+    JobState::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect()
 }
 
 /// Opens the store a URL names — `postgres://…` or `sqlite://path/to/weir.db` — and

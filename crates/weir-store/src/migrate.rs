@@ -40,6 +40,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "connections",
         sql: include_str!("../../../migrations/postgres/0009_connections.sql"),
     },
+    Migration { version: 10, name: "retention", sql: include_str!("../../../migrations/postgres/0010_retention.sql") },
 ];
 
 /// SQLite migrations, oldest first.
@@ -69,6 +70,7 @@ pub const SQLITE: &[Migration] = &[
     Migration { version: 7, name: "watermarks", sql: include_str!("../../../migrations/sqlite/0007_watermarks.sql") },
     Migration { version: 8, name: "audit", sql: include_str!("../../../migrations/sqlite/0008_audit.sql") },
     Migration { version: 9, name: "connections", sql: include_str!("../../../migrations/sqlite/0009_connections.sql") },
+    Migration { version: 10, name: "retention", sql: include_str!("../../../migrations/sqlite/0010_retention.sql") },
 ];
 
 /// Table that records applied migrations.

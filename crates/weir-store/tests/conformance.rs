@@ -513,6 +513,99 @@ async fn connections_are_put_replaced_and_deleted_with_their_commit(s: Arc<dyn S
     assert_eq!(names(s.connections("ops", 100).await.expect("ops")), ["ops/lake"]);
 }
 
+async fn purge_takes_finished_published_jobs_past_retention_and_relayed_messages(s: Arc<dyn Store>) {
+    use weir_core::model::OutboxMessage;
+    use weir_core::retention::{Scope, Sweep};
+    let mut rig = Rig::new(s.clone()).await;
+    let one = |ns: &str, name: &str| spec(ns, name, &[], vec![step("a", &[])]);
+    // Finished in this order: finance's at 10, then team's old one at 10, team's new one at 50.
+    let finance = rig.submit(one("finance", "old"), 1).await;
+    rig.run_one("api", 10).await;
+    let old = rig.submit(one("team", "old"), 1).await;
+    rig.run_one("api", 10).await;
+    let new = rig.submit(one("team", "new"), 40).await;
+    rig.run_one("api", 50).await;
+    // Failed at 10 while its other task is still leased: a late report must find it.
+    let leased = rig.submit(spec("team", "leased", &[], vec![step("a", &[]), step("b", &[])]), 2).await;
+    let l = rig.engine.acquire("api", "w", 2, 3);
+    let failure = Failure { kind: "bad_input".into(), message: "no".into(), retryable: false };
+    rig.engine.fail(l[0].task_id, l[0].fence, failure, 10).expect("fail");
+    rig.commit(10).await;
+    let pending = rig.submit(one("team", "pending"), 1).await;
+    let outbox = s.outbox_after(0, 10_000).await.expect("outbox");
+    let last_event = |job: Uuid| outbox.iter().filter(|e| e.event.job_id == job).map(|e| e.id).max().expect("events");
+    let old_events = outbox.iter().filter(|e| e.event.job_id == old).count() as u64;
+    let gone = |id: Uuid| {
+        let s = s.clone();
+        async move {
+            s.get_job(id).await.expect("get").is_none()
+                && s.job_tasks(id).await.expect("tasks").is_empty()
+                && s.events(id, 0, 100).await.expect("events").is_empty()
+        }
+    };
+    let team = |before| Sweep { scope: Scope::AllBut(vec!["finance".into()]), before };
+    let epoch = rig.epoch;
+    let old_run = s.get_job(old).await.expect("get").expect("stored").spec.run_id.clone();
+    assert_eq!(s.find_job("team", "old", &old_run).await.expect("find"), Some(old));
+
+    // Published only up to finance's last event: team's old job waits for the relay.
+    let p = s.purge_jobs(epoch, &team(20), Some(last_event(finance)), 100).await.expect("purge");
+    assert_eq!(p, weir_store::Purged::default());
+    // Everything published: only the old finished team job goes, whole.
+    let p = s.purge_jobs(epoch, &team(20), None, 100).await.expect("purge");
+    assert_eq!(p, weir_store::Purged { jobs: vec![old], tasks: 1, events: old_events });
+    assert!(gone(old).await, "the job, its task and its history are gone");
+    assert!(s.find_job("team", "old", &old_run).await.expect("find").is_none(), "its run id is free again");
+    for kept in [finance, new, leased, pending] {
+        assert!(s.get_job(kept).await.expect("get").is_some(), "{kept} is kept");
+    }
+    // A later cutoff takes the newer one; never a job with a leased task or an unfinished one.
+    assert_eq!(s.purge_jobs(epoch, &team(1_000), None, 100).await.expect("purge").jobs, [new]);
+    assert!(gone(new).await);
+    assert!(!gone(leased).await && !gone(pending).await);
+    // Finance's own sweep, a batch of one at a time.
+    let mut finance_only = Sweep { scope: Scope::Namespace("finance".into()), before: 5 };
+    assert!(s.purge_jobs(epoch, &finance_only, None, 1).await.expect("purge").jobs.is_empty(), "finished after 5");
+    finance_only.before = 20;
+    assert_eq!(s.purge_jobs(epoch, &finance_only, Some(last_event(finance)), 1).await.expect("purge").jobs, [finance]);
+    assert!(gone(finance).await);
+    // Once its lease ends, the failed job goes too.
+    rig.engine.complete(l[1].task_id, l[1].fence, None, 11).expect("late report");
+    rig.commit(11).await;
+    assert_eq!(s.purge_jobs(epoch, &team(1_000), None, 100).await.expect("purge").jobs, [leased]);
+    assert!(gone(leased).await && !gone(pending).await);
+
+    // Messages: relayed ones go; without a relay, old ones.
+    let msg = |t: i64| OutboxMessage {
+        topic: "weir.workers".into(),
+        key: "w".into(),
+        kind: "dev.weir.worker.joined".into(),
+        subject: "w".into(),
+        time_ms: t,
+        data: serde_json::json!({}),
+    };
+    s.commit(epoch, &Changes { messages: vec![msg(5), msg(6), msg(100)], ..Default::default() }).await.expect("msgs");
+    let ids: Vec<i64> = s.messages_after(0, 100).await.expect("messages").iter().map(|m| m.0).collect();
+    assert_eq!(s.purge_messages(epoch, Some(ids[0]), 1_000, 100).await.expect("purge"), 1);
+    assert_eq!(s.purge_messages(epoch, None, 50, 100).await.expect("purge"), 1);
+    assert_eq!(s.messages_after(0, 100).await.expect("messages").iter().map(|m| m.0).collect::<Vec<_>>(), [ids[2]]);
+
+    // Space freed by the purge is reusable: SQLite reuses freed pages by itself, PostgreSQL
+    // vacuums here only where autovacuum is off.
+    let vacuumed = s.reclaim().await.expect("reclaim");
+    assert!(s.backend() == "postgres" || !vacuumed);
+
+    s.set_relay_position(epoch, "kafka", 7).await.expect("position");
+    s.set_relay_position(epoch, "kafka:messages", 3).await.expect("position");
+    assert_eq!(s.relay_positions().await.expect("positions"), [("kafka".into(), 7), ("kafka:messages".into(), 3)]);
+    // A deposed master deletes nothing.
+    let next = s.acquire_leadership("successor", 1).await.expect("takeover");
+    let fenced = s.purge_jobs(epoch, &team(i64::MAX), None, 100).await;
+    assert!(matches!(fenced, Err(StoreError::Fenced { .. })), "{fenced:?}");
+    assert!(matches!(s.purge_messages(epoch, None, i64::MAX, 100).await, Err(StoreError::Fenced { .. })));
+    assert!(s.purge_messages(next, None, i64::MAX, 100).await.expect("purge") == 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -536,7 +629,8 @@ conformance!(
     dataset_versions_are_recorded_once_with_their_event,
     watermarks_advance_with_the_job_and_never_move_back,
     audit_records_land_with_their_commit_newest_first_and_past_retention_go,
-    connections_are_put_replaced_and_deleted_with_their_commit
+    connections_are_put_replaced_and_deleted_with_their_commit,
+    purge_takes_finished_published_jobs_past_retention_and_relayed_messages
 );
 
 /// PostgreSQL only (SQLite's trigger is the same rule): an audit row cannot be changed.

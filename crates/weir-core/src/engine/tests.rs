@@ -385,8 +385,14 @@ fn submit_is_idempotent_on_run_id() {
     assert_eq!((c.new_jobs.len(), c.jobs.len()), (1, 0));
     let l = h.acquire("api", 1, 2).remove(0);
     h.complete(&l, 3);
-    let (c2, again) = h.engine.submit(validate(spec).expect("valid"), 4);
+    let (c2, again) = h.engine.submit(validate(spec.clone()).expect("valid"), 4);
     assert_eq!((c2, again), (a, false), "remembered after the job left memory");
+    // Once the retention purge deleted it, the same run id starts a new job.
+    h.engine.forget_finished(&[Uuid::from_u128(999), a]);
+    let key = validate(spec.clone()).expect("valid").spec;
+    assert_eq!(h.engine.find_key(&key.namespace, &key.name, &key.run_id), None);
+    let (d, created) = h.engine.submit(validate(spec).expect("valid"), 5);
+    assert!(created && d != a, "a new job after the purge");
 }
 
 #[test]

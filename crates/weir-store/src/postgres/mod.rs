@@ -1,9 +1,13 @@
-//! The production store on PostgreSQL. Each commit is one transaction of at most six
-//! statements whatever its size (arrays bound once and expanded with `UNNEST`).
+//! The production store on PostgreSQL. Each commit is one transaction whatever its size
+//! (arrays bound once and expanded with `UNNEST`): the engine's records in one statement
+//! (`commit.rs`), which is the whole commit unless it carries messages, watermarks, audit
+//! records or connections, written after it in the same transaction.
 
 mod audit;
+mod commit;
 mod connections;
 mod datasets;
+mod retention;
 mod watermarks;
 
 use std::str::FromStr;
@@ -11,8 +15,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection, QueryBuilder};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::{Connection, PgConnection, QueryBuilder, Transaction};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use weir_core::engine::Changes;
@@ -112,6 +116,17 @@ async fn apply_one(conn: &mut PgConnection, m: &Migration) -> Result<(), sqlx::E
     tx.commit().await
 }
 
+/// Begins a transaction that only the master holding `epoch` may finish.
+async fn fenced(pool: &PgPool, epoch: i64) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE").fetch_one(&mut *tx).await?;
+    if current != epoch {
+        return Err(StoreError::Fenced { mine: epoch, current });
+    }
+    Ok(tx)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -160,137 +175,14 @@ impl Store for PgStore {
         if c.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE").fetch_one(&mut *tx).await?;
-        if current != epoch {
-            return Err(StoreError::Fenced { mine: epoch, current });
+        // The engine's records (jobs, tasks, events) go in one statement: on the hot path
+        // (a chain's next step, a drain) that is the whole commit, one round trip.
+        if c.messages.is_empty() && c.watermarks.is_empty() && c.audit.is_empty() && c.connections.is_empty() {
+            let current: i64 = commit::records(epoch, c).fetch_one(&self.pool).await?;
+            return if current == epoch { Ok(()) } else { Err(StoreError::Fenced { mine: epoch, current }) };
         }
-        if !c.new_jobs.is_empty() {
-            let j = &c.new_jobs;
-            sqlx::query(
-                "INSERT INTO weir_jobs (id, namespace, name, run_id, priority, labels, spec, state, error, ending, \
-                 created_ms, updated_ms, finished_ms, deadline_ms, last_seq, tasks_total, tasks_succeeded, \
-                 tasks_failed, tasks_running, trace_parent) \
-                 SELECT id, ns, name, run, prio, labels::jsonb, spec::jsonb, state, error, ending, c, u, f, d, seq, \
-                 tt, ts, tf, tr, tp FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], \
-                 $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::text[]) \
-                 AS t(id, ns, name, run, prio, labels, spec, state, error, ending, c, u, f, d, seq, tt, ts, tf, tr, tp)",
-            )
-            .bind(j.iter().map(|j| j.id).collect::<Vec<Uuid>>())
-            .bind(j.iter().map(|j| j.spec.namespace.clone()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.spec.name.clone()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.spec.run_id.clone()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.spec.priority)).collect::<Vec<_>>())
-            .bind(j.iter().map(codec::labels_json).collect::<Vec<_>>())
-            .bind(j.iter().map(codec::spec_json).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.state.as_str()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.error.clone()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.ending.map(|e| e.as_str())).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.created_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.updated_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.finished_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.deadline_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i(j.last_seq)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.total)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.succeeded)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.failed)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.running)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.trace_parent.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !c.jobs.is_empty() {
-            let j = &c.jobs;
-            sqlx::query(
-                "UPDATE weir_jobs AS j SET state = u.state, error = u.error, ending = u.ending, \
-                 updated_ms = u.u, finished_ms = u.f, deadline_ms = u.d, last_seq = u.seq, tasks_total = u.tt, \
-                 tasks_succeeded = u.ts, tasks_failed = u.tf, tasks_running = u.tr \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], \
-                 $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[]) \
-                 AS u(id, state, error, ending, u, f, d, seq, tt, ts, tf, tr) WHERE j.id = u.id",
-            )
-            .bind(j.iter().map(|j| j.id).collect::<Vec<Uuid>>())
-            .bind(j.iter().map(|j| j.state.as_str()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.error.clone()).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.ending.map(|e| e.as_str())).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.updated_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.finished_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| j.deadline_ms).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i(j.last_seq)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.total)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.succeeded)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.failed)).collect::<Vec<_>>())
-            .bind(j.iter().map(|j| i64::from(j.counts.running)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !c.deleted_tasks.is_empty() {
-            sqlx::query("DELETE FROM weir_tasks WHERE id = ANY($1)").bind(&c.deleted_tasks).execute(&mut *tx).await?;
-        }
-        if !c.tasks.is_empty() {
-            let t = &c.tasks;
-            sqlx::query(
-                "INSERT INTO weir_tasks (id, job_id, step_id, kind, queue, depends_on, compensates, state, attempt, \
-                 fence, worker, lease_expires_ms, ready_ms, retry_at_ms, started_ms, finished_ms, error_kind, \
-                 error_message, output, cancel_requested) \
-                 SELECT id, job_id, step_id, kind, queue, deps::jsonb, comp, state, attempt, fence, worker, lease, \
-                 ready, retry, started, finished, ek, em, output, cancel \
-                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                 $8::text[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[], $14::int8[], \
-                 $15::int8[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::bool[]) \
-                 AS t(id, job_id, step_id, kind, queue, deps, comp, state, attempt, fence, worker, lease, ready, \
-                 retry, started, finished, ek, em, output, cancel) \
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt, \
-                 fence = EXCLUDED.fence, worker = EXCLUDED.worker, lease_expires_ms = EXCLUDED.lease_expires_ms, \
-                 ready_ms = EXCLUDED.ready_ms, retry_at_ms = EXCLUDED.retry_at_ms, \
-                 started_ms = EXCLUDED.started_ms, finished_ms = EXCLUDED.finished_ms, \
-                 error_kind = EXCLUDED.error_kind, error_message = EXCLUDED.error_message, \
-                 output = EXCLUDED.output, cancel_requested = EXCLUDED.cancel_requested",
-            )
-            .bind(t.iter().map(|t| t.id).collect::<Vec<Uuid>>())
-            .bind(t.iter().map(|t| t.job_id).collect::<Vec<Uuid>>())
-            .bind(t.iter().map(|t| t.step_id.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.kind.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.queue.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(codec::deps_json).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.compensates.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.state.as_str()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| i(t.fence)).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.worker.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.lease_expires_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.ready_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.retry_at_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.started_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.finished_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.error_kind.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.error_message.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.output.clone()).collect::<Vec<_>>())
-            .bind(t.iter().map(|t| t.cancel_requested).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !c.events.is_empty() {
-            let e = &c.events;
-            sqlx::query(
-                "INSERT INTO weir_events (job_id, seq, type, time_ms, task_id, step_id, job_state, task_state, message) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::uuid[], $6::text[], \
-                 $7::text[], $8::text[], $9::text[])",
-            )
-            .bind(e.iter().map(|e| e.job_id).collect::<Vec<Uuid>>())
-            .bind(e.iter().map(|e| i(e.seq)).collect::<Vec<_>>())
-            .bind(e.iter().map(|e| e.kind).collect::<Vec<_>>())
-            .bind(e.iter().map(|e| e.time_ms).collect::<Vec<_>>())
-            .bind(e.iter().map(|e| e.task_id).collect::<Vec<Option<Uuid>>>())
-            .bind(e.iter().map(|e| e.step_id.clone()).collect::<Vec<_>>())
-            .bind(e.iter().map(|e| e.job_state.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|e| e.task_state.map(|s| s.as_str())).collect::<Vec<_>>())
-            .bind(e.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
+        let mut tx = fenced(&self.pool, epoch).await?;
+        commit::records(epoch, c).fetch_one(&mut *tx).await?;
         if !c.messages.is_empty() {
             let m = &c.messages;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
@@ -456,12 +348,7 @@ impl Store for PgStore {
     }
 
     async fn set_relay_position(&self, epoch: i64, name: &str, last_id: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1 FOR SHARE").fetch_one(&mut *tx).await?;
-        if current != epoch {
-            return Err(StoreError::Fenced { mine: epoch, current });
-        }
+        let mut tx = fenced(&self.pool, epoch).await?;
         sqlx::query(
             "INSERT INTO weir_relay (name, last_id) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET last_id = EXCLUDED.last_id",
@@ -620,6 +507,34 @@ impl Store for PgStore {
 
     async fn purge_audit(&self, before: weir_core::Millis) -> Result<u64, StoreError> {
         audit::purge(&self.pool, before).await
+    }
+
+    async fn relay_positions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        retention::positions(&self.pool).await
+    }
+
+    async fn purge_jobs(
+        &self,
+        epoch: i64,
+        sweep: &weir_core::retention::Sweep,
+        published: Option<i64>,
+        limit: u32,
+    ) -> Result<crate::Purged, StoreError> {
+        retention::jobs(&self.pool, epoch, sweep, published, limit).await
+    }
+
+    async fn purge_messages(
+        &self,
+        epoch: i64,
+        published: Option<i64>,
+        before: Millis,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        retention::messages(&self.pool, epoch, published, before, limit).await
+    }
+
+    async fn reclaim(&self) -> Result<bool, StoreError> {
+        retention::reclaim(&self.pool).await
     }
 
     async fn connections(

@@ -5,6 +5,7 @@
 mod audit;
 mod connections;
 mod datasets;
+mod retention;
 mod watermarks;
 
 use std::path::Path;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 use weir_core::engine::Changes;
 use weir_core::files::SeenFile;
@@ -31,6 +32,16 @@ use crate::{Cursor, JobFilter, JobPage, Store, StoreError};
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     pool: SqlitePool,
+}
+
+/// Begins a transaction that only the master holding `epoch` may finish.
+async fn fenced(pool: &SqlitePool, epoch: i64) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1").fetch_one(&mut *tx).await?;
+    if current != epoch {
+        return Err(StoreError::Fenced { mine: epoch, current });
+    }
+    Ok(tx)
 }
 
 fn i(v: u64) -> i64 {
@@ -126,11 +137,7 @@ impl Store for SqliteStore {
         if c.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1").fetch_one(&mut *tx).await?;
-        if current != epoch {
-            return Err(StoreError::Fenced { mine: epoch, current });
-        }
+        let mut tx = fenced(&self.pool, epoch).await?;
         for j in &c.new_jobs {
             sqlx::query(
                 "INSERT INTO weir_jobs (id, namespace, name, run_id, priority, labels, spec, state, error, ending, \
@@ -390,11 +397,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_relay_position(&self, epoch: i64, name: &str, last_id: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: i64 = sqlx::query_scalar("SELECT epoch FROM weir_leader WHERE id = 1").fetch_one(&mut *tx).await?;
-        if current != epoch {
-            return Err(StoreError::Fenced { mine: epoch, current });
-        }
+        let mut tx = fenced(&self.pool, epoch).await?;
         sqlx::query("INSERT INTO weir_relay (name, last_id) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id")
             .bind(name)
             .bind(last_id)
@@ -554,6 +557,35 @@ impl Store for SqliteStore {
 
     async fn purge_audit(&self, before: weir_core::Millis) -> Result<u64, StoreError> {
         audit::purge(&self.pool, before).await
+    }
+
+    async fn relay_positions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        retention::positions(&self.pool).await
+    }
+
+    async fn purge_jobs(
+        &self,
+        epoch: i64,
+        sweep: &weir_core::retention::Sweep,
+        published: Option<i64>,
+        limit: u32,
+    ) -> Result<crate::Purged, StoreError> {
+        retention::jobs(&self.pool, epoch, sweep, published, limit).await
+    }
+
+    async fn purge_messages(
+        &self,
+        epoch: i64,
+        published: Option<i64>,
+        before: Millis,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        retention::messages(&self.pool, epoch, published, before, limit).await
+    }
+
+    async fn reclaim(&self) -> Result<bool, StoreError> {
+        // SQLite reuses the pages a delete frees (its free list); the file keeps its size.
+        Ok(false)
     }
 
     async fn connections(

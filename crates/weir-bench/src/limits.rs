@@ -1,0 +1,230 @@
+//! `weir-bench limits`: the engine at its limits (issue 15's figures).
+//!
+//! Each figure is printed beside the tool a user would pick instead, run in the same
+//! sitting: Restate (`bench/restate_chain.mjs`) for chained steps, graphile-worker
+//! (`bench/graphile_drain.mjs`) for independent no-op tasks.
+//!
+//! 1. Step-to-step latency at idle: one job of `--chain-steps` chained no-op steps, this
+//!    process playing the worker with a long poll always parked (as a manager keeps one):
+//!    for each step, the time from its CompleteTask call to the next step's lease arriving
+//!    (p50/p99 over `--chain-jobs` jobs).
+//! 2. Chained-steps throughput: 1, 10 and 1,000 such jobs at once, run by the four real
+//!    manager processes (the steps take turns over the four queues): steps/s and the
+//!    master's CPU share.
+//! 3. Independent no-op tasks drained by the real managers (as `weir-bench` does), then the
+//!    same number of no-op jobs drained by graphile-worker, batched and not.
+//! 4. The store: its size per million finished tasks kept (PostgreSQL's own figure for
+//!    tables, indexes and TOAST), then a long run with a short retention — rounds of
+//!    `--tasks` tasks, the store's size after each — which stays flat when the purge keeps up.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use weir_proto::v1;
+
+use crate::{cpu_seconds, noop, percentile, Args, Master, QUEUES};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitsArgs {
+    /// Steps of each chained job.
+    #[arg(long, default_value_t = 100)]
+    chain_steps: usize,
+    /// Chained jobs run one after another for the idle latency.
+    #[arg(long, default_value_t = 5)]
+    chain_jobs: usize,
+    /// Concurrent chained jobs for the throughput runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,1000")]
+    chain_concurrency: Vec<usize>,
+    /// Rounds of the retention run.
+    #[arg(long, default_value_t = 6)]
+    retention_rounds: usize,
+}
+
+pub async fn run(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
+    let m = Master::start(None).await?;
+    chain_latency(&m, limits).await?;
+    for &n in &limits.chain_concurrency {
+        chain_throughput(&m, limits, n, args.concurrency).await?;
+    }
+    m.stop().await?;
+    // The same chains in Restate (its server and SDK from npm).
+    let concurrency: Vec<String> = limits.chain_concurrency.iter().map(|n| n.to_string()).collect();
+    peer(
+        "restate_chain.mjs",
+        &[
+            "--steps",
+            &limits.chain_steps.to_string(),
+            "--latency-jobs",
+            &limits.chain_jobs.to_string(),
+            "--concurrency",
+            &concurrency.join(","),
+        ],
+    )
+    .await?;
+
+    let m = Master::start(None).await?;
+    crate::engine(&m, args, "store_").await?;
+    // The same number of no-op jobs drained by graphile-worker on the same PostgreSQL.
+    peer(
+        "graphile_drain.mjs",
+        &["--jobs", &args.tasks.to_string(), "--database-url", &weir_store::testing::server_url()],
+    )
+    .await?;
+    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM weir_tasks").fetch_one(&m.pool).await?;
+    let mb = store_mb(&m).await?;
+    println!("store_mb_per_million_tasks_kept={:.0} MB", mb / tasks as f64 * 1e6);
+    m.stop().await?;
+
+    retention(limits, args).await
+}
+
+/// Runs a Node.js peer from `bench/` (installed by scripts/ensure-bench-node.sh) and
+/// passes on its `name=value unit` lines.
+async fn peer(script: &str, script_args: &[&str]) -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench").join(script);
+    let out = tokio::process::Command::new("node")
+        .arg(&path)
+        .args(script_args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("run node {script} (make bench installs Node.js peers)"))?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!("{script} failed ({})", out.status);
+    }
+    Ok(())
+}
+
+fn chain(name: String, steps: usize) -> v1::JobSpec {
+    let steps = (0..steps)
+        .map(|s| {
+            let mut step = noop(format!("s{s}"), QUEUES[s % QUEUES.len()]);
+            if s > 0 {
+                step.depends_on = vec![format!("s{}", s - 1)];
+            }
+            step
+        })
+        .collect();
+    v1::JobSpec { name, steps, ..Default::default() }
+}
+
+/// A long poll on `queue`, already sent when this returns.
+fn poll(m: &Master, queue: &str) -> tokio::task::JoinHandle<anyhow::Result<(Instant, v1::TaskLease)>> {
+    let mut w = m.workers.clone();
+    let req = v1::AcquireTasksRequest {
+        worker_id: "bench".into(),
+        queue: queue.into(),
+        max_tasks: 1,
+        wait: Some(weir_proto::convert::duration(Duration::from_secs(10))),
+    };
+    tokio::spawn(async move {
+        let mut leases = w.acquire_tasks(req).await?.into_inner().leases;
+        let at = Instant::now();
+        Ok((at, leases.pop().context("no lease within 10 s")?))
+    })
+}
+
+async fn chain_latency(m: &Master, limits: &LimitsArgs) -> anyhow::Result<()> {
+    let mut samples = Vec::new();
+    let mut jobs = m.jobs.clone();
+    let mut w = m.workers.clone();
+    let mut steps_done = 0;
+    for j in 0..limits.chain_jobs {
+        let first = poll(m, QUEUES[0]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        jobs.submit_job(v1::SubmitJobRequest { spec: Some(chain(format!("chain-{j}"), limits.chain_steps)) }).await?;
+        let (_, mut lease) = first.await??;
+        for s in 1..=limits.chain_steps {
+            // The next step's poll is parked before this one completes, as in a manager.
+            let next = (s < limits.chain_steps).then(|| poll(m, QUEUES[s % QUEUES.len()]));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let t0 = Instant::now();
+            w.complete_task(v1::CompleteTaskRequest {
+                worker_id: "bench".into(),
+                task_id: lease.task_id.clone(),
+                fence_token: lease.fence_token,
+                output_json: String::new(),
+            })
+            .await?;
+            steps_done += 1;
+            let Some(next) = next else { break };
+            let (t1, l) = next.await??;
+            samples.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
+            lease = l;
+        }
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    println!("chain_steps_measured={steps_done} steps");
+    println!("step_to_step_p50={:.2} ms", percentile(&samples, 0.50));
+    println!("step_to_step_p99={:.2} ms", percentile(&samples, 0.99));
+    Ok(())
+}
+
+async fn chain_throughput(m: &Master, limits: &LimitsArgs, n: usize, concurrency: u32) -> anyhow::Result<()> {
+    let prefix = format!("chain{n}-");
+    let managers = m.managers(concurrency)?;
+    // Let the managers register and park their polls before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = cpu_seconds(m.pid);
+    let t0 = Instant::now();
+    let mut pending = tokio::task::JoinSet::new();
+    for j in 0..n {
+        let mut c = m.jobs.clone();
+        let spec = chain(format!("{prefix}{j}"), limits.chain_steps);
+        pending.spawn(async move { c.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await.map(|_| ()) });
+        while pending.len() >= 16 {
+            pending.join_next().await.context("join")???;
+        }
+    }
+    while let Some(r) = pending.join_next().await {
+        r??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while m.succeeded(&prefix).await? < n {
+        if Instant::now() > deadline {
+            bail!("{n} chained jobs did not finish in 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let steps = (n * limits.chain_steps) as f64;
+    println!("chain_{n}_jobs_steps_per_sec={:.0} steps/s", steps / secs);
+    println!("chain_{n}_jobs_master_cpu={:.0} % of a core", (cpu_seconds(m.pid) - cpu0) / secs * 100.0);
+    drop(managers);
+    Ok(())
+}
+
+/// The schema's tables with their indexes and TOAST, in MB.
+async fn store_mb(m: &Master) -> anyhow::Result<f64> {
+    let bytes: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+    )
+    .fetch_one(&m.pool)
+    .await?;
+    Ok(bytes as f64 / 1e6)
+}
+
+/// Rounds of `--tasks` no-op tasks with a two-second retention and a purge each second:
+/// the store's size after each round (once the purge has run) stays flat.
+async fn retention(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
+    let env = [("WEIR_RETENTION", "2s".to_string()), ("WEIR_PURGE_INTERVAL", "1s".to_string())];
+    let m = Master::start_env(&env).await?;
+    let mut sizes = Vec::new();
+    for round in 1..=limits.retention_rounds {
+        crate::engine(&m, args, &format!("retention_{round}_")).await?;
+        // Past the retention and one more sweep.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mb = store_mb(&m).await?;
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM weir_tasks").fetch_one(&m.pool).await?;
+        println!("retention_round_{round}_store_mb={mb:.1} MB");
+        println!("retention_round_{round}_tasks_left={left} tasks");
+        sizes.push(mb);
+    }
+    if let (Some(first), Some(last)) = (sizes.first(), sizes.last()) {
+        println!("retention_store_change_first_to_last_round={:+.1} %", (last - first) / first * 100.0);
+    }
+    println!("retention_tasks_run={} tasks", args.tasks * limits.retention_rounds);
+    m.stop().await
+}

@@ -1,0 +1,111 @@
+//! The retention purge: while this master leads, at start and every
+//! `WEIR_PURGE_INTERVAL`, it deletes finished jobs past their namespace's retention (with
+//! their tasks and history), outbox messages the relays have published, and audit records
+//! past theirs — each a bounded batch per transaction, with a pause between batches, so
+//! the engine's commits never queue behind a long delete. Jobs whose events a relay has
+//! not published yet, or with a task still leased, wait for a later sweep. A sweep that
+//! deleted anything asks the store to make the space reusable where the database would not
+//! on its own (PostgreSQL with autovacuum off), so the store's size stays flat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use weir_core::retention::Retention;
+use weir_store::{Purged, StoreError};
+
+use crate::metrics::{PurgeLabels, MASTER};
+use crate::Shared;
+
+/// Rest between two batches of one sweep: the store serves the engine meanwhile.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
+/// Runs the purge until `cancel` fires. Returns an error only when the store refused this
+/// master (leadership lost).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    retention: Retention,
+    epoch: i64,
+    cancel: CancellationToken,
+) -> Result<(), StoreError> {
+    let every = shared.config.purge_interval;
+    loop {
+        match sweep(&shared, &retention, epoch, &cancel).await {
+            Ok(()) => {}
+            Err(e @ StoreError::Fenced { .. }) => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "retention purge failed; trying again next interval"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// One pass over every namespace, the outbox messages and the audit trail.
+async fn sweep(
+    shared: &Shared,
+    retention: &Retention,
+    epoch: i64,
+    cancel: &CancellationToken,
+) -> Result<(), StoreError> {
+    let store = &shared.store;
+    let batch = shared.config.purge_batch.max(1);
+    let (events_published, messages_published) = crate::relay::published(&store.relay_positions().await?);
+    let now = crate::now_ms();
+    let (mut jobs, mut tasks, mut events) = (0u64, 0u64, 0u64);
+    for s in retention.sweeps(now) {
+        loop {
+            let Purged { jobs: ids, tasks: t, events: e } =
+                store.purge_jobs(epoch, &s, events_published, batch).await?;
+            let n = ids.len() as u64;
+            (jobs, tasks, events) = (jobs + n, tasks + t, events + e);
+            if n > 0 {
+                // Their run ids may start new jobs now: the engine's memory of recently
+                // finished keys must not answer with a purged job.
+                if let Err(e) = shared.scheduler.forget(ids).await {
+                    tracing::debug!(error = %e, "purged keys not forgotten (stopping)");
+                }
+            }
+            if n < u64::from(batch) || pause(cancel).await {
+                break;
+            }
+        }
+    }
+    let mut messages = 0;
+    // Without a relay, messages are kept as long as the default retention keeps jobs.
+    let before = retention.default_cutoff(now);
+    loop {
+        let n = store.purge_messages(epoch, messages_published, before, batch).await?;
+        messages += n;
+        if n < u64::from(batch) || pause(cancel).await {
+            break;
+        }
+    }
+    let audit_days = shared.config.audit_retention_days;
+    let audit = store.purge_audit(now - i64::from(audit_days) * 24 * 3600 * 1000).await?;
+    for (kind, n) in [("jobs", jobs), ("tasks", tasks), ("events", events), ("messages", messages), ("audit", audit)] {
+        MASTER.purged.get_or_create(&PurgeLabels { kind }).inc_by(n);
+    }
+    if jobs + messages + audit > 0 {
+        let vacuumed = store.reclaim().await?;
+        tracing::info!(
+            vacuumed,
+            jobs,
+            tasks,
+            events,
+            messages,
+            audit,
+            "retention purge deleted what passed its retention"
+        );
+    }
+    Ok(())
+}
+
+/// Rests between batches; true if the master is stopping.
+async fn pause(cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(BATCH_PAUSE) => false,
+        _ = cancel.cancelled() => true,
+    }
+}
