@@ -4,7 +4,7 @@
 //! sitting: Restate (`bench/restate_chain.mjs`) for chained steps, graphile-worker
 //! (`bench/graphile_drain.mjs`) for independent no-op tasks.
 //!
-//! 1. Step-to-step latency at idle: one job of `--chain-steps` chained no-op steps, this
+//! 1. Step-to-step latency at idle: `--chain-jobs` jobs of `--chain-steps` chained no-op steps, this
 //!    process playing the worker with a long poll always parked (as a manager keeps one):
 //!    for each step, the time from its CompleteTask call to the next step's lease arriving
 //!    (p50/p99 over `--chain-jobs` jobs).
@@ -72,7 +72,7 @@ pub async fn run(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
     .await?;
     let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM weir_tasks").fetch_one(&m.pool).await?;
     let mb = store_mb(&m).await?;
-    println!("store_mb_per_million_tasks_kept={:.0} MB", mb / tasks as f64 * 1e6);
+    println!("store_mb_per_million_tasks_kept={:.0} MB", mb / tasks.max(1) as f64 * 1e6);
     m.stop().await?;
 
     retention(limits, args).await

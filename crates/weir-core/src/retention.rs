@@ -82,11 +82,6 @@ impl Retention {
         self.namespaces.get(namespace).copied().unwrap_or(self.default)
     }
 
-    /// The longest retention of any namespace.
-    pub fn longest(&self) -> Duration {
-        self.namespaces.values().copied().fold(self.default, Duration::max)
-    }
-
     /// The sweeps that together cover every namespace once, as of `now`.
     pub fn sweeps(&self, now: Millis) -> Vec<Sweep> {
         let mut out: Vec<Sweep> = self
@@ -131,7 +126,6 @@ mod tests {
         assert_eq!(r.of("team"), Duration::from_secs(30 * 24 * 3600));
         assert_eq!(r.of("finance"), Duration::from_secs(90 * 24 * 3600));
         assert_eq!(r.of("scratch"), Duration::from_secs(3600));
-        assert_eq!(r.longest(), Duration::from_secs(90 * 24 * 3600));
         assert_eq!(r, Retention::parse("30d", &["scratch=1h".into(), "finance=90d".into()]).expect("valid"));
     }
 

@@ -63,9 +63,10 @@ pub struct MasterConfig {
     /// How often the retention purge runs (at start, then at this interval).
     #[arg(long, env = "WEIR_PURGE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub purge_interval: Duration,
-    /// Most jobs (or messages) deleted in one purge transaction.
+    /// Most jobs (or messages) deleted in one purge transaction (at most 10,000: SQLite
+    /// binds each id).
     #[arg(long, env = "WEIR_PURGE_BATCH", default_value_t = weir_core::retention::DEFAULT_PURGE_BATCH,
-        value_parser = clap::value_parser!(u32).range(1..))]
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub purge_batch: u32,
 }
 
@@ -169,9 +170,13 @@ impl EventsConfig {
 }
 
 impl MasterConfig {
-    /// The retention settings, checked.
+    /// The retention settings, checked; the error names the setting.
     pub fn retention(&self) -> Result<weir_core::retention::Retention, String> {
+        if self.purge_interval.is_zero() {
+            return Err("WEIR_PURGE_INTERVAL must be longer than zero".into());
+        }
         weir_core::retention::Retention::parse(&self.retention, &self.retention_namespaces)
+            .map_err(|e| format!("WEIR_RETENTION / WEIR_RETENTION_NAMESPACES: {e}"))
     }
 
     /// The submission limits (none with authentication off, unless set, or with "off").

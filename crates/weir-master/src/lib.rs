@@ -128,7 +128,7 @@ pub async fn serve_with_store(
     config.metrics.start(cancel.clone()).await?;
     let sandbox = config.sandbox.policy()?;
     let limits = config.limits().map_err(|e| MasterError::Config(format!("WEIR_SUBMISSION_LIMIT: {e}")))?;
-    let retention = config.retention().map_err(|e| MasterError::Config(format!("WEIR_RETENTION: {e}")))?;
+    let retention = config.retention().map_err(MasterError::Config)?;
     let security =
         weir_runtime::security::ServerSecurity::from_args(&config.auth, &config.tls, Arc::new(access)).await?;
     let (scheduler, inbox) = scheduler::Handle::new(config.max_batch);

@@ -1,8 +1,8 @@
 //! The retention purge: while this master leads, at start and every
 //! `WEIR_PURGE_INTERVAL`, it deletes finished jobs past their namespace's retention (with
-//! their tasks and history), outbox messages the relays have published, and audit records
-//! past theirs — each a bounded batch per transaction, with a pause between batches, so
-//! the engine's commits never queue behind a long delete. Jobs whose events a relay has
+//! their tasks and history) and outbox messages the relays have published — each a bounded
+//! batch per fenced transaction, with a pause between batches, so the engine's commits never
+//! queue behind a long delete — and audit records past theirs (one delete: they are few). Jobs whose events a relay has
 //! not published yet, or with a task still leased, wait for a later sweep. A sweep that
 //! deleted anything asks the store to make the space reusable where the database would not
 //! on its own (PostgreSQL with autovacuum off), so the store's size stays flat.
@@ -30,7 +30,12 @@ pub(crate) async fn run(
 ) -> Result<(), StoreError> {
     let every = shared.config.purge_interval;
     loop {
-        match sweep(&shared, &retention, epoch, &cancel).await {
+        // A stopping master (or one losing leadership) does not wait for a sweep or a vacuum.
+        let swept = tokio::select! {
+            r = sweep(&shared, &retention, epoch, &cancel) => r,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        match swept {
             Ok(()) => {}
             Err(e @ StoreError::Fenced { .. }) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "retention purge failed; trying again next interval"),
@@ -56,18 +61,26 @@ async fn sweep(
     let (mut jobs, mut tasks, mut events) = (0u64, 0u64, 0u64);
     for s in retention.sweeps(now) {
         loop {
-            let Purged { jobs: ids, tasks: t, events: e } =
-                store.purge_jobs(epoch, &s, events_published, batch).await?;
-            let n = ids.len() as u64;
-            (jobs, tasks, events) = (jobs + n, tasks + t, events + e);
-            if n > 0 {
-                // Their run ids may start new jobs now: the engine's memory of recently
-                // finished keys must not answer with a purged job.
-                if let Err(e) = shared.scheduler.forget(ids).await {
-                    tracing::debug!(error = %e, "purged keys not forgotten (stopping)");
-                }
+            let found = store.purgeable_jobs(&s, events_published, batch).await?;
+            let more = found.len() as u64 >= u64::from(batch);
+            if found.is_empty() {
+                break;
             }
-            if n < u64::from(batch) || pause(cancel).await {
+            // The engine claims them first: a job it holds again (a retry that came in)
+            // is left alone, and no retry of a claimed one is taken while it is deleted.
+            let Ok(claimed) = shared.scheduler.claim(found).await else {
+                return Ok(()); // the scheduler stopped: the master is stopping
+            };
+            let deleted = store.purge_jobs(epoch, &s, events_published, batch, Some(&claimed)).await;
+            // Forgotten whether or not the delete went through: their run ids may start
+            // new jobs, and the engine's memory of recent keys must not name a purged job.
+            if let Err(e) = shared.scheduler.forget(claimed).await {
+                // Only when the scheduler has stopped (the master is stopping).
+                tracing::warn!(error = %e, "purged jobs' keys not forgotten");
+            }
+            let Purged { jobs: ids, tasks: t, events: e } = deleted?;
+            (jobs, tasks, events) = (jobs + ids.len() as u64, tasks + t, events + e);
+            if !more || pause(cancel).await {
                 break;
             }
         }

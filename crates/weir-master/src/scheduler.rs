@@ -83,7 +83,10 @@ pub(crate) enum Command {
     Audit(Vec<AuditRecord>, Reply<()>),
     /// A named connection put or deleted, written with its audit record.
     Connection(Box<(weir_core::connection::ConnectionChange, AuditRecord)>, Reply<()>),
-    /// Jobs the retention purge deleted: their keys are free again.
+    /// Jobs the retention purge is about to delete: those the engine does not hold are
+    /// claimed (a retry of one is refused until it is forgotten) and returned.
+    Claim(Vec<Uuid>, Reply<Vec<Uuid>>),
+    /// Jobs the retention purge claimed (and deleted, or not): their keys are free again.
     Forget(Vec<Uuid>, Reply<()>),
 }
 
@@ -188,6 +191,11 @@ impl Handle {
     pub(crate) async fn release_worker(&self, worker: String) -> Result<u32, SchedError> {
         self.ask(|reply| Command::ReleaseWorker { worker, reply }).await
     }
+    /// Claims finished jobs for the purge: the returned ones are not in memory, and no
+    /// retry of them is taken until [`Handle::forget`].
+    pub(crate) async fn claim(&self, jobs: Vec<Uuid>) -> Result<Vec<Uuid>, SchedError> {
+        self.ask(|reply| Command::Claim(jobs, reply)).await
+    }
     /// Forgets purged jobs' keys, so their run ids start new jobs.
     pub(crate) async fn forget(&self, jobs: Vec<Uuid>) -> Result<(), SchedError> {
         self.ask(|reply| Command::Forget(jobs, reply)).await
@@ -230,7 +238,14 @@ struct Scheduler {
     audit: Vec<AuditRecord>,
     /// Connection changes to write with the next commit.
     connections: Vec<weir_core::connection::ConnectionChange>,
+    /// Jobs the retention purge claimed: while it may be deleting them (`None`), and for
+    /// [`PURGED_MEMORY_MS`] after (when they were forgotten), a retry of one is refused —
+    /// a retry call reads the stored job before it reaches the engine.
+    purging: HashMap<Uuid, Option<Millis>>,
 }
+
+/// How long a purged job's id stays refused for retries after the purge.
+const PURGED_MEMORY_MS: Millis = 60_000;
 
 /// How often the queue-depth and backlog-age gauges are read off the engine.
 const QUEUE_STATS_EVERY_MS: Millis = 1_000;
@@ -255,6 +270,7 @@ pub async fn run(
         messages: Vec::new(),
         audit: Vec::new(),
         connections: Vec::new(),
+        purging: Default::default(),
     };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
@@ -355,7 +371,12 @@ impl Scheduler {
                 replies.push(pending(r, res));
             }
             Command::Retry(id, stored, audit, r) => {
-                let res = e.retry_stored(id, stored.map(|b| *b), now).map_err(Into::into);
+                // Being purged: as good as gone (the store may no longer have it).
+                let res = if self.purging.contains_key(&id) {
+                    Err(EngineError::JobNotFound(id).into())
+                } else {
+                    e.retry_stored(id, stored.map(|b| *b), now).map_err(Into::into)
+                };
                 self.note(audit, &res, None);
                 replies.push(pending(r, res));
             }
@@ -391,8 +412,15 @@ impl Scheduler {
                 self.audit.extend(records.into_iter().map(AuditRecord::cleaned));
                 replies.push(pending(reply, Ok(())));
             }
+            Command::Claim(mut jobs, reply) => {
+                jobs.retain(|id| e.job(*id).is_none());
+                self.purging.extend(jobs.iter().map(|id| (*id, None)));
+                replies.push(pending(reply, Ok(jobs)));
+            }
             Command::Forget(jobs, reply) => {
                 e.forget_finished(&jobs);
+                self.purging.retain(|_, at| at.is_none_or(|at| now - at < PURGED_MEMORY_MS));
+                self.purging.extend(jobs.into_iter().map(|id| (id, Some(now))));
                 replies.push(pending(reply, Ok(())));
             }
             Command::Connection(change, reply) => {

@@ -51,6 +51,8 @@ pub const INVALID: &str = "Invalid";
 /// The state of an object whose job the master no longer has (purged after its
 /// retention period, or a store that was reset).
 pub const LOST: &str = "Lost";
+/// The message of a finished job the master purged after its retention period.
+pub const PURGED: &str = "the master purged this finished job after its retention period; its outcome is kept here";
 
 /// States after which the operator has nothing more to do.
 fn settled(state: &str) -> bool {
@@ -118,6 +120,14 @@ pub fn status(obj: &IngestionJob, view: &MasterView, now: &str) -> IngestionJobS
             };
             conditions.push(cond("Complete", complete, state, ""));
             conditions.push(cond("Failed", failed, state, next.message.as_deref().unwrap_or("")));
+        }
+        // A job that ended and then went from the master (its retention purge): the
+        // object keeps the outcome it recorded.
+        MasterView::Refused(Code::NotFound, _)
+            if old.job_id.is_some() && old.state.as_deref().is_some_and(|s| TERMINAL.contains(&s)) =>
+        {
+            next.message = Some(PURGED.into());
+            return next;
         }
         MasterView::Refused(code, message) => {
             let reason = match code {
@@ -416,6 +426,16 @@ mod tests {
         assert_eq!(s.job_id.as_deref(), Some("j-1"));
         assert_eq!(requeue(&s, Duration::from_secs(5)), None);
         assert_eq!(cleanup(&object(Some(s))), Cleanup::Nothing);
+    }
+
+    #[test]
+    fn a_finished_job_purged_by_retention_keeps_its_outcome() {
+        let done = status(&object(None), &job(v1::JobState::Succeeded, ""), "t");
+        let s = status(&object(Some(done.clone())), &MasterView::Refused(Code::NotFound, "no job j-1".into()), "t2");
+        assert_eq!(s.state.as_deref(), Some("Succeeded"));
+        assert_eq!(s.conditions, done.conditions, "Complete stays True, Submitted stays True");
+        assert_eq!(s.message.as_deref(), Some(PURGED));
+        assert_eq!(requeue(&s, Duration::from_secs(5)), None);
     }
 
     #[test]

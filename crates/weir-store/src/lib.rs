@@ -3,8 +3,9 @@
 //! the one-command mode — and one conformance suite (`tests/conformance.rs`) run on both.
 //!
 //! The master is the only writer: its engine hands over each batch of changed records and
-//! the store writes them in one transaction ([`Store::commit`]), one statement per table.
-//! Reads serve the API (lists, tasks, event history) and recovery ([`Store::load_unfinished`]).
+//! the store writes them in one transaction ([`Store::commit`]; on PostgreSQL the engine's
+//! records are one statement). The retention purge deletes what is past its period in
+//! bounded, fenced batches ([`Store::purge_jobs`]). Reads serve the API (lists, tasks, event history) and recovery ([`Store::load_unfinished`]).
 //! Migrations live in `migrations/<backend>/` at the top of the repo; [`migrate`] applies them.
 
 use std::collections::BTreeMap;
@@ -230,16 +231,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every relay's position, by name (what the purge may delete is behind them).
     async fn relay_positions(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
-    /// Deletes at most `limit` jobs of `sweep` (oldest finished first) with their tasks and
-    /// events: jobs in a final state that finished before `sweep.before`, with no task
-    /// still leased and, when `published` is given, no event after it (not yet relayed).
-    /// Refused with [`StoreError::Fenced`] unless `epoch` is current.
+    /// At most `limit` jobs [`Store::purge_jobs`] would delete now, oldest finished first
+    /// (the master's purge has the engine claim them before deleting).
+    async fn purgeable_jobs(&self, sweep: &Sweep, published: Option<i64>, limit: u32) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Deletes at most `limit` jobs of `sweep` (oldest finished first), among `only` when
+    /// given, with their tasks and events: jobs in a final state that finished before
+    /// `sweep.before`, with no task still leased and, when `published` is given, no event
+    /// after it (not yet relayed). Refused with [`StoreError::Fenced`] unless `epoch` is
+    /// current.
     async fn purge_jobs(
         &self,
         epoch: i64,
         sweep: &Sweep,
         published: Option<i64>,
         limit: u32,
+        only: Option<&[Uuid]>,
     ) -> Result<Purged, StoreError>;
 
     /// Deletes at most `limit` outbox messages, oldest first: those at or behind

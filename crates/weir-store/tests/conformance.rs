@@ -549,10 +549,10 @@ async fn purge_takes_finished_published_jobs_past_retention_and_relayed_messages
     assert_eq!(s.find_job("team", "old", &old_run).await.expect("find"), Some(old));
 
     // Published only up to finance's last event: team's old job waits for the relay.
-    let p = s.purge_jobs(epoch, &team(20), Some(last_event(finance)), 100).await.expect("purge");
+    let p = s.purge_jobs(epoch, &team(20), Some(last_event(finance)), 100, None).await.expect("purge");
     assert_eq!(p, weir_store::Purged::default());
     // Everything published: only the old finished team job goes, whole.
-    let p = s.purge_jobs(epoch, &team(20), None, 100).await.expect("purge");
+    let p = s.purge_jobs(epoch, &team(20), None, 100, None).await.expect("purge");
     assert_eq!(p, weir_store::Purged { jobs: vec![old], tasks: 1, events: old_events });
     assert!(gone(old).await, "the job, its task and its history are gone");
     assert!(s.find_job("team", "old", &old_run).await.expect("find").is_none(), "its run id is free again");
@@ -560,19 +560,30 @@ async fn purge_takes_finished_published_jobs_past_retention_and_relayed_messages
         assert!(s.get_job(kept).await.expect("get").is_some(), "{kept} is kept");
     }
     // A later cutoff takes the newer one; never a job with a leased task or an unfinished one.
-    assert_eq!(s.purge_jobs(epoch, &team(1_000), None, 100).await.expect("purge").jobs, [new]);
+    assert_eq!(s.purgeable_jobs(&team(1_000), None, 100).await.expect("candidates"), [new]);
+    let only = |ids: &[Uuid]| ids.to_vec();
+    let none = s.purge_jobs(epoch, &team(1_000), None, 100, Some(&only(&[leased, pending]))).await.expect("purge");
+    assert!(none.jobs.is_empty(), "only among the given jobs, and never unfinished or leased ones");
+    let p = s.purge_jobs(epoch, &team(1_000), None, 100, Some(&only(&[new, pending]))).await.expect("purge");
+    assert_eq!(p.jobs, [new]);
     assert!(gone(new).await);
     assert!(!gone(leased).await && !gone(pending).await);
     // Finance's own sweep, a batch of one at a time.
     let mut finance_only = Sweep { scope: Scope::Namespace("finance".into()), before: 5 };
-    assert!(s.purge_jobs(epoch, &finance_only, None, 1).await.expect("purge").jobs.is_empty(), "finished after 5");
+    assert!(
+        s.purge_jobs(epoch, &finance_only, None, 1, None).await.expect("purge").jobs.is_empty(),
+        "finished after 5"
+    );
     finance_only.before = 20;
-    assert_eq!(s.purge_jobs(epoch, &finance_only, Some(last_event(finance)), 1).await.expect("purge").jobs, [finance]);
+    assert_eq!(
+        s.purge_jobs(epoch, &finance_only, Some(last_event(finance)), 1, None).await.expect("purge").jobs,
+        [finance]
+    );
     assert!(gone(finance).await);
     // Once its lease ends, the failed job goes too.
     rig.engine.complete(l[1].task_id, l[1].fence, None, 11).expect("late report");
     rig.commit(11).await;
-    assert_eq!(s.purge_jobs(epoch, &team(1_000), None, 100).await.expect("purge").jobs, [leased]);
+    assert_eq!(s.purge_jobs(epoch, &team(1_000), None, 100, None).await.expect("purge").jobs, [leased]);
     assert!(gone(leased).await && !gone(pending).await);
 
     // Messages: relayed ones go; without a relay, old ones.
@@ -600,7 +611,7 @@ async fn purge_takes_finished_published_jobs_past_retention_and_relayed_messages
     assert_eq!(s.relay_positions().await.expect("positions"), [("kafka".into(), 7), ("kafka:messages".into(), 3)]);
     // A deposed master deletes nothing.
     let next = s.acquire_leadership("successor", 1).await.expect("takeover");
-    let fenced = s.purge_jobs(epoch, &team(i64::MAX), None, 100).await;
+    let fenced = s.purge_jobs(epoch, &team(i64::MAX), None, 100, None).await;
     assert!(matches!(fenced, Err(StoreError::Fenced { .. })), "{fenced:?}");
     assert!(matches!(s.purge_messages(epoch, None, i64::MAX, 100).await, Err(StoreError::Fenced { .. })));
     assert!(s.purge_messages(next, None, i64::MAX, 100).await.expect("purge") == 1);

@@ -182,7 +182,10 @@ impl Store for PgStore {
             return if current == epoch { Ok(()) } else { Err(StoreError::Fenced { mine: epoch, current }) };
         }
         let mut tx = fenced(&self.pool, epoch).await?;
-        commit::records(epoch, c).fetch_one(&mut *tx).await?;
+        let records = c.new_jobs.len() + c.jobs.len() + c.deleted_tasks.len() + c.tasks.len() + c.events.len();
+        if records > 0 {
+            commit::records(epoch, c).fetch_one(&mut *tx).await?;
+        }
         if !c.messages.is_empty() {
             let m = &c.messages;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MESSAGES_LOCK).execute(&mut *tx).await?;
@@ -513,14 +516,24 @@ impl Store for PgStore {
         retention::positions(&self.pool).await
     }
 
+    async fn purgeable_jobs(
+        &self,
+        sweep: &weir_core::retention::Sweep,
+        published: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        retention::candidates(&self.pool, sweep, published, limit).await
+    }
+
     async fn purge_jobs(
         &self,
         epoch: i64,
         sweep: &weir_core::retention::Sweep,
         published: Option<i64>,
         limit: u32,
+        only: Option<&[Uuid]>,
     ) -> Result<crate::Purged, StoreError> {
-        retention::jobs(&self.pool, epoch, sweep, published, limit).await
+        retention::jobs(&self.pool, epoch, sweep, published, limit, only).await
     }
 
     async fn purge_messages(

@@ -1,7 +1,7 @@
 //! Retention on PostgreSQL: finished jobs past their namespace's retention (with their
 //! tasks and history) and relayed outbox messages, deleted a bounded batch per transaction.
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, Postgres};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 use weir_core::retention::{Scope, Sweep};
@@ -14,14 +14,14 @@ pub(super) async fn positions(pool: &PgPool) -> Result<Vec<(String, i64)>, Store
     Ok(sqlx::query_as("SELECT name, last_id FROM weir_relay ORDER BY name").fetch_all(pool).await?)
 }
 
-pub(super) async fn jobs(
-    pool: &PgPool,
-    epoch: i64,
+/// The purgeable jobs of `sweep`, oldest finished first (see [`crate::Store::purge_jobs`]),
+/// among `only` when given.
+fn purgeable<'a>(
     sweep: &Sweep,
     published: Option<i64>,
     limit: u32,
-) -> Result<Purged, StoreError> {
-    let mut tx = fenced(pool, epoch).await?;
+    only: Option<&[Uuid]>,
+) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new("SELECT j.id FROM weir_jobs j WHERE j.finished_ms < ");
     q.push_bind(sweep.before).push(" AND j.state = ANY(").push_bind(crate::final_states()).push(")");
     match &sweep.scope {
@@ -29,12 +29,38 @@ pub(super) async fn jobs(
         Scope::AllBut(except) if except.is_empty() => &mut q,
         Scope::AllBut(except) => q.push(" AND NOT (j.namespace = ANY(").push_bind(except.clone()).push("))"),
     };
+    if let Some(ids) = only {
+        q.push(" AND j.id = ANY(").push_bind(ids.to_vec()).push(")");
+    }
     q.push(" AND NOT EXISTS (SELECT 1 FROM weir_tasks t WHERE t.job_id = j.id AND t.state = 'running')");
     if let Some(p) = published {
         q.push(" AND NOT EXISTS (SELECT 1 FROM weir_events e WHERE e.job_id = j.id AND e.id > ").push_bind(p).push(")");
     }
-    // SKIP LOCKED: a job a commit is writing right now (a retry) waits for the next sweep.
-    q.push(" ORDER BY j.finished_ms LIMIT ").push_bind(i64::from(limit)).push(" FOR UPDATE SKIP LOCKED");
+    q.push(" ORDER BY j.finished_ms LIMIT ").push_bind(i64::from(limit));
+    q
+}
+
+pub(super) async fn candidates(
+    pool: &PgPool,
+    sweep: &Sweep,
+    published: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(purgeable(sweep, published, limit, None).build_query_scalar().fetch_all(pool).await?)
+}
+
+pub(super) async fn jobs(
+    pool: &PgPool,
+    epoch: i64,
+    sweep: &Sweep,
+    published: Option<i64>,
+    limit: u32,
+    only: Option<&[Uuid]>,
+) -> Result<Purged, StoreError> {
+    let mut tx = fenced(pool, epoch).await?;
+    let mut q = purgeable(sweep, published, limit, only);
+    // SKIP LOCKED: a job a commit is writing right now waits for the next sweep.
+    q.push(" FOR UPDATE SKIP LOCKED");
     let ids: Vec<Uuid> = q.build_query_scalar().fetch_all(&mut *tx).await?;
     if ids.is_empty() {
         return Ok(Purged::default());

@@ -563,14 +563,24 @@ impl Store for SqliteStore {
         retention::positions(&self.pool).await
     }
 
+    async fn purgeable_jobs(
+        &self,
+        sweep: &weir_core::retention::Sweep,
+        published: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        retention::candidates(&self.pool, sweep, published, limit).await
+    }
+
     async fn purge_jobs(
         &self,
         epoch: i64,
         sweep: &weir_core::retention::Sweep,
         published: Option<i64>,
         limit: u32,
+        only: Option<&[Uuid]>,
     ) -> Result<crate::Purged, StoreError> {
-        retention::jobs(&self.pool, epoch, sweep, published, limit).await
+        retention::jobs(&self.pool, epoch, sweep, published, limit, only).await
     }
 
     async fn purge_messages(

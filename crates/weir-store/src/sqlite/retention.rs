@@ -3,6 +3,7 @@
 
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
+use uuid::Uuid;
 use weir_core::retention::{Scope, Sweep};
 use weir_core::Millis;
 
@@ -20,14 +21,9 @@ fn list<'a>(q: &mut QueryBuilder<'a, Sqlite>, values: impl IntoIterator<Item = S
     }
 }
 
-pub(super) async fn jobs(
-    pool: &SqlitePool,
-    epoch: i64,
-    sweep: &Sweep,
-    published: Option<i64>,
-    limit: u32,
-) -> Result<Purged, StoreError> {
-    let mut tx = fenced(pool, epoch).await?;
+/// The purgeable jobs of `sweep`, oldest finished first (see [`crate::Store::purge_jobs`]),
+/// among `only` when given.
+fn purgeable<'a>(sweep: &Sweep, published: Option<i64>, limit: u32, only: Option<&[Uuid]>) -> QueryBuilder<'a, Sqlite> {
     let mut q = QueryBuilder::new("SELECT j.id FROM weir_jobs j WHERE j.finished_ms < ");
     q.push_bind(sweep.before).push(" AND j.state IN (");
     list(&mut q, crate::final_states().into_iter().map(String::from));
@@ -43,16 +39,47 @@ pub(super) async fn jobs(
             q.push(")");
         }
     }
+    if let Some(ids) = only {
+        q.push(" AND j.id IN (");
+        list(&mut q, ids.iter().map(|u| u.to_string()));
+        q.push(")");
+    }
     q.push(" AND NOT EXISTS (SELECT 1 FROM weir_tasks t WHERE t.job_id = j.id AND t.state = 'running')");
     if let Some(p) = published {
         q.push(" AND NOT EXISTS (SELECT 1 FROM weir_events e WHERE e.job_id = j.id AND e.id > ").push_bind(p).push(")");
     }
     q.push(" ORDER BY j.finished_ms LIMIT ").push_bind(i64::from(limit));
-    let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+    q
+}
+
+fn uuids(ids: &[String]) -> Result<Vec<Uuid>, StoreError> {
+    ids.iter().map(|id| Uuid::parse_str(id).map_err(|_| StoreError::Corrupt(format!("job id {id:?}")))).collect()
+}
+
+pub(super) async fn candidates(
+    pool: &SqlitePool,
+    sweep: &Sweep,
+    published: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Uuid>, StoreError> {
+    let ids: Vec<String> = purgeable(sweep, published, limit, None).build_query_scalar().fetch_all(pool).await?;
+    uuids(&ids)
+}
+
+pub(super) async fn jobs(
+    pool: &SqlitePool,
+    epoch: i64,
+    sweep: &Sweep,
+    published: Option<i64>,
+    limit: u32,
+    only: Option<&[Uuid]>,
+) -> Result<Purged, StoreError> {
+    let mut tx = fenced(pool, epoch).await?;
+    let ids: Vec<String> = purgeable(sweep, published, limit, only).build_query_scalar().fetch_all(&mut *tx).await?;
     if ids.is_empty() {
         return Ok(Purged::default());
     }
-    let mut purged = Purged::default();
+    let mut purged = Purged { jobs: uuids(&ids)?, ..Default::default() };
     for (table, column) in [("weir_events", "job_id"), ("weir_tasks", "job_id"), ("weir_jobs", "id")] {
         let mut q = QueryBuilder::new(format!("DELETE FROM {table} WHERE {column} IN ("));
         list(&mut q, ids.iter().cloned());
@@ -65,7 +92,6 @@ pub(super) async fn jobs(
         }
     }
     tx.commit().await?;
-    purged.jobs = ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok()).collect();
     Ok(purged)
 }
 
