@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use weir_proto::v1;
 
-use crate::{cpu_seconds, noop, percentile, Args, Master, QUEUES};
+use crate::{complete, cpu_seconds, noop, percentile, poll, Args, Master, QUEUES};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitsArgs {
@@ -109,26 +109,9 @@ fn chain(name: String, steps: usize) -> v1::JobSpec {
     v1::JobSpec { name, steps, ..Default::default() }
 }
 
-/// A long poll on `queue`, already sent when this returns.
-fn poll(m: &Master, queue: &str) -> tokio::task::JoinHandle<anyhow::Result<(Instant, v1::TaskLease)>> {
-    let mut w = m.workers.clone();
-    let req = v1::AcquireTasksRequest {
-        worker_id: "bench".into(),
-        queue: queue.into(),
-        max_tasks: 1,
-        wait: Some(weir_proto::convert::duration(Duration::from_secs(10))),
-    };
-    tokio::spawn(async move {
-        let mut leases = w.acquire_tasks(req).await?.into_inner().leases;
-        let at = Instant::now();
-        Ok((at, leases.pop().context("no lease within 10 s")?))
-    })
-}
-
 async fn chain_latency(m: &Master, limits: &LimitsArgs) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let mut jobs = m.jobs.clone();
-    let mut w = m.workers.clone();
     let mut steps_done = 0;
     for j in 0..limits.chain_jobs {
         let first = poll(m, QUEUES[0]);
@@ -140,13 +123,7 @@ async fn chain_latency(m: &Master, limits: &LimitsArgs) -> anyhow::Result<()> {
             let next = (s < limits.chain_steps).then(|| poll(m, QUEUES[s % QUEUES.len()]));
             tokio::time::sleep(Duration::from_millis(2)).await;
             let t0 = Instant::now();
-            w.complete_task(v1::CompleteTaskRequest {
-                worker_id: "bench".into(),
-                task_id: lease.task_id.clone(),
-                fence_token: lease.fence_token,
-                output_json: String::new(),
-            })
-            .await?;
+            complete(m, &lease).await?;
             steps_done += 1;
             let Some(next) = next else { break };
             let (t1, l) = next.await??;

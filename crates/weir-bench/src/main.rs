@@ -416,36 +416,48 @@ impl Master {
 
 const QUEUES: [&str; 4] = ["api", "file", "batch", "stream"];
 
+/// A long poll on `queue` as worker "bench", already sent when this returns; it ends with
+/// the time the lease arrived.
+pub(crate) fn poll(m: &Master, queue: &str) -> tokio::task::JoinHandle<anyhow::Result<(Instant, v1::TaskLease)>> {
+    let mut w = m.workers.clone();
+    let req = v1::AcquireTasksRequest {
+        worker_id: "bench".into(),
+        queue: queue.into(),
+        max_tasks: 1,
+        wait: Some(weir_proto::convert::duration(Duration::from_secs(10))),
+    };
+    tokio::spawn(async move {
+        let mut leases = w.acquire_tasks(req).await?.into_inner().leases;
+        let at = Instant::now();
+        Ok((at, leases.pop().context("no lease within 10 s")?))
+    })
+}
+
+/// Reports `lease` done as worker "bench".
+pub(crate) async fn complete(m: &Master, lease: &v1::TaskLease) -> anyhow::Result<()> {
+    let done = v1::CompleteTaskRequest {
+        worker_id: "bench".into(),
+        task_id: lease.task_id.clone(),
+        fence_token: lease.fence_token,
+        output_json: String::new(),
+    };
+    m.workers.clone().complete_task(done).await?;
+    Ok(())
+}
+
 /// Idle submit-to-first-lease latency, this process acting as the worker.
 async fn idle_latency(m: &Master, args: &Args) -> anyhow::Result<()> {
-    let (mut jobs, mut workers) = (m.jobs.clone(), m.workers.clone());
+    let mut jobs = m.jobs.clone();
     let mut samples = Vec::with_capacity(args.latency_samples);
     for i in 0..args.latency_samples {
-        let mut w = workers.clone();
-        let poll = tokio::spawn(async move {
-            let req = v1::AcquireTasksRequest {
-                worker_id: "bench".into(),
-                queue: "api".into(),
-                max_tasks: 1,
-                wait: Some(weir_proto::convert::duration(Duration::from_secs(10))),
-            };
-            let r = w.acquire_tasks(req).await;
-            (Instant::now(), r)
-        });
+        let poll = poll(m, "api");
         tokio::time::sleep(Duration::from_millis(5)).await;
         let spec = v1::JobSpec { name: format!("lat-{i}"), steps: vec![noop("a".into(), "api")], ..Default::default() };
         let t0 = Instant::now();
         jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await?;
-        let (t1, leased) = poll.await?;
-        let lease = leased?.into_inner().leases.pop().context("no lease within 10s")?;
+        let (t1, lease) = poll.await??;
         samples.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
-        let done = v1::CompleteTaskRequest {
-            worker_id: "bench".into(),
-            task_id: lease.task_id,
-            fence_token: lease.fence_token,
-            output_json: String::new(),
-        };
-        workers.complete_task(done).await?;
+        complete(m, &lease).await?;
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     println!("submit_to_first_lease_p50={:.2} ms", percentile(&samples, 0.50));

@@ -228,7 +228,7 @@ async fn start_position(store: &dyn Store, names: &Names, durable: bool) -> Resu
 }
 
 /// Sleeps; true if cancelled meanwhile.
-async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+pub(crate) async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = cancel.cancelled() => true,

@@ -2,8 +2,9 @@
 //! `WEIR_PURGE_INTERVAL`, it deletes finished jobs past their namespace's retention (with
 //! their tasks and history) and outbox messages the relays have published — each a bounded
 //! batch per fenced transaction, with a pause between batches, so the engine's commits never
-//! queue behind a long delete — and audit records past theirs (one delete: they are few). Jobs whose events a relay has
-//! not published yet, or with a task still leased, wait for a later sweep. A sweep that
+//! queue behind a long delete — and audit records past theirs (one delete: they are few).
+//! Jobs whose events a relay has not published yet, or with a task still leased, wait for a
+//! later sweep. A sweep that
 //! deleted anything asks the store to make the space reusable where the database would not
 //! on its own (PostgreSQL with autovacuum off), so the store's size stays flat.
 
@@ -55,7 +56,7 @@ async fn sweep(
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let store = &shared.store;
-    let batch = shared.config.purge_batch.max(1);
+    let batch = shared.config.purge_batch;
     let (events_published, messages_published) = crate::relay::published(&store.relay_positions().await?);
     let now = crate::now_ms();
     let (mut jobs, mut tasks, mut events) = (0u64, 0u64, 0u64);
@@ -80,7 +81,7 @@ async fn sweep(
             }
             let Purged { jobs: ids, tasks: t, events: e } = deleted?;
             (jobs, tasks, events) = (jobs + ids.len() as u64, tasks + t, events + e);
-            if !more || pause(cancel).await {
+            if !more || crate::relay::pause(cancel, BATCH_PAUSE).await {
                 break;
             }
         }
@@ -91,7 +92,7 @@ async fn sweep(
     loop {
         let n = store.purge_messages(epoch, messages_published, before, batch).await?;
         messages += n;
-        if n < u64::from(batch) || pause(cancel).await {
+        if n < u64::from(batch) || crate::relay::pause(cancel, BATCH_PAUSE).await {
             break;
         }
     }
@@ -113,12 +114,4 @@ async fn sweep(
         );
     }
     Ok(())
-}
-
-/// Rests between batches; true if the master is stopping.
-async fn pause(cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(BATCH_PAUSE) => false,
-        _ = cancel.cancelled() => true,
-    }
 }

@@ -5,7 +5,8 @@
 //! The master is the only writer: its engine hands over each batch of changed records and
 //! the store writes them in one transaction ([`Store::commit`]; on PostgreSQL the engine's
 //! records are one statement). The retention purge deletes what is past its period in
-//! bounded, fenced batches ([`Store::purge_jobs`]). Reads serve the API (lists, tasks, event history) and recovery ([`Store::load_unfinished`]).
+//! bounded, fenced batches ([`Store::purge_jobs`]). Reads serve the API (lists, tasks,
+//! event history) and recovery ([`Store::load_unfinished`]).
 //! Migrations live in `migrations/<backend>/` at the top of the repo; [`migrate`] applies them.
 
 use std::collections::BTreeMap;
