@@ -155,6 +155,60 @@ async fn lease_expiry_and_stale_fence(m: &InProcMaster) {
     assert_eq!(t.attempt, 2);
 }
 
+/// A CompleteTasks call (a busy manager's coalesced successes) answers each report as
+/// CompleteTask would: a stale fence, a malformed id and an unknown task are refused on
+/// their own, the others applied; a repeated report is harmless.
+async fn batched_reports_are_answered_one_by_one(m: &InProcMaster) {
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let steps = (0..4).map(|i| step(&format!("s{i}"), "noop", "file", &[])).collect();
+    let id = submit(&mut jobs, job("batched", steps)).await;
+    let leases = acquire(&mut w, "file", 4, 2000).await;
+    assert_eq!(leases.len(), 4);
+    let report = |l: &v1::TaskLease, fence: u64| v1::CompleteTaskRequest {
+        worker_id: "tester".into(),
+        task_id: l.task_id.clone(),
+        fence_token: fence,
+        output_json: format!("{{\"step\":\"{}\"}}", l.step_id),
+    };
+    let mut malformed = report(&leases[0], 1);
+    malformed.task_id = "not-an-id".into();
+    let mut unknown = report(&leases[0], 1);
+    unknown.task_id = uuid::Uuid::now_v7().to_string();
+    let first = vec![
+        report(&leases[0], leases[0].fence_token),
+        report(&leases[1], leases[1].fence_token + 7),
+        malformed,
+        unknown,
+        report(&leases[2], leases[2].fence_token),
+    ];
+    let req = v1::CompleteTasksRequest { worker_id: "tester".into(), tasks: first };
+    let outcomes = w.complete_tasks(req).await.expect("batch answered").into_inner().outcomes;
+    let codes: Vec<tonic::Code> = outcomes.iter().map(|o| tonic::Code::from(o.code)).collect();
+    use tonic::Code::*;
+    assert_eq!(codes, vec![Ok, FailedPrecondition, InvalidArgument, NotFound, Ok], "{outcomes:?}");
+    assert!(outcomes[1].message.contains("stale fence"), "{}", outcomes[1].message);
+    assert!(outcomes[2].message.contains("task_id"), "{}", outcomes[2].message);
+    let running = tasks(&mut jobs, &id).await.into_iter().filter(|t| t.state == v1::TaskState::Running as i32);
+    assert_eq!(running.count(), 2, "the refused reports changed nothing");
+    // The rest, with a repeat of one already applied.
+    let second = vec![
+        report(&leases[1], leases[1].fence_token),
+        report(&leases[3], leases[3].fence_token),
+        report(&leases[0], leases[0].fence_token),
+    ];
+    let req = v1::CompleteTasksRequest { worker_id: "tester".into(), tasks: second };
+    let outcomes = w.complete_tasks(req).await.expect("batch answered").into_inner().outcomes;
+    assert!(outcomes.iter().all(|o| o.code == 0), "{outcomes:?}");
+    let done = wait_finished(&mut jobs, &id, Duration::from_secs(5)).await;
+    assert_eq!(done.state, v1::JobState::Succeeded as i32);
+    let outputs: Vec<String> = tasks(&mut jobs, &id).await.into_iter().map(|t| t.output_json).collect();
+    assert!(outputs.iter().enumerate().all(|(i, o)| o.contains(&format!("s{i}"))), "{outputs:?}");
+    // More than a call may carry is refused whole.
+    let many = (0..1001).map(|_| report(&leases[0], 1)).collect();
+    let refused = w.complete_tasks(v1::CompleteTasksRequest { worker_id: "tester".into(), tasks: many }).await;
+    assert_eq!(refused.expect_err("too many").code(), InvalidArgument);
+}
+
 async fn pause_and_resume(m: &InProcMaster) {
     let (mut jobs, mut w) = (m.jobs(), m.workers());
     let id = submit(&mut jobs, job("pause", vec![step("a", "noop", "api", &[]), step("b", "noop", "api", &[])])).await;
@@ -417,6 +471,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    batched_reports_are_answered_one_by_one,
     idempotent_submit,
     dag_order_and_parallel_branches,
     priority_then_oldest,

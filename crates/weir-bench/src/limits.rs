@@ -12,7 +12,10 @@
 //!    manager processes (the steps take turns over the four queues): steps/s and the
 //!    master's CPU share.
 //! 3. Independent no-op tasks drained by the real managers (as `weir-bench` does), then the
-//!    same number of no-op jobs drained by graphile-worker, batched and not.
+//!    same number of no-op jobs drained by graphile-worker, batched and not. While the
+//!    managers drain, an urgent one-step job (priority above the backlog's) is submitted
+//!    every 20 ms: submit-to-first-lease while draining, from the submit call to the
+//!    lease's start as the master stamped it (milliseconds, one clock).
 //! 4. The store: its size per million finished tasks kept (PostgreSQL's own figure for
 //!    tables, indexes and TOAST), then a long run with a short retention — rounds of
 //!    `--tasks` tasks, the store's size after each — which stays flat when the purge keeps up.
@@ -63,7 +66,7 @@ pub async fn run(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
     .await?;
 
     let m = Master::start(None).await?;
-    crate::engine(&m, args, "store_").await?;
+    crate::engine(&m, args, "store_", true).await?;
     // The same number of no-op jobs drained by graphile-worker on the same PostgreSQL.
     peer(
         "graphile_drain.mjs",
@@ -76,6 +79,59 @@ pub async fn run(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
     m.stop().await?;
 
     retention(limits, args).await
+}
+
+/// Submits an urgent one-step job every 20 ms until `stop`, then prints how long each took
+/// from its submit call to its first lease (read from the store once all were leased).
+pub(crate) async fn first_lease_while_draining(
+    m: &Master,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut jobs = m.jobs.clone();
+    let mut sent: Vec<(uuid::Uuid, i64)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let i = sent.len();
+        let spec = v1::JobSpec {
+            name: format!("probe-{i}"),
+            priority: 100,
+            steps: vec![noop("a".into(), QUEUES[i % QUEUES.len()])],
+            ..Default::default()
+        };
+        let t0 = crate::now_ms();
+        let job = jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await?.into_inner().job;
+        let id = job.context("SubmitJob answered no job")?.id;
+        sent.push((uuid::Uuid::parse_str(&id)?, t0));
+    }
+    let ids: Vec<uuid::Uuid> = sent.iter().map(|(id, _)| *id).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started: Vec<(uuid::Uuid, i64)> = loop {
+        let rows: Vec<(uuid::Uuid, Option<i64>)> =
+            sqlx::query_as("SELECT job_id, started_ms FROM weir_tasks WHERE job_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&m.pool)
+                .await?;
+        // A probe that ran and finished keeps its start time.
+        let leased: Vec<(uuid::Uuid, i64)> = rows.into_iter().filter_map(|(j, s)| Some((j, s?))).collect();
+        if leased.len() == ids.len() {
+            break leased;
+        }
+        if Instant::now() > deadline {
+            bail!("{} of {} urgent jobs were not leased within a minute", ids.len() - leased.len(), ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at: std::collections::HashMap<uuid::Uuid, i64> = started.into_iter().collect();
+    let mut samples: Vec<f64> = sent.iter().filter_map(|(id, t0)| Some((at.get(id)? - t0) as f64)).collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    println!("draining_urgent_jobs={} jobs", samples.len());
+    println!("draining_submit_to_first_lease_p50={:.0} ms", percentile(&samples, 0.50));
+    println!("draining_submit_to_first_lease_p99={:.0} ms", percentile(&samples, 0.99));
+    Ok(())
 }
 
 /// Runs a Node.js peer from `bench/` (installed by scripts/ensure-bench-node.sh) and
@@ -190,7 +246,7 @@ async fn retention(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
     let m = Master::start_env(&env).await?;
     let mut sizes = Vec::new();
     for round in 1..=limits.retention_rounds {
-        crate::engine(&m, args, &format!("retention_{round}_")).await?;
+        crate::engine(&m, args, &format!("retention_{round}_"), false).await?;
         // Past the retention and one more sweep.
         tokio::time::sleep(Duration::from_secs(4)).await;
         let mb = store_mb(&m).await?;

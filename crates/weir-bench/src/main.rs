@@ -146,6 +146,16 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds of every PostgreSQL server process (the postmaster and its backends).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(cpu_seconds)
+        .sum()
+}
+
 /// Rows of the Parquet files under `lake` (Weir's own `_…` folders left out), from their footers.
 pub(crate) fn lake_rows(lake: &Path) -> u64 {
     let mut n = 0;
@@ -246,13 +256,13 @@ async fn main() -> anyhow::Result<()> {
     // Events off: the engine alone.
     let m = Master::start(None).await?;
     idle_latency(&m, &args).await?;
-    let off = engine(&m, &args, "").await?;
+    let off = engine(&m, &args, "", false).await?;
     m.stop().await?;
 
     // Security on: JWT on every call, mTLS between every process and the master.
     let secure = std::sync::Arc::new(secure::Secure::new()?);
     let m = Master::start_with(None, Some(secure), None, &[]).await?;
-    let on = engine(&m, &args, "secure_").await?;
+    let on = engine(&m, &args, "secure_", false).await?;
     println!("throughput_change_with_security={:+.1} %", (on - off) / off * 100.0);
     m.stop().await?;
 
@@ -265,13 +275,13 @@ async fn main() -> anyhow::Result<()> {
     let (mut sum_off, mut sum_all, mut sum_tenth) = (0.0, 0.0, 0.0);
     for round in 1..=3 {
         let m = Master::start(None).await?;
-        sum_off += engine(&m, &args, &format!("telemetry_off_{round}_")).await?;
+        sum_off += engine(&m, &args, &format!("telemetry_off_{round}_"), false).await?;
         m.stop().await?;
         for (ratio, name, sum) in [(None, "all", &mut sum_all), (Some(0.1), "tenth", &mut sum_tenth)] {
             let observe = Arc::new(observe::Observe::start(&python, ratio).await?);
             let m = Master::start_observed(observe.clone()).await?;
             let label = format!("telemetry_{name}_{round}_");
-            *sum += engine(&m, &args, &label).await?;
+            *sum += engine(&m, &args, &label, false).await?;
             let (spans, scrapes, cpu) = observe.counts();
             println!("{label}spans_exported={spans} spans");
             println!("{label}scrapes={scrapes} scrapes");
@@ -288,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = Broker::start()?;
     broker.wait().await?;
     let m = Master::start(Some(&broker.brokers)).await?;
-    let on = engine(&m, &args, "events_on_").await?;
+    let on = engine(&m, &args, "events_on_", false).await?;
     println!("throughput_change_with_events={:+.1} %", (on - off) / off * 100.0);
     m.stop().await?;
     drop(broker);
@@ -396,6 +406,15 @@ impl Master {
             .collect()
     }
 
+    /// Transactions committed in the bench's database so far (PostgreSQL's statistics,
+    /// which lag by up to half a second; the benchmark's own queries are among them).
+    async fn commits(&self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn succeeded(&self, prefix: &str) -> anyhow::Result<usize> {
         self.count(prefix, "state = 'succeeded'").await
     }
@@ -468,7 +487,7 @@ async fn idle_latency(m: &Master, args: &Args) -> anyhow::Result<()> {
 /// Queues `--tasks` no-op tasks with no worker running, then times four real manager
 /// processes draining them. Returns tasks/s. With events on, also times the relay until
 /// every event of the run is published.
-async fn engine(m: &Master, args: &Args, label: &str) -> anyhow::Result<f64> {
+async fn engine(m: &Master, args: &Args, label: &str, probe: bool) -> anyhow::Result<f64> {
     let n_jobs = args.tasks.div_ceil(args.steps_per_job);
     let t0 = Instant::now();
     let mut pending = tokio::task::JoinSet::new();
@@ -493,25 +512,49 @@ async fn engine(m: &Master, args: &Args, label: &str) -> anyhow::Result<f64> {
         println!("master_peak_rss_with_queued_tasks={:.1} MB", peak_rss_mb(m.pid));
     }
 
+    let (cpu0, pg0, commits0) = (cpu_seconds(m.pid), postgres_cpu_seconds(), m.commits().await?);
     let t0 = Instant::now();
     let managers = m.managers(args.concurrency)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
-    // Until no job of the run is unfinished: with a short retention (the limits run) the
-    // first to succeed are purged before the last.
-    while m.unfinished("bench-").await? > 0 {
-        if Instant::now() > deadline {
-            bail!("drain did not finish in 30 minutes");
+    let stop_probes = tokio_util::sync::CancellationToken::new();
+    let drained = async {
+        // Until no job of the run is unfinished: with a short retention (the limits run)
+        // the first to succeed are purged before the last.
+        while m.unfinished("bench-").await? > 0 {
+            if Instant::now() > deadline {
+                bail!("drain did not finish in 30 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        stop_probes.cancel();
+        Ok(t0.elapsed())
+    };
+    let probes = async {
+        if probe {
+            limits::first_lease_while_draining(m, stop_probes.clone()).await
+        } else {
+            Ok(())
+        }
+    };
+    let (drained, probed) = tokio::join!(drained, probes);
+    let drained = drained?;
+    probed?;
     let failed = m.count("bench-", "state <> 'succeeded'").await?;
     if failed > 0 {
         bail!("{failed} jobs of the run did not succeed");
     }
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = drained.as_secs_f64();
     let rate = queued as f64 / secs;
+    let (cpu, pg, commits) =
+        (cpu_seconds(m.pid) - cpu0, postgres_cpu_seconds() - pg0, m.commits().await?.saturating_sub(commits0));
     println!("{label}throughput_noop_tasks_per_sec={rate:.0} tasks/s");
     println!("{label}drain_seconds={secs:.1} s");
+    // Where one master ends: the scheduler is one task, so a master near 100 % of a core is
+    // at its ceiling; PostgreSQL's share and the commits show what the store takes.
+    println!("{label}drain_master_cpu={:.0} % of a core", cpu / secs * 100.0);
+    println!("{label}drain_postgres_cpu={:.0} % of a core", pg / secs * 100.0);
+    println!("{label}drain_commits_per_sec={:.0} commits/s", commits as f64 / secs);
+    println!("{label}drain_tasks_per_commit={:.0} tasks", queued as f64 / commits.max(1) as f64);
     println!("{label}master_peak_rss={:.1} MB", peak_rss_mb(m.pid));
     drop(managers);
     if label.starts_with("events_on") {
@@ -611,7 +654,7 @@ fn system_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     system_ms(std::time::SystemTime::now())
 }
 

@@ -235,8 +235,8 @@ pub fn access(path: &str) -> weir_runtime::auth::Access {
     use weir_runtime::auth::Access;
     let Some(rest) = path.strip_prefix("/weir.v1.WorkerService/") else { return Access::Authenticated };
     match rest {
-        "RegisterWorker" | "AcquireTasks" | "Heartbeat" | "CompleteTask" | "FailTask" | "ReleaseTasks"
-        | "DeregisterWorker" => Access::Everywhere(Role::Worker),
+        "RegisterWorker" | "AcquireTasks" | "Heartbeat" | "CompleteTask" | "CompleteTasks" | "FailTask"
+        | "ReleaseTasks" | "DeregisterWorker" => Access::Everywhere(Role::Worker),
         "ListWorkers" | "ListQuotas" => Access::Everywhere(Role::Read),
         // GetWatermark and ListWatermarks check the namespace they name.
         _ => Access::Authenticated,

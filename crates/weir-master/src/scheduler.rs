@@ -5,8 +5,14 @@
 //! long-polling workers, then commits all resulting changes in one transaction and only
 //! then replies. Many commands therefore share one commit, which is how the master turns
 //! a database that commits a few thousand transactions per second into many more task
-//! state changes per second. If a commit fails, everyone in the batch is told UNAVAILABLE
-//! and the engine is rebuilt from the store; if leadership was lost, the master stops.
+//! state changes per second.
+//!
+//! Commits are pipelined: while one is on its way to the store the task goes on applying
+//! commands, and what they changed leaves in the next commit the moment the first lands.
+//! Commits still land one at a time and in order, and no reply leaves before the commit
+//! of what it answers (and of everything before it) is durable. If a commit fails,
+//! everyone in it and everyone applied after it is told UNAVAILABLE and the engine is
+//! rebuilt from the store; if leadership was lost, the master stops.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use weir_core::audit::AuditRecord;
-use weir_core::engine::{Engine, EngineError, Failure, Lease, LeaseStatus};
+use weir_core::engine::{Changes, Engine, EngineError, Failure, Lease, LeaseStatus};
 use weir_core::model::{EventRecord, JobRecord, OutboxMessage, TaskRecord};
 use weir_core::validate::ValidJob;
 use weir_core::Millis;
@@ -61,6 +67,11 @@ pub(crate) enum Command {
         fence: u64,
         output: Option<String>,
         reply: Reply<()>,
+    },
+    /// Many success reports (a CompleteTasks call), each answered on its own.
+    CompleteMany {
+        reports: Vec<(Uuid, u64, Option<String>)>,
+        reply: Reply<Vec<Result<(), EngineError>>>,
     },
     Fail {
         task: Uuid,
@@ -182,6 +193,12 @@ impl Handle {
     pub(crate) async fn complete(&self, task: Uuid, fence: u64, output: Option<String>) -> Result<(), SchedError> {
         self.ask(|reply| Command::Complete { task, fence, output, reply }).await
     }
+    pub(crate) async fn complete_many(
+        &self,
+        reports: Vec<(Uuid, u64, Option<String>)>,
+    ) -> Result<Vec<Result<(), EngineError>>, SchedError> {
+        self.ask(|reply| Command::CompleteMany { reports, reply }).await
+    }
     pub(crate) async fn fail(&self, task: Uuid, fence: u64, failure: Failure) -> Result<bool, SchedError> {
         self.ask(|reply| Command::Fail { task, fence, failure, reply }).await
     }
@@ -275,56 +292,51 @@ pub async fn run(
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
     let mut queues_seen: Millis = 0;
+    // The commit on its way to the store, and the replies of everything applied since it
+    // left: those wait for the next commit, which leaves as soon as this one lands.
+    let mut inflight: Option<InFlight> = None;
+    let mut waiting: Vec<Pending> = Vec::new();
     loop {
         let wake = s.next_wake();
-        tokio::select! {
+        let woke = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break },
-            _ = tokio::time::sleep(wake) => {}
+            landed = landing(&mut inflight) => Some(landed),
+            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break } else { None },
+            _ = tokio::time::sleep(wake) => None,
+        };
+        if let Some(landed) = woke {
+            let replies = inflight.take().map(|done| done.replies).unwrap_or_default();
+            match s.landed(replies, landed, &mut waiting) {
+                Ok(true) => {}
+                Ok(false) => s.reload().await,
+                Err(fenced) => {
+                    cancel.cancel();
+                    return Err(fenced);
+                }
+            }
         }
         let now = now_ms();
-        let mut replies: Vec<Pending> = Vec::with_capacity(batch.len());
         for cmd in batch.drain(..) {
-            s.apply(cmd, now, &mut replies);
+            s.apply(cmd, now, &mut waiting);
         }
         s.engine.tick(now);
         if now - queues_seen >= QUEUE_STATS_EVERY_MS {
             crate::metrics::MASTER.queues(&s.engine.ready_stats(), now);
             queues_seen = now;
         }
-        s.serve_waiters(now, &mut replies);
-        let mut changes = s.engine.take_changes(now);
-        changes.messages.append(&mut s.messages);
-        changes.messages.extend(s.audit.iter().map(AuditRecord::message));
-        changes.audit.append(&mut s.audit);
-        changes.connections.append(&mut s.connections);
-        if changes.is_empty() {
-            replies.into_iter().for_each(|r| r(None));
-            continue;
-        }
-        let started = std::time::Instant::now();
-        match s.store.commit(s.epoch, &changes).await {
-            Ok(()) => {
-                crate::metrics::MASTER.observe(&changes, started.elapsed());
-                replies.into_iter().for_each(|r| r(None));
-                if !changes.events.is_empty() || !changes.messages.is_empty() {
-                    // Also wakes the relay, which reads what was committed from the store.
-                    let _ = s.events.send(Arc::new(changes.events));
-                }
-            }
-            Err(e) => {
-                let why = format!("could not commit: {e}; nothing was changed, try again");
-                tracing::error!(error = %e, "commit failed");
-                replies.into_iter().for_each(|r| r(Some(&why)));
-                if let StoreError::Fenced { .. } = e {
-                    cancel.cancel();
-                    return Err(e);
-                }
-                s.reload().await;
-            }
+        s.serve_waiters(now, &mut waiting);
+        if inflight.is_none() {
+            inflight = s.dispatch(now, &mut waiting);
         }
     }
+    // What is on its way lands first, so its callers learn the truth; what was applied
+    // after it is answered "unavailable".
+    if let Some(done) = inflight.take() {
+        let landed = done.commit.await.map_err(|e| format!("the commit task ended: {e}"));
+        let _ = s.landed(done.replies, landed, &mut waiting);
+    }
+    waiting.into_iter().for_each(|r| r(Some("the master is stopping; try again")));
     // Parked workers get an empty answer rather than a dropped call.
     for (_, q) in s.waiters.drain() {
         for w in q {
@@ -334,7 +346,83 @@ pub async fn run(
     Ok(())
 }
 
+/// A commit on its way to the store, and the replies that wait for it.
+struct InFlight {
+    commit: tokio::task::JoinHandle<Committed>,
+    replies: Vec<Pending>,
+}
+
+/// A commit's changes, what came of it, and how long it took.
+type Committed = (Changes, Result<(), StoreError>, Duration);
+
+/// The in-flight commit's outcome when it lands; never, with none in flight.
+async fn landing(inflight: &mut Option<InFlight>) -> Result<Committed, String> {
+    match inflight {
+        Some(f) => (&mut f.commit).await.map_err(|e| format!("the commit task ended: {e}")),
+        None => std::future::pending().await,
+    }
+}
+
 impl Scheduler {
+    /// Sends what the engine changed since the last commit to the store (on a task of its
+    /// own, so the engine goes on meanwhile) with the replies waiting for it; with nothing
+    /// changed, answers them at once.
+    fn dispatch(&mut self, now: Millis, waiting: &mut Vec<Pending>) -> Option<InFlight> {
+        let mut changes = self.engine.take_changes(now);
+        changes.messages.append(&mut self.messages);
+        changes.messages.extend(self.audit.iter().map(AuditRecord::message));
+        changes.audit.append(&mut self.audit);
+        changes.connections.append(&mut self.connections);
+        if changes.is_empty() {
+            waiting.drain(..).for_each(|r| r(None));
+            return None;
+        }
+        let (store, epoch) = (self.store.clone(), self.epoch);
+        let commit = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = store.commit(epoch, &changes).await;
+            (changes, result, started.elapsed())
+        });
+        Some(InFlight { commit, replies: std::mem::take(waiting) })
+    }
+
+    /// Answers the callers of a commit that landed. A failed one fails everything applied
+    /// after it too (it was applied on top) and returns false: the engine must be rebuilt
+    /// from the store. A store that refused this master's epoch is the error.
+    fn landed(
+        &mut self,
+        replies: Vec<Pending>,
+        landed: Result<Committed, String>,
+        waiting: &mut Vec<Pending>,
+    ) -> Result<bool, StoreError> {
+        let failure = match landed {
+            Ok((changes, Ok(()), took)) => {
+                crate::metrics::MASTER.observe(&changes, took);
+                replies.into_iter().for_each(|r| r(None));
+                if !changes.events.is_empty() || !changes.messages.is_empty() {
+                    // Also wakes the relay, which reads what was committed from the store.
+                    let _ = self.events.send(Arc::new(changes.events));
+                }
+                return Ok(true);
+            }
+            Ok((_, Err(e), _)) => Err(e),
+            Err(ended) => Ok(ended),
+        };
+        let why = match &failure {
+            Err(e) => format!("could not commit: {e}; nothing was changed, try again"),
+            Ok(ended) => format!("{ended}; try again"),
+        };
+        tracing::error!(error = %why, "commit failed");
+        replies.into_iter().chain(waiting.drain(..)).for_each(|r| r(Some(&why)));
+        self.messages.clear();
+        self.audit.clear();
+        self.connections.clear();
+        match failure {
+            Err(e @ StoreError::Fenced { .. }) => Err(e),
+            _ => Ok(false),
+        }
+    }
+
     fn next_wake(&self) -> Duration {
         let now = now_ms();
         let waiter = self.waiters.values().flat_map(|q| q.iter().map(|w| w.deadline)).min();
@@ -394,6 +482,10 @@ impl Scheduler {
             }
             Command::Complete { task, fence, output, reply } => {
                 replies.push(pending(reply, e.complete(task, fence, output, now).map_err(Into::into)));
+            }
+            Command::CompleteMany { reports, reply } => {
+                let results = reports.into_iter().map(|(task, fence, output)| e.complete(task, fence, output, now));
+                replies.push(pending(reply, Ok(results.collect())));
             }
             Command::Fail { task, fence, failure, reply } => {
                 replies.push(pending(reply, e.fail(task, fence, failure, now).map_err(Into::into)));

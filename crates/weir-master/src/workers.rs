@@ -25,6 +25,8 @@ use crate::{now_ms, Shared};
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Most tasks one acquire call may take.
 const MAX_ACQUIRE: u32 = 1000;
+/// Most reports one CompleteTasks call may carry.
+const MAX_REPORTS: usize = 1000;
 
 /// What the master knows of a worker (in memory: workers re-register after a restart).
 #[derive(Debug, Clone)]
@@ -301,6 +303,18 @@ fn output(text: &str) -> Result<Option<String>, Status> {
 impl Workers {
     /// A report for a task no longer in memory (its job finished): accepted when it repeats
     /// what is stored under the same fence (a retried call), refused otherwise.
+    /// The answer to a success report, given what the engine made of it: a task no longer
+    /// in memory may have finished with this very report (a retried call).
+    async fn completed(&self, task: Uuid, fence: u64, result: Result<(), SchedError>) -> Result<(), Status> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(SchedError::Engine(EngineError::TaskNotFound(_))) => {
+                self.settled(task, fence, &[TaskState::Succeeded, TaskState::Compensated]).await
+            }
+            Err(e) => Err(status::sched(e)),
+        }
+    }
+
     async fn settled(&self, task: Uuid, fence: u64, done: &[TaskState]) -> Result<(), Status> {
         let stored = self.0.store.get_task(task).await.map_err(status::store)?;
         match stored {
@@ -435,14 +449,56 @@ impl WorkerService for Workers {
         let r = req.into_inner();
         let task = parse_id("task_id", &r.task_id)?;
         let out = output(&r.output_json)?;
-        match self.0.scheduler.complete(task, r.fence_token, out).await {
-            Ok(()) => {}
-            Err(SchedError::Engine(EngineError::TaskNotFound(_))) => {
-                self.settled(task, r.fence_token, &[TaskState::Succeeded, TaskState::Compensated]).await?;
-            }
-            Err(e) => return Err(status::sched(e)),
-        }
+        let result = self.0.scheduler.complete(task, r.fence_token, out).await;
+        self.completed(task, r.fence_token, result).await?;
         Ok(Response::new(v1::CompleteTaskResponse {}))
+    }
+
+    #[tracing::instrument(name = "complete_tasks", level = "debug", skip_all, fields(reports = req.get_ref().tasks.len()))]
+    async fn complete_tasks(
+        &self,
+        req: Request<v1::CompleteTasksRequest>,
+    ) -> Result<Response<v1::CompleteTasksResponse>, Status> {
+        self.0.check_ready()?;
+        let r = req.into_inner();
+        if r.tasks.len() > MAX_REPORTS {
+            return Err(invalid(format!("{} reports in one call, over the limit of {MAX_REPORTS}", r.tasks.len())));
+        }
+        // A malformed report is answered on its own; the others go to the engine together.
+        let mut answers: Vec<Option<Status>> = Vec::with_capacity(r.tasks.len());
+        let mut asked = Vec::with_capacity(r.tasks.len());
+        for t in r.tasks {
+            match parse_id("task_id", &t.task_id).and_then(|id| Ok((id, output(&t.output_json)?))) {
+                Ok((id, out)) => {
+                    asked.push((id, t.fence_token, out));
+                    answers.push(None);
+                }
+                Err(s) => answers.push(Some(s)),
+            }
+        }
+        let keys: Vec<(Uuid, u64)> = asked.iter().map(|(id, fence, _)| (*id, *fence)).collect();
+        let mut results = self.0.scheduler.complete_many(asked).await.map_err(status::sched)?.into_iter();
+        let mut keys = keys.into_iter();
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let status = match answer {
+                Some(refused) => refused,
+                None => {
+                    let (Some((task, fence)), Some(result)) = (keys.next(), results.next()) else {
+                        return Err(Status::internal("the engine answered fewer reports than it was given"));
+                    };
+                    match self.completed(task, fence, result.map_err(SchedError::Engine)).await {
+                        Ok(()) => Status::ok(""),
+                        Err(s) => s,
+                    }
+                }
+            };
+            // Each report counts as the CompleteTask call it stands for, so the lease
+            // protocol's failure ratio reads the same whether a manager batches or not.
+            weir_runtime::metrics::count_call("weir.v1.WorkerService", "CompleteTask", status.code());
+            outcomes.push(v1::ReportOutcome { code: status.code() as i32, message: status.message().to_string() });
+        }
+        Ok(Response::new(v1::CompleteTasksResponse { outcomes }))
     }
 
     #[tracing::instrument(name = "fail_task", level = "debug", skip_all, fields(task_id = %req.get_ref().task_id))]

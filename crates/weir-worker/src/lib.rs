@@ -3,7 +3,8 @@
 //! A manager is a [`Worker`] with a queue and a set of [`StepHandler`]s. The worker
 //! registers with the master, long-polls for leases with at most `concurrency` tasks in
 //! flight, heartbeats all of them in one call, stops a task when the master says it was
-//! cancelled or its lease was lost, reports results with the lease's fence token, and on
+//! cancelled or its lease was lost, reports results with the lease's fence token (a busy
+//! worker's successes coalesced into one call: `completions`), and on
 //! shutdown stops taking work, lets running tasks finish for a grace period, and hands the
 //! rest back. [`quota`] keeps its share of the fleet-wide limits over the same heartbeat,
 //! and [`notice`] carries status changes for the master to publish; [`watermark`] reads
@@ -11,6 +12,7 @@
 //! [`generic`] holds the engine-proving kinds (`noop`, `sleep`, `fail`);
 //! [`manager`] is the `main` every manager binary shares; [`metrics`] counts the tasks it runs.
 
+mod completions;
 pub mod generic;
 pub mod manager;
 pub mod metrics;

@@ -17,6 +17,7 @@ use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_client::WorkerServiceClient};
 use weir_runtime::grpc::AuthedChannel as Channel;
 
+use crate::completions::Completions;
 use crate::notice::Notices;
 use crate::quota::Quotas;
 use crate::{StepHandler, TaskContext, WorkerError};
@@ -164,7 +165,8 @@ impl Worker {
             hb_stop.clone(),
         ));
         tracing::info!(worker = %self.cfg.worker_id, queue = %self.cfg.queue, "taking work");
-        self.acquire_loop(&cancel, &permits, &tracker).await;
+        let completions = Completions::start(self.client.clone(), self.cfg.worker_id.clone());
+        self.acquire_loop(&cancel, &permits, &tracker, &completions).await;
 
         // Shutdown: no new work; running tasks get the grace period, then are handed back.
         tracker.close();
@@ -231,7 +233,13 @@ impl Worker {
         }
     }
 
-    async fn acquire_loop(&self, cancel: &CancellationToken, permits: &Arc<Semaphore>, tracker: &TaskTracker) {
+    async fn acquire_loop(
+        &self,
+        cancel: &CancellationToken,
+        permits: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+        completions: &Completions,
+    ) {
         let mut client = self.client.clone();
         let mut delay = Duration::from_millis(100);
         while !cancel.is_cancelled() {
@@ -278,6 +286,7 @@ impl Worker {
                 };
                 let handler = self.handlers.get(ctx.kind.as_str()).cloned();
                 let (client, table, worker) = (self.client.clone(), self.table.clone(), self.cfg.worker_id.clone());
+                let completions = completions.clone();
                 let queue = self.cfg.queue;
                 let span = tracing::info_span!(
                     "run_task",
@@ -292,7 +301,7 @@ impl Worker {
                 weir_runtime::telemetry::set_parent(&span, &lease.traceparent);
                 tracker.spawn(
                     async move {
-                        execute(client, table, worker, handler, queue, ctx).await;
+                        execute(client, &completions, table, worker, handler, queue, ctx).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -335,6 +344,7 @@ impl Worker {
 /// `run_task` span, made by the caller).
 async fn execute(
     client: WorkerServiceClient<Channel>,
+    completions: &Completions,
     table: Table,
     worker: String,
     handler: Option<Arc<dyn crate::StepHandler>>,
@@ -396,11 +406,7 @@ async fn execute(
         (_, Ok(output)) => {
             let req =
                 v1::CompleteTaskRequest { worker_id: worker, task_id, fence_token, output_json: output.to_string() };
-            report(|| {
-                let (mut c, r) = (client.clone(), req.clone());
-                async move { c.complete_task(r).await }
-            })
-            .await;
+            completions.complete(req).await;
         }
         (None, Err(e)) => {
             tracing::info!(error = %e, "step failed");
