@@ -302,7 +302,11 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             landed = landing(&mut inflight) => Some(landed),
-            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break } else { None },
+            // With a commit out, at most one more batch waits for the next: callers feel
+            // the store's pace, and a commit stays about `max_batch` commands.
+            n = rx.recv_many(&mut batch, max_batch), if inflight.is_none() || waiting.len() < max_batch => {
+                if n == 0 { break } else { None }
+            }
             _ = tokio::time::sleep(wake) => None,
         };
         if let Some(landed) = woke {
@@ -332,9 +336,10 @@ pub async fn run(
     }
     // What is on its way lands first, so its callers learn the truth; what was applied
     // after it is answered "unavailable".
+    let mut fenced = None;
     if let Some(done) = inflight.take() {
         let landed = done.commit.await.map_err(|e| format!("the commit task ended: {e}"));
-        let _ = s.landed(done.replies, landed, &mut waiting);
+        fenced = s.landed(done.replies, landed, &mut waiting).err();
     }
     waiting.into_iter().for_each(|r| r(Some("the master is stopping; try again")));
     // Parked workers get an empty answer rather than a dropped call.
@@ -343,7 +348,7 @@ pub async fn run(
             let _ = w.reply.send(Ok(Vec::new()));
         }
     }
-    Ok(())
+    fenced.map_or(Ok(()), Err)
 }
 
 /// A commit on its way to the store, and the replies that wait for it.
@@ -504,16 +509,23 @@ impl Scheduler {
                 self.audit.extend(records.into_iter().map(AuditRecord::cleaned));
                 replies.push(pending(reply, Ok(())));
             }
+            // Claims and forgets change nothing stored: answered at once, so a failing
+            // commit cannot leave a claim behind that its purge never learned of.
             Command::Claim(mut jobs, reply) => {
                 jobs.retain(|id| e.job(*id).is_none());
                 self.purging.extend(jobs.iter().map(|id| (*id, None)));
-                replies.push(pending(reply, Ok(jobs)));
+                if let Err(Ok(jobs)) = reply.send(Ok(jobs)) {
+                    // The purge is gone: nothing will be deleted.
+                    for id in &jobs {
+                        self.purging.remove(id);
+                    }
+                }
             }
             Command::Forget(jobs, reply) => {
                 e.forget_finished(&jobs);
                 self.purging.retain(|_, at| at.is_none_or(|at| now - at < PURGED_MEMORY_MS));
                 self.purging.extend(jobs.into_iter().map(|id| (id, Some(now))));
-                replies.push(pending(reply, Ok(())));
+                let _ = reply.send(Ok(()));
             }
             Command::Connection(change, reply) => {
                 let (change, audit) = *change;

@@ -301,8 +301,6 @@ fn output(text: &str) -> Result<Option<String>, Status> {
 }
 
 impl Workers {
-    /// A report for a task no longer in memory (its job finished): accepted when it repeats
-    /// what is stored under the same fence (a retried call), refused otherwise.
     /// The answer to a success report, given what the engine made of it: a task no longer
     /// in memory may have finished with this very report (a retried call).
     async fn completed(&self, task: Uuid, fence: u64, result: Result<(), SchedError>) -> Result<(), Status> {
@@ -315,6 +313,8 @@ impl Workers {
         }
     }
 
+    /// A report for a task no longer in memory (its job finished): accepted when it repeats
+    /// what is stored under the same fence (a retried call), refused otherwise.
     async fn settled(&self, task: Uuid, fence: u64, done: &[TaskState]) -> Result<(), Status> {
         let stored = self.0.store.get_task(task).await.map_err(status::store)?;
         match stored {
@@ -477,7 +477,18 @@ impl WorkerService for Workers {
             }
         }
         let keys: Vec<(Uuid, u64)> = asked.iter().map(|(id, fence, _)| (*id, *fence)).collect();
-        let mut results = self.0.scheduler.complete_many(asked).await.map_err(status::sched)?.into_iter();
+        // Each report counts as the CompleteTask call it stands for, so the lease protocol's
+        // failure ratio reads the same whether a manager batches or not (the alerts leave
+        // CompleteTasks calls themselves out).
+        let count = |code| weir_runtime::metrics::count_call("weir.v1.WorkerService", "CompleteTask", code);
+        let mut results = match self.0.scheduler.complete_many(asked).await {
+            Ok(results) => results.into_iter(),
+            Err(e) => {
+                let status = status::sched(e);
+                answers.iter().for_each(|_| count(status.code()));
+                return Err(status);
+            }
+        };
         let mut keys = keys.into_iter();
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -493,9 +504,7 @@ impl WorkerService for Workers {
                     }
                 }
             };
-            // Each report counts as the CompleteTask call it stands for, so the lease
-            // protocol's failure ratio reads the same whether a manager batches or not.
-            weir_runtime::metrics::count_call("weir.v1.WorkerService", "CompleteTask", status.code());
+            count(status.code());
             outcomes.push(v1::ReportOutcome { code: status.code() as i32, message: status.message().to_string() });
         }
         Ok(Response::new(v1::CompleteTasksResponse { outcomes }))

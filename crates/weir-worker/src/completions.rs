@@ -2,9 +2,9 @@
 //! per task can carry them: every report waits in one queue, and one sender sends what has
 //! gathered while its previous call was out — one `CompleteTask` when it is a single report
 //! (an idle worker's, so a chain's next step waits for nothing, and the master's span joins
-//! the task's trace), one `CompleteTasks` of up to [`MAX_BATCH`] otherwise. Each task's
-//! future resolves when its own report was answered, so a task holds its slot until then
-//! exactly as with single calls.
+//! the task's trace), one `CompleteTasks` of up to [`MAX_BATCH`] reports and
+//! [`MAX_BATCH_BYTES`] of outputs otherwise. Each task's future resolves when its own
+//! report was answered, so a task holds its slot until then exactly as with single calls.
 
 use std::time::Duration;
 
@@ -50,30 +50,56 @@ impl Completions {
 }
 
 async fn send_loop(mut client: WorkerServiceClient<Channel>, worker: String, mut rx: mpsc::UnboundedReceiver<Report>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut taken = Vec::with_capacity(MAX_BATCH);
     // A master older than CompleteTasks gets single calls.
     let mut batches = true;
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.len() == 1 || !batches {
-            for r in batch.drain(..) {
-                let span = r.span.clone();
-                single(&mut client, r.req).instrument(span).await;
-                let _ = r.done.send(());
-            }
-            continue;
+    while rx.recv_many(&mut taken, MAX_BATCH).await > 0 {
+        for chunk in chunks(std::mem::take(&mut taken)) {
+            let unsent = if batches && chunk.len() > 1 {
+                match several(&mut client, &worker, chunk).await {
+                    Sent::All => continue,
+                    Sent::Unknown(chunk) => {
+                        batches = false;
+                        tracing::info!("the master does not take batched reports; sending them one by one");
+                        chunk
+                    }
+                    Sent::Refused(chunk) => chunk,
+                }
+            } else {
+                chunk
+            };
+            // One call each, all at once (as each task would have sent its own).
+            futures_util::future::join_all(unsent.into_iter().map(|r| {
+                let mut client = client.clone();
+                async move {
+                    single(&mut client, r.req).instrument(r.span).await;
+                    let _ = r.done.send(());
+                }
+            }))
+            .await;
         }
-        let reports: Vec<Report> = std::mem::take(&mut batch);
-        if !several(&mut client, &worker, &reports).await {
-            batches = false;
-            tracing::info!("the master does not take batched reports; sending them one by one");
-            for r in &reports {
-                single(&mut client, r.req.clone()).instrument(r.span.clone()).await;
-            }
-        }
-        reports.into_iter().for_each(|r| {
-            let _ = r.done.send(());
-        });
     }
+}
+
+/// Most bytes of outputs in one call, well inside the master's 4 MiB message limit.
+const MAX_BATCH_BYTES: usize = 3 << 20;
+
+/// The reports in calls of at most [`MAX_BATCH_BYTES`] of outputs each.
+fn chunks(reports: Vec<Report>) -> Vec<Vec<Report>> {
+    let mut out: Vec<Vec<Report>> = Vec::new();
+    let mut bytes = 0;
+    for r in reports {
+        let size = r.req.output_json.len() + r.req.task_id.len() + 16;
+        match out.last_mut() {
+            Some(last) if bytes + size <= MAX_BATCH_BYTES => last.push(r),
+            _ => {
+                bytes = 0;
+                out.push(vec![r]);
+            }
+        }
+        bytes += size;
+    }
+    out
 }
 
 /// Whether a code says "try again": the master is restarting, failing over or busy.
@@ -103,40 +129,51 @@ async fn single(client: &mut WorkerServiceClient<Channel>, req: v1::CompleteTask
     tracing::error!("master unavailable; report abandoned (the lease will expire and the task retry)");
 }
 
-/// `CompleteTasks` calls until every report was answered (those answered "unavailable" are
-/// sent again). False when the master does not know the method: nothing was reported.
-async fn several(client: &mut WorkerServiceClient<Channel>, worker: &str, reports: &[Report]) -> bool {
-    let mut left: Vec<&v1::CompleteTaskRequest> = reports.iter().map(|r| &r.req).collect();
+/// What came of a batch.
+enum Sent {
+    /// Every report was answered (or abandoned after the master stayed unavailable).
+    All,
+    /// The master does not know CompleteTasks: these are still to be sent.
+    Unknown(Vec<Report>),
+    /// The call as a whole was refused (not for being unavailable): these are still to be
+    /// sent, one by one, for an answer each.
+    Refused(Vec<Report>),
+}
+
+/// `CompleteTasks` calls until every report was answered; a report's task is told as soon
+/// as its own answer is final, and those answered "unavailable" are sent again.
+async fn several(client: &mut WorkerServiceClient<Channel>, worker: &str, reports: Vec<Report>) -> Sent {
+    let mut left = reports;
     let mut delay = Duration::from_millis(50);
     for _ in 0..ATTEMPTS {
-        let req = v1::CompleteTasksRequest {
-            worker_id: worker.to_string(),
-            tasks: left.iter().map(|r| (*r).clone()).collect(),
-        };
-        match client.complete_tasks(req).await {
+        let tasks = left.iter().map(|r| r.req.clone()).collect();
+        match client.complete_tasks(v1::CompleteTasksRequest { worker_id: worker.to_string(), tasks }).await {
             Ok(r) => {
                 let outcomes = r.into_inner().outcomes;
                 let mut again = Vec::new();
-                for (i, report) in left.iter().enumerate() {
+                for (i, report) in left.into_iter().enumerate() {
                     // A missing answer is as good as "unavailable": sent again.
                     let (code, message) =
                         outcomes.get(i).map_or((Code::Unavailable, ""), |o| (Code::from(o.code), o.message.as_str()));
                     if transient(code) {
-                        again.push(*report);
-                    } else if code != Code::Ok {
-                        tracing::warn!(task_id = %report.task_id, ?code, error = %message, "report refused");
+                        again.push(report);
+                        continue;
                     }
+                    if code != Code::Ok {
+                        tracing::warn!(task_id = %report.req.task_id, ?code, error = %message, "report refused");
+                    }
+                    let _ = report.done.send(());
                 }
                 if again.is_empty() {
-                    return true;
+                    return Sent::All;
                 }
                 left = again;
             }
-            Err(s) if s.code() == Code::Unimplemented => return false,
+            Err(s) if s.code() == Code::Unimplemented => return Sent::Unknown(left),
             Err(s) if transient(s.code()) => {}
             Err(s) => {
-                tracing::warn!(code = ?s.code(), error = %s.message(), reports = left.len(), "reports refused");
-                return true;
+                tracing::warn!(code = ?s.code(), error = %s.message(), reports = left.len(), "batch refused; reporting one by one");
+                return Sent::Refused(left);
             }
         }
         backoff(&mut delay).await;
@@ -145,5 +182,8 @@ async fn several(client: &mut WorkerServiceClient<Channel>, worker: &str, report
         reports = left.len(),
         "master unavailable; reports abandoned (the leases will expire and the tasks retry)"
     );
-    true
+    left.into_iter().for_each(|r| {
+        let _ = r.done.send(());
+    });
+    Sent::All
 }
