@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-use weir_core::catalog::Queue;
 use weir_proto::v1;
 use weir_tests::*;
-use weir_worker::{StepError, StepHandler, TaskContext, Worker, WorkerConfig};
+use weir_worker::{StepError, StepHandler, TaskContext};
 
 /// Finishes `noop` steps only once `n` of them are running: they all end at once.
 struct Together(Arc<tokio::sync::Barrier>);
@@ -25,27 +23,6 @@ impl StepHandler for Together {
         self.0.wait().await;
         Ok(json!({"step": task.step_id}))
     }
-}
-
-fn start_worker(
-    m: &InProcMaster,
-    concurrency: u32,
-    handler: Arc<dyn StepHandler>,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = WorkerConfig {
-        master_url: m.url.clone(),
-        queue: Queue::Api,
-        worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
-        concurrency,
-        poll_wait: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(1),
-        security: Default::default(),
-        sandbox: Arc::new(weir_core::sandbox::Policy::allow_all()),
-    };
-    let cancel = CancellationToken::new();
-    let worker = Worker::new(cfg, vec![handler]).expect("worker");
-    let c = cancel.clone();
-    (cancel, tokio::spawn(async move { worker.run(c).await.expect("worker runs") }))
 }
 
 /// A counter of the worker service's `method` calls answered with `code`, from this
@@ -66,7 +43,7 @@ async fn successes_that_finish_together_are_reported_together_and_each_counts_on
     let store = StoreFixture::new(Backend::Sqlite).await;
     let m = InProcMaster::start(&store.url).await;
     let together = Arc::new(Together(Arc::new(tokio::sync::Barrier::new(N))));
-    let (stop, w) = start_worker(&m, N as u32, together);
+    let (stop, w) = start_worker(&m, vec![together as Arc<dyn StepHandler>], N as u32);
     let mut jobs = m.jobs();
     let steps = (0..N).map(|i| step(&format!("s{i}"), "noop", "api", &[])).collect();
     let id = submit(&mut jobs, job("together", steps)).await;

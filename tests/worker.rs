@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-use weir_core::catalog::Queue;
 use weir_proto::v1;
 use weir_tests::*;
 use weir_worker::generic::Generic;
-use weir_worker::{StepError, StepHandler, TaskContext, Worker, WorkerConfig};
+use weir_worker::{StepError, StepHandler, TaskContext};
 
 /// Runs `sleep` steps to the end even when told to stop: work that cannot be interrupted.
 struct Stubborn;
@@ -41,26 +39,6 @@ impl StepHandler for Panics {
     }
 }
 
-fn start_worker(
-    m: &InProcMaster,
-    handlers: Vec<Arc<dyn StepHandler>>,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = WorkerConfig {
-        master_url: m.url.clone(),
-        queue: Queue::Api,
-        worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
-        concurrency: 1,
-        poll_wait: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(1),
-        security: Default::default(),
-        sandbox: Arc::new(weir_core::sandbox::Policy::allow_all()),
-    };
-    let cancel = CancellationToken::new();
-    let worker = Worker::new(cfg, handlers).expect("worker");
-    let c = cancel.clone();
-    (cancel, tokio::spawn(async move { worker.run(c).await.expect("worker runs") }))
-}
-
 async fn wait_running(jobs: &mut v1::job_service_client::JobServiceClient<tonic::transport::Channel>, id: &str) {
     for _ in 0..200 {
         if tasks(jobs, id).await.iter().any(|t| t.state == v1::TaskState::Running as i32) {
@@ -75,7 +53,7 @@ async fn wait_running(jobs: &mut v1::job_service_client::JobServiceClient<tonic:
 async fn work_finished_after_a_cancel_is_reported_and_compensated() {
     let store = StoreFixture::new(Backend::Sqlite).await;
     let m = InProcMaster::start(&store.url).await;
-    let (stop, w) = start_worker(&m, vec![Arc::new(Generic), Arc::new(Stubborn)]);
+    let (stop, w) = start_worker(&m, vec![Arc::new(Generic), Arc::new(Stubborn)], 1);
     let mut jobs = m.jobs();
     let mut a = step("a", "sleep", "api", &[]);
     a.config_json = json!({"duration": "1500ms"}).to_string();
@@ -102,7 +80,7 @@ async fn work_finished_after_a_cancel_is_reported_and_compensated() {
 async fn a_panicking_handler_fails_its_attempt_and_the_worker_goes_on() {
     let store = StoreFixture::new(Backend::Sqlite).await;
     let m = InProcMaster::start(&store.url).await;
-    let (stop, w) = start_worker(&m, vec![Arc::new(Generic), Arc::new(Panics)]);
+    let (stop, w) = start_worker(&m, vec![Arc::new(Generic), Arc::new(Panics)], 1);
     let mut jobs = m.jobs();
     let mut a = step("a", "noop", "api", &[]);
     a.retry = Some(v1::RetryPolicy { max_attempts: 2, initial_interval: dur(50), ..Default::default() });

@@ -1401,3 +1401,26 @@ pub async fn read_dataset(spec: serde_json::Value) -> serde_json::Value {
     assert!(out.status.success(), "reading {spec}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("reader's JSON")
 }
+
+/// A real worker (the managers' lease loop) on the `api` queue of `m`, running `handlers`
+/// with `concurrency` tasks at once; cancel the token to stop it, then await the handle.
+pub fn start_worker(
+    m: &InProcMaster,
+    handlers: Vec<std::sync::Arc<dyn weir_worker::StepHandler>>,
+    concurrency: u32,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    let cfg = weir_worker::WorkerConfig {
+        master_url: m.url.clone(),
+        queue: weir_core::catalog::Queue::Api,
+        worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
+        concurrency,
+        poll_wait: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(1),
+        security: Default::default(),
+        sandbox: std::sync::Arc::new(weir_core::sandbox::Policy::allow_all()),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let worker = weir_worker::Worker::new(cfg, handlers).expect("worker");
+    let c = cancel.clone();
+    (cancel, tokio::spawn(async move { worker.run(c).await.expect("worker runs") }))
+}

@@ -70,9 +70,9 @@ async fn send_loop(mut client: WorkerServiceClient<Channel>, worker: String, mut
             };
             // One call each, all at once (as each task would have sent its own).
             futures_util::future::join_all(unsent.into_iter().map(|r| {
-                let mut client = client.clone();
+                let client = &client;
                 async move {
-                    single(&mut client, r.req).instrument(r.span).await;
+                    single(client, r.req).instrument(r.span).await;
                     let _ = r.done.send(());
                 }
             }))
@@ -113,11 +113,24 @@ fn backoff(delay: &mut Duration) -> tokio::time::Sleep {
     sleep
 }
 
-/// One `CompleteTask` call, retried while the master is unavailable (reports are idempotent).
-async fn single(client: &mut WorkerServiceClient<Channel>, req: v1::CompleteTaskRequest) {
+/// One `CompleteTask` call, retried while the master is unavailable.
+async fn single(client: &WorkerServiceClient<Channel>, req: v1::CompleteTaskRequest) {
+    report(|| {
+        let (mut c, r) = (client.clone(), req.clone());
+        async move { c.complete_task(r).await }
+    })
+    .await;
+}
+
+/// Sends a report, retrying while the master is unavailable (reports are idempotent).
+pub(crate) async fn report<T, F, Fut>(mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let mut delay = Duration::from_millis(50);
     for _ in 0..ATTEMPTS {
-        match client.complete_task(req.clone()).await {
+        match call().await {
             Ok(_) => return,
             Err(s) if transient(s.code()) => backoff(&mut delay).await,
             Err(s) => {

@@ -17,7 +17,7 @@ use weir_proto::convert;
 use weir_proto::v1::{self, worker_service_client::WorkerServiceClient};
 use weir_runtime::grpc::AuthedChannel as Channel;
 
-use crate::completions::Completions;
+use crate::completions::{report, Completions};
 use crate::notice::Notices;
 use crate::quota::Quotas;
 use crate::{StepHandler, TaskContext, WorkerError};
@@ -426,29 +426,6 @@ async fn execute(
             .await;
         }
     }
-}
-
-/// Sends a report, retrying while the master is unavailable (reports are idempotent).
-async fn report<T, F, Fut>(mut call: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..30 {
-        match call().await {
-            Ok(_) => return,
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), error = %s.message(), "report refused");
-                return;
-            }
-        }
-    }
-    tracing::error!("master unavailable; report abandoned (the lease will expire and the task retry)");
 }
 
 /// Heartbeats every in-flight task in one call, often enough for the shortest timeout.
