@@ -581,3 +581,71 @@ async fn retention_purges_finished_jobs_postgres() {
 async fn retention_purges_finished_jobs_sqlite() {
     retention_purges_finished_jobs(Backend::Sqlite).await;
 }
+
+/// The memory budget end to end: with room for 10 tasks, a backlog of 40 jobs waits in
+/// the store and is still served highest priority first, then oldest — across a restart;
+/// a parked job can be paused, resumed and cancelled, and its run id still finds it.
+async fn a_backlog_past_the_memory_budget_waits_in_the_store(backend: Backend) {
+    let store = StoreFixture::new(backend).await;
+    let budget = |c: &mut weir_master::MasterConfig| c.resident_tasks = 10;
+    let m = InProcMaster::start_configured(&store.url, None, budget).await;
+    wait_master(&m.url).await;
+    let mut jobs = m.jobs();
+    let mut submitted = Vec::new();
+    for i in 0..40 {
+        let mut spec = job(&format!("backlog-{i}"), vec![step("a", "noop", "file", &[])]);
+        spec.priority = if i % 4 == 3 { 5 } else { 0 };
+        spec.run_id = format!("run-{i}");
+        submitted.push((spec.priority, submit(&mut jobs, spec).await));
+    }
+    let (paused, cancelled) = (submitted[30].1.clone(), submitted[33].1.clone());
+    jobs.pause_job(v1::PauseJobRequest { job_id: paused.clone() }).await.expect("a parked job pauses");
+    let cancel = v1::CancelJobRequest { job_id: cancelled.clone(), reason: "not needed".into() };
+    jobs.cancel_job(cancel).await.expect("a parked job is cancelled");
+    let mut again = job("backlog-35", vec![step("a", "noop", "file", &[])]);
+    again.run_id = "run-35".into();
+    let resubmitted = jobs.submit_job(v1::SubmitJobRequest { spec: Some(again) }).await.expect("submit").into_inner();
+    assert!(!resubmitted.created, "the run id finds the parked job");
+    assert_eq!(resubmitted.job.expect("job").id, submitted[35].1);
+
+    m.stop().await;
+    let m = InProcMaster::start_configured(&store.url, None, budget).await;
+    wait_master(&m.url).await;
+    let (mut jobs, mut w) = (m.jobs(), m.workers());
+    let get = |id: &str| v1::GetJobRequest { job_id: id.to_string() };
+    let state = jobs.get_job(get(&paused)).await.expect("get").into_inner().job.expect("job").state;
+    assert_eq!(state, v1::JobState::Paused as i32);
+    let mut served = Vec::new();
+    loop {
+        let leases = acquire(&mut w, "file", 1, 300).await;
+        let Some(l) = leases.first() else { break };
+        served.push(l.job_id.clone());
+        complete(&mut w, l).await.expect("complete");
+    }
+    let mut expected: Vec<(i32, String)> =
+        submitted.iter().filter(|(_, id)| *id != paused && *id != cancelled).cloned().collect();
+    // Highest priority first, then in the order submitted (a stable sort keeps it).
+    expected.sort_by_key(|(p, _)| -p);
+    assert_eq!(served, expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
+    jobs.resume_job(v1::ResumeJobRequest { job_id: paused.clone() }).await.expect("resume");
+    let l = acquire(&mut w, "file", 1, 2000).await;
+    assert_eq!(l.iter().map(|l| l.job_id.clone()).collect::<Vec<_>>(), vec![paused.clone()]);
+    complete(&mut w, &l[0]).await.expect("complete");
+    for (_, id) in &submitted {
+        let end = wait_finished(&mut jobs, id, Duration::from_secs(5)).await.state;
+        let want = if *id == cancelled { v1::JobState::Cancelled } else { v1::JobState::Succeeded };
+        assert_eq!(end, want as i32, "job {id}");
+    }
+    m.stop().await;
+    store.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_the_memory_budget_waits_in_the_store_postgres() {
+    a_backlog_past_the_memory_budget_waits_in_the_store(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_the_memory_budget_waits_in_the_store_sqlite() {
+    a_backlog_past_the_memory_budget_waits_in_the_store(Backend::Sqlite).await;
+}

@@ -74,6 +74,9 @@ async fn the_masters_metrics_count_the_jobs_tasks_calls_and_commits_that_ran() {
     assert_eq!(v(r#"weir_task_schedule_to_start_seconds_count{queue="batch"}"#), 3.0);
     assert_eq!(v(r#"weir_queue_depth{queue="batch"}"#), 0.0);
     assert_eq!(v(r#"weir_queue_backlog_age_seconds{queue="api"}"#), 0.0);
+    // Both jobs finished and left memory; nothing waits parked in the store.
+    assert_eq!(v("weir_engine_resident_tasks"), 0.0);
+    assert_eq!(v("weir_engine_parked"), 0.0);
     assert!(v("weir_store_commit_duration_seconds_count") >= 3.0);
     // Every job event went out: created, started, each task's events, the end.
     assert!(v("weir_relay_published_events_total") >= 12.0, "{text}");

@@ -16,7 +16,11 @@
 //!    managers drain, an urgent one-step job (priority above the backlog's) is submitted
 //!    every 20 ms: submit-to-first-lease while draining, from the submit call to the
 //!    lease's start as the master stamped it (milliseconds, one clock).
-//! 4. The store: its size per million finished tasks kept (PostgreSQL's own figure for
+//! 4. A backlog past the master's memory budget: `--backlog-jobs` jobs of `--backlog-steps`
+//!    independent no-op steps submitted at once with `WEIR_RESIDENT_TASKS` set to
+//!    `--resident-tasks`, then drained by the real managers: submit and drain rates, and the
+//!    master's resident memory idle before, at its peak, and idle after the drain.
+//! 5. The store: its size per million finished tasks kept (PostgreSQL's own figure for
 //!    tables, indexes and TOAST), then a long run with a short retention — rounds of
 //!    `--tasks` tasks, the store's size after each — which stays flat when the purge keeps up.
 
@@ -41,6 +45,16 @@ pub struct LimitsArgs {
     /// Rounds of the retention run.
     #[arg(long, default_value_t = 6)]
     retention_rounds: usize,
+    /// Jobs of the backlog run (0: skip it).
+    #[arg(long, default_value_t = 10_000)]
+    backlog_jobs: usize,
+    /// Independent steps of each backlog job.
+    #[arg(long, default_value_t = 100)]
+    backlog_steps: usize,
+    /// The master's memory budget in the backlog run (WEIR_RESIDENT_TASKS; the master's
+    /// default).
+    #[arg(long, default_value_t = 100_000)]
+    resident_tasks: usize,
 }
 
 pub async fn run(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
@@ -78,7 +92,75 @@ pub async fn run(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
     println!("store_mb_per_million_tasks_kept={:.0} MB", mb / tasks.max(1) as f64 * 1e6);
     m.stop().await?;
 
+    if limits.backlog_jobs > 0 {
+        backlog(limits, args).await?;
+    }
     retention(limits, args).await
+}
+
+/// A backlog of `--backlog-jobs` × `--backlog-steps` tasks past the memory budget, submitted
+/// then drained; the master's memory sampled throughout.
+async fn backlog(limits: &LimitsArgs, args: &Args) -> anyhow::Result<()> {
+    let env = [("WEIR_RESIDENT_TASKS", limits.resident_tasks.to_string())];
+    let m = Master::start_env(&env).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = crate::rss_mb(m.pid);
+    let (n, steps) = (limits.backlog_jobs, limits.backlog_steps);
+    println!("backlog_tasks={} tasks", n * steps);
+    println!("backlog_resident_tasks_budget={} tasks", limits.resident_tasks);
+    println!("backlog_master_rss_idle_before={idle:.0} MB");
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(idle));
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let (peak, stop, pid) = (peak.clone(), sampling.clone(), m.pid);
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let now = crate::rss_mb(pid);
+                {
+                    let mut p = peak.lock().unwrap_or_else(|e| e.into_inner());
+                    *p = p.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let mut pending = tokio::task::JoinSet::new();
+    for j in 0..n {
+        let mut c = m.jobs.clone();
+        let steps = (0..steps).map(|s| noop(format!("s{s}"), QUEUES[s % QUEUES.len()])).collect();
+        let spec = v1::JobSpec { name: format!("backlog-{j}"), steps, ..Default::default() };
+        pending.spawn(async move { c.submit_job(v1::SubmitJobRequest { spec: Some(spec) }).await.map(|_| ()) });
+        while pending.len() >= 16 {
+            pending.join_next().await.context("join")???;
+        }
+    }
+    while let Some(r) = pending.join_next().await {
+        r??;
+    }
+    let submit_secs = t0.elapsed().as_secs_f64();
+    println!("backlog_submit_tasks_per_sec={:.0} tasks/s", (n * steps) as f64 / submit_secs);
+    println!("backlog_master_rss_queued={:.0} MB", crate::rss_mb(m.pid));
+    let managers = m.managers(args.concurrency)?;
+    let cpu0 = cpu_seconds(m.pid);
+    let t1 = Instant::now();
+    let deadline = t1 + Duration::from_secs(3 * 3600);
+    while m.succeeded("backlog-").await? < n {
+        if Instant::now() > deadline {
+            bail!("the backlog did not drain in 3 hours");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    println!("backlog_drain_tasks_per_sec={:.0} tasks/s", (n * steps) as f64 / secs);
+    println!("backlog_drain_master_cpu={:.0} % of a core", (cpu_seconds(m.pid) - cpu0) / secs * 100.0);
+    sampling.cancel();
+    sampler.await?;
+    println!("backlog_master_rss_peak={:.0} MB", *peak.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(managers);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!("backlog_master_rss_idle_after={:.0} MB", crate::rss_mb(m.pid));
+    m.stop().await
 }
 
 /// Submits an urgent one-step job every 20 ms until `stop`, then prints how long each took

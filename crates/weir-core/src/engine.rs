@@ -5,6 +5,14 @@
 //! records that changed and the events that were appended, for the caller to commit in one
 //! transaction before it answers anyone. After a crash, [`Engine::load`] rebuilds the same
 //! state from the stored records. Finished jobs leave memory once nothing of theirs is leased.
+//!
+//! Memory is bounded by [`EngineConfig::resident_tasks`]: past it, the jobs that have not
+//! started and rank lowest in the ready queue's order ([`JobRank`]) are *parked* — dropped
+//! from memory once their records are taken for commit, kept in the store — and *paged
+//! in* again, best first, when room frees up ([`Engine::page_wanted`], [`Engine::page_in`]).
+//! Every job held in memory that has not started ranks ahead of every parked job, so the
+//! ready queue's order over the whole backlog is kept; the engine remembers only the best
+//! parked rank, never the parked jobs themselves.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -49,6 +57,41 @@ pub const RECENT_KEY_TTL_MS: Millis = 10 * 60 * 1000;
 pub struct EngineConfig {
     /// Most tasks running at once per queue; absent = unlimited.
     pub queue_limits: HashMap<String, u32>,
+    /// Most tasks held in memory before jobs that have not started are parked in the
+    /// store; absent = unlimited. Started jobs always stay, so it can be exceeded by them.
+    pub resident_tasks: Option<usize>,
+}
+
+/// Paging reads parked jobs back once memory holds fewer than this share of the budget
+/// (in quarters), so a job is not parked and paged in over and over at the boundary.
+const PAGE_IN_BELOW_QUARTERS: usize = 3;
+
+/// Where a job stands in the ready queue's order: highest priority first, then oldest,
+/// then by id (ids are unique, so no two jobs share a rank). Lower sorts first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobRank {
+    pub priority: i32,
+    pub created_ms: Millis,
+    pub id: Uuid,
+}
+
+impl JobRank {
+    /// The rank of a job record.
+    pub fn of(rec: &JobRecord) -> Self {
+        JobRank { priority: rec.spec.priority, created_ms: rec.created_ms, id: rec.id }
+    }
+}
+
+impl Ord for JobRank {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (Reverse(self.priority), self.created_ms, self.id).cmp(&(Reverse(o.priority), o.created_ms, o.id))
+    }
+}
+
+impl PartialOrd for JobRank {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
 }
 
 /// A task handed to a worker.
@@ -188,6 +231,12 @@ pub struct Engine {
     deleted_tasks: Vec<Uuid>,
     events: Vec<EventRecord>,
     watermarks: Vec<Watermark>,
+    /// Jobs in memory that have not started (state pending), in rank order.
+    pending: BTreeSet<JobRank>,
+    /// The best rank among parked jobs; none parked when absent.
+    parked: Option<JobRank>,
+    /// New jobs ranked behind a parked one, parked at the next commit.
+    parking: Vec<JobRank>,
 }
 
 fn ms(d: Duration) -> Millis {
@@ -221,6 +270,9 @@ impl Engine {
             deleted_tasks: Vec::new(),
             events: Vec::new(),
             watermarks: Vec::new(),
+            pending: BTreeSet::new(),
+            parked: None,
+            parking: Vec::new(),
         }
     }
 
@@ -239,6 +291,11 @@ impl Engine {
     /// Number of tasks held in memory.
     pub fn tasks_in_memory(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// The best rank among jobs parked in the store, if any are.
+    pub fn parked(&self) -> Option<JobRank> {
+        self.parked
     }
 
     /// The job if it is in memory.
@@ -307,8 +364,32 @@ impl Engine {
         }
     }
 
+    /// When parked jobs should be read back: the best parked rank and how many tasks fit.
+    /// Nothing is due while memory holds more than three quarters of its budget.
+    pub fn page_wanted(&self) -> Option<(JobRank, usize)> {
+        let from = self.parked?;
+        let budget = self.cfg.resident_tasks.unwrap_or(usize::MAX);
+        let resident = self.tasks.len();
+        (resident <= budget / 4 * PAGE_IN_BELOW_QUARTERS).then(|| (from, budget - resident))
+    }
+
+    /// Takes parked jobs read from the store back in: the best-ranked pending jobs from
+    /// the best parked rank on, in order, and `next`, the rank of the first pending job
+    /// not read (absent: none is left). At start, `next` of the first page says what the
+    /// store holds beyond it.
+    pub fn page_in(&mut self, jobs: Vec<JobRecord>, tasks: Vec<TaskRecord>, next: Option<JobRank>, now: Millis) {
+        let mut jobs: Vec<JobRecord> = jobs.into_iter().filter(|j| !self.jobs.contains_key(&j.id)).collect();
+        // Ready tasks of the same priority and age queue in rank order.
+        jobs.sort_by_key(JobRank::of);
+        self.load(jobs, tasks, now);
+        self.parked = next;
+    }
+
     fn insert_job(&mut self, rec: JobRecord, tasks: Vec<TaskRecord>, now: Millis) {
         let id = rec.id;
+        if rec.state == JobState::Pending {
+            self.pending.insert(JobRank::of(&rec));
+        }
         let step_index: HashMap<String, usize> =
             rec.spec.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
         let mut children: HashMap<String, Vec<String>> = HashMap::new();
@@ -406,10 +487,18 @@ impl Engine {
         }
         let tids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
         self.insert_job(rec, tasks, now);
-        self.dirty_tasks.extend(tids);
+        self.dirty_tasks.extend(tids.iter().copied());
         self.new_jobs.insert(id);
         self.emit(id, ev::JOB_CREATED, None, None, now);
         self.reconcile(id, now);
+        let rank = self.jobs.get(&id).map(|e| JobRank::of(&e.rec));
+        if let Some(rank) = rank.filter(|r| self.parked.is_some_and(|p| *r > p)) {
+            // Older work waits in the store: this job queues behind it, parked at the commit.
+            for tid in tids {
+                self.dequeue(tid);
+            }
+            self.parking.push(rank);
+        }
         (id, true)
     }
 
@@ -922,6 +1011,8 @@ impl Engine {
         for id in touched {
             self.evict_if_done(id, now);
         }
+        self.shed(now);
+        self.shrink();
         while let Some((at, _)) = self.recent.front() {
             if now - *at < RECENT_KEY_TTL_MS {
                 break;
@@ -949,15 +1040,79 @@ impl Engine {
         if ids.iter().any(|t| self.tasks.get(t).is_some_and(|t| t.state == TaskState::Running)) {
             return;
         }
-        let Some(e) = self.jobs.remove(&id) else { return };
-        for t in ids {
-            self.dequeue(t);
-            self.tasks.remove(&t);
+        self.drop_job(id, now);
+    }
+
+    /// Drops a job and its tasks from memory; its key is remembered for a while, since the
+    /// store may not have it yet when a resubmission asks.
+    fn drop_job(&mut self, id: Uuid, now: Millis) -> Option<JobEntry> {
+        let e = self.jobs.remove(&id)?;
+        for t in e.forward.iter().chain(&e.compensation) {
+            self.dequeue(*t);
+            self.tasks.remove(t);
         }
         let key = key_of(&e.rec.spec);
         self.keys.remove(&key);
         self.recent_keys.insert(key.clone(), id);
         self.recent.push_back((now, key));
+        Some(e)
+    }
+
+    /// Parks what memory should not hold, once its records are taken for commit: every
+    /// pending job ranked behind the best parked one (it would jump the queue), then the
+    /// lowest-ranked pending jobs while more tasks than the budget are in memory.
+    fn shed(&mut self, now: Millis) {
+        for rank in std::mem::take(&mut self.parking) {
+            // Unless a pause or cancel in the same batch took it out of pending.
+            if self.pending.contains(&rank) {
+                self.park(rank, now);
+            }
+        }
+        while let Some(&last) = self.pending.last() {
+            let behind = self.parked.is_some_and(|p| last > p);
+            let over = self.cfg.resident_tasks.is_some_and(|b| self.tasks.len() > b);
+            if !behind && !over {
+                break;
+            }
+            self.park(last, now);
+        }
+    }
+
+    fn park(&mut self, rank: JobRank, now: Millis) {
+        self.pending.remove(&rank);
+        // Its timers would only find it gone: they go with it rather than when due.
+        for timer in self.timers_of(rank.id) {
+            self.timers.remove(&timer);
+        }
+        self.drop_job(rank.id, now);
+        self.parked = Some(self.parked.map_or(rank, |p| p.min(rank)));
+    }
+
+    /// The timers a job that has not started may have armed: its deadline, and the
+    /// schedule-to-start limits of its ready tasks.
+    fn timers_of(&self, id: Uuid) -> Vec<(Millis, Timer)> {
+        let Some(e) = self.jobs.get(&id) else { return Vec::new() };
+        let mut out: Vec<_> = e.rec.deadline_ms.map(|d| (d, Timer::JobDeadline(id))).into_iter().collect();
+        for t in e.forward.iter().filter_map(|t| self.tasks.get(t)) {
+            if let (Some(limit), Some(since)) = (self.timeouts_of(t).schedule_to_start, t.ready_ms) {
+                out.push((since + ms(limit), Timer::ScheduleToStart(t.id)));
+            }
+        }
+        out
+    }
+
+    /// Gives back the memory of maps that held far more than they do now (after a drain).
+    fn shrink(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 4096 && m.capacity() > 4 * m.len() {
+                m.shrink_to_fit();
+            }
+        }
+        shrink(&mut self.tasks);
+        shrink(&mut self.jobs);
+        shrink(&mut self.ready_keys);
+        shrink(&mut self.keys);
+        shrink(&mut self.recent_keys);
     }
 
     // ----- the rules -----------------------------------------------------------------
@@ -1242,6 +1397,9 @@ impl Engine {
 
     fn set_job_state(&mut self, id: Uuid, state: JobState, kind: &'static str, msg: Option<String>, now: Millis) {
         if let Some(e) = self.jobs.get_mut(&id) {
+            if e.rec.state == JobState::Pending && state != JobState::Pending {
+                self.pending.remove(&JobRank::of(&e.rec));
+            }
             e.rec.state = state;
             e.rec.updated_ms = now;
         }

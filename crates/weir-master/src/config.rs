@@ -24,6 +24,10 @@ pub struct MasterConfig {
     /// Most commands applied and committed together in one transaction.
     #[arg(long, env = "WEIR_MAX_BATCH", default_value_t = 4096, value_parser = clap::value_parser!(usize))]
     pub max_batch: usize,
+    /// Most tasks the engine holds in memory (about 2 KB each); past it, jobs that have
+    /// not started wait in the store and are read back best-ranked first. 0: no limit.
+    #[arg(long, env = "WEIR_RESIDENT_TASKS", default_value_t = DEFAULT_RESIDENT_TASKS)]
+    pub resident_tasks: usize,
     /// How often workers are asked to heartbeat.
     #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -197,6 +201,7 @@ impl MasterConfig {
             store_url: store_url.to_string(),
             queue_limits: Vec::new(),
             max_batch: 4096,
+            resident_tasks: DEFAULT_RESIDENT_TASKS,
             heartbeat_interval: Duration::from_secs(5),
             id: default_id(),
             events: EventsConfig::default(),
@@ -214,6 +219,9 @@ impl MasterConfig {
         }
     }
 }
+
+/// See [`MasterConfig::resident_tasks`]: about 200 MB of tasks.
+pub const DEFAULT_RESIDENT_TASKS: usize = 100_000;
 
 fn default_id() -> String {
     format!("master-{}", std::process::id())

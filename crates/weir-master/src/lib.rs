@@ -10,6 +10,7 @@
 //! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
 //! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`.
 //! - [`retention`]: the purge of finished jobs, relayed messages and old audit records.
+//! - [`paging`]: the memory budget's reads — the engine at start, parked jobs read back.
 //! - [`metrics`]: the master's Prometheus metrics, read off each commit.
 //! - [`connections`]: named connections (`ConnectionService`) and their expansion into
 //!   the jobs that name them.
@@ -24,7 +25,9 @@ pub mod audit;
 pub mod config;
 pub mod connections;
 pub mod jobs;
+mod memory;
 pub mod metrics;
+pub mod paging;
 pub mod relay;
 pub mod retention;
 pub mod scheduler;
@@ -38,7 +41,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_bus::{Bus, KafkaBus};
-use weir_core::engine::{Engine, EngineConfig};
+use weir_core::engine::EngineConfig;
 use weir_proto::v1::audit_service_server::AuditServiceServer;
 use weir_proto::v1::connection_service_server::ConnectionServiceServer;
 use weir_proto::v1::job_service_server::JobServiceServer;
@@ -169,10 +172,14 @@ pub async fn serve_with_store(
             return Ok(());
         }
     };
-    let (jobs, tasks) = store.load_unfinished().await?;
-    tracing::info!(epoch, jobs = jobs.len(), tasks = tasks.len(), "leading; unfinished work loaded");
-    let mut engine = Engine::new(engine_config(&config), Box::new(uuid::Uuid::now_v7));
-    engine.load(jobs, tasks, now_ms());
+    let engine = paging::load(store.as_ref(), engine_config(&config)).await?;
+    tracing::info!(
+        epoch,
+        jobs = engine.jobs_in_memory(),
+        tasks = engine.tasks_in_memory(),
+        parked = engine.parked().is_some(),
+        "leading; unfinished work loaded"
+    );
     // Shares a previous leader handed out are unknown here: start a fresh table that warms
     // up for one share lifetime — unless this is the store's first leader, with none before.
     let warm = if epoch <= 1 { 0 } else { workers::quota_ttl(&config) };
@@ -224,7 +231,10 @@ pub async fn serve_with_store(
 
 /// The engine settings a master config implies.
 pub fn engine_config(config: &MasterConfig) -> EngineConfig {
-    EngineConfig { queue_limits: config.queue_limits.iter().cloned().collect() }
+    EngineConfig {
+        queue_limits: config.queue_limits.iter().cloned().collect(),
+        resident_tasks: (config.resident_tasks > 0).then_some(config.resident_tasks),
+    }
 }
 
 /// What each of the master's methods needs before its handler runs: the lease protocol

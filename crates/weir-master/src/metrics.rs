@@ -79,6 +79,9 @@ pub struct Master {
     pub relay_lag: Gauge<f64, AtomicU64>,
     pub outbox_backlog: Gauge,
     pub purged: Family<PurgeLabels, Counter>,
+    pub resident_tasks: Gauge,
+    pub parked: Gauge,
+    pub pages_read: Counter,
     /// Namespaces come from jobs (any name, without auth): bounded.
     pub namespaces: weir_runtime::metrics::Bounded,
 }
@@ -102,6 +105,9 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
         relay_lag: Gauge::default(),
         outbox_backlog: Gauge::default(),
         purged: Family::default(),
+        resident_tasks: Gauge::default(),
+        parked: Gauge::default(),
+        pages_read: Counter::default(),
         namespaces: weir_runtime::metrics::Bounded::new(),
     };
     register("jobs_created", "Jobs created, by namespace and template", m.jobs_created.clone());
@@ -136,6 +142,17 @@ pub static MASTER: LazyLock<Master> = LazyLock::new(|| {
         "Rows the retention purge deleted, by kind (jobs, tasks, events, messages, audit)",
         m.purged.clone(),
     );
+    register(
+        "engine_resident_tasks",
+        "Tasks the engine holds in memory (WEIR_RESIDENT_TASKS bounds it)",
+        m.resident_tasks.clone(),
+    );
+    register(
+        "engine_parked",
+        "1 while pending jobs wait in the store for room in memory (the backlog is past the budget)",
+        m.parked.clone(),
+    );
+    register("engine_pages_read", "Pages of parked jobs read back from the store", m.pages_read.clone());
     m
 });
 
@@ -223,6 +240,12 @@ impl Master {
 
     /// Sets each queue's depth and backlog age from the engine's `ready_stats` at `now`
     /// (a queue with nothing ready reads 0).
+    /// What the engine holds in memory, and whether jobs wait parked in the store.
+    pub fn memory(&self, engine: &weir_core::engine::Engine) {
+        self.resident_tasks.set(i64::try_from(engine.tasks_in_memory()).unwrap_or(i64::MAX));
+        self.parked.set(i64::from(engine.parked().is_some()));
+    }
+
     pub fn queues(&self, stats: &[(String, usize, Option<Millis>)], now: Millis) {
         for q in Queue::ALL {
             let (depth, oldest) =

@@ -122,7 +122,7 @@ impl Handle {
     /// A handle and the inbox [`run`] reads from.
     pub fn new(max_batch: usize) -> (Handle, Inbox) {
         let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(EVENT_FEED_BATCHES);
         (Handle { tx, events }, Inbox(rx))
     }
 
@@ -259,7 +259,18 @@ struct Scheduler {
     /// [`PURGED_MEMORY_MS`] after (when they were forgotten), a retry of one is refused —
     /// a retry call reads the stored job before it reaches the engine.
     purging: HashMap<Uuid, Option<Millis>>,
+    /// Commands steering a job that may be parked: applied once it is read back, with no
+    /// commit on its way (see [`crate::paging`]).
+    deferred: Vec<Command>,
+    /// When the store was last asked for parked jobs past their deadline.
+    overdue_seen: Millis,
 }
+
+/// Committed event batches the live feed keeps for slow watchers. The feed holds the
+/// last this many batches until they are overwritten, so it is memory a drain leaves behind
+/// (4,096 held about 80 MB after a million tasks); a watcher that falls further behind
+/// reads the rest from the store, and the relay only uses the feed as a wake-up.
+const EVENT_FEED_BATCHES: usize = 256;
 
 /// How long a purged job's id stays refused for retries after the purge.
 const PURGED_MEMORY_MS: Millis = 60_000;
@@ -288,10 +299,13 @@ pub async fn run(
         audit: Vec::new(),
         connections: Vec::new(),
         purging: Default::default(),
+        deferred: Vec::new(),
+        overdue_seen: 0,
     };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
     let mut queues_seen: Millis = 0;
+    let mut trim = crate::memory::Trim::default();
     // The commit on its way to the store, and the replies of everything applied since it
     // left: those wait for the next commit, which leaves as soon as this one lands.
     let mut inflight: Option<InFlight> = None;
@@ -327,10 +341,15 @@ pub async fn run(
         s.engine.tick(now);
         if now - queues_seen >= QUEUE_STATS_EVERY_MS {
             crate::metrics::MASTER.queues(&s.engine.ready_stats(), now);
+            crate::metrics::MASTER.memory(&s.engine);
+            if trim.due(s.engine.tasks_in_memory()) {
+                crate::memory::give_back();
+            }
             queues_seen = now;
         }
         s.serve_waiters(now, &mut waiting);
         if inflight.is_none() {
+            s.page(now, &mut waiting).await;
             inflight = s.dispatch(now, &mut waiting);
         }
     }
@@ -341,7 +360,11 @@ pub async fn run(
         let landed = done.commit.await.map_err(|e| format!("the commit task ended: {e}"));
         fenced = s.landed(done.replies, landed, &mut waiting).err();
     }
-    waiting.into_iter().for_each(|r| r(Some("the master is stopping; try again")));
+    let stopping = "the master is stopping; try again";
+    for cmd in std::mem::take(&mut s.deferred) {
+        s.refuse(cmd, stopping);
+    }
+    waiting.into_iter().for_each(|r| r(Some(stopping)));
     // Parked workers get an empty answer rather than a dropped call.
     for (_, q) in s.waiters.drain() {
         for w in q {
@@ -429,6 +452,10 @@ impl Scheduler {
     }
 
     fn next_wake(&self) -> Duration {
+        if self.engine.page_wanted().is_some() {
+            // Room for parked jobs: read the next page soon.
+            return Duration::from_millis(5);
+        }
         let now = now_ms();
         let waiter = self.waiters.values().flat_map(|q| q.iter().map(|w| w.deadline)).min();
         let at = [self.engine.next_deadline(), waiter].into_iter().flatten().min();
@@ -440,7 +467,63 @@ impl Scheduler {
         .min(Duration::from_millis(QUEUE_STATS_EVERY_MS as u64))
     }
 
-    fn apply(&mut self, cmd: Command, now: i64, replies: &mut Vec<Pending>) {
+    fn apply(&mut self, cmd: Command, now: Millis, replies: &mut Vec<Pending>) {
+        if let Some(id) = steered(&cmd) {
+            if self.engine.job(id).is_none() && self.engine.parked().is_some() {
+                self.deferred.push(cmd);
+                return;
+            }
+        }
+        self.apply_now(cmd, now, replies);
+    }
+
+    /// With nothing on its way to the store: reads back the jobs deferred commands steer
+    /// and parked jobs past their deadline, applies those commands, then reads a page of
+    /// parked jobs if the engine has room. A failed read is tried again next time.
+    async fn page(&mut self, now: Millis, waiting: &mut Vec<Pending>) {
+        if self.engine.parked().is_none() && self.deferred.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let mut ids: Vec<Uuid> = self.deferred.iter().filter_map(steered).collect();
+        if now - self.overdue_seen >= crate::paging::OVERDUE_EVERY_MS {
+            self.overdue_seen = now;
+            match crate::paging::overdue(self.engine.parked(), store.as_ref(), now).await {
+                Ok(mut due) => ids.append(&mut due),
+                Err(e) => tracing::warn!(error = %e, "cannot look for parked jobs past their deadline"),
+            }
+        }
+        let fetched =
+            if ids.is_empty() { Ok(()) } else { crate::paging::fetch(&mut self.engine, store.as_ref(), &ids).await };
+        let deferred = std::mem::take(&mut self.deferred);
+        match fetched {
+            Ok(()) => deferred.into_iter().for_each(|cmd| self.apply_now(cmd, now, waiting)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read parked jobs back");
+                let why = format!("could not read the job from the store: {e}; try again");
+                deferred.into_iter().for_each(|cmd| self.refuse(cmd, &why));
+            }
+        }
+        self.engine.tick(now);
+        match crate::paging::page(&mut self.engine, store.as_ref()).await {
+            Ok(true) => self.serve_waiters(now, waiting),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read parked jobs back"),
+        }
+    }
+
+    /// Answers a steering command "unavailable" without applying it.
+    fn refuse(&mut self, cmd: Command, why: &str) {
+        let res = Err(SchedError::Unavailable(why.to_string()));
+        let (audit, reply) = match cmd {
+            Command::Pause(_, a, r) | Command::Resume(_, a, r) | Command::Cancel(_, _, a, r) => (a, r),
+            _ => return,
+        };
+        self.note(audit, &res, None);
+        let _ = reply.send(res);
+    }
+
+    fn apply_now(&mut self, cmd: Command, now: Millis, replies: &mut Vec<Pending>) {
         let e = &mut self.engine;
         match cmd {
             Command::Submit(job, audit, r) => {
@@ -577,10 +660,8 @@ impl Scheduler {
     async fn reload(&mut self) {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.load_unfinished().await {
-                Ok((jobs, tasks)) => {
-                    let mut engine = Engine::new(self.engine_config(), Box::new(Uuid::now_v7));
-                    engine.load(jobs, tasks, now_ms());
+            match crate::paging::load(self.store.as_ref(), self.engine_config()).await {
+                Ok(engine) => {
                     self.engine = engine;
                     tracing::warn!("engine rebuilt from the store after a failed commit");
                     return;
@@ -596,5 +677,13 @@ impl Scheduler {
 
     fn engine_config(&self) -> weir_core::engine::EngineConfig {
         self.engine.config().clone()
+    }
+}
+
+/// The job a pause, resume or cancel steers (such a job may be parked in the store).
+fn steered(cmd: &Command) -> Option<Uuid> {
+    match cmd {
+        Command::Pause(id, ..) | Command::Resume(id, ..) | Command::Cancel(id, ..) => Some(*id),
+        _ => None,
     }
 }

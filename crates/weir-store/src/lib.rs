@@ -6,7 +6,8 @@
 //! the store writes them in one transaction ([`Store::commit`]; on PostgreSQL the engine's
 //! records are one statement). The retention purge deletes what is past its period in
 //! bounded, fenced batches ([`Store::purge_jobs`]). Reads serve the API (lists, tasks,
-//! event history) and recovery ([`Store::load_unfinished`]).
+//! event history), recovery ([`Store::load_unfinished`]) and the master's memory budget,
+//! which pages pending jobs in best-ranked first ([`Store::load_pending`]).
 //! Migrations live in `migrations/<backend>/` at the top of the repo; [`migrate`] applies them.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 use weir_core::audit::{AuditFilter, AuditRecord};
-use weir_core::engine::Changes;
+use weir_core::engine::{Changes, JobRank};
 use weir_core::files::SeenFile;
 use weir_core::model::{
     ClaimedFile, DatasetVersion, EventRecord, FileRecord, JobRecord, JobState, OutboxEvent, OutboxMessage, TaskRecord,
@@ -29,10 +30,36 @@ pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
-/// The jobs recovery loads, in SQL both backends speak: unfinished ones, and finished ones
-/// whose tasks still hold a lease.
-pub(crate) const LIVE_JOB_IDS: &str = "SELECT id FROM weir_jobs WHERE state IN ('pending', 'running', 'paused', \
-     'compensating') UNION SELECT job_id FROM weir_tasks WHERE state = 'running'";
+/// Pending jobs read back into memory, best-ranked first (see [`Store::load_pending`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PendingPage {
+    pub jobs: Vec<JobRecord>,
+    pub tasks: Vec<TaskRecord>,
+    /// The rank of the first pending job not read; none when all were.
+    pub next: Option<JobRank>,
+}
+
+/// Which of the pending jobs a page takes, given their ranks and task counts in rank
+/// order (one more than `max_jobs` when there are more): as many as fit in `max_tasks`
+/// but at least one, and the rank of the first one left.
+fn page_cut(ranked: &[(JobRank, i64)], max_jobs: usize, max_tasks: usize) -> (Vec<Uuid>, Option<JobRank>) {
+    let mut taken = Vec::new();
+    let mut tasks = 0usize;
+    for (rank, n) in ranked {
+        let n = usize::try_from(*n).unwrap_or(0);
+        if taken.len() >= max_jobs || (!taken.is_empty() && tasks + n > max_tasks) {
+            return (taken, Some(*rank));
+        }
+        tasks += n;
+        taken.push(rank.id);
+    }
+    (taken, None)
+}
+
+/// A SQL LIMIT for "up to `n`, and one more to see whether more are left".
+fn limit_and_one(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX - 1).saturating_add(1)
+}
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +148,47 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every job not yet finished, and every finished job with a task still leased, with
     /// their tasks (recovery at start: a late report of such a task must find it).
-    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError>;
+    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        let (mut jobs, mut tasks) = self.load_started().await?;
+        let mut pending = self.load_pending(None, usize::MAX, usize::MAX).await?;
+        jobs.append(&mut pending.jobs);
+        tasks.append(&mut pending.tasks);
+        Ok((jobs, tasks))
+    }
+
+    /// What [`Store::load_unfinished`] loads but pending jobs: those that started (or were
+    /// steered) and are not finished, and finished ones with a task still leased.
+    async fn load_started(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError>;
+
+    /// Pending jobs ranked at or after `from` (all, without it), best first in the ready
+    /// queue's order (priority, then age, then id), with their tasks: at most `max_jobs`
+    /// jobs and, past the first job, `max_tasks` tasks. The master's memory budget reads
+    /// the backlog this way, a page at a time.
+    async fn load_pending(
+        &self,
+        from: Option<JobRank>,
+        max_jobs: usize,
+        max_tasks: usize,
+    ) -> Result<PendingPage, StoreError> {
+        let ranked = self.pending_ranks(from, limit_and_one(max_jobs)).await?;
+        let (ids, next) = page_cut(&ranked, max_jobs, max_tasks);
+        if ids.is_empty() {
+            return Ok(PendingPage { next, ..Default::default() });
+        }
+        let (jobs, tasks) = self.load_jobs(&ids).await?;
+        Ok(PendingPage { jobs, tasks, next })
+    }
+
+    /// The ranks and task counts of pending jobs ranked at or after `from` (all, without
+    /// it), best first, at most `limit`.
+    async fn pending_ranks(&self, from: Option<JobRank>, limit: i64) -> Result<Vec<(JobRank, i64)>, StoreError>;
+
+    /// These jobs (those that exist) with their tasks.
+    async fn load_jobs(&self, ids: &[Uuid]) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError>;
+
+    /// Pending jobs ranked at or after `from` whose deadline passed by `now`, at most
+    /// `limit`: parked jobs that must be read back to time out.
+    async fn overdue_pending(&self, from: JobRank, now: Millis, limit: u32) -> Result<Vec<Uuid>, StoreError>;
 
     /// One job with its tasks, in any state.
     async fn load_job(&self, id: Uuid) -> Result<Option<(JobRecord, Vec<TaskRecord>)>, StoreError> {
@@ -302,3 +369,23 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 }
 
 pub mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(n: u128) -> JobRank {
+        JobRank { priority: 0, created_ms: 0, id: Uuid::from_u128(n) }
+    }
+
+    #[test]
+    fn a_page_takes_what_fits_but_at_least_one_job() {
+        let ranked = [(rank(1), 3), (rank(2), 3), (rank(3), 3)];
+        assert_eq!(page_cut(&ranked, 10, 7), (vec![rank(1).id, rank(2).id], Some(rank(3))));
+        assert_eq!(page_cut(&ranked, 10, 1), (vec![rank(1).id], Some(rank(2))), "one job even past the room");
+        assert_eq!(page_cut(&ranked, 2, 100), (vec![rank(1).id, rank(2).id], Some(rank(3))), "at most max_jobs");
+        assert_eq!(page_cut(&ranked, 10, 100), (vec![rank(1).id, rank(2).id, rank(3).id], None), "all read");
+        assert_eq!(page_cut(&ranked, 0, 100), (vec![], Some(rank(1))), "none read: where the backlog starts");
+        assert_eq!(limit_and_one(usize::MAX), i64::MAX);
+    }
+}

@@ -41,6 +41,12 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0009_connections.sql"),
     },
     Migration { version: 10, name: "retention", sql: include_str!("../../../migrations/postgres/0010_retention.sql") },
+    Migration { version: 11, name: "paging", sql: include_str!("../../../migrations/postgres/0011_paging.sql") },
+    Migration {
+        version: 12,
+        name: "hot_task_updates",
+        sql: include_str!("../../../migrations/postgres/0012_hot_task_updates.sql"),
+    },
 ];
 
 /// SQLite migrations, oldest first.
@@ -71,6 +77,7 @@ pub const SQLITE: &[Migration] = &[
     Migration { version: 8, name: "audit", sql: include_str!("../../../migrations/sqlite/0008_audit.sql") },
     Migration { version: 9, name: "connections", sql: include_str!("../../../migrations/sqlite/0009_connections.sql") },
     Migration { version: 10, name: "retention", sql: include_str!("../../../migrations/sqlite/0010_retention.sql") },
+    Migration { version: 11, name: "paging", sql: include_str!("../../../migrations/sqlite/0011_paging.sql") },
 ];
 
 /// Table that records applied migrations.

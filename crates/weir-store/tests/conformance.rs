@@ -617,6 +617,74 @@ async fn purge_takes_finished_published_jobs_past_retention_and_relayed_messages
     assert!(s.purge_messages(next, None, i64::MAX, 100).await.expect("purge") == 1);
 }
 
+/// The memory budget's reads: pending jobs page in best-ranked first (priority, then
+/// age), from where the last page ended, within a task budget; started ones load apart.
+async fn pending_jobs_page_in_by_priority_then_age(s: Arc<dyn Store>) {
+    let mut rig = Rig::new(s.clone()).await;
+    let named = |name: &str, priority: i32, steps: Vec<StepSpec>| {
+        let mut j = spec("ns", name, &[], steps);
+        j.priority = priority;
+        j
+    };
+    let started = named("started", 9, vec![step("a", &[])]);
+    let started = rig.submit(started, 0).await;
+    rig.engine.acquire("api", "w", 1, 0);
+    rig.commit(0).await;
+    let mut expect = Vec::new();
+    for (t, (name, prio, steps)) in
+        [("p0-1", 0, 1), ("p0-2", 0, 1), ("p0-3", 0, 2), ("p5", 5, 1), ("low", -1, 1)].into_iter().enumerate()
+    {
+        let steps = (0..steps).map(|i| step(&format!("s{i}"), &[])).collect();
+        let mut j = named(name, prio, steps);
+        if name == "low" {
+            j.timeout = Some(std::time::Duration::from_millis(100));
+        }
+        let id = rig.submit(j, t as i64 + 1).await;
+        expect.push((std::cmp::Reverse(prio), t as i64 + 1, id));
+    }
+    expect.sort();
+    let order: Vec<Uuid> = expect.iter().map(|e| e.2).collect();
+    let (jobs, tasks) = s.load_started().await.expect("started");
+    assert_eq!((jobs.len(), jobs[0].id, tasks.len()), (1, started, 1), "only the started job");
+
+    let ids = |p: &weir_store::PendingPage| {
+        let mut v: Vec<Uuid> = p.jobs.iter().map(|j| j.id).collect();
+        v.sort_by_key(|id| order.iter().position(|o| o == id));
+        v
+    };
+    let all = s.load_pending(None, 100, 100).await.expect("page");
+    assert_eq!((ids(&all), all.next, all.tasks.len()), (order.clone(), None, 6));
+    let first = s.load_pending(None, 2, 100).await.expect("page");
+    assert_eq!(ids(&first), order[..2]);
+    let next = first.next.expect("more left");
+    assert_eq!(next.id, order[2]);
+    let rest = s.load_pending(Some(next), 100, 100).await.expect("page");
+    assert_eq!((ids(&rest), rest.next), (order[2..].to_vec(), None), "the next page starts where the first ended");
+    let third = s.load_pending(Some(next), 1, 100).await.expect("page");
+    assert_eq!(ids(&third), order[2..3]);
+    let from_fourth = third.next.expect("more left");
+    assert_eq!(from_fourth.id, order[3]);
+    let two = s.load_pending(Some(from_fourth), 100, 2).await.expect("page");
+    assert_eq!(ids(&two), order[3..4], "the two-step job fills a room of two");
+    assert!(two.tasks.iter().all(|t| t.job_id == order[3]) && two.tasks.len() == 2);
+    assert_eq!(two.next.map(|r| r.id), Some(order[4]));
+    let tight = s.load_pending(Some(from_fourth), 100, 0).await.expect("page");
+    assert_eq!(ids(&tight), order[3..4], "at least one job, whatever the room");
+    let none = s.load_pending(None, 0, 100).await.expect("page");
+    assert_eq!((none.jobs.len(), none.next.map(|r| r.id)), (0, Some(order[0])), "where the backlog starts");
+
+    let low = order[4];
+    assert_eq!(s.overdue_pending(next, 100, 10).await.expect("overdue"), Vec::<Uuid>::new());
+    assert_eq!(s.overdue_pending(next, 105, 10).await.expect("overdue"), vec![low], "its deadline passed");
+    let past_it = weir_core::engine::JobRank { priority: -2, created_ms: 0, id: Uuid::nil() };
+    assert_eq!(s.overdue_pending(past_it, 105, 10).await.expect("overdue"), Vec::<Uuid>::new(), "ranked before `from`");
+    let mut all = s.load_unfinished().await.expect("all").0.iter().map(|j| j.id).collect::<Vec<_>>();
+    all.sort();
+    let mut want = [order.clone(), vec![started]].concat();
+    want.sort();
+    assert_eq!(all, want);
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod postgres {
@@ -641,7 +709,8 @@ conformance!(
     watermarks_advance_with_the_job_and_never_move_back,
     audit_records_land_with_their_commit_newest_first_and_past_retention_go,
     connections_are_put_replaced_and_deleted_with_their_commit,
-    purge_takes_finished_published_jobs_past_retention_and_relayed_messages
+    purge_takes_finished_published_jobs_past_retention_and_relayed_messages,
+    pending_jobs_page_in_by_priority_then_age
 );
 
 /// PostgreSQL only (SQLite's trigger is the same rule): an audit row cannot be changed.

@@ -91,6 +91,28 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Reads parked jobs back the way the store does when the engine asks: pending jobs
+    /// from the best parked rank on, in rank order, as many as fit (at least one).
+    fn page(&mut self, now: Millis) {
+        let Some((from, room)) = self.engine.page_wanted() else { return };
+        let mut pending: Vec<&JobRecord> =
+            self.jobs.values().filter(|j| j.state == JobState::Pending && JobRank::of(j) >= from).collect();
+        pending.sort_by_key(|j| JobRank::of(j));
+        let (mut jobs, mut tasks, mut next) = (Vec::new(), Vec::new(), None);
+        for j in pending {
+            let mine: Vec<TaskRecord> = self.tasks.values().filter(|t| t.job_id == j.id).cloned().collect();
+            if !jobs.is_empty() && tasks.len() + mine.len() > room {
+                next = Some(JobRank::of(j));
+                break;
+            }
+            jobs.push(j.clone());
+            tasks.extend(mine);
+        }
+        self.engine.page_in(jobs, tasks, next, now);
+    }
+}
+
 fn counter_ids_from(start: u128) -> Box<dyn FnMut() -> Uuid + Send> {
     let mut n = start;
     Box::new(move || {
@@ -627,4 +649,138 @@ fn ready_stats_give_each_queues_depth_and_its_longest_wait() {
     assert_eq!(leased.len(), 1);
     let batch: Vec<_> = h.engine.ready_stats().into_iter().filter(|(q, _, _)| q == "batch").collect();
     assert!(batch.iter().all(|(_, n, oldest)| *n == 0 && oldest.is_none()), "{batch:?}");
+}
+
+fn budget(tasks: usize) -> EngineConfig {
+    EngineConfig { resident_tasks: Some(tasks), ..Default::default() }
+}
+
+#[test]
+fn a_backlog_past_the_budget_is_parked_and_served_in_priority_then_age_order() {
+    let mut h = Harness::with(budget(8));
+    let mut expected = Vec::new();
+    for i in 0..20i64 {
+        let mut spec = job(&format!("j{i}"), vec![step("a", "api", &[])]);
+        spec.priority = (i % 3) as i32;
+        let id = h.submit(spec, i);
+        expected.push((Reverse((i % 3) as i32), i, id));
+        assert!(h.engine.tasks_in_memory() <= 8, "memory holds {} tasks", h.engine.tasks_in_memory());
+    }
+    assert!(h.engine.parked().is_some(), "twelve jobs wait in the store");
+    // An urgent job arriving late goes ahead of everything that has not started.
+    let mut urgent = job("urgent", vec![step("a", "api", &[])]);
+    urgent.priority = 9;
+    let id = h.submit(urgent, 100);
+    expected.push((Reverse(9), 100, id));
+    expected.sort();
+    let mut served = Vec::new();
+    let mut now = 200;
+    loop {
+        h.page(now);
+        let leases = h.acquire("api", 1, now);
+        let Some(l) = leases.first() else { break };
+        served.push(l.job_id);
+        h.complete(l, now);
+        assert!(h.engine.tasks_in_memory() <= 8, "memory holds {} tasks", h.engine.tasks_in_memory());
+        now += 1;
+    }
+    let order: Vec<Uuid> = expected.iter().map(|(_, _, id)| *id).collect();
+    assert_eq!(served, order, "served in priority-then-age order across parking");
+    assert!(h.jobs.values().all(|j| j.state == JobState::Succeeded), "every job ran");
+    assert_eq!(h.engine.parked(), None);
+    assert_eq!(h.engine.tasks_in_memory(), 0);
+}
+
+#[test]
+fn chained_jobs_bigger_than_half_the_budget_drain_within_it() {
+    let mut h = Harness::with(budget(250));
+    let steps =
+        |n: usize| {
+            (0..n)
+                .map(|i| {
+                    if i == 0 {
+                        step("s0", "api", &[])
+                    } else {
+                        step(&format!("s{i}"), "api", &[&format!("s{}", i - 1)])
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+    for i in 0..10 {
+        h.submit(job(&format!("chain{i}"), steps(100)), i);
+    }
+    assert_eq!(h.engine.tasks_in_memory(), 200, "two jobs of 100 steps fit in 250");
+    let mut now = 100;
+    let mut most = 0;
+    loop {
+        h.page(now);
+        let leases = h.acquire("api", 10, now);
+        if leases.is_empty() {
+            break;
+        }
+        for l in &leases {
+            h.complete(l, now);
+        }
+        most = most.max(h.engine.tasks_in_memory());
+        now += 1;
+    }
+    assert!(most <= 250, "memory held {most} tasks");
+    assert_eq!(h.jobs.values().filter(|j| j.state == JobState::Succeeded).count(), 10);
+    assert_eq!(h.tasks.values().filter(|t| t.state == TaskState::Succeeded).count(), 1000);
+}
+
+#[test]
+fn a_parked_job_keeps_its_run_id_and_its_timers_go_with_it() {
+    let mut h = Harness::with(budget(1));
+    let timed = |name: &str| {
+        let mut s = job(name, vec![step("a", "api", &[])]);
+        s.run_id = format!("{name}-run");
+        s.timeout = Some(Duration::from_secs(60));
+        s
+    };
+    h.submit(timed("first"), 0);
+    let parked = h.submit(timed("second"), 1);
+    assert!(h.engine.job(parked).is_none(), "the second job waits in the store");
+    let ns = validate(timed("second")).expect("valid").spec.namespace;
+    assert_eq!(h.engine.find_key(&ns, "second", "second-run"), Some(parked), "a resubmission finds it");
+    let (again, created) = h.engine.submit(validate(timed("second")).expect("valid"), 2);
+    assert_eq!((again, created), (parked, false));
+    // Past both deadlines only the job held in memory times out; the parked one is
+    // judged when it is read back.
+    h.engine.tick(120_000);
+    h.commit(120_000);
+    assert_eq!(h.state(parked), JobState::Pending);
+    h.page(120_000);
+    h.engine.tick(120_000);
+    h.commit(120_000);
+    assert_eq!(h.state(parked), JobState::Failed, "read back past its deadline, it times out");
+}
+
+#[test]
+fn a_job_queued_behind_parked_ones_is_parked_even_if_they_are_all_read_back_first() {
+    let mut h = Harness::with(budget(8));
+    let wide = |name: &str, n: usize| job(name, (0..n).map(|i| step(&format!("s{i}"), "api", &[])).collect());
+    let a = h.submit(wide("a", 5), 0);
+    let b = h.submit(wide("b", 5), 1);
+    assert!(h.engine.job(b).is_none(), "b waits in the store");
+    let leases = h.acquire("api", 10, 2);
+    assert!(leases.iter().all(|l| l.job_id == a) && leases.len() == 5);
+    for l in &leases {
+        h.complete(l, 2);
+    }
+    // c arrives behind b; before c's commit the master reads every parked job back.
+    let (c, _) = h.engine.submit(validate(wide("c", 1)).expect("valid"), 3);
+    h.page(3);
+    assert_eq!(h.engine.parked(), None, "b was read back and nothing else is stored");
+    h.commit(3);
+    assert!(h.engine.job(c).is_none() && h.engine.parked().is_some(), "c is parked at its commit");
+    let mut served = Vec::new();
+    for now in 4..20 {
+        h.page(now);
+        if let Some(l) = h.acquire("api", 1, now).first() {
+            served.push(l.job_id);
+            h.complete(l, now);
+        }
+    }
+    assert_eq!(served, vec![b, b, b, b, b, c]);
 }

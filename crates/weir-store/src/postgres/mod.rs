@@ -7,6 +7,7 @@ mod audit;
 mod commit;
 mod connections;
 mod datasets;
+mod paging;
 mod retention;
 mod watermarks;
 
@@ -209,25 +210,29 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
-        let jobs =
-            sqlx::query(&format!("SELECT {} FROM weir_jobs WHERE id IN ({})", pg_job_cols(), crate::LIVE_JOB_IDS))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(codec::job)
-                .collect::<Result<Vec<_>, _>>()?;
-        let tasks = sqlx::query(&format!(
-            "SELECT {} FROM weir_tasks t WHERE t.job_id IN ({})",
-            pg_task_cols(),
-            crate::LIVE_JOB_IDS
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(codec::task)
-        .collect::<Result<Vec<_>, _>>()?;
-        Ok((jobs, tasks))
+    async fn load_started(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        paging::started(&self.pool).await
+    }
+
+    async fn pending_ranks(
+        &self,
+        from: Option<weir_core::engine::JobRank>,
+        limit: i64,
+    ) -> Result<Vec<(weir_core::engine::JobRank, i64)>, StoreError> {
+        paging::ranks(&self.pool, from, limit).await
+    }
+
+    async fn load_jobs(&self, ids: &[Uuid]) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        paging::jobs(&self.pool, ids).await
+    }
+
+    async fn overdue_pending(
+        &self,
+        from: weir_core::engine::JobRank,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        paging::overdue(&self.pool, from, now, limit).await
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {

@@ -32,7 +32,8 @@ fn purgeable<'a>(
     if let Some(ids) = only {
         q.push(" AND j.id = ANY(").push_bind(ids.to_vec()).push(")");
     }
-    q.push(" AND NOT EXISTS (SELECT 1 FROM weir_tasks t WHERE t.job_id = j.id AND t.state = 'running')");
+    // A job with a task still leased is marked on its row (migration 0012).
+    q.push(" AND NOT j.lingering");
     if let Some(p) = published {
         q.push(" AND NOT EXISTS (SELECT 1 FROM weir_events e WHERE e.job_id = j.id AND e.id > ").push_bind(p).push(")");
     }

@@ -5,6 +5,7 @@
 mod audit;
 mod connections;
 mod datasets;
+mod paging;
 mod retention;
 mod watermarks;
 
@@ -255,21 +256,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn load_unfinished(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
-        let live = crate::LIVE_JOB_IDS;
-        let jobs = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM weir_jobs WHERE id IN ({live})"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(codec::job)
-            .collect::<Result<Vec<_>, _>>()?;
-        let tasks = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM weir_tasks WHERE job_id IN ({live})"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(codec::task)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((jobs, tasks))
+    async fn load_started(&self) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        paging::started(&self.pool).await
+    }
+
+    async fn pending_ranks(
+        &self,
+        from: Option<weir_core::engine::JobRank>,
+        limit: i64,
+    ) -> Result<Vec<(weir_core::engine::JobRank, i64)>, StoreError> {
+        paging::ranks(&self.pool, from, limit).await
+    }
+
+    async fn load_jobs(&self, ids: &[Uuid]) -> Result<(Vec<JobRecord>, Vec<TaskRecord>), StoreError> {
+        paging::jobs(&self.pool, ids).await
+    }
+
+    async fn overdue_pending(
+        &self,
+        from: weir_core::engine::JobRank,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        paging::overdue(&self.pool, from, now, limit).await
     }
 
     async fn get_job(&self, job_id: Uuid) -> Result<Option<JobRecord>, StoreError> {
