@@ -1036,8 +1036,11 @@ impl Engine {
         if !e.rec.state.is_terminal() {
             return;
         }
-        let ids: Vec<Uuid> = e.forward.iter().chain(&e.compensation).copied().collect();
-        if ids.iter().any(|t| self.tasks.get(t).is_some_and(|t| t.state == TaskState::Running)) {
+        if e.forward
+            .iter()
+            .chain(&e.compensation)
+            .any(|t| self.tasks.get(t).is_some_and(|t| t.state == TaskState::Running))
+        {
             return;
         }
         self.drop_job(id, now);

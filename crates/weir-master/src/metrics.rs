@@ -238,14 +238,14 @@ impl Master {
         }
     }
 
-    /// Sets each queue's depth and backlog age from the engine's `ready_stats` at `now`
-    /// (a queue with nothing ready reads 0).
     /// What the engine holds in memory, and whether jobs wait parked in the store.
     pub fn memory(&self, engine: &weir_core::engine::Engine) {
         self.resident_tasks.set(i64::try_from(engine.tasks_in_memory()).unwrap_or(i64::MAX));
         self.parked.set(i64::from(engine.parked().is_some()));
     }
 
+    /// Sets each queue's depth and backlog age from the engine's `ready_stats` at `now`
+    /// (a queue with nothing ready reads 0).
     pub fn queues(&self, stats: &[(String, usize, Option<Millis>)], now: Millis) {
         for q in Queue::ALL {
             let (depth, oldest) =

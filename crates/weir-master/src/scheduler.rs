@@ -493,18 +493,20 @@ impl Scheduler {
                 Err(e) => tracing::warn!(error = %e, "cannot look for parked jobs past their deadline"),
             }
         }
-        let fetched =
-            if ids.is_empty() { Ok(()) } else { crate::paging::fetch(&mut self.engine, store.as_ref(), &ids).await };
-        let deferred = std::mem::take(&mut self.deferred);
-        match fetched {
-            Ok(()) => deferred.into_iter().for_each(|cmd| self.apply_now(cmd, now, waiting)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read parked jobs back");
-                let why = format!("could not read the job from the store: {e}; try again");
-                deferred.into_iter().for_each(|cmd| self.refuse(cmd, &why));
+        if !ids.is_empty() {
+            let fetched = crate::paging::fetch(&mut self.engine, store.as_ref(), &ids).await;
+            let deferred = std::mem::take(&mut self.deferred);
+            match fetched {
+                Ok(()) => deferred.into_iter().for_each(|cmd| self.apply_now(cmd, now, waiting)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read parked jobs back");
+                    let why = format!("could not read the job from the store: {e}; try again");
+                    deferred.into_iter().for_each(|cmd| self.refuse(cmd, &why));
+                }
             }
+            // Jobs read back past their deadline time out in this commit.
+            self.engine.tick(now);
         }
-        self.engine.tick(now);
         match crate::paging::page(&mut self.engine, store.as_ref()).await {
             Ok(true) => self.serve_waiters(now, waiting),
             Ok(false) => {}
