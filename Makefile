@@ -5,7 +5,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test lint bench bench-limits bench-data bench-api bench-streams fmt build fuzz
+.PHONY: run test lint bench bench-limits bench-schedules bench-data bench-api bench-streams fmt build fuzz
 
 ## Run the whole platform on this machine: master + four managers + embedded store.
 run:
@@ -73,6 +73,7 @@ bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/weir-bench
 	$(CARGO_TARGET_DIR)/release/weir-bench limits
+	$(CARGO_TARGET_DIR)/release/weir-bench schedules
 	$(CARGO_TARGET_DIR)/release/weir-bench data
 	$(CARGO_TARGET_DIR)/release/weir-bench api
 	$(CARGO_TARGET_DIR)/release/weir-bench streams
@@ -84,6 +85,14 @@ bench-limits:
 	./scripts/ensure-bench-node.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/weir-bench limits
+
+## Only the schedules benchmark (10,000 schedules every minute, against graphile-worker's crontab).
+bench-schedules:
+	./scripts/ensure-build-deps.sh
+	./scripts/ensure-postgres.sh
+	./scripts/ensure-bench-node.sh
+	$(CARGO) build --release -p weir-bench -p weir-master -p weir-api-manager -p weir-file-manager -p weir-batch-manager -p weir-stream-manager
+	$(CARGO_TARGET_DIR)/release/weir-bench schedules
 
 ## Only the stream benchmark.
 bench-streams:

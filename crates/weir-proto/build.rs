@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "weir/v1/files.proto",
         "weir/v1/datasets.proto",
         "weir/v1/streams.proto",
+        "weir/v1/schedules.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

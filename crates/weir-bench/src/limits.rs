@@ -218,7 +218,7 @@ pub(crate) async fn first_lease_while_draining(
 
 /// Runs a Node.js peer from `bench/` (installed by scripts/ensure-bench-node.sh) and
 /// passes on its `name=value unit` lines.
-async fn peer(script: &str, script_args: &[&str]) -> anyhow::Result<()> {
+pub(crate) async fn peer(script: &str, script_args: &[&str]) -> anyhow::Result<()> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench").join(script);
     let out = tokio::process::Command::new("node")
         .arg(&path)

@@ -18,7 +18,8 @@
 //! 6. commit-to-publish latency: one-step jobs at a steady event rate with real managers;
 //!    for each event, the time from the master stamping it to this process reading it.
 //!
-//! `weir-bench limits` measures the engine at its limits (see [`limits`]); `weir-bench data`
+//! `weir-bench limits` measures the engine at its limits (see [`limits`]); `weir-bench
+//! schedules` cron schedules firing (see [`schedules`]); `weir-bench data`
 //! the data path (see [`data`]); `weir-bench api` the
 //! API manager (see [`api`]); `weir-bench streams` the stream manager (see [`streams`]).
 
@@ -26,6 +27,7 @@ mod api;
 mod data;
 mod limits;
 mod observe;
+mod schedules;
 mod secure;
 mod streams;
 
@@ -80,6 +82,9 @@ enum What {
     /// The engine at its limits: step-to-step latency, chained-steps throughput, the
     /// store's size per million tasks and under retention.
     Limits(limits::LimitsArgs),
+    /// Cron schedules firing every minute: slot-to-job-created latency and the master's
+    /// CPU, against graphile-worker's crontab.
+    Schedules(schedules::ScheduleArgs),
     /// (internal) Converts one file with Weir's pipeline and prints its figures.
     #[command(hide = true)]
     ConvertOne {
@@ -256,6 +261,10 @@ async fn main() -> anyhow::Result<()> {
         Some(What::Limits(l)) => {
             println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
             return limits::run(l, &args).await;
+        }
+        Some(What::Schedules(s)) => {
+            println!("machine_cores={} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+            return schedules::run(s, &args).await;
         }
         Some(What::ConvertOne { input, out, staged }) => return data::convert_one(input, out, *staged),
         None => {}

@@ -41,7 +41,8 @@ pub struct Client {
     workers: WorkerServiceClient<Channel>,
     audit: v1::audit_service_client::AuditServiceClient<Channel>,
     connections: v1::connection_service_client::ConnectionServiceClient<Channel>,
-    json: bool,
+    pub(crate) schedules: v1::schedule_service_client::ScheduleServiceClient<Channel>,
+    pub(crate) json: bool,
 }
 
 /// `weir connections`: a namespace's named connections.
@@ -146,7 +147,7 @@ pub fn mint(args: TokenMint) -> anyhow::Result<()> {
 }
 
 /// Turns a gRPC error into a message a person can act on.
-fn explain(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn explain(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable => {
             anyhow::anyhow!("master unavailable ({}). Is `weir dev` or weir-master running? ", s.message())
@@ -162,7 +163,7 @@ pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
 
 /// Reads YAML or JSON from a file, or standard input for `-`; an error says the file is
 /// not `what`, with the parser's position.
-fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+pub(crate) fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
@@ -178,7 +179,8 @@ impl Client {
             jobs: JobServiceClient::new(ch.clone()),
             workers: WorkerServiceClient::new(ch.clone()),
             audit: v1::audit_service_client::AuditServiceClient::new(ch.clone()),
-            connections: v1::connection_service_client::ConnectionServiceClient::new(ch),
+            connections: v1::connection_service_client::ConnectionServiceClient::new(ch.clone()),
+            schedules: v1::schedule_service_client::ScheduleServiceClient::new(ch),
             json,
         })
     }

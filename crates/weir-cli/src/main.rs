@@ -6,6 +6,7 @@
 mod client;
 mod dev;
 mod render;
+mod schedules;
 
 use std::path::PathBuf;
 
@@ -44,15 +45,23 @@ enum Command {
         watch: bool,
     },
     /// Follow a job live until it finishes (exit code 0 only if it succeeded).
-    Watch { job_id: String },
+    Watch {
+        job_id: String,
+    },
     /// List jobs, newest first.
     Jobs(client::ListArgs),
     /// Show one job and its tasks.
-    Get { job_id: String },
+    Get {
+        job_id: String,
+    },
     /// Stop leasing a job's tasks (running ones finish).
-    Pause { job_id: String },
+    Pause {
+        job_id: String,
+    },
     /// Continue a paused job.
-    Resume { job_id: String },
+    Resume {
+        job_id: String,
+    },
     /// Cancel a job; succeeded steps with a compensation are undone.
     Cancel {
         job_id: String,
@@ -109,6 +118,12 @@ enum Command {
     },
     /// Sign a token with the HS256 secret (`WEIR_AUTH_HS256_SECRET`), for setups without
     /// an identity provider.
+    /// Cron schedules: each slot runs a job, in a time zone, with an overlap policy,
+    /// catch-up after an outage, backfill of a past range.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules::SchedulesCommand,
+    },
     Token(client::TokenMint),
 }
 
@@ -225,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Streams { streams_url } => client::streams(&streams_url, json, &security).await.map(|_| ok),
         Command::Audit(args) => c()?.audit(args).await.map(|_| ok),
         Command::Connections { command } => c()?.connections(command).await.map(|_| ok),
+        Command::Schedules { command } => c()?.schedules(command).await.map(|_| ok),
         Command::Token(args) => client::mint(args).map(|_| ok),
     }
 }

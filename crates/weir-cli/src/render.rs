@@ -531,3 +531,81 @@ pub fn connection_value(c: &v1::Connection) -> Value {
     serde_json::json!({"namespace": c.namespace, "name": c.name, "description": c.description, "config": config,
         "updated": time(&c.updated), "updated_by": c.updated_by})
 }
+
+fn overlap(v: i32) -> String {
+    v1::OverlapPolicy::try_from(v)
+        .map(|p| p.as_str_name().trim_start_matches("OVERLAP_POLICY_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Schedules as a table: when each fires next, and how its slots went.
+pub fn schedule_table(schedules: &[v1::Schedule]) {
+    println!(
+        "{:<12}  {:<24}  {:<16}  {:<18}  {:<14}  {:<20}  {:>7}  {:>7}  {:>6}",
+        "NAMESPACE", "NAME", "CRON", "TIME ZONE", "OVERLAP", "NEXT (UTC)", "STARTED", "SKIPPED", "MISSED"
+    );
+    let empty = v1::ScheduleSpec::default();
+    for s in schedules {
+        let spec = s.spec.as_ref().unwrap_or(&empty);
+        let next = if s.paused { "paused".to_string() } else { time(&s.next_fires.first().cloned()) };
+        println!(
+            "{:<12}  {:<24}  {:<16}  {:<18}  {:<14}  {:<20}  {:>7}  {:>7}  {:>6}",
+            spec.namespace,
+            spec.name,
+            spec.cron,
+            spec.time_zone,
+            overlap(spec.overlap),
+            next,
+            s.started,
+            s.skipped,
+            s.missed
+        );
+    }
+}
+
+/// One schedule, whole: spec, next fire times, recent runs.
+pub fn schedule_detail(s: &v1::Schedule) {
+    let empty = v1::ScheduleSpec::default();
+    let spec = s.spec.as_ref().unwrap_or(&empty);
+    println!("schedule     {}/{}", spec.namespace, spec.name);
+    if !spec.description.is_empty() {
+        println!("description  {}", spec.description);
+    }
+    println!("cron         {}  ({})", spec.cron, spec.time_zone);
+    println!("overlap      {}", overlap(spec.overlap));
+    if s.paused {
+        println!("paused       {}", if s.note.is_empty() { "yes" } else { &s.note });
+    }
+    println!("slots        {} started, {} skipped, {} missed; {} waiting", s.started, s.skipped, s.missed, s.waiting);
+    if !s.running_job_ids.is_empty() {
+        println!("running      {}", s.running_job_ids.join(", "));
+    }
+    println!("next (UTC)");
+    for t in &s.next_fires {
+        println!("  {}", time(&Some(*t)));
+    }
+    if !s.recent_runs.is_empty() {
+        println!("recent runs (UTC)");
+        for r in &s.recent_runs {
+            let what = if r.manual { "manual" } else { "slot" };
+            println!("  {} {what:<6} {:<8} {} {}", time(&r.slot), r.outcome, r.job_id, r.reason);
+        }
+    }
+}
+
+/// One schedule as JSON.
+pub fn schedule_value(s: &v1::Schedule) -> Value {
+    let empty = v1::ScheduleSpec::default();
+    let spec = s.spec.as_ref().unwrap_or(&empty);
+    json!({
+        "namespace": spec.namespace, "name": spec.name, "description": spec.description,
+        "cron": spec.cron, "time_zone": spec.time_zone, "overlap": overlap(spec.overlap),
+        "paused": s.paused, "note": s.note,
+        "next_fires": s.next_fires.iter().map(|t| time(&Some(*t))).collect::<Vec<_>>(),
+        "started": s.started, "skipped": s.skipped, "missed": s.missed, "waiting": s.waiting,
+        "running_job_ids": s.running_job_ids,
+        "recent_runs": s.recent_runs.iter().map(|r| json!({
+            "slot": time(&r.slot), "manual": r.manual, "outcome": r.outcome, "job_id": r.job_id, "reason": r.reason,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -156,6 +156,9 @@ pub struct Changes {
     pub audit: Vec<crate::audit::AuditRecord>,
     /// Named connections an admin put or deleted (added by the master).
     pub connections: Vec<crate::connection::ConnectionChange>,
+    /// Schedules created, changed (a slot handled) or deleted (added by the master), written
+    /// with the jobs their slots started.
+    pub schedules: Vec<crate::schedule::ScheduleChange>,
 }
 
 impl Changes {
@@ -170,6 +173,7 @@ impl Changes {
             && self.watermarks.is_empty()
             && self.audit.is_empty()
             && self.connections.is_empty()
+            && self.schedules.is_empty()
     }
 }
 
@@ -1007,6 +1011,7 @@ impl Engine {
             watermarks: std::mem::take(&mut self.watermarks),
             audit: Vec::new(),
             connections: Vec::new(),
+            schedules: Vec::new(),
         };
         for id in touched {
             self.evict_if_done(id, now);

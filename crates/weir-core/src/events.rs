@@ -42,8 +42,10 @@ pub mod topic {
     pub const STREAMS: &str = "weir.streams";
     /// Audited calls: mutations and refusals (key: the caller's subject).
     pub const AUDIT: &str = "weir.audit";
+    /// Schedules: created, changed, and what became of each slot (key: namespace/name).
+    pub const SCHEDULES: &str = "weir.schedules";
     /// Every topic Weir creates at start.
-    pub const ALL: [&str; 10] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS, STREAMS, AUDIT];
+    pub const ALL: [&str; 11] = [JOBS, TASKS, WORKERS, TRIGGERS, DLQ, FILES, DATASETS, APIS, STREAMS, AUDIT, SCHEDULES];
 }
 
 /// Header names, in one place.
@@ -216,6 +218,45 @@ pub fn notice_message(kind: &str, subject: &str, worker: &str, detail: Value, ti
         key: subject.into(),
         kind: kind.into(),
         subject: subject.into(),
+        time_ms,
+        data: Value::Object(data),
+    }
+}
+
+/// Schedule event types (topic `weir.schedules`, keyed by `namespace/name`).
+pub mod schedule_event {
+    pub const CREATED: &str = "dev.weir.schedule.created";
+    pub const UPDATED: &str = "dev.weir.schedule.updated";
+    pub const PAUSED: &str = "dev.weir.schedule.paused";
+    pub const UNPAUSED: &str = "dev.weir.schedule.unpaused";
+    pub const DELETED: &str = "dev.weir.schedule.deleted";
+    /// A slot's job was started (`job_id`, `run_id`, `slot`).
+    pub const STARTED: &str = "dev.weir.schedule.started";
+    /// A slot waits for the schedule's running jobs to end.
+    pub const BUFFERED: &str = "dev.weir.schedule.buffered";
+    /// A slot did not run (`reason`).
+    pub const SKIPPED: &str = "dev.weir.schedule.skipped";
+    /// Slots later than the catch-up window after an outage (`first`, `last`, `count`).
+    pub const MISSED: &str = "dev.weir.schedule.missed";
+    /// Runs of the schedule cancelled by a newer slot (cancel_other, terminate_other).
+    pub const CANCELLED_RUNS: &str = "dev.weir.schedule.cancelled_runs";
+    /// A range was backfilled (`start`, `end`, `slots`, `started`, `existing`).
+    pub const BACKFILLED: &str = "dev.weir.schedule.backfilled";
+}
+
+/// An event about a schedule, for the outbox: `detail` fields after `namespace` and `schedule`.
+pub fn schedule_message(kind: &str, namespace: &str, name: &str, detail: Value, time_ms: Millis) -> OutboxMessage {
+    let mut data = Map::new();
+    data.insert("namespace".into(), json!(namespace));
+    data.insert("schedule".into(), json!(name));
+    if let Value::Object(d) = detail {
+        data.extend(d);
+    }
+    OutboxMessage {
+        topic: topic::SCHEDULES.into(),
+        key: format!("{namespace}/{name}"),
+        kind: kind.into(),
+        subject: name.into(),
         time_ms,
         data: Value::Object(data),
     }

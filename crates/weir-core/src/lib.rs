@@ -24,6 +24,7 @@
 //! - [`text`]: text cut short for messages.
 //! - [`trace`]: W3C trace context carried from a submission into every event.
 //! - [`trigger`]: rules that turn an incoming event into a job.
+//! - [`schedule`]: cron schedules in a time zone, their slots' jobs, overlap and catch-up.
 //! - [`watermark`]: incremental collection's high-watermarks, advanced when a job succeeds.
 //! - [`engine`]: the state machine the master drives; it takes `now` as an argument and
 //!   returns the records it changed, so every rule is tested without a clock or a database.
@@ -45,6 +46,7 @@ pub mod quota;
 pub mod retention;
 pub mod retry;
 pub mod sandbox;
+pub mod schedule;
 pub mod secret;
 pub mod spec;
 pub mod stream;

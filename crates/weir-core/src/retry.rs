@@ -43,7 +43,7 @@ impl RetryPolicy {
 }
 
 /// A number in [0, 1) from a seed (splitmix64 over both halves).
-fn unit_interval(seed: u128) -> f64 {
+pub(crate) fn unit_interval(seed: u128) -> f64 {
     let mut x = (seed as u64) ^ ((seed >> 64) as u64).rotate_left(17);
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

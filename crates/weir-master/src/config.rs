@@ -28,6 +28,9 @@ pub struct MasterConfig {
     /// not started wait in the store and are read back best-ranked first. 0: no limit.
     #[arg(long, env = "WEIR_RESIDENT_TASKS", default_value_t = DEFAULT_RESIDENT_TASKS)]
     pub resident_tasks: usize,
+    /// Most slots one BackfillSchedule call may start (a longer range is refused).
+    #[arg(long, env = "WEIR_SCHEDULE_MAX_BACKFILL", default_value_t = DEFAULT_MAX_BACKFILL)]
+    pub schedule_max_backfill: usize,
     /// How often workers are asked to heartbeat.
     #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -202,6 +205,7 @@ impl MasterConfig {
             queue_limits: Vec::new(),
             max_batch: 4096,
             resident_tasks: DEFAULT_RESIDENT_TASKS,
+            schedule_max_backfill: DEFAULT_MAX_BACKFILL,
             heartbeat_interval: Duration::from_secs(5),
             id: default_id(),
             events: EventsConfig::default(),
@@ -219,6 +223,9 @@ impl MasterConfig {
         }
     }
 }
+
+/// See [`MasterConfig::schedule_max_backfill`].
+pub const DEFAULT_MAX_BACKFILL: usize = 1000;
 
 /// See [`MasterConfig::resident_tasks`]: about 200 MB of tasks.
 pub const DEFAULT_RESIDENT_TASKS: usize = 100_000;

@@ -8,6 +8,7 @@
 //! - [`status`]: the one place errors become gRPC statuses.
 //! - [`relay`]: publishes committed events (the outbox) to the bus, in commit order.
 //! - [`triggers`]: consumes `weir.triggers` and starts a job per event.
+//! - [`schedules`]: `ScheduleService` (cron schedules); [`clock`] fires their slots.
 //! - [`audit`]: the audit trail: refusals and changes written in commits, `AuditService`.
 //! - [`retention`]: the purge of finished jobs, relayed messages and old audit records.
 //! - [`paging`]: the memory budget's reads — the engine at start, parked jobs read back.
@@ -22,6 +23,7 @@
 //! serve until the cancellation token fires.
 
 pub mod audit;
+mod clock;
 pub mod config;
 pub mod connections;
 pub mod jobs;
@@ -31,6 +33,7 @@ pub mod paging;
 pub mod relay;
 pub mod retention;
 pub mod scheduler;
+pub mod schedules;
 pub mod status;
 pub mod triggers;
 pub mod workers;
@@ -45,6 +48,7 @@ use weir_core::engine::EngineConfig;
 use weir_proto::v1::audit_service_server::AuditServiceServer;
 use weir_proto::v1::connection_service_server::ConnectionServiceServer;
 use weir_proto::v1::job_service_server::JobServiceServer;
+use weir_proto::v1::schedule_service_server::ScheduleServiceServer;
 use weir_proto::v1::worker_service_server::WorkerServiceServer;
 use weir_store::{Store, StoreError};
 
@@ -78,6 +82,8 @@ pub(crate) struct Shared {
     pub limits: Option<weir_auth::KeyedLimits>,
     /// What jobs may touch.
     pub sandbox: weir_core::sandbox::Policy,
+    /// Every schedule, while this master leads (filled at the start of leadership).
+    pub schedules: clock::Book,
 }
 
 impl Shared {
@@ -145,6 +151,7 @@ pub async fn serve_with_store(
         config: config.clone(),
         limits,
         sandbox,
+        schedules: clock::Book::default(),
     });
     let refusals = weir_runtime::auth::Throttled::wrap(
         Arc::new(audit::AuditRefusals(shared.clone())),
@@ -160,7 +167,8 @@ pub async fn serve_with_store(
         .add_service(JobServiceServer::new(jobs::Jobs(shared.clone())))
         .add_service(WorkerServiceServer::new(workers::Workers(shared.clone())))
         .add_service(AuditServiceServer::new(audit::Audit(shared.clone())))
-        .add_service(ConnectionServiceServer::new(connections::Connections(shared.clone())));
+        .add_service(ConnectionServiceServer::new(connections::Connections(shared.clone())))
+        .add_service(ScheduleServiceServer::new(schedules::Schedules(shared.clone())));
     let server_cancel = cancel.child_token();
     let server = tokio::spawn(weir_runtime::grpc::serve(listener, routes.routes(), security, server_cancel.clone()));
 
@@ -173,6 +181,7 @@ pub async fn serve_with_store(
         }
     };
     let engine = paging::load(store.as_ref(), engine_config(&config)).await?;
+    shared.schedules.load(store.schedules("", u32::MAX).await?);
     tracing::info!(
         epoch,
         jobs = engine.jobs_in_memory(),
@@ -209,6 +218,7 @@ pub async fn serve_with_store(
         }
     }
     side.push(tokio::spawn(workers::sweep(shared.clone(), side_cancel.clone())));
+    side.push(tokio::spawn(clock::run(shared.clone(), side_cancel.clone())));
     let (purge_shared, c, stop) = (shared.clone(), side_cancel.clone(), cancel.clone());
     side.push(tokio::spawn(async move {
         if let Err(e) = retention::run(purge_shared, retention, epoch, c).await {

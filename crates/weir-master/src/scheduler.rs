@@ -29,6 +29,8 @@ use weir_core::Millis;
 use weir_store::{Store, StoreError};
 
 use crate::now_ms;
+use weir_core::events::schedule_event::STARTED;
+use weir_core::schedule::LABEL_SCHEDULE;
 
 /// Why a command got no result.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,6 +96,9 @@ pub(crate) enum Command {
     Audit(Vec<AuditRecord>, Reply<()>),
     /// A named connection put or deleted, written with its audit record.
     Connection(Box<(weir_core::connection::ConnectionChange, AuditRecord)>, Reply<()>),
+    /// A schedule written (or deleted) with the jobs its slots start and the runs they
+    /// cancel, in one commit.
+    Schedule(Box<ScheduleCommit>, Reply<ScheduleCommitted>),
     /// Jobs the retention purge is about to delete: those the engine does not hold are
     /// claimed (a retry of one is refused until it is forgotten) and returned.
     Claim(Vec<Uuid>, Reply<Vec<Uuid>>),
@@ -104,6 +109,32 @@ pub(crate) enum Command {
 /// The audit record of a client's call, completed with its outcome and written in the
 /// commit of what the call changed.
 pub(crate) type Audit = Option<Box<AuditRecord>>;
+
+/// What a schedule's slots (or a call on a schedule) change, committed together: the jobs
+/// start, the runs are cancelled, and the schedule is written with the started jobs in its
+/// state — so a slot is handled exactly once, whatever crashes when.
+pub(crate) struct ScheduleCommit {
+    /// The schedule's record after the decisions (its `running` list is completed here
+    /// with the jobs started); `None` deletes `deleted`.
+    pub record: Option<weir_core::schedule::ScheduleRecord>,
+    pub deleted: Option<(String, String)>,
+    /// Jobs to start, each for its slot.
+    pub starts: Vec<(weir_core::schedule::Slot, ValidJob)>,
+    /// Whether the started jobs are the schedule's runs (its overlap policy watches them);
+    /// a backfill's are not.
+    pub track: bool,
+    /// Runs to cancel, with the reason.
+    pub cancels: Vec<(Uuid, String)>,
+    pub messages: Vec<OutboxMessage>,
+    pub audit: Audit,
+}
+
+/// What a schedule commit did: the record as written, and each start's job and whether it
+/// is new (not found again by its run id).
+pub(crate) struct ScheduleCommitted {
+    pub record: Option<weir_core::schedule::ScheduleRecord>,
+    pub jobs: Vec<(weir_core::schedule::Slot, Uuid, bool)>,
+}
 
 /// Committed events, for WatchJob streams.
 pub type EventBatch = Arc<Vec<EventRecord>>;
@@ -165,6 +196,10 @@ impl Handle {
     /// Makes audit records of refused calls durable (and published on `weir.audit`).
     pub(crate) async fn audit(&self, records: Vec<AuditRecord>) -> Result<(), SchedError> {
         self.ask(|reply| Command::Audit(records, reply)).await
+    }
+    /// Writes a schedule with what its slots start and cancel, durable when this returns.
+    pub(crate) async fn schedule(&self, commit: ScheduleCommit) -> Result<ScheduleCommitted, SchedError> {
+        self.ask(|reply| Command::Schedule(Box::new(commit), reply)).await
     }
     /// Puts or deletes a named connection, durable with its audit record when this returns.
     pub(crate) async fn connection(
@@ -255,6 +290,8 @@ struct Scheduler {
     audit: Vec<AuditRecord>,
     /// Connection changes to write with the next commit.
     connections: Vec<weir_core::connection::ConnectionChange>,
+    /// Schedule changes to write with the next commit.
+    schedules: Vec<weir_core::schedule::ScheduleChange>,
     /// Jobs the retention purge claimed: while it may be deleting them (`None`), and for
     /// [`PURGED_MEMORY_MS`] after (when they were forgotten), a retry of one is refused —
     /// a retry call reads the stored job before it reaches the engine.
@@ -298,6 +335,7 @@ pub async fn run(
         messages: Vec::new(),
         audit: Vec::new(),
         connections: Vec::new(),
+        schedules: Vec::new(),
         purging: Default::default(),
         deferred: Vec::new(),
         overdue_seen: 0,
@@ -401,6 +439,7 @@ impl Scheduler {
         changes.messages.extend(self.audit.iter().map(AuditRecord::message));
         changes.audit.append(&mut self.audit);
         changes.connections.append(&mut self.connections);
+        changes.schedules.append(&mut self.schedules);
         if changes.is_empty() {
             waiting.drain(..).for_each(|r| r(None));
             return None;
@@ -445,6 +484,7 @@ impl Scheduler {
         self.messages.clear();
         self.audit.clear();
         self.connections.clear();
+        self.schedules.clear();
         match failure {
             Err(e @ StoreError::Fenced { .. }) => Err(e),
             _ => Ok(false),
@@ -617,6 +657,46 @@ impl Scheduler {
                 self.connections.push(change);
                 self.audit.push(audit.cleaned());
                 replies.push(pending(reply, Ok(())));
+            }
+            Command::Schedule(commit, reply) => {
+                let c = *commit;
+                for (id, why) in &c.cancels {
+                    // A run that already ended (or left memory) has nothing to cancel.
+                    if let Err(err) = e.cancel(*id, why, now) {
+                        tracing::debug!(job_id = %id, error = %err, "schedule: run not cancelled");
+                    }
+                }
+                let mut record = c.record;
+                let mut jobs = Vec::with_capacity(c.starts.len());
+                for (slot, job) in c.starts {
+                    let run_id = job.spec.run_id.clone();
+                    let (namespace, schedule) =
+                        (job.spec.namespace.clone(), job.spec.labels.get(LABEL_SCHEDULE).cloned());
+                    let (id, created) = e.submit(job, now);
+                    if let Some(r) = record.as_mut().filter(|_| c.track) {
+                        r.state.started(slot, id, now);
+                    }
+                    let detail = serde_json::json!({
+                        "slot": weir_core::events::rfc3339(slot.time_ms),
+                        "manual": slot.manual,
+                        "job_id": id,
+                        "run_id": run_id,
+                        "created": created,
+                    });
+                    let name = schedule.unwrap_or_default();
+                    self.messages.push(weir_core::events::schedule_message(STARTED, &namespace, &name, detail, now));
+                    jobs.push((slot, id, created));
+                }
+                match (&record, c.deleted) {
+                    (Some(r), _) => self.schedules.push(weir_core::schedule::ScheduleChange::Put(Box::new(r.clone()))),
+                    (None, Some((namespace, name))) => {
+                        self.schedules.push(weir_core::schedule::ScheduleChange::Delete { namespace, name })
+                    }
+                    (None, None) => {}
+                }
+                self.messages.extend(c.messages);
+                self.note(c.audit, &Ok(()), None);
+                replies.push(pending(reply, Ok(ScheduleCommitted { record, jobs })));
             }
         }
     }

@@ -350,6 +350,102 @@ pub fn mark_from_wire(w: &v1::Watermark) -> Result<Mark, String> {
     serde_json::from_str(&w.mark_json).map_err(|e| format!("watermark {}: its mark is not JSON: {e}", w.key))
 }
 
+/// An overlap policy for the wire.
+pub fn overlap(o: weir_core::schedule::Overlap) -> v1::OverlapPolicy {
+    use weir_core::schedule::Overlap;
+    match o {
+        Overlap::Skip => v1::OverlapPolicy::Skip,
+        Overlap::BufferOne => v1::OverlapPolicy::BufferOne,
+        Overlap::BufferAll => v1::OverlapPolicy::BufferAll,
+        Overlap::AllowAll => v1::OverlapPolicy::AllowAll,
+        Overlap::CancelOther => v1::OverlapPolicy::CancelOther,
+        Overlap::TerminateOther => v1::OverlapPolicy::TerminateOther,
+    }
+}
+
+/// An overlap policy from the wire (unspecified is skip).
+pub fn overlap_from_wire(v: i32) -> Result<weir_core::schedule::Overlap, String> {
+    use weir_core::schedule::Overlap;
+    Ok(match v1::OverlapPolicy::try_from(v).map_err(|_| format!("overlap: unknown policy {v}"))? {
+        v1::OverlapPolicy::Unspecified | v1::OverlapPolicy::Skip => Overlap::Skip,
+        v1::OverlapPolicy::BufferOne => Overlap::BufferOne,
+        v1::OverlapPolicy::BufferAll => Overlap::BufferAll,
+        v1::OverlapPolicy::AllowAll => Overlap::AllowAll,
+        v1::OverlapPolicy::CancelOther => Overlap::CancelOther,
+        v1::OverlapPolicy::TerminateOther => Overlap::TerminateOther,
+    })
+}
+
+/// A schedule spec for the wire.
+pub fn schedule_spec_to_wire(s: &weir_core::schedule::ScheduleSpec) -> v1::ScheduleSpec {
+    let time =
+        |t: &Option<String>| t.as_deref().and_then(|t| weir_core::schedule::parse_time("time", t).ok()).map(timestamp);
+    v1::ScheduleSpec {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        description: s.description.clone(),
+        cron: s.cron.clone(),
+        time_zone: s.time_zone.clone(),
+        jitter: s.jitter.map(duration),
+        start: time(&s.start),
+        end: time(&s.end),
+        overlap: overlap(s.overlap) as i32,
+        catchup_window: s.catchup_window.map(duration),
+        job: Some(spec_to_wire(&s.job)),
+    }
+}
+
+/// A schedule spec from the wire; the error names the field.
+pub fn schedule_spec_from_wire(s: &v1::ScheduleSpec) -> Result<weir_core::schedule::ScheduleSpec, String> {
+    let job = s.job.as_ref().ok_or("job is required (what each slot runs)")?;
+    Ok(weir_core::schedule::ScheduleSpec {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        description: s.description.clone(),
+        cron: s.cron.clone(),
+        time_zone: s.time_zone.clone(),
+        jitter: opt_duration("jitter", &s.jitter)?,
+        start: s.start.as_ref().map(|t| weir_core::events::rfc3339(millis(t))),
+        end: s.end.as_ref().map(|t| weir_core::events::rfc3339(millis(t))),
+        overlap: overlap_from_wire(s.overlap)?,
+        catchup_window: opt_duration("catchup_window", &s.catchup_window)?,
+        job: spec_from_wire(job).map_err(|e| format!("job: {e}"))?,
+    })
+}
+
+/// A stored schedule for the wire, with its next fire times (the master computes them).
+pub fn schedule(r: &weir_core::schedule::ScheduleRecord, next_fires: &[Millis]) -> v1::Schedule {
+    let st = &r.state;
+    v1::Schedule {
+        spec: Some(schedule_spec_to_wire(&r.spec)),
+        paused: st.paused,
+        note: st.note.clone(),
+        next_fires: next_fires.iter().map(|t| timestamp(*t)).collect(),
+        recent_runs: st
+            .recent
+            .iter()
+            .rev()
+            .map(|run| v1::ScheduleRun {
+                slot: Some(timestamp(run.slot.time_ms)),
+                manual: run.slot.manual,
+                outcome: run.outcome.as_str().into(),
+                job_id: run.job_id.map(|j| j.to_string()).unwrap_or_default(),
+                reason: run.reason.clone(),
+                at: Some(timestamp(run.at_ms)),
+            })
+            .collect(),
+        started: st.started,
+        skipped: st.skipped,
+        missed: st.missed,
+        running_job_ids: st.running.iter().map(|j| j.to_string()).collect(),
+        waiting: u32::try_from(st.buffered.len()).unwrap_or(u32::MAX),
+        last_slot: (st.cursor_ms > 0).then(|| timestamp(st.cursor_ms)),
+        created_at: Some(timestamp(r.created_ms)),
+        updated_at: Some(timestamp(r.updated_ms)),
+        updated_by: r.updated_by.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

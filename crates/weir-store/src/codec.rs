@@ -328,3 +328,24 @@ pub(crate) fn connection(r: &impl Cols) -> Result<weir_core::connection::Connect
         updated_by: r.text("updated_by")?,
     })
 }
+
+pub(crate) const SCHEDULE_COLUMNS: &str = "namespace, name, spec, state, created_ms, updated_ms, updated_by";
+
+pub(crate) fn schedule(r: &impl Cols) -> Result<weir_core::schedule::ScheduleRecord, StoreError> {
+    let (namespace, name) = (r.text("namespace")?, r.text("name")?);
+    let corrupt =
+        |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("schedule {namespace}/{name} {what}: {e}"));
+    Ok(weir_core::schedule::ScheduleRecord {
+        spec: serde_json::from_str(&r.text("spec")?).map_err(|e| corrupt("spec", e))?,
+        state: serde_json::from_str(&r.text("state")?).map_err(|e| corrupt("state", e))?,
+        created_ms: r.int("created_ms")?,
+        updated_ms: r.int("updated_ms")?,
+        updated_by: r.text("updated_by")?,
+    })
+}
+
+/// A schedule's spec and state as stored (JSON text).
+pub(crate) fn schedule_json(r: &weir_core::schedule::ScheduleRecord) -> Result<(String, String), StoreError> {
+    let bad = |e: serde_json::Error| StoreError::Corrupt(format!("schedule {}/{}: {e}", r.spec.namespace, r.spec.name));
+    Ok((serde_json::to_string(&r.spec).map_err(bad)?, serde_json::to_string(&r.state).map_err(bad)?))
+}

@@ -340,6 +340,21 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         limit: u32,
     ) -> Result<Vec<weir_core::connection::Connection>, StoreError>;
+
+    /// The schedules of `namespace` (every namespace's for `""`), by namespace and name
+    /// (written by [`Store::commit`]).
+    async fn schedules(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> Result<Vec<weir_core::schedule::ScheduleRecord>, StoreError>;
+
+    /// One schedule.
+    async fn schedule(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<weir_core::schedule::ScheduleRecord>, StoreError>;
 }
 
 /// What one purge batch deleted: the jobs (the engine forgets their keys), and how many

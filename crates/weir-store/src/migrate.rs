@@ -47,6 +47,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "hot_task_updates",
         sql: include_str!("../../../migrations/postgres/0012_hot_task_updates.sql"),
     },
+    Migration { version: 13, name: "schedules", sql: include_str!("../../../migrations/postgres/0013_schedules.sql") },
 ];
 
 /// SQLite migrations, oldest first.
@@ -78,6 +79,8 @@ pub const SQLITE: &[Migration] = &[
     Migration { version: 9, name: "connections", sql: include_str!("../../../migrations/sqlite/0009_connections.sql") },
     Migration { version: 10, name: "retention", sql: include_str!("../../../migrations/sqlite/0010_retention.sql") },
     Migration { version: 11, name: "paging", sql: include_str!("../../../migrations/sqlite/0011_paging.sql") },
+    // 12 is PostgreSQL's alone (HOT task updates); the versions stay aligned.
+    Migration { version: 13, name: "schedules", sql: include_str!("../../../migrations/sqlite/0013_schedules.sql") },
 ];
 
 /// Table that records applied migrations.

@@ -513,6 +513,68 @@ async fn connections_are_put_replaced_and_deleted_with_their_commit(s: Arc<dyn S
     assert_eq!(names(s.connections("ops", 100).await.expect("ops")), ["ops/lake"]);
 }
 
+async fn schedules_are_written_with_the_jobs_their_slots_start(s: Arc<dyn Store>) {
+    use weir_core::schedule::{Schedule, ScheduleChange, ScheduleRecord, ScheduleSpec, ScheduleState, Slot};
+    let mut rig = Rig::new(s.clone()).await;
+    let record = |ns: &str, name: &str, cron: &str, state: ScheduleState, at: i64| {
+        let spec: ScheduleSpec = serde_json::from_value(serde_json::json!({
+            "namespace": ns, "name": name, "cron": cron, "time_zone": "Europe/Berlin",
+            "job": {"steps": [{"id": "a", "kind": "noop", "queue": "api"}]},
+        }))
+        .expect("spec");
+        let spec = Schedule::new(spec).expect("valid").spec;
+        ScheduleRecord { spec, state, created_ms: 1, updated_ms: at, updated_by: "ada".into() }
+    };
+    let put = |r: ScheduleRecord| ScheduleChange::Put(Box::new(r));
+    // Created, and in a later batch changed twice: the last change is what is kept.
+    let hourly = record("shop", "orders", "0 * * * *", ScheduleState::new(1_000, false, String::new()), 1);
+    s.commit(rig.epoch, &Changes { schedules: vec![put(hourly.clone())], ..Default::default() }).await.expect("create");
+    s.commit(
+        rig.epoch,
+        &Changes {
+            schedules: vec![put(record("ops", "sweep", "@daily", ScheduleState::default(), 2))],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create");
+    assert_eq!(s.schedule("shop", "orders").await.expect("get"), Some(hourly.clone()));
+
+    // A slot fires: its job and the advanced state land in one commit.
+    let schedule = Schedule::new(hourly.spec.clone()).expect("valid");
+    let slot = Slot::scheduled(3_600_000);
+    let (job, _) = rig.engine.submit(validate(schedule.job_for(slot).expect("job")).expect("valid"), 5);
+    let mut fired = hourly.clone();
+    fired.state.cursor_ms = slot.time_ms;
+    fired.state.started(slot, job, 5);
+    let mut paused = fired.clone();
+    paused.state.set_paused(true, "supplier outage".into(), 6);
+    paused.updated_ms = 6;
+    let mut c = rig.engine.take_changes(5);
+    c.schedules = vec![put(fired), put(paused.clone())];
+    s.commit(rig.epoch, &c).await.expect("fire");
+    assert_eq!(s.schedule("shop", "orders").await.expect("get"), Some(paused.clone()));
+    let run = s.find_job("shop", "orders", &schedule.run_id(slot)).await.expect("find");
+    assert_eq!(run, Some(job), "the slot's job is found by its run id");
+
+    let names = |v: Vec<ScheduleRecord>| {
+        v.into_iter().map(|r| format!("{}/{}", r.spec.namespace, r.spec.name)).collect::<Vec<_>>()
+    };
+    assert_eq!(names(s.schedules("", 100).await.expect("all")), ["ops/sweep", "shop/orders"]);
+    assert_eq!(names(s.schedules("shop", 100).await.expect("shop")), ["shop/orders"]);
+    assert_eq!(names(s.schedules("", 1).await.expect("one")), ["ops/sweep"]);
+    // Put then deleted in one batch: gone.
+    let gone = vec![put(paused.clone()), ScheduleChange::Delete { namespace: "shop".into(), name: "orders".into() }];
+    s.commit(rig.epoch, &Changes { schedules: gone, ..Default::default() }).await.expect("delete");
+    assert_eq!(s.schedule("shop", "orders").await.expect("get"), None);
+    // A stale leader writes no schedule.
+    let next = s.acquire_leadership("successor", 1).await.expect("takeover");
+    assert!(next > rig.epoch);
+    let late = Changes { schedules: vec![put(hourly)], ..Default::default() };
+    assert!(s.commit(rig.epoch, &late).await.is_err());
+    assert_eq!(names(s.schedules("", 100).await.expect("all")), ["ops/sweep"]);
+}
+
 async fn purge_takes_finished_published_jobs_past_retention_and_relayed_messages(s: Arc<dyn Store>) {
     use weir_core::model::OutboxMessage;
     use weir_core::retention::{Scope, Sweep};
@@ -709,6 +771,7 @@ conformance!(
     watermarks_advance_with_the_job_and_never_move_back,
     audit_records_land_with_their_commit_newest_first_and_past_retention_go,
     connections_are_put_replaced_and_deleted_with_their_commit,
+    schedules_are_written_with_the_jobs_their_slots_start,
     purge_takes_finished_published_jobs_past_retention_and_relayed_messages,
     pending_jobs_page_in_by_priority_then_age
 );

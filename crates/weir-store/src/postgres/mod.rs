@@ -9,6 +9,7 @@ mod connections;
 mod datasets;
 mod paging;
 mod retention;
+mod schedules;
 mod watermarks;
 
 use std::str::FromStr;
@@ -178,7 +179,12 @@ impl Store for PgStore {
         }
         // The engine's records (jobs, tasks, events) go in one statement: on the hot path
         // (a chain's next step, a drain) that is the whole commit, one round trip.
-        if c.messages.is_empty() && c.watermarks.is_empty() && c.audit.is_empty() && c.connections.is_empty() {
+        if c.messages.is_empty()
+            && c.watermarks.is_empty()
+            && c.audit.is_empty()
+            && c.connections.is_empty()
+            && c.schedules.is_empty()
+        {
             let current: i64 = commit::records(epoch, c).fetch_one(&self.pool).await?;
             return if current == epoch { Ok(()) } else { Err(StoreError::Fenced { mine: epoch, current }) };
         }
@@ -206,6 +212,7 @@ impl Store for PgStore {
         watermarks::advance(&mut tx, &c.watermarks).await?;
         audit::append(&mut tx, &c.audit).await?;
         connections::apply(&mut tx, &c.connections).await?;
+        schedules::apply(&mut tx, &c.schedules).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -561,6 +568,22 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<weir_core::connection::Connection>, StoreError> {
         connections::list(&self.pool, namespace, limit).await
+    }
+
+    async fn schedules(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> Result<Vec<weir_core::schedule::ScheduleRecord>, StoreError> {
+        schedules::list(&self.pool, namespace, limit).await
+    }
+
+    async fn schedule(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<weir_core::schedule::ScheduleRecord>, StoreError> {
+        schedules::get(&self.pool, namespace, name).await
     }
 }
 

@@ -7,6 +7,7 @@ mod connections;
 mod datasets;
 mod paging;
 mod retention;
+mod schedules;
 mod watermarks;
 
 use std::path::Path;
@@ -252,6 +253,7 @@ impl Store for SqliteStore {
         watermarks::advance(&mut tx, &c.watermarks).await?;
         audit::append(&mut tx, &c.audit).await?;
         connections::apply(&mut tx, &c.connections).await?;
+        schedules::apply(&mut tx, &c.schedules).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -613,6 +615,22 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<weir_core::connection::Connection>, StoreError> {
         connections::list(&self.pool, namespace, limit).await
+    }
+
+    async fn schedules(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> Result<Vec<weir_core::schedule::ScheduleRecord>, StoreError> {
+        schedules::list(&self.pool, namespace, limit).await
+    }
+
+    async fn schedule(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<weir_core::schedule::ScheduleRecord>, StoreError> {
+        schedules::get(&self.pool, namespace, name).await
     }
 }
 

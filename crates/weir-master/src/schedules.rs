@@ -1,0 +1,502 @@
+//! `ScheduleService`: create, change, pause, delete, list and describe schedules, trigger
+//! one now, backfill a range. Every change is committed (with its audit record and its
+//! `weir.schedules` event) before the answer; the [`crate::clock`] fires the slots.
+//!
+//! Changing a schedule needs write on its namespace (a schedule submits jobs there);
+//! reading it needs read. Without read, a namespace's schedules are not found.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weir_auth::{Principal, Role, Scope};
+use weir_core::audit::{AuditRecord, Outcome};
+use weir_core::events::{rfc3339, schedule_event, schedule_message};
+use weir_core::schedule::{Decision, Schedule, ScheduleRecord, ScheduleSpec, ScheduleState, Slot, MAX_PER_NAMESPACE};
+use weir_proto::convert;
+use weir_proto::v1::{self, schedule_service_server::ScheduleService};
+use weir_runtime::auth::caller;
+
+use crate::clock::{self, Entry, Key};
+use crate::scheduler::ScheduleCommit;
+use crate::status::{self, invalid};
+use crate::{now_ms, Shared};
+
+/// Jobs a backfill starts per commit.
+const BACKFILL_CHUNK: usize = 500;
+/// Fire times `describe` shows.
+const NEXT_FIRES: usize = 10;
+
+/// The ScheduleService implementation.
+pub struct Schedules(pub(crate) Arc<Shared>);
+
+/// A schedule for the wire, with its next fire times.
+fn view(e: &Entry) -> v1::Schedule {
+    let st = &e.record.state;
+    let fires: Vec<i64> = if st.paused {
+        Vec::new()
+    } else {
+        e.schedule.upcoming(st.cursor_ms, NEXT_FIRES).into_iter().map(|t| e.schedule.fire_ms(t)).collect()
+    };
+    convert::schedule(&e.record, &fires)
+}
+
+fn key_of(namespace: &str, name: &str) -> Result<Key, Status> {
+    let ns = if namespace.is_empty() { weir_core::validate::DEFAULT_NAMESPACE } else { namespace };
+    weir_core::validate::check_name("namespace", ns, 64).map_err(|e| invalid(e.0))?;
+    weir_core::validate::check_name("schedule name", name, 64).map_err(|e| invalid(e.0))?;
+    Ok((ns.to_string(), name.to_string()))
+}
+
+impl Schedules {
+    /// Refuses (and audits) a caller without `role` on `namespace`; without read, the
+    /// schedule is not found.
+    async fn require(&self, who: &Principal, audit: &AuditRecord, key: &Key, role: Role) -> Result<(), Status> {
+        let namespace = &key.0;
+        if who.may(namespace, role) {
+            return Ok(());
+        }
+        if who.may(namespace, Role::Read) {
+            let status = Status::permission_denied(format!(
+                "{} may not change the schedules of namespace {namespace:?} (needs {namespace}:write)",
+                who.subject
+            ));
+            return Err(self.0.refused(audit.clone(), status).await);
+        }
+        let why = format!("{} may not read namespace {namespace:?}", who.subject);
+        self.0.audit(audit.clone().with_outcome(Outcome::Denied, "NOT_FOUND", &why)).await;
+        Err(Status::not_found(format!("schedule {:?} not found in namespace {namespace:?}", key.1)))
+    }
+
+    fn entry(&self, key: &Key) -> Result<Arc<tokio::sync::Mutex<Entry>>, Status> {
+        self.0
+            .schedules
+            .get(key)
+            .ok_or_else(|| Status::not_found(format!("schedule {:?} not found in namespace {:?}", key.1, key.0)))
+    }
+
+    /// A spec from the wire, checked, with the job of its next slot checked as any
+    /// submission is.
+    async fn checked(&self, wire: Option<v1::ScheduleSpec>) -> Result<Schedule, Status> {
+        let wire = wire.ok_or_else(|| invalid("spec is required"))?;
+        let spec: ScheduleSpec = convert::schedule_spec_from_wire(&wire).map_err(invalid)?;
+        let name = spec.name.clone();
+        let schedule = Schedule::new(spec).map_err(|e| invalid(format!("schedule {name:?}: {e}")))?;
+        let next = schedule.next_slot(now_ms()).or_else(|| schedule.upcoming(0, 1).first().copied()).unwrap_or(0);
+        let job = schedule.job_for(Slot::scheduled(next)).map_err(|e| invalid(format!("schedule {name:?}: {e}")))?;
+        clock::prepare(&self.0, job).await.map_err(|e| invalid(format!("schedule {name:?}: job: {e}")))?;
+        Ok(schedule)
+    }
+
+    /// Commits a change of one schedule's record (no job starts) and updates the clock.
+    async fn change(
+        &self,
+        key: &Key,
+        g: &mut Entry,
+        record: ScheduleRecord,
+        kind: &str,
+        detail: serde_json::Value,
+        audit: AuditRecord,
+    ) -> Result<(), Status> {
+        let message = schedule_message(kind, &key.0, &key.1, detail, now_ms());
+        let commit = ScheduleCommit {
+            record: Some(record),
+            deleted: None,
+            starts: Vec::new(),
+            cancels: Vec::new(),
+            messages: vec![message],
+            audit: Some(Box::new(audit)),
+            track: true,
+        };
+        let result = self.0.scheduler.schedule(commit).await.map_err(status::sched);
+        match clock::settle(&self.0, key, g, result).await {
+            Some(_) => Ok(()),
+            None => Err(Status::unavailable("the change could not be committed; try again")),
+        }
+    }
+}
+
+fn described(s: &Schedule, paused: bool, by: &str) -> serde_json::Value {
+    serde_json::json!({
+        "cron": s.spec.cron,
+        "time_zone": s.spec.time_zone,
+        "overlap": s.spec.overlap.as_str(),
+        "paused": paused,
+        "by": by,
+    })
+}
+
+#[tonic::async_trait]
+impl ScheduleService for Schedules {
+    async fn create_schedule(
+        &self,
+        req: Request<v1::CreateScheduleRequest>,
+    ) -> Result<Response<v1::CreateScheduleResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, "CreateSchedule");
+        let r = req.into_inner();
+        let wire = r.spec.as_ref();
+        let key = key_of(wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()))?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Write).await?;
+        let schedule = match self.checked(r.spec).await {
+            Ok(s) => s,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        if self.0.schedules.count(&key.0) >= MAX_PER_NAMESPACE {
+            let status = Status::resource_exhausted(format!(
+                "namespace {:?} holds {MAX_PER_NAMESPACE} schedules, the most it may",
+                key.0
+            ));
+            return Err(self.0.refused(audit, status).await);
+        }
+        let now = now_ms();
+        let record = ScheduleRecord {
+            spec: schedule.spec.clone(),
+            state: ScheduleState::new(now, r.paused, r.note),
+            created_ms: now,
+            updated_ms: now,
+            updated_by: who.subject.clone(),
+        };
+        let detail = described(&schedule, r.paused, &who.subject);
+        let entry = Arc::new(tokio::sync::Mutex::new(Entry { schedule, record: record.clone() }));
+        let mut g = entry.clone().lock_owned().await;
+        if !self.0.schedules.insert_new(key.clone(), entry) {
+            let status =
+                Status::already_exists(format!("schedule {:?} already exists in namespace {:?}", key.1, key.0));
+            return Err(self.0.refused(audit, status).await);
+        }
+        if let Err(status) = self.change(&key, &mut g, record, schedule_event::CREATED, detail, audit).await {
+            self.0.schedules.remove(&key);
+            return Err(status);
+        }
+        tracing::info!(namespace = %key.0, name = %key.1, by = %who.subject, "schedule created");
+        Ok(Response::new(v1::CreateScheduleResponse { schedule: Some(view(&g)) }))
+    }
+
+    async fn update_schedule(
+        &self,
+        req: Request<v1::UpdateScheduleRequest>,
+    ) -> Result<Response<v1::UpdateScheduleResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, "UpdateSchedule");
+        let r = req.into_inner();
+        let wire = r.spec.as_ref();
+        let key = key_of(wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()))?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Write).await?;
+        let entry = self.entry(&key)?;
+        let schedule = match self.checked(r.spec).await {
+            Ok(s) => s,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        let mut g = entry.lock().await;
+        let mut record = g.record.clone();
+        record.spec = schedule.spec.clone();
+        record.updated_ms = now_ms();
+        record.updated_by = who.subject.clone();
+        let detail = described(&schedule, record.state.paused, &who.subject);
+        let previous = std::mem::replace(&mut g.schedule, schedule);
+        if let Err(status) = self.change(&key, &mut g, record, schedule_event::UPDATED, detail, audit).await {
+            g.schedule = previous;
+            return Err(status);
+        }
+        tracing::info!(namespace = %key.0, name = %key.1, by = %who.subject, "schedule updated");
+        Ok(Response::new(v1::UpdateScheduleResponse { schedule: Some(view(&g)) }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        req: Request<v1::PauseScheduleRequest>,
+    ) -> Result<Response<v1::PauseScheduleResponse>, Status> {
+        let r = self.set_paused(req.map(|r| (r.namespace, r.name, r.note)), true).await?;
+        Ok(Response::new(v1::PauseScheduleResponse { schedule: Some(r) }))
+    }
+
+    async fn unpause_schedule(
+        &self,
+        req: Request<v1::UnpauseScheduleRequest>,
+    ) -> Result<Response<v1::UnpauseScheduleResponse>, Status> {
+        let r = self.set_paused(req.map(|r| (r.namespace, r.name, r.note)), false).await?;
+        Ok(Response::new(v1::UnpauseScheduleResponse { schedule: Some(r) }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, "DeleteSchedule");
+        let r = req.into_inner();
+        let key = key_of(&r.namespace, &r.name)?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Write).await?;
+        let entry = match self.entry(&key) {
+            Ok(e) => e,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        let _g = entry.lock().await;
+        let message =
+            schedule_message(schedule_event::DELETED, &key.0, &key.1, serde_json::json!({"by": who.subject}), now_ms());
+        let commit = ScheduleCommit {
+            record: None,
+            deleted: Some(key.clone()),
+            starts: Vec::new(),
+            cancels: Vec::new(),
+            messages: vec![message],
+            audit: Some(Box::new(audit)),
+            track: true,
+        };
+        self.0.scheduler.schedule(commit).await.map_err(status::sched)?;
+        self.0.schedules.remove(&key);
+        tracing::info!(namespace = %key.0, name = %key.1, by = %who.subject, "schedule deleted");
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let audit = crate::jobs::record(&req, &who, "ListSchedules");
+        let r = req.into_inner();
+        let entries = if r.namespace.is_empty() {
+            let every = self.0.schedules.list(None);
+            match who.grants.scope(Role::Read) {
+                Scope::All => every,
+                Scope::Only(set) => {
+                    let mut mine = Vec::new();
+                    for e in every {
+                        if set.contains(&e.lock().await.schedule.spec.namespace) {
+                            mine.push(e);
+                        }
+                    }
+                    mine
+                }
+            }
+        } else {
+            weir_core::validate::check_name("namespace", &r.namespace, 64).map_err(|e| invalid(e.0))?;
+            if !who.may(&r.namespace, Role::Read) {
+                let mut audit = audit;
+                audit.namespace = r.namespace.clone();
+                let why = format!("{} may not read namespace {:?}", who.subject, r.namespace);
+                self.0.audit(audit.with_outcome(Outcome::Denied, "NOT_FOUND", &why)).await;
+                return Err(Status::not_found(format!(
+                    "namespace {:?} has no schedules {} may see",
+                    r.namespace, who.subject
+                )));
+            }
+            self.0.schedules.list(Some(&r.namespace))
+        };
+        let mut schedules = Vec::with_capacity(entries.len());
+        for e in entries {
+            schedules.push(view(&*e.lock().await));
+        }
+        Ok(Response::new(v1::ListSchedulesResponse { schedules }))
+    }
+
+    async fn describe_schedule(
+        &self,
+        req: Request<v1::DescribeScheduleRequest>,
+    ) -> Result<Response<v1::DescribeScheduleResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, "DescribeSchedule");
+        let r = req.into_inner();
+        let key = key_of(&r.namespace, &r.name)?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Read).await?;
+        let entry = self.entry(&key)?;
+        let g = entry.lock().await;
+        Ok(Response::new(v1::DescribeScheduleResponse { schedule: Some(view(&g)) }))
+    }
+
+    async fn trigger_schedule(
+        &self,
+        req: Request<v1::TriggerScheduleRequest>,
+    ) -> Result<Response<v1::TriggerScheduleResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, "TriggerSchedule");
+        let r = req.into_inner();
+        let key = key_of(&r.namespace, &r.name)?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Write).await?;
+        let entry = match self.entry(&key) {
+            Ok(e) => e,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        let mut g = entry.lock().await;
+        let now = now_ms();
+        let slot = Slot::manual(now);
+        let mut state = g.record.state.clone();
+        state.running = clock::still_running(&self.0, &state.running).await;
+        let busy = !state.running.is_empty();
+        let mut decisions = Vec::new();
+        state.offer(&g.schedule, slot, busy, now, &mut decisions);
+        let mut outcome = match decisions.last() {
+            Some(Decision::Start(_)) => "started",
+            Some(Decision::Buffer(_)) => "buffered",
+            _ => "skipped",
+        };
+        let mut record = g.record.clone();
+        record.state = state;
+        let schedule = g.schedule.clone();
+        let result = clock::commit(&self.0, &schedule, record, decisions, Vec::new(), Some(Box::new(audit))).await;
+        let done = clock::settle(&self.0, &key, &mut g, result)
+            .await
+            .ok_or_else(|| Status::unavailable("the run could not be committed; try again"))?;
+        let job_id = done.jobs.iter().find(|(s, ..)| *s == slot).map(|(_, id, _)| id.to_string());
+        let job_id = job_id.or_else(|| {
+            // Found again (a trigger in the same millisecond) rather than started by this commit.
+            g.record.state.recent.iter().find(|r| r.slot == slot).and_then(|r| r.job_id).map(|id| id.to_string())
+        });
+        if outcome == "started" && job_id.is_none() {
+            outcome = "skipped";
+        }
+        tracing::info!(namespace = %key.0, name = %key.1, outcome, by = %who.subject, "schedule triggered");
+        Ok(Response::new(v1::TriggerScheduleResponse {
+            schedule: Some(view(&g)),
+            outcome: outcome.into(),
+            job_id: job_id.unwrap_or_default(),
+        }))
+    }
+
+    async fn backfill_schedule(
+        &self,
+        req: Request<v1::BackfillScheduleRequest>,
+    ) -> Result<Response<v1::BackfillScheduleResponse>, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, "BackfillSchedule");
+        let r = req.into_inner();
+        let key = key_of(&r.namespace, &r.name)?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Write).await?;
+        let entry = match self.entry(&key) {
+            Ok(e) => e,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        let now = now_ms();
+        let range = match (&r.start, &r.end) {
+            (Some(_), Some(e)) if convert::millis(e) > now => Err(invalid(format!(
+                "the backfill's end {} is in the future; a backfill covers past slots (the schedule fires the rest)",
+                rfc3339(convert::millis(e))
+            ))),
+            (Some(s), Some(e)) => Ok((convert::millis(s), convert::millis(e))),
+            _ => Err(invalid("a backfill needs start and end")),
+        };
+        let mut g = entry.lock().await;
+        let slots = match range.and_then(|(s, e)| {
+            g.schedule.slots_between(s, e, self.0.config.schedule_max_backfill).map_err(invalid).map(|v| (s, e, v))
+        }) {
+            Ok(v) => v,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        let (start, end, slots) = slots;
+        // Each slot's job, or the one it already has.
+        let mut jobs: Vec<(Slot, Option<uuid::Uuid>, Option<weir_core::validate::ValidJob>)> = Vec::new();
+        for t in &slots {
+            let slot = Slot::scheduled(*t);
+            let spec = g.schedule.job_for(slot).map_err(invalid)?;
+            let found =
+                self.0.store.find_job(&spec.namespace, &spec.name, &spec.run_id).await.map_err(status::store)?;
+            match found {
+                Some(id) => jobs.push((slot, Some(id), None)),
+                None => {
+                    let valid = clock::prepare(&self.0, spec)
+                        .await
+                        .map_err(|e| invalid(format!("the job of slot {}: {e}", rfc3339(*t))))?;
+                    jobs.push((slot, None, Some(valid)));
+                }
+            }
+        }
+        let existing = jobs.iter().filter(|j| j.1.is_some()).count();
+        let mut ids: Vec<(Slot, uuid::Uuid)> = jobs.iter().filter_map(|j| j.1.map(|id| (j.0, id))).collect();
+        let mut fresh: Vec<(Slot, weir_core::validate::ValidJob)> =
+            jobs.into_iter().filter_map(|(slot, _, v)| v.map(|v| (slot, v))).collect();
+        // The state learns how far backfills reach (the clock looks such slots up before
+        // firing them) in the first commit, before any of their jobs exists.
+        let mut record = g.record.clone();
+        record.state.backfilled_to_ms = record.state.backfilled_to_ms.max(slots.last().copied().unwrap_or(0));
+        let mut record = Some(record);
+        let mut started = 0usize;
+        let mut audit = Some(Box::new(audit));
+        loop {
+            let chunk: Vec<_> = fresh.drain(..fresh.len().min(BACKFILL_CHUNK)).collect();
+            let last = fresh.is_empty();
+            let messages = if last {
+                vec![schedule_message(
+                    schedule_event::BACKFILLED,
+                    &key.0,
+                    &key.1,
+                    serde_json::json!({
+                        "start": rfc3339(start), "end": rfc3339(end), "slots": slots.len(),
+                        "started": started + chunk.len(), "existing": existing, "by": who.subject,
+                    }),
+                    now_ms(),
+                )]
+            } else {
+                Vec::new()
+            };
+            let commit = ScheduleCommit {
+                record: record.take(),
+                deleted: None,
+                starts: chunk,
+                cancels: Vec::new(),
+                messages,
+                audit: audit.take().filter(|_| last),
+                track: false,
+            };
+            let done = self.0.scheduler.schedule(commit).await.map_err(status::sched)?;
+            if let Some(r) = done.record {
+                g.record = r;
+            }
+            for (slot, id, created) in done.jobs {
+                started += usize::from(created);
+                ids.push((slot, id));
+            }
+            if last {
+                break;
+            }
+        }
+        ids.sort_by_key(|(slot, _)| slot.time_ms);
+        tracing::info!(namespace = %key.0, name = %key.1, slots = slots.len(), started, existing, by = %who.subject, "schedule backfilled");
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Response::new(v1::BackfillScheduleResponse {
+            slots: n(slots.len()),
+            started: n(started),
+            existing: n(slots.len() - started),
+            job_ids: ids.into_iter().map(|(_, id)| id.to_string()).collect(),
+        }))
+    }
+}
+
+impl Schedules {
+    async fn set_paused(&self, req: Request<(String, String, String)>, paused: bool) -> Result<v1::Schedule, Status> {
+        self.0.check_ready()?;
+        let who = caller(&req);
+        let mut audit = crate::jobs::record(&req, &who, if paused { "PauseSchedule" } else { "UnpauseSchedule" });
+        let (namespace, name, note) = req.into_inner();
+        let key = key_of(&namespace, &name)?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, Role::Write).await?;
+        let entry = match self.entry(&key) {
+            Ok(e) => e,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
+        let mut g = entry.lock().await;
+        let mut record = g.record.clone();
+        record.state.set_paused(paused, note.clone(), now_ms());
+        record.updated_ms = now_ms();
+        record.updated_by = who.subject.clone();
+        let kind = if paused { schedule_event::PAUSED } else { schedule_event::UNPAUSED };
+        let detail = serde_json::json!({"note": note, "by": who.subject});
+        self.change(&key, &mut g, record, kind, detail, audit).await?;
+        tracing::info!(namespace = %key.0, name = %key.1, paused, by = %who.subject, "schedule paused or unpaused");
+        Ok(view(&g))
+    }
+}
