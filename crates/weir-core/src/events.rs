@@ -129,8 +129,14 @@ pub struct Outgoing {
 
 /// RFC 3339 time with milliseconds, UTC.
 pub fn rfc3339(ms: Millis) -> String {
+    use std::fmt::Write as _;
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+    let mut out = String::new();
+    // Past the year 9999 humantime refuses to format: say the number instead of panicking.
+    if write!(out, "{}", humantime::format_rfc3339_millis(t)).is_err() {
+        return format!("{ms} ms after the epoch");
+    }
+    out
 }
 
 /// Worker status types (topic `weir.workers`, keyed by worker id).

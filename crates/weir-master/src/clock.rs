@@ -34,6 +34,9 @@ pub(crate) type Key = (String, String);
 pub(crate) struct Entry {
     pub schedule: Schedule,
     pub record: ScheduleRecord,
+    /// Set (under the entry's lock) when the schedule was deleted: whoever was waiting for
+    /// the lock must not write it back.
+    pub deleted: bool,
 }
 
 /// Schedules handled at once when many fall due together.
@@ -76,7 +79,8 @@ impl Book {
                 Ok(schedule) => {
                     let next = r.state.next_fire(&schedule);
                     let waiting = !r.state.buffered.is_empty();
-                    entries.insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Entry { schedule, record: r })));
+                    let entry = Entry { schedule, record: r, deleted: false };
+                    entries.insert(key.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
                     // A schedule with waiting slots looks at its runs at once.
                     self.arm(&key, if waiting { Some(0) } else { next });
                 }
@@ -103,6 +107,7 @@ impl Book {
 
     pub fn remove(&self, key: &Key) {
         lock(&self.entries).remove(key);
+        lock(&self.watching).retain(|_, k| k != key);
         self.arm(key, None);
     }
 
@@ -225,6 +230,9 @@ fn wake_waiting(book: &Book) {
 pub(crate) async fn fire(shared: &Shared, key: &Key) {
     let Some(entry) = shared.schedules.get(key) else { return };
     let mut g = entry.lock().await;
+    if g.deleted {
+        return;
+    }
     let now = now_ms();
     let mut state = g.record.state.clone();
     state.running = if g.schedule.spec.overlap == Overlap::AllowAll {
@@ -273,14 +281,28 @@ pub(crate) async fn settle(
                 g.record = r.clone();
             }
             shared.schedules.watch(key, &g.record);
-            // Waiting slots are woken when their runs end (or by the recheck).
-            shared.schedules.arm(key, g.record.state.next_fire(&g.schedule));
+            let st = &g.record.state;
+            // Slots waiting with nothing running (unpaused, or a start refused) start now;
+            // behind a run they are woken when it ends (or by the recheck).
+            let next = if !st.buffered.is_empty() && st.running.is_empty() && !st.paused {
+                Some(now_ms())
+            } else {
+                st.next_fire(&g.schedule)
+            };
+            shared.schedules.arm(key, next);
             Some(done)
         }
         Err(status) => {
             tracing::warn!(namespace = %key.0, name = %key.1, error = %status.message(), "schedule not committed; trying again");
+            // The commit may have landed or not: the store says which.
             match shared.store.schedule(&key.0, &key.1).await {
-                Ok(Some(r)) => g.record = r,
+                Ok(Some(r)) => {
+                    match Schedule::new(r.spec.clone()) {
+                        Ok(s) => g.schedule = s,
+                        Err(e) => tracing::error!(error = %e, "stored schedule not valid"),
+                    }
+                    g.record = r;
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the schedule back"),
             }
@@ -308,9 +330,28 @@ pub(crate) async fn still_running(shared: &Shared, runs: &[Uuid]) -> Vec<Uuid> {
     alive
 }
 
+/// Why a slot's job is not ready to submit.
+pub(crate) enum NotReady {
+    /// It will not be (its job no longer checks): the slot is skipped with the reason.
+    Refused(String),
+    /// The store could not be asked: the slot is tried again later.
+    Retry(String),
+}
+
+impl NotReady {
+    /// As a gRPC status: bad input, or try again.
+    pub(crate) fn status(self, what: &str) -> tonic::Status {
+        match self {
+            NotReady::Refused(m) => crate::status::invalid(format!("{what}: {m}")),
+            NotReady::Retry(m) => tonic::Status::unavailable(format!("{what}: {m}")),
+        }
+    }
+}
+
 /// Turns a schedule's decisions into one commit: jobs for the slots that start (each
-/// checked as any submission; one that no longer checks is skipped with the reason), the
-/// runs to cancel, the events, and the record.
+/// checked as any submission; one that no longer checks is skipped with the reason, and
+/// then cancels nothing), the runs to cancel, the events, and the record. A slot whose job
+/// cannot be looked up now commits nothing: the schedule tries again.
 pub(crate) async fn commit(
     shared: &Shared,
     schedule: &Schedule,
@@ -322,19 +363,32 @@ pub(crate) async fn commit(
     let (ns, name) = (schedule.spec.namespace.as_str(), schedule.spec.name.as_str());
     let now = now_ms();
     let event = |kind: &str, detail: serde_json::Value| schedule_message(kind, ns, name, detail, now);
+    let mut prepared = HashMap::new();
+    for d in &decisions {
+        if let Decision::Start(slot) = d {
+            match job(shared, schedule, *slot).await {
+                Err(NotReady::Retry(why)) => return Err(tonic::Status::unavailable(why)),
+                other => {
+                    prepared.insert(*slot, other);
+                }
+            }
+        }
+    }
+    let refused = prepared.values().any(|p| matches!(p, Err(NotReady::Refused(_))));
     let mut starts = Vec::new();
     let mut cancels = Vec::new();
     let mut found = Vec::new();
     for d in decisions {
         match d {
-            Decision::Start(slot) => match job(shared, schedule, &record, slot).await {
-                Ok(Prepared::New(job)) => starts.push((slot, *job)),
-                Ok(Prepared::Exists(id)) => found.push((slot, id)),
-                Err(reason) => {
+            Decision::Start(slot) => match prepared.remove(&slot) {
+                Some(Ok(Prepared::New(job))) => starts.push((slot, *job)),
+                Some(Ok(Prepared::Exists(id))) => found.push((slot, id)),
+                Some(Err(NotReady::Refused(reason) | NotReady::Retry(reason))) => {
                     tracing::warn!(namespace = ns, name, %reason, "a slot's job could not start");
                     record.state.refused(slot, reason.clone(), now);
                     messages.push(event(schedule_event::SKIPPED, slot_detail(slot, &reason)));
                 }
+                None => {}
             },
             Decision::Buffer(slot) => messages.push(event(schedule_event::BUFFERED, slot_detail(slot, ""))),
             Decision::Skip(slot, why) => messages.push(event(schedule_event::SKIPPED, slot_detail(slot, why))),
@@ -342,6 +396,8 @@ pub(crate) async fn commit(
                 schedule_event::MISSED,
                 serde_json::json!({"first": rfc3339(first_ms), "last": rfc3339(last_ms), "count": count}),
             )),
+            // A slot that cannot run does not stop the run going.
+            Decision::Cancel(_) if refused => {}
             Decision::Cancel(ids) => {
                 let why = format!("cancelled by schedule {name}: a newer slot ({})", schedule.spec.overlap.as_str());
                 messages.push(event(schedule_event::CANCELLED_RUNS, serde_json::json!({"job_ids": ids})));
@@ -374,29 +430,27 @@ pub(crate) enum Prepared {
     Exists(Uuid),
 }
 
-/// The job of `slot`, checked as any submission is (connections expanded, the sandbox).
-/// A scheduled slot a backfill may have covered is looked up by its run id first.
-pub(crate) async fn job(
-    shared: &Shared,
-    schedule: &Schedule,
-    record: &ScheduleRecord,
-    slot: Slot,
-) -> Result<Prepared, String> {
-    let spec = schedule.job_for(slot)?;
-    if !slot.manual && slot.time_ms <= record.state.backfilled_to_ms {
-        match shared.store.find_job(&spec.namespace, &spec.name, &spec.run_id).await {
-            Ok(Some(id)) => return Ok(Prepared::Exists(id)),
-            Ok(None) => {}
-            Err(e) => return Err(format!("cannot look the slot's job up: {e}")),
-        }
+/// The job of `slot`, checked as any submission is (connections expanded, the sandbox) —
+/// unless its run id already names a job (a backfill's, or a submission's that left the
+/// engine's memory): that one is the slot's, and the engine never sees a duplicate key.
+pub(crate) async fn job(shared: &Shared, schedule: &Schedule, slot: Slot) -> Result<Prepared, NotReady> {
+    let spec = schedule.job_for(slot).map_err(NotReady::Refused)?;
+    match shared.store.find_job(&spec.namespace, &spec.name, &spec.run_id).await {
+        Ok(Some(id)) => return Ok(Prepared::Exists(id)),
+        Ok(None) => {}
+        Err(e) => return Err(NotReady::Retry(format!("cannot look the slot's job up: {e}"))),
     }
     prepare(shared, spec).await.map(|j| Prepared::New(Box::new(j)))
 }
 
 /// A job spec checked as SubmitJob checks one.
-pub(crate) async fn prepare(shared: &Shared, spec: weir_core::spec::JobSpec) -> Result<ValidJob, String> {
-    let mut valid = crate::connections::validate(shared, spec).await.map_err(|s| s.message().to_string())?;
-    shared.sandbox.check_job(&valid.spec).map_err(|r| r.to_string())?;
+pub(crate) async fn prepare(shared: &Shared, spec: weir_core::spec::JobSpec) -> Result<ValidJob, NotReady> {
+    let mut valid = match crate::connections::validate(shared, spec).await {
+        Ok(v) => v,
+        Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(NotReady::Refused(s.message().into())),
+        Err(s) => return Err(NotReady::Retry(s.message().into())),
+    };
+    shared.sandbox.check_job(&valid.spec).map_err(|r| NotReady::Refused(r.to_string()))?;
     valid.trace_parent = Some(crate::jobs::trace_for(None));
     Ok(valid)
 }

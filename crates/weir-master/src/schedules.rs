@@ -67,11 +67,16 @@ impl Schedules {
         Err(Status::not_found(format!("schedule {:?} not found in namespace {namespace:?}", key.1)))
     }
 
-    fn entry(&self, key: &Key) -> Result<Arc<tokio::sync::Mutex<Entry>>, Status> {
-        self.0
-            .schedules
-            .get(key)
-            .ok_or_else(|| Status::not_found(format!("schedule {:?} not found in namespace {:?}", key.1, key.0)))
+    /// The schedule's entry, locked — not found if it is gone (or was deleted while this
+    /// call waited for it).
+    async fn locked(&self, key: &Key) -> Result<tokio::sync::OwnedMutexGuard<Entry>, Status> {
+        let missing = || Status::not_found(format!("schedule {:?} not found in namespace {:?}", key.1, key.0));
+        let entry = self.0.schedules.get(key).ok_or_else(missing)?;
+        let g = entry.lock_owned().await;
+        if g.deleted {
+            return Err(missing());
+        }
+        Ok(g)
     }
 
     /// A spec from the wire, checked, with the job of its next slot checked as any
@@ -83,7 +88,7 @@ impl Schedules {
         let schedule = Schedule::new(spec).map_err(|e| invalid(format!("schedule {name:?}: {e}")))?;
         let next = schedule.next_slot(now_ms()).or_else(|| schedule.upcoming(0, 1).first().copied()).unwrap_or(0);
         let job = schedule.job_for(Slot::scheduled(next)).map_err(|e| invalid(format!("schedule {name:?}: {e}")))?;
-        clock::prepare(&self.0, job).await.map_err(|e| invalid(format!("schedule {name:?}: job: {e}")))?;
+        clock::prepare(&self.0, job).await.map_err(|e| e.status(&format!("schedule {name:?}: job")))?;
         Ok(schedule)
     }
 
@@ -159,14 +164,19 @@ impl ScheduleService for Schedules {
             updated_by: who.subject.clone(),
         };
         let detail = described(&schedule, r.paused, &who.subject);
-        let entry = Arc::new(tokio::sync::Mutex::new(Entry { schedule, record: record.clone() }));
+        let exists = || Status::already_exists(format!("schedule {:?} already exists in namespace {:?}", key.1, key.0));
+        // One the clock could not load (its stored spec no longer checks) is still there.
+        let stored = self.0.store.schedule(&key.0, &key.1).await.map_err(status::store)?;
+        if self.0.schedules.get(&key).is_none() && stored.is_some() {
+            return Err(self.0.refused(audit, exists()).await);
+        }
+        let entry = Arc::new(tokio::sync::Mutex::new(Entry { schedule, record: record.clone(), deleted: false }));
         let mut g = entry.clone().lock_owned().await;
         if !self.0.schedules.insert_new(key.clone(), entry) {
-            let status =
-                Status::already_exists(format!("schedule {:?} already exists in namespace {:?}", key.1, key.0));
-            return Err(self.0.refused(audit, status).await);
+            return Err(self.0.refused(audit, exists()).await);
         }
         if let Err(status) = self.change(&key, &mut g, record, schedule_event::CREATED, detail, audit).await {
+            g.deleted = true;
             self.0.schedules.remove(&key);
             return Err(status);
         }
@@ -186,13 +196,22 @@ impl ScheduleService for Schedules {
         let key = key_of(wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()))?;
         (audit.namespace, audit.target) = key.clone();
         self.require(&who, &audit, &key, Role::Write).await?;
-        let entry = self.entry(&key)?;
         let schedule = match self.checked(r.spec).await {
             Ok(s) => s,
             Err(status) => return Err(self.0.refused(audit, status).await),
         };
-        let mut g = entry.lock().await;
+        let mut g = match self.locked(&key).await {
+            Ok(g) => g,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
         let mut record = g.record.clone();
+        let old = &g.schedule.spec;
+        if (old.cron.as_str(), old.time_zone.as_str(), &old.start)
+            != (schedule.spec.cron.as_str(), schedule.spec.time_zone.as_str(), &schedule.spec.start)
+        {
+            // New times: slots are counted from now, not caught up from the old ones.
+            record.state.cursor_ms = record.state.cursor_ms.max(now_ms());
+        }
         record.spec = schedule.spec.clone();
         record.updated_ms = now_ms();
         record.updated_by = who.subject.clone();
@@ -233,11 +252,17 @@ impl ScheduleService for Schedules {
         let key = key_of(&r.namespace, &r.name)?;
         (audit.namespace, audit.target) = key.clone();
         self.require(&who, &audit, &key, Role::Write).await?;
-        let entry = match self.entry(&key) {
-            Ok(e) => e,
-            Err(status) => return Err(self.0.refused(audit, status).await),
+        // One the clock could not load (its stored spec no longer checks) can be deleted too.
+        let stored_only = self.0.schedules.get(&key).is_none()
+            && self.0.store.schedule(&key.0, &key.1).await.map_err(status::store)?.is_some();
+        let mut g = if stored_only {
+            None
+        } else {
+            match self.locked(&key).await {
+                Ok(g) => Some(g),
+                Err(status) => return Err(self.0.refused(audit, status).await),
+            }
         };
-        let _g = entry.lock().await;
         let message =
             schedule_message(schedule_event::DELETED, &key.0, &key.1, serde_json::json!({"by": who.subject}), now_ms());
         let commit = ScheduleCommit {
@@ -250,6 +275,9 @@ impl ScheduleService for Schedules {
             track: true,
         };
         self.0.scheduler.schedule(commit).await.map_err(status::sched)?;
+        if let Some(g) = g.as_mut() {
+            g.deleted = true;
+        }
         self.0.schedules.remove(&key);
         tracing::info!(namespace = %key.0, name = %key.1, by = %who.subject, "schedule deleted");
         Ok(Response::new(v1::DeleteScheduleResponse {}))
@@ -309,8 +337,7 @@ impl ScheduleService for Schedules {
         let key = key_of(&r.namespace, &r.name)?;
         (audit.namespace, audit.target) = key.clone();
         self.require(&who, &audit, &key, Role::Read).await?;
-        let entry = self.entry(&key)?;
-        let g = entry.lock().await;
+        let g = self.locked(&key).await?;
         Ok(Response::new(v1::DescribeScheduleResponse { schedule: Some(view(&g)) }))
     }
 
@@ -325,16 +352,16 @@ impl ScheduleService for Schedules {
         let key = key_of(&r.namespace, &r.name)?;
         (audit.namespace, audit.target) = key.clone();
         self.require(&who, &audit, &key, Role::Write).await?;
-        let entry = match self.entry(&key) {
-            Ok(e) => e,
+        let mut g = match self.locked(&key).await {
+            Ok(g) => g,
             Err(status) => return Err(self.0.refused(audit, status).await),
         };
-        let mut g = entry.lock().await;
         let now = now_ms();
         let slot = Slot::manual(now);
         let mut state = g.record.state.clone();
         state.running = clock::still_running(&self.0, &state.running).await;
-        let busy = !state.running.is_empty();
+        // Slots already waiting go first.
+        let busy = !state.running.is_empty() || !state.buffered.is_empty();
         let mut decisions = Vec::new();
         state.offer(&g.schedule, slot, busy, now, &mut decisions);
         let mut outcome = match decisions.last() {
@@ -376,10 +403,6 @@ impl ScheduleService for Schedules {
         let key = key_of(&r.namespace, &r.name)?;
         (audit.namespace, audit.target) = key.clone();
         self.require(&who, &audit, &key, Role::Write).await?;
-        let entry = match self.entry(&key) {
-            Ok(e) => e,
-            Err(status) => return Err(self.0.refused(audit, status).await),
-        };
         let now = now_ms();
         let range = match (&r.start, &r.end) {
             (Some(_), Some(e)) if convert::millis(e) > now => Err(invalid(format!(
@@ -389,7 +412,10 @@ impl ScheduleService for Schedules {
             (Some(s), Some(e)) => Ok((convert::millis(s), convert::millis(e))),
             _ => Err(invalid("a backfill needs start and end")),
         };
-        let mut g = entry.lock().await;
+        let g = match self.locked(&key).await {
+            Ok(g) => g,
+            Err(status) => return Err(self.0.refused(audit, status).await),
+        };
         let slots = match range.and_then(|(s, e)| {
             g.schedule.slots_between(s, e, self.0.config.schedule_max_backfill).map_err(invalid).map(|v| (s, e, v))
         }) {
@@ -398,31 +424,20 @@ impl ScheduleService for Schedules {
         };
         let (start, end, slots) = slots;
         // Each slot's job, or the one it already has.
-        let mut jobs: Vec<(Slot, Option<uuid::Uuid>, Option<weir_core::validate::ValidJob>)> = Vec::new();
+        let mut ids: Vec<(Slot, uuid::Uuid)> = Vec::new();
+        let mut fresh: Vec<(Slot, weir_core::validate::ValidJob)> = Vec::new();
         for t in &slots {
             let slot = Slot::scheduled(*t);
-            let spec = g.schedule.job_for(slot).map_err(invalid)?;
-            let found =
-                self.0.store.find_job(&spec.namespace, &spec.name, &spec.run_id).await.map_err(status::store)?;
-            match found {
-                Some(id) => jobs.push((slot, Some(id), None)),
-                None => {
-                    let valid = clock::prepare(&self.0, spec)
-                        .await
-                        .map_err(|e| invalid(format!("the job of slot {}: {e}", rfc3339(*t))))?;
-                    jobs.push((slot, None, Some(valid)));
+            match clock::job(&self.0, &g.schedule, slot).await {
+                Ok(clock::Prepared::Exists(id)) => ids.push((slot, id)),
+                Ok(clock::Prepared::New(job)) => fresh.push((slot, *job)),
+                Err(e) => {
+                    let status = e.status(&format!("the job of slot {}", rfc3339(*t)));
+                    return Err(self.0.refused(audit, status).await);
                 }
             }
         }
-        let existing = jobs.iter().filter(|j| j.1.is_some()).count();
-        let mut ids: Vec<(Slot, uuid::Uuid)> = jobs.iter().filter_map(|j| j.1.map(|id| (j.0, id))).collect();
-        let mut fresh: Vec<(Slot, weir_core::validate::ValidJob)> =
-            jobs.into_iter().filter_map(|(slot, _, v)| v.map(|v| (slot, v))).collect();
-        // The state learns how far backfills reach (the clock looks such slots up before
-        // firing them) in the first commit, before any of their jobs exists.
-        let mut record = g.record.clone();
-        record.state.backfilled_to_ms = record.state.backfilled_to_ms.max(slots.last().copied().unwrap_or(0));
-        let mut record = Some(record);
+        let existing = ids.len();
         let mut started = 0usize;
         let mut audit = Some(Box::new(audit));
         loop {
@@ -442,19 +457,17 @@ impl ScheduleService for Schedules {
             } else {
                 Vec::new()
             };
+            // The audit record goes with the last commit, which makes the backfill whole.
             let commit = ScheduleCommit {
-                record: record.take(),
+                record: None,
                 deleted: None,
                 starts: chunk,
                 cancels: Vec::new(),
                 messages,
-                audit: audit.take().filter(|_| last),
+                audit: if last { audit.take() } else { None },
                 track: false,
             };
             let done = self.0.scheduler.schedule(commit).await.map_err(status::sched)?;
-            if let Some(r) = done.record {
-                g.record = r;
-            }
             for (slot, id, created) in done.jobs {
                 started += usize::from(created);
                 ids.push((slot, id));
@@ -484,11 +497,10 @@ impl Schedules {
         let key = key_of(&namespace, &name)?;
         (audit.namespace, audit.target) = key.clone();
         self.require(&who, &audit, &key, Role::Write).await?;
-        let entry = match self.entry(&key) {
-            Ok(e) => e,
+        let mut g = match self.locked(&key).await {
+            Ok(g) => g,
             Err(status) => return Err(self.0.refused(audit, status).await),
         };
-        let mut g = entry.lock().await;
         let mut record = g.record.clone();
         record.state.set_paused(paused, note.clone(), now_ms());
         record.updated_ms = now_ms();

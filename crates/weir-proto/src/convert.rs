@@ -20,7 +20,7 @@ pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
 
 /// Epoch milliseconds from a wire timestamp.
 pub fn millis(ts: &prost_types::Timestamp) -> Millis {
-    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000)
 }
 
 /// A wire duration.
@@ -405,8 +405,8 @@ pub fn schedule_spec_from_wire(s: &v1::ScheduleSpec) -> Result<weir_core::schedu
         cron: s.cron.clone(),
         time_zone: s.time_zone.clone(),
         jitter: opt_duration("jitter", &s.jitter)?,
-        start: s.start.as_ref().map(|t| weir_core::events::rfc3339(millis(t))),
-        end: s.end.as_ref().map(|t| weir_core::events::rfc3339(millis(t))),
+        start: s.start.as_ref().map(|t| weir_core::schedule::format_time("start", millis(t))).transpose()?,
+        end: s.end.as_ref().map(|t| weir_core::schedule::format_time("end", millis(t))).transpose()?,
         overlap: overlap_from_wire(s.overlap)?,
         catchup_window: opt_duration("catchup_window", &s.catchup_window)?,
         job: spec_from_wire(job).map_err(|e| format!("job: {e}"))?,

@@ -139,6 +139,14 @@ pub fn parse_time(what: &str, text: &str) -> Result<Millis, String> {
         .map_err(|e| format!("{what} {text:?} is not an RFC 3339 time such as 2026-03-01T00:00:00Z: {e}"))
 }
 
+/// Milliseconds as an RFC 3339 time in UTC; the error names `what` when the time is out of
+/// range (before year -9999 or after 9999).
+pub fn format_time(what: &str, ms: Millis) -> Result<String, String> {
+    Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .map_err(|_| format!("{what} is out of range (years -9999 to 9999)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

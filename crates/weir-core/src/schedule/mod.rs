@@ -39,7 +39,7 @@ use crate::spec::JobSpec;
 use crate::validate::{check_name, DEFAULT_NAMESPACE};
 use crate::Millis;
 
-pub use cadence::{parse_time, Cadence};
+pub use cadence::{format_time, parse_time, Cadence};
 
 /// Label set on every job a schedule starts: the schedule's name.
 pub const LABEL_SCHEDULE: &str = "weir.schedule";
@@ -378,7 +378,7 @@ fn fill(v: &Value, vars: &dyn Fn(&str) -> Option<String>) -> Result<Value, Strin
 }
 
 /// One slot: a time the cron expression names, or the moment a user triggered a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Slot {
     pub time_ms: Millis,
     /// Triggered by hand ("trigger now"), not named by the cron expression.
@@ -452,10 +452,6 @@ pub struct ScheduleState {
     pub missed: u64,
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub recent: VecDeque<RecentRun>,
-    /// The latest slot a backfill covered: a scheduled slot up to it may already have its
-    /// job (the master looks it up before starting one).
-    #[serde(default)]
-    pub backfilled_to_ms: Millis,
 }
 
 /// What to do about the slots due now, in order.
@@ -478,7 +474,7 @@ pub mod skip {
     pub const RUNNING: &str = "a run of this schedule was still going (overlap: skip)";
     pub const ONE_WAITING: &str = "a slot was already waiting (overlap: buffer_one)";
     pub const BUFFER_FULL: &str = "the buffer of waiting slots was full (overlap: buffer_all)";
-    pub const REPLACED: &str = "a newer slot replaced it (overlap: cancel_other)";
+    pub const REPLACED: &str = "a newer slot replaced it (overlap: cancel_other or terminate_other)";
 }
 
 impl ScheduleState {
@@ -504,8 +500,9 @@ impl ScheduleState {
         if self.paused {
             return out;
         }
-        let mut busy = busy;
+        // Missed slots are the oldest: they come first, then the slots on time.
         let mut missed: Option<(Millis, Millis, u64)> = None;
+        let mut on_time = Vec::new();
         for _ in 0..MAX_SLOTS_PER_CALL {
             let Some(slot) = s.next_slot(self.cursor_ms) else { break };
             if s.fire_ms(slot) > now {
@@ -517,18 +514,26 @@ impl ScheduleState {
                     Some((first, _, n)) => (first, slot, n + 1),
                     None => (slot, slot, 1),
                 });
-                continue;
+            } else {
+                on_time.push(Slot::scheduled(slot));
             }
-            if let Some((first_ms, last_ms, count)) = missed.take() {
-                self.missed += count;
-                out.push(Decision::Missed { first_ms, last_ms, count });
-            }
-            self.offer(s, Slot::scheduled(slot), busy, now, &mut out);
-            busy = busy || matches!(out.last(), Some(Decision::Start(_)));
         }
         if let Some((first_ms, last_ms, count)) = missed {
             self.missed += count;
             out.push(Decision::Missed { first_ms, last_ms, count });
+        }
+        // Under cancel_other and terminate_other only the newest of several slots due at
+        // once runs (each would cancel the one before it).
+        if matches!(s.spec.overlap, Overlap::CancelOther | Overlap::TerminateOther) && on_time.len() > 1 {
+            let newest = on_time.split_off(on_time.len() - 1);
+            for older in std::mem::replace(&mut on_time, newest) {
+                self.skip(older, skip::REPLACED, now, &mut out);
+            }
+        }
+        let mut busy = busy;
+        for slot in on_time {
+            self.offer(s, slot, busy, now, &mut out);
+            busy = busy || matches!(out.last(), Some(Decision::Start(_)));
         }
         out
     }

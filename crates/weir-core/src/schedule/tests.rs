@@ -291,3 +291,21 @@ fn recent_runs_stay_bounded_and_a_started_buffered_slot_is_one_entry() {
     let state: ScheduleState = serde_json::from_value(serde_json::to_value(&st).expect("json")).expect("back");
     assert_eq!(state, st, "the state survives the store");
 }
+
+#[test]
+fn catch_up_under_cancel_or_terminate_runs_only_the_newest_slot() {
+    for overlap in [Overlap::CancelOther, Overlap::TerminateOther] {
+        let s = hourly(overlap);
+        let mut st = ScheduleState::new(ms("2026-06-01T10:20:00Z"), false, String::new());
+        let d = st.due(&s, ms("2026-06-01T13:05:00Z"), false);
+        assert_eq!(
+            d,
+            vec![
+                Decision::Skip(Slot::scheduled(ms("2026-06-01T11:00:00Z")), skip::REPLACED),
+                Decision::Skip(Slot::scheduled(ms("2026-06-01T12:00:00Z")), skip::REPLACED),
+                Decision::Start(Slot::scheduled(ms("2026-06-01T13:00:00Z"))),
+            ],
+            "{overlap:?}"
+        );
+    }
+}
