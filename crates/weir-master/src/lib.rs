@@ -219,6 +219,7 @@ pub async fn serve_with_store(
     }
     side.push(tokio::spawn(workers::sweep(shared.clone(), side_cancel.clone())));
     side.push(tokio::spawn(clock::run(shared.clone(), side_cancel.clone())));
+    side.push(tokio::spawn(retention::statistics(store.clone(), side_cancel.clone())));
     let (purge_shared, c, stop) = (shared.clone(), side_cancel.clone(), cancel.clone());
     side.push(tokio::spawn(async move {
         if let Err(e) = retention::run(purge_shared, retention, epoch, c).await {

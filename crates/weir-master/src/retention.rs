@@ -115,3 +115,24 @@ async fn sweep(
     }
     Ok(())
 }
+
+/// How often the store is asked whether its planner statistics need refreshing.
+const STATISTICS_EVERY: Duration = Duration::from_secs(1);
+
+/// While this master leads: keeps the store's planner statistics current where the
+/// database does not ([`weir_store::Store::refresh_statistics`]; an `ANALYZE` only once
+/// enough jobs came in since the last one).
+pub(crate) async fn statistics(store: Arc<dyn weir_store::Store>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(STATISTICS_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        match store.refresh_statistics().await {
+            Ok(true) => tracing::debug!("planner statistics refreshed"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the planner statistics"),
+        }
+    }
+}

@@ -301,7 +301,13 @@ struct Scheduler {
     deferred: Vec<Command>,
     /// When the store was last asked for parked jobs past their deadline.
     overdue_seen: Millis,
+    /// After a failed page read: when to try again, and the wait that led there (doubling
+    /// to [`PAGE_RETRY_MAX_MS`], so a store that is down is not asked every 5 ms).
+    page_retry: (Millis, Millis),
 }
+
+/// Longest wait between page reads while the store fails them.
+const PAGE_RETRY_MAX_MS: Millis = 5_000;
 
 /// Committed event batches the live feed keeps for slow watchers. The feed holds the
 /// last this many batches until they are overwritten, so it is memory a drain leaves behind
@@ -339,6 +345,7 @@ pub async fn run(
         purging: Default::default(),
         deferred: Vec::new(),
         overdue_seen: 0,
+        page_retry: (0, 0),
     };
     let mut rx = inbox.0;
     let mut batch: Vec<Command> = Vec::with_capacity(max_batch);
@@ -492,11 +499,12 @@ impl Scheduler {
     }
 
     fn next_wake(&self) -> Duration {
-        if self.engine.page_wanted().is_some() {
-            // Room for parked jobs: read the next page soon.
-            return Duration::from_millis(5);
-        }
         let now = now_ms();
+        if self.engine.page_wanted().is_some() {
+            // Room for parked jobs: read the next page soon (later after a failed read).
+            let wait = (self.page_retry.0 - now).max(5);
+            return Duration::from_millis(u64::try_from(wait).unwrap_or(5));
+        }
         let waiter = self.waiters.values().flat_map(|q| q.iter().map(|w| w.deadline)).min();
         let at = [self.engine.next_deadline(), waiter].into_iter().flatten().min();
         match at {
@@ -547,10 +555,21 @@ impl Scheduler {
             // Jobs read back past their deadline time out in this commit.
             self.engine.tick(now);
         }
+        if now < self.page_retry.0 {
+            return;
+        }
         match crate::paging::page(&mut self.engine, store.as_ref()).await {
-            Ok(true) => self.serve_waiters(now, waiting),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read parked jobs back"),
+            Ok(read) => {
+                self.page_retry = (0, 0);
+                if read {
+                    self.serve_waiters(now, waiting);
+                }
+            }
+            Err(e) => {
+                let wait = (self.page_retry.1 * 2).clamp(100, PAGE_RETRY_MAX_MS);
+                self.page_retry = (now + wait, wait);
+                tracing::warn!(error = %e, retry_in_ms = wait, "cannot read parked jobs back");
+            }
         }
     }
 

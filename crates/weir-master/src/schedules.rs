@@ -67,6 +67,32 @@ impl Schedules {
         Err(Status::not_found(format!("schedule {:?} not found in namespace {namespace:?}", key.1)))
     }
 
+    /// The start of every call on one schedule: this master leads, the caller and the audit
+    /// record of `action`, the schedule's key — once the caller holds `role` on its namespace.
+    async fn admit<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+        (namespace, name): (&str, &str),
+        role: Role,
+    ) -> Result<(Principal, AuditRecord, Key), Status> {
+        self.0.check_ready()?;
+        let who = caller(req);
+        let mut audit = crate::jobs::record(req, &who, action);
+        let key = key_of(namespace, name)?;
+        (audit.namespace, audit.target) = key.clone();
+        self.require(&who, &audit, &key, role).await?;
+        Ok((who, audit, key))
+    }
+
+    /// [`Self::locked`], a refusal audited.
+    async fn locked_for(&self, key: &Key, audit: &AuditRecord) -> Result<tokio::sync::OwnedMutexGuard<Entry>, Status> {
+        match self.locked(key).await {
+            Ok(g) => Ok(g),
+            Err(status) => Err(self.0.refused(audit.clone(), status).await),
+        }
+    }
+
     /// The schedule's entry, locked — not found if it is gone (or was deleted while this
     /// call waited for it).
     async fn locked(&self, key: &Key) -> Result<tokio::sync::OwnedMutexGuard<Entry>, Status> {
@@ -136,14 +162,10 @@ impl ScheduleService for Schedules {
         &self,
         req: Request<v1::CreateScheduleRequest>,
     ) -> Result<Response<v1::CreateScheduleResponse>, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, "CreateSchedule");
+        let wire = req.get_ref().spec.as_ref();
+        let named = (wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()));
+        let (who, audit, key) = self.admit(&req, "CreateSchedule", named, Role::Write).await?;
         let r = req.into_inner();
-        let wire = r.spec.as_ref();
-        let key = key_of(wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()))?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Write).await?;
         let schedule = match self.checked(r.spec).await {
             Ok(s) => s,
             Err(status) => return Err(self.0.refused(audit, status).await),
@@ -188,22 +210,15 @@ impl ScheduleService for Schedules {
         &self,
         req: Request<v1::UpdateScheduleRequest>,
     ) -> Result<Response<v1::UpdateScheduleResponse>, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, "UpdateSchedule");
+        let wire = req.get_ref().spec.as_ref();
+        let named = (wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()));
+        let (who, audit, key) = self.admit(&req, "UpdateSchedule", named, Role::Write).await?;
         let r = req.into_inner();
-        let wire = r.spec.as_ref();
-        let key = key_of(wire.map_or("", |s| s.namespace.as_str()), wire.map_or("", |s| s.name.as_str()))?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Write).await?;
         let schedule = match self.checked(r.spec).await {
             Ok(s) => s,
             Err(status) => return Err(self.0.refused(audit, status).await),
         };
-        let mut g = match self.locked(&key).await {
-            Ok(g) => g,
-            Err(status) => return Err(self.0.refused(audit, status).await),
-        };
+        let mut g = self.locked_for(&key, &audit).await?;
         let mut record = g.record.clone();
         let old = &g.schedule.spec;
         if (old.cron.as_str(), old.time_zone.as_str(), &old.start)
@@ -245,24 +260,12 @@ impl ScheduleService for Schedules {
         &self,
         req: Request<v1::DeleteScheduleRequest>,
     ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, "DeleteSchedule");
-        let r = req.into_inner();
-        let key = key_of(&r.namespace, &r.name)?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Write).await?;
+        let named = (req.get_ref().namespace.as_str(), req.get_ref().name.as_str());
+        let (who, audit, key) = self.admit(&req, "DeleteSchedule", named, Role::Write).await?;
         // One the clock could not load (its stored spec no longer checks) can be deleted too.
         let stored_only = self.0.schedules.get(&key).is_none()
             && self.0.store.schedule(&key.0, &key.1).await.map_err(status::store)?.is_some();
-        let mut g = if stored_only {
-            None
-        } else {
-            match self.locked(&key).await {
-                Ok(g) => Some(g),
-                Err(status) => return Err(self.0.refused(audit, status).await),
-            }
-        };
+        let mut g = if stored_only { None } else { Some(self.locked_for(&key, &audit).await?) };
         let message =
             schedule_message(schedule_event::DELETED, &key.0, &key.1, serde_json::json!({"by": who.subject}), now_ms());
         let commit = ScheduleCommit {
@@ -330,13 +333,8 @@ impl ScheduleService for Schedules {
         &self,
         req: Request<v1::DescribeScheduleRequest>,
     ) -> Result<Response<v1::DescribeScheduleResponse>, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, "DescribeSchedule");
-        let r = req.into_inner();
-        let key = key_of(&r.namespace, &r.name)?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Read).await?;
+        let named = (req.get_ref().namespace.as_str(), req.get_ref().name.as_str());
+        let (_, _, key) = self.admit(&req, "DescribeSchedule", named, Role::Read).await?;
         let g = self.locked(&key).await?;
         Ok(Response::new(v1::DescribeScheduleResponse { schedule: Some(view(&g)) }))
     }
@@ -345,17 +343,9 @@ impl ScheduleService for Schedules {
         &self,
         req: Request<v1::TriggerScheduleRequest>,
     ) -> Result<Response<v1::TriggerScheduleResponse>, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, "TriggerSchedule");
-        let r = req.into_inner();
-        let key = key_of(&r.namespace, &r.name)?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Write).await?;
-        let mut g = match self.locked(&key).await {
-            Ok(g) => g,
-            Err(status) => return Err(self.0.refused(audit, status).await),
-        };
+        let named = (req.get_ref().namespace.as_str(), req.get_ref().name.as_str());
+        let (who, audit, key) = self.admit(&req, "TriggerSchedule", named, Role::Write).await?;
+        let mut g = self.locked_for(&key, &audit).await?;
         let now = now_ms();
         let slot = Slot::manual(now);
         let mut state = g.record.state.clone();
@@ -396,13 +386,9 @@ impl ScheduleService for Schedules {
         &self,
         req: Request<v1::BackfillScheduleRequest>,
     ) -> Result<Response<v1::BackfillScheduleResponse>, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, "BackfillSchedule");
+        let named = (req.get_ref().namespace.as_str(), req.get_ref().name.as_str());
+        let (who, audit, key) = self.admit(&req, "BackfillSchedule", named, Role::Write).await?;
         let r = req.into_inner();
-        let key = key_of(&r.namespace, &r.name)?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Write).await?;
         let now = now_ms();
         let range = match (&r.start, &r.end) {
             (Some(_), Some(e)) if convert::millis(e) > now => Err(invalid(format!(
@@ -412,10 +398,7 @@ impl ScheduleService for Schedules {
             (Some(s), Some(e)) => Ok((convert::millis(s), convert::millis(e))),
             _ => Err(invalid("a backfill needs start and end")),
         };
-        let g = match self.locked(&key).await {
-            Ok(g) => g,
-            Err(status) => return Err(self.0.refused(audit, status).await),
-        };
+        let g = self.locked_for(&key, &audit).await?;
         let slots = match range.and_then(|(s, e)| {
             g.schedule.slots_between(s, e, self.0.config.schedule_max_backfill).map_err(invalid).map(|v| (s, e, v))
         }) {
@@ -490,17 +473,11 @@ impl ScheduleService for Schedules {
 
 impl Schedules {
     async fn set_paused(&self, req: Request<(String, String, String)>, paused: bool) -> Result<v1::Schedule, Status> {
-        self.0.check_ready()?;
-        let who = caller(&req);
-        let mut audit = crate::jobs::record(&req, &who, if paused { "PauseSchedule" } else { "UnpauseSchedule" });
-        let (namespace, name, note) = req.into_inner();
-        let key = key_of(&namespace, &name)?;
-        (audit.namespace, audit.target) = key.clone();
-        self.require(&who, &audit, &key, Role::Write).await?;
-        let mut g = match self.locked(&key).await {
-            Ok(g) => g,
-            Err(status) => return Err(self.0.refused(audit, status).await),
-        };
+        let action = if paused { "PauseSchedule" } else { "UnpauseSchedule" };
+        let named = (req.get_ref().0.as_str(), req.get_ref().1.as_str());
+        let (who, audit, key) = self.admit(&req, action, named, Role::Write).await?;
+        let (_, _, note) = req.into_inner();
+        let mut g = self.locked_for(&key, &audit).await?;
         let mut record = g.record.clone();
         record.state.set_paused(paused, note.clone(), now_ms());
         record.updated_ms = now_ms();

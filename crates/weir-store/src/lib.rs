@@ -333,6 +333,13 @@ pub trait Store: Send + Sync + 'static {
     /// blocks writes) of the purged tables. Returns whether it ran one.
     async fn reclaim(&self) -> Result<bool, StoreError>;
 
+    /// Keeps the planner's statistics current where the database would not on its own
+    /// (PostgreSQL with autovacuum off): `ANALYZE` of the jobs, tasks and schedules once
+    /// enough jobs and schedules were written since the last one (autovacuum's threshold). Without it a
+    /// table that grew from empty is planned as empty, and a key lookup (a submission's run
+    /// id) scans every job of its namespace. Returns whether it ran one.
+    async fn refresh_statistics(&self) -> Result<bool, StoreError>;
+
     /// The named connections of `namespace` (every namespace's for `""`), by namespace and
     /// name (written by [`Store::commit`]).
     async fn connections(

@@ -813,3 +813,38 @@ async fn postgres_second_master_waits_for_the_first() {
     assert_eq!(e2, e1 + 1);
     schema.drop().await.expect("drop");
 }
+
+/// PostgreSQL only: a store that grew from empty keeps its key lookups on the unique index.
+/// With autovacuum off (as on this project's test machines) the store runs the ANALYZE;
+/// without statistics the planner takes the namespace's newest-first index for a run-id
+/// lookup and reads every job of the namespace.
+#[tokio::test]
+async fn postgres_run_id_lookups_stay_on_the_unique_index_as_the_store_grows() {
+    let schema = TestSchema::create().await.expect("schema");
+    let store = weir_store::open(&schema.url).await.expect("open");
+    let pool = sqlx::PgPool::connect(&schema.url).await.expect("pool");
+    let autovacuum: String =
+        sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(&pool).await.expect("setting");
+    let mut rig = Rig::new(store.clone()).await;
+    for i in 0..200 {
+        let mut s = spec("bench", &format!("s{i}"), &[], vec![step("a", &[])]);
+        s.run_id = format!("s{i}.20260101T000000Z");
+        rig.engine.submit(validate(s).expect("valid"), i);
+    }
+    rig.commit(200).await;
+    let ran = store.refresh_statistics().await.expect("refresh");
+    assert_eq!(ran, autovacuum == "off", "an ANALYZE exactly when the server does not run its own");
+    assert!(!store.refresh_statistics().await.expect("again"), "not again before enough new jobs");
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM weir_jobs WHERE namespace = 'bench' AND name = 's7' AND run_id = 's7.20260101T000000Z'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("explain");
+    assert!(plan.iter().any(|l| l.contains("weir_jobs_namespace_name_run_id_key")), "{plan:?}");
+    assert!(store.find_job("bench", "s7", "s7.20260101T000000Z").await.expect("find").is_some());
+    pool.close().await;
+    drop(rig);
+    drop(store);
+    schema.drop().await.expect("drop");
+}

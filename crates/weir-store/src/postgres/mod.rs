@@ -41,12 +41,19 @@ const MIGRATE_LOCK: i32 = 0x7765_6973;
 /// ids commit in order and the relay, which reads `id > position`, skips none.
 const MESSAGES_LOCK: i64 = 0x7765_6974;
 
+/// `PgStore::analyzed_at` when the server keeps its statistics itself.
+const AUTOVACUUM_ON: u64 = u64::MAX - 1;
+
 /// PostgreSQL-backed [`Store`].
 pub struct PgStore {
     pool: PgPool,
     options: PgConnectOptions,
     /// The session that holds the leader lock, kept open for as long as we lead.
     leader: Mutex<Option<PgConnection>>,
+    /// Jobs and schedules this store wrote, and how many it had written at its last
+    /// ANALYZE, for [`Store::refresh_statistics`].
+    inserted_jobs: std::sync::atomic::AtomicU64,
+    analyzed_at: std::sync::atomic::AtomicU64,
 }
 
 impl PgStore {
@@ -63,7 +70,13 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        let store = PgStore { pool, options, leader: Mutex::new(None) };
+        let store = PgStore {
+            pool,
+            options,
+            leader: Mutex::new(None),
+            inserted_jobs: Default::default(),
+            analyzed_at: std::sync::atomic::AtomicU64::new(0),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -177,6 +190,9 @@ impl Store for PgStore {
         if c.is_empty() {
             return Ok(());
         }
+        // Counted before the commit lands (a failed one only brings an ANALYZE forward).
+        let written = c.new_jobs.len() + c.schedules.len();
+        self.inserted_jobs.fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
         // The engine's records (jobs, tasks, events) go in one statement: on the hot path
         // (a chain's next step, a drain) that is the whole commit, one round trip.
         if c.messages.is_empty()
@@ -560,6 +576,29 @@ impl Store for PgStore {
 
     async fn reclaim(&self) -> Result<bool, StoreError> {
         retention::reclaim(&self.pool).await
+    }
+
+    async fn refresh_statistics(&self) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (inserted, last) = (self.inserted_jobs.load(Relaxed), self.analyzed_at.load(Relaxed));
+        if last == AUTOVACUUM_ON {
+            return Ok(false);
+        }
+        // Autovacuum's own threshold: 50 rows and a tenth of the table (here: of the rows
+        // written by the time of the last ANALYZE). Not before: an empty table analyzed is
+        // planned as empty while it grows.
+        if inserted.saturating_sub(last) < 50 + last / 10 {
+            return Ok(false);
+        }
+        let autovacuum: String =
+            sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(&self.pool).await?;
+        if autovacuum == "on" {
+            self.analyzed_at.store(AUTOVACUUM_ON, Relaxed);
+            return Ok(false);
+        }
+        sqlx::query("ANALYZE weir_jobs, weir_tasks, weir_schedules").execute(&self.pool).await?;
+        self.analyzed_at.store(inserted, Relaxed);
+        Ok(true)
     }
 
     async fn connections(

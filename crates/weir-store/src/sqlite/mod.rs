@@ -609,6 +609,12 @@ impl Store for SqliteStore {
         Ok(false)
     }
 
+    async fn refresh_statistics(&self) -> Result<bool, StoreError> {
+        // SQLite's planner takes a unique index for equality on all its columns without
+        // statistics.
+        Ok(false)
+    }
+
     async fn connections(
         &self,
         namespace: &str,
