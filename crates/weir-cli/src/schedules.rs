@@ -75,7 +75,7 @@ pub enum SchedulesCommand {
 
 fn wire_spec(file: &std::path::Path) -> anyhow::Result<v1::ScheduleSpec> {
     let spec: ScheduleSpec = read_yaml(file, "a valid schedule spec")?;
-    Ok(convert::schedule_spec_to_wire(&spec))
+    convert::schedule_spec_to_wire(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 impl Client {

@@ -22,6 +22,7 @@
 //! - [`audit`]: audit records of mutating and refused calls.
 //! - [`events`]: the event catalogue: topics, keys, the CloudEvents envelope.
 //! - [`text`]: text cut short for messages.
+//! - [`json`]: one walk over JSON values that fills placeholders in their strings.
 //! - [`trace`]: W3C trace context carried from a submission into every event.
 //! - [`trigger`]: rules that turn an incoming event into a job.
 //! - [`schedule`]: cron schedules in a time zone, their slots' jobs, overlap and catch-up.
@@ -41,6 +42,7 @@ pub mod duration;
 pub mod engine;
 pub mod events;
 pub mod files;
+pub mod json;
 pub mod model;
 pub mod quota;
 pub mod retention;

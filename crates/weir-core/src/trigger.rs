@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::events::CloudEvent;
@@ -163,30 +163,19 @@ fn attribute(e: &CloudEvent, path: &str) -> Result<Value, String> {
 }
 
 fn substitute(v: &Value, e: &CloudEvent) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => match s.strip_prefix('$') {
-            Some(path) if !path.is_empty() && !path.starts_with('$') => {
-                let found = attribute(e, path)?;
-                // What an event carries is data, never a reference to a namespace's
-                // connection (whoever can publish an event is not its admin).
-                if crate::connection::mentions(&found) {
-                    return Err(format!("${path} names a connection ({}); an event may not", crate::connection::KEY));
-                }
-                found
+    crate::json::map_strings(v, &|s| match s.strip_prefix('$') {
+        Some(path) if !path.is_empty() && !path.starts_with('$') => {
+            let found = attribute(e, path)?;
+            // What an event carries is data, never a reference to a namespace's
+            // connection (whoever can publish an event is not its admin).
+            if crate::connection::mentions(&found) {
+                return Err(format!("${path} names a connection ({}); an event may not", crate::connection::KEY));
             }
-            // "$$x" is a literal "$x".
-            Some(path) if path.starts_with('$') => Value::String(path.to_string()),
-            _ => v.clone(),
-        },
-        Value::Array(a) => Value::Array(a.iter().map(|x| substitute(x, e)).collect::<Result<_, _>>()?),
-        Value::Object(o) => {
-            let mut m = Map::new();
-            for (k, x) in o {
-                m.insert(k.clone(), substitute(x, e)?);
-            }
-            Value::Object(m)
+            Ok(Some(found))
         }
-        _ => v.clone(),
+        // "$$x" is a literal "$x".
+        Some(path) if path.starts_with('$') => Ok(Some(Value::String(path.to_string()))),
+        _ => Ok(None),
     })
 }
 

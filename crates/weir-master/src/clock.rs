@@ -43,8 +43,6 @@ pub(crate) struct Entry {
 const CONCURRENT_FIRES: usize = 1024;
 /// How often schedules with waiting slots look at their runs again without being woken.
 const WAITING_RECHECK: Duration = Duration::from_secs(5);
-/// After cancelling runs with a slot waiting, the schedule looks again this much later.
-const CANCELLED_RECHECK_MS: Millis = 100;
 /// After a failed commit, the schedule tries again this much later.
 const RETRY_MS: Millis = 1_000;
 
@@ -58,6 +56,9 @@ pub(crate) struct Book {
     timer: std::sync::Mutex<Timer>,
     /// Runs of schedules with waiting slots: their end wakes the schedule.
     watching: std::sync::Mutex<HashMap<Uuid, Key>>,
+    /// Stored schedules whose spec no longer checks: not fired, but their names are taken
+    /// (and they can be deleted).
+    unloaded: std::sync::Mutex<std::collections::HashSet<Key>>,
     wake: Notify,
 }
 
@@ -73,6 +74,9 @@ impl Book {
         let mut entries = lock(&self.entries);
         entries.clear();
         *lock(&self.timer) = Default::default();
+        lock(&self.watching).clear();
+        let mut unloaded = lock(&self.unloaded);
+        unloaded.clear();
         for r in records {
             let key = (r.spec.namespace.clone(), r.spec.name.clone());
             match Schedule::new(r.spec.clone()) {
@@ -85,7 +89,8 @@ impl Book {
                     self.arm(&key, if waiting { Some(0) } else { next });
                 }
                 Err(e) => {
-                    tracing::error!(namespace = %key.0, name = %key.1, error = %e, "stored schedule not valid; not fired")
+                    tracing::error!(namespace = %key.0, name = %key.1, error = %e, "stored schedule not valid; not fired");
+                    unloaded.insert(key);
                 }
             }
         }
@@ -95,26 +100,33 @@ impl Book {
         lock(&self.entries).get(key).cloned()
     }
 
-    /// Adds an entry unless one of that name exists; returns whether it did.
+    /// Adds an entry unless the name is taken (by an entry or a stored schedule that did
+    /// not load); returns whether it did.
     pub fn insert_new(&self, key: Key, entry: Arc<tokio::sync::Mutex<Entry>>) -> bool {
         let mut entries = lock(&self.entries);
-        if entries.contains_key(&key) {
+        if entries.contains_key(&key) || lock(&self.unloaded).contains(&key) {
             return false;
         }
         entries.insert(key, entry);
         true
     }
 
+    /// Whether `key` names a stored schedule that did not load.
+    pub fn is_unloaded(&self, key: &Key) -> bool {
+        lock(&self.unloaded).contains(key)
+    }
+
     pub fn remove(&self, key: &Key) {
         lock(&self.entries).remove(key);
+        lock(&self.unloaded).remove(key);
         lock(&self.watching).retain(|_, k| k != key);
         self.arm(key, None);
     }
 
-    /// Every entry of `namespace` (every namespace for `None`), by namespace and name.
-    pub fn list(&self, namespace: Option<&str>) -> Vec<Arc<tokio::sync::Mutex<Entry>>> {
+    /// Every entry of the namespaces `shown` keeps, by namespace and name.
+    pub fn list(&self, shown: impl Fn(&str) -> bool) -> Vec<Arc<tokio::sync::Mutex<Entry>>> {
         let entries = lock(&self.entries);
-        let mut keys: Vec<&Key> = entries.keys().filter(|k| namespace.is_none_or(|n| k.0 == n)).collect();
+        let mut keys: Vec<&Key> = entries.keys().filter(|k| shown(&k.0)).collect();
         keys.sort();
         keys.into_iter().filter_map(|k| entries.get(k).cloned()).collect()
     }
@@ -256,15 +268,10 @@ pub(crate) async fn fire(shared: &Shared, key: &Key) {
         shared.schedules.arm(key, next);
         return;
     }
-    let cancels = decisions.iter().any(|d| matches!(d, Decision::Cancel(_)));
     let mut record = g.record.clone();
     record.state = state;
     let result = commit(shared, &g.schedule, record, decisions, Vec::new(), None).await;
     settle(shared, key, &mut g, result).await;
-    if cancels && !g.record.state.buffered.is_empty() {
-        // The runs it cancelled may have ended before the clock watched them.
-        shared.schedules.arm(key, Some(now_ms() + CANCELLED_RECHECK_MS));
-    }
 }
 
 /// After a commit: the entry takes the record as written (or, if the commit failed, as the
@@ -405,15 +412,28 @@ pub(crate) async fn commit(
             }
         }
     }
-    for (slot, id) in &found {
-        record.state.started(*slot, *id, now);
-        messages.push(event(
-            schedule_event::STARTED,
-            serde_json::json!({"slot": rfc3339(slot.time_ms), "manual": slot.manual, "job_id": id, "created": false}),
-        ));
+    let key = (ns.to_string(), name.to_string());
+    for (slot, id) in found {
+        record.state.started(slot, id, now);
+        messages.push(started_message(&key, slot, id, &schedule.run_id(slot), false, now));
     }
-    let commit = ScheduleCommit { record: Some(record), deleted: None, starts, cancels, messages, audit, track: true };
+    let commit = ScheduleCommit { key, record: Some(record), delete: false, starts, cancels, messages, audit };
     shared.scheduler.schedule(commit).await.map_err(crate::status::sched)
+}
+
+/// The event of a slot's job started (`created`: new, not found again by its run id).
+pub(crate) fn started_message(
+    key: &Key,
+    slot: Slot,
+    job: Uuid,
+    run_id: &str,
+    created: bool,
+    now: Millis,
+) -> OutboxMessage {
+    let detail = serde_json::json!({
+        "slot": rfc3339(slot.time_ms), "manual": slot.manual, "job_id": job, "run_id": run_id, "created": created,
+    });
+    schedule_message(schedule_event::STARTED, &key.0, &key.1, detail, now)
 }
 
 fn slot_detail(slot: Slot, reason: &str) -> serde_json::Value {

@@ -29,8 +29,6 @@ use weir_core::Millis;
 use weir_store::{Store, StoreError};
 
 use crate::now_ms;
-use weir_core::events::schedule_event::STARTED;
-use weir_core::schedule::LABEL_SCHEDULE;
 
 /// Why a command got no result.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -114,15 +112,16 @@ pub(crate) type Audit = Option<Box<AuditRecord>>;
 /// start, the runs are cancelled, and the schedule is written with the started jobs in its
 /// state — so a slot is handled exactly once, whatever crashes when.
 pub(crate) struct ScheduleCommit {
+    /// The schedule's namespace and name.
+    pub key: (String, String),
     /// The schedule's record after the decisions (its `running` list is completed here
-    /// with the jobs started); `None` deletes `deleted`.
+    /// with the jobs started, and rid of the runs cancelled here that ended); `None`
+    /// leaves the record as it is (a backfill's jobs are not its runs) or, with `delete`,
+    /// deletes it.
     pub record: Option<weir_core::schedule::ScheduleRecord>,
-    pub deleted: Option<(String, String)>,
+    pub delete: bool,
     /// Jobs to start, each for its slot.
     pub starts: Vec<(weir_core::schedule::Slot, ValidJob)>,
-    /// Whether the started jobs are the schedule's runs (its overlap policy watches them);
-    /// a backfill's are not.
-    pub track: bool,
     /// Runs to cancel, with the reason.
     pub cancels: Vec<(Uuid, String)>,
     pub messages: Vec<OutboxMessage>,
@@ -679,39 +678,36 @@ impl Scheduler {
             }
             Command::Schedule(commit, reply) => {
                 let c = *commit;
+                let mut record = c.record;
                 for (id, why) in &c.cancels {
                     // A run that already ended (or left memory) has nothing to cancel.
                     if let Err(err) = e.cancel(*id, why, now) {
                         tracing::debug!(job_id = %id, error = %err, "schedule: run not cancelled");
                     }
+                    // One the cancel ended (nothing of it was running) is no longer a run:
+                    // a slot waiting behind it starts without waiting for an event.
+                    if e.job(*id).is_some_and(|j| j.state.is_terminal()) {
+                        if let Some(r) = record.as_mut() {
+                            r.state.running.retain(|run| run != id);
+                        }
+                    }
                 }
-                let mut record = c.record;
                 let mut jobs = Vec::with_capacity(c.starts.len());
                 for (slot, job) in c.starts {
                     let run_id = job.spec.run_id.clone();
-                    let (namespace, schedule) =
-                        (job.spec.namespace.clone(), job.spec.labels.get(LABEL_SCHEDULE).cloned());
                     let (id, created) = e.submit(job, now);
-                    if let Some(r) = record.as_mut().filter(|_| c.track) {
+                    if let Some(r) = record.as_mut() {
                         r.state.started(slot, id, now);
                     }
-                    let detail = serde_json::json!({
-                        "slot": weir_core::events::rfc3339(slot.time_ms),
-                        "manual": slot.manual,
-                        "job_id": id,
-                        "run_id": run_id,
-                        "created": created,
-                    });
-                    let name = schedule.unwrap_or_default();
-                    self.messages.push(weir_core::events::schedule_message(STARTED, &namespace, &name, detail, now));
+                    self.messages.push(crate::clock::started_message(&c.key, slot, id, &run_id, created, now));
                     jobs.push((slot, id, created));
                 }
-                match (&record, c.deleted) {
-                    (Some(r), _) => self.schedules.push(weir_core::schedule::ScheduleChange::Put(Box::new(r.clone()))),
-                    (None, Some((namespace, name))) => {
-                        self.schedules.push(weir_core::schedule::ScheduleChange::Delete { namespace, name })
-                    }
-                    (None, None) => {}
+                match &record {
+                    Some(r) => self.schedules.push(weir_core::schedule::ScheduleChange::Put(Box::new(r.clone()))),
+                    None if c.delete => self
+                        .schedules
+                        .push(weir_core::schedule::ScheduleChange::Delete { namespace: c.key.0, name: c.key.1 }),
+                    None => {}
                 }
                 self.messages.extend(c.messages);
                 self.note(c.audit, &Ok(()), None);

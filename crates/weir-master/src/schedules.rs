@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use weir_auth::{Principal, Role, Scope};
 use weir_core::audit::{AuditRecord, Outcome};
 use weir_core::events::{rfc3339, schedule_event, schedule_message};
-use weir_core::schedule::{Decision, Schedule, ScheduleRecord, ScheduleSpec, ScheduleState, Slot, MAX_PER_NAMESPACE};
+use weir_core::schedule::{Schedule, ScheduleRecord, ScheduleSpec, ScheduleState, Slot, MAX_PER_NAMESPACE};
 use weir_proto::convert;
 use weir_proto::v1::{self, schedule_service_server::ScheduleService};
 use weir_runtime::auth::caller;
@@ -130,13 +130,13 @@ impl Schedules {
     ) -> Result<(), Status> {
         let message = schedule_message(kind, &key.0, &key.1, detail, now_ms());
         let commit = ScheduleCommit {
+            key: key.clone(),
             record: Some(record),
-            deleted: None,
+            delete: false,
             starts: Vec::new(),
             cancels: Vec::new(),
             messages: vec![message],
             audit: Some(Box::new(audit)),
-            track: true,
         };
         let result = self.0.scheduler.schedule(commit).await.map_err(status::sched);
         match clock::settle(&self.0, key, g, result).await {
@@ -187,11 +187,6 @@ impl ScheduleService for Schedules {
         };
         let detail = described(&schedule, r.paused, &who.subject);
         let exists = || Status::already_exists(format!("schedule {:?} already exists in namespace {:?}", key.1, key.0));
-        // One the clock could not load (its stored spec no longer checks) is still there.
-        let stored = self.0.store.schedule(&key.0, &key.1).await.map_err(status::store)?;
-        if self.0.schedules.get(&key).is_none() && stored.is_some() {
-            return Err(self.0.refused(audit, exists()).await);
-        }
         let entry = Arc::new(tokio::sync::Mutex::new(Entry { schedule, record: record.clone(), deleted: false }));
         let mut g = entry.clone().lock_owned().await;
         if !self.0.schedules.insert_new(key.clone(), entry) {
@@ -263,19 +258,17 @@ impl ScheduleService for Schedules {
         let named = (req.get_ref().namespace.as_str(), req.get_ref().name.as_str());
         let (who, audit, key) = self.admit(&req, "DeleteSchedule", named, Role::Write).await?;
         // One the clock could not load (its stored spec no longer checks) can be deleted too.
-        let stored_only = self.0.schedules.get(&key).is_none()
-            && self.0.store.schedule(&key.0, &key.1).await.map_err(status::store)?.is_some();
-        let mut g = if stored_only { None } else { Some(self.locked_for(&key, &audit).await?) };
+        let mut g = if self.0.schedules.is_unloaded(&key) { None } else { Some(self.locked_for(&key, &audit).await?) };
         let message =
             schedule_message(schedule_event::DELETED, &key.0, &key.1, serde_json::json!({"by": who.subject}), now_ms());
         let commit = ScheduleCommit {
+            key: key.clone(),
             record: None,
-            deleted: Some(key.clone()),
+            delete: true,
             starts: Vec::new(),
             cancels: Vec::new(),
             messages: vec![message],
             audit: Some(Box::new(audit)),
-            track: true,
         };
         self.0.scheduler.schedule(commit).await.map_err(status::sched)?;
         if let Some(g) = g.as_mut() {
@@ -295,18 +288,9 @@ impl ScheduleService for Schedules {
         let audit = crate::jobs::record(&req, &who, "ListSchedules");
         let r = req.into_inner();
         let entries = if r.namespace.is_empty() {
-            let every = self.0.schedules.list(None);
             match who.grants.scope(Role::Read) {
-                Scope::All => every,
-                Scope::Only(set) => {
-                    let mut mine = Vec::new();
-                    for e in every {
-                        if set.contains(&e.lock().await.schedule.spec.namespace) {
-                            mine.push(e);
-                        }
-                    }
-                    mine
-                }
+                Scope::All => self.0.schedules.list(|_| true),
+                Scope::Only(set) => self.0.schedules.list(|ns| set.contains(ns)),
             }
         } else {
             weir_core::validate::check_name("namespace", &r.namespace, 64).map_err(|e| invalid(e.0))?;
@@ -320,7 +304,7 @@ impl ScheduleService for Schedules {
                     r.namespace, who.subject
                 )));
             }
-            self.0.schedules.list(Some(&r.namespace))
+            self.0.schedules.list(|ns| ns == r.namespace)
         };
         let mut schedules = Vec::with_capacity(entries.len());
         for e in entries {
@@ -354,26 +338,17 @@ impl ScheduleService for Schedules {
         let busy = !state.running.is_empty() || !state.buffered.is_empty();
         let mut decisions = Vec::new();
         state.offer(&g.schedule, slot, busy, now, &mut decisions);
-        let mut outcome = match decisions.last() {
-            Some(Decision::Start(_)) => "started",
-            Some(Decision::Buffer(_)) => "buffered",
-            _ => "skipped",
-        };
         let mut record = g.record.clone();
         record.state = state;
-        let schedule = g.schedule.clone();
-        let result = clock::commit(&self.0, &schedule, record, decisions, Vec::new(), Some(Box::new(audit))).await;
-        let done = clock::settle(&self.0, &key, &mut g, result)
+        let result = clock::commit(&self.0, &g.schedule, record, decisions, Vec::new(), Some(Box::new(audit))).await;
+        clock::settle(&self.0, &key, &mut g, result)
             .await
             .ok_or_else(|| Status::unavailable("the run could not be committed; try again"))?;
-        let job_id = done.jobs.iter().find(|(s, ..)| *s == slot).map(|(_, id, _)| id.to_string());
-        let job_id = job_id.or_else(|| {
-            // Found again (a trigger in the same millisecond) rather than started by this commit.
-            g.record.state.recent.iter().find(|r| r.slot == slot).and_then(|r| r.job_id).map(|id| id.to_string())
-        });
-        if outcome == "started" && job_id.is_none() {
-            outcome = "skipped";
-        }
+        // What became of the slot, as the schedule remembers it (started — new or found
+        // again —, waiting, or skipped with the reason).
+        let run = g.record.state.recent.iter().rev().find(|r| r.slot == slot);
+        let outcome = run.map_or("skipped", |r| r.outcome.as_str());
+        let job_id = run.and_then(|r| r.job_id).map(|id| id.to_string());
         tracing::info!(namespace = %key.0, name = %key.1, outcome, by = %who.subject, "schedule triggered");
         Ok(Response::new(v1::TriggerScheduleResponse {
             schedule: Some(view(&g)),
@@ -442,13 +417,13 @@ impl ScheduleService for Schedules {
             };
             // The audit record goes with the last commit, which makes the backfill whole.
             let commit = ScheduleCommit {
+                key: key.clone(),
                 record: None,
-                deleted: None,
+                delete: false,
                 starts: chunk,
                 cancels: Vec::new(),
                 messages,
                 audit: if last { audit.take() } else { None },
-                track: false,
             };
             let done = self.0.scheduler.schedule(commit).await.map_err(status::sched)?;
             for (slot, id, created) in done.jobs {

@@ -376,23 +376,25 @@ pub fn overlap_from_wire(v: i32) -> Result<weir_core::schedule::Overlap, String>
     })
 }
 
-/// A schedule spec for the wire.
-pub fn schedule_spec_to_wire(s: &weir_core::schedule::ScheduleSpec) -> v1::ScheduleSpec {
-    let time =
-        |t: &Option<String>| t.as_deref().and_then(|t| weir_core::schedule::parse_time("time", t).ok()).map(timestamp);
-    v1::ScheduleSpec {
+/// A schedule spec for the wire; the error names a start or end that is not an RFC 3339
+/// time (a spec read from a file; a stored one was checked).
+pub fn schedule_spec_to_wire(s: &weir_core::schedule::ScheduleSpec) -> Result<v1::ScheduleSpec, String> {
+    let time = |what: &str, t: &Option<String>| {
+        t.as_deref().map(|t| weir_core::schedule::parse_time(what, t).map(timestamp)).transpose()
+    };
+    Ok(v1::ScheduleSpec {
         namespace: s.namespace.clone(),
         name: s.name.clone(),
         description: s.description.clone(),
         cron: s.cron.clone(),
         time_zone: s.time_zone.clone(),
         jitter: s.jitter.map(duration),
-        start: time(&s.start),
-        end: time(&s.end),
+        start: time("start", &s.start)?,
+        end: time("end", &s.end)?,
         overlap: overlap(s.overlap) as i32,
         catchup_window: s.catchup_window.map(duration),
         job: Some(spec_to_wire(&s.job)),
-    }
+    })
 }
 
 /// A schedule spec from the wire; the error names the field.
@@ -417,7 +419,7 @@ pub fn schedule_spec_from_wire(s: &v1::ScheduleSpec) -> Result<weir_core::schedu
 pub fn schedule(r: &weir_core::schedule::ScheduleRecord, next_fires: &[Millis]) -> v1::Schedule {
     let st = &r.state;
     v1::Schedule {
-        spec: Some(schedule_spec_to_wire(&r.spec)),
+        spec: schedule_spec_to_wire(&r.spec).ok(),
         paused: st.paused,
         note: st.note.clone(),
         next_fires: next_fires.iter().map(|t| timestamp(*t)).collect(),
@@ -449,6 +451,19 @@ pub fn schedule(r: &weir_core::schedule::ScheduleRecord, next_fires: &[Millis]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_time_that_is_not_one_is_named_not_dropped() {
+        let spec: weir_core::schedule::ScheduleSpec = serde_json::from_value(serde_json::json!({
+            "name": "s", "cron": "@daily", "start": "yesterday", "job": {"template": "standard"},
+        }))
+        .expect("spec");
+        let e = schedule_spec_to_wire(&spec).expect_err("bad start");
+        assert!(e.contains("start \"yesterday\" is not an RFC 3339 time"), "{e}");
+        let ok = weir_core::schedule::ScheduleSpec { start: Some("2026-03-01T00:00:00+01:00".into()), ..spec };
+        let wire = schedule_spec_to_wire(&ok).expect("good start");
+        assert_eq!(wire.start.map(|t| millis(&t)), Some(1_772_319_600_000));
+    }
     use weir_core::validate::validate;
 
     #[test]

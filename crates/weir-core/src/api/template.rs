@@ -262,21 +262,13 @@ pub fn map_json(
     v: &serde_json::Value,
     fill: &dyn Fn(&Template) -> Result<String, String>,
 ) -> Result<serde_json::Value, String> {
-    use serde_json::Value;
-    Ok(match v {
-        Value::String(s) => {
-            let t = Template::parse_lenient(s);
-            if t.vars().next().is_none() {
-                v.clone()
-            } else {
-                Value::String(fill(&t)?)
-            }
+    crate::json::map_strings(v, &|s| {
+        let t = Template::parse_lenient(s);
+        if t.vars().next().is_none() {
+            Ok(None)
+        } else {
+            fill(&t).map(|s| Some(serde_json::Value::String(s)))
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| map_json(x, fill)).collect::<Result<_, _>>()?),
-        Value::Object(m) => {
-            Value::Object(m.iter().map(|(k, x)| map_json(x, fill).map(|x| (k.clone(), x))).collect::<Result<_, _>>()?)
-        }
-        other => other.clone(),
     })
 }
 

@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::spec::JobSpec;
@@ -86,15 +86,6 @@ pub enum Overlap {
 }
 
 impl Overlap {
-    pub const ALL: [Overlap; 6] = [
-        Overlap::Skip,
-        Overlap::BufferOne,
-        Overlap::BufferAll,
-        Overlap::AllowAll,
-        Overlap::CancelOther,
-        Overlap::TerminateOther,
-    ];
-
     /// As written in specs and on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -105,14 +96,6 @@ impl Overlap {
             Overlap::CancelOther => "cancel_other",
             Overlap::TerminateOther => "terminate_other",
         }
-    }
-
-    /// Reads a policy name; the error lists the known ones.
-    pub fn parse(text: &str) -> Result<Overlap, String> {
-        Overlap::ALL.into_iter().find(|o| o.as_str() == text).ok_or_else(|| {
-            let known: Vec<&str> = Overlap::ALL.iter().map(|o| o.as_str()).collect();
-            format!("unknown overlap policy {text:?} (use one of {})", known.join(", "))
-        })
     }
 }
 
@@ -240,11 +223,6 @@ impl Schedule {
         Ok(s)
     }
 
-    /// The namespace/name pair that identifies the schedule.
-    pub fn key(&self) -> (String, String) {
-        (self.spec.namespace.clone(), self.spec.name.clone())
-    }
-
     /// The next slot after `ms` within start and end.
     pub fn next_slot(&self, ms: Millis) -> Option<Millis> {
         let from = match self.start_ms {
@@ -355,25 +333,14 @@ impl Schedule {
 /// Replaces every string `$schedule.<var>` by its value; other strings (JSONPath's `$.x`,
 /// say) stay as written.
 fn fill(v: &Value, vars: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => match s.strip_prefix("$schedule.") {
-            Some(name) => Value::String(vars(name).ok_or_else(|| {
-                format!(
-                    "unknown variable $schedule.{name} (use $schedule.time, .date, .interval_start, .interval_end, \
-                     .interval_start_date, .name or .time_zone)"
-                )
-            })?),
-            None => v.clone(),
-        },
-        Value::Array(a) => Value::Array(a.iter().map(|x| fill(x, vars)).collect::<Result<_, _>>()?),
-        Value::Object(o) => {
-            let mut m = Map::new();
-            for (k, x) in o {
-                m.insert(k.clone(), fill(x, vars)?);
-            }
-            Value::Object(m)
-        }
-        _ => v.clone(),
+    crate::json::map_strings(v, &|s| match s.strip_prefix("$schedule.") {
+        Some(name) => vars(name).map(|v| Some(Value::String(v))).ok_or_else(|| {
+            format!(
+                "unknown variable $schedule.{name} (use $schedule.time, .date, .interval_start, .interval_end, \
+                 .interval_start_date, .name or .time_zone)"
+            )
+        }),
+        None => Ok(None),
     })
 }
 
@@ -505,11 +472,12 @@ impl ScheduleState {
         let mut on_time = Vec::new();
         for _ in 0..MAX_SLOTS_PER_CALL {
             let Some(slot) = s.next_slot(self.cursor_ms) else { break };
-            if s.fire_ms(slot) > now {
+            let fire = s.fire_ms(slot);
+            if fire > now {
                 break;
             }
             self.cursor_ms = slot;
-            if now - s.fire_ms(slot) > s.catchup_ms.max(millis(ON_TIME)) {
+            if now - fire > s.catchup_ms.max(millis(ON_TIME)) {
                 missed = Some(match missed {
                     Some((first, _, n)) => (first, slot, n + 1),
                     None => (slot, slot, 1),

@@ -69,8 +69,16 @@ fn a_spec_is_normalized_and_bad_ones_are_named() {
     assert!(e.contains("catchup_window"), "{e}");
     let e = bad(&|s| s.name = "no spaces".into());
     assert!(e.contains("schedule name"), "{e}");
-    assert!(Overlap::parse("queue").expect_err("unknown").contains("buffer_one"));
-    assert_eq!(Overlap::parse("terminate_other"), Ok(Overlap::TerminateOther));
+    for o in [
+        Overlap::Skip,
+        Overlap::BufferOne,
+        Overlap::BufferAll,
+        Overlap::AllowAll,
+        Overlap::CancelOther,
+        Overlap::TerminateOther,
+    ] {
+        assert_eq!(serde_json::to_value(o).expect("json"), json!(o.as_str()), "one name in specs and events");
+    }
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub struct PgStore {
     leader: Mutex<Option<PgConnection>>,
     /// Jobs and schedules this store wrote, and how many it had written at its last
     /// ANALYZE, for [`Store::refresh_statistics`].
-    inserted_jobs: std::sync::atomic::AtomicU64,
+    written_rows: std::sync::atomic::AtomicU64,
     analyzed_at: std::sync::atomic::AtomicU64,
 }
 
@@ -74,7 +74,7 @@ impl PgStore {
             pool,
             options,
             leader: Mutex::new(None),
-            inserted_jobs: Default::default(),
+            written_rows: Default::default(),
             analyzed_at: std::sync::atomic::AtomicU64::new(0),
         };
         store.migrate().await?;
@@ -192,7 +192,7 @@ impl Store for PgStore {
         }
         // Counted before the commit lands (a failed one only brings an ANALYZE forward).
         let written = c.new_jobs.len() + c.schedules.len();
-        self.inserted_jobs.fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
+        self.written_rows.fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
         // The engine's records (jobs, tasks, events) go in one statement: on the hot path
         // (a chain's next step, a drain) that is the whole commit, one round trip.
         if c.messages.is_empty()
@@ -580,24 +580,22 @@ impl Store for PgStore {
 
     async fn refresh_statistics(&self) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let (inserted, last) = (self.inserted_jobs.load(Relaxed), self.analyzed_at.load(Relaxed));
+        let (written, last) = (self.written_rows.load(Relaxed), self.analyzed_at.load(Relaxed));
         if last == AUTOVACUUM_ON {
             return Ok(false);
         }
         // Autovacuum's own threshold: 50 rows and a tenth of the table (here: of the rows
         // written by the time of the last ANALYZE). Not before: an empty table analyzed is
         // planned as empty while it grows.
-        if inserted.saturating_sub(last) < 50 + last / 10 {
+        if written.saturating_sub(last) < 50 + last / 10 {
             return Ok(false);
         }
-        let autovacuum: String =
-            sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(&self.pool).await?;
-        if autovacuum == "on" {
+        if retention::autovacuum_on(&self.pool).await? {
             self.analyzed_at.store(AUTOVACUUM_ON, Relaxed);
             return Ok(false);
         }
         sqlx::query("ANALYZE weir_jobs, weir_tasks, weir_schedules").execute(&self.pool).await?;
-        self.analyzed_at.store(inserted, Relaxed);
+        self.analyzed_at.store(written, Relaxed);
         Ok(true)
     }
 

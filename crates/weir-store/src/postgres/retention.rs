@@ -95,9 +95,14 @@ pub(super) async fn messages(
 /// The tables the purge deletes from.
 const PURGED_TABLES: [&str; 5] = ["weir_events", "weir_tasks", "weir_jobs", "weir_messages", "weir_audit"];
 
-pub(super) async fn reclaim(pool: &PgPool) -> Result<bool, StoreError> {
+/// Whether the server vacuums and analyzes on its own.
+pub(super) async fn autovacuum_on(pool: &PgPool) -> Result<bool, StoreError> {
     let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(pool).await?;
-    if autovacuum == "on" {
+    Ok(autovacuum == "on")
+}
+
+pub(super) async fn reclaim(pool: &PgPool) -> Result<bool, StoreError> {
+    if autovacuum_on(pool).await? {
         return Ok(false);
     }
     for table in PURGED_TABLES {
